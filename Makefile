@@ -51,20 +51,124 @@ $(BUILD)/%: tools/%.c $(BUILD)/moexc.o | $(BUILD)
 $(BUILD)/%: examples/%.c $(BUILD)/moexc.o | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(EXTRA_CFLAGS_$*) $< $(BUILD)/moexc.o -o $@ $(LDLIBS) $(EXTRA_LIBS_$*)
 
+# Areas add shell-script tests with `TEST_SCRIPTS += tests/x.sh` (each prints
+# "N passed, N failed" last) and benchmarks with `bench: bench-x`.
+TEST_SCRIPTS :=
 test: $(TEST_BINS)
-	sh tests/run_tests.sh $(TEST_BINS)
+	sh tests/run_tests.sh $(TEST_BINS) $(TEST_SCRIPTS)
+
+bench:
 
 clean:
 	rm -rf $(BUILD)
 
 # ---- area: kernels and portability ----------------------------------------
+# build/test_simd_twin holds the SIMD build (build/moexc.o) and its scalar twin:
+# the library compiled again with MOEXC_NO_SIMD + MOEXC_STATIC, wrapped as twin_*.
+$(BUILD)/scalar_twin.o: tests/scalar_twin.c tests/scalar_twin.h moexc.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+$(BUILD)/test_simd_twin: $(BUILD)/scalar_twin.o tests/scalar_twin.h
+EXTRA_LIBS_simd_twin = $(BUILD)/scalar_twin.o -lm
+
+# The allocator-hook test compiles the implementation itself (MOEXC_STATIC with
+# counting/failing MOEXC_MALLOC/REALLOC/FREE), so it does not link build/moexc.o.
+$(BUILD)/test_alloc_hooks: tests/test_alloc_hooks.c tests/harness.h moexc.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
+
+# Header build modes (gcc/clang strict C99, C++, MOEXC_STATIC, MOEXC_NO_*,
+# allocator overrides and their #error) run as part of `make test`.
+TEST_SCRIPTS += tests/build_modes.sh
+
+# make portable: the portability matrix (see tests/build_modes.sh portable).
+portable:
+	sh tests/build_modes.sh portable
+
+# make sanitize: the test suite built with clang ASan + UBSan in build/san/
+# (UB aborts; LeakSanitizer on). Shell-script tests are not rerun there.
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+sanitize:
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(MAKE) --no-print-directory CC=clang BUILD=$(BUILD)/san NATIVE=1 CFLAGS="-O1 -g $(SAN_FLAGS)" TEST_SCRIPTS= test
 
 # ---- area: gemm and bench -------------------------------------------------
+# tools/bench_gemm.c puts OpenBLAS's cblas_sgemm next to moexc_sgemm when
+# OpenBLAS is installed (pkg-config, or Debian's default cblas.h). On AVX-512
+# machines OpenBLAS runs its SkylakeX kernels (OPENBLAS_CORETYPE).
+GEMM_OPENBLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null)
+ifneq ($(GEMM_OPENBLAS_LIBS),)
+EXTRA_CFLAGS_bench_gemm := -DMOEXC_BENCH_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)
+EXTRA_LIBS_bench_gemm   := $(GEMM_OPENBLAS_LIBS)
+else ifneq ($(wildcard /usr/include/x86_64-linux-gnu/cblas.h),)
+EXTRA_CFLAGS_bench_gemm := -DMOEXC_BENCH_OPENBLAS
+EXTRA_LIBS_bench_gemm   := -lopenblas
+endif
+GEMM_BENCH_ENV := $(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),OPENBLAS_CORETYPE=SkylakeX)
+GEMM_BENCH_REPS ?= 7
+.PHONY: bench-gemm
+bench: bench-gemm
+bench-gemm: $(BUILD)/bench_gemm
+	$(GEMM_BENCH_ENV) $(BUILD)/bench_gemm $(GEMM_BENCH_REPS)
 
-# ---- area: model and training ---------------------------------------------
+
+# ---- area: model ----------------------------------------------------------
+# test_model includes the implementation itself (it tests the internal layer
+# functions), so it is built from moexc.h alone, not linked with moexc.o.
+$(BUILD)/test_model: tests/test_model.c moexc.h tests/harness.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
+# Regenerate the PyTorch fixtures (needs /usr/bin/python3 with torch).
+.PHONY: model-fixtures
+model-fixtures:
+	$(PYTHON) tools/torch_ref.py
+
+# ---- area: training -------------------------------------------------------
+# bench-train: tokens/s of the default dense and MoE training steps, moexc vs
+# the PyTorch twin at the same thread count (BENCH_THREADS, default 2).
+# train-fixtures: regenerate tests/fixtures/train_* with PyTorch.
+BENCH_THREADS ?= 2
+.PHONY: bench-train train-fixtures
+bench: bench-train
+bench-train: $(BUILD)/bench_train
+	$(PYTHON) tools/bench_train_torch.py --c-bench $(BUILD)/bench_train --threads $(BENCH_THREADS)
+train-fixtures:
+	$(PYTHON) tools/torch_ref_train.py tests/fixtures
 
 # ---- area: data and checkpoints -------------------------------------------
+TEST_SCRIPTS += tests/test_mkdata.sh
+test: $(BUILD)/moexc_mkdata
+# Built-in corpus generation speed (3 x 2 MB), best of three.
+.PHONY: bench-data
+bench: bench-data
+bench-data: $(BUILD)/moexc_mkdata
+	@for i in 1 2 3; do $(BUILD)/moexc_mkdata --builtin 2000000 --out $(BUILD)/bench_data.tok | head -1; done
+	@rm -f $(BUILD)/bench_data.tok
+# `make fuzz` builds the libFuzzer harnesses tests/fuzz_*.c with clang and runs
+# each for FUZZ_SECONDS, seeded from the fixtures (not part of `make test`).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SRCS    := $(wildcard tests/fuzz_*.c)
+FUZZ_BINS    := $(FUZZ_SRCS:tests/%.c=$(BUILD)/%)
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_BINS)
+$(BUILD)/fuzz_%: tests/fuzz_%.c moexc.h | $(BUILD)
+	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. $< -o $@ -lm
+fuzz: $(FUZZ_BINS)
+	@set -e; for b in $(FUZZ_BINS); do \
+	    name=$$(basename $$b); mkdir -p $(BUILD)/corpus_$$name; \
+	    cp tests/fixtures/data_* $(BUILD)/corpus_$$name/ 2>/dev/null || true; \
+	    echo "== $$name ($(FUZZ_SECONDS) s)"; \
+	    $$b -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 $(BUILD)/corpus_$$name; \
+	done
 
 # ---- area: crosscoder -----------------------------------------------------
 
 # ---- area: analysis and plots ---------------------------------------------
+# examples/plot_decoder_norms.c writes PNGs with stb_image_write (Debian:
+# libstb-dev, /usr/include/stb); point STB_DIR at another copy if needed.
+STB_DIR ?= /usr/include/stb
+EXTRA_CFLAGS_plot_decoder_norms := -isystem $(STB_DIR)
+
+# `make plots`: the example's figures from synthetic decoders, in build/plots/.
+.PHONY: plots
+plots: $(BUILD)/plot_decoder_norms
+	mkdir -p $(BUILD)/plots
+	$(BUILD)/plot_decoder_norms --synthetic -o $(BUILD)/plots/synthetic_

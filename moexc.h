@@ -258,6 +258,221 @@ MOEXC_DEF moexc_status moexc_model_load(moexc_model **out, const char *path, moe
 MOEXC_DEF moexc_status moexc_model_capture(moexc_model *m, const uint16_t *tokens, int B, int T,
                                            int layer, moexc_site site, float *out, moexc_error *err);
 
+/* ---- training-side view (contract between >>model and >>train) ----------- */
+/* All parameters live in one allocation; gradients share its layout (llm.c
+   style), so optimisers, clipping and checkpoints are flat loops. */
+typedef struct moexc_param_info {
+    const char *name;       /* PyTorch-style, e.g. "layers.0.attn.wq.weight" */
+    size_t      offset;     /* in floats from moexc_model_params()           */
+    size_t      size;       /* number of floats                              */
+    int         ndim;
+    int64_t     shape[4];
+    int         decay;      /* 1 for matrices (AdamW weight decay), 0 for gains */
+} moexc_param_info;
+
+MOEXC_DEF size_t  moexc_model_num_params(const moexc_model *m);
+MOEXC_DEF float  *moexc_model_params(moexc_model *m);
+MOEXC_DEF float  *moexc_model_grads(moexc_model *m);
+MOEXC_DEF void    moexc_model_zero_grad(moexc_model *m);
+MOEXC_DEF int     moexc_model_num_tensors(const moexc_model *m);
+MOEXC_DEF const moexc_param_info *moexc_model_tensor(const moexc_model *m, int i);
+
+typedef struct moexc_loss_stats {
+    double loss;            /* total = ce + lb + z                             */
+    double ce;              /* mean cross-entropy over the B*T predictions     */
+    double lb;              /* sum over MoE layers of the Switch loss          */
+    double z;               /* sum over MoE layers of the router z-loss        */
+} moexc_loss_stats;
+
+/* Forward over B sequences of T tokens. targets (B*T, the next tokens) may be
+   NULL for inference; with targets, stats receives the losses and a
+   following moexc_model_backward adds d loss / d params into the gradients. */
+MOEXC_DEF moexc_status moexc_model_forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                           int B, int T, moexc_loss_stats *stats, moexc_error *err);
+MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err);
+/* Logits of the last forward, (B*T x V). */
+MOEXC_DEF const float *moexc_model_logits(const moexc_model *m);
+/* Router outputs of the last forward at MoE layer `layer`: probabilities
+   (B*T x E) and chosen experts (B*T x k, in descending probability). NULL for
+   a dense model. */
+MOEXC_DEF const float *moexc_model_router_probs(const moexc_model *m, int layer);
+MOEXC_DEF const int   *moexc_model_router_choices(const moexc_model *m, int layer);
+
+/* Router load of the last forward at MoE layer `layer`: f_i (fraction of the
+   k N routing slots that went to expert i) and P_i (mean router probability),
+   both (E). Either pointer may be NULL. */
+MOEXC_DEF moexc_status moexc_model_router_load(const moexc_model *m, int layer, float *f, float *P, moexc_error *err);
+/* The parameter tensor called `name` (e.g. "norm.weight"), or NULL. */
+MOEXC_DEF const moexc_param_info *moexc_model_find_tensor(const moexc_model *m, const char *name);
+
+/* ---- configurations, sizes, memory -------------------------------------- */
+/* Fill in the defaults and validate (d divisible by H, even head width,
+   1 <= k <= E, no renormalised gate with k = 1, ...). cfg may be NULL
+   (all defaults); out may alias cfg. */
+MOEXC_DEF moexc_status moexc_model_config_resolve(moexc_model_config *out, const moexc_model_config *cfg, moexc_error *err);
+/* The paper's equal-active-parameter pair from one base config: a dense
+   model with h_ff = base d_ff (default 4d) and a MoE with E = base n_experts
+   (default 8), k = base top_k (default 2), h_e = h_ff / k (default 2d), so
+   that k h_e = h_ff. Everything else is shared. Either output may be NULL. */
+MOEXC_DEF moexc_status moexc_model_config_pair(const moexc_model_config *base, moexc_model_config *dense,
+                                               moexc_model_config *moe, moexc_error *err);
+/* Parameter counts of a config: total, and active per token (the router
+   plus k of the E experts in each MoE layer). Either pointer may be NULL. */
+MOEXC_DEF moexc_status moexc_model_count_params(const moexc_model_config *cfg, size_t *total, size_t *active,
+                                                moexc_error *err);
+
+typedef struct moexc_model_memory_info {
+    size_t param_bytes;       /* parameters                                        */
+    size_t grad_bytes;        /* gradients (same layout)                           */
+    size_t activation_bytes;  /* forward activations kept for backward + backward
+                                 scratch, for one (B, T) batch                     */
+    size_t total_bytes;       /* the sum: what the model object holds after a
+                                 forward/backward at (B, T); optimiser state
+                                 (AdamW: 2 x params) is not included               */
+} moexc_model_memory_info;
+/* Exact memory the model object allocates for a config at batch (B, T). */
+MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
+                                          moexc_error *err);
+
+/* ---- >>train: AdamW, schedule, clipping, batches, evaluation, routing ----- */
+/* Trains a moexc_model on a labelled token stream. One optimiser step =
+   grad_accum micro-batches of B random windows of T+1 tokens, gradient
+   averaged, clipped by global norm, then one AdamW update with the learning
+   rate of a linear warm-up + cosine schedule over total_steps. The same seed
+   and thread count give the same bits, and a run resumed from a checkpoint
+   reproduces the uninterrupted run bit for bit. The library never prints:
+   progress goes through a callback. */
+
+/* >>data (declared later in this file) defines moexc_tokens and the domain
+   limit; the same definition is repeated here so this block can use them. */
+#ifndef MOEXC_MAX_DOMAINS
+#define MOEXC_MAX_DOMAINS 16
+#endif
+struct moexc_tokens;
+
+/* Zero value = defaults. Fields marked "< 0 off" accept a negative value to
+   disable the feature (0 would mean "the default"). */
+typedef struct moexc_train_options {
+    float    lr;             /* peak learning rate; 0 -> 1e-3                       */
+    float    min_lr_ratio;   /* final lr = min_lr_ratio * lr; 0 -> 0.1, < 0 -> 0    */
+    float    beta1;          /* AdamW beta1; 0 -> 0.9                                */
+    float    beta2;          /* AdamW beta2; 0 -> 0.95                               */
+    float    eps;            /* AdamW epsilon; 0 -> 1e-8                             */
+    float    weight_decay;   /* decoupled, matrices only; 0 -> 0.1, < 0 off          */
+    float    grad_clip;      /* global gradient-norm limit; 0 -> 1.0, < 0 off        */
+    int      warmup_steps;   /* linear warm-up; 0 -> 5% of total_steps, < 0 none     */
+    int      total_steps;    /* optimiser steps of the whole run; 0 -> 1000         */
+    int      batch_size;     /* B sequences per micro-batch; 0 -> 8                  */
+    int      seq_len;        /* T tokens per sequence; 0 -> the model's context      */
+    int      grad_accum;     /* micro-batches per optimiser step; 0 -> 1             */
+    int      eval_interval;  /* evaluate every n steps (and at the end); 0 -> 100, < 0 never */
+    int      eval_batches;   /* held-out batches of B x T per evaluation; 0 -> 8     */
+    float    eval_fraction;  /* held-out tail of each domain; 0 -> 0.05, < 0 none    */
+    uint64_t seed;           /* data-sampling seed                                   */
+} moexc_train_options;
+
+/* Learning rate of optimiser step `step` (0-based), defaults resolved:
+     warm-up  (step < W):  lr * (step + 1) / W
+     cosine   (step >= W): lr_min + (lr - lr_min) * (1 + cos(pi * s / S)) / 2,
+              s = step - W, S = max(1, total_steps - W), lr_min = min_lr_ratio * lr */
+MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step);
+
+/* Router statistics of a MoE model, accumulated over forwards (SPEC §1, §6).
+   Arrays are [layer][expert] and [layer][domain][expert], row-major. A dense
+   model has n_layers = 0. */
+typedef struct moexc_router_stats {
+    int     n_layers, n_experts, top_k, n_domains;
+    double  n_tokens;                      /* tokens accumulated                */
+    double  domain_tokens[MOEXC_MAX_DOMAINS];
+    double *slot_count;     /* [L][E]  tokens whose top-k holds e              */
+    double *prob_sum;       /* [L][E]  sum over tokens of p_{t,e}              */
+    double *domain_count;   /* [L][D][E] as slot_count, per domain of the token */
+    /* derived, refreshed by moexc_router_stats_add: */
+    double *f;              /* [L][E]  f_e = slot_count / (k N), sums to 1       */
+    double *P;              /* [L][E]  P_e = prob_sum / N                        */
+    double *entropy;        /* [L]     usage entropy -sum f log2 f, bits (uniform: log2 E) */
+    double *domain_share;   /* [L][D][E] share of domain D's tokens whose top-k holds e (uniform: k/E) */
+} moexc_router_stats;
+
+MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err);
+MOEXC_DEF void         moexc_router_stats_reset(moexc_router_stats *s);
+MOEXC_DEF void         moexc_router_stats_free(moexc_router_stats *s);
+/* Add the routing of the model's last forward over n tokens; domains (n
+   labels, < n_domains) may be NULL (then only the pooled statistics move). */
+MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
+                                              const uint8_t *domains, int n, moexc_error *err);
+
+/* Held-out evaluation, per domain of the predicted token. */
+typedef struct moexc_domain_eval {
+    double tokens;          /* predicted tokens evaluated                       */
+    double nats;            /* mean cross-entropy, nats per token               */
+    double bits_per_byte;   /* nats / ln 2 (byte-level vocabulary), else -1      */
+    double unigram_nats;    /* baseline: cross-entropy of the domain's held-out
+                               tokens under its training unigram distribution
+                               (add-one smoothed)                               */
+    double unigram_bpb;     /* the same in bits per byte, else -1               */
+} moexc_domain_eval;
+
+typedef struct moexc_eval_result {
+    int                step;        /* optimiser steps done when evaluated      */
+    int                n_domains;
+    moexc_domain_eval  all;         /* pooled over domains                      */
+    moexc_domain_eval  domain[MOEXC_MAX_DOMAINS];
+    const moexc_router_stats *router;  /* routing on the held-out tokens (domain of
+                                          the input token); n_layers = 0 if dense */
+} moexc_eval_result;
+
+/* What the callback sees after every optimiser step. */
+typedef struct moexc_train_progress {
+    int      step;           /* optimiser steps done (1 after the first)         */
+    int      total_steps;
+    double   tokens;         /* training tokens processed so far                 */
+    double   loss, ce, lb, z;/* this step, mean over its micro-batches           */
+    double   lr;             /* learning rate this step used                     */
+    double   grad_norm;      /* global gradient norm before clipping             */
+    double   usage_entropy;  /* this step's routing: mean over MoE layers, bits  */
+    double   usage_min, usage_max;  /* smallest / largest f_e over layers        */
+    const moexc_eval_result *eval;  /* non-NULL on steps that evaluated          */
+} moexc_train_progress;
+/* Return non-zero to stop moexc_trainer_run after this step. */
+typedef int (*moexc_train_callback)(const moexc_train_progress *p, void *user);
+
+typedef struct moexc_trainer moexc_trainer;
+
+/* The trainer borrows model and data (both must outlive it). The data's
+   held-out tail per domain is never trained on. */
+MOEXC_DEF moexc_status moexc_trainer_create(moexc_trainer **out, moexc_model *model, const struct moexc_tokens *data,
+                                            const moexc_train_options *opt, moexc_error *err);
+MOEXC_DEF void         moexc_trainer_free(moexc_trainer *t);
+MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t);  /* resolved */
+MOEXC_DEF int          moexc_trainer_step_count(const moexc_trainer *t);
+MOEXC_DEF moexc_model *moexc_trainer_model(moexc_trainer *t);
+/* One optimiser step; progress (may be NULL) receives its figures. */
+MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err);
+/* Held-out loss per domain and routing statistics; the result is owned by
+   the trainer and valid until the next evaluation. */
+MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval_result **out, moexc_error *err);
+/* Steps until total_steps (or the callback asks to stop), evaluating every
+   eval_interval steps and after the last one. */
+MOEXC_DEF moexc_status moexc_trainer_run(moexc_trainer *t, moexc_train_callback cb, void *user, moexc_error *err);
+
+/* Training checkpoint (safetensors): the model's tensors and metadata, AdamW
+   moments "optim.m.<name>" / "optim.v.<name>", and metadata "moexc.train.*":
+   step, data-RNG state, every option, a fingerprint of the data and a CRC-32
+   of parameters and moments. Written atomically. */
+MOEXC_DEF moexc_status moexc_trainer_save(const moexc_trainer *t, const char *path, moexc_error *err);
+/* Rebuild model and trainer from a checkpoint, on the same data (refused if
+   its fingerprint differs). The caller frees *trainer, then *model. */
+MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model **model, const char *path,
+                                            const struct moexc_tokens *data, moexc_error *err);
+
+/* Autoregressive sampling: appends n_new tokens to out after the prompt
+   (n_prompt >= 1), each drawn from softmax(logits / temperature) restricted
+   to the top_k most likely tokens (top_k <= 0: all; temperature <= 0: the
+   most likely token). The model sees the last `context` tokens. */
+MOEXC_DEF moexc_status moexc_generate(moexc_model *m, const uint16_t *prompt, int n_prompt, int n_new,
+                                      float temperature, int top_k, moexc_rng *rng, uint16_t *out,
+                                      moexc_error *err);
 /* ---- >>data: byte tokenizer, token-stream files, built-in corpus --------- */
 /* Owned by the data/checkpoint section. The signatures below are the contract
    other sections code against; add to them, do not change them. */
@@ -288,6 +503,25 @@ MOEXC_DEF moexc_status moexc_tokens_load(moexc_tokens *t, const char *path, moex
 /* Built-in three-domain corpus ("code", "science", "stories"), generated
    deterministically from seed, bytes_per_domain bytes of each. */
 MOEXC_DEF moexc_status moexc_corpus_builtin(moexc_tokens *t, size_t bytes_per_domain, uint64_t seed, moexc_error *err);
+
+/* Extensions.
+   Documents: a document is its bytes, a newline if it does not end with one,
+   then the separator byte MOEXC_DOC_SEPARATOR (ASCII record separator, which
+   text never contains). The next document starts right after it; the
+   separator acts as the end-of-document / beginning-of-document token. */
+#define MOEXC_DOC_SEPARATOR 0x1E
+MOEXC_DEF moexc_status moexc_tokens_append_document(moexc_tokens *t, const void *text, size_t len, int domain,
+                                                    moexc_error *err);
+/* Append token ids (each < vocab_size, which must be set) labelled with domain. */
+MOEXC_DEF moexc_status moexc_tokens_append(moexc_tokens *t, const uint16_t *ids, size_t n, int domain,
+                                           moexc_error *err);
+/* Load from an in-memory image of a token file (name appears in messages).
+   Both loaders overwrite *t without freeing it (pass a zeroed or freed
+   struct); on failure *t is left zeroed. */
+MOEXC_DEF moexc_status moexc_tokens_load_memory(moexc_tokens *t, const void *data, size_t size, const char *name,
+                                                moexc_error *err);
+/* Tokens of one domain (0 when out of range). */
+MOEXC_DEF size_t moexc_tokens_domain_count(const moexc_tokens *t, int domain);
 
 /* ---- >>checkpoint: safetensors ------------------------------------------- */
 /* Format: 8-byte little-endian header length n, n bytes of JSON header
@@ -322,7 +556,563 @@ MOEXC_DEF moexc_status moexc_st_shape(const moexc_st_file *f, const char *name, 
 /* Copy a F32 tensor into dst after checking it has exactly the expected shape. */
 MOEXC_DEF moexc_status moexc_st_read_f32(const moexc_st_file *f, const char *name, float *dst,
                                          int ndim, const int64_t *expected_shape, moexc_error *err);
+/* Extensions: open an in-memory image (copied; name appears in messages),
+   the metadata keys in sorted order, and a tensor's dtype name ("F32",
+   "BF16", ...; NULL when absent). Strings live until moexc_st_close. */
+MOEXC_DEF moexc_status moexc_st_open_memory(moexc_st_file **out, const void *data, size_t size,
+                                            const char *name, moexc_error *err);
+MOEXC_DEF int          moexc_st_meta_count(const moexc_st_file *f);
+MOEXC_DEF const char  *moexc_st_meta_key(const moexc_st_file *f, int i);
+MOEXC_DEF const char  *moexc_st_dtype(const moexc_st_file *f, const char *name);
 
+/* ---- >>harvest: paired activations, shuffle buffer, activation cache ------ */
+/* Run model A (MoE) and model B (dense) over the same token stream and read
+   one layer of each (SPEC §3). Pairs (x^A, x^B) of the same token stay
+   together through the shuffle buffer and the cache. */
+
+/* The "layer" field of moexc_harvest_options counts blocks from 0; since a
+   zero value means "default" (block 3, the paper's), block 0 is asked for
+   with this value. */
+#define MOEXC_HARVEST_LAYER0 (-1)
+
+typedef struct moexc_harvest_options {
+    int      layer;       /* 0 -> 3; MOEXC_HARVEST_LAYER0 for block 0          */
+    int      site;        /* moexc_site: 0 = FFN/MoE output, 1 = residual      */
+    int      seq_len;     /* T tokens per sequence; 0 -> min(128, contexts)    */
+    int      batch_seqs;  /* sequences per model call; 0 -> 8                  */
+    int      keep_first;  /* 0: skip position 0 of each sequence (default)     */
+} moexc_harvest_options;
+
+typedef struct moexc_harvester moexc_harvester;
+
+/* Both models must have the same vocabulary. The harvester borrows the
+   models and the tokens (keep them alive); it walks the stream in
+   consecutive windows of seq_len tokens, wrapping at the end. */
+MOEXC_DEF moexc_status moexc_harvester_create(moexc_harvester **out, moexc_model *model_a, moexc_model *model_b,
+                                              const moexc_tokens *tokens, const moexc_harvest_options *opt,
+                                              moexc_error *err);
+MOEXC_DEF void moexc_harvester_free(moexc_harvester *h);
+/* Width of model m's activations (0 = A, 1 = B). */
+MOEXC_DEF int  moexc_harvester_dim(const moexc_harvester *h, int m);
+/* Pairs one model call yields (batch_seqs x (seq_len or seq_len - 1)). */
+MOEXC_DEF int  moexc_harvester_rows_per_call(const moexc_harvester *h);
+/* Next pairs in stream order: writes *rows = moexc_harvester_rows_per_call
+   rows to x_a (rows x d_A) and x_b (rows x d_B). */
+MOEXC_DEF moexc_status moexc_harvester_next(moexc_harvester *h, float *x_a, float *x_b, int *rows, moexc_error *err);
+
+/* Streaming shuffle buffer: a fixed-capacity pool of pairs. Until it is
+   full, pairs are stored; afterwards each incoming pair replaces a uniformly
+   chosen stored pair, which is emitted. Memory is capacity x (d_A + d_B)
+   floats whatever the number of pairs streamed through. */
+typedef struct moexc_shuffle_buffer {
+    int      d[2];
+    int      capacity, count;
+    float   *rows;        /* (capacity x (d_A + d_B)), a pair per row          */
+    moexc_rng rng;
+} moexc_shuffle_buffer;
+
+MOEXC_DEF moexc_status moexc_shuffle_init(moexc_shuffle_buffer *b, int d_a, int d_b, int capacity,
+                                          uint64_t seed, moexc_error *err);
+MOEXC_DEF void moexc_shuffle_free(moexc_shuffle_buffer *b);
+/* Push n pairs; emitted pairs go to out_a (n x d_A) and out_b (n x d_B),
+   their number to *n_out (0 while filling, then n). */
+MOEXC_DEF void moexc_shuffle_push(moexc_shuffle_buffer *b, const float *x_a, const float *x_b, int n,
+                                  float *out_a, float *out_b, int *n_out);
+/* Emit up to max stored pairs (uniformly chosen, without replacement), e.g.
+   to drain the buffer at the end of a stream. Returns the number emitted. */
+MOEXC_DEF int  moexc_shuffle_pop(moexc_shuffle_buffer *b, float *out_a, float *out_b, int max);
+
+/* Activation cache on disk, little-endian whatever the host:
+     offset 0   8 bytes  magic "MOEXCACT"
+            8   u32      version (1)
+           12   u32      d_A
+           16   u32      d_B
+           20   u32      reserved (0)
+           24   u64      count (pairs)
+           32   count x (d_A + d_B) float32: x^A then x^B of each pair
+          end   u32      CRC-32 (zlib) of the float bytes
+   Written through a temporary file renamed into place on close. */
+typedef struct moexc_act_cache {
+    int      d[2];
+    uint64_t count;       /* pairs written, or pairs in the file              */
+    uint64_t position;    /* reader: pairs already read                       */
+    uint32_t crc;
+    int      writing;
+    void    *file;        /* FILE *                                           */
+    char     path[4096], tmp_path[4100];
+    float   *scratch;     /* one pair                                         */
+} moexc_act_cache;
+
+MOEXC_DEF moexc_status moexc_act_cache_create(moexc_act_cache *c, const char *path, int d_a, int d_b, moexc_error *err);
+MOEXC_DEF moexc_status moexc_act_cache_append(moexc_act_cache *c, const float *x_a, const float *x_b, int n,
+                                              moexc_error *err);
+/* Writer: finish and rename into place. Reader: close. Always frees. */
+MOEXC_DEF moexc_status moexc_act_cache_close(moexc_act_cache *c, moexc_error *err);
+/* Open for reading: validates magic, version, widths and the file size. */
+MOEXC_DEF moexc_status moexc_act_cache_open(moexc_act_cache *c, const char *path, moexc_error *err);
+/* Read up to max pairs; *n receives how many (0 at the end). The CRC is
+   checked when the last pair has been read (MOEXC_ERR_CHECKSUM then). */
+MOEXC_DEF moexc_status moexc_act_cache_read(moexc_act_cache *c, float *x_a, float *x_b, int max, int *n,
+                                            moexc_error *err);
+/* Abandon a writer without producing the file. */
+MOEXC_DEF void moexc_act_cache_abort(moexc_act_cache *c);
+
+/* ---- >>crosscoder: L1 and BatchTopK crosscoders with shared latents ------- */
+/* SPEC §4. Model A (index 0) is the MoE, model B (index 1) the dense model.
+     f     = ReLU( sum_m x^m W_enc^m + b_enc )           W_enc^m (d_m x F)
+     x̂^m  = f W_dec^m + b_dec^m                          W_dec^m (F x d_m)
+   Inputs are raw activations; internally they are multiplied by the
+   normalisation scalars s_m (mean ||s_m x^m|| = sqrt(d_m)), and outputs are
+   returned in raw units. The first n_shared latents have ONE decoder row for
+   both models (exact tying; needs d_A == d_B).
+
+   Saved crosscoder (safetensors; the layout of the public PyTorch crosscoder
+   libraries, normalisation folded in so it works on raw activations):
+     d_A == d_B == d:
+       "encoder.weight"  (2, d, F)   W_enc^m * s_m
+       "encoder.bias"    (F)
+       "decoder.weight"  (2, F, d)   W_dec^m / s_m (shared rows in both slices)
+       "decoder.bias"    (2, d)      b_dec^m / s_m
+     d_A != d_B: per-model tensors "encoder.weight.0" (d_A, F),
+       "encoder.weight.1" (d_B, F), "decoder.weight.0" (F, d_A),
+       "decoder.weight.1" (F, d_B), "decoder.bias.0" (d_A), "decoder.bias.1" (d_B)
+     "threshold" (1)   BatchTopK inference threshold theta on scores f_i w_i, with
+                       w_i = sum_m s_m ||d_i^m|| in terms of the saved rows (the
+                       normalised-unit decoder norms); -1 = not estimated
+     metadata: format "moexc-crosscoder", version "1", variant ("batchtopk" or
+       "l1"), n_latents, k, n_shared, d_a, d_b, scale_a, scale_b (the folded
+       s_m), lambda_f, lambda_ratio, aux_k, aux_alpha, folded ("1"),
+       threshold_units ("normalised"), step.
+   A training checkpoint (moexc_xc_save_training) stores the same tensors
+   unfolded (folded "0"; multiply inputs by scale_m before using it), plus
+     "train.adam_m", "train.adam_v" (P)  Adam moments over the flat internal
+                       parameter vector (moexc_xc_num_params)
+     "train.since_fired" (F)            tokens since each latent last fired
+   and metadata step, threshold_count, options (steps, lr, batch, seed, ...).
+   Loading checks every shape and that the shared rows of the two slices are
+   equal (after unfolding), then re-ties them. */
+
+typedef enum moexc_xc_variant { MOEXC_XC_BATCHTOPK = 0, MOEXC_XC_L1 = 1 } moexc_xc_variant;
+
+/* Zero value = defaults. "off" values are negative. */
+typedef struct moexc_xc_options {
+    int      n_latents;     /* F; 0 -> 8 * (d_A + d_B)                               */
+    int      variant;       /* moexc_xc_variant; 0 = BatchTopK                       */
+    int      k;             /* BatchTopK: mean active latents per token; 0 -> 32     */
+    int      n_shared;      /* designated shared latents (first n_s); needs d_A == d_B */
+    float    lambda_f;      /* decoder-norm L1 weight; 0 -> 2.0 for L1, off for BatchTopK
+                               (set > 0 for the seed's TopK + penalty hybrid)        */
+    float    lambda_ratio;  /* lambda_s / lambda_f; 0 -> 0.15                        */
+    int      aux_k;         /* AuxK latents per token; 0 -> max(d_A, d_B) / 2, < 0 off;
+                               BatchTopK only                                        */
+    float    aux_alpha;     /* 0 -> 1/32                                             */
+    int64_t  dead_tokens;   /* n_dead: dead after this many tokens without firing;
+                               0 -> min(10M, steps * batch / 20)                     */
+    int      steps;         /* total optimiser steps (schedules); 0 -> 10000         */
+    int      batch;         /* tokens per step (only for defaults above); 0 -> 1024  */
+    float    lr;            /* 0 -> min(1e-3, 2e-4 / sqrt(F / 2^14))                 */
+    int      warmup_steps;  /* 0 -> min(1000, steps / 20)                            */
+    float    decay_frac;    /* linear decay over the last fraction; 0 -> 0.2         */
+    float    lambda_warmup; /* lambda_f ramp as a fraction of steps; 0 -> 0.05       */
+    float    clip;          /* global gradient-norm clip; 0 -> 1.0, < 0 off          */
+    float    init_norm;     /* decoder row norm at init; 0 -> 0.08 (L1), 1.0 (BatchTopK) */
+    float    threshold_beta;   /* EMA of the smallest kept score; 0 -> 0.999         */
+    int      threshold_start;  /* first step of the EMA; 0 -> warmup_steps           */
+    uint64_t seed;
+} moexc_xc_options;
+
+typedef struct moexc_xc moexc_xc;
+
+/* What one training step measured (on the batch, before the update). */
+typedef struct moexc_xc_step_stats {
+    double loss;            /* rec + penalty + aux_alpha * aux                      */
+    double rec;             /* mean_b sum_m ||x^m - x̂^m||^2 (normalised units)      */
+    double rec_m[2];
+    double penalty;         /* decoder-norm L1 terms (with the ramped lambda)       */
+    double aux;             /* L_aux (before alpha); 0 when no latent is dead       */
+    double fve[2];          /* on this batch                                        */
+    double l0;              /* mean active latents per token                        */
+    double dead_fraction;   /* latents not fired for dead_tokens tokens             */
+    double grad_norm;       /* before clipping                                      */
+    double lr, lambda;      /* the values used in this step                         */
+    double min_kept_score;  /* BatchTopK: smallest kept score of the batch          */
+} moexc_xc_step_stats;
+
+/* Held-out evaluation (SPEC §5). FVE in normalised units (per-model FVE does
+   not depend on the units; the pooled ratio of sums weighs both models as
+   the training loss does). L0 and density use the inference rule. */
+typedef struct moexc_xc_eval {
+    int64_t n;              /* tokens evaluated                                     */
+    double  fve[2], fve_pooled;
+    double  l0;             /* mean active latents per token                        */
+    double  dead_fraction;  /* latents never active on the set                      */
+    double  mse[2];         /* mean_b ||x^m - x̂^m||^2, normalised units              */
+} moexc_xc_eval;
+
+MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const moexc_xc_options *opt,
+                                       moexc_error *err);
+MOEXC_DEF void moexc_xc_free(moexc_xc *xc);
+/* The resolved options (defaults filled in). */
+MOEXC_DEF const moexc_xc_options *moexc_xc_get_options(const moexc_xc *xc);
+MOEXC_DEF int   moexc_xc_dim(const moexc_xc *xc, int m);
+MOEXC_DEF float moexc_xc_scale(const moexc_xc *xc, int m);      /* s_m                     */
+MOEXC_DEF float moexc_xc_threshold(const moexc_xc *xc);         /* theta, -1 before any EMA */
+MOEXC_DEF int   moexc_xc_step(const moexc_xc *xc);              /* optimiser steps taken   */
+
+/* Initialise from a sample of n pairs (raw): s_m, decoder rows (random
+   directions of norm init_norm), W_enc^m = (W_dec^m)^T, b_enc = 0,
+   b_dec^m = mean of s_m x^m. */
+MOEXC_DEF moexc_status moexc_xc_init_from_data(moexc_xc *xc, const float *x_a, const float *x_b, int n,
+                                               moexc_error *err);
+/* Set s_m directly (e.g. 1, 1 for data that is already normalised). */
+MOEXC_DEF void moexc_xc_set_scales(moexc_xc *xc, float s_a, float s_b);
+
+/* One optimiser step on n pairs: forward, backward, clip, Adam, then the
+   dead-latent counters and the threshold EMA. */
+MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
+                                           moexc_xc_step_stats *stats, moexc_error *err);
+
+/* Loss and gradient without an update (gradients are zeroed first). For
+   gradient checks; train_step is this plus the optimiser. */
+MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const float *x_b, int n,
+                                          moexc_xc_step_stats *stats, moexc_error *err);
+/* Gradient checks: 1 = reuse the BatchTopK kept set, the AuxK selection and
+   the AuxK target e (a stop-gradient constant) of the last moexc_xc_loss_grad
+   call (same n), so a finite difference differentiates exactly what the
+   backward pass does and does not cross a selection boundary. */
+MOEXC_DEF void moexc_xc_freeze_selection(moexc_xc *xc, int frozen);
+/* Mark latents dead (1) or alive (0) directly, e.g. to test AuxK. */
+MOEXC_DEF void moexc_xc_set_dead(moexc_xc *xc, int latent, int dead);
+
+/* Flat parameter vector, llm.c style (one allocation, gradients and Adam
+   moments share its layout):
+     W_enc^A (d_A x F) | W_enc^B (d_B x F) | b_enc (F) |
+     W_dec^A (F x d_A, rows 0..n_s-1 are the shared rows) |
+     W_dec^B exclusive rows ((F - n_s) x d_B) | b_dec^A (d_A) | b_dec^B (d_B)
+   all in normalised units. */
+MOEXC_DEF size_t moexc_xc_num_params(const moexc_xc *xc);
+MOEXC_DEF float *moexc_xc_params(moexc_xc *xc);
+MOEXC_DEF float *moexc_xc_grads(moexc_xc *xc);
+/* Row i of W_dec^m (normalised units); for i < n_s both models return the
+   same pointer (the tied row). */
+MOEXC_DEF const float *moexc_xc_decoder_row(const moexc_xc *xc, int m, int i);
+/* Full W_dec^m (F x d_m) into out, in normalised units (folded = 0) or raw
+   units as saved (folded = 1, W_dec^m / s_m). Feed to moexc_analyze_latents. */
+MOEXC_DEF void moexc_xc_decoder(const moexc_xc *xc, int m, int folded, float *out);
+
+/* Inference. Latent activations f (n x F) of raw inputs: ReLU pre-
+   activations; BatchTopK keeps f_i where f_i w_i > theta (before theta is
+   estimated: the k*n largest scores of this batch). */
+MOEXC_DEF moexc_status moexc_xc_encode(moexc_xc *xc, const float *x_a, const float *x_b, int n, float *f,
+                                       moexc_error *err);
+/* Reconstructions (raw units) x̂^A (n x d_A), x̂^B (n x d_B) of latents f. */
+MOEXC_DEF void moexc_xc_decode(const moexc_xc *xc, const float *f, int n, float *xhat_a, float *xhat_b);
+/* FVE, L0, dead fraction on a held-out set, in chunks of <= 1024 pairs.
+   active_counts (F, may be NULL) receives per-latent active-token counts
+   (for moexc_analyze_latents). */
+MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const float *x_b, int64_t n,
+                                         moexc_xc_eval *out, int64_t *active_counts, moexc_error *err);
+
+/* Save the inference crosscoder (folded, layout above), atomically. */
+MOEXC_DEF moexc_status moexc_xc_save(const moexc_xc *xc, const char *path, moexc_error *err);
+/* Save everything needed to resume training bit for bit. */
+MOEXC_DEF moexc_status moexc_xc_save_training(const moexc_xc *xc, const char *path, moexc_error *err);
+/* Load either kind. A folded file is unfolded with its scale_m metadata so
+   that training can continue in normalised units; Adam state is restored
+   when present. */
+MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_error *err);
+/* ---- >>analysis: relative decoder norm, classes, cosines, density, FVE ---- */
+/* Everything here takes plain arrays, so it works on any crosscoder:
+   W_dec^A (F x d_A) and W_dec^B (F x d_B) row-major (A = MoE, B = dense),
+   the first n_s latents designated shared, per-latent activation counts over
+   an evaluation set, latent activations f (N x F), inputs x and
+   reconstructions x_hat (N x d). SPEC §5 has the formulas. */
+#include <stdio.h>   /* FILE, for the table printer */
+
+typedef enum moexc_latent_class {
+    MOEXC_CLASS_MOE_ONLY = 0,   /* r in [0, moe_max)                          */
+    MOEXC_CLASS_SHARED,         /* r in [moe_max, dense_min]                  */
+    MOEXC_CLASS_DENSE_ONLY,     /* r in (dense_min, 1]                        */
+    MOEXC_CLASS_DESIGNATED,     /* the first n_s latents (one tied decoder)   */
+    MOEXC_CLASS_DEAD,           /* never active on the evaluation set, or both decoder rows zero */
+    MOEXC_CLASS_COUNT
+} moexc_latent_class;
+
+/* "moe-only", "shared", "dense-only", "designated", "dead". */
+MOEXC_DEF const char *moexc_latent_class_name(int cls);
+/* Colour-blind-safe class colour (Okabe-Ito), 0xRRGGBB. */
+MOEXC_DEF uint32_t    moexc_latent_class_color(int cls);
+
+/* Zero value = the paper's defaults. */
+typedef struct moexc_analysis_options {
+    double   moe_max;        /* MoE-only: r < moe_max; 0 -> 0.3 (strict: 0.1)        */
+    double   dense_min;      /* dense-only: r > dense_min; 0 -> 0.7 (strict: 0.9)    */
+    int      strict;         /* 1: default bands 0.1 / 0.9 (Minder et al.)           */
+    int      n_random_pairs; /* cosine baseline sample size; 0 -> 10000             */
+    uint64_t seed;           /* seed of the random-pair baseline                     */
+} moexc_analysis_options;
+
+/* Per-class statistics. NaN where a statistic has no data (empty class,
+   no activation counts, d_A != d_B for cosines). */
+typedef struct moexc_class_summary {
+    int64_t count;
+    double  r_lo, r_hi;          /* band edges (designated: 0.5, dead: NaN)      */
+    int     lo_open, hi_open;    /* 1 when the edge is excluded                  */
+    double  r_mean;
+    double  density_mean, density_median;
+    double  cos_mean, cos_median, cos_frac_negative;
+} moexc_class_summary;
+
+/* Result of moexc_analyze_latents; free with moexc_latent_analysis_free. */
+typedef struct moexc_latent_analysis {
+    int      n_latents;          /* F                                              */
+    int      n_shared;           /* n_s                                            */
+    int      d_a, d_b;
+    double   moe_max, dense_min; /* the bands used                                 */
+    int64_t  n_tokens;           /* evaluation tokens (0: no counts given)         */
+    float   *norm_a, *norm_b;    /* (F) ||d_i^A||, ||d_i^B||                       */
+    float   *r;                  /* (F) ||d^B|| / (||d^A|| + ||d^B||), NaN if both 0 */
+    float   *cosine;             /* (F) cos(d_i^A, d_i^B); NaN if a norm is 0 or d_A != d_B */
+    float   *density;            /* (F) fraction of eval tokens active; NaN without counts */
+    uint8_t *cls;                /* (F) moexc_latent_class                         */
+    moexc_class_summary classes[MOEXC_CLASS_COUNT];
+    /* Baseline: cos(d_i^A, d_j^B) for random live latents i != j. */
+    int      n_random_pairs;
+    float   *random_cosine;      /* (n_random_pairs)                               */
+    double   random_cos_mean, random_cos_median, random_cos_frac_negative;
+} moexc_latent_analysis;
+
+/* Relative decoder norms, classes, cosines, densities and per-class stats.
+     r_i   = ||d_i^B|| / (||d_i^A|| + ||d_i^B||)   (0 = MoE-only, 1 = dense-only)
+     cos_i = d_i^A . d_i^B / (||d_i^A|| ||d_i^B||)  (needs d_A == d_B)
+   active_counts (F, may be NULL) counts the evaluation tokens on which each
+   latent fired, out of n_tokens; density_i = count_i / n_tokens, and a latent
+   with count 0 is dead. Dead takes precedence over designated. */
+MOEXC_DEF moexc_status moexc_analyze_latents(moexc_latent_analysis *out,
+                                             const float *dec_a, int d_a,
+                                             const float *dec_b, int d_b,
+                                             int n_latents, int n_shared,
+                                             const int64_t *active_counts, int64_t n_tokens,
+                                             const moexc_analysis_options *opt, moexc_error *err);
+MOEXC_DEF void moexc_latent_analysis_free(moexc_latent_analysis *a);
+
+/* Median of n floats (NaNs skipped; NaN when none); does not modify x. */
+MOEXC_DEF double moexc_median(const float *x, size_t n, moexc_error *err);
+
+/* ---- streaming evaluation accumulators ----------------------------------- */
+
+/* Activation statistics over many batches: counts of active tokens per
+   latent, L0 = mean number of active latents per token, dead fraction. */
+typedef struct moexc_activation_acc {
+    int      n_latents;
+    int64_t  n_tokens;
+    int64_t *counts;             /* (F) tokens with f_{b,i} > 0 */
+    double   sum_active;         /* sum over tokens of #active latents */
+} moexc_activation_acc;
+
+MOEXC_DEF moexc_status moexc_activation_acc_init(moexc_activation_acc *acc, int n_latents, moexc_error *err);
+/* f is (n_rows x F). */
+MOEXC_DEF void   moexc_activation_acc_add(moexc_activation_acc *acc, const float *f, int n_rows);
+MOEXC_DEF double moexc_activation_acc_l0(const moexc_activation_acc *acc);
+MOEXC_DEF double moexc_activation_acc_dead_fraction(const moexc_activation_acc *acc);
+MOEXC_DEF void   moexc_activation_acc_free(moexc_activation_acc *acc);
+
+/* Fraction of variance explained for one model, streamed over batches:
+     FVE = 1 - sum_dims Var_b(x - x_hat) / sum_dims Var_b(x)
+   Per-dimension running means and squared deviations (Welford, in double). */
+typedef struct moexc_fve_acc {
+    int      dim;
+    int64_t  n;
+    double  *mean_x, *m2_x;      /* (dim) */
+    double  *mean_e, *m2_e;      /* (dim) e = x - x_hat */
+} moexc_fve_acc;
+
+MOEXC_DEF moexc_status moexc_fve_acc_init(moexc_fve_acc *acc, int dim, moexc_error *err);
+/* x, x_hat (n_rows x dim). */
+MOEXC_DEF void   moexc_fve_acc_add(moexc_fve_acc *acc, const float *x, const float *x_hat, int n_rows);
+MOEXC_DEF double moexc_fve_acc_value(const moexc_fve_acc *acc);   /* NaN when Var(x) sums to 0 */
+/* Pooled over models: 1 - sum_m sum_dims Var(e^m) / sum_m sum_dims Var(x^m). */
+MOEXC_DEF double moexc_fve_acc_pooled(const moexc_fve_acc *accs, int n_models);
+MOEXC_DEF void   moexc_fve_acc_free(moexc_fve_acc *acc);
+
+/* Latent Scaling (Minder et al. 2025), one model m, streamed over batches:
+     beta_i = sum_b f_{b,i} <d_i, y_b> / (||d_i||^2 sum_b f_{b,i}^2)
+   MOEXC_LS_RECONSTRUCTION: y is the model's reconstruction x_hat.
+   MOEXC_LS_ERROR: pass y = x - x_hat; the latent's own contribution
+   f_{b,i} d_i is added back, so <d_i, y_b> + f_{b,i} ||d_i||^2 is used.
+   nu_i = beta_i^A / beta_i^B flags exclusivity that is a sparsity artefact. */
+typedef enum moexc_ls_target { MOEXC_LS_RECONSTRUCTION = 0, MOEXC_LS_ERROR = 1 } moexc_ls_target;
+
+typedef struct moexc_latent_scaling_acc {
+    int          n_latents, dim, target;
+    const float *dec;            /* (F x dim), borrowed: keep it alive while adding */
+    double      *num, *den;      /* (F) */
+    float       *norm2;          /* (F) ||d_i||^2 */
+    float       *proj;           /* (chunk x F) scratch for Y D^T */
+} moexc_latent_scaling_acc;
+
+MOEXC_DEF moexc_status moexc_latent_scaling_init(moexc_latent_scaling_acc *acc, const float *dec,
+                                                 int n_latents, int dim, moexc_ls_target target,
+                                                 moexc_error *err);
+/* f (n_rows x F), y (n_rows x dim). */
+MOEXC_DEF void moexc_latent_scaling_add(moexc_latent_scaling_acc *acc, const float *f, const float *y, int n_rows);
+/* beta (F); NaN for latents that never fired or have a zero decoder row. */
+MOEXC_DEF void moexc_latent_scaling_beta(const moexc_latent_scaling_acc *acc, float *beta);
+MOEXC_DEF void moexc_latent_scaling_free(moexc_latent_scaling_acc *acc);
+/* nu_i = beta_a_i / beta_b_i (NaN when beta_b_i is 0 or NaN). */
+MOEXC_DEF void moexc_latent_scaling_nu(float *nu, const float *beta_a, const float *beta_b, int n);
+
+/* ---- histograms ----------------------------------------------------------- */
+/* n_bins equal bins over [lo, hi] on a linear or log10 axis. Bin i covers
+   [edge_i, edge_{i+1}); the last bin also takes x == hi. x < lo (or x <= 0 on
+   a log axis) is underflow, x > hi overflow, NaN is counted apart. */
+typedef struct moexc_histogram {
+    int      n_bins;
+    double   lo, hi;
+    int      log10_axis;
+    int64_t *counts;             /* (n_bins) */
+    int64_t  underflow, overflow, nan_count, total;
+} moexc_histogram;
+
+MOEXC_DEF moexc_status moexc_histogram_init(moexc_histogram *h, int n_bins, double lo, double hi,
+                                            int log10_axis, moexc_error *err);
+MOEXC_DEF void   moexc_histogram_add1(moexc_histogram *h, double x);
+MOEXC_DEF void   moexc_histogram_add(moexc_histogram *h, const float *x, size_t n);
+/* Only the x[i] with labels[i] == label (e.g. one latent class). */
+MOEXC_DEF void   moexc_histogram_add_where(moexc_histogram *h, const float *x, const uint8_t *labels,
+                                           uint8_t label, size_t n);
+MOEXC_DEF double moexc_histogram_edge(const moexc_histogram *h, int i);   /* i in 0..n_bins */
+MOEXC_DEF void   moexc_histogram_free(moexc_histogram *h);
+
+/* ---- reports ---------------------------------------------------------------- */
+/* Scalar evaluation figures that go into the reports next to the class table.
+   A field is reported only when its has_ flag is set. */
+typedef struct moexc_eval_summary {
+    const char *name;            /* run name (escaped in JSON and CSV); NULL = none */
+    int    has_fve;   double fve_a, fve_b, fve_pooled;
+    int    has_l0;    double l0, dead_fraction;
+} moexc_eval_summary;
+
+/* The paper-style table: class, r range, count, mean and median density,
+   mean cosine, then the random-pair baseline. summary may be NULL. */
+MOEXC_DEF void moexc_analysis_print_table(FILE *out, const moexc_latent_analysis *a,
+                                          const moexc_eval_summary *summary);
+/* CSV: header "class,r_lo,r_hi,count,density_mean,density_median,cos_mean,
+   cos_median,cos_frac_negative", one row per class then "random_pairs";
+   an unavailable value is an empty field. Written atomically. */
+MOEXC_DEF moexc_status moexc_analysis_write_csv(const moexc_latent_analysis *a, const char *path,
+                                                moexc_error *err);
+/* JSON object {"name", "n_latents", "n_shared", "n_tokens", "bands", "fve", "l0",
+   "dead_fraction", "classes": [...], "random_pairs": {...}}; NaN -> null. Atomic. */
+MOEXC_DEF moexc_status moexc_analysis_write_json(const moexc_latent_analysis *a,
+                                                 const moexc_eval_summary *summary,
+                                                 const char *path, moexc_error *err);
+/* Writes <prefix>r.npy, <prefix>cosine.npy, <prefix>density.npy, <prefix>norm_a.npy,
+   <prefix>norm_b.npy and <prefix>class.npy (class ids as float32). */
+MOEXC_DEF moexc_status moexc_analysis_write_npy(const moexc_latent_analysis *a, const char *prefix,
+                                                moexc_error *err);
+
+/* NPY v1.0, 1-D float32: magic "\x93NUMPY", version 1.0, header
+   {'descr': '<f4', 'fortran_order': False, 'shape': (n,), } padded with spaces
+   and '\n' so the data starts at a multiple of 64; little-endian data on any
+   host. Byte-identical to numpy.save. Written atomically. */
+MOEXC_DEF moexc_status moexc_npy_write_f32(const char *path, const float *x, size_t n, moexc_error *err);
+/* Reads a 1-D '<f4' C-order .npy (v1.0 or v2.0); *out is freed with moexc_free. */
+MOEXC_DEF moexc_status moexc_npy_read_f32(const char *path, float **out, size_t *n, moexc_error *err);
+
+/* ---- >>plot: raster plots with a built-in bitmap font ---------------------- */
+/* An RGB canvas (3 bytes per pixel, row-major, top row first: what
+   stbi_write_png(path, w, h, 3, rgb, 3 * w) takes). Colours are 0xRRGGBB. */
+typedef struct moexc_canvas {
+    int            width, height;
+    unsigned char *rgb;          /* (height x width x 3) */
+    int            owned;        /* 1: allocated by moexc_canvas_init */
+} moexc_canvas;
+
+MOEXC_DEF moexc_status moexc_canvas_init(moexc_canvas *c, int width, int height, moexc_error *err);  /* white */
+MOEXC_DEF void moexc_canvas_wrap(moexc_canvas *c, unsigned char *rgb, int width, int height);     /* caller-owned */
+MOEXC_DEF void moexc_canvas_free(moexc_canvas *c);
+MOEXC_DEF void moexc_canvas_clear(moexc_canvas *c, uint32_t color);
+MOEXC_DEF uint32_t moexc_canvas_get(const moexc_canvas *c, int x, int y);   /* 0xRRGGBB; 0 outside */
+
+/* Primitives, all clipped to the canvas. Rectangles cover [x0, x1) x [y0, y1);
+   alpha 0..255 blends over what is there (255 = opaque). */
+MOEXC_DEF void moexc_draw_rect(moexc_canvas *c, int x0, int y0, int x1, int y1, uint32_t color);
+MOEXC_DEF void moexc_draw_rect_alpha(moexc_canvas *c, int x0, int y0, int x1, int y1, uint32_t color, int alpha);
+MOEXC_DEF void moexc_draw_rect_outline(moexc_canvas *c, int x0, int y0, int x1, int y1, int thickness, uint32_t color);
+MOEXC_DEF void moexc_draw_line(moexc_canvas *c, int x0, int y0, int x1, int y1, int thickness, uint32_t color);
+
+/* Built-in bitmap font of our own (ASCII 32..126): 5-pixel-wide glyphs,
+   capitals and digits 7 tall, 2 more rows for descenders, advance 6, drawn
+   at an integer scale (2 is legible on a 1000-pixel-wide figure). (x, y) is
+   the top-left of the text box, moexc_text_width() x moexc_text_height()
+   pixels. Other bytes draw as '?'. Returns the width drawn. */
+MOEXC_DEF int  moexc_draw_text(moexc_canvas *c, int x, int y, const char *text, int scale, uint32_t color);
+/* Rotated 90 degrees counter-clockwise (reads bottom to top); (x, y) is the
+   top-left of its box, which is text_height wide and text_width tall. */
+MOEXC_DEF int  moexc_draw_text_vertical(moexc_canvas *c, int x, int y, const char *text, int scale, uint32_t color);
+MOEXC_DEF int  moexc_text_width(const char *text, int scale);
+MOEXC_DEF int  moexc_text_height(int scale);
+
+/* Colour-blind-safe palette (Okabe-Ito order: blue, vermillion, bluish green,
+   orange, reddish purple, sky blue, yellow, black), cycled. */
+MOEXC_DEF uint32_t moexc_palette(int i);
+/* Viridis, t in [0, 1] (clamped). */
+MOEXC_DEF uint32_t moexc_colormap_viridis(double t);
+
+/* "Nice" ticks covering [lo, hi]: step 1, 2 or 5 x 10^n, about target_count
+   of them. Writes at most max_ticks values; returns the count. */
+MOEXC_DEF int moexc_nice_ticks(double lo, double hi, int target_count, double *ticks, int max_ticks);
+
+/* Options shared by the chart functions. Zero value = defaults: the whole
+   canvas, font scale 2, linear axes ranged from the data, a legend in the
+   top corner (right or left) where the data leaves more room. Charts draw
+   only inside their region, so several can share a canvas as panels. */
+typedef struct moexc_plot_options {
+    int         x, y, width, height;   /* region of the canvas; width 0 -> whole canvas */
+    int         font_scale;            /* tick labels, legend, axis titles; 0 -> 2 (title: +1) */
+    const char *title, *x_label, *y_label;
+    int         log_x, log_y;          /* log10 axes (histograms take log_x from the histogram) */
+    double      x_min, x_max;          /* both 0 -> from the data */
+    double      y_min, y_max;          /* both 0 -> from the data (y_min 0 on linear histograms) */
+    int         normalize;             /* histograms: fractions of each histogram's non-NaN total */
+    int         no_legend;
+    int         annotate;              /* heatmaps: print each cell's value */
+    const char *value_format;          /* heatmap annotations / colour bar; NULL -> "%.3g" */
+    double      z_min, z_max;          /* heatmap colour range; both 0 -> from the data */
+    const char *z_label;               /* heatmap colour-bar title */
+} moexc_plot_options;
+
+/* A coloured band drawn behind a histogram's bars, e.g. the MoE-only /
+   shared / dense-only regions of r; labelled in the legend. */
+typedef struct moexc_band {
+    double      lo, hi;
+    uint32_t    color;
+    const char *label;
+} moexc_band;
+
+/* Histograms on a shared binning (same n_bins, lo, hi, log10_axis). One
+   histogram draws filled bars; several draw as overlaid step outlines in
+   palette colours (colors may be NULL), labelled in a legend. */
+MOEXC_DEF moexc_status moexc_plot_histograms(moexc_canvas *c, const moexc_histogram *hists, int n_hists,
+                                             const char *const *labels, const uint32_t *colors,
+                                             const moexc_band *bands, int n_bands,
+                                             const moexc_plot_options *opt, moexc_error *err);
+
+/* One line series; x NULL means 0, 1, ..., n-1. NaN points break the line. */
+typedef struct moexc_series {
+    const float *x, *y;
+    int          n;
+    const char  *label;
+} moexc_series;
+MOEXC_DEF moexc_status moexc_plot_lines(moexc_canvas *c, const moexc_series *series, int n_series,
+                                        const moexc_plot_options *opt, moexc_error *err);
+
+/* Heatmap of values (rows x cols, row-major), row 0 at the top, with a
+   viridis colour bar. Labels may be NULL (then indices are printed). */
+MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, int rows, int cols,
+                                          const char *const *row_labels, const char *const *col_labels,
+                                          const moexc_plot_options *opt, moexc_error *err);
 
 #ifdef __cplusplus
 }
@@ -818,6 +1608,8171 @@ static MOEXC__UNUSED_FN float moexc__scalar_pow2i(float n)
 MOEXC_DEF const char *moexc_simd_backend(void) { return MOEXC__BACKEND_NAME; }
 MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
 
+/* ======================================================================== */
+/* >>tensor: vector kernels                                                  */
+/* ======================================================================== */
+/* Each kernel is written once over the moexc__v* layer (see >>simd): a main
+   loop over whole vectors and a tail for the last n % MOEXC__VW elements.
+   With MOEXC_NO_SIMD the same code runs with MOEXC__VW = 1 (the scalar twin).
+   No OpenMP here: callers run these inside their own parallel regions.
+
+   What is and is not bit-identical across backends:
+   - add, mul, scale, rmsnorm's final scaling: one IEEE operation per element,
+     so every backend gives the same bits for the same inputs.
+   - axpy: fused multiply-add on AVX2/AVX-512/NEON, two roundings on SSE2 and
+     scalar: results differ by at most 1 ulp of the product's rounding.
+   - dot, sum (and softmax's and rmsnorm's inner sums): four independent
+     vector accumulators (for throughput), combined in a fixed order, so the
+     result depends on the backend's width but never on pointer alignment.
+   - exp and everything built on it: the same polynomial everywhere; FMA
+     contraction changes the last bit or two.
+   Tails of the exp-based kernels go through the same vector code on a padded
+   copy, so an element's value never depends on its position in the array. */
+
+/* ---- exp --------------------------------------------------------------- */
+/* exp(x) = 2^n * exp(r),  n = round(x / ln2),  r = x - n ln2 in [-ln2/2, ln2/2].
+   ln2 is split in two (C1 has 9 significant bits, so n*C1 is exact and the
+   reduction loses nothing without FMA); exp(r) is the Cephes expf minimax
+   polynomial: 1 + r + r^2 (1/2 + r/6 + ...). 2^n is applied as two factors
+   2^n1 * 2^n2 (n1 + n2 = n, both in [-75, 64]) so that results underflow
+   gradually to denormals and zero, and overflow to +inf, like libm.
+   Accuracy against correctly rounded exp (tests/test_kernels.c sweeps 2^24
+   points of [-87, 88]): max error 1 ulp (scalar, SSE2, AVX-512 measured);
+   on [-103.9, -87.3] (denormal results) the absolute error is at most one
+   denormal step 2^-149; x <= -104 gives 0, x >= 88.73 gives +inf (the
+   clamp to [-104, 89] only keeps n in range), -inf gives 0, +inf gives +inf,
+   NaN gives NaN. */
+#define MOEXC__EXP_LO    -104.0f
+#define MOEXC__EXP_HI      89.0f
+#define MOEXC__LOG2E        1.44269504088896341f
+#define MOEXC__LN2_HI       0.693359375f
+#define MOEXC__LN2_LO      -2.12194440e-4f
+
+static MOEXC__UNUSED_FN moexc__vf moexc__vexp(moexc__vf x)
+{
+    /* The exponent path sees NaN as EXP_HI (min/max return their second
+       operand on NaN, the scalar macros do the same) so the float->int
+       conversion inside vpow2i is always defined; the polynomial path keeps
+       the NaN so it reaches the result. */
+    moexc__vf xn = moexc__vmax(moexc__vmin(x, moexc__vset1(MOEXC__EXP_HI)), moexc__vset1(MOEXC__EXP_LO));
+    moexc__vf xc = moexc__vmax(moexc__vset1(MOEXC__EXP_LO), moexc__vmin(moexc__vset1(MOEXC__EXP_HI), x));
+    moexc__vf n  = moexc__vround(moexc__vmul(xn, moexc__vset1(MOEXC__LOG2E)));
+    moexc__vf n2 = moexc__vround(moexc__vmul(n, moexc__vset1(0.5f)));
+    moexc__vf n1 = moexc__vsub(n, n2);
+    moexc__vf r, p;
+    /* r = x - n ln2 */
+    r = moexc__vfmadd(n, moexc__vset1(-MOEXC__LN2_HI), xc);
+    r = moexc__vfmadd(n, moexc__vset1(-MOEXC__LN2_LO), r);
+    /* exp(r) ~= 1 + r + r^2 P(r) */
+    p = moexc__vset1(1.9875691500e-4f);
+    p = moexc__vfmadd(p, r, moexc__vset1(1.3981999507e-3f));
+    p = moexc__vfmadd(p, r, moexc__vset1(8.3334519073e-3f));
+    p = moexc__vfmadd(p, r, moexc__vset1(4.1665795894e-2f));
+    p = moexc__vfmadd(p, r, moexc__vset1(1.6666665459e-1f));
+    p = moexc__vfmadd(p, r, moexc__vset1(5.0000001201e-1f));
+    p = moexc__vfmadd(p, moexc__vmul(r, r), moexc__vadd(r, moexc__vset1(1.0f)));
+    /* exp(x) = exp(r) * 2^n1 * 2^n2 */
+    return moexc__vmul(moexc__vmul(p, moexc__vpow2i(n1)), moexc__vpow2i(n2));
+}
+
+/* silu(x) = x * sigmoid(x) = x / (1 + exp(-x)) */
+static MOEXC__UNUSED_FN moexc__vf moexc__vsilu(moexc__vf x)
+{
+    moexc__vf e = moexc__vexp(moexc__vsub(moexc__vzero(), x));
+    return moexc__vdiv(x, moexc__vadd(moexc__vset1(1.0f), e));
+}
+
+/* dx = dy * s (1 + x (1 - s)),  s = sigmoid(x) = 1 / (1 + exp(-x)) */
+static MOEXC__UNUSED_FN moexc__vf moexc__vsilu_backward(moexc__vf x, moexc__vf dy)
+{
+    moexc__vf one = moexc__vset1(1.0f);
+    moexc__vf s = moexc__vdiv(one, moexc__vadd(one, moexc__vexp(moexc__vsub(moexc__vzero(), x))));
+    moexc__vf t = moexc__vfmadd(x, moexc__vsub(one, s), one);
+    return moexc__vmul(moexc__vmul(dy, s), t);
+}
+
+/* ---- reductions ---------------------------------------------------------- */
+/* sum_i a_i b_i with four accumulators: ((acc0 + acc1) + (acc2 + acc3)), then
+   the horizontal sum, then the tail in order. */
+MOEXC_DEF float moexc_dot(const float *a, const float *b, size_t n)
+{
+    moexc__vf acc0 = moexc__vzero(), acc1 = moexc__vzero(), acc2 = moexc__vzero(), acc3 = moexc__vzero();
+    size_t i = 0;
+    float s;
+    for (; i + 4 * MOEXC__VW <= n; i += 4 * MOEXC__VW) {
+        acc0 = moexc__vfmadd(moexc__vload(a + i), moexc__vload(b + i), acc0);
+        acc1 = moexc__vfmadd(moexc__vload(a + i + MOEXC__VW), moexc__vload(b + i + MOEXC__VW), acc1);
+        acc2 = moexc__vfmadd(moexc__vload(a + i + 2 * MOEXC__VW), moexc__vload(b + i + 2 * MOEXC__VW), acc2);
+        acc3 = moexc__vfmadd(moexc__vload(a + i + 3 * MOEXC__VW), moexc__vload(b + i + 3 * MOEXC__VW), acc3);
+    }
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        acc0 = moexc__vfmadd(moexc__vload(a + i), moexc__vload(b + i), acc0);
+    s = moexc__vhsum(moexc__vadd(moexc__vadd(acc0, acc1), moexc__vadd(acc2, acc3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* sum_i x_i, accumulated like moexc_dot */
+MOEXC_DEF float moexc_sum(const float *x, size_t n)
+{
+    moexc__vf acc0 = moexc__vzero(), acc1 = moexc__vzero(), acc2 = moexc__vzero(), acc3 = moexc__vzero();
+    size_t i = 0;
+    float s;
+    for (; i + 4 * MOEXC__VW <= n; i += 4 * MOEXC__VW) {
+        acc0 = moexc__vadd(acc0, moexc__vload(x + i));
+        acc1 = moexc__vadd(acc1, moexc__vload(x + i + MOEXC__VW));
+        acc2 = moexc__vadd(acc2, moexc__vload(x + i + 2 * MOEXC__VW));
+        acc3 = moexc__vadd(acc3, moexc__vload(x + i + 3 * MOEXC__VW));
+    }
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) acc0 = moexc__vadd(acc0, moexc__vload(x + i));
+    s = moexc__vhsum(moexc__vadd(moexc__vadd(acc0, acc1), moexc__vadd(acc2, acc3)));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+
+/* max_i x_i for n > 0 (n == 0 returns -FLT_MAX). The accumulators start at
+   x_0, itself an element, so no sentinel value can leak into the result.
+   Exact on every backend (max does not round); NaN handling is unspecified. */
+MOEXC_DEF float moexc_max(const float *x, size_t n)
+{
+    moexc__vf m0, m1, m2, m3;
+    size_t i = 0;
+    float m;
+    if (n == 0) return -FLT_MAX;
+    m0 = m1 = m2 = m3 = moexc__vset1(x[0]);
+    for (; i + 4 * MOEXC__VW <= n; i += 4 * MOEXC__VW) {
+        m0 = moexc__vmax(m0, moexc__vload(x + i));
+        m1 = moexc__vmax(m1, moexc__vload(x + i + MOEXC__VW));
+        m2 = moexc__vmax(m2, moexc__vload(x + i + 2 * MOEXC__VW));
+        m3 = moexc__vmax(m3, moexc__vload(x + i + 3 * MOEXC__VW));
+    }
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) m0 = moexc__vmax(m0, moexc__vload(x + i));
+    m = moexc__vhmax(moexc__vmax(moexc__vmax(m0, m1), moexc__vmax(m2, m3)));
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* ---- elementwise ---------------------------------------------------------- */
+/* y += alpha x */
+MOEXC_DEF void moexc_axpy(float *y, float alpha, const float *x, size_t n)
+{
+    moexc__vf va = moexc__vset1(alpha);
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        moexc__vstore(y + i, moexc__vfmadd(va, moexc__vload(x + i), moexc__vload(y + i)));
+    for (; i < n; i++) y[i] += alpha * x[i];
+}
+
+/* x *= alpha */
+MOEXC_DEF void moexc_scale(float *x, float alpha, size_t n)
+{
+    moexc__vf va = moexc__vset1(alpha);
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) moexc__vstore(x + i, moexc__vmul(moexc__vload(x + i), va));
+    for (; i < n; i++) x[i] *= alpha;
+}
+
+/* y = a + b */
+MOEXC_DEF void moexc_add(float *y, const float *a, const float *b, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        moexc__vstore(y + i, moexc__vadd(moexc__vload(a + i), moexc__vload(b + i)));
+    for (; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* y = a * b (elementwise) */
+MOEXC_DEF void moexc_mul(float *y, const float *a, const float *b, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        moexc__vstore(y + i, moexc__vmul(moexc__vload(a + i), moexc__vload(b + i)));
+    for (; i < n; i++) y[i] = a[i] * b[i];
+}
+
+/* ---- exp, silu ------------------------------------------------------------ */
+/* y = exp(x) */
+MOEXC_DEF void moexc_exp(float *y, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) moexc__vstore(y + i, moexc__vexp(moexc__vload(x + i)));
+    if (i < n) {   /* tail: the same vector code on a zero-padded copy */
+        float buf[MOEXC__VW] = {0};
+        memcpy(buf, x + i, (n - i) * sizeof(float));
+        moexc__vstore(buf, moexc__vexp(moexc__vload(buf)));
+        memcpy(y + i, buf, (n - i) * sizeof(float));
+    }
+}
+
+/* y = silu(x) = x sigmoid(x) */
+MOEXC_DEF void moexc_silu(float *y, const float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) moexc__vstore(y + i, moexc__vsilu(moexc__vload(x + i)));
+    if (i < n) {
+        float buf[MOEXC__VW] = {0};
+        memcpy(buf, x + i, (n - i) * sizeof(float));
+        moexc__vstore(buf, moexc__vsilu(moexc__vload(buf)));
+        memcpy(y + i, buf, (n - i) * sizeof(float));
+    }
+}
+
+/* dx = dy * silu'(x) (overwrites dx; dx may alias x or dy) */
+MOEXC_DEF void moexc_silu_backward(float *dx, const float *x, const float *dy, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        moexc__vstore(dx + i, moexc__vsilu_backward(moexc__vload(x + i), moexc__vload(dy + i)));
+    if (i < n) {
+        float bx[MOEXC__VW] = {0}, bdy[MOEXC__VW] = {0};
+        memcpy(bx, x + i, (n - i) * sizeof(float));
+        memcpy(bdy, dy + i, (n - i) * sizeof(float));
+        moexc__vstore(bx, moexc__vsilu_backward(moexc__vload(bx), moexc__vload(bdy)));
+        memcpy(dx + i, bx, (n - i) * sizeof(float));
+    }
+}
+
+/* ---- row-wise: softmax, RMSNorm ------------------------------------------- */
+/* y_ij = exp(x_ij - m_i) / sum_j exp(x_ij - m_i),  m_i = max_j x_ij.
+   The exponentials are stored first and then summed with moexc_sum (four
+   accumulators: a single running sum loses ~sqrt(cols) ulps on long rows).
+   Entries of -inf get weight 0; a row that is all -inf (or holds +inf or NaN)
+   becomes NaN, as in PyTorch. */
+MOEXC_DEF void moexc_softmax_rows(float *y, const float *x, int rows, int cols)
+{
+    int r;
+    size_t n = cols > 0 ? (size_t)cols : 0;
+    if (rows <= 0 || cols <= 0) return;
+    for (r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *yr = y + (size_t)r * n;
+        moexc__vf vm = moexc__vset1(moexc_max(xr, n));
+        size_t i = 0;
+        for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+            moexc__vstore(yr + i, moexc__vexp(moexc__vsub(moexc__vload(xr + i), vm)));
+        if (i < n) {
+            float buf[MOEXC__VW] = {0};
+            memcpy(buf, xr + i, (n - i) * sizeof(float));
+            moexc__vstore(buf, moexc__vexp(moexc__vsub(moexc__vload(buf), vm)));
+            memcpy(yr + i, buf, (n - i) * sizeof(float));
+        }
+        moexc_scale(yr, 1.0f / moexc_sum(yr, n), n);
+    }
+}
+
+/* y_ij = g_j x_ij / sqrt(mean_j(x_ij^2) + eps); inv_rms_i = 1 / sqrt(...) */
+MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, const float *g,
+                                  int rows, int cols, float eps)
+{
+    int r;
+    size_t n = cols > 0 ? (size_t)cols : 0;
+    if (rows <= 0 || cols <= 0) return;
+    for (r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float *yr = y + (size_t)r * n;
+        float inv = 1.0f / sqrtf(moexc_dot(xr, xr, n) / (float)cols + eps);
+        moexc__vf vinv = moexc__vset1(inv);
+        size_t i = 0;
+        if (inv_rms) inv_rms[r] = inv;
+        for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+            moexc__vstore(yr + i, moexc__vmul(moexc__vmul(moexc__vload(g + i), moexc__vload(xr + i)), vinv));
+        for (; i < n; i++) yr[i] = (g[i] * xr[i]) * inv;
+    }
+}
+/* ======================================================================== */
+/* >>gemm: packed, register-blocked GEMM in three layouts                    */
+/* ======================================================================== */
+/* C (M x N) = alpha * op(A) * op(B) + beta * C, row-major, BLIS-style:
+
+     for jc in N step NC:                 B block  (kc x nc)  -> L3, packed once, shared
+       for pc in K step KC:
+         pack op(B)[pc.., jc..] into NR-wide column panels
+         for ic in M step MC (threads):   A block  (mc x kc)  -> L2, packed per thread
+           pack op(A)[ic.., pc..] into MR-tall row panels
+           for jr in nc step NR:          B micro-panel (kc x NR) stays in L1
+             for ir in mc step MR:
+               micro-kernel: MR x NR tile += A panel * B panel over kc
+
+   Packing turns all four layouts (trans_a, trans_b) into the same contiguous
+   panels, zero-padded to whole tiles, so one micro-kernel handles every shape.
+   The micro-kernel keeps MR x (NR / MOEXC__VW) accumulators in registers: per
+   step p it loads NR floats of B and broadcasts MR floats of A.
+
+   Determinism: element C[i][j] is summed over k in a fixed order: K blocks of
+   a size that depends on K only, inside a block p = 0, 1, ... into one
+   accumulator. Threads split M (or N) into whole tiles, never K, so the bits
+   do not depend on the thread count. SIMD and scalar builds differ only by
+   FMA rounding (the scalar twin computes a*b + c with two roundings). */
+
+/* Register tile MR x NR per backend: NR = 2 vectors, MR fills the register file
+   (accumulators + 2 B vectors + 1 broadcast A). */
+#if defined(MOEXC__SIMD_AVX512)
+#  define MOEXC__GEMM_MR 14                 /* 28 zmm accumulators of 32 */
+#  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+#elif defined(MOEXC__SIMD_AVX2)
+#  define MOEXC__GEMM_MR 6                  /* 12 ymm accumulators of 16 */
+#  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#elif defined(MOEXC__SIMD_NEON)
+#  define MOEXC__GEMM_MR 8                  /* 16 q accumulators of 32 */
+#  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#elif defined(MOEXC__SIMD_SSE2)
+#  define MOEXC__GEMM_MR 4                  /* 8 xmm accumulators of 16 (no FMA: mul+add temps) */
+#  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3)
+#else
+#  define MOEXC__GEMM_MR 4                  /* scalar twin: 4 x 2 */
+#  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3)
+#endif
+#define MOEXC__GEMM_NR (2 * MOEXC__VW)
+
+/* Cache blocking for Zen 5 (48 KiB L1d, 1 MiB L2 per core, 32 MiB L3):
+   B micro-panel KC x NR x 4 B = 24 KiB (half of L1), A block MC x KC x 4 B
+   = 504 KiB (half of L2), B block KC x NC x 4 B = 3 MiB (L3). */
+#ifndef MOEXC_GEMM_KC
+#  define MOEXC_GEMM_KC 192
+#endif
+#ifndef MOEXC_GEMM_MC
+#  define MOEXC_GEMM_MC (MOEXC__GEMM_MR * 48)
+#endif
+#ifndef MOEXC_GEMM_NC
+#  define MOEXC_GEMM_NC 4096
+#endif
+
+#ifdef _OPENMP
+#  define MOEXC__OMP_FOR _Pragma("omp for schedule(static)")
+#else
+#  define MOEXC__OMP_FOR
+#endif
+
+/* The micro-kernel, written once over the SIMD macro layer:
+     c (MR x NR, row stride ldc) = alpha * sum_p a[p*MR + r] * b[p*NR + j]
+                                    + beta * c     (c not read when beta_zero) */
+#define MOEXC__GEMM_DECL(r) moexc__vf acc##r##_0 = moexc__vzero(), acc##r##_1 = moexc__vzero();
+#define MOEXC__GEMM_FMA(r) {                                                     \
+        moexc__vf a_r = moexc__vset1(a[r]);                                      \
+        acc##r##_0 = moexc__vfmadd(a_r, b_0, acc##r##_0);                        \
+        acc##r##_1 = moexc__vfmadd(a_r, b_1, acc##r##_1); }
+#define MOEXC__GEMM_STORE_OVER(r) {                                              \
+        float *c_r = c + (size_t)(r) * ldc;                                      \
+        moexc__vstore(c_r, moexc__vmul(v_alpha, acc##r##_0));                    \
+        moexc__vstore(c_r + MOEXC__VW, moexc__vmul(v_alpha, acc##r##_1)); }
+#define MOEXC__GEMM_STORE_ADD(r) {                                               \
+        float *c_r = c + (size_t)(r) * ldc;                                      \
+        moexc__vstore(c_r, moexc__vfmadd(v_alpha, acc##r##_0,                    \
+                                         moexc__vmul(v_beta, moexc__vload(c_r)))); \
+        moexc__vstore(c_r + MOEXC__VW, moexc__vfmadd(v_alpha, acc##r##_1,        \
+                          moexc__vmul(v_beta, moexc__vload(c_r + MOEXC__VW)))); }
+
+/* one step p of the micro-kernel: MR x NR rank-1 update */
+#define MOEXC__GEMM_STEP {                                                       \
+        const moexc__vf b_0 = moexc__vload(b), b_1 = moexc__vload(b + MOEXC__VW); \
+        MOEXC__GEMM_ROWS(MOEXC__GEMM_FMA)                                        \
+        a += MOEXC__GEMM_MR;                                                     \
+        b += MOEXC__GEMM_NR; }
+/* fetch the C tile into cache while the loop runs (it is read or written at the end) */
+#if defined(__GNUC__) || defined(__clang__)
+#  define MOEXC__GEMM_PREFETCH_C(r) __builtin_prefetch(c + (size_t)(r) * ldc, 1, 3); \
+                                    __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 1, 3);
+#else
+#  define MOEXC__GEMM_PREFETCH_C(r)
+#endif
+
+static void moexc__gemm_kernel(int kc, const float *a, const float *b, float *c, size_t ldc,
+                               float alpha, float beta, int beta_zero)
+{
+    int p;
+    MOEXC__GEMM_ROWS(MOEXC__GEMM_DECL)
+    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C)
+    for (p = 0; p + 2 <= kc; p += 2) {     /* unrolled by two: less loop overhead per FMA */
+        MOEXC__GEMM_STEP
+        MOEXC__GEMM_STEP
+    }
+    if (p < kc) { MOEXC__GEMM_STEP }
+    {   /* alpha and beta enter only now: inside the loop every register holds an accumulator */
+        const moexc__vf v_alpha = moexc__vset1(alpha), v_beta = moexc__vset1(beta);
+        if (beta_zero) { MOEXC__GEMM_ROWS(MOEXC__GEMM_STORE_OVER) }
+        else           { MOEXC__GEMM_ROWS(MOEXC__GEMM_STORE_ADD) }
+    }
+}
+
+/* A tile cut by the matrix edge (mr < MR or nr < NR): run the same kernel on
+   a full tile in a local buffer, so edge elements get the same arithmetic. */
+static void moexc__gemm_kernel_edge(int kc, const float *a, const float *b, float *c, size_t ldc,
+                                    int mr, int nr, float alpha, float beta, int beta_zero)
+{
+    float tile[MOEXC__GEMM_MR * MOEXC__GEMM_NR];
+    int r, j;
+    memset(tile, 0, sizeof(tile));
+    if (!beta_zero)
+        for (r = 0; r < mr; r++)
+            for (j = 0; j < nr; j++) tile[r * MOEXC__GEMM_NR + j] = c[(size_t)r * ldc + (size_t)j];
+    moexc__gemm_kernel(kc, a, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
+    for (r = 0; r < mr; r++)
+        for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
+}
+
+/* Packing is pure data movement, so its SIMD paths and the scalar twin below
+   produce identical panels. The layouts where K is the contiguous dimension
+   (op(A) = A, op(B) = B^T) need a transpose; on AVX-512 it runs 16 x 16
+   blocks through registers, elsewhere element by element. */
+#if defined(MOEXC__SIMD_AVX512)
+/* dst[p*dst_stride + j] = src[j*ld + p] for j < rows (<= 16), p < 16: a
+   16 x 16 transpose in registers (rows past `rows` read as zero); each output
+   row stores `rows` floats. Written out in full so that nothing spills. */
+/* the full-mask forms of the shuffles: the plain intrinsics read an undefined
+   source that g++ 12 -Wuninitialized rejects */
+#define MOEXC__UNPACKLO(a, b)     _mm512_mask_unpacklo_ps((a), (__mmask16)0xFFFF, (a), (b))
+#define MOEXC__UNPACKHI(a, b)     _mm512_mask_unpackhi_ps((a), (__mmask16)0xFFFF, (a), (b))
+#define MOEXC__SHUF(a, b, imm)    _mm512_mask_shuffle_ps((a), (__mmask16)0xFFFF, (a), (b), (imm))
+#define MOEXC__SHUF128(a, b, imm) _mm512_mask_shuffle_f32x4((a), (__mmask16)0xFFFF, (a), (b), (imm))
+#define MOEXC__T16_LOAD(j) r##j = (j) < rows ? _mm512_loadu_ps(src + (size_t)(j) * ld) : _mm512_setzero_ps();
+#define MOEXC__T16_PAIR(i, k)  t##i = MOEXC__UNPACKLO(r##i, r##k); t##k = MOEXC__UNPACKHI(r##i, r##k);
+#define MOEXC__T16_QUAD(a, b, c, d)                                               \
+    r##a = MOEXC__SHUF(t##a, t##c, 0x44); r##b = MOEXC__SHUF(t##a, t##c, 0xEE); \
+    r##c = MOEXC__SHUF(t##b, t##d, 0x44); r##d = MOEXC__SHUF(t##b, t##d, 0xEE);
+/* column c of the 4 x 4 blocks: lanes L of r[c], r[4+c], r[8+c], r[12+c] -> rows c, 4+c, 8+c, 12+c */
+#define MOEXC__T16_LANES(c0, c1, c2, c3) {                                       \
+        __m512 v = MOEXC__SHUF128(r##c0, r##c1, 0x88), w = MOEXC__SHUF128(r##c0, r##c1, 0xDD); \
+        __m512 x = MOEXC__SHUF128(r##c2, r##c3, 0x88), y = MOEXC__SHUF128(r##c2, r##c3, 0xDD); \
+        t##c0 = MOEXC__SHUF128(v, x, 0x88); t##c1 = MOEXC__SHUF128(w, y, 0x88); \
+        t##c2 = MOEXC__SHUF128(v, x, 0xDD); t##c3 = MOEXC__SHUF128(w, y, 0xDD); }
+#define MOEXC__T16_STORE(j) _mm512_mask_storeu_ps(dst + (size_t)(j) * dst_stride, keep, t##j);
+static void moexc__transpose_block16(float *dst, size_t dst_stride, const float *src, size_t ld, int rows)
+{
+    const __mmask16 keep = (__mmask16)((1u << rows) - 1u);
+    __m512 r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15;
+    __m512 t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11, t12, t13, t14, t15;
+    MOEXC__T16_LOAD(0) MOEXC__T16_LOAD(1) MOEXC__T16_LOAD(2) MOEXC__T16_LOAD(3)
+    MOEXC__T16_LOAD(4) MOEXC__T16_LOAD(5) MOEXC__T16_LOAD(6) MOEXC__T16_LOAD(7)
+    MOEXC__T16_LOAD(8) MOEXC__T16_LOAD(9) MOEXC__T16_LOAD(10) MOEXC__T16_LOAD(11)
+    MOEXC__T16_LOAD(12) MOEXC__T16_LOAD(13) MOEXC__T16_LOAD(14) MOEXC__T16_LOAD(15)
+    MOEXC__T16_PAIR(0, 1) MOEXC__T16_PAIR(2, 3) MOEXC__T16_PAIR(4, 5) MOEXC__T16_PAIR(6, 7)       /* interleave row pairs */
+    MOEXC__T16_PAIR(8, 9) MOEXC__T16_PAIR(10, 11) MOEXC__T16_PAIR(12, 13) MOEXC__T16_PAIR(14, 15)
+    MOEXC__T16_QUAD(0, 1, 2, 3) MOEXC__T16_QUAD(4, 5, 6, 7)                                     /* 4 x 4 per lane */
+    MOEXC__T16_QUAD(8, 9, 10, 11) MOEXC__T16_QUAD(12, 13, 14, 15)
+    MOEXC__T16_LANES(0, 4, 8, 12) MOEXC__T16_LANES(1, 5, 9, 13)                                 /* lanes to rows */
+    MOEXC__T16_LANES(2, 6, 10, 14) MOEXC__T16_LANES(3, 7, 11, 15)
+    MOEXC__T16_STORE(0) MOEXC__T16_STORE(1) MOEXC__T16_STORE(2) MOEXC__T16_STORE(3)
+    MOEXC__T16_STORE(4) MOEXC__T16_STORE(5) MOEXC__T16_STORE(6) MOEXC__T16_STORE(7)
+    MOEXC__T16_STORE(8) MOEXC__T16_STORE(9) MOEXC__T16_STORE(10) MOEXC__T16_STORE(11)
+    MOEXC__T16_STORE(12) MOEXC__T16_STORE(13) MOEXC__T16_STORE(14) MOEXC__T16_STORE(15)
+}
+#endif
+
+/* Pack rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into MR-tall panels:
+   panel q holds dst[q*MR*kc + p*MR + r] = op(A)[i0 + q*MR + r][p0 + p], rows
+   past mc zero. */
+static void moexc__gemm_pack_a(float *dst, int trans_a, const float *A, size_t lda,
+                               int i0, int mc, int p0, int kc)
+{
+    int q, r, p;
+    for (q = 0; q < mc; q += MOEXC__GEMM_MR) {
+        int mr = MOEXC__MIN(MOEXC__GEMM_MR, mc - q);
+        float *d = dst + (size_t)q * (size_t)kc;
+        if (trans_a) {              /* A is (K x M): MR contiguous floats per p */
+            for (p = 0; p < kc; p++) {
+                const float *src = A + (size_t)(p0 + p) * lda + (size_t)(i0 + q);
+#if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_MR <= 16
+                const __mmask16 rows = (__mmask16)((1u << mr) - 1u);
+                _mm512_mask_storeu_ps(d + p * MOEXC__GEMM_MR, (__mmask16)((1u << MOEXC__GEMM_MR) - 1u),
+                                      _mm512_maskz_loadu_ps(rows, src));
+#else
+                for (r = 0; r < mr; r++) d[p * MOEXC__GEMM_MR + r] = src[r];
+                for (; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
+#endif
+            }
+        } else {                    /* A is (M x K): a transpose */
+            const float *src = A + (size_t)(i0 + q) * lda + (size_t)p0;
+            p = 0;
+#if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_MR <= 16
+            for (; p + 16 <= kc; p += 16) {
+                /* rows are short streams the hardware prefetcher misses: fetch
+                   the next panel's rows while this one is transposed */
+                if (q + MOEXC__GEMM_MR < mc)
+                    for (r = 0; r < MOEXC__MIN(MOEXC__GEMM_MR, mc - q - MOEXC__GEMM_MR); r++)
+                    {
+                        const char *next = (const char *)(src + (size_t)(MOEXC__GEMM_MR + r) * lda + (size_t)p);
+                        _mm_prefetch(next, _MM_HINT_T0);
+                        _mm_prefetch(next + 60, _MM_HINT_T0);
+                    }
+                moexc__transpose_block16(d + p * MOEXC__GEMM_MR, MOEXC__GEMM_MR, src + p, lda, mr);
+            }
+#endif
+            for (; p < kc; p++) {
+                for (r = 0; r < mr; r++) d[p * MOEXC__GEMM_MR + r] = src[(size_t)r * lda + (size_t)p];
+                for (; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
+            }
+            if (mr < MOEXC__GEMM_MR)   /* the transpose stored only mr floats per p */
+                for (p = 0; p < kc; p++)
+                    for (r = mr; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
+        }
+    }
+}
+
+/* Pack the NR-wide column panel starting at column j0 (nr <= NR valid
+   columns) of rows [p0, p0+kc) of op(B): dst[p*NR + j] = op(B)[p0+p][j0+j]. */
+static void moexc__gemm_pack_b_panel(float *dst, int trans_b, const float *B, size_t ldb,
+                                     int j0, int nr, int p0, int kc)
+{
+    int p, j;
+    if (trans_b) {                  /* B is (N x K): a transpose */
+        const float *src = B + (size_t)j0 * ldb + (size_t)p0;
+        p = 0;
+#if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_NR == 32
+        for (; p + 16 <= kc; p += 16) {
+            moexc__transpose_block16(dst + p * MOEXC__GEMM_NR, MOEXC__GEMM_NR, src + p, ldb, MOEXC__MIN(nr, 16));
+            moexc__transpose_block16(dst + p * MOEXC__GEMM_NR + 16, MOEXC__GEMM_NR,
+                                     src + 16 * ldb + p, ldb, MOEXC__MAX(nr - 16, 0));
+        }
+#endif
+        for (; p < kc; p++) {
+            for (j = 0; j < nr; j++) dst[p * MOEXC__GEMM_NR + j] = src[(size_t)j * ldb + (size_t)p];
+            for (; j < MOEXC__GEMM_NR; j++) dst[p * MOEXC__GEMM_NR + j] = 0.0f;
+        }
+    } else if (nr == MOEXC__GEMM_NR) {  /* B is (K x N): NR contiguous floats per p */
+        for (p = 0; p < kc; p++) {
+            const float *src = B + (size_t)(p0 + p) * ldb + (size_t)j0;
+            moexc__vstore(dst + p * MOEXC__GEMM_NR, moexc__vload(src));
+            moexc__vstore(dst + p * MOEXC__GEMM_NR + MOEXC__VW, moexc__vload(src + MOEXC__VW));
+        }
+    } else {
+        for (p = 0; p < kc; p++) {
+            const float *src = B + (size_t)(p0 + p) * ldb + (size_t)j0;
+            for (j = 0; j < nr; j++) dst[p * MOEXC__GEMM_NR + j] = src[j];
+            for (; j < MOEXC__GEMM_NR; j++) dst[p * MOEXC__GEMM_NR + j] = 0.0f;
+        }
+    }
+}
+
+/* C = beta * C (beta == 0: C = 0 without reading C). */
+static void moexc__gemm_scale_c(int M, int N, float beta, float *C, size_t ldc)
+{
+    int i, j;
+    for (i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        if (beta == 0.0f) for (j = 0; j < N; j++) c[j] = 0.0f;
+        else if (beta != 1.0f) for (j = 0; j < N; j++) c[j] *= beta;
+    }
+}
+
+/* Fallback when the packing buffers cannot be allocated: no extra memory,
+   slower, same semantics (different rounding order from the packed path). */
+static void moexc__gemm_unpacked(int trans_a, int trans_b, int M, int N, int K,
+                                 float alpha, const float *A, size_t lda,
+                                 const float *B, size_t ldb, float *C, size_t ldc)
+{
+    int i, j, p;
+    for (i = 0; i < M; i++) {
+        float *c = C + (size_t)i * ldc;
+        for (p = 0; p < K; p++) {
+            float a = alpha * (trans_a ? A[(size_t)p * lda + (size_t)i] : A[(size_t)i * lda + (size_t)p]);
+            if (trans_b) for (j = 0; j < N; j++) c[j] += a * B[(size_t)j * ldb + (size_t)p];
+            else         for (j = 0; j < N; j++) c[j] += a * B[(size_t)p * ldb + (size_t)j];
+        }
+    }
+}
+
+MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
+                           float alpha, const float *A, int lda,
+                           const float *B, int ldb,
+                           float beta, float *C, int ldc)
+{
+    const size_t slda = (size_t)lda, sldb = (size_t)ldb, sldc = (size_t)ldc;
+    int threads = 1, k_blocks, kc_max, nc_max, m_blocks, mc, n_split;
+    size_t b_floats, a_floats;
+    float *buffer;
+
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0 || alpha == 0.0f) { moexc__gemm_scale_c(M, N, beta, C, sldc); return; }
+
+#ifdef _OPENMP
+    /* small products are not worth waking a team; the bits do not change */
+    if (!omp_in_parallel() && (double)M * (double)N * (double)K >= 262144.0)
+        threads = omp_get_max_threads();
+#endif
+    /* K blocks of near-equal size; depends on K only (fixed summation order) */
+    k_blocks = (K + MOEXC_GEMM_KC - 1) / MOEXC_GEMM_KC;
+    kc_max = (K + k_blocks - 1) / k_blocks;
+    kc_max = (kc_max + 15) / 16 * 16;           /* whole cache lines */
+    k_blocks = (K + kc_max - 1) / kc_max;
+    nc_max = MOEXC__MIN(N, MOEXC_GEMM_NC);
+    nc_max = (nc_max + MOEXC__GEMM_NR - 1) / MOEXC__GEMM_NR * MOEXC__GEMM_NR;
+    /* M blocks: a multiple of the thread count, each a whole number of tiles */
+    m_blocks = (M + MOEXC_GEMM_MC - 1) / MOEXC_GEMM_MC;
+    m_blocks = (m_blocks + threads - 1) / threads * threads;
+    mc = (M + m_blocks - 1) / m_blocks;
+    mc = (mc + MOEXC__GEMM_MR - 1) / MOEXC__GEMM_MR * MOEXC__GEMM_MR;
+    m_blocks = (M + mc - 1) / mc;
+    /* too few rows for every thread: split each block's columns too */
+    n_split = m_blocks < threads ? threads : 1;
+
+    b_floats = (size_t)kc_max * (size_t)nc_max;
+    a_floats = (size_t)kc_max * (size_t)mc;
+    buffer = moexc__alloc_floats(b_floats + a_floats * (size_t)threads);
+    if (!buffer) {
+        moexc__gemm_scale_c(M, N, beta, C, sldc);
+        moexc__gemm_unpacked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, C, sldc);
+        return;
+    }
+
+#ifdef _OPENMP
+#   pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+        int tid = 0, jc, pc, kb;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        for (jc = 0; jc < N; jc += MOEXC_GEMM_NC) {
+            const int nc = MOEXC__MIN(MOEXC_GEMM_NC, N - jc);
+            const int n_panels = (nc + MOEXC__GEMM_NR - 1) / MOEXC__GEMM_NR;
+            const int panels_per_split = (n_panels + n_split - 1) / n_split;
+            for (kb = 0, pc = 0; kb < k_blocks; kb++, pc += kc_max) {
+                const int kc = MOEXC__MIN(kc_max, K - pc);
+                /* the first K block applies beta, later ones accumulate */
+                const float beta_k = kb == 0 ? beta : 1.0f;
+                const int beta_zero = kb == 0 && beta == 0.0f;
+                float *bp = buffer, *ap = buffer + b_floats + a_floats * (size_t)tid;
+                int panel, task, packed_block = -1;
+
+                MOEXC__OMP_FOR
+                for (panel = 0; panel < n_panels; panel++) {
+                    int j0 = panel * MOEXC__GEMM_NR;
+                    moexc__gemm_pack_b_panel(bp + (size_t)j0 * (size_t)kc, trans_b, B, sldb,
+                                             jc + j0, MOEXC__MIN(MOEXC__GEMM_NR, nc - j0), pc, kc);
+                }
+                /* (implicit barrier: the packed B block is complete) */
+
+                MOEXC__OMP_FOR
+                for (task = 0; task < m_blocks * n_split; task++) {
+                    const int block = task / n_split, split = task % n_split;
+                    const int ic = block * mc, mcb = MOEXC__MIN(mc, M - ic);
+                    const int first_panel = split * panels_per_split;
+                    const int last_panel = MOEXC__MIN(n_panels, first_panel + panels_per_split);
+                    int pj, ir;
+                    if (block != packed_block) {
+                        moexc__gemm_pack_a(ap, trans_a, A, slda, ic, mcb, pc, kc);
+                        packed_block = block;
+                    }
+                    for (pj = first_panel; pj < last_panel; pj++) {
+                        const int jr = pj * MOEXC__GEMM_NR;
+                        const int nr = MOEXC__MIN(MOEXC__GEMM_NR, nc - jr);
+                        const float *b_panel = bp + (size_t)jr * (size_t)kc;
+                        for (ir = 0; ir < mcb; ir += MOEXC__GEMM_MR) {
+                            const int mr = MOEXC__MIN(MOEXC__GEMM_MR, mcb - ir);
+                            const float *a_panel = ap + (size_t)ir * (size_t)kc;
+                            float *c = C + (size_t)(ic + ir) * sldc + (size_t)(jc + jr);
+                            if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR)
+                                moexc__gemm_kernel(kc, a_panel, b_panel, c, sldc, alpha, beta_k, beta_zero);
+                            else
+                                moexc__gemm_kernel_edge(kc, a_panel, b_panel, c, sldc, mr, nr,
+                                                        alpha, beta_k, beta_zero);
+                        }
+                    }
+                }
+                /* (implicit barrier: nobody still reads B before it is repacked) */
+            }
+        }
+    }
+    moexc__free_aligned(buffer);
+}
+
+/* Y (M x N) = X (M x K) * W^T, W (N x K); bias (N) broadcast over rows. */
+MOEXC_DEF void moexc_linear_forward(float *Y, const float *X, const float *W, const float *bias,
+                                    int M, int N, int K)
+{
+    int i, j;
+    moexc_sgemm(0, 1, M, N, K, 1.0f, X, K, W, K, 0.0f, Y, N);
+    if (bias)
+        for (i = 0; i < M; i++)
+            for (j = 0; j < N; j++) Y[(size_t)i * (size_t)N + (size_t)j] += bias[j];
+}
+
+/* dX (M x K) (+)= dY (M x N) * W (N x K) */
+MOEXC_DEF void moexc_linear_backward_input(float *dX, const float *dY, const float *W,
+                                           int M, int N, int K, int accumulate)
+{
+    moexc_sgemm(0, 0, M, K, N, 1.0f, dY, N, W, K, accumulate ? 1.0f : 0.0f, dX, K);
+}
+
+/* dW (N x K) += dY^T (N x M) * X (M x K) */
+MOEXC_DEF void moexc_linear_backward_weight(float *dW, const float *dY, const float *X,
+                                            int M, int N, int K)
+{
+    moexc_sgemm(1, 0, N, K, M, 1.0f, dY, N, X, K, 1.0f, dW, K);
+}
+/* ======================================================================== */
+/* >>layers: embedding, RMSNorm, attention + RoPE, SwiGLU, MoE, losses       */
+/* ======================================================================== */
+/* Shapes: B sequences, T tokens each, N = B*T rows, d width, H heads of
+   dh = d/H, h a SwiGLU hidden width, E experts, k active experts, V vocab.
+   Activations are row-major (N, width); the heads of q, k, v sit side by side
+   in a row (token t, head j at columns j*dh .. j*dh+dh-1).
+   Every _forward has a _backward that ADDS into parameter gradients; input
+   gradients add as well unless the comment says "overwritten". */
+
+#define MOEXC__RMS_EPS 1e-6f
+#define MOEXC__ROPE_THETA 10000.0
+#define MOEXC__ATT_PAR_MIN 131072.0   /* multiply-adds of one attention GEMM set worth a parallel region */
+
+/* ---- embedding ----------------------------------------------------------- */
+/* x (N,d) = tok_emb[tokens]; tokens (N), tok_emb (V,d) */
+static void moexc__embedding_forward(float *x, const uint16_t *tokens, const float *tok_emb, int N, int d)
+{
+    int t;
+    for (t = 0; t < N; t++)
+        memcpy(x + (size_t)t * d, tok_emb + (size_t)tokens[t] * d, (size_t)d * sizeof(float));
+}
+/* dtok_emb[tokens[t]] += dx[t] */
+static void moexc__embedding_backward(float *dtok_emb, const float *dx, const uint16_t *tokens, int N, int d)
+{
+    int t;
+    for (t = 0; t < N; t++)
+        moexc_axpy(dtok_emb + (size_t)tokens[t] * d, 1.0f, dx + (size_t)t * d, (size_t)d);
+}
+
+/* ---- RMSNorm ------------------------------------------------------------- */
+/* y (N,d) = g ⊙ x / sqrt(mean(x²) + 1e-6); inv_rms (N) = r_t kept for backward */
+static void moexc__rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *g, int N, int d)
+{
+    moexc_rmsnorm_rows(y, inv_rms, x, g, N, d, MOEXC__RMS_EPS);
+}
+/* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
+                         dg_j += Σ_t dy_j x_j r.                          */
+static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
+                                    const float *inv_rms, int N, int d)
+{
+    int t, j;
+    for (t = 0; t < N; t++) {
+        const float *xt = x + (size_t)t * d, *dyt = dy + (size_t)t * d;
+        float *dxt = dx + (size_t)t * d;
+        float r = inv_rms[t], c;
+        double dot = 0.0;
+        for (j = 0; j < d; j++) dot += (double)g[j] * dyt[j] * xt[j];
+        c = (float)((double)r * r * r * dot / d);
+        for (j = 0; j < d; j++) {
+            dxt[j] += r * g[j] * dyt[j] - c * xt[j];
+            dg[j] += dyt[j] * xt[j] * r;
+        }
+    }
+}
+
+/* ---- rotary position embedding (RoPE, rotate-half pairing) --------------- */
+/* Tables (context, dh/2): θ_{t,i} = t · 10000^(−2i/dh), computed in double. */
+static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int dh)
+{
+    int t, i, half = dh / 2;
+    for (t = 0; t < context; t++)
+        for (i = 0; i < half; i++) {
+            double angle = (double)t * pow(MOEXC__ROPE_THETA, -2.0 * i / dh);
+            cos_tab[(size_t)t * half + i] = (float)cos(angle);
+            sin_tab[(size_t)t * half + i] = (float)sin(angle);
+        }
+}
+/* x (B,T,H·dh) in place. Dim i pairs with i + dh/2 at position t:
+     forward:  (x1, x2) <- (x1 cos θ − x2 sin θ,  x1 sin θ + x2 cos θ)
+     backward (inverse = 1) applies the transpose, i.e. the rotation by −θ,
+     which maps the gradient w.r.t. the rotated vector to the one w.r.t. x. */
+static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_tab,
+                              int B, int T, int H, int dh, int inverse)
+{
+    int b, t, h, i, half = dh / 2, d = H * dh;
+    float sign = inverse ? -1.0f : 1.0f;
+    for (b = 0; b < B; b++)
+        for (t = 0; t < T; t++) {
+            const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
+            for (h = 0; h < H; h++) {
+                float *v = x + ((size_t)b * T + t) * d + (size_t)h * dh;
+                for (i = 0; i < half; i++) {
+                    float x1 = v[i], x2 = v[i + half], sn = sign * s[i];
+                    v[i]        = x1 * c[i] - x2 * sn;
+                    v[i + half] = x1 * sn + x2 * c[i];
+                }
+            }
+        }
+}
+
+/* ---- causal multi-head self-attention ------------------------------------ */
+/* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
+   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
+   diagonal); y (B,T,d) = P v per head (overwritten). One GEMM for q kᵀ and
+   one for P v per (batch, head). */
+static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
+                                     int B, int T, int H, int dh)
+{
+    int bh, d = H * dh;
+    float scale = 1.0f / sqrtf((float)dh);
+#ifdef _OPENMP
+    /* one (batch, head) per iteration: disjoint outputs, so any thread count
+       gives the same bits; small problems stay serial (a parallel region
+       costs more than it saves) */
+#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+#endif
+    for (bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H, t;
+        size_t off = (size_t)b * T * d + (size_t)h * dh;
+        float *P = att + (size_t)bh * T * T;
+        /* S = q kᵀ / sqrt(dh)  (T,T) */
+        moexc_sgemm(0, 1, T, T, dh, scale, q + off, d, k + off, d, 0.0f, P, T);
+        /* causal softmax, max subtracted: row t sees keys 0..t */
+        for (t = 0; t < T; t++) {
+            float *row = P + (size_t)t * T;
+            moexc_softmax_rows(row, row, 1, t + 1);
+            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        /* y = P v  (T,dh) */
+        moexc_sgemm(0, 0, T, dh, T, 1.0f, P, T, v + off, d, 0.0f, y + off, d);
+    }
+}
+/* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
+   datt (B,H,T,T) is scratch.
+     dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
+     dq = dS k,   dk = dSᵀ q. */
+static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
+                                      const float *att, const float *q, const float *k, const float *v,
+                                      int B, int T, int H, int dh)
+{
+    int bh, d = H * dh;
+    float scale = 1.0f / sqrtf((float)dh);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+#endif
+    for (bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H, t, j;
+        size_t off = (size_t)b * T * d + (size_t)h * dh;
+        const float *P = att + (size_t)bh * T * T;
+        float *dS = datt + (size_t)bh * T * T;
+        moexc_sgemm(0, 1, T, T, dh, 1.0f, dy + off, d, v + off, d, 0.0f, dS, T);   /* dP */
+        moexc_sgemm(1, 0, T, dh, T, 1.0f, P, T, dy + off, d, 0.0f, dv + off, d);
+        for (t = 0; t < T; t++) {
+            const float *p = P + (size_t)t * T;
+            float *ds = dS + (size_t)t * T;
+            double dot = 0.0;
+            for (j = 0; j <= t; j++) dot += (double)p[j] * ds[j];
+            for (j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - (float)dot) * scale;
+            for (; j < T; j++) ds[j] = 0.0f;
+        }
+        moexc_sgemm(0, 0, T, dh, T, 1.0f, dS, T, k + off, d, 0.0f, dq + off, d);
+        moexc_sgemm(1, 0, T, dh, T, 1.0f, dS, T, q + off, d, 0.0f, dk + off, d);
+    }
+}
+
+/* ---- SwiGLU feed-forward (the dense FFN and every expert) ---------------- */
+/* u (M,d); w_gate, w_up (h,d); w_down (d,h).
+   gate = u W_gateᵀ, up = u W_upᵀ, act = silu(gate) ⊙ up (all (M,h), kept);
+   out (M,d) = act W_downᵀ (overwritten).  FFN(u) = W_down(silu(W_gate u) ⊙ W_up u). */
+static void moexc__swiglu_forward(float *out, float *gate, float *up, float *act, const float *u,
+                                  const float *w_gate, const float *w_up, const float *w_down,
+                                  int M, int d, int h)
+{
+    size_t n = (size_t)M * h;
+    if (M <= 0) return;
+    moexc_linear_forward(gate, u, w_gate, NULL, M, h, d);
+    moexc_linear_forward(up, u, w_up, NULL, M, h, d);
+    moexc_silu(act, gate, n);
+    moexc_mul(act, act, up, n);
+    moexc_linear_forward(out, act, w_down, NULL, M, d, h);
+}
+/* dout (M,d) -> du (M,d) (overwritten, or added when accumulate);
+   dw_gate, dw_up (h,d), dw_down (d,h) accumulate; dact, dgate, dup (M,h) scratch.
+     dW_down += doutᵀ act,  dact = dout W_down,
+     dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ dact ⊙ up,
+     dW_gate += dgateᵀ u,  dW_up += dupᵀ u,  du = dgate W_gate + dup W_up. */
+static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, float *dw_up, float *dw_down,
+                                   float *dact, float *dgate, float *dup, const float *dout, const float *u,
+                                   const float *gate, const float *up, const float *act,
+                                   const float *w_gate, const float *w_up, const float *w_down,
+                                   int M, int d, int h)
+{
+    size_t n = (size_t)M * h;
+    if (M <= 0) return;
+    moexc_linear_backward_weight(dw_down, dout, act, M, d, h);
+    moexc_linear_backward_input(dact, dout, w_down, M, d, h, 0);
+    moexc_silu(dup, gate, n);
+    moexc_mul(dup, dup, dact, n);
+    moexc_mul(dact, dact, up, n);
+    moexc_silu_backward(dgate, gate, dact, n);
+    moexc_linear_backward_weight(dw_gate, dgate, u, M, h, d);
+    moexc_linear_backward_weight(dw_up, dup, u, M, h, d);
+    moexc_linear_backward_input(du, dgate, w_gate, M, h, d, accumulate);
+    moexc_linear_backward_input(du, dup, w_up, M, h, d, 1);
+}
+
+/* ---- Mixture-of-Experts feed-forward (dropless top-k routing) ------------ */
+typedef struct moexc__moe_acts {
+    float *logits, *probs;      /* (N,E)  z = u W_rᵀ, p = softmax(z)                 */
+    float *lse;                 /* (N)    logsumexp z_t (router z-loss)              */
+    int   *choice;              /* (N,k)  S(t), descending p, lowest index on ties   */
+    float *weight;              /* (N,k)  gate w_ti                                  */
+    int   *expert_offset;       /* (E+1)  assignments grouped by expert              */
+    int   *expert_cursor;       /* (E)    scratch                                    */
+    int   *assign_token;        /* (N*k)  token of each grouped assignment           */
+    int   *token_assign;        /* (N*k)  grouped assignment of (t, slot)            */
+    float *xg;                  /* (N*k,d)   gathered inputs                         */
+    float *gate, *up, *act;     /* (N*k,h_e) expert SwiGLU internals                 */
+    float *eo;                  /* (N*k,d)   unweighted expert outputs               */
+    float *frac;                /* (E)  f_i = (1/(kN)) Σ_t 1{i ∈ S(t)}               */
+    float *pmean;               /* (E)  P_i = (1/N) Σ_t p_ti                         */
+    double lb, z;               /* this layer's L_lb and L_z (weights included)      */
+} moexc__moe_acts;
+
+typedef struct moexc__moe_scratch {
+    float *d_eo, *d_xg;                 /* (N*k,d)   */
+    float *d_act, *d_gate, *d_up;       /* (N*k,h_e) */
+    float *dp, *dz;                     /* (N,E)     */
+    float *dw;                          /* (N,k)     */
+} moexc__moe_scratch;
+
+/* The hyper-parameters a MoE layer needs. */
+typedef struct moexc__moe_dims {
+    int d, E, k, h;
+    int renorm;        /* 1: w = p / Σ_S p;  0: w = p                   */
+    float lb_alpha;    /* α of the Switch loss (0 = off)                */
+    float z_weight;    /* weight of the router z-loss (0 = off)         */
+} moexc__moe_dims;
+
+/* u (N,d) -> out (N,d) (overwritten).
+   w_router (E,d); w_gate, w_up (E,h,d); w_down (E,d,h).
+     z = u W_rᵀ,  p = softmax(z),  S(t) = the k largest p (lowest index wins ties),
+     out_t = Σ_{i∈S(t)} w_ti Expert_i(u_t),  w = p (raw) or p / Σ_{j∈S} p_j (renorm).
+   Tokens are grouped by expert (gather), each expert runs one SwiGLU over
+   its tokens, outputs are combined per token in slot order (deterministic).
+   Also fills the Switch loss L_lb = α E Σ_i f_i P_i and L_z = w_z mean_t lse_t². */
+static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, const float *w_router,
+                               const float *w_gate, const float *w_up, const float *w_down,
+                               int N, const moexc__moe_dims *md)
+{
+    int d = md->d, E = md->E, k = md->k, h = md->h;
+    int t, s, i, e;
+    double lb = 0.0, zsum = 0.0;
+
+    moexc_linear_forward(a->logits, u, w_router, NULL, N, E, d);
+    moexc_softmax_rows(a->probs, a->logits, N, E);
+
+    for (i = 0; i <= E; i++) a->expert_offset[i] = 0;
+    for (t = 0; t < N; t++) {
+        const float *p = a->probs + (size_t)t * E, *z = a->logits + (size_t)t * E;
+        int *ch = a->choice + (size_t)t * k;
+        float *w = a->weight + (size_t)t * k;
+        double zmax = z[0], zs = 0.0, psum = 0.0;
+        /* top-k by repeated arg-max; the strict '>' keeps the lowest index on ties */
+        for (s = 0; s < k; s++) {
+            int best = -1, prev;
+            for (i = 0; i < E; i++) {
+                int taken = 0;
+                for (prev = 0; prev < s; prev++) taken |= ch[prev] == i;
+                if (!taken && (best < 0 || p[i] > p[best])) best = i;
+            }
+            ch[s] = best;
+            w[s] = p[best];
+            psum += p[best];
+            a->expert_offset[best + 1]++;
+        }
+        if (md->renorm)
+            for (s = 0; s < k; s++) w[s] = (float)(w[s] / psum);
+        /* lse_t = max z + log Σ exp(z − max z) */
+        for (i = 1; i < E; i++) if (z[i] > zmax) zmax = z[i];
+        for (i = 0; i < E; i++) zs += exp((double)z[i] - zmax);
+        a->lse[t] = (float)(zmax + log(zs));
+        zsum += (double)a->lse[t] * a->lse[t];
+    }
+    /* group the N*k assignments by expert, tokens ascending within an expert */
+    for (e = 0; e < E; e++) a->expert_offset[e + 1] += a->expert_offset[e];
+    for (e = 0; e < E; e++) a->expert_cursor[e] = a->expert_offset[e];
+    for (t = 0; t < N; t++)
+        for (s = 0; s < k; s++) {
+            int slot = a->expert_cursor[a->choice[(size_t)t * k + s]]++;
+            a->assign_token[slot] = t;
+            a->token_assign[(size_t)t * k + s] = slot;
+        }
+    for (s = 0; s < N * k; s++)
+        memcpy(a->xg + (size_t)s * d, u + (size_t)a->assign_token[s] * d, (size_t)d * sizeof(float));
+    for (e = 0; e < E; e++) {
+        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
+        moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
+                              a->act + (size_t)o * h, a->xg + (size_t)o * d,
+                              w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
+                              n_e, d, h);
+    }
+    /* scatter-add: out_t = Σ_s w_ts eo[(t, s)] */
+    for (t = 0; t < N; t++) {
+        float *ot = out + (size_t)t * d;
+        memset(ot, 0, (size_t)d * sizeof(float));
+        for (s = 0; s < k; s++)
+            moexc_axpy(ot, a->weight[(size_t)t * k + s], a->eo + (size_t)a->token_assign[(size_t)t * k + s] * d,
+                       (size_t)d);
+    }
+    /* Switch load balancing: f_i = count_i / (kN) (a constant), P_i = mean_t p_ti */
+    for (i = 0; i < E; i++) {
+        double pm = 0.0;
+        for (t = 0; t < N; t++) pm += a->probs[(size_t)t * E + i];
+        a->pmean[i] = (float)(pm / N);
+        a->frac[i] = (float)((double)(a->expert_offset[i + 1] - a->expert_offset[i]) / ((double)k * N));
+        lb += (double)a->frac[i] * pm / N;
+    }
+    a->lb = md->lb_alpha > 0.0f ? md->lb_alpha * (double)E * lb : 0.0;
+    a->z = md->z_weight > 0.0f ? md->z_weight * zsum / N : 0.0;
+}
+
+/* dout (N,d) -> du (N,d) (added); gradients of W_r (E,d), W_gate, W_up
+   (E,h,d), W_down (E,d,h) accumulate.
+     dw_ts = dout_t · Expert_i(u_t),   d Expert_i(u_t) = w_ts dout_t,
+     raw:    dp_ti += dw_ti                         (i ∈ S(t))
+     renorm: dp_tj += (dw_tj − Σ_{i∈S} dw_ti w_ti) / Σ_{i∈S} p_ti   (j ∈ S(t))
+     Switch: dp_ti += α E f_i / N                   (all i, f constant)
+     softmax: dz_t = p_t ⊙ (dp_t − p_t·dp_t)
+     z-loss: dz_t += w_z · 2 lse_t / N · p_t        (∂lse/∂z = p)
+     dW_r += dzᵀ u,  du += dz W_r + scatter of the experts' input gradients. */
+static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, float *dw_up, float *dw_down,
+                                const moexc__moe_scratch *sc, const moexc__moe_acts *a,
+                                const float *dout, const float *u, const float *w_router,
+                                const float *w_gate, const float *w_up, const float *w_down,
+                                int N, const moexc__moe_dims *md)
+{
+    int d = md->d, E = md->E, k = md->k, h = md->h;
+    int t, s, i, e;
+    for (t = 0; t < N; t++)
+        for (s = 0; s < k; s++) {
+            size_t ts = (size_t)t * k + s, slot = (size_t)a->token_assign[ts];
+            const float *dot_ = dout + (size_t)t * d;
+            float *deo = sc->d_eo + slot * d;
+            int j;
+            sc->dw[ts] = moexc_dot(dot_, a->eo + slot * d, (size_t)d);
+            for (j = 0; j < d; j++) deo[j] = a->weight[ts] * dot_[j];
+        }
+    for (e = 0; e < E; e++) {
+        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
+        moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
+                               dw_gate + (size_t)e * h * d, dw_up + (size_t)e * h * d, dw_down + (size_t)e * d * h,
+                               sc->d_act + (size_t)o * h, sc->d_gate + (size_t)o * h, sc->d_up + (size_t)o * h,
+                               sc->d_eo + (size_t)o * d, a->xg + (size_t)o * d,
+                               a->gate + (size_t)o * h, a->up + (size_t)o * h, a->act + (size_t)o * h,
+                               w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
+                               n_e, d, h);
+    }
+    for (t = 0; t < N; t++)
+        for (s = 0; s < k; s++)
+            moexc_axpy(du + (size_t)t * d, 1.0f, sc->d_xg + (size_t)a->token_assign[(size_t)t * k + s] * d,
+                       (size_t)d);
+    /* router: gate gradient -> dp -> softmax -> dz */
+    for (t = 0; t < N; t++) {
+        const float *p = a->probs + (size_t)t * E, *w = a->weight + (size_t)t * k, *dw = sc->dw + (size_t)t * k;
+        const int *ch = a->choice + (size_t)t * k;
+        float *dp = sc->dp + (size_t)t * E, *dz = sc->dz + (size_t)t * E;
+        double pdp = 0.0;
+        for (i = 0; i < E; i++)
+            dp[i] = md->lb_alpha > 0.0f ? md->lb_alpha * (float)E * a->frac[i] / (float)N : 0.0f;
+        if (md->renorm) {
+            double psum = 0.0, c = 0.0;
+            for (s = 0; s < k; s++) { psum += p[ch[s]]; c += (double)dw[s] * w[s]; }
+            for (s = 0; s < k; s++) dp[ch[s]] += (float)((dw[s] - c) / psum);
+        } else {
+            for (s = 0; s < k; s++) dp[ch[s]] += dw[s];
+        }
+        for (i = 0; i < E; i++) pdp += (double)p[i] * dp[i];
+        for (i = 0; i < E; i++) {
+            dz[i] = p[i] * (dp[i] - (float)pdp);
+            if (md->z_weight > 0.0f) dz[i] += md->z_weight * 2.0f * a->lse[t] / (float)N * p[i];
+        }
+    }
+    moexc_linear_backward_weight(dw_router, sc->dz, u, N, E, d);
+    moexc_linear_backward_input(du, sc->dz, w_router, N, E, d, 1);
+}
+
+/* ---- cross-entropy ------------------------------------------------------- */
+/* logits (N,V), targets (N): loss = mean_t (lse_t − z_{t,y_t}),
+   lse_t = max z_t + log Σ exp(z_t − max z_t), kept in lse (N). Returns the
+   loss; dlogits (N,V) serves as scratch here. */
+static double moexc__crossentropy_forward(float *lse, float *scratch, const float *logits, const uint16_t *targets,
+                                          int N, int V)
+{
+    double total = 0.0;
+    int t, j;
+    for (t = 0; t < N; t++) {
+        const float *z = logits + (size_t)t * V;
+        float *e = scratch + (size_t)t * V;
+        float m = moexc_max(z, (size_t)V);
+        for (j = 0; j < V; j++) e[j] = z[j] - m;
+        moexc_exp(e, e, (size_t)V);
+        lse[t] = m + (float)log((double)moexc_sum(e, (size_t)V));
+        total += (double)lse[t] - z[targets[t]];
+    }
+    return total / N;
+}
+/* dlogits (N,V) overwritten = (softmax(z) − onehot(y)) / N, softmax = exp(z − lse) */
+static void moexc__crossentropy_backward(float *dlogits, const float *logits, const float *lse,
+                                         const uint16_t *targets, int N, int V)
+{
+    int t, j;
+    float inv_n = 1.0f / (float)N;
+    for (t = 0; t < N; t++) {
+        const float *z = logits + (size_t)t * V;
+        float *g = dlogits + (size_t)t * V;
+        for (j = 0; j < V; j++) g[j] = z[j] - lse[t];
+        moexc_exp(g, g, (size_t)V);
+        g[targets[t]] -= 1.0f;
+        moexc_scale(g, inv_n, (size_t)V);
+    }
+}
+
+/* ======================================================================== */
+/* >>model: dense and MoE transformers, parameter layout                    */
+/* ======================================================================== */
+
+#define MOEXC__NAME_MAX 64
+
+/* Named views into the flat parameter (or gradient) array. */
+typedef struct moexc__layer_weights {
+    float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;   /* (d), (d,d) x4, (d) */
+    float *router;                                     /* MoE (E,d)          */
+    float *w_gate, *w_up, *w_down;   /* dense (h,d),(h,d),(d,h); MoE (E,h_e,d),(E,h_e,d),(E,d,h_e) */
+} moexc__layer_weights;
+
+typedef struct moexc__weights {
+    float *tok_emb;                  /* (V,d)                                   */
+    moexc__layer_weights *layer;     /* L                                        */
+    float *norm;                     /* (d)                                      */
+    float *lm_head;                  /* (V,d); == tok_emb when tied              */
+} moexc__weights;
+
+/* Per-layer activations kept from forward for backward. */
+typedef struct moexc__layer_acts {
+    float *x;                        /* (N,d) residual entering the block         */
+    float *attn_in, *attn_rms;       /* (N,d) RMSNorm(x), (N) its 1/rms          */
+    float *q, *k, *v;                /* (N,d) q, k rotated                        */
+    float *att;                      /* (B,H,T,T) attention probabilities         */
+    float *att_y;                    /* (N,d) heads before W_o                    */
+    float *h;                        /* (N,d) x + Attn(RMSNorm(x))                */
+    float *ffn_in, *ffn_rms;         /* (N,d) RMSNorm(h), (N)                     */
+    float *ffn_out;                  /* (N,d) FFN or MoE output                   */
+    float *gate, *up, *act;          /* dense (N,h_ff)                            */
+    moexc__moe_acts moe;             /* MoE                                       */
+} moexc__layer_acts;
+
+struct moexc_model {
+    moexc_model_config cfg;          /* resolved                                  */
+    int n_tensors;
+    moexc_param_info *info;          /* n_tensors                                 */
+    char *names;                     /* n_tensors * MOEXC__NAME_MAX               */
+    size_t n_params;
+    float *params, *grads;           /* one allocation each, same layout          */
+    moexc__weights w, g;             /* views into params and grads               */
+    moexc__layer_weights *layer_views; /* 2L: w.layer then g.layer               */
+    float *rope_cos, *rope_sin;      /* (context, dh/2)                           */
+    /* activations, sized for (cap_B, cap_T) */
+    int cap_B, cap_T;
+    float *fmem;
+    int *imem;
+    uint16_t *tokens, *targets;      /* (N) copies of the last forward's inputs   */
+    moexc__layer_acts *acts;         /* L                                          */
+    float *x_final;                  /* (N,d) residual after the last block        */
+    float *xf, *xf_rms;              /* (N,d) final RMSNorm, (N)                   */
+    float *logits, *lse;             /* (N,V), (N)                                 */
+    /* backward scratch */
+    float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;
+    float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff)                      */
+    moexc__moe_scratch moe_sc;
+    /* state of the last forward */
+    int B, T, layers_done, has_targets, backward_ready;
+    moexc_loss_stats stats;
+};
+
+/* ---- configuration -------------------------------------------------------- */
+static moexc_status moexc__config_resolve(moexc_model_config *c, const moexc_model_config *in, moexc_error *err)
+{
+    *c = *in;
+    if (!c->vocab_size) c->vocab_size = 256;
+    if (!c->d_model) c->d_model = 128;
+    if (!c->n_heads) c->n_heads = 4;
+    if (!c->n_layers) c->n_layers = 5;
+    if (!c->context) c->context = 256;
+    if (!c->d_ff) c->d_ff = 4 * c->d_model;
+    if (!c->n_experts) c->n_experts = 8;
+    if (!c->top_k) c->top_k = 2;
+    if (!c->d_expert) c->d_expert = 2 * c->d_model;
+    if (c->lb_alpha == 0.0f) c->lb_alpha = 0.01f;
+    if (c->init_std == 0.0f) c->init_std = 0.02f;
+
+    if (c->vocab_size < 1 || c->vocab_size > 65536)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: vocab_size %d not in [1, 65536]", c->vocab_size);
+    if (c->d_model < 1 || c->n_heads < 1 || c->n_layers < 1 || c->context < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_model %d, n_heads %d, n_layers %d, context %d must be positive",
+                           c->d_model, c->n_heads, c->n_layers, c->context);
+    if (c->d_model % c->n_heads)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_model %d is not divisible by n_heads %d", c->d_model, c->n_heads);
+    if ((c->d_model / c->n_heads) % 2)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: head width d_model/n_heads = %d must be even (RoPE pairs dims)",
+                           c->d_model / c->n_heads);
+    if (c->ffn != MOEXC_FFN_DENSE && c->ffn != MOEXC_FFN_MOE)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: ffn %d is neither MOEXC_FFN_DENSE nor MOEXC_FFN_MOE", c->ffn);
+    if (c->gate != MOEXC_GATE_RAW && c->gate != MOEXC_GATE_RENORM)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: gate %d is neither MOEXC_GATE_RAW nor MOEXC_GATE_RENORM", c->gate);
+    if (c->d_ff < 1 || c->d_expert < 1 || c->n_experts < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_ff %d, d_expert %d, n_experts %d must be positive",
+                           c->d_ff, c->d_expert, c->n_experts);
+    if (c->top_k < 1 || c->top_k > c->n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: top_k %d not in [1, n_experts = %d]", c->top_k, c->n_experts);
+    if (c->ffn == MOEXC_FFN_MOE && c->gate == MOEXC_GATE_RENORM && c->top_k == 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: the renormalised gate with top_k = 1 is identically 1, "
+                           "so the router would get no gradient from the task loss; use MOEXC_GATE_RAW or top_k >= 2");
+    if (!(c->z_loss >= 0.0f) || !(c->init_std > 0.0f) || !(c->lb_alpha == c->lb_alpha))
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: z_loss %g must be >= 0 and init_std %g > 0",
+                           (double)c->z_loss, (double)c->init_std);
+    if (c->tied_head != 0 && c->tied_head != 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: tied_head %d must be 0 or 1", c->tied_head);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_config_resolve(moexc_model_config *out, const moexc_model_config *cfg, moexc_error *err)
+{
+    moexc_model_config zero, tmp;
+    moexc_status st;
+    memset(&zero, 0, sizeof(zero));
+    st = moexc__config_resolve(&tmp, cfg ? cfg : &zero, err);
+    if (st == MOEXC_OK && out) *out = tmp;
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_model_config_pair(const moexc_model_config *base, moexc_model_config *dense,
+                                               moexc_model_config *moe, moexc_error *err)
+{
+    moexc_model_config b, dc, mc;
+    moexc_status st = moexc_model_config_resolve(&b, base, err);
+    if (st) return st;
+    dc = b;
+    dc.ffn = MOEXC_FFN_DENSE;
+    mc = b;
+    mc.ffn = MOEXC_FFN_MOE;
+    if (!base || !base->n_experts) mc.n_experts = 8;
+    if (!base || !base->top_k) mc.top_k = 2;
+    /* equal active parameters: k h_e = h_ff(dense) */
+    if (dc.d_ff % mc.top_k)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model pair: dense d_ff %d is not divisible by top_k %d", dc.d_ff, mc.top_k);
+    mc.d_expert = dc.d_ff / mc.top_k;
+    if ((st = moexc_model_config_resolve(&dc, &dc, err)) != MOEXC_OK) return st;
+    if ((st = moexc_model_config_resolve(&mc, &mc, err)) != MOEXC_OK) return st;
+    if (dense) *dense = dc;
+    if (moe) *moe = mc;
+    return MOEXC_OK;
+}
+
+/* Parameters of one FFN block: dense 3 h_ff d; MoE E d (router) + E 3 h_e d. */
+static void moexc__count_params(const moexc_model_config *c, size_t *total, size_t *active)
+{
+    size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size, L = (size_t)c->n_layers;
+    size_t common = V * d + d + (c->tied_head ? 0 : V * d) + L * (2 * d + 4 * d * d);
+    size_t ffn_total, ffn_active;
+    if (c->ffn == MOEXC_FFN_MOE) {
+        size_t expert = 3 * (size_t)c->d_expert * d;
+        ffn_total = (size_t)c->n_experts * d + (size_t)c->n_experts * expert;
+        ffn_active = (size_t)c->n_experts * d + (size_t)c->top_k * expert;
+    } else {
+        ffn_total = ffn_active = 3 * (size_t)c->d_ff * d;
+    }
+    if (total) *total = common + L * ffn_total;
+    if (active) *active = common + L * ffn_active;
+}
+
+MOEXC_DEF moexc_status moexc_model_count_params(const moexc_model_config *cfg, size_t *total, size_t *active,
+                                                moexc_error *err)
+{
+    moexc_model_config c;
+    moexc_status st = moexc_model_config_resolve(&c, cfg, err);
+    if (st) return st;
+    moexc__count_params(&c, total, active);
+    return MOEXC_OK;
+}
+
+/* ---- parameter layout ---------------------------------------------------- */
+static void moexc__add_tensor(moexc_model *m, int *n, size_t *offset, float **pview, float **gview,
+                              const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2, int decay)
+{
+    if (m->info) {
+        moexc_param_info *pi = &m->info[*n];
+        char *dst = m->names + (size_t)*n * MOEXC__NAME_MAX;
+        size_t i, size = 1;
+        int64_t shape[3];
+        shape[0] = s0; shape[1] = s1; shape[2] = s2;
+        memset(pi, 0, sizeof(*pi));
+        strncpy(dst, name, MOEXC__NAME_MAX - 1);
+        dst[MOEXC__NAME_MAX - 1] = '\0';
+        pi->name = dst;
+        pi->offset = *offset;
+        pi->ndim = ndim;
+        for (i = 0; i < (size_t)ndim; i++) { pi->shape[i] = shape[i]; size *= (size_t)shape[i]; }
+        pi->size = size;
+        pi->decay = decay;
+        if (m->params) { *pview = m->params + *offset; *gview = m->grads + *offset; }
+        *offset += size;
+    }
+    (*n)++;
+}
+
+/* Walks the tensors in their fixed order. With m->info == NULL only counts
+   them; with info set fills names, offsets and shapes (and sizes the total);
+   with params/grads set also points the named views into them. */
+static size_t moexc__layout(moexc_model *m)
+{
+    const moexc_model_config *c = &m->cfg;
+    int64_t V = c->vocab_size, d = c->d_model, E = c->n_experts, he = c->d_expert, hf = c->d_ff;
+    int n = 0, l;
+    size_t off = 0;
+    char name[MOEXC__NAME_MAX];
+    moexc__add_tensor(m, &n, &off, &m->w.tok_emb, &m->g.tok_emb, "tok_emb.weight", 2, V, d, 0, 1);
+    for (l = 0; l < c->n_layers; l++) {
+        moexc__layer_weights *w = &m->w.layer[l], *g = &m->g.layer[l];
+#define MOEXC__T(field, suffix, ndim, s0, s1, s2, decay) do {                            \
+            snprintf(name, sizeof(name), "layers.%d.%s", l, suffix);                    \
+            moexc__add_tensor(m, &n, &off, &w->field, &g->field, name, ndim, s0, s1, s2, decay); \
+        } while (0)
+        MOEXC__T(attn_norm, "attn_norm.weight", 1, d, 0, 0, 0);
+        MOEXC__T(wq, "attn.wq.weight", 2, d, d, 0, 1);
+        MOEXC__T(wk, "attn.wk.weight", 2, d, d, 0, 1);
+        MOEXC__T(wv, "attn.wv.weight", 2, d, d, 0, 1);
+        MOEXC__T(wo, "attn.wo.weight", 2, d, d, 0, 1);
+        MOEXC__T(ffn_norm, "ffn_norm.weight", 1, d, 0, 0, 0);
+        if (c->ffn == MOEXC_FFN_MOE) {
+            MOEXC__T(router, "moe.router.weight", 2, E, d, 0, 1);
+            MOEXC__T(w_gate, "moe.experts.w_gate", 3, E, he, d, 1);
+            MOEXC__T(w_up, "moe.experts.w_up", 3, E, he, d, 1);
+            MOEXC__T(w_down, "moe.experts.w_down", 3, E, d, he, 1);
+        } else {
+            MOEXC__T(w_gate, "ffn.w_gate.weight", 2, hf, d, 0, 1);
+            MOEXC__T(w_up, "ffn.w_up.weight", 2, hf, d, 0, 1);
+            MOEXC__T(w_down, "ffn.w_down.weight", 2, d, hf, 0, 1);
+        }
+#undef MOEXC__T
+    }
+    moexc__add_tensor(m, &n, &off, &m->w.norm, &m->g.norm, "norm.weight", 1, d, 0, 0, 0);
+    if (c->tied_head) {
+        m->w.lm_head = m->w.tok_emb;
+        m->g.lm_head = m->g.tok_emb;
+    } else {
+        moexc__add_tensor(m, &n, &off, &m->w.lm_head, &m->g.lm_head, "lm_head.weight", 2, V, d, 0, 1);
+    }
+    m->n_tensors = n;
+    return off;
+}
+
+/* SPEC init: N(0, std) for matrices, std/sqrt(2L) for the residual output
+   projections (attention out, FFN down), gains 1. */
+static void moexc__init_params(moexc_model *m)
+{
+    moexc_rng rng;
+    int i;
+    float out_std = m->cfg.init_std / sqrtf(2.0f * (float)m->cfg.n_layers);
+    moexc_rng_seed(&rng, m->cfg.seed);
+    for (i = 0; i < m->n_tensors; i++) {
+        const moexc_param_info *pi = &m->info[i];
+        float *p = m->params + pi->offset;
+        size_t j;
+        size_t len = strlen(pi->name);
+        int residual_out = (len > 14 && strcmp(pi->name + len - 14, "attn.wo.weight") == 0) ||
+                           strstr(pi->name, "w_down") != NULL;
+        float std = residual_out ? out_std : m->cfg.init_std;
+        if (pi->ndim == 1) {
+            for (j = 0; j < pi->size; j++) p[j] = 1.0f;
+        } else {
+            for (j = 0; j < pi->size; j++) p[j] = std * moexc_rng_normal(&rng);
+        }
+    }
+}
+
+/* ---- activation memory ----------------------------------------------------- */
+/* Carves every activation and scratch array for (B, T) out of fbase / ibase;
+   with NULL bases it only counts (floats and ints), so the memory report and
+   the allocator share one definition. Each array starts 64-byte aligned. */
+static float *moexc__carve(float *base, size_t *cursor, size_t n)
+{
+    float *p = base ? base + *cursor : NULL;
+    *cursor += (n + 15) & ~(size_t)15;
+    return p;
+}
+static int *moexc__carve_int(int *base, size_t *cursor, size_t n)
+{
+    int *p = base ? base + *cursor : NULL;
+    *cursor += n;
+    return p;
+}
+static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *fb, int *ib,
+                              moexc__layer_acts *acts, moexc_model *m, size_t *nf, size_t *ni)
+{
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, V = (size_t)c->vocab_size;
+    size_t H = (size_t)c->n_heads, E = (size_t)c->n_experts, k = (size_t)c->top_k;
+    size_t he = (size_t)c->d_expert, hf = (size_t)c->d_ff, att = (size_t)B * H * T * T;
+    size_t fc = 0, ic = 0;
+    int l, moe = c->ffn == MOEXC_FFN_MOE;
+    moexc__layer_acts dummy;
+    for (l = 0; l < c->n_layers; l++) {
+        moexc__layer_acts *a = acts ? &acts[l] : &dummy;
+        a->x = moexc__carve(fb, &fc, N * d);
+        a->attn_in = moexc__carve(fb, &fc, N * d);
+        a->attn_rms = moexc__carve(fb, &fc, N);
+        a->q = moexc__carve(fb, &fc, N * d);
+        a->k = moexc__carve(fb, &fc, N * d);
+        a->v = moexc__carve(fb, &fc, N * d);
+        a->att = moexc__carve(fb, &fc, att);
+        a->att_y = moexc__carve(fb, &fc, N * d);
+        a->h = moexc__carve(fb, &fc, N * d);
+        a->ffn_in = moexc__carve(fb, &fc, N * d);
+        a->ffn_rms = moexc__carve(fb, &fc, N);
+        a->ffn_out = moexc__carve(fb, &fc, N * d);
+        if (moe) {
+            moexc__moe_acts *ma = &a->moe;
+            ma->logits = moexc__carve(fb, &fc, N * E);
+            ma->probs = moexc__carve(fb, &fc, N * E);
+            ma->lse = moexc__carve(fb, &fc, N);
+            ma->weight = moexc__carve(fb, &fc, N * k);
+            ma->xg = moexc__carve(fb, &fc, N * k * d);
+            ma->gate = moexc__carve(fb, &fc, N * k * he);
+            ma->up = moexc__carve(fb, &fc, N * k * he);
+            ma->act = moexc__carve(fb, &fc, N * k * he);
+            ma->eo = moexc__carve(fb, &fc, N * k * d);
+            ma->frac = moexc__carve(fb, &fc, E);
+            ma->pmean = moexc__carve(fb, &fc, E);
+            ma->choice = moexc__carve_int(ib, &ic, N * k);
+            ma->expert_offset = moexc__carve_int(ib, &ic, E + 1);
+            ma->expert_cursor = moexc__carve_int(ib, &ic, E);
+            ma->assign_token = moexc__carve_int(ib, &ic, N * k);
+            ma->token_assign = moexc__carve_int(ib, &ic, N * k);
+        } else {
+            a->gate = moexc__carve(fb, &fc, N * hf);
+            a->up = moexc__carve(fb, &fc, N * hf);
+            a->act = moexc__carve(fb, &fc, N * hf);
+        }
+    }
+    {
+        moexc_model mm;
+        moexc_model *t = m ? m : &mm;
+        t->x_final = moexc__carve(fb, &fc, N * d);
+        t->xf = moexc__carve(fb, &fc, N * d);
+        t->xf_rms = moexc__carve(fb, &fc, N);
+        t->logits = moexc__carve(fb, &fc, N * V);
+        t->lse = moexc__carve(fb, &fc, N);
+        /* backward scratch, shared by all layers */
+        t->dx = moexc__carve(fb, &fc, N * d);
+        t->dnorm = moexc__carve(fb, &fc, N * d);
+        t->dq = moexc__carve(fb, &fc, N * d);
+        t->dk = moexc__carve(fb, &fc, N * d);
+        t->dv = moexc__carve(fb, &fc, N * d);
+        t->datt_y = moexc__carve(fb, &fc, N * d);
+        t->datt = moexc__carve(fb, &fc, att);
+        t->dlogits = moexc__carve(fb, &fc, N * V);
+        if (moe) {
+            t->moe_sc.d_eo = moexc__carve(fb, &fc, N * k * d);
+            t->moe_sc.d_xg = moexc__carve(fb, &fc, N * k * d);
+            t->moe_sc.d_act = moexc__carve(fb, &fc, N * k * he);
+            t->moe_sc.d_gate = moexc__carve(fb, &fc, N * k * he);
+            t->moe_sc.d_up = moexc__carve(fb, &fc, N * k * he);
+            t->moe_sc.dp = moexc__carve(fb, &fc, N * E);
+            t->moe_sc.dz = moexc__carve(fb, &fc, N * E);
+            t->moe_sc.dw = moexc__carve(fb, &fc, N * k);
+        } else {
+            t->dff_act = moexc__carve(fb, &fc, N * hf);
+            t->dff_gate = moexc__carve(fb, &fc, N * hf);
+            t->dff_up = moexc__carve(fb, &fc, N * hf);
+        }
+    }
+    *nf = fc;
+    *ni = ic + 2 * ((N + 1) / 2);   /* + the uint16 token copies, stored as ints' worth */
+}
+
+MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
+                                          moexc_error *err)
+{
+    moexc_model_config c;
+    size_t total, nf, ni;
+    moexc_status st = moexc_model_config_resolve(&c, cfg, err);
+    if (st) return st;
+    if (B < 1 || T < 1 || T > c.context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model memory: B %d, T %d (context %d) out of range", B, T, c.context);
+    moexc__count_params(&c, &total, NULL);
+    moexc__carve_acts(&c, B, T, NULL, NULL, NULL, NULL, &nf, &ni);
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->param_bytes = total * sizeof(float);
+        out->grad_bytes = total * sizeof(float);
+        out->activation_bytes = nf * sizeof(float) + ni * sizeof(int);
+        out->total_bytes = out->param_bytes + out->grad_bytes + out->activation_bytes;
+    }
+    return MOEXC_OK;
+}
+
+static void moexc__free_acts(moexc_model *m)
+{
+    moexc__free_aligned(m->fmem);
+    moexc__free(m->imem);
+    m->fmem = NULL;
+    m->imem = NULL;
+    m->cap_B = m->cap_T = 0;
+    m->layers_done = 0;
+    m->backward_ready = 0;
+}
+
+/* Grow the activation buffers to hold (B, T); keeps them when big enough. */
+static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error *err)
+{
+    size_t nf, ni;
+    int nb = MOEXC__MAX(B, m->cap_B), nt = MOEXC__MAX(T, m->cap_T);
+    if (m->fmem && B <= m->cap_B && T <= m->cap_T) return MOEXC_OK;
+    moexc__free_acts(m);
+    moexc__carve_acts(&m->cfg, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
+    m->fmem = moexc__alloc_floats(nf);
+    m->imem = (int *)moexc__calloc(ni, sizeof(int));
+    if (!m->fmem || !m->imem) {
+        moexc__free_acts(m);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate activations for B %d, T %d (%.1f MiB)",
+                           nb, nt, (double)(nf * sizeof(float) + ni * sizeof(int)) / 1048576.0);
+    }
+    moexc__carve_acts(&m->cfg, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
+    m->tokens = (uint16_t *)(void *)(m->imem + (ni - 2 * (((size_t)nb * nt + 1) / 2)));
+    m->targets = m->tokens + (size_t)nb * nt;
+    m->cap_B = nb;
+    m->cap_T = nt;
+    return MOEXC_OK;
+}
+
+/* ---- create / free ------------------------------------------------------- */
+MOEXC_DEF void moexc_model_free(moexc_model *m)
+{
+    if (!m) return;
+    moexc__free_acts(m);
+    moexc__free_aligned(m->params);
+    moexc__free_aligned(m->grads);
+    moexc__free_aligned(m->rope_cos);
+    moexc__free_aligned(m->rope_sin);
+    moexc__free(m->info);
+    moexc__free(m->names);
+    moexc__free(m->layer_views);
+    moexc__free(m->acts);
+    moexc__free(m);
+}
+
+MOEXC_DEF moexc_status moexc_model_create(moexc_model **out, const moexc_model_config *cfg, moexc_error *err)
+{
+    moexc_model *m;
+    moexc_status st;
+    int L, half;
+    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_model_create: out is NULL");
+    *out = NULL;
+    m = (moexc_model *)moexc__calloc(1, sizeof(*m));
+    if (!m) return moexc__fail(err, MOEXC_ERR_NOMEM, "model: out of memory");
+    st = moexc_model_config_resolve(&m->cfg, cfg, err);
+    if (st) { moexc__free(m); return st; }
+    L = m->cfg.n_layers;
+    half = m->cfg.d_model / m->cfg.n_heads / 2;
+    m->layer_views = (moexc__layer_weights *)moexc__calloc((size_t)2 * L, sizeof(moexc__layer_weights));
+    m->acts = (moexc__layer_acts *)moexc__calloc((size_t)L, sizeof(moexc__layer_acts));
+    if (!m->layer_views || !m->acts) goto nomem;
+    m->w.layer = m->layer_views;
+    m->g.layer = m->layer_views + L;
+    moexc__layout(m);                       /* count the tensors */
+    m->info = (moexc_param_info *)moexc__calloc((size_t)m->n_tensors, sizeof(moexc_param_info));
+    m->names = (char *)moexc__calloc((size_t)m->n_tensors, MOEXC__NAME_MAX);
+    if (!m->info || !m->names) goto nomem;
+    m->n_params = moexc__layout(m);         /* names, shapes, offsets */
+    m->params = moexc__alloc_floats(m->n_params);
+    m->grads = moexc__alloc_floats(m->n_params);
+    m->rope_cos = moexc__alloc_floats((size_t)m->cfg.context * half);
+    m->rope_sin = moexc__alloc_floats((size_t)m->cfg.context * half);
+    if (!m->params || !m->grads || !m->rope_cos || !m->rope_sin) goto nomem;
+    moexc__layout(m);                       /* bind the named views */
+    moexc__rope_tables(m->rope_cos, m->rope_sin, m->cfg.context, 2 * half);
+    moexc__init_params(m);
+    *out = m;
+    return MOEXC_OK;
+nomem:
+    moexc_model_free(m);
+    return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate parameters");
+}
+
+MOEXC_DEF const moexc_model_config *moexc_model_get_config(const moexc_model *m) { return &m->cfg; }
+MOEXC_DEF size_t moexc_model_num_params(const moexc_model *m) { return m->n_params; }
+MOEXC_DEF float *moexc_model_params(moexc_model *m) { return m->params; }
+MOEXC_DEF float *moexc_model_grads(moexc_model *m) { return m->grads; }
+MOEXC_DEF void moexc_model_zero_grad(moexc_model *m) { memset(m->grads, 0, m->n_params * sizeof(float)); }
+MOEXC_DEF int moexc_model_num_tensors(const moexc_model *m) { return m->n_tensors; }
+MOEXC_DEF const moexc_param_info *moexc_model_tensor(const moexc_model *m, int i)
+{
+    return (i >= 0 && i < m->n_tensors) ? &m->info[i] : NULL;
+}
+MOEXC_DEF const moexc_param_info *moexc_model_find_tensor(const moexc_model *m, const char *name)
+{
+    int i;
+    for (i = 0; i < m->n_tensors; i++)
+        if (strcmp(m->info[i].name, name) == 0) return &m->info[i];
+    return NULL;
+}
+
+/* ---- forward / backward --------------------------------------------------- */
+static moexc__moe_dims moexc__moe_dims_of(const moexc_model_config *c)
+{
+    moexc__moe_dims md;
+    md.d = c->d_model;
+    md.E = c->n_experts;
+    md.k = c->top_k;
+    md.h = c->d_expert;
+    md.renorm = c->gate == MOEXC_GATE_RENORM;
+    md.lb_alpha = c->lb_alpha > 0.0f ? c->lb_alpha : 0.0f;
+    md.z_weight = c->z_loss;
+    return md;
+}
+
+/* Runs blocks 0..last_layer; with last_layer = L-1 also the final norm and
+   LM head, and with targets the losses. */
+static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                   int B, int T, int last_layer, moexc_loss_stats *stats, moexc_error *err)
+{
+    const moexc_model_config *c = &m->cfg;
+    int N, d = c->d_model, H = c->n_heads, dh = d / H, V = c->vocab_size, l, t;
+    moexc__moe_dims md = moexc__moe_dims_of(c);
+    moexc_status st;
+    if (!inputs) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs is NULL");
+    if (B < 1 || T < 1 || T > c->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B %d, T %d (context %d) out of range", B, T, c->context);
+    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(c->top_k, 1) / 4)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B*T = %d*%d too large", B, T);
+    N = B * T;
+    for (t = 0; t < N; t++) {
+        if (inputs[t] >= V)
+            return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs[%d] = %d >= vocab_size %d", t, inputs[t], V);
+        if (targets && targets[t] >= V)
+            return moexc__fail(err, MOEXC_ERR_ARG, "model forward: targets[%d] = %d >= vocab_size %d", t, targets[t], V);
+    }
+    if ((st = moexc__ensure_acts(m, B, T, err)) != MOEXC_OK) return st;
+    m->B = B;
+    m->T = T;
+    m->backward_ready = 0;
+    m->has_targets = 0;
+    m->layers_done = 0;
+    memcpy(m->tokens, inputs, (size_t)N * sizeof(uint16_t));
+
+    moexc__embedding_forward(m->acts[0].x, m->tokens, m->w.tok_emb, N, d);
+    for (l = 0; l <= last_layer; l++) {
+        moexc__layer_acts *a = &m->acts[l];
+        const moexc__layer_weights *w = &m->w.layer[l];
+        float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
+        /* h = x + Attn(RMSNorm(x)) */
+        moexc__rmsnorm_forward(a->attn_in, a->attn_rms, a->x, w->attn_norm, N, d);
+        moexc_linear_forward(a->q, a->attn_in, w->wq, NULL, N, d, d);
+        moexc_linear_forward(a->k, a->attn_in, w->wk, NULL, N, d, d);
+        moexc_linear_forward(a->v, a->attn_in, w->wv, NULL, N, d, d);
+        moexc__rope_apply(a->q, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+        moexc__rope_apply(a->k, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+        moexc__attention_forward(a->att_y, a->att, a->q, a->k, a->v, B, T, H, dh);
+        moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
+        moexc_add(a->h, a->h, a->x, (size_t)N * d);
+        /* y = h + FFN(RMSNorm(h)) */
+        moexc__rmsnorm_forward(a->ffn_in, a->ffn_rms, a->h, w->ffn_norm, N, d);
+        if (c->ffn == MOEXC_FFN_MOE)
+            moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
+        else
+            moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
+                                  N, d, c->d_ff);
+        moexc_add(x_out, a->h, a->ffn_out, (size_t)N * d);
+        m->layers_done = l + 1;
+    }
+    if (last_layer < c->n_layers - 1) return MOEXC_OK;
+
+    moexc__rmsnorm_forward(m->xf, m->xf_rms, m->x_final, m->w.norm, N, d);
+    moexc_linear_forward(m->logits, m->xf, m->w.lm_head, NULL, N, V, d);
+    memset(&m->stats, 0, sizeof(m->stats));
+    if (targets) {
+        memcpy(m->targets, targets, (size_t)N * sizeof(uint16_t));
+        /* loss = mean CE + Σ_ℓ L_lb + Σ_ℓ L_z */
+        m->stats.ce = moexc__crossentropy_forward(m->lse, m->dlogits, m->logits, m->targets, N, V);
+        if (c->ffn == MOEXC_FFN_MOE)
+            for (l = 0; l < c->n_layers; l++) { m->stats.lb += m->acts[l].moe.lb; m->stats.z += m->acts[l].moe.z; }
+        m->stats.loss = m->stats.ce + m->stats.lb + m->stats.z;
+        if (stats) *stats = m->stats;
+        if (!(m->stats.loss == m->stats.loss) || m->stats.loss > DBL_MAX)
+            return moexc__fail(err, MOEXC_ERR_NUMERIC, "model forward: loss is %g (ce %g, lb %g, z %g)",
+                               m->stats.loss, m->stats.ce, m->stats.lb, m->stats.z);
+        m->has_targets = 1;
+        m->backward_ready = 1;
+    } else if (stats) {
+        *stats = m->stats;
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                           int B, int T, moexc_loss_stats *stats, moexc_error *err)
+{
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: model is NULL");
+    return moexc__forward(m, inputs, targets, B, T, m->cfg.n_layers - 1, stats, err);
+}
+
+MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
+{
+    const moexc_model_config *c;
+    int B, T, N, d, H, dh, V, l;
+    moexc__moe_dims md;
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model backward: model is NULL");
+    if (!m->backward_ready)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model backward: needs a forward with targets first (once per forward)");
+    c = &m->cfg;
+    B = m->B; T = m->T; N = B * T; d = c->d_model; H = c->n_heads; dh = d / H; V = c->vocab_size;
+    md = moexc__moe_dims_of(c);
+    m->backward_ready = 0;
+
+    /* loss -> logits -> final norm -> residual stream */
+    moexc__crossentropy_backward(m->dlogits, m->logits, m->lse, m->targets, N, V);
+    moexc_linear_backward_weight(m->g.lm_head, m->dlogits, m->xf, N, V, d);
+    moexc_linear_backward_input(m->dnorm, m->dlogits, m->w.lm_head, N, V, d, 0);
+    memset(m->dx, 0, (size_t)N * d * sizeof(float));
+    moexc__rmsnorm_backward(m->dx, m->g.norm, m->dnorm, m->x_final, m->w.norm, m->xf_rms, N, d);
+
+    for (l = c->n_layers - 1; l >= 0; l--) {
+        moexc__layer_acts *a = &m->acts[l];
+        const moexc__layer_weights *w = &m->w.layer[l];
+        moexc__layer_weights *g = &m->g.layer[l];
+        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh */
+        memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
+        if (c->ffn == MOEXC_FFN_MOE)
+            moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
+                                m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
+        else
+            moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
+                                   m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
+                                   N, d, c->d_ff);
+        moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
+        /* h = x + Attn(RMSNorm(x)): dx is dh here and becomes dx */
+        moexc_linear_backward_weight(g->wo, m->dx, a->att_y, N, d, d);
+        moexc_linear_backward_input(m->datt_y, m->dx, w->wo, N, d, d, 0);
+        moexc__attention_backward(m->dq, m->dk, m->dv, m->datt, m->datt_y, a->att, a->q, a->k, a->v, B, T, H, dh);
+        moexc__rope_apply(m->dq, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        moexc__rope_apply(m->dk, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        moexc_linear_backward_weight(g->wq, m->dq, a->attn_in, N, d, d);
+        moexc_linear_backward_weight(g->wk, m->dk, a->attn_in, N, d, d);
+        moexc_linear_backward_weight(g->wv, m->dv, a->attn_in, N, d, d);
+        moexc_linear_backward_input(m->dnorm, m->dq, w->wq, N, d, d, 0);
+        moexc_linear_backward_input(m->dnorm, m->dk, w->wk, N, d, d, 1);
+        moexc_linear_backward_input(m->dnorm, m->dv, w->wv, N, d, d, 1);
+        moexc__rmsnorm_backward(m->dx, g->attn_norm, m->dnorm, a->x, w->attn_norm, a->attn_rms, N, d);
+    }
+    moexc__embedding_backward(m->g.tok_emb, m->dx, m->tokens, N, d);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF const float *moexc_model_logits(const moexc_model *m)
+{
+    return (m && m->fmem && m->layers_done == m->cfg.n_layers) ? m->logits : NULL;
+}
+MOEXC_DEF const float *moexc_model_router_probs(const moexc_model *m, int layer)
+{
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done) return NULL;
+    return m->acts[layer].moe.probs;
+}
+MOEXC_DEF const int *moexc_model_router_choices(const moexc_model *m, int layer)
+{
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done) return NULL;
+    return m->acts[layer].moe.choice;
+}
+MOEXC_DEF moexc_status moexc_model_router_load(const moexc_model *m, int layer, float *f, float *P, moexc_error *err)
+{
+    int i;
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model router load: layer %d has no router output (MoE model, after a forward?)", layer);
+    for (i = 0; i < m->cfg.n_experts; i++) {
+        if (f) f[i] = m->acts[layer].moe.frac[i];
+        if (P) P[i] = m->acts[layer].moe.pmean[i];
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_capture(moexc_model *m, const uint16_t *tokens, int B, int T,
+                                           int layer, moexc_site site, float *out, moexc_error *err)
+{
+    moexc_status st;
+    const float *src;
+    if (!m || !out) return moexc__fail(err, MOEXC_ERR_ARG, "model capture: model or out is NULL");
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model capture: layer %d not in [0, %d)", layer, m->cfg.n_layers);
+    if (site != MOEXC_SITE_FFN_OUT && site != MOEXC_SITE_RESID)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model capture: unknown site %d", (int)site);
+    if ((st = moexc__forward(m, tokens, NULL, B, T, layer, NULL, err)) != MOEXC_OK) return st;
+    if (site == MOEXC_SITE_FFN_OUT) src = m->acts[layer].ffn_out;
+    else src = layer + 1 < m->cfg.n_layers ? m->acts[layer + 1].x : m->x_final;
+    memcpy(out, src, (size_t)B * T * m->cfg.d_model * sizeof(float));
+    return MOEXC_OK;
+}
+
+/* ---- checkpoints (safetensors) ------------------------------------------- */
+/* Metadata: "moexc.format" = "model", "moexc.version" = "1" and every
+   resolved config field as "moexc.config.<field>" (decimal strings). */
+#define MOEXC__MODEL_FORMAT_VERSION "1"
+#define MOEXC__N_CONFIG_KEYS 16
+
+static void moexc__config_to_meta(const moexc_model_config *c, char vals[MOEXC__N_CONFIG_KEYS][40],
+                                  moexc_st_kv *kv)
+{
+    static const char *const keys[MOEXC__N_CONFIG_KEYS] = {
+        "moexc.config.vocab_size", "moexc.config.d_model", "moexc.config.n_heads", "moexc.config.n_layers",
+        "moexc.config.context", "moexc.config.ffn", "moexc.config.d_ff", "moexc.config.n_experts",
+        "moexc.config.top_k", "moexc.config.d_expert", "moexc.config.gate", "moexc.config.lb_alpha",
+        "moexc.config.z_loss", "moexc.config.tied_head", "moexc.config.init_std", "moexc.config.seed" };
+    int i;
+    snprintf(vals[0], 40, "%d", c->vocab_size);
+    snprintf(vals[1], 40, "%d", c->d_model);
+    snprintf(vals[2], 40, "%d", c->n_heads);
+    snprintf(vals[3], 40, "%d", c->n_layers);
+    snprintf(vals[4], 40, "%d", c->context);
+    snprintf(vals[5], 40, "%d", c->ffn);
+    snprintf(vals[6], 40, "%d", c->d_ff);
+    snprintf(vals[7], 40, "%d", c->n_experts);
+    snprintf(vals[8], 40, "%d", c->top_k);
+    snprintf(vals[9], 40, "%d", c->d_expert);
+    snprintf(vals[10], 40, "%d", c->gate);
+    snprintf(vals[11], 40, "%.9g", (double)c->lb_alpha);
+    snprintf(vals[12], 40, "%.9g", (double)c->z_loss);
+    snprintf(vals[13], 40, "%d", c->tied_head);
+    snprintf(vals[14], 40, "%.9g", (double)c->init_std);
+    snprintf(vals[15], 40, "%llu", (unsigned long long)c->seed);
+    for (i = 0; i < MOEXC__N_CONFIG_KEYS; i++) { kv[i].key = keys[i]; kv[i].value = vals[i]; }
+}
+
+static moexc_status moexc__meta_int(const moexc_st_file *f, const char *path, const char *key, int *v, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    long x;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
+    x = strtol(s, &end, 10);
+    if (end == s || *end || x < INT_MIN || x > INT_MAX)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an integer", path, key, s);
+    *v = (int)x;
+    return MOEXC_OK;
+}
+static moexc_status moexc__meta_float(const moexc_st_file *f, const char *path, const char *key, float *v, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    double x;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
+    x = strtod(s, &end);
+    if (end == s || *end || !(x == x))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not a number", path, key, s);
+    *v = (float)x;
+    return MOEXC_OK;
+}
+
+/* Writes the model's tensors and config, plus extra tensors and metadata
+   (a training checkpoint adds its optimiser state this way). */
+static moexc_status moexc__model_save_with(const moexc_model *m, const char *path, const moexc_st_entry *extra, int n_extra,
+                                           const moexc_st_kv *extra_meta, int n_extra_meta, moexc_error *err)
+{
+    char vals[MOEXC__N_CONFIG_KEYS][40];
+    moexc_st_kv *kv;
+    moexc_st_entry *ent;
+    moexc_status st;
+    int i, j, n_kv = 2 + MOEXC__N_CONFIG_KEYS + (n_extra_meta > 0 ? n_extra_meta : 0);
+    int n_ent = m->n_tensors + (n_extra > 0 ? n_extra : 0);
+    if (!path) return moexc__fail(err, MOEXC_ERR_ARG, "model save: path is NULL");
+    kv = (moexc_st_kv *)moexc__calloc((size_t)n_kv, sizeof(*kv));
+    ent = (moexc_st_entry *)moexc__calloc((size_t)n_ent, sizeof(*ent));
+    if (!kv || !ent) {
+        moexc__free(kv);
+        moexc__free(ent);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
+    }
+    kv[0].key = "moexc.format";
+    kv[0].value = "model";
+    kv[1].key = "moexc.version";
+    kv[1].value = MOEXC__MODEL_FORMAT_VERSION;
+    moexc__config_to_meta(&m->cfg, vals, kv + 2);
+    for (i = 0; i < n_extra_meta; i++) kv[2 + MOEXC__N_CONFIG_KEYS + i] = extra_meta[i];
+    for (i = 0; i < m->n_tensors; i++) {
+        const moexc_param_info *pi = &m->info[i];
+        ent[i].name = pi->name;
+        ent[i].data = m->params + pi->offset;
+        ent[i].ndim = pi->ndim;
+        for (j = 0; j < pi->ndim; j++) ent[i].shape[j] = pi->shape[j];
+    }
+    for (i = 0; i < n_extra; i++) ent[m->n_tensors + i] = extra[i];
+    st = moexc_st_save(path, ent, n_ent, kv, n_kv, err);
+    moexc__free(kv);
+    moexc__free(ent);
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_model_save(const moexc_model *m, const char *path, moexc_error *err)
+{
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model save: model is NULL");
+    return moexc__model_save_with(m, path, NULL, 0, NULL, 0, err);
+}
+
+static void moexc__format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t used = 0;
+    int i;
+    buf[0] = '\0';
+    used += (size_t)snprintf(buf, cap, "[");
+    for (i = 0; i < ndim && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, i ? ",%lld" : "%lld", (long long)shape[i]);
+    if (used < cap) snprintf(buf + used, cap - used, "]");
+}
+
+/* Builds a model from an opened safetensors file: reads the config from the
+   metadata, then every tensor, checking its shape against the config. */
+static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *path, moexc_model **out, moexc_error *err)
+{
+    moexc_model_config c;
+    moexc_model *m = NULL;
+    moexc_status st;
+    const char *s;
+    int64_t head_shape[8];
+    int i, j;
+    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "%s: out is NULL", path);
+    *out = NULL;
+    s = moexc_st_meta(f, "moexc.format");
+    if (!s || strcmp(s, "model") != 0)
+        return moexc__fail(err, s ? MOEXC_ERR_FORMAT : MOEXC_ERR_MISSING,
+                           "%s: metadata 'moexc.format' is %s%s%s, expected \"model\"", path,
+                           s ? "\"" : "absent", s ? s : "", s ? "\"" : "");
+    s = moexc_st_meta(f, "moexc.version");
+    if (!s || strcmp(s, MOEXC__MODEL_FORMAT_VERSION) != 0)
+        return moexc__fail(err, MOEXC_ERR_VERSION, "%s: model format version %s, this build reads " MOEXC__MODEL_FORMAT_VERSION,
+                           path, s ? s : "(absent)");
+    memset(&c, 0, sizeof(c));
+    {
+        const char *seed_s;
+        char *end;
+#define MOEXC__MI(field) if ((st = moexc__meta_int(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
+#define MOEXC__MF(field) if ((st = moexc__meta_float(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
+        MOEXC__MI(vocab_size); MOEXC__MI(d_model); MOEXC__MI(n_heads); MOEXC__MI(n_layers); MOEXC__MI(context);
+        MOEXC__MI(ffn); MOEXC__MI(d_ff); MOEXC__MI(n_experts); MOEXC__MI(top_k); MOEXC__MI(d_expert);
+        MOEXC__MI(gate); MOEXC__MF(lb_alpha); MOEXC__MF(z_loss); MOEXC__MI(tied_head); MOEXC__MF(init_std);
+#undef MOEXC__MI
+#undef MOEXC__MF
+        seed_s = moexc_st_meta(f, "moexc.config.seed");
+        if (!seed_s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key 'moexc.config.seed' is missing", path);
+        c.seed = (uint64_t)strtoull(seed_s, &end, 10);
+        if (end == seed_s || *end)
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata 'moexc.config.seed' = \"%s\" is not an integer", path, seed_s);
+    }
+    /* the stored config is a resolved one: a zero that resolution would
+       replace means the file was not written by this library */
+    if (c.vocab_size < 1 || c.d_model < 1 || c.n_heads < 1 || c.n_layers < 1 || c.context < 1 || c.d_ff < 1 ||
+        c.n_experts < 1 || c.top_k < 1 || c.d_expert < 1 || c.lb_alpha == 0.0f || c.init_std <= 0.0f)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata holds an unresolved or invalid model config", path);
+    if ((st = moexc_model_create(&m, &c, err)) != MOEXC_OK) {
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            return moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        return st;
+    }
+    for (i = 0; i < m->n_tensors; i++) {
+        const moexc_param_info *pi = &m->info[i];
+        int ndim = 0;
+        int64_t shape[8];
+        int same;
+        if ((st = moexc_st_shape(f, pi->name, &ndim, shape, NULL)) != MOEXC_OK) {
+            moexc_model_free(m);
+            return moexc__fail(err, MOEXC_ERR_MISSING, "%s: tensor '%s' is missing", path, pi->name);
+        }
+        same = ndim == pi->ndim;
+        for (j = 0; same && j < ndim; j++) same = shape[j] == pi->shape[j];
+        if (!same) {
+            char got[128], want[128];
+            moexc__format_shape(got, sizeof(got), ndim, shape);
+            moexc__format_shape(want, sizeof(want), pi->ndim, pi->shape);
+            moexc_model_free(m);
+            return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, the config expects %s",
+                               path, pi->name, got, want);
+        }
+        if ((st = moexc_st_read_f32(f, pi->name, m->params + pi->offset, pi->ndim, pi->shape, err)) != MOEXC_OK) {
+            moexc_model_free(m);
+            return st;
+        }
+    }
+    if (c.tied_head && moexc_st_shape(f, "lm_head.weight", &j, head_shape, NULL) == MOEXC_OK) {
+        moexc_model_free(m);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor 'lm_head.weight' present but the config ties the head to tok_emb",
+                           path);
+    }
+    *out = m;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_load(moexc_model **out, const char *path, moexc_error *err)
+{
+    moexc_st_file *f = NULL;
+    moexc_status st;
+    if (!out || !path) return moexc__fail(err, MOEXC_ERR_ARG, "model load: out or path is NULL");
+    *out = NULL;
+    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
+    st = moexc__model_load_from(f, path, out, err);
+    moexc_st_close(f);
+    return st;
+}
+/* ======================================================================== */
+/* >>train: AdamW, schedule, clipping, batches, evaluation, routing         */
+/* ======================================================================== */
+
+#define MOEXC__LN2 0.69314718055994530942
+
+static void moexc__train_resolve(moexc_train_options *o, const moexc_train_options *in, int context)
+{
+    if (in) *o = *in; else memset(o, 0, sizeof(*o));
+    if (o->lr == 0.0f)            o->lr = 1e-3f;
+    if (o->min_lr_ratio == 0.0f)  o->min_lr_ratio = 0.1f;
+    if (o->min_lr_ratio < 0.0f)   o->min_lr_ratio = 0.0f;
+    if (o->beta1 == 0.0f)         o->beta1 = 0.9f;
+    if (o->beta2 == 0.0f)         o->beta2 = 0.95f;
+    if (o->eps == 0.0f)           o->eps = 1e-8f;
+    if (o->weight_decay == 0.0f)  o->weight_decay = 0.1f;
+    if (o->grad_clip == 0.0f)     o->grad_clip = 1.0f;
+    if (o->total_steps == 0)      o->total_steps = 1000;
+    if (o->warmup_steps == 0)     o->warmup_steps = MOEXC__MAX(1, o->total_steps / 20);
+    if (o->batch_size == 0)       o->batch_size = 8;
+    if (o->seq_len == 0)          o->seq_len = context;
+    if (o->grad_accum == 0)       o->grad_accum = 1;
+    if (o->eval_interval == 0)    o->eval_interval = 100;
+    if (o->eval_batches == 0)     o->eval_batches = 8;
+    if (o->eval_fraction == 0.0f) o->eval_fraction = 0.05f;
+}
+
+MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step)
+{
+    moexc_train_options o;
+    double lr_max, lr_min, s, span;
+    int warmup;
+    moexc__train_resolve(&o, opt, 1);
+    lr_max = o.lr;
+    lr_min = (double)o.min_lr_ratio * lr_max;
+    warmup = o.warmup_steps > 0 ? o.warmup_steps : 0;
+    if (step < warmup) return lr_max * (double)(step + 1) / (double)warmup;
+    /* cosine: lr_min + (lr - lr_min) (1 + cos(pi s / S)) / 2 */
+    s = (double)(step - warmup);
+    span = (double)MOEXC__MAX(1, o.total_steps - warmup);
+    if (s > span) s = span;
+    return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + cos(3.14159265358979323846 * s / span));
+}
+
+/* ---- router statistics ---------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(m);
+    size_t L, E, D, n;
+    double *block;
+    memset(s, 0, sizeof(*s));
+    if (n_domains < 1 || n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "router stats: n_domains %d outside [1, %d]", n_domains, MOEXC_MAX_DOMAINS);
+    s->n_domains = n_domains;
+    if (c->ffn != MOEXC_FFN_MOE) return MOEXC_OK;          /* dense: nothing to count */
+    L = (size_t)c->n_layers; E = (size_t)c->n_experts; D = (size_t)n_domains;
+    n = 4 * L * E + L + 2 * L * D * E;
+    block = (double *)moexc__calloc(n, sizeof(double));
+    if (!block) return moexc__fail(err, MOEXC_ERR_NOMEM, "router stats: out of memory");
+    s->n_layers = c->n_layers; s->n_experts = c->n_experts; s->top_k = c->top_k;
+    s->slot_count   = block;
+    s->prob_sum     = s->slot_count + L * E;
+    s->f            = s->prob_sum + L * E;
+    s->P            = s->f + L * E;
+    s->entropy      = s->P + L * E;
+    s->domain_count = s->entropy + L;
+    s->domain_share = s->domain_count + L * D * E;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_router_stats_reset(moexc_router_stats *s)
+{
+    size_t L = (size_t)s->n_layers, E = (size_t)s->n_experts, D = (size_t)s->n_domains;
+    if (s->slot_count) memset(s->slot_count, 0, (4 * L * E + L + 2 * L * D * E) * sizeof(double));
+    s->n_tokens = 0;
+    memset(s->domain_tokens, 0, sizeof(s->domain_tokens));
+}
+
+MOEXC_DEF void moexc_router_stats_free(moexc_router_stats *s)
+{
+    if (!s) return;
+    moexc__free(s->slot_count);
+    memset(s, 0, sizeof(*s));
+}
+
+MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
+                                              const uint8_t *domains, int n, moexc_error *err)
+{
+    int L = s->n_layers, E = s->n_experts, K = s->top_k, D = s->n_domains, l, t, j, e, d;
+    for (t = 0; domains && t < n; t++)
+        if (domains[t] >= D) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: domain label %d >= %d", domains[t], D);
+    for (t = 0; domains && t < n; t++) s->domain_tokens[domains[t]] += 1.0;
+    s->n_tokens += n;
+    for (l = 0; l < L; l++) {
+        const float *p = moexc_model_router_probs(m, l);
+        const int *choice = moexc_model_router_choices(m, l);
+        double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
+        double *dcount = s->domain_count + (size_t)l * D * E;
+        double h = 0.0;
+        if (!p || !choice) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d has no router output", l);
+        for (t = 0; t < n; t++) {
+            for (j = 0; j < K; j++) {
+                e = choice[(size_t)t * K + j];
+                if (e < 0 || e >= E) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d token %d: expert %d", l, t, e);
+                slots[e] += 1.0;
+                if (domains) dcount[(size_t)domains[t] * E + e] += 1.0;
+            }
+            for (e = 0; e < E; e++) psum[e] += p[(size_t)t * E + e];
+        }
+        /* f_e = (1/(kN)) sum_t 1{e in S(t)},  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
+        for (e = 0; e < E; e++) {
+            double f = s->n_tokens > 0 ? slots[e] / ((double)K * s->n_tokens) : 0.0;
+            s->f[(size_t)l * E + e] = f;
+            s->P[(size_t)l * E + e] = s->n_tokens > 0 ? psum[e] / s->n_tokens : 0.0;
+            if (f > 0) h -= f * log(f) / MOEXC__LN2;
+        }
+        s->entropy[l] = h;
+        for (d = 0; d < D; d++)
+            for (e = 0; e < E; e++)
+                s->domain_share[((size_t)l * D + d) * E + e] =
+                    s->domain_tokens[d] > 0 ? dcount[(size_t)d * E + e] / s->domain_tokens[d] : 0.0;
+    }
+    return MOEXC_OK;
+}
+
+/* ---- the trainer ------------------------------------------------------------ */
+/* A run of consecutive positions of the stream that are all training (or all
+   held-out) tokens; windows never cross from one split into the other. */
+typedef struct moexc__run { size_t start, len; } moexc__run;
+
+struct moexc_trainer {
+    moexc_model             *model;
+    const moexc_tokens      *data;
+    moexc_train_options      opt;         /* resolved */
+    int                      step;        /* optimiser steps done */
+    double                   tokens;      /* training tokens processed */
+    moexc_rng                rng;         /* data sampling */
+    float                   *moments;     /* AdamW m then v, each in the parameter layout */
+    size_t                   n_params;
+    uint32_t                 data_crc;    /* fingerprint of the token stream */
+    /* splits */
+    moexc__run              *train_runs, *eval_runs;
+    size_t                   n_train_runs, n_eval_runs;
+    size_t                  *train_cum;   /* cumulative number of window starts per train run */
+    size_t                   n_train_starts;
+    /* batch buffers: B x T inputs and targets, B x (T+1) domain labels */
+    uint16_t                *inputs, *targets;
+    uint8_t                 *labels, *target_labels, *input_labels;
+    double                  *token_loss;  /* B*T */
+    /* evaluation */
+    double                   unigram_nats[MOEXC_MAX_DOMAINS], unigram_tokens[MOEXC_MAX_DOMAINS];
+    double                  *step_slots;  /* [L][E] routing counts of the current step */
+    moexc_router_stats       router;
+    moexc_eval_result        eval;
+};
+
+MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t) { return &t->opt; }
+MOEXC_DEF int          moexc_trainer_step_count(const moexc_trainer *t) { return t->step; }
+MOEXC_DEF moexc_model *moexc_trainer_model(moexc_trainer *t) { return t->model; }
+
+MOEXC_DEF void moexc_trainer_free(moexc_trainer *t)
+{
+    if (!t) return;
+    moexc__free_aligned(t->moments);
+    moexc__free(t->train_runs); moexc__free(t->eval_runs); moexc__free(t->train_cum);
+    moexc__free(t->inputs); moexc__free(t->targets); moexc__free(t->labels);
+    moexc__free(t->token_loss); moexc__free(t->step_slots);
+    moexc_router_stats_free(&t->router);
+    moexc__free(t);
+}
+
+/* CRC-32 of the tokens and labels as little-endian bytes: identifies the data
+   a checkpoint was trained on. */
+static uint32_t moexc__tokens_fingerprint(const moexc_tokens *d)
+{
+    unsigned char buf[4096];
+    uint32_t crc = 0;
+    size_t i = 0, j;
+    while (i < d->n) {
+        size_t chunk = MOEXC__MIN(d->n - i, sizeof(buf) / 2);
+        for (j = 0; j < chunk; j++) {
+            buf[2 * j] = (unsigned char)(d->tokens[i + j] & 0xFF);
+            buf[2 * j + 1] = (unsigned char)(d->tokens[i + j] >> 8);
+        }
+        crc = moexc__crc32(crc, buf, 2 * chunk);
+        crc = moexc__crc32(crc, d->domains + i, chunk);
+        i += chunk;
+    }
+    return crc;
+}
+
+/* Split the stream: per domain, the last eval_fraction of its tokens (in
+   stream order) are held out. Also fits the per-domain unigram baseline on
+   the training tokens and scores it on the held-out ones. */
+static moexc_status moexc__trainer_split(moexc_trainer *t, moexc_error *err)
+{
+    const moexc_tokens *d = t->data;
+    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS] = {0};
+    size_t i, r, nt = 0, ne = 0, T = (size_t)t->opt.seq_len;
+    int V = d->vocab_size > 0 ? d->vocab_size : 256, dom, v;
+    double *uni = NULL;
+    unsigned char *held = (unsigned char *)moexc__malloc(d->n);
+    if (!held) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (split)");
+    for (i = 0; i < d->n; i++) count[d->domains[i]]++;
+    for (dom = 0; dom < d->n_domains; dom++) {
+        double frac = t->opt.eval_fraction > 0 ? t->opt.eval_fraction : 0.0;
+        cut[dom] = count[dom] - (size_t)floor((double)count[dom] * frac);
+    }
+    for (i = 0; i < d->n; i++) { dom = d->domains[i]; held[i] = seen[dom]++ >= cut[dom]; }
+    /* runs of equal `held`, in two passes: count, then fill */
+    for (r = 0; r < 2; r++) {
+        size_t start = 0, k_t = 0, k_e = 0;
+        for (i = 1; i <= d->n; i++) {
+            if (i < d->n && held[i] == held[start]) continue;
+            if (held[start]) { if (r) { t->eval_runs[k_e].start = start; t->eval_runs[k_e].len = i - start; } k_e++; }
+            else             { if (r) { t->train_runs[k_t].start = start; t->train_runs[k_t].len = i - start; } k_t++; }
+            start = i;
+        }
+        if (r == 0) {
+            nt = k_t; ne = k_e;
+            t->train_runs = (moexc__run *)moexc__calloc(nt ? nt : 1, sizeof(moexc__run));
+            t->eval_runs  = (moexc__run *)moexc__calloc(ne ? ne : 1, sizeof(moexc__run));
+            t->train_cum  = (size_t *)moexc__calloc(nt ? nt : 1, sizeof(size_t));
+            uni = (double *)moexc__calloc((size_t)MOEXC_MAX_DOMAINS * (size_t)V, sizeof(double));
+            if (!t->train_runs || !t->eval_runs || !t->train_cum || !uni) {
+                moexc__free(held); moexc__free(uni);
+                return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (split)");
+            }
+        }
+    }
+    t->n_train_runs = nt; t->n_eval_runs = ne;
+    /* a window of T+1 tokens starting at s needs s + T inside the run */
+    t->n_train_starts = 0;
+    for (r = 0; r < nt; r++) {
+        if (t->train_runs[r].len > T) t->n_train_starts += t->train_runs[r].len - T;
+        t->train_cum[r] = t->n_train_starts;
+    }
+    /* unigram baseline: p(v) = (count_train(v) + 1) / (N_train + V), scored on held-out */
+    for (i = 0; i < d->n; i++)
+        if (!held[i]) uni[(size_t)d->domains[i] * V + d->tokens[i]] += 1.0;
+    for (dom = 0; dom < d->n_domains; dom++) {
+        double total = 0.0;
+        for (v = 0; v < V; v++) total += uni[(size_t)dom * V + v];
+        for (v = 0; v < V; v++) uni[(size_t)dom * V + v] = -log((uni[(size_t)dom * V + v] + 1.0) / (total + V));
+    }
+    for (i = 0; i < d->n; i++)
+        if (held[i]) {
+            dom = d->domains[i];
+            t->unigram_nats[dom] += uni[(size_t)dom * V + d->tokens[i]];
+            t->unigram_tokens[dom] += 1.0;
+        }
+    moexc__free(uni);
+    moexc__free(held);
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__trainer_alloc(moexc_trainer *t, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    size_t BT = (size_t)t->opt.batch_size * (size_t)t->opt.seq_len;
+    moexc_status st;
+    t->n_params = moexc_model_num_params(t->model);
+    t->moments = moexc__alloc_floats(2 * t->n_params);
+    t->inputs = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
+    t->targets = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
+    t->labels = (uint8_t *)moexc__calloc(3 * BT + (size_t)t->opt.batch_size, 1);
+    t->token_loss = (double *)moexc__calloc(BT, sizeof(double));
+    t->step_slots = (double *)moexc__calloc((size_t)c->n_layers * (size_t)MOEXC__MAX(1, c->n_experts), sizeof(double));
+    if (!t->moments || !t->inputs || !t->targets || !t->labels || !t->token_loss || !t->step_slots)
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
+    t->input_labels = t->labels + BT + (size_t)t->opt.batch_size;
+    t->target_labels = t->input_labels + BT;
+    st = moexc_router_stats_init(&t->router, t->model, t->data->n_domains, err);
+    if (st) return st;
+    t->eval.router = &t->router;
+    return moexc__trainer_split(t, err);
+}
+
+static moexc_status moexc__trainer_check(const moexc_trainer *t, moexc_error *err)
+{
+    const moexc_train_options *o = &t->opt;
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    const moexc_tokens *d = t->data;
+    if (!(o->lr > 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0))
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: lr %g must be > 0, betas (%g, %g) in [0, 1), eps %g > 0",
+                           o->lr, o->beta1, o->beta2, o->eps);
+    if (o->total_steps < 1 || o->batch_size < 1 || o->grad_accum < 1 || o->eval_batches < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: total_steps %d, batch_size %d, grad_accum %d, eval_batches %d must be >= 1",
+                           o->total_steps, o->batch_size, o->grad_accum, o->eval_batches);
+    if (o->seq_len < 1 || o->seq_len > c->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: seq_len %d outside [1, context %d]", o->seq_len, c->context);
+    if (!(o->eval_fraction < 0.5f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: eval_fraction %g must be < 0.5", o->eval_fraction);
+    if (!d || d->n == 0 || d->n_domains < 1 || d->n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: empty token stream or bad domain count");
+    if (d->vocab_size > c->vocab_size)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: data vocabulary %d exceeds the model's %d", d->vocab_size, c->vocab_size);
+    {
+        size_t i;
+        for (i = 0; i < d->n; i++)
+            if (d->tokens[i] >= c->vocab_size || d->domains[i] >= d->n_domains)
+                return moexc__fail(err, MOEXC_ERR_ARG, "trainer: token %zu: id %u or domain %u out of range",
+                                   i, (unsigned)d->tokens[i], (unsigned)d->domains[i]);
+    }
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__trainer_new(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
+                                       const moexc_train_options *opt, moexc_error *err)
+{
+    moexc_trainer *t;
+    moexc_status st;
+    *out = NULL;
+    if (!model || !data) return moexc__fail(err, MOEXC_ERR_ARG, "trainer: model and data are required");
+    t = (moexc_trainer *)moexc__calloc(1, sizeof(*t));
+    if (!t) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
+    t->model = model;
+    t->data = data;
+    moexc__train_resolve(&t->opt, opt, moexc_model_get_config(model)->context);
+    if ((st = moexc__trainer_check(t, err)) != MOEXC_OK || (st = moexc__trainer_alloc(t, err)) != MOEXC_OK) {
+        moexc_trainer_free(t);
+        return st;
+    }
+    if (t->n_train_starts == 0) {
+        moexc_trainer_free(t);
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no training window of %d tokens fits in the data", t->opt.seq_len + 1);
+    }
+    t->data_crc = moexc__tokens_fingerprint(data);
+    moexc_rng_seed(&t->rng, t->opt.seed);
+    *out = t;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_create(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
+                                            const moexc_train_options *opt, moexc_error *err)
+{
+    return moexc__trainer_new(out, model, data, opt, err);
+}
+
+/* Copy the T+1 tokens at s into sequence b of the batch. */
+static void moexc__trainer_fill(moexc_trainer *t, int b, size_t s)
+{
+    size_t T = (size_t)t->opt.seq_len, j;
+    const moexc_tokens *d = t->data;
+    for (j = 0; j < T; j++) {
+        t->inputs[b * T + j] = d->tokens[s + j];
+        t->targets[b * T + j] = d->tokens[s + j + 1];
+        t->input_labels[b * T + j] = d->domains[s + j];
+        t->target_labels[b * T + j] = d->domains[s + j + 1];
+    }
+}
+
+/* B random training windows: a start uniform over all valid starts. */
+static void moexc__trainer_sample(moexc_trainer *t)
+{
+    int b;
+    for (b = 0; b < t->opt.batch_size; b++) {
+        size_t u = (size_t)(moexc_rng_u64(&t->rng) % (uint64_t)t->n_train_starts);  /* bias < n/2^64 */
+        size_t lo = 0, hi = t->n_train_runs - 1, prev;
+        while (lo < hi) {               /* first run whose cumulative count exceeds u */
+            size_t mid = (lo + hi) / 2;
+            if (t->train_cum[mid] > u) hi = mid; else lo = mid + 1;
+        }
+        prev = lo ? t->train_cum[lo - 1] : 0;
+        moexc__trainer_fill(t, b, t->train_runs[lo].start + (u - prev));
+    }
+}
+
+/* AdamW (decoupled weight decay, as torch.optim.AdamW), step t >= 1:
+     theta *= 1 - lr wd            (matrices only)
+     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
+     theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+static void moexc__adamw(moexc_trainer *t, double lr)
+{
+    const moexc_train_options *o = &t->opt;
+    float *theta = moexc_model_params(t->model), *grad = moexc_model_grads(t->model);
+    float *mom = t->moments, *vel = t->moments + t->n_params;
+    float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    double step = (double)(t->step + 1);
+    float step_size = (float)(lr / (1.0 - pow((double)b1, step)));
+    float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, step));
+    int n_tensors = moexc_model_num_tensors(t->model), k;
+    for (k = 0; k < n_tensors; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(t->model, k);
+        float decay = (pi->decay && o->weight_decay > 0) ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
+        float *p = theta + pi->offset, *g = grad + pi->offset, *m = mom + pi->offset, *v = vel + pi->offset;
+        long i, n = (long)pi->size;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n > 32768)
+#endif
+        for (i = 0; i < n; i++) {
+            p[i] *= decay;
+            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+            p[i] -= step_size * (m[i] / (sqrtf(v[i]) / bc2_sqrt + eps));
+        }
+    }
+}
+
+MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    const moexc_train_options *o = &t->opt;
+    int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
+    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = c->top_k;
+    float *grad = moexc_model_grads(t->model);
+    size_t i, n = t->n_params;
+    double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
+    moexc_train_progress p;
+    moexc_status st;
+
+    moexc_model_zero_grad(t->model);
+    if (L) memset(t->step_slots, 0, (size_t)L * (size_t)E * sizeof(double));
+    for (a = 0; a < A; a++) {
+        moexc_loss_stats ls;
+        moexc__trainer_sample(t);
+        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK) return st;
+        if ((st = moexc_model_backward(t->model, err)) != MOEXC_OK) return st;
+        sum_loss += ls.loss; sum_ce += ls.ce; sum_lb += ls.lb; sum_z += ls.z;
+        for (l = 0; l < L; l++) {
+            const int *choice = moexc_model_router_choices(t->model, l);
+            for (j = 0; choice && j < B * T * K; j++) t->step_slots[(size_t)l * E + choice[j]] += 1.0;
+        }
+    }
+    /* the step's loss is the mean over micro-batches: average the gradients */
+    if (A > 1) moexc_scale(grad, 1.0f / (float)A, n);
+    for (i = 0; i < n; i++) norm2 += (double)grad[i] * (double)grad[i];
+    norm = sqrt(norm2);
+    if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d: loss %g, gradient norm %g", t->step + 1, sum_loss / A, norm);
+    /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
+    if (o->grad_clip > 0) {
+        double coef = (double)o->grad_clip / (norm + 1e-6);
+        if (coef < 1.0) moexc_scale(grad, (float)coef, n);
+    }
+    lr = moexc_train_lr(o, t->step);
+    moexc__adamw(t, lr);
+    t->step++;
+    t->tokens += (double)A * B * T;
+
+    memset(&p, 0, sizeof(p));
+    p.step = t->step; p.total_steps = o->total_steps; p.tokens = t->tokens;
+    p.loss = sum_loss / A; p.ce = sum_ce / A; p.lb = sum_lb / A; p.z = sum_z / A;
+    p.lr = lr; p.grad_norm = norm;
+    if (L) {
+        double slots = (double)A * B * T * K;
+        p.usage_min = 1.0;
+        for (l = 0; l < L; l++)
+            for (e = 0; e < E; e++) {
+                double f = t->step_slots[(size_t)l * E + e] / slots;
+                if (f > 0) p.usage_entropy -= f * log(f) / MOEXC__LN2 / L;
+                p.usage_min = MOEXC__MIN(p.usage_min, f);
+                p.usage_max = MOEXC__MAX(p.usage_max, f);
+            }
+    }
+    if (progress) *progress = p;
+    return MOEXC_OK;
+}
+
+/* Held-out windows: every run cut into consecutive windows of T+1 tokens with
+   stride T (so every target is scored once), then eval_batches x B of them
+   picked evenly spaced: deterministic, and proportional to each domain's share. */
+MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval_result **out, moexc_error *err)
+{
+    const moexc_train_options *o = &t->opt;
+    int B = o->batch_size, T = o->seq_len, V = moexc_model_get_config(t->model)->vocab_size, b, dom;
+    int byte_level = t->data->vocab_size == 256 || t->data->vocab_size == 0;
+    size_t r, total = 0, want, w;
+    double nats[MOEXC_MAX_DOMAINS] = {0}, count[MOEXC_MAX_DOMAINS] = {0}, all_nats = 0, all_count = 0, uni_all = 0, uni_n = 0;
+    moexc_eval_result *res = &t->eval;
+    moexc_status st;
+
+    if (out) *out = NULL;
+    for (r = 0; r < t->n_eval_runs; r++)
+        if (t->eval_runs[r].len > (size_t)T) total += (t->eval_runs[r].len - 1) / (size_t)T;
+    if (total == 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens (eval_fraction %g)", T + 1, o->eval_fraction);
+    want = MOEXC__MIN(total, (size_t)o->eval_batches * (size_t)B);
+    moexc_router_stats_reset(&t->router);
+    for (w = 0; w < want; ) {
+        int nb = (int)MOEXC__MIN((size_t)B, want - w), i;
+        for (b = 0; b < nb; b++, w++) {
+            size_t idx = (size_t)((double)w * (double)total / (double)want), k = idx;  /* evenly spaced */
+            for (r = 0; r < t->n_eval_runs; r++) {
+                size_t cnt = t->eval_runs[r].len > (size_t)T ? (t->eval_runs[r].len - 1) / (size_t)T : 0;
+                if (k < cnt) { moexc__trainer_fill(t, b, t->eval_runs[r].start + k * (size_t)T); break; }
+                k -= cnt;
+            }
+        }
+        if ((st = moexc_model_forward(t->model, t->inputs, NULL, nb, T, NULL, err)) != MOEXC_OK) return st;
+        {
+            const float *logits = moexc_model_logits(t->model);
+            for (i = 0; i < nb * T; i++) {   /* CE = logsumexp(z) - z_target */
+                const float *z = logits + (size_t)i * V;
+                double mx = z[0], s = 0.0, ce;
+                int v;
+                for (v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
+                for (v = 0; v < V; v++) s += exp((double)z[v] - mx);
+                ce = mx + log(s) - (double)z[t->targets[i]];
+                nats[t->target_labels[i]] += ce;
+                count[t->target_labels[i]] += 1.0;
+            }
+        }
+        if ((st = moexc_router_stats_add(&t->router, t->model, t->input_labels, nb * T, err)) != MOEXC_OK) return st;
+    }
+    res->step = t->step;
+    res->n_domains = t->data->n_domains;
+    for (dom = 0; dom < t->data->n_domains; dom++) {
+        moexc_domain_eval *de = &res->domain[dom];
+        de->tokens = count[dom];
+        de->nats = count[dom] > 0 ? nats[dom] / count[dom] : 0.0;
+        de->unigram_nats = t->unigram_tokens[dom] > 0 ? t->unigram_nats[dom] / t->unigram_tokens[dom] : 0.0;
+        de->bits_per_byte = byte_level ? de->nats / MOEXC__LN2 : -1.0;
+        de->unigram_bpb = byte_level ? de->unigram_nats / MOEXC__LN2 : -1.0;
+        all_nats += nats[dom]; all_count += count[dom];
+        uni_all += t->unigram_nats[dom]; uni_n += t->unigram_tokens[dom];
+    }
+    res->all.tokens = all_count;
+    res->all.nats = all_count > 0 ? all_nats / all_count : 0.0;
+    res->all.unigram_nats = uni_n > 0 ? uni_all / uni_n : 0.0;
+    res->all.bits_per_byte = byte_level ? res->all.nats / MOEXC__LN2 : -1.0;
+    res->all.unigram_bpb = byte_level ? res->all.unigram_nats / MOEXC__LN2 : -1.0;
+    if (out) *out = res;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_run(moexc_trainer *t, moexc_train_callback cb, void *user, moexc_error *err)
+{
+    while (t->step < t->opt.total_steps) {
+        moexc_train_progress p;
+        moexc_status st = moexc_trainer_step(t, &p, err);
+        int last = t->step == t->opt.total_steps;
+        if (st) return st;
+        if (t->opt.eval_interval > 0 && t->n_eval_runs > 0 && (t->step % t->opt.eval_interval == 0 || last)) {
+            st = moexc_trainer_evaluate(t, &p.eval, err);
+            if (st) return st;
+        }
+        if (cb && cb(&p, user)) break;
+    }
+    return MOEXC_OK;
+}
+
+/* ---- training checkpoints -------------------------------------------------- */
+/* CRC-32 over parameters then moments, as little-endian float bytes. */
+static uint32_t moexc__floats_crc(uint32_t crc, const float *x, size_t n)
+{
+    unsigned char buf[4096];
+    size_t i = 0, j;
+    while (i < n) {
+        size_t chunk = MOEXC__MIN(n - i, sizeof(buf) / 4);
+        for (j = 0; j < chunk; j++) {
+            uint32_t bits;
+            memcpy(&bits, x + i + j, 4);
+            moexc__put_u32le(buf + 4 * j, bits);
+        }
+        crc = moexc__crc32(crc, buf, 4 * chunk);
+        i += chunk;
+    }
+    return crc;
+}
+
+static uint32_t moexc__trainer_state_crc(moexc_trainer *t)
+{
+    uint32_t crc = moexc__floats_crc(0, moexc_model_params(t->model), t->n_params);
+    return moexc__floats_crc(crc, t->moments, 2 * t->n_params);
+}
+
+#define MOEXC__TRAIN_FORMAT "1"
+/* metadata keys, float options as %.9g (exact round trip), integers in decimal */
+enum { MOEXC__TRAIN_NKV = 23 };
+
+MOEXC_DEF moexc_status moexc_trainer_save(const moexc_trainer *tc, const char *path, moexc_error *err)
+{
+    moexc_trainer *t = (moexc_trainer *)tc;   /* reads only: the CRC needs the params pointer */
+    const moexc_train_options *o = &t->opt;
+    int n_tensors = moexc_model_num_tensors(t->model), k, nkv = 0;
+    char vals[MOEXC__TRAIN_NKV][40];
+    moexc_st_kv kv[MOEXC__TRAIN_NKV];
+    moexc_st_entry *ext;
+    char *names;
+    size_t name_cap = 0, used = 0;
+    moexc_status st;
+
+    for (k = 0; k < n_tensors; k++) name_cap += 2 * (strlen(moexc_model_tensor(t->model, k)->name) + 10);
+    ext = (moexc_st_entry *)moexc__calloc((size_t)(2 * n_tensors), sizeof(moexc_st_entry));
+    names = (char *)moexc__malloc(name_cap);
+    if (!ext || !names) { moexc__free(ext); moexc__free(names); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); }
+    for (k = 0; k < 2 * n_tensors; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(t->model, k % n_tensors);
+        int d;
+        ext[k].name = names + used;
+        used += (size_t)sprintf(names + used, "optim.%c.%s", k < n_tensors ? 'm' : 'v', pi->name) + 1;
+        ext[k].data = t->moments + (k < n_tensors ? 0 : t->n_params) + pi->offset;
+        ext[k].ndim = pi->ndim;
+        for (d = 0; d < pi->ndim; d++) ext[k].shape[d] = pi->shape[d];
+    }
+#define MOEXC__KV(key_, fmt_, val_) do { sprintf(vals[nkv], fmt_, val_); kv[nkv].key = key_; kv[nkv].value = vals[nkv]; nkv++; } while (0)
+    MOEXC__KV("moexc.train.format", "%s", MOEXC__TRAIN_FORMAT);
+    MOEXC__KV("moexc.train.step", "%d", t->step);
+    MOEXC__KV("moexc.train.tokens", "%.17g", t->tokens);
+    MOEXC__KV("moexc.train.rng", "%llu", (unsigned long long)t->rng.state);
+    MOEXC__KV("moexc.train.seed", "%llu", (unsigned long long)o->seed);
+    MOEXC__KV("moexc.train.data_crc32", "%lu", (unsigned long)t->data_crc);
+    MOEXC__KV("moexc.train.data_tokens", "%llu", (unsigned long long)t->data->n);
+    MOEXC__KV("moexc.train.state_crc32", "%lu", (unsigned long)moexc__trainer_state_crc(t));
+    MOEXC__KV("moexc.train.lr", "%.9g", (double)o->lr);
+    MOEXC__KV("moexc.train.min_lr_ratio", "%.9g", (double)o->min_lr_ratio);
+    MOEXC__KV("moexc.train.beta1", "%.9g", (double)o->beta1);
+    MOEXC__KV("moexc.train.beta2", "%.9g", (double)o->beta2);
+    MOEXC__KV("moexc.train.eps", "%.9g", (double)o->eps);
+    MOEXC__KV("moexc.train.weight_decay", "%.9g", (double)o->weight_decay);
+    MOEXC__KV("moexc.train.grad_clip", "%.9g", (double)o->grad_clip);
+    MOEXC__KV("moexc.train.warmup_steps", "%d", o->warmup_steps);
+    MOEXC__KV("moexc.train.total_steps", "%d", o->total_steps);
+    MOEXC__KV("moexc.train.batch_size", "%d", o->batch_size);
+    MOEXC__KV("moexc.train.seq_len", "%d", o->seq_len);
+    MOEXC__KV("moexc.train.grad_accum", "%d", o->grad_accum);
+    MOEXC__KV("moexc.train.eval_interval", "%d", o->eval_interval);
+    MOEXC__KV("moexc.train.eval_batches", "%d", o->eval_batches);
+    MOEXC__KV("moexc.train.eval_fraction", "%.9g", (double)o->eval_fraction);
+#undef MOEXC__KV
+    st = moexc__model_save_with(t->model, path, ext, 2 * n_tensors, kv, nkv, err);
+    moexc__free(ext);
+    moexc__free(names);
+    return st;
+}
+
+/* Parse a metadata value of a training checkpoint. */
+static moexc_status moexc__train_meta(const moexc_st_file *f, const char *path, const char *key,
+                                      double *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
+    *out = strtod(s, &end);
+    if (end == s || *end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number", path, key, s);
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__train_meta_u64(const moexc_st_file *f, const char *path, const char *key,
+                                          uint64_t *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
+    if (*s < '0' || *s > '9') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
+    *out = (uint64_t)strtoull(s, &end, 10);
+    if (*end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model **model, const char *path,
+                                            const moexc_tokens *data, moexc_error *err)
+{
+    static const char *const float_keys[] = { "lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay",
+                                              "grad_clip", "eval_fraction" };
+    static const char *const int_keys[] = { "warmup_steps", "total_steps", "batch_size", "seq_len",
+                                            "grad_accum", "eval_interval", "eval_batches", "step" };
+    moexc_st_file *f = NULL;
+    moexc_model *m = NULL;
+    moexc_trainer *t = NULL;
+    moexc_train_options o;
+    float *fopt[8];
+    int *iopt[8], step = 0, k, n_tensors;
+    uint64_t rng_state, data_crc, data_tokens, state_crc;
+    double val, tokens;
+    char key[96];
+    const char *fmt;
+    moexc_status st;
+
+    *trainer = NULL; *model = NULL;
+    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
+    fmt = moexc_st_meta(f, "moexc.train.format");
+    if (!fmt) { st = moexc__fail(err, MOEXC_ERR_MISSING, "%s: no 'moexc.train.format' metadata: a model file, not a training checkpoint", path); goto fail; }
+    if (strcmp(fmt, MOEXC__TRAIN_FORMAT) != 0) { st = moexc__fail(err, MOEXC_ERR_VERSION, "%s: training checkpoint format '%s', this build reads '%s'", path, fmt, MOEXC__TRAIN_FORMAT); goto fail; }
+    memset(&o, 0, sizeof(o));
+    fopt[0] = &o.lr; fopt[1] = &o.min_lr_ratio; fopt[2] = &o.beta1; fopt[3] = &o.beta2; fopt[4] = &o.eps;
+    fopt[5] = &o.weight_decay; fopt[6] = &o.grad_clip; fopt[7] = &o.eval_fraction;
+    iopt[0] = &o.warmup_steps; iopt[1] = &o.total_steps; iopt[2] = &o.batch_size; iopt[3] = &o.seq_len;
+    iopt[4] = &o.grad_accum; iopt[5] = &o.eval_interval; iopt[6] = &o.eval_batches; iopt[7] = &step;
+    for (k = 0; k < 8; k++) {
+        sprintf(key, "moexc.train.%s", float_keys[k]);
+        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
+        *fopt[k] = (float)val;
+        sprintf(key, "moexc.train.%s", int_keys[k]);
+        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
+        if (val != floor(val) || val < -2147483647.0 || val > 2147483647.0) {
+            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an int", path, key, val);
+            goto fail;
+        }
+        *iopt[k] = (int)val;
+    }
+    if ((st = moexc__train_meta(f, path, "moexc.train.tokens", &tokens, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.seed", &o.seed, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.data_crc32", &data_crc, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.data_tokens", &data_tokens, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
+        goto fail;
+    if (step < 0 || step > o.total_steps) { st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: step %d outside [0, total_steps %d]", path, step, o.total_steps); goto fail; }
+    if ((st = moexc__model_load_from(f, path, &m, err)) != MOEXC_OK) goto fail;
+    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) goto fail;
+    if (data_tokens != (uint64_t)data->n || data_crc != (uint64_t)t->data_crc) {
+        st = moexc__fail(err, MOEXC_ERR_ARG, "%s: trained on other data (%llu tokens, CRC %08lx; given %llu tokens, CRC %08lx)",
+                         path, (unsigned long long)data_tokens, (unsigned long)data_crc,
+                         (unsigned long long)data->n, (unsigned long)t->data_crc);
+        goto fail;
+    }
+    n_tensors = moexc_model_num_tensors(m);
+    for (k = 0; k < 2 * n_tensors; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(m, k % n_tensors);
+        char name[256];
+        if (strlen(pi->name) + 10 > sizeof(name)) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor name too long", path); goto fail; }
+        sprintf(name, "optim.%c.%s", k < n_tensors ? 'm' : 'v', pi->name);
+        st = moexc_st_read_f32(f, name, t->moments + (k < n_tensors ? 0 : t->n_params) + pi->offset, pi->ndim, pi->shape, err);
+        if (st) goto fail;
+    }
+    if (moexc__trainer_state_crc(t) != (uint32_t)state_crc) {
+        st = moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: parameters and optimiser moments do not match their CRC-32 (corrupted file)", path);
+        goto fail;
+    }
+    t->step = step;
+    t->tokens = tokens;
+    t->rng.state = rng_state;
+    moexc_st_close(f);
+    *trainer = t; *model = m;
+    return MOEXC_OK;
+fail:
+    moexc_trainer_free(t);
+    moexc_model_free(m);
+    moexc_st_close(f);
+    return st;
+}
+
+/* ---- sampling ------------------------------------------------------------ */
+static int moexc__cmp_float_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+MOEXC_DEF moexc_status moexc_generate(moexc_model *m, const uint16_t *prompt, int n_prompt, int n_new,
+                                      float temperature, int top_k, moexc_rng *rng, uint16_t *out,
+                                      moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(m);
+    int V = c->vocab_size, ctx = c->context, total = n_prompt + n_new, len, i, v;
+    uint16_t *seq;
+    float *prob;
+    moexc_status st = MOEXC_OK;
+    if (n_prompt < 1 || n_new < 0 || !prompt || !out || (temperature > 0 && !rng))
+        return moexc__fail(err, MOEXC_ERR_ARG, "generate: need a prompt of >= 1 token (got %d), n_new >= 0 and an rng", n_prompt);
+    for (i = 0; i < n_prompt; i++)
+        if (prompt[i] >= V) return moexc__fail(err, MOEXC_ERR_ARG, "generate: prompt token %d = %u >= vocabulary %d", i, (unsigned)prompt[i], V);
+    seq = (uint16_t *)moexc__calloc((size_t)total, sizeof(uint16_t));
+    prob = (float *)moexc__calloc((size_t)V, sizeof(float));
+    if (!seq || !prob) { moexc__free(seq); moexc__free(prob); return moexc__fail(err, MOEXC_ERR_NOMEM, "generate: out of memory"); }
+    memcpy(seq, prompt, (size_t)n_prompt * sizeof(uint16_t));
+    for (len = n_prompt; len < total; len++) {
+        int T = MOEXC__MIN(len, ctx), best = 0, keep;
+        float thresh;
+        const float *z;
+        double sum = 0.0, u;
+        if ((st = moexc_model_forward(m, seq + len - T, NULL, 1, T, NULL, err)) != MOEXC_OK) break;
+        z = moexc_model_logits(m) + (size_t)(T - 1) * V;
+        for (v = 1; v < V; v++) if (z[v] > z[best]) best = v;
+        if (temperature <= 0) { seq[len] = (uint16_t)best; continue; }
+        /* top-k: keep the logits >= the k-th largest */
+        keep = (top_k > 0 && top_k < V) ? top_k : V;
+        memcpy(prob, z, (size_t)V * sizeof(float));
+        qsort(prob, (size_t)V, sizeof(float), moexc__cmp_float_desc);
+        thresh = prob[keep - 1];
+        for (v = 0; v < V; v++) {   /* softmax(z / temperature) over the kept tokens */
+            prob[v] = z[v] >= thresh ? (float)exp(((double)z[v] - z[best]) / temperature) : 0.0f;
+            sum += prob[v];
+        }
+        u = moexc_rng_uniform(rng) * sum;
+        seq[len] = (uint16_t)best;
+        for (v = 0; v < V; v++) {
+            if (prob[v] <= 0) continue;
+            if (u < prob[v]) { seq[len] = (uint16_t)v; break; }
+            u -= prob[v];
+        }
+    }
+    if (!st) memcpy(out, seq + n_prompt, (size_t)n_new * sizeof(uint16_t));
+    moexc__free(seq);
+    moexc__free(prob);
+    return st;
+}
+/* ======================================================================== */
+/* Data and checkpoints: >>data (tokens, token files, built-in corpus) and    */
+/* >>checkpoint (JSON, safetensors).                                          */
+/* ======================================================================== */
+
+/* ---- helpers shared by >>data and >>checkpoint: whole-file reading, a
+   growable string, UTF-8 validation, JSON string output ------------------- */
+
+/* Read a whole file into a fresh buffer (freed with moexc__free). */
+static MOEXC__UNUSED_FN moexc_status moexc__read_file(const char *path, unsigned char **out, size_t *out_size,
+                                                      moexc_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf = NULL;
+    size_t len = 0, cap = 0;
+    *out = NULL;
+    *out_size = 0;
+    if (!f) return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot open for reading", path);
+    for (;;) {
+        size_t got;
+        if (len == cap) {
+            size_t new_cap = cap ? cap * 2 : (size_t)1 << 16;
+            unsigned char *p;
+            if (new_cap < cap) { moexc__free(buf); fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: file too large", path); }
+            p = (unsigned char *)moexc__realloc(buf, new_cap);
+            if (!p) { moexc__free(buf); fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory reading the file", path); }
+            buf = p;
+            cap = new_cap;
+        }
+        got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) { moexc__free(buf); fclose(f); return moexc__fail(err, MOEXC_ERR_IO, "%s: read error", path); }
+    fclose(f);
+    *out = buf;
+    *out_size = len;
+    return MOEXC_OK;
+}
+
+typedef struct moexc__sb { char *buf; size_t len, cap; int oom; } moexc__sb;   /* string builder */
+
+static MOEXC__UNUSED_FN void moexc__sb_putn(moexc__sb *sb, const char *s, size_t n)
+{
+    if (sb->oom) return;
+    if (sb->len + n + 1 > sb->cap) {
+        size_t cap = sb->cap ? sb->cap : 256;
+        char *p;
+        while (cap < sb->len + n + 1) cap *= 2;
+        p = (char *)moexc__realloc(sb->buf, cap);
+        if (!p) { sb->oom = 1; return; }
+        sb->buf = p;
+        sb->cap = cap;
+    }
+    memcpy(sb->buf + sb->len, s, n);
+    sb->len += n;
+    sb->buf[sb->len] = '\0';
+}
+static MOEXC__UNUSED_FN void moexc__sb_puts(moexc__sb *sb, const char *s) { moexc__sb_putn(sb, s, strlen(s)); }
+static MOEXC__UNUSED_FN void moexc__sb_putu64(moexc__sb *sb, uint64_t v)
+{
+    char tmp[24];
+    int i = (int)sizeof(tmp);
+    do { tmp[--i] = (char)('0' + (int)(v % 10)); v /= 10; } while (v);
+    moexc__sb_putn(sb, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if invalid:
+   overlong forms, surrogates and code points above U+10FFFF are invalid. */
+static MOEXC__UNUSED_FN size_t moexc__utf8_len(const unsigned char *s, size_t n)
+{
+    uint32_t cp;
+    size_t len, i;
+    if (n == 0) return 0;
+    if (s[0] < 0x80) return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF)      { len = 2; cp = s[0] & 0x1Fu; }
+    else if ((s[0] & 0xF0) == 0xE0)        { len = 3; cp = s[0] & 0x0Fu; }
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4) { len = 4; cp = s[0] & 0x07u; }
+    else return 0;
+    if (n < len) return 0;
+    for (i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3Fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return len;
+}
+static MOEXC__UNUSED_FN int moexc__utf8_valid(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t k = moexc__utf8_len((const unsigned char *)s + i, n - i);
+        if (!k) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* Append s as a JSON string literal, escaped as serde_json and Python's
+   json.dumps(ensure_ascii=False) do: \" \\ \b \f \n \r \t, other control
+   characters as \u00xx, everything else (UTF-8 included) verbatim. */
+static MOEXC__UNUSED_FN void moexc__sb_json_string(moexc__sb *sb, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    moexc__sb_putn(sb, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char esc[7];
+        switch (c) {
+        case '"':  moexc__sb_putn(sb, "\\\"", 2); break;
+        case '\\': moexc__sb_putn(sb, "\\\\", 2); break;
+        case '\b': moexc__sb_putn(sb, "\\b", 2); break;
+        case '\f': moexc__sb_putn(sb, "\\f", 2); break;
+        case '\n': moexc__sb_putn(sb, "\\n", 2); break;
+        case '\r': moexc__sb_putn(sb, "\\r", 2); break;
+        case '\t': moexc__sb_putn(sb, "\\t", 2); break;
+        default:
+            if (c < 0x20) {
+                memcpy(esc, "\\u00", 4);
+                esc[4] = hex[c >> 4];
+                esc[5] = hex[c & 15];
+                moexc__sb_putn(sb, esc, 6);
+            } else {
+                moexc__sb_putn(sb, s, 1);
+            }
+        }
+    }
+    moexc__sb_putn(sb, "\"", 1);
+}
+
+/* ======================================================================== */
+/* >>data: byte tokenizer, token-stream files, built-in corpus               */
+/* ======================================================================== */
+
+MOEXC_DEF void moexc_tokens_free(moexc_tokens *t)
+{
+    if (!t) return;
+    moexc__free(t->tokens);
+    moexc__free(t->domains);
+    memset(t, 0, sizeof(*t));
+}
+
+MOEXC_DEF moexc_status moexc_tokens_add_domain(moexc_tokens *t, const char *name, int *index, moexc_error *err)
+{
+    size_t len;
+    int i;
+    if (!t || !name) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_add_domain: NULL argument");
+    len = strlen(name);
+    if (len == 0 || len >= MOEXC_DOMAIN_NAME_MAX || !moexc__utf8_valid(name, len))
+        return moexc__fail(err, MOEXC_ERR_ARG, "domain name '%.64s': must be 1..%d bytes of UTF-8",
+                           name, MOEXC_DOMAIN_NAME_MAX - 1);
+    for (i = 0; i < t->n_domains; i++)
+        if (strcmp(t->domain_names[i], name) == 0) { if (index) *index = i; return MOEXC_OK; }
+    if (t->n_domains >= MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "domain '%s': already %d domains (the maximum)", name, MOEXC_MAX_DOMAINS);
+    memset(t->domain_names[t->n_domains], 0, MOEXC_DOMAIN_NAME_MAX);
+    memcpy(t->domain_names[t->n_domains], name, len);
+    if (index) *index = t->n_domains;
+    t->n_domains++;
+    return MOEXC_OK;
+}
+
+/* Room for `more` tokens (capacity grows geometrically). */
+static moexc_status moexc__tokens_reserve(moexc_tokens *t, size_t more, moexc_error *err)
+{
+    size_t need = t->n + more, cap;
+    uint16_t *tok;
+    uint8_t *dom;
+    if (need < t->n) return moexc__fail(err, MOEXC_ERR_NOMEM, "token stream too large");
+    if (need <= t->capacity && t->tokens && t->domains) return MOEXC_OK;
+    cap = t->capacity ? t->capacity : 4096;
+    while (cap < need) cap = cap * 2 > cap ? cap * 2 : need;
+    if (!moexc__mul_size(cap, sizeof(uint16_t))) return moexc__fail(err, MOEXC_ERR_NOMEM, "token stream too large");
+    tok = (uint16_t *)moexc__realloc(t->tokens, cap * sizeof(uint16_t));
+    if (!tok) return moexc__fail(err, MOEXC_ERR_NOMEM, "out of memory for %lu tokens", (unsigned long)need);
+    t->tokens = tok;
+    dom = (uint8_t *)moexc__realloc(t->domains, cap);
+    if (!dom) return moexc__fail(err, MOEXC_ERR_NOMEM, "out of memory for %lu tokens", (unsigned long)need);
+    t->domains = dom;
+    t->capacity = cap;
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__tokens_check_domain(const moexc_tokens *t, int domain, moexc_error *err)
+{
+    if (domain < 0 || domain >= t->n_domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "domain index %d out of range (%d domains registered)", domain, t->n_domains);
+    return MOEXC_OK;
+}
+
+/* Byte tokenizer: token id = byte value. */
+MOEXC_DEF moexc_status moexc_tokens_append_bytes(moexc_tokens *t, const void *text, size_t len, int domain, moexc_error *err)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    moexc_status st;
+    size_t i;
+    if (!t || (!text && len)) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_append_bytes: NULL argument");
+    if (t->vocab_size == 0) t->vocab_size = 256;
+    if (t->vocab_size < 256)
+        return moexc__fail(err, MOEXC_ERR_ARG, "byte tokens need vocab_size >= 256 (it is %d)", t->vocab_size);
+    if ((st = moexc__tokens_check_domain(t, domain, err)) != MOEXC_OK) return st;
+    if ((st = moexc__tokens_reserve(t, len, err)) != MOEXC_OK) return st;
+    for (i = 0; i < len; i++) t->tokens[t->n + i] = p[i];
+    memset(t->domains + t->n, domain, len);
+    t->n += len;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_tokens_append_document(moexc_tokens *t, const void *text, size_t len, int domain,
+                                                    moexc_error *err)
+{
+    static const unsigned char newline_sep[2] = { '\n', MOEXC_DOC_SEPARATOR };
+    moexc_status st = moexc_tokens_append_bytes(t, text, len, domain, err);
+    int ends_with_newline = len > 0 && ((const unsigned char *)text)[len - 1] == '\n';
+    if (st != MOEXC_OK) return st;
+    return moexc_tokens_append_bytes(t, newline_sep + ends_with_newline, 2 - (size_t)ends_with_newline, domain, err);
+}
+
+MOEXC_DEF moexc_status moexc_tokens_append(moexc_tokens *t, const uint16_t *ids, size_t n, int domain, moexc_error *err)
+{
+    moexc_status st;
+    size_t i;
+    if (!t || (!ids && n)) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_append: NULL argument");
+    if (t->vocab_size <= 0 || t->vocab_size > 65536)
+        return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_append: vocab_size %d outside 1..65536", t->vocab_size);
+    if ((st = moexc__tokens_check_domain(t, domain, err)) != MOEXC_OK) return st;
+    for (i = 0; i < n; i++)
+        if (ids[i] >= t->vocab_size)
+            return moexc__fail(err, MOEXC_ERR_ARG, "token %lu: id %u >= vocab_size %d", (unsigned long)i, ids[i], t->vocab_size);
+    if ((st = moexc__tokens_reserve(t, n, err)) != MOEXC_OK) return st;
+    if (n) memcpy(t->tokens + t->n, ids, n * sizeof(uint16_t));
+    memset(t->domains + t->n, domain, n);
+    t->n += n;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF size_t moexc_tokens_domain_count(const moexc_tokens *t, int domain)
+{
+    size_t i, c = 0;
+    if (!t || domain < 0 || domain >= t->n_domains) return 0;
+    for (i = 0; i < t->n; i++) c += t->domains[i] == domain;
+    return c;
+}
+
+/* ---- token-stream file -----------------------------------------------------
+   All integers little-endian.
+     offset            size         field
+     0                 8            magic "MOEXCTOK"
+     8                 4   u32      version (1)
+     12                4   u32      vocab_size, 1..65536
+     16                4   u32      n_domains, 0..16 (>= 1 when there are tokens)
+     20                4   u32      flags, 0 (reserved)
+     24                8   u64      n_tokens
+     32                32 * n_domains   domain names: UTF-8, NUL-padded, 1..31 bytes, unique
+     32 + 32 D         2 * n_tokens     u16 token ids, each < vocab_size
+     ...               n_tokens         u8 domain label per token, each < n_domains
+     end - 4           4   u32      CRC-32 (zlib) of every byte before it
+   Loading checks the magic, version, counts against the file size, the CRC,
+   then names, labels and ids; every message names the file and the field. */
+#define MOEXC__TOK_MAGIC "MOEXCTOK"
+#define MOEXC__TOK_VERSION 1u
+#define MOEXC__TOK_HEADER 32u
+
+MOEXC_DEF moexc_status moexc_tokens_save(const moexc_tokens *t, const char *path, moexc_error *err)
+{
+    unsigned char head[MOEXC__TOK_HEADER + MOEXC_MAX_DOMAINS * MOEXC_DOMAIN_NAME_MAX], buf[4096];
+    size_t head_len, i, done;
+    uint32_t crc;
+    int vocab, d;
+    moexc__atomic_file af;
+    moexc_status st;
+    if (!t || !path) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_save: NULL argument");
+    vocab = t->vocab_size ? t->vocab_size : 256;
+    if (vocab < 1 || vocab > 65536) return moexc__fail(err, MOEXC_ERR_ARG, "%s: vocab_size %d outside 1..65536", path, vocab);
+    if (t->n_domains < 0 || t->n_domains > MOEXC_MAX_DOMAINS || (t->n && t->n_domains == 0))
+        return moexc__fail(err, MOEXC_ERR_ARG, "%s: n_domains %d invalid for %lu tokens", path, t->n_domains, (unsigned long)t->n);
+    if (t->n && (!t->tokens || !t->domains)) return moexc__fail(err, MOEXC_ERR_ARG, "%s: token arrays are NULL", path);
+    for (i = 0; i < t->n; i++) {
+        if (t->tokens[i] >= vocab)
+            return moexc__fail(err, MOEXC_ERR_ARG, "%s: token %lu: id %u >= vocab_size %d", path, (unsigned long)i, t->tokens[i], vocab);
+        if (t->domains[i] >= t->n_domains)
+            return moexc__fail(err, MOEXC_ERR_ARG, "%s: token %lu: domain label %u >= n_domains %d", path, (unsigned long)i, t->domains[i], t->n_domains);
+    }
+    memset(head, 0, sizeof(head));
+    memcpy(head, MOEXC__TOK_MAGIC, 8);
+    moexc__put_u32le(head + 8, MOEXC__TOK_VERSION);
+    moexc__put_u32le(head + 12, (uint32_t)vocab);
+    moexc__put_u32le(head + 16, (uint32_t)t->n_domains);
+    moexc__put_u32le(head + 20, 0);
+    moexc__put_u64le(head + 24, (uint64_t)t->n);
+    for (d = 0; d < t->n_domains; d++) {
+        size_t len = strlen(t->domain_names[d]);
+        if (len == 0 || len >= MOEXC_DOMAIN_NAME_MAX || !moexc__utf8_valid(t->domain_names[d], len))
+            return moexc__fail(err, MOEXC_ERR_ARG, "%s: domain %d has an invalid name", path, d);
+        memcpy(head + MOEXC__TOK_HEADER + (size_t)d * MOEXC_DOMAIN_NAME_MAX, t->domain_names[d], len);
+    }
+    head_len = MOEXC__TOK_HEADER + (size_t)t->n_domains * MOEXC_DOMAIN_NAME_MAX;
+    if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) return st;
+    crc = moexc__crc32(0, head, head_len);
+    if (fwrite(head, 1, head_len, af.f) != head_len) goto write_error;
+    for (done = 0; done < t->n;) {   /* tokens as u16le, in chunks */
+        size_t chunk = MOEXC__MIN(t->n - done, sizeof(buf) / 2);
+        for (i = 0; i < chunk; i++) {
+            buf[2 * i] = (unsigned char)t->tokens[done + i];
+            buf[2 * i + 1] = (unsigned char)(t->tokens[done + i] >> 8);
+        }
+        crc = moexc__crc32(crc, buf, 2 * chunk);
+        if (fwrite(buf, 1, 2 * chunk, af.f) != 2 * chunk) goto write_error;
+        done += chunk;
+    }
+    crc = moexc__crc32(crc, t->domains, t->n);
+    if (t->n && fwrite(t->domains, 1, t->n, af.f) != t->n) goto write_error;
+    moexc__put_u32le(buf, crc);
+    if (fwrite(buf, 1, 4, af.f) != 4) goto write_error;
+    return moexc__atomic_commit(&af, err);
+write_error:
+    moexc__atomic_abort(&af);
+    return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed (disk full?)", path);
+}
+
+MOEXC_DEF moexc_status moexc_tokens_load_memory(moexc_tokens *t, const void *data, size_t size, const char *name,
+                                                moexc_error *err)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    uint32_t version, vocab, n_domains, flags, stored, crc;
+    uint64_t n, expect;
+    size_t i, tok_off, lab_off;
+    moexc_status st;
+    moexc_tokens tmp;   /* filled while validating; copied to *t on success */
+    int d, e;
+    if (!t) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_load: t is NULL");
+    memset(t, 0, sizeof(*t));
+    memset(&tmp, 0, sizeof(tmp));
+    if (!name) name = "(memory)";
+    if (!p && size) return moexc__fail(err, MOEXC_ERR_ARG, "%s: data is NULL", name);
+    if (size < MOEXC__TOK_HEADER + 4)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: file is %lu bytes, shorter than the %u-byte minimum (truncated?)",
+                           name, (unsigned long)size, MOEXC__TOK_HEADER + 4);
+    if (memcmp(p, MOEXC__TOK_MAGIC, 8) != 0)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: bad magic (not a moexc token file)", name);
+    version = moexc__get_u32le(p + 8);
+    vocab = moexc__get_u32le(p + 12);
+    n_domains = moexc__get_u32le(p + 16);
+    flags = moexc__get_u32le(p + 20);
+    n = moexc__get_u64le(p + 24);
+    if (version != MOEXC__TOK_VERSION)
+        return moexc__fail(err, MOEXC_ERR_VERSION, "%s: version %u, this build reads version %u", name, version, MOEXC__TOK_VERSION);
+    if (vocab < 1 || vocab > 65536)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: vocab_size %u outside 1..65536", name, vocab);
+    if (n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: n_domains %u above the maximum %d", name, n_domains, MOEXC_MAX_DOMAINS);
+    if (flags != 0) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: flags 0x%x, expected 0", name, flags);
+    /* size = header + names + 2 n + n + crc (n < 2^61 keeps this exact) */
+    expect = n < (UINT64_C(1) << 61) ? MOEXC__TOK_HEADER + (uint64_t)n_domains * MOEXC_DOMAIN_NAME_MAX + 3 * n + 4 : 0;
+    if (expect == 0 || expect != (uint64_t)size)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: file is %lu bytes but n_tokens %llu and n_domains %u imply %llu (truncated?)",
+                           name, (unsigned long)size, (unsigned long long)n, n_domains, (unsigned long long)expect);
+    stored = moexc__get_u32le(p + size - 4);
+    crc = moexc__crc32(0, p, size - 4);
+    if (stored != crc)
+        return moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: CRC-32 0x%08x stored, 0x%08x computed (file corrupted)", name, stored, crc);
+    if (n && n_domains == 0) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: %llu tokens but no domains", name, (unsigned long long)n);
+    for (d = 0; d < (int)n_domains; d++) {
+        const char *nm = (const char *)p + MOEXC__TOK_HEADER + (size_t)d * MOEXC_DOMAIN_NAME_MAX;
+        size_t len = 0;
+        while (len < MOEXC_DOMAIN_NAME_MAX && nm[len]) len++;
+        if (len == 0 || len == MOEXC_DOMAIN_NAME_MAX || !moexc__utf8_valid(nm, len))
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: domain %d: name is empty, unterminated or not UTF-8", name, d);
+        for (i = len; i < MOEXC_DOMAIN_NAME_MAX; i++)
+            if (nm[i]) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: domain %d: name padding is not zero", name, d);
+        for (e = 0; e < d; e++)
+            if (strcmp(tmp.domain_names[e], nm) == 0)
+                return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: domain %d: duplicate name '%s'", name, d, nm);
+        memcpy(tmp.domain_names[d], nm, len + 1);
+    }
+    tok_off = MOEXC__TOK_HEADER + (size_t)n_domains * MOEXC_DOMAIN_NAME_MAX;
+    lab_off = tok_off + 2 * (size_t)n;
+    for (i = 0; i < (size_t)n; i++) {
+        unsigned id = (unsigned)p[tok_off + 2 * i] | ((unsigned)p[tok_off + 2 * i + 1] << 8);
+        if (id >= vocab)
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: token %lu: id %u >= vocab_size %u", name, (unsigned long)i, id, vocab);
+        if (p[lab_off + i] >= n_domains)
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: token %lu: domain label %u >= n_domains %u",
+                               name, (unsigned long)i, p[lab_off + i], n_domains);
+    }
+    tmp.vocab_size = (int)vocab;
+    tmp.n_domains = (int)n_domains;
+    if ((st = moexc__tokens_reserve(&tmp, (size_t)n, err)) != MOEXC_OK) {
+        moexc_tokens_free(&tmp);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory for %llu tokens", name, (unsigned long long)n);
+    }
+    if (n) {
+        memcpy(tmp.tokens, p + tok_off, 2 * (size_t)n);
+        moexc__le16_swap_inplace(tmp.tokens, (size_t)n);
+        memcpy(tmp.domains, p + lab_off, (size_t)n);
+    }
+    tmp.n = (size_t)n;
+    *t = tmp;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_tokens_load(moexc_tokens *t, const char *path, moexc_error *err)
+{
+    unsigned char *buf;
+    size_t size;
+    moexc_status st;
+    if (!t || !path) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_tokens_load: NULL argument");
+    memset(t, 0, sizeof(*t));
+    if ((st = moexc__read_file(path, &buf, &size, err)) != MOEXC_OK) return st;
+    st = moexc_tokens_load_memory(t, buf, size, path, err);
+    moexc__free(buf);
+    return st;
+}
+
+/* ---- built-in corpus: a small grammar engine -------------------------------
+   The built-in corpus is generated, not shipped: three generators of our own
+   write C-like code, scientific prose with LaTeX math and simple stories.
+   Prose comes from template grammars expanded by this engine:
+     <key>    a random alternative of rule `key` (alternatives are separated
+              by '|' and are templates themselves)
+     <^key>   the same with its first letter capitalised
+     <!key>   the same preceded by "a " or "an "
+     <Key>    (uppercase first letter) a per-document variable, e.g. the
+              story's hero, set by the generator before each document
+     <dig> <num> <big> <dec> <pct> <year>  random numbers
+   A '<' not followed by a key and '>' is literal text. Beyond
+   MOEXC__GEN_MAX_DEPTH nested expansions the first alternative is taken,
+   so every recursive rule lists a non-recursive alternative first. */
+#define MOEXC__GEN_MAX_DEPTH 12
+#define MOEXC__GEN_MAX_VARS 24
+
+typedef struct moexc__rule { const char *key; const char *alts; } moexc__rule;
+typedef struct moexc__alt { const char *text; size_t len; } moexc__alt;
+typedef struct moexc__rule_index { const char *key; int first, count; } moexc__rule_index;
+
+typedef struct moexc__gen {
+    moexc_rng rng;
+    moexc__sb out;
+    moexc__rule_index *index;   /* rules sorted by key */
+    int n_rules;
+    moexc__alt *alts;
+    int depth;
+    const char *var_key[MOEXC__GEN_MAX_VARS];
+    const char *var_val[MOEXC__GEN_MAX_VARS];
+    int n_vars;
+} moexc__gen;
+
+static int moexc__rule_index_cmp(const void *a, const void *b)
+{
+    return strcmp(((const moexc__rule_index *)a)->key, ((const moexc__rule_index *)b)->key);
+}
+
+static void moexc__gen_free(moexc__gen *g)
+{
+    moexc__free(g->index);
+    moexc__free(g->alts);
+    moexc__free(g->out.buf);
+    memset(g, 0, sizeof(*g));
+}
+
+static moexc_status moexc__gen_init(moexc__gen *g, const moexc__rule *rules, int n_rules, uint64_t seed, moexc_error *err)
+{
+    int r, n_alts = 0;
+    memset(g, 0, sizeof(*g));
+    moexc_rng_seed(&g->rng, seed);
+    for (r = 0; r < n_rules; r++) {
+        const char *s;
+        n_alts++;
+        for (s = rules[r].alts; *s; s++) n_alts += *s == '|';
+    }
+    g->index = (moexc__rule_index *)moexc__calloc((size_t)n_rules, sizeof(*g->index));
+    g->alts = (moexc__alt *)moexc__calloc((size_t)n_alts, sizeof(*g->alts));
+    if (!g->index || !g->alts) { moexc__gen_free(g); return moexc__fail(err, MOEXC_ERR_NOMEM, "built-in corpus: out of memory"); }
+    for (n_alts = 0, r = 0; r < n_rules; r++) {
+        const char *s = rules[r].alts, *bar;
+        g->index[r].key = rules[r].key;
+        g->index[r].first = n_alts;
+        for (;;) {
+            bar = strchr(s, '|');
+            g->alts[n_alts].text = s;
+            g->alts[n_alts].len = bar ? (size_t)(bar - s) : strlen(s);
+            n_alts++;
+            if (!bar) break;
+            s = bar + 1;
+        }
+        g->index[r].count = n_alts - g->index[r].first;
+    }
+    qsort(g->index, (size_t)n_rules, sizeof(*g->index), moexc__rule_index_cmp);
+    g->n_rules = n_rules;
+    return MOEXC_OK;
+}
+
+static void moexc__gen_var(moexc__gen *g, const char *key, const char *value)
+{
+    int i;
+    for (i = 0; i < g->n_vars; i++)
+        if (strcmp(g->var_key[i], key) == 0) { g->var_val[i] = value; return; }
+    MOEXC_ASSERT(g->n_vars < MOEXC__GEN_MAX_VARS);
+    if (g->n_vars >= MOEXC__GEN_MAX_VARS) return;
+    g->var_key[g->n_vars] = key;
+    g->var_val[g->n_vars++] = value;
+}
+
+static uint32_t moexc__gen_below(moexc__gen *g, uint32_t n) { return moexc_rng_below(&g->rng, n); }
+static int moexc__gen_chance(moexc__gen *g, int percent) { return (int)moexc_rng_below(&g->rng, 100) < percent; }
+static const char *moexc__gen_pick(moexc__gen *g, const char *const *list, int n) { return list[moexc_rng_below(&g->rng, (uint32_t)n)]; }
+
+static void moexc__gen_expand(moexc__gen *g, const char *s, size_t n);
+
+static int moexc__key_eq(const char *key, size_t klen, const char *word)
+{
+    return strncmp(key, word, klen) == 0 && word[klen] == '\0';
+}
+
+static void moexc__gen_slot(moexc__gen *g, const char *key, size_t klen)
+{
+    char num[32];
+    int lo = 0, hi = g->n_rules - 1, i;
+    if (key[0] >= 'A' && key[0] <= 'Z') {   /* a per-document variable */
+        for (i = 0; i < g->n_vars; i++)
+            if (moexc__key_eq(key, klen, g->var_key[i])) { moexc__gen_expand(g, g->var_val[i], strlen(g->var_val[i])); return; }
+        MOEXC_ASSERT(!"unset corpus variable");
+        return;
+    }
+    while (lo <= hi) {   /* binary search over the sorted rule keys */
+        int mid = lo + (hi - lo) / 2, c = strncmp(g->index[mid].key, key, klen);
+        if (c == 0 && g->index[mid].key[klen] != '\0') c = 1;
+        if (c == 0) {
+            const moexc__rule_index *r = &g->index[mid];
+            int pick = g->depth >= MOEXC__GEN_MAX_DEPTH ? 0 : (int)moexc__gen_below(g, (uint32_t)r->count);
+            g->depth++;
+            moexc__gen_expand(g, g->alts[r->first + pick].text, g->alts[r->first + pick].len);
+            g->depth--;
+            return;
+        }
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    if (moexc__key_eq(key, klen, "dig"))       snprintf(num, sizeof(num), "%u", 1 + moexc__gen_below(g, 9));
+    else if (moexc__key_eq(key, klen, "num"))  snprintf(num, sizeof(num), "%u", 2 + moexc__gen_below(g, 199));
+    else if (moexc__key_eq(key, klen, "big"))  snprintf(num, sizeof(num), "%u", 100 + moexc__gen_below(g, 9900));
+    else if (moexc__key_eq(key, klen, "dec"))  snprintf(num, sizeof(num), "0.%02u", 1 + moexc__gen_below(g, 99));
+    else if (moexc__key_eq(key, klen, "pct")) {   /* one draw: the order of argument evaluation is unspecified */
+        uint32_t v = 500 + moexc__gen_below(g, 500);
+        snprintf(num, sizeof(num), "%u.%u", v / 10, v % 10);
+    }
+    else if (moexc__key_eq(key, klen, "year")) snprintf(num, sizeof(num), "%u", 1995 + moexc__gen_below(g, 30));
+    else { MOEXC_ASSERT(!"unknown corpus rule"); return; }
+    moexc__sb_puts(&g->out, num);
+}
+
+static void moexc__gen_expand(moexc__gen *g, const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t j = i, k, start;
+        char mod = 0;
+        while (j < n && s[j] != '<') j++;
+        moexc__sb_putn(&g->out, s + i, j - i);
+        if (j >= n) return;
+        k = j + 1;
+        if (k < n && (s[k] == '^' || s[k] == '!')) mod = s[k++];
+        start = k;
+        while (k < n && ((s[k] >= 'a' && s[k] <= 'z') || (s[k] >= 'A' && s[k] <= 'Z') || (s[k] >= '0' && s[k] <= '9') || s[k] == '_')) k++;
+        if (k >= n || s[k] != '>' || k == start) {   /* a literal '<' */
+            moexc__sb_putn(&g->out, "<", 1);
+            i = j + 1;
+            continue;
+        }
+        {
+            size_t at = g->out.len;
+            moexc__gen_slot(g, s + start, k - start);
+            if (g->out.oom || g->out.len == at) { i = k + 1; continue; }
+            if (mod == '^' && g->out.buf[at] >= 'a' && g->out.buf[at] <= 'z') g->out.buf[at] = (char)(g->out.buf[at] - 'a' + 'A');
+            if (mod == '!') {   /* "a" or "an" by the first letter (with the usual exceptions) */
+                const char *w = g->out.buf + at;
+                int vowel = strchr("aeiouAEIOU", w[0]) != NULL && w[0] != '\0';
+                const char *art;
+                size_t alen;
+                if (strncmp(w, "uni", 3) == 0 || strncmp(w, "use", 3) == 0 || strncmp(w, "one", 3) == 0 ||
+                    strncmp(w, "eu", 2) == 0) vowel = 0;
+                if (strncmp(w, "hour", 4) == 0 || strncmp(w, "honest", 6) == 0) vowel = 1;
+                art = vowel ? "an " : "a ";
+                alen = strlen(art);
+                moexc__sb_putn(&g->out, art, alen);   /* grow, then shift the word right */
+                if (!g->out.oom) {
+                    memmove(g->out.buf + at + alen, g->out.buf + at, g->out.len - alen - at);
+                    memcpy(g->out.buf + at, art, alen);
+                }
+            }
+        }
+        i = k + 1;
+    }
+}
+
+static void moexc__gen_say(moexc__gen *g, const char *tmpl) { moexc__gen_expand(g, tmpl, strlen(tmpl)); }
+
+/* ---- corpus domain 1: C-like source code -------------------------------------
+   A file: a comment, includes, defines, a struct or two, then functions whose
+   bodies are generated recursively (if/else, for, while, switch, calls,
+   assignments, returns) with braces and parentheses matched by construction,
+   four-space indentation, comments, and identifiers drawn from the function's
+   own parameters and locals, so names recur within a function. Module
+   prefix and struct names recur across the functions of a file. */
+static const moexc__rule moexc__code_rules[] = {
+    { "comment",
+      "<cverb> the <cnoun>|<cverb> each <cnoun> in the <cnoun>|TODO: handle <!cadj> <cnoun>|"
+      "the <cnoun> must not be empty|<cverb> the <cnoun> before we <cverb2> it|note: the <cnoun> is <cadj> here|"
+      "<cadj> case: no <cnoun> left|keep the <cnoun> <cadj>|FIXME: this is slow for <!cadj> <cnoun>|"
+      "<cverb> the <cnoun> and return the <cnoun>|the caller owns the <cnoun>|<cadj> path|"
+      "check that the <cnoun> fits|<cverb> the <cnoun>, then <cverb2> the <cnoun>|XXX: <cnoun> may overflow" },
+    { "filecomment",
+      "<name>.c - <cverb2> and <cverb2> <cnoun>s|<name>: <!cadj> <cnoun> for the <cnoun> module|"
+      "<name>.c: <cadj> <cnoun> routines|helpers to <cverb2> <cadj> <cnoun>s" },
+    { "cverb", "compute|update|check|find|copy|reset|grow|free|read|write|sort|scan|count|merge|clear|fill|skip|parse|hash|swap" },
+    { "cverb2", "store|look up|insert|remove|resize|load|save|encode|decode|visit|walk|print|compare|validate" },
+    { "cnoun", "buffer|count|node|list|item|value|index|size|length|key|table|entry|state|context|head|tail|result|"
+               "offset|width|score|weight|token|string|array|block|slot|queue|stack|tree|map|edge|pixel|record|line|byte" },
+    { "cadj", "empty|full|large|small|sorted|invalid|new|old|next|last|first|unused|dirty|fast|slow|common|rare|null" },
+    { "name", "<P>" },
+    { "prefix", "vec|map|list|tree|queue|buf|str|graph|pool|arena|heap|set|ring|trie|cache|parser|lexer|image|matrix|file" },
+};
+
+static const char *const moexc__code_nouns[] = {
+    "buf", "count", "node", "item", "value", "index", "size", "len", "key", "table", "entry", "state", "ctx",
+    "head", "tail", "next", "prev", "data", "result", "total", "sum", "offset", "width", "height", "score",
+    "weight", "token", "pos", "cap", "flags", "mask", "hash", "step", "limit", "depth", "level", "start", "end",
+    "left", "right", "root", "child", "parent", "min", "max", "acc", "delta", "scale", "bytes", "line", "col",
+    "row", "pixel", "edge", "path", "name", "id", "tag", "slot", "block", "chunk", "page", "base", "cursor" };
+static const char *const moexc__code_verbs[] = {
+    "init", "free", "push", "pop", "find", "insert", "remove", "update", "compute", "parse", "read", "write",
+    "copy", "merge", "sort", "reset", "scan", "check", "load", "save", "append", "resize", "hash", "visit",
+    "get", "set", "clear", "count", "print", "grow", "shrink", "split", "join", "swap", "fill", "walk" };
+static const char *const moexc__code_prefixes[] = {
+    "vec", "map", "list", "tree", "queue", "buf", "str", "graph", "pool", "arena", "heap", "set", "ring",
+    "trie", "cache", "parser", "lexer", "image", "matrix", "file", "bitset", "deque", "table", "mesh" };
+static const char *const moexc__code_scalars[] = { "int", "size_t", "float", "double", "unsigned", "uint32_t", "long", "char", "int64_t", "uint8_t" };
+static const char *const moexc__code_headers[] = { "stdio.h", "stdlib.h", "string.h", "stdint.h", "stddef.h", "math.h", "assert.h", "limits.h", "ctype.h", "stdbool.h" };
+
+#define MOEXC__CODE_MAX_VARS 16
+typedef struct moexc__code {
+    moexc__gen *g;
+    const char *prefix;
+    char type_name[48];                     /* the module's struct type           */
+    const char *fields[6];                  /* its fields                         */
+    int n_fields;
+    char funcs[6][48];                      /* functions defined so far,          */
+    int func_arity[6], func_takes_ptr[6];   /* with their parameter lists         */
+    int n_funcs;
+    const char *vars[MOEXC__CODE_MAX_VARS]; /* variables in scope in the function */
+    int n_vars;
+    const char *loop_vars[3];
+    int n_loops;                            /* loop variables in use              */
+    int max_loops;                          /* 3 when i, j, k are declared, else 0 */
+    const char *ptr;                        /* the struct pointer parameter       */
+} moexc__code;
+
+static void moexc__code_put(moexc__code *c, const char *s) { moexc__sb_puts(&c->g->out, s); }
+static void moexc__code_indent(moexc__code *c, int level)
+{
+    int i;
+    for (i = 0; i < level; i++) moexc__code_put(c, "    ");
+}
+static const char *moexc__code_var(moexc__code *c)
+{
+    return c->n_vars ? c->vars[moexc__gen_below(c->g, (uint32_t)c->n_vars)] : "0";
+}
+static void moexc__code_number(moexc__code *c)
+{
+    static const char *const small[] = { "0", "1", "2", "4", "8", "16", "32", "64", "255", "1024", "10", "3", "100" };
+    moexc__code_put(c, moexc__gen_pick(c->g, small, (int)(sizeof(small) / sizeof(small[0]))));
+}
+
+static void moexc__code_expr(moexc__code *c, int depth);
+
+/* A call of an earlier function of the file with arguments that fit its parameters. */
+static void moexc__code_call(moexc__code *c, int depth)
+{
+    int f = (int)moexc__gen_below(c->g, (uint32_t)c->n_funcs), a;
+    moexc__code_put(c, c->funcs[f]);
+    moexc__code_put(c, "(");
+    for (a = 0; a < c->func_arity[f]; a++) {
+        if (a) moexc__code_put(c, ", ");
+        if (a == 0 && c->func_takes_ptr[f]) moexc__code_put(c, c->ptr ? c->ptr : "NULL");
+        else moexc__code_expr(c, depth - 1);
+    }
+    moexc__code_put(c, ")");
+}
+
+/* A scalar field of the module's struct (field 0 is its data pointer). */
+static const char *moexc__code_field(moexc__code *c)
+{
+    return c->n_fields > 1 ? c->fields[1 + moexc__gen_below(c->g, (uint32_t)(c->n_fields - 1))] : c->fields[0];
+}
+
+/* An expression over the variables in scope; depth bounds the nesting. */
+static void moexc__code_expr(moexc__code *c, int depth)
+{
+    static const char *const ops[] = { " + ", " - ", " * ", " / ", " % ", " & ", " | ", " ^ ", " << ", " >> " };
+    uint32_t r = moexc__gen_below(c->g, depth <= 0 ? 3 : 9);
+    switch (r) {
+    case 0: moexc__code_put(c, moexc__code_var(c)); break;
+    case 1: moexc__code_number(c); break;
+    case 2:
+        if (c->ptr && c->n_fields) {
+            moexc__code_put(c, c->ptr);
+            moexc__code_put(c, "->");
+            moexc__code_put(c, moexc__code_field(c));
+        } else {
+            moexc__code_put(c, moexc__code_var(c));
+        }
+        break;
+    case 3: case 4:
+        moexc__code_expr(c, depth - 1);
+        moexc__code_put(c, moexc__gen_pick(c->g, ops, moexc__gen_chance(c->g, 70) ? 3 : 10));
+        moexc__code_expr(c, depth - 1);
+        break;
+    case 5:
+        moexc__code_put(c, "(");
+        moexc__code_expr(c, depth - 1);
+        moexc__code_put(c, moexc__gen_pick(c->g, ops, 4));
+        moexc__code_expr(c, depth - 1);
+        moexc__code_put(c, ")");
+        break;
+    case 6:
+        if (c->n_funcs) {
+            moexc__code_call(c, depth);
+        } else {
+            moexc__code_put(c, "abs(");
+            moexc__code_expr(c, depth - 1);
+            moexc__code_put(c, ")");
+        }
+        break;
+    case 7:
+        if (c->ptr && c->n_fields) {   /* p->data[i] */
+            moexc__code_put(c, c->ptr);
+            moexc__code_put(c, "->");
+            moexc__code_put(c, c->fields[0]);
+            moexc__code_put(c, "[");
+            moexc__code_put(c, c->n_loops ? c->loop_vars[c->n_loops - 1] : moexc__code_var(c));
+            moexc__code_put(c, "]");
+        } else {
+            moexc__code_put(c, moexc__code_var(c));
+        }
+        break;
+    default:
+        moexc__code_put(c, moexc__code_var(c));
+        moexc__code_put(c, moexc__gen_chance(c->g, 50) ? " + 1" : " - 1");
+        break;
+    }
+}
+
+static void moexc__code_cond(moexc__code *c, int depth)
+{
+    static const char *const cmp[] = { " < ", " > ", " <= ", " >= ", " == ", " != " };
+    uint32_t r = moexc__gen_below(c->g, depth <= 0 ? 3 : 5);
+    switch (r) {
+    case 0:
+        moexc__code_put(c, moexc__code_var(c));
+        moexc__code_put(c, moexc__gen_pick(c->g, cmp, 6));
+        moexc__code_expr(c, 1);
+        break;
+    case 1:
+        moexc__code_put(c, moexc__gen_chance(c->g, 50) ? "!" : "");
+        moexc__code_put(c, moexc__code_var(c));
+        break;
+    case 2:
+        if (c->ptr) {
+            moexc__code_put(c, c->ptr);
+            moexc__code_put(c, moexc__gen_chance(c->g, 50) ? " == NULL" : " != NULL");
+        } else {
+            moexc__code_put(c, moexc__code_var(c));
+            moexc__code_put(c, " == 0");
+        }
+        break;
+    default:
+        moexc__code_cond(c, depth - 1);
+        moexc__code_put(c, r == 3 ? " && " : " || ");
+        moexc__code_cond(c, depth - 1);
+        break;
+    }
+}
+
+static void moexc__code_block(moexc__code *c, int level, int n_statements);
+
+static void moexc__code_while(moexc__code *c, int level)
+{
+    moexc__code_put(c, "while (");
+    moexc__code_cond(c, 1);
+    moexc__code_put(c, ") {\n");
+    moexc__code_block(c, level + 1, 1 + (int)moexc__gen_below(c->g, 2));
+    moexc__code_indent(c, level + 1);
+    moexc__code_put(c, moexc__gen_chance(c->g, 50) ? "break;\n" : "continue;\n");
+    moexc__code_indent(c, level);
+    moexc__code_put(c, "}\n");
+}
+
+static void moexc__code_statement(moexc__code *c, int level)
+{
+    uint32_t r = moexc__gen_below(c->g, level >= 3 ? 5 : level == 1 ? 12 : 11);
+    moexc__code_indent(c, level);
+    switch (r) {
+    case 0: case 1:
+        moexc__code_put(c, moexc__code_var(c));
+        moexc__code_put(c, moexc__gen_chance(c->g, 60) ? " = " : moexc__gen_chance(c->g, 50) ? " += " : " -= ");
+        moexc__code_expr(c, 2);
+        moexc__code_put(c, ";\n");
+        break;
+    case 2:
+        moexc__code_put(c, moexc__code_var(c));
+        moexc__code_put(c, moexc__gen_chance(c->g, 70) ? "++;\n" : "--;\n");
+        break;
+    case 3:
+        moexc__code_put(c, "/* ");
+        moexc__gen_say(c->g, "<comment>");
+        moexc__code_put(c, " */\n");
+        break;
+    case 4:
+        if (c->n_funcs && moexc__gen_chance(c->g, 60)) {
+            moexc__code_call(c, 2);
+            moexc__code_put(c, ";\n");
+        } else {
+            moexc__code_put(c, "printf(\"%d\\n\", ");
+            moexc__code_put(c, moexc__code_var(c));
+            moexc__code_put(c, ");\n");
+        }
+        break;
+    case 5: case 6:
+        moexc__code_put(c, "if (");
+        moexc__code_cond(c, 2);
+        moexc__code_put(c, ") {\n");
+        moexc__code_block(c, level + 1, 1 + (int)moexc__gen_below(c->g, 3));
+        moexc__code_indent(c, level);
+        if (moexc__gen_chance(c->g, 35)) {
+            moexc__code_put(c, "} else {\n");
+            moexc__code_block(c, level + 1, 1 + (int)moexc__gen_below(c->g, 2));
+            moexc__code_indent(c, level);
+        }
+        moexc__code_put(c, "}\n");
+        break;
+    case 7: case 8:
+        if (c->n_loops < c->max_loops) {
+            static const char *const names[] = { "i", "j", "k" };
+            const char *v = names[c->n_loops];
+            moexc__code_put(c, "for (");
+            moexc__code_put(c, v);
+            moexc__code_put(c, " = 0; ");
+            moexc__code_put(c, v);
+            moexc__code_put(c, " < ");
+            if (c->ptr && c->n_fields && moexc__gen_chance(c->g, 50)) {
+                moexc__code_put(c, c->ptr);
+                moexc__code_put(c, "->");
+                moexc__code_put(c, moexc__code_field(c));
+            } else {
+                moexc__code_put(c, moexc__code_var(c));
+            }
+            moexc__code_put(c, "; ");
+            moexc__code_put(c, v);
+            moexc__code_put(c, "++) {\n");
+            c->loop_vars[c->n_loops++] = v;
+            moexc__code_block(c, level + 1, 1 + (int)moexc__gen_below(c->g, 3));
+            c->n_loops--;
+            moexc__code_indent(c, level);
+            moexc__code_put(c, "}\n");
+        } else {
+            moexc__code_while(c, level);   /* three nested loops are enough */
+        }
+        break;
+    case 9:
+        moexc__code_while(c, level);
+        break;
+    case 10:
+        moexc__code_put(c, "// ");
+        moexc__gen_say(c->g, "<comment>");
+        moexc__code_put(c, "\n");
+        break;
+    default: {
+        int k, cases = 2 + (int)moexc__gen_below(c->g, 2);
+        moexc__code_put(c, "switch (");
+        moexc__code_put(c, moexc__code_var(c));
+        moexc__code_put(c, ") {\n");
+        for (k = 0; k < cases; k++) {
+            char label[32];
+            snprintf(label, sizeof(label), "case %d:\n", k);
+            moexc__code_indent(c, level);
+            moexc__code_put(c, label);
+            moexc__code_block(c, level + 1, 1);
+            moexc__code_indent(c, level + 1);
+            moexc__code_put(c, "break;\n");
+        }
+        moexc__code_indent(c, level);
+        moexc__code_put(c, "default:\n");
+        moexc__code_indent(c, level + 1);
+        moexc__code_put(c, "return -1;\n");
+        moexc__code_indent(c, level);
+        moexc__code_put(c, "}\n");
+    }
+    }
+}
+
+static void moexc__code_block(moexc__code *c, int level, int n_statements)
+{
+    int s;
+    for (s = 0; s < n_statements; s++) moexc__code_statement(c, level);
+}
+
+static void moexc__code_function(moexc__code *c)
+{
+    moexc__gen *g = c->g;
+    const char *verb = moexc__gen_pick(g, moexc__code_verbs, (int)(sizeof(moexc__code_verbs) / sizeof(char *)));
+    const char *ret = moexc__gen_chance(g, 60) ? "int" : moexc__gen_pick(g, moexc__code_scalars, 6);
+    char name[48];
+    int n_params = 1 + (int)moexc__gen_below(g, 3), n_locals = 1 + (int)moexc__gen_below(g, 4), p;
+    if (moexc__gen_chance(g, 50))
+        snprintf(name, sizeof(name), "%s_%s", c->prefix, verb);
+    else
+        snprintf(name, sizeof(name), "%s_%s_%s", c->prefix, verb,
+                 moexc__gen_pick(g, moexc__code_nouns, (int)(sizeof(moexc__code_nouns) / sizeof(char *))));
+    c->n_vars = 0;
+    c->n_loops = 0;
+    c->ptr = NULL;
+    if (moexc__gen_chance(g, 50)) {
+        moexc__code_put(c, "/* ");
+        moexc__gen_say(g, "<comment>");
+        moexc__code_put(c, " */\n");
+    }
+    moexc__code_put(c, moexc__gen_chance(g, 60) ? "static " : "");
+    moexc__code_put(c, ret);
+    moexc__code_put(c, " ");
+    moexc__code_put(c, name);
+    moexc__code_put(c, "(");
+    for (p = 0; p < n_params; p++) {
+        if (p) moexc__code_put(c, ", ");
+        if (p == 0 && c->type_name[0] && moexc__gen_chance(g, 75)) {
+            static const char *const ptr_names[] = { "p", "self", "s", "t", "obj", "q" };
+            c->ptr = moexc__gen_pick(g, ptr_names, 6);
+            moexc__code_put(c, c->type_name);
+            moexc__code_put(c, " *");
+            moexc__code_put(c, c->ptr);
+        } else {
+            const char *v = moexc__gen_pick(g, moexc__code_nouns, (int)(sizeof(moexc__code_nouns) / sizeof(char *)));
+            int k, dup = 0;
+            for (k = 0; k < c->n_vars; k++) dup |= strcmp(c->vars[k], v) == 0;
+            if (dup || (c->ptr && strcmp(c->ptr, v) == 0)) v = p == 1 ? "n" : "m";
+            moexc__code_put(c, moexc__gen_pick(g, moexc__code_scalars, 6));
+            moexc__code_put(c, " ");
+            moexc__code_put(c, v);
+            c->vars[c->n_vars++] = v;
+        }
+    }
+    moexc__code_put(c, ")\n{\n");
+    c->max_loops = 0;
+    if (moexc__gen_chance(g, 70)) { moexc__code_put(c, "    int i, j, k;\n"); c->max_loops = 3; }
+    for (p = 0; p < n_locals && c->n_vars < MOEXC__CODE_MAX_VARS; p++) {
+        const char *v = moexc__gen_pick(g, moexc__code_nouns, (int)(sizeof(moexc__code_nouns) / sizeof(char *)));
+        int k, dup = 0;
+        for (k = 0; k < c->n_vars; k++) dup |= strcmp(c->vars[k], v) == 0;
+        if (dup || (c->ptr && strcmp(c->ptr, v) == 0)) continue;
+        moexc__code_put(c, "    ");
+        moexc__code_put(c, moexc__gen_pick(g, moexc__code_scalars, (int)(sizeof(moexc__code_scalars) / sizeof(char *))));
+        moexc__code_put(c, " ");
+        moexc__code_put(c, v);
+        moexc__code_put(c, " = ");
+        moexc__code_expr(c, 1);
+        moexc__code_put(c, ";\n");
+        c->vars[c->n_vars++] = v;
+    }
+    moexc__code_put(c, "\n");
+    moexc__code_block(c, 1, 2 + (int)moexc__gen_below(g, 5));
+    moexc__code_put(c, "    return ");
+    moexc__code_expr(c, 1);
+    moexc__code_put(c, ";\n}\n\n");
+    if (c->n_funcs < 6) {
+        memcpy(c->funcs[c->n_funcs], name, sizeof(name));
+        c->func_arity[c->n_funcs] = n_params;
+        c->func_takes_ptr[c->n_funcs] = c->ptr != NULL;
+        c->n_funcs++;
+    }
+}
+
+static void moexc__code_document(moexc__gen *g)
+{
+    moexc__code c;
+    int i, n, used = 0;
+    memset(&c, 0, sizeof(c));
+    c.g = g;
+    c.prefix = moexc__gen_pick(g, moexc__code_prefixes, (int)(sizeof(moexc__code_prefixes) / sizeof(char *)));
+    moexc__gen_var(g, "P", c.prefix);
+    moexc__code_put(&c, "/* ");
+    moexc__gen_say(g, "<filecomment>");
+    moexc__code_put(&c, " */\n");
+    for (i = 0, n = 1 + (int)moexc__gen_below(g, 4); i < n; i++) {   /* distinct includes */
+        int h = (int)moexc__gen_below(g, (uint32_t)(sizeof(moexc__code_headers) / sizeof(char *)));
+        if (used & (1 << h)) continue;
+        used |= 1 << h;
+        moexc__code_put(&c, "#include <");
+        moexc__code_put(&c, moexc__code_headers[h]);
+        moexc__code_put(&c, ">\n");
+    }
+    moexc__code_put(&c, "\n");
+    for (i = 0, n = (int)moexc__gen_below(g, 3); i < n; i++) {
+        char line[96], upper[48];
+        const char *noun = moexc__gen_pick(g, moexc__code_nouns, (int)(sizeof(moexc__code_nouns) / sizeof(char *)));
+        size_t k;
+        snprintf(upper, sizeof(upper), "%s_MAX_%s", c.prefix, noun);
+        for (k = 0; upper[k]; k++) if (upper[k] >= 'a' && upper[k] <= 'z') upper[k] = (char)(upper[k] - 'a' + 'A');
+        snprintf(line, sizeof(line), "#define %s %u\n", upper, 1u << (2 + moexc__gen_below(g, 10)));
+        moexc__code_put(&c, line);
+    }
+    if (moexc__gen_chance(g, 80)) {   /* the module's struct */
+        snprintf(c.type_name, sizeof(c.type_name), "%s_%s", c.prefix,
+                 moexc__gen_pick(g, moexc__code_nouns, (int)(sizeof(moexc__code_nouns) / sizeof(char *))));
+        moexc__code_put(&c, "\ntypedef struct ");
+        moexc__code_put(&c, c.type_name);
+        moexc__code_put(&c, " {\n");
+        for (i = 0, n = 2 + (int)moexc__gen_below(g, 4); i < n; i++) {
+            const char *f = moexc__gen_pick(g, moexc__code_nouns, (int)(sizeof(moexc__code_nouns) / sizeof(char *)));
+            int k, dup = 0;
+            for (k = 0; k < c.n_fields; k++) dup |= strcmp(c.fields[k], f) == 0;
+            if (dup) continue;
+            moexc__code_put(&c, "    ");
+            moexc__code_put(&c, moexc__gen_pick(g, moexc__code_scalars, (int)(sizeof(moexc__code_scalars) / sizeof(char *))));
+            moexc__code_put(&c, c.n_fields == 0 ? " *" : " ");
+            moexc__code_put(&c, f);
+            moexc__code_put(&c, ";");
+            if (moexc__gen_chance(g, 30)) {
+                moexc__code_put(&c, " /* ");
+                moexc__gen_say(g, "<comment>");
+                moexc__code_put(&c, " */");
+            }
+            moexc__code_put(&c, "\n");
+            c.fields[c.n_fields++] = f;
+        }
+        moexc__code_put(&c, "} ");
+        moexc__code_put(&c, c.type_name);
+        moexc__code_put(&c, ";\n");
+    }
+    moexc__code_put(&c, "\n");
+    for (i = 0, n = 2 + (int)moexc__gen_below(g, 4); i < n; i++) moexc__code_function(&c);
+}
+
+/* ---- corpus domain 2: scientific prose with LaTeX math ----------------------
+   A paper: title, abstract, sections with paragraphs, inline math $...$,
+   equation/align environments with labels, theorems with proofs, citations
+   \cite{name2019}, references to sections, tables and equations. Per paper:
+   a topic <T>, a method acronym <M>, a data set <D> and a main symbol <X>. */
+static const moexc__rule moexc__sci_rules[] = {
+    { "paper",
+      "\\title{<title>}\n\n\\begin{abstract}\n<abstract>\n\\end{abstract}\n\n\\section{Introduction}\n<para>\n\n<para>\n\n"
+      "\\section{<secname>}\n\\label{sec:<label>}\n<para>\n\n<display>\n<para>\n\n<theorem>\n\n"
+      "\\section{Experiments}\n<expara>\n\n<expara>\n\n\\section{Conclusion}\n<conclusion>\n|"
+      "\\title{<title>}\n\n\\begin{abstract}\n<abstract>\n\\end{abstract}\n\n\\section{Introduction}\n<para>\n\n"
+      "\\section{Related Work}\n<relpara>\n\n\\section{<secname>}\n<para>\n\n<display>\n<para>\n\n<display>\n<para>\n\n"
+      "\\subsection{<subname>}\n<para>\n\n<theorem>\n\n\\section{Results}\n<expara>\n\n\\section{Discussion}\n<conclusion>\n|"
+      "\\section{<secname>}\n<para>\n\n<display>\n<para>\n\n\\subsection{<subname>}\n<para>\n\n<theorem>\n\n<para>\n" },
+    { "title",
+      "<^adj> <^noun> Estimation for <^T>|On the <^noun> of <^adj> <^noun>s|<M>: <^adj> <^noun>s for <^T>|"
+      "Towards <^adj> <^T>|A <^noun> Approach to <^T>|Bounds on the <^noun> of <^adj> <^noun>s|"
+      "Learning <^adj> <^noun>s with <^adj> <^noun>s" },
+    { "abstract",
+      "We study <T> in the setting of <!adj> <noun>. <contrib> <absresult> <sent>|"
+      "<^T> is a central problem in <field>. <contrib> <sent> <absresult>|"
+      "This paper considers <!adj> <noun> for <T>. <contrib> <absresult>" },
+    { "contrib",
+      "We propose <M>, <!adj> <noun> that <verbs> the <noun> of the <noun>.|"
+      "We introduce <M>, a method based on <adj> <noun>s, and <verb> its <noun>.|"
+      "Our main contribution is <!adj> <noun> for <T> with <adj> guarantees.|"
+      "We <verb> <!adj> bound on the <noun> of <adj> <noun>s." },
+    { "absresult",
+      "Experiments on <D> show that <M> improves the <metric> by <pct>\\%.|"
+      "On <D>, <M> reaches <pct>\\% <metric>, compared with <pct>\\% for the best baseline.|"
+      "Our analysis shows that the <noun> decays as $O(<rate>)$.|"
+      "The resulting <noun> converges at rate $O(<rate>)$ under <adj> assumptions." },
+    { "para", "<sent> <sent> <sent> <mathsent>|<sent> <mathsent> <sent> <sent> <sent>|<mathsent> <sent> <sent>|<sent> <sent> <mathsent> <sent>" },
+    { "relpara",
+      "<^adj> <noun>s were first studied by <citet>. <citet> <verbed> the <noun> of <adj> <noun>s, and <citet> <verbed> "
+      "<!adj> <noun> for <T>. <sent>|<^T> has a long history in <field> <cite>. <sent> <sent> In contrast to <cite>, we <verb> the <adj> case." },
+    { "expara",
+      "We evaluate <M> on <D> and <dataset>. <sent> Table~\\ref{tab:<label>} reports the <metric> of each <noun>. "
+      "<M> reaches <pct>\\% on <D>, while <cite> reaches <pct>\\%. <sent>|"
+      "Figure~\\ref{fig:<label>} shows the <metric> as a function of $<idxv>$. <sent> We use $<idxv> = <num>$ and a learning rate of $<dec>$. <sent>|"
+      "We repeat each experiment <dig> times and report the mean and standard deviation. <sent> <mathsent>" },
+    { "conclusion",
+      "We presented <M>, <!adj> <noun> for <T>. <sent> In future work, we will <verb> <adj> <noun>s and extend our analysis to <T>.|"
+      "<sent> Our results suggest that <adj> <noun>s are <adj> for <T>. <sent>" },
+    { "sent",
+      "We <verb> the <adj> <noun> of the <noun> <cite>.|The <noun> of <T> is <adj> under <!adj> <noun>.|"
+      "<^adv>, the <noun> <verbs> the <noun> of each <noun>.|In Section~\\ref{sec:<label>}, we <verb> the <adj> <noun>.|"
+      "Following <cite>, we <verb> <!adj> <noun>.|This <noun> is <adj> if the <noun> is <adj>.|"
+      "Prior work <verbed> <adj> <noun>s <cite>, but the <noun> remains <adj>.|"
+      "<^adv>, <M> <verbs> <!adj> <noun> without <!adj> <noun>.|Note that the <noun> depends only on the <noun>.|"
+      "As shown in <cite>, <adj> <noun>s are <adj> in practice.|We refer to <citet> for <!adj> survey of <T>.|"
+      "The main difficulty is that the <noun> is not <adj>.|These <noun>s are <adj> and <adj>.|"
+      "Our <noun> is closely related to the <noun> of <citet>." },
+    { "mathsent",
+      "Let $<sym> \\in \\mathbb{R}^{<dimv> \\times <dimv>}$ denote the <noun> of the <noun>.|"
+      "For every $<idx> \\le <dimv>$, we have $<expr> \\le <expr>$.|"
+      "The <noun> satisfies $<expr> = <expr>$ for all $<idx> \\in \\{1, \\dots, <dimv>\\}$.|"
+      "It follows that $<expr> \\leq <expr>$ with probability at least $1 - \\delta$.|"
+      "By Equation~\\eqref{eq:<label>}, the <noun> is bounded by $<expr>$.|"
+      "Here $<X>$ is the <noun> and $<sym>$ is the <noun>.|"
+      "We set $<greek> = <dec>$ and $<dimv> = <num>$ in all experiments.|"
+      "Taking $<idxv> \\to \\infty$ gives $<expr> \\to 0$." },
+    { "display",
+      "\\begin{equation}\n    <expr> = <expr>\n    \\label{eq:<label>}\n\\end{equation}|"
+      "\\begin{equation}\n    <func>(<X>) = \\frac{1}{<dimv>} \\sum_{<idx>=1}^{<dimv>} <term>\n\\end{equation}|"
+      "\\begin{align}\n    <expr> &= <expr> \\\\\n    &\\leq <expr>\n\\end{align}|"
+      "\\begin{equation}\n    \\hat{<X>} = \\arg\\min_{<X>} \\; <expr> + <greek> \\lVert <X> \\rVert_2^2\n    \\label{eq:<label>}\n\\end{equation}" },
+    { "theorem",
+      "\\begin{theorem}\n\\label{thm:<label>}\nLet $<sym>$ be <!adj> <noun>. Then $<expr> \\leq <expr>$ for all $<idx> \\geq <dig>$.\n\\end{theorem}\n"
+      "\\begin{proof}\n<sent> <mathsent> <sent>\n\\end{proof}|"
+      "\\begin{lemma}\nIf the <noun> is <adj>, then $<expr> = O(<rate>)$.\n\\end{lemma}\n\\begin{proof}\n<mathsent> <sent>\n\\end{proof}|"
+      "\\begin{definition}\nA <noun> $<sym>$ is called <adj> if $<expr> \\geq 0$.\n\\end{definition}" },
+    { "expr",
+      "<term>|<term> + <term>|<term> - <term>|<term> <term>|\\frac{<term>}{<term>}|\\sum_{<idx>=1}^{<dimv>} <term>|"
+      "\\frac{1}{<dimv>} \\sum_{<idx>=1}^{<dimv>} <expr>|\\int_{0}^{1} <term> \\, d<var>|\\mathbb{E}\\left[<expr>\\right]|"
+      "\\lVert <expr> \\rVert_2^2|\\log <term>|\\exp\\left(<expr>\\right)|\\sqrt{<expr>}|\\left(<expr>\\right)^{2}|\\max_{<idx>} <term>|"
+      "<greek> <expr>|\\prod_{<idx>=1}^{<dimv>} <term>|<func>(<expr>)" },
+    { "term",
+      "<var>|<var>_{<idx>}|<var>^{2}|<greek>|<greek>_{<idx>}|<var>_{<idx>}^{(t)}|\\mathbf{<var>}|\\hat{<var>}|"
+      "\\nabla <func>(<var>)|<X>|<X>_{<idx>}|<dig>|\\frac{<var>}{<dimv>}|<func>(<var>_{<idx>})" },
+    { "sym", "<X>|<var>|\\mathbf{<var>}|<greek>|\\mathcal{<cal>}" },
+    { "rate", "1/\\sqrt{<dimv>}|\\log <dimv> / <dimv>|<dimv>^{-1/2}|\\epsilon^{-2}|e^{-<dimv>}|<dimv> \\log <dimv>" },
+    { "var", "x|y|z|u|v|w|a|b|c|s|t|p|q|W|A|B|X|Y|Z|K|L|M|Q|V" },
+    { "greek", "\\alpha|\\beta|\\gamma|\\delta|\\epsilon|\\eta|\\theta|\\lambda|\\mu|\\nu|\\rho|\\sigma|\\tau|\\phi|\\psi|\\omega|\\xi|\\kappa" },
+    { "cal", "F|H|L|X|D|M|P|S" },
+    { "func", "f|g|h|\\ell|\\phi|\\psi|F|L|R" },
+    { "idx", "i|j|k|t|l" },
+    { "idxv", "n|m|k|T|d" },
+    { "dimv", "n|N|m|d|K|T|L|p" },
+    { "cite", "\\cite{<author><year>}|\\cite{<author><year>, <author><year>}|\\citep{<author><year>}" },
+    { "citet", "\\citet{<author><year>}" },
+    { "author",
+      "smith|garcia|chen|mueller|tanaka|kumar|rossi|novak|ivanov|kim|nguyen|silva|dubois|cohen|larsen|okafor|"
+      "hansen|wang|lopez|schmidt|moreau|jensen|sato|patel|fischer|bianchi|murphy|weber|haddad|costa" },
+    { "label", "<labelw>|<labelw>-<labelw>|<labelw><dig>" },
+    { "labelw", "main|bound|loss|setup|results|method|prelim|proof|rate|model|ablation|data|algo|def|risk|grad" },
+    { "secname", "Preliminaries|Method|Problem Setup|Main Results|Analysis|Theoretical Guarantees|Model|Algorithm|Background" },
+    { "subname", "Notation|Assumptions|Convergence|Complexity|Optimization|Estimation|Lower Bounds|Implementation Details" },
+    { "field", "statistics|machine learning|optimization|signal processing|numerical analysis|information theory|physics|control theory" },
+    { "metric", "accuracy|error|log-likelihood|F1 score|mean squared error|perplexity|recall|regret" },
+    { "dataset", "CIFAR-10|ImageNet|MNIST|Penn Treebank|WikiText|the UCI benchmarks|a synthetic benchmark|SVHN" },
+    { "adv", "in particular|moreover|however|furthermore|in contrast|consequently|intuitively|formally|similarly|in practice" },
+    { "verb", "derive|analyze|propose|study|establish|estimate|bound|characterize|prove|approximate|minimize|compute|extend|generalize|show" },
+    { "verbs", "controls|determines|bounds|minimizes|approximates|dominates|preserves|captures|reduces|improves" },
+    { "verbed", "derived|analyzed|proposed|studied|established|estimated|bounded|characterized|proved|introduced" },
+    { "adj",
+      "convex|sparse|asymptotic|stochastic|linear|nonlinear|robust|optimal|adaptive|smooth|bounded|finite|"
+      "orthogonal|low-rank|high-dimensional|Gaussian|empirical|uniform|consistent|efficient|tight|local|global|"
+      "spectral|regularized|unbiased|Bayesian|discrete|continuous|invariant|minimax|approximate|exact|stable" },
+    { "noun",
+      "estimator|operator|gradient|eigenspace|eigenvalue|distribution|likelihood|posterior|kernel|functional|regularizer|"
+      "objective|constraint|sample|parameter|representation|embedding|algorithm|bound|rate|variance|estimate|projection|"
+      "manifold|network|model|solution|loss|risk|norm|covariance|feature|prior|sequence|transform|coefficient|signal|"
+      "basis function|step size|error term|subspace|eigenvector|iterate|gradient flow|margin|predictor|classifier" },
+};
+
+static const char *const moexc__sci_topics[] = {
+    "sparse regression", "matrix completion", "low-rank approximation", "kernel methods", "variational inference",
+    "stochastic optimization", "graph learning", "density estimation", "compressed sensing", "online learning",
+    "phase retrieval", "causal inference", "spectral clustering", "policy evaluation", "tensor decomposition",
+    "optimal transport", "robust statistics", "Gaussian processes", "manifold learning", "language modeling" };
+static const char *const moexc__sci_datasets[] = {
+    "CIFAR-10", "ImageNet", "MNIST", "Penn Treebank", "WikiText-103", "the UCI benchmarks", "a synthetic benchmark", "SVHN", "OpenML-CC18" };
+static const char *const moexc__sci_symbols[] = {
+    "\\theta", "\\beta", "w", "\\mathbf{x}", "W", "\\Sigma", "\\mu", "f", "\\pi", "A" };
+
+static void moexc__sci_document(moexc__gen *g, char *acronym)
+{
+    int i, n = 2 + (int)moexc__gen_below(g, 4);
+    for (i = 0; i < n; i++) acronym[i] = (char)('A' + moexc__gen_below(g, 26));
+    acronym[n] = '\0';
+    moexc__gen_var(g, "M", acronym);
+    moexc__gen_var(g, "T", moexc__gen_pick(g, moexc__sci_topics, (int)(sizeof(moexc__sci_topics) / sizeof(char *))));
+    moexc__gen_var(g, "D", moexc__gen_pick(g, moexc__sci_datasets, (int)(sizeof(moexc__sci_datasets) / sizeof(char *))));
+    moexc__gen_var(g, "X", moexc__gen_pick(g, moexc__sci_symbols, (int)(sizeof(moexc__sci_symbols) / sizeof(char *))));
+    moexc__gen_say(g, "<paper>");
+}
+
+/* ---- corpus domain 3: simple English stories --------------------------------
+   Simple past tense, a small vocabulary, dialogue in quotes, two recurring
+   named characters per story (<A>, <B> and their pronouns), a place <P> and an
+   object <O>, and an arc: opening, setup, problem, attempts, resolution,
+   ending. */
+static const moexc__rule moexc__story_rules[] = {
+    { "story",
+      "<opening> <setup>\n\n<Problem> <feelbad>\n\n<talk>\n\n<Attempt>\n\n<Resolution> <feelgood>\n\n<ending>\n|"
+      "<opening>\n\n<setup> <setup2>\n\n<Problem>\n\n<talk> <Attempt>\n\n<attempt2>\n\n<Resolution>\n\n<talk2>\n\n<ending>\n|"
+      "<opening> <setup2>\n\n<Problem> <talk>\n\n<attempt> <Attempt>\n\n<Resolution> <feelgood> <ending>\n|"
+      "<opening> <setup>\n\n<Problem>\n\n<Attempt>\n\n<talk>\n\n<attempt2> <Resolution>\n\n<ending> The end.\n" },
+    { "opening",
+      "Once upon a time, there was <!adj> <Akind> named <A>.|"
+      "There once was <!adj> <Akind> called <A> who lived <home>.|"
+      "<A> was <!adj> <Akind> who lived <home>.|"
+      "Long ago, in <!adj> <town>, there lived <!adj> <Akind> named <A>.|"
+      "One <daypart>, <!adj> <Akind> named <A> woke up early.|"
+      "Once there was <!adj> <Akind>. <^Ahis> name was <A>, and <Ahe> lived <home>.|"
+      "In <!adj> <town> far away, there was <!adj> <Akind> named <A>." },
+    { "home",
+      "in a small house by the sea|near a big forest|in a little house on a hill|in a busy town|on a farm|"
+      "next to a quiet lake|in a cozy hole under a tree|in a tall tree|by a long river|in a yellow house|"
+      "near the park|in a little village|at the edge of the woods|in a house with a red door" },
+    { "town", "village|town|forest|valley|kingdom|garden|farm|city|island|meadow" },
+    { "daypart", "morning|day|afternoon|evening|night|summer day|winter morning|rainy day|sunny morning|spring day" },
+    { "setup",
+      "<A> loved to <activity>.|<A> liked to <activity> every day.|Every day, <Ahe> would <activity> with <Ahis> friend <B>, <!adj> <Bkind>.|"
+      "<A> had <!adj> <O>. <^Ahe> took it everywhere.|<A> and <B> were best friends. They liked to <activity> together at <P>.|"
+      "<A> had a friend named <B>. <B> was <!adj> <Bkind> who liked to <activity>.|"
+      "<^Ahis> favorite thing was <!adj> <O>. <^Ahe> kept it <keepplace>.|"
+      "<A> was very <trait>. <^Ahe> always wanted to <activity>." },
+    { "setup2",
+      "<^Ahis> mom said, \"Be careful, <A>.\"|<B> lived next door and often came to play.|"
+      "They played at <P> every <daypart>.|<A> and <B> had fun all the time.|"
+      "<A> and <B> were different: <B> was <trait>, and <A> was <trait>.|Every <daypart>, they <pastplay> at <P>.|"
+      "<A> liked <B> very much, and <B> liked <A> too." },
+    { "feelbad", "<A> was <feelneg>.|<A> began to cry.|<A> did not know what to do.|<^Ahe> sat down and felt <feelneg>.|It was a big problem." },
+    { "feelgood", "<A> felt <feelpos>.|<A> smiled a big smile.|<A> and <B> laughed and laughed.|Everyone was <feelpos>.|<^Ahis> heart was full of joy." },
+    { "talk",
+      "\"<question>\" asked <A>.\n\n\"<answer>\" said <B>.|"
+      "<A> said, \"<statement>\"\n\n<B> <replied>, \"<answer>\"|"
+      "\"<statement>\" said <B>.\n\n\"<answer>\" said <A>.|"
+      "<B> came and asked, \"<question>\"\n\n<A> <replied>, \"<statement>\"|"
+      "\"<A>, <question2>\" asked <B>.\n\n\"<statement>\" said <A>." },
+    { "talk2",
+      "\"Thank you, <B>!\" said <A>.\n\n\"You are welcome,\" said <B>.|"
+      "\"<happy>\" shouted <A>.|\"We did it!\" said <B>. \"<happy>\"|"
+      "<A> hugged <B> and said, \"You are the best friend ever.\"" },
+    { "question",
+      "Where is my <O>?|Can you help me?|What should we do?|Do you want to play with me?|Why are you so <feelneg>?|"
+      "Can we go to <P>?|What is that?|Is it far?|Will you come with me?|How can we get home?|What happened?" },
+    { "question2", "are you okay?|can you help me?|what is wrong?|do you see it?|where did it go?|shall we try again?" },
+    { "statement",
+      "I will help you!|Let us look <lookplace>.|Do not be <feelneg>.|We can <activity> together.|I have an idea!|"
+      "It is okay.|I lost my <O>.|I want to go to <P>.|I am scared.|Let us ask <G>.|We must be brave.|Look over there!" },
+    { "answer",
+      "Yes, I will help!|Do not worry.|I think I know!|Let us try together.|We can do it.|Maybe it is <lookplace>.|"
+      "I am not sure.|Come with me!|Okay, let us go.|That is a good idea!" },
+    { "happy", "Hooray!|Yay!|This is the best day ever!|I am so happy!|We found it!|Look, it worked!" },
+    { "replied", "said|replied|smiled and said|whispered|shouted|nodded and said|answered" },
+    { "attempt",
+      "<A> and <B> looked <lookplace>. They looked <lookplace> too, but they did not find it.|"
+      "They walked to <P>. The path was long, but they did not stop.|"
+      "<B> had an idea. <^Bhe> ran to get <G>.|"
+      "<A> tried to <tryverb>, but it did not work. <^Ahe> tried again.|"
+      "They asked <!adj> <N> for help. The <N> <helped>.|"
+      "<A> took a deep breath and tried to be brave.|"
+      "<A> <pastact> and <pastact>. It was hard work." },
+    { "attempt2",
+      "Then <B> <pastact>.|After a while, they saw <!adj> <N>.|They <pastact> and <pastact> until the sun went down.|"
+      "<A> did not give up.|Soon, <G> came to help them.|They sang a song to feel better." },
+    { "ending",
+      "From that day on, <A> and <B> <pastplay> together every day.|<A> learned that <lesson>.|"
+      "And they lived happily ever after.|That night, <A> went to bed with a big smile.|"
+      "<A> never forgot that day.|<A> and <B> were friends forever.|"
+      "After that, <A> always kept <Ahis> <O> <keepplace>.|It was the best day ever." },
+    { "lesson",
+      "it is good to share|friends help each other|being kind is important|you should never give up|"
+      "it is okay to ask for help|it is good to be brave|being honest is best|small friends can do big things|"
+      "it is fun to try new things|we should listen to our parents" },
+    { "activity",
+      "play ball|draw pictures|sing songs|build sand castles|fly a kite|read books|bake cookies|climb trees|dance|"
+      "swim in the lake|pick flowers|run in the grass|ride a bike|look at the stars|plant seeds|jump in puddles|"
+      "play hide and seek|paint rocks|feed the ducks|make paper boats|splash in the river|catch bugs|play with blocks" },
+    { "pastplay",
+      "played ball|drew pictures|sang songs|built sand castles|flew kites|read books|baked cookies|climbed trees|danced|"
+      "swam|picked flowers|ran in the grass|rode bikes|played hide and seek|fed the ducks|made paper boats" },
+    { "pastact",
+      "ran|jumped|walked|looked around|climbed up|dug a hole|pulled hard|called out|waited|searched|listened|"
+      "pushed the rock|opened the door|crossed the bridge|followed the path|counted to ten" },
+    { "pastbad", "fell down|broke <Ahis> <O>|got very wet|lost <Ahis> way|tore <Ahis> shirt|dropped <Ahis> ice cream" },
+    { "tryverb", "reach it|climb the wall|open the box|fix the <O>|jump over the log|pull the rope|call for help" },
+    { "helped", "was happy to help|showed them the way|pointed at the tree|found a path|flew up high to look" },
+    { "lookplace",
+      "under the bed|behind the tree|in the garden|near the pond|inside the box|on the hill|under the table|"
+      "by the door|in the tall grass|next to the river|up in the tree|behind the house|in the old barn" },
+    { "keepplace", "in a safe place|under <Ahis> pillow|in <Ahis> pocket|on a shelf|in a little box|next to <Ahis> bed" },
+    { "adj",
+      "happy|little|big|kind|brave|small|shy|curious|silly|old|young|clever|gentle|funny|quiet|busy|tiny|proud|"
+      "friendly|sleepy|cheerful|lonely|strong|fast|soft|pretty|wise|playful|careful|good" },
+    { "trait", "kind|brave|shy|curious|silly|clever|gentle|funny|quiet|busy|cheerful|careful|helpful|playful" },
+    { "feelneg", "sad|scared|angry|lonely|tired|worried|upset|cold|hungry" },
+    { "feelpos", "happy|glad|proud|safe|warm|excited|thankful|calm" },
+    { "color", "red|blue|green|yellow|shiny|white|pink|purple|orange|gold" },
+    { "animal", "bird|rabbit|frog|duck|cat|dog|squirrel|owl|turtle|mouse|fox|deer|lamb|goat|butterfly" },
+};
+
+static const char *const moexc__story_girls[] = {
+    "Lily", "Mia", "Sara", "Anna", "Emma", "Lucy", "Zoe", "Nora", "Ella", "Ruby", "Amy", "Rosa", "Maya",
+    "Kate", "Hana", "Ivy", "Lena", "Tina", "Jane", "Molly", "Sue", "Pia", "Lola", "Daisy" };
+static const char *const moexc__story_boys[] = {
+    "Tom", "Ben", "Max", "Sam", "Leo", "Jack", "Tim", "Finn", "Noah", "Eli", "Jake", "Ned", "Otto", "Ravi",
+    "Omar", "Luke", "Dan", "Ken", "Joe", "Theo", "Bob", "Pip", "Milo", "Hugo" };
+static const char *const moexc__story_animals[] = {
+    "bunny", "fox", "cat", "dog", "bear", "mouse", "duck", "frog", "owl", "turtle", "pig", "lamb", "bird", "squirrel", "puppy", "kitten" };
+static const char *const moexc__story_places[] = {
+    "the park", "the forest", "the beach", "the river", "the old barn", "the big hill", "the pond", "the garden",
+    "the market", "the school", "the castle", "the lake", "the zoo", "the library", "the meadow", "the playground" };
+static const char *const moexc__story_grownups[] = {
+    "Mom", "Dad", "Grandma", "Grandpa", "the old owl", "the kind farmer", "the teacher", "the wise turtle" };
+static const char *const moexc__story_helpers[] = {
+    "bird", "rabbit", "frog", "duck", "squirrel", "owl", "turtle", "mouse", "deer", "goat", "butterfly", "beaver" };
+static const char *const moexc__story_objects[] = {
+    "ball", "kite", "teddy bear", "hat", "red balloon", "toy car", "blue bucket", "little boat", "doll", "book",
+    "shiny stone", "drum", "scarf", "key", "flower", "wooden sword", "map", "bell", "cup", "star sticker" };
+
+/* One character: name, kind and pronouns as variables <X>, <Xkind>, <Xhe>, <Xhim>, <Xhis>. */
+static const char *moexc__story_character(moexc__gen *g, int slot, const char *avoid)
+{
+    static const char *const keys[2][5] = { { "A", "Akind", "Ahe", "Ahim", "Ahis" }, { "B", "Bkind", "Bhe", "Bhim", "Bhis" } };
+    static const char *const girl_kinds[] = { "girl", "princess", "girl" };
+    static const char *const boy_kinds[] = { "boy", "prince", "boy" };
+    int girl = moexc__gen_chance(g, 50);
+    const char *name;
+    do {
+        name = girl ? moexc__gen_pick(g, moexc__story_girls, (int)(sizeof(moexc__story_girls) / sizeof(char *)))
+                    : moexc__gen_pick(g, moexc__story_boys, (int)(sizeof(moexc__story_boys) / sizeof(char *)));
+    } while (avoid && strcmp(name, avoid) == 0);
+    moexc__gen_var(g, keys[slot][0], name);
+    moexc__gen_var(g, keys[slot][1], moexc__gen_chance(g, 50)
+                   ? moexc__gen_pick(g, moexc__story_animals, (int)(sizeof(moexc__story_animals) / sizeof(char *)))
+                   : girl ? moexc__gen_pick(g, girl_kinds, 3) : moexc__gen_pick(g, boy_kinds, 3));
+    moexc__gen_var(g, keys[slot][2], girl ? "she" : "he");
+    moexc__gen_var(g, keys[slot][3], girl ? "her" : "him");
+    moexc__gen_var(g, keys[slot][4], girl ? "her" : "his");
+    return name;
+}
+
+/* Story arcs: a problem, the attempt that fits it and its resolution. */
+static const char *const moexc__story_arcs[][3] = {
+    { "One day, <A> lost <Ahis> <O>. <^Ahe> looked <lookplace>, but it was not there.",
+      "<A> and <B> looked <lookplace>. They looked <lookplace> too, but they did not find it.",
+      "At last, <A> saw something <color> <lookplace>. It was <Ahis> <O>!" },
+    { "One day, a big storm came. The wind blew and the rain fell on <P>.",
+      "<A> and <B> ran home and hid under a blanket. They listened to the rain.",
+      "After a while, the sun came out, and the storm was over. <A> and <B> went outside to play." },
+    { "One <daypart>, <A> wanted to go to <P>, but it was too far.",
+      "<B> had an idea. They asked <G> to take them.",
+      "<G> said yes, and soon they were at <P>." },
+    { "But one day, <B> felt <feelneg>. <^Bhe> did not want to play.",
+      "<A> sat next to <B> and asked what was wrong. <^Ahe> listened to <Bhim>.",
+      "<A> gave <B> a hug. <B> felt better and wanted to play again." },
+    { "One day, <A> saw <!adj> <N> stuck <lookplace>.",
+      "<A> tried to help the <N>, but it was hard. <^Ahe> called <B>, and they pulled together.",
+      "With a big push, the <N> was free! The <N> said thank you and <helped>." },
+    { "One day, <A> and <B> found <!adj> box at <P>. They could not open it.",
+      "They tried to open the box with a stick. Then they tried with a stone.",
+      "At last, the box opened. Inside was <!adj> <O>!" },
+    { "One <daypart>, <A> and <B> got lost on the way to <P>.",
+      "They walked and walked. Then they saw <!adj> <N>, and the <N> <helped>.",
+      "Finally, they found the way to <P>." },
+    { "One day, <B> took <A>'s <O> and did not give it back.",
+      "<A> was angry, but <Ahe> did not shout. <^Ahe> told <B> how <Ahe> felt.",
+      "<B> said sorry and gave the <O> back to <A>. Then they played with it together." },
+    { "One day, <A> broke <Ahis> <O>. It was in two pieces.",
+      "<A> and <B> took glue and tape. They worked hard to fix it.",
+      "Soon the <O> was as good as new. <A> was very proud." },
+    { "One <daypart>, <A> wanted to <activity>, but <Ahe> was too scared to try.",
+      "<B> said, \"I will show you.\" <^Bhe> went first, and <A> watched.",
+      "Then <A> tried too, and it was fun! <^Ahe> was not scared any more." },
+};
+
+static void moexc__story_document(moexc__gen *g)
+{
+    const char *const *arc = moexc__story_arcs[moexc__gen_below(g, (uint32_t)(sizeof(moexc__story_arcs) / sizeof(moexc__story_arcs[0])))];
+    moexc__gen_var(g, "Problem", arc[0]);
+    moexc__gen_var(g, "Attempt", arc[1]);
+    moexc__gen_var(g, "Resolution", arc[2]);
+    moexc__story_character(g, 1, moexc__story_character(g, 0, NULL));
+    moexc__gen_var(g, "P", moexc__gen_pick(g, moexc__story_places, (int)(sizeof(moexc__story_places) / sizeof(char *))));
+    moexc__gen_var(g, "O", moexc__gen_pick(g, moexc__story_objects, (int)(sizeof(moexc__story_objects) / sizeof(char *))));
+    moexc__gen_var(g, "G", moexc__gen_pick(g, moexc__story_grownups, (int)(sizeof(moexc__story_grownups) / sizeof(char *))));
+    moexc__gen_var(g, "N", moexc__gen_pick(g, moexc__story_helpers, (int)(sizeof(moexc__story_helpers) / sizeof(char *))));
+    moexc__gen_say(g, "<story>");
+}
+
+/* ---- the built-in corpus -------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_corpus_builtin(moexc_tokens *t, size_t bytes_per_domain, uint64_t seed, moexc_error *err)
+{
+    static const char *const names[3] = { "code", "science", "stories" };
+    int d;
+    if (!t) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_corpus_builtin: t is NULL");
+    for (d = 0; d < 3; d++) {
+        static const unsigned char sep = MOEXC_DOC_SEPARATOR;
+        moexc__gen g;
+        moexc_rng mix;
+        moexc_status st;
+        char acronym[8];
+        int index = 0;
+        /* each domain's stream depends only on (seed, domain) */
+        moexc_rng_seed(&mix, seed ^ (UINT64_C(0xD1B54A32D192ED03) * (uint64_t)(d + 1)));
+        if (d == 0) st = moexc__gen_init(&g, moexc__code_rules, (int)(sizeof(moexc__code_rules) / sizeof(moexc__rule)), moexc_rng_u64(&mix), err);
+        else if (d == 1) st = moexc__gen_init(&g, moexc__sci_rules, (int)(sizeof(moexc__sci_rules) / sizeof(moexc__rule)), moexc_rng_u64(&mix), err);
+        else st = moexc__gen_init(&g, moexc__story_rules, (int)(sizeof(moexc__story_rules) / sizeof(moexc__rule)), moexc_rng_u64(&mix), err);
+        if (st != MOEXC_OK) return st;
+        while (g.out.len < bytes_per_domain && !g.out.oom) {   /* whole documents, then cut */
+            if (d == 0) moexc__code_document(&g);
+            else if (d == 1) moexc__sci_document(&g, acronym);
+            else moexc__story_document(&g);
+            if (g.out.len && g.out.buf[g.out.len - 1] != '\n') moexc__sb_putn(&g.out, "\n", 1);
+            moexc__sb_putn(&g.out, (const char *)&sep, 1);
+        }
+        if (g.out.oom) { moexc__gen_free(&g); return moexc__fail(err, MOEXC_ERR_NOMEM, "built-in corpus: out of memory"); }
+        st = moexc_tokens_add_domain(t, names[d], &index, err);
+        if (st == MOEXC_OK) st = moexc_tokens_append_bytes(t, g.out.buf, bytes_per_domain, index, err);
+        moexc__gen_free(&g);
+        if (st != MOEXC_OK) return st;
+    }
+    return MOEXC_OK;
+}
+
+
+/* ======================================================================== */
+/* >>checkpoint: JSON reader, safetensors writer and validating reader       */
+/* ======================================================================== */
+
+/* ---- a small strict JSON parser (RFC 8259) --------------------------------
+   Parses a mutable buffer into a flat array of nodes linked by index. Strings
+   are decoded in place (an escape never decodes to more bytes than it
+   occupies), so string values point into the buffer, NUL-terminated, with
+   their length (a \u0000 escape may put a NUL inside). Numbers keep their
+   source text. Strict: no comments, trailing commas, leading zeros, raw
+   control characters, invalid UTF-8 or lone surrogates; no duplicate keys in
+   an object; only whitespace after the value; nesting at most
+   MOEXC__JSON_MAX_DEPTH deep and at most MOEXC__JSON_MAX_NODES values. */
+#define MOEXC__JSON_MAX_DEPTH 64
+#define MOEXC__JSON_MAX_NODES (1 << 20)
+
+enum { MOEXC__JNULL, MOEXC__JFALSE, MOEXC__JTRUE, MOEXC__JNUMBER, MOEXC__JSTRING, MOEXC__JARRAY, MOEXC__JOBJECT };
+
+typedef struct moexc__jnode {
+    int type;
+    int first, next, count;   /* first child, next sibling (-1: none), number of children */
+    const char *key;          /* member key when the parent is an object, else NULL */
+    size_t key_len;
+    const char *str;          /* string: decoded bytes; number: its source text */
+    size_t len;
+    size_t pos;               /* byte offset of the value in the text, for messages */
+} moexc__jnode;
+
+typedef struct moexc__json {
+    char *text;
+    size_t len, pos;
+    moexc__jnode *nodes;
+    int n_nodes, cap_nodes;
+    const char *name;         /* file name for messages */
+    moexc_error *err;
+} moexc__json;
+
+static moexc_status moexc__json_fail(moexc__json *js, size_t pos, const char *what)
+{
+    return moexc__fail(js->err, MOEXC_ERR_FORMAT, "%s: JSON header, byte %lu: %s",
+                       js->name, (unsigned long)pos, what);
+}
+
+static void moexc__json_ws(moexc__json *js)
+{
+    while (js->pos < js->len) {
+        char c = js->text[js->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        js->pos++;
+    }
+}
+
+static moexc_status moexc__json_new_node(moexc__json *js, int type, int *index)
+{
+    moexc__jnode *nd;
+    if (js->n_nodes == js->cap_nodes) {
+        int cap = js->cap_nodes ? js->cap_nodes * 2 : 64;
+        moexc__jnode *p;
+        if (js->n_nodes >= MOEXC__JSON_MAX_NODES)
+            return moexc__json_fail(js, js->pos, "more values than the parser's limit of 1048576");
+        p = (moexc__jnode *)moexc__realloc(js->nodes, (size_t)cap * sizeof(*p));
+        if (!p) return moexc__fail(js->err, MOEXC_ERR_NOMEM, "%s: out of memory parsing the JSON header", js->name);
+        js->nodes = p;
+        js->cap_nodes = cap;
+    }
+    *index = js->n_nodes++;
+    nd = &js->nodes[*index];
+    memset(nd, 0, sizeof(*nd));
+    nd->type = type;
+    nd->first = nd->next = -1;
+    nd->pos = js->pos;
+    return MOEXC_OK;
+}
+
+static int moexc__hex4(const char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    int i;
+    for (i = 0; i < 4; i++) {
+        char c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Decode the string literal at js->pos (on the opening quote) in place. */
+static moexc_status moexc__json_parse_string(moexc__json *js, const char **out, size_t *out_len)
+{
+    char *t = js->text;
+    size_t r = js->pos + 1, w = r, start = r;   /* read and write cursors, w <= r */
+    for (;;) {
+        unsigned char c;
+        if (r >= js->len) return moexc__json_fail(js, js->pos, "unterminated string");
+        c = (unsigned char)t[r];
+        if (c == '"') break;
+        if (c < 0x20) return moexc__json_fail(js, r, "control character in a string (must be escaped)");
+        if (c == '\\') {
+            uint32_t cp, lo;
+            if (r + 1 >= js->len) return moexc__json_fail(js, js->pos, "unterminated string");
+            switch (t[r + 1]) {
+            case '"': case '\\': case '/': t[w++] = t[r + 1]; r += 2; continue;
+            case 'b': t[w++] = '\b'; r += 2; continue;
+            case 'f': t[w++] = '\f'; r += 2; continue;
+            case 'n': t[w++] = '\n'; r += 2; continue;
+            case 'r': t[w++] = '\r'; r += 2; continue;
+            case 't': t[w++] = '\t'; r += 2; continue;
+            case 'u': break;
+            default: return moexc__json_fail(js, r, "invalid escape sequence");
+            }
+            if (r + 6 > js->len || !moexc__hex4(t + r + 2, &cp))
+                return moexc__json_fail(js, r, "\\u must be followed by four hex digits");
+            r += 6;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return moexc__json_fail(js, r - 6, "lone low surrogate");
+            if (cp >= 0xD800 && cp <= 0xDBFF) {   /* UTF-16 pair -> one code point */
+                if (r + 6 > js->len || t[r] != '\\' || t[r + 1] != 'u' || !moexc__hex4(t + r + 2, &lo) ||
+                    lo < 0xDC00 || lo > 0xDFFF)
+                    return moexc__json_fail(js, r - 6, "high surrogate not followed by a low surrogate");
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                r += 6;
+            }
+            if (cp < 0x80) {
+                t[w++] = (char)cp;
+            } else if (cp < 0x800) {
+                t[w++] = (char)(0xC0 | (cp >> 6));
+                t[w++] = (char)(0x80 | (cp & 0x3F));
+            } else if (cp < 0x10000) {
+                t[w++] = (char)(0xE0 | (cp >> 12));
+                t[w++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                t[w++] = (char)(0x80 | (cp & 0x3F));
+            } else {
+                t[w++] = (char)(0xF0 | (cp >> 18));
+                t[w++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+                t[w++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+                t[w++] = (char)(0x80 | (cp & 0x3F));
+            }
+        } else if (c < 0x80) {
+            t[w++] = (char)c;
+            r++;
+        } else {
+            size_t k = moexc__utf8_len((const unsigned char *)t + r, js->len - r);
+            if (!k) return moexc__json_fail(js, r, "invalid UTF-8 in a string");
+            memmove(t + w, t + r, k);
+            w += k;
+            r += k;
+        }
+    }
+    t[w] = '\0';   /* w <= r: at worst this overwrites the closing quote */
+    *out = t + start;
+    *out_len = w - start;
+    js->pos = r + 1;
+    return MOEXC_OK;
+}
+
+static int moexc__json_is_digit(moexc__json *js, size_t pos)
+{
+    return pos < js->len && js->text[pos] >= '0' && js->text[pos] <= '9';
+}
+
+static moexc_status moexc__json_value(moexc__json *js, int depth, int *out);
+
+/* Objects and arrays: members are linked in order; objects then reject duplicate keys. */
+static int moexc__json_key_cmp(const void *a, const void *b)
+{
+    const moexc__jnode *x = *(const moexc__jnode *const *)a, *y = *(const moexc__jnode *const *)b;
+    int c = memcmp(x->key, y->key, MOEXC__MIN(x->key_len, y->key_len));
+    if (c) return c;
+    return (x->key_len > y->key_len) - (x->key_len < y->key_len);
+}
+
+static moexc_status moexc__json_container(moexc__json *js, int depth, int index)
+{
+    int is_object = js->nodes[index].type == MOEXC__JOBJECT, last = -1;
+    char close = is_object ? '}' : ']';
+    moexc_status st;
+    js->pos++;   /* '{' or '[' */
+    moexc__json_ws(js);
+    if (js->pos < js->len && js->text[js->pos] == close) { js->pos++; return MOEXC_OK; }
+    for (;;) {
+        const char *key = NULL;
+        size_t key_len = 0;
+        int child;
+        moexc__json_ws(js);
+        if (is_object) {
+            if (js->pos >= js->len || js->text[js->pos] != '"')
+                return moexc__json_fail(js, js->pos, "expected a string key");
+            if ((st = moexc__json_parse_string(js, &key, &key_len)) != MOEXC_OK) return st;
+            moexc__json_ws(js);
+            if (js->pos >= js->len || js->text[js->pos] != ':')
+                return moexc__json_fail(js, js->pos, "expected ':' after an object key");
+            js->pos++;
+        }
+        if ((st = moexc__json_value(js, depth + 1, &child)) != MOEXC_OK) return st;
+        js->nodes[child].key = key;
+        js->nodes[child].key_len = key_len;
+        if (last < 0) js->nodes[index].first = child; else js->nodes[last].next = child;
+        last = child;
+        js->nodes[index].count++;
+        moexc__json_ws(js);
+        if (js->pos < js->len && js->text[js->pos] == ',') { js->pos++; continue; }
+        if (js->pos < js->len && js->text[js->pos] == close) { js->pos++; break; }
+        return moexc__json_fail(js, js->pos, is_object ? "expected ',' or '}' in an object" : "expected ',' or ']' in an array");
+    }
+    if (is_object && js->nodes[index].count > 1) {
+        int n = js->nodes[index].count, i, c;
+        const moexc__jnode **members = (const moexc__jnode **)moexc__calloc((size_t)n, sizeof(*members));
+        if (!members) return moexc__fail(js->err, MOEXC_ERR_NOMEM, "%s: out of memory parsing the JSON header", js->name);
+        for (i = 0, c = js->nodes[index].first; c >= 0; c = js->nodes[c].next) members[i++] = &js->nodes[c];
+        qsort(members, (size_t)n, sizeof(*members), moexc__json_key_cmp);
+        for (i = 1; i < n; i++) {
+            if (moexc__json_key_cmp(&members[i - 1], &members[i]) == 0) {
+                size_t pos = members[i]->pos;
+                st = moexc__fail(js->err, MOEXC_ERR_FORMAT, "%s: JSON header, byte %lu: duplicate key \"%.200s\"",
+                                 js->name, (unsigned long)pos, members[i]->key);
+                moexc__free((void *)members);
+                return st;
+            }
+        }
+        moexc__free((void *)members);
+    }
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__json_value(moexc__json *js, int depth, int *out)
+{
+    moexc_status st;
+    char c;
+    moexc__json_ws(js);
+    if (js->pos >= js->len) return moexc__json_fail(js, js->pos, "unexpected end of the JSON text");
+    c = js->text[js->pos];
+    if (c == '{' || c == '[') {
+        if (depth >= MOEXC__JSON_MAX_DEPTH)
+            return moexc__json_fail(js, js->pos, "nesting deeper than 64 levels");
+        if ((st = moexc__json_new_node(js, c == '{' ? MOEXC__JOBJECT : MOEXC__JARRAY, out)) != MOEXC_OK) return st;
+        return moexc__json_container(js, depth, *out);
+    }
+    if (c == '"') {
+        const char *s;
+        size_t n;
+        if ((st = moexc__json_new_node(js, MOEXC__JSTRING, out)) != MOEXC_OK) return st;
+        if ((st = moexc__json_parse_string(js, &s, &n)) != MOEXC_OK) return st;
+        js->nodes[*out].str = s;
+        js->nodes[*out].len = n;
+        return MOEXC_OK;
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {   /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+        size_t start = js->pos, p = js->pos;
+        if (js->text[p] == '-') p++;
+        if (!moexc__json_is_digit(js, p)) return moexc__json_fail(js, start, "invalid number");
+        if (js->text[p] == '0') {
+            p++;
+            if (moexc__json_is_digit(js, p)) return moexc__json_fail(js, start, "number with a leading zero");
+        } else {
+            while (moexc__json_is_digit(js, p)) p++;
+        }
+        if (p < js->len && js->text[p] == '.') {
+            p++;
+            if (!moexc__json_is_digit(js, p)) return moexc__json_fail(js, start, "invalid number (no digit after '.')");
+            while (moexc__json_is_digit(js, p)) p++;
+        }
+        if (p < js->len && (js->text[p] == 'e' || js->text[p] == 'E')) {
+            p++;
+            if (p < js->len && (js->text[p] == '+' || js->text[p] == '-')) p++;
+            if (!moexc__json_is_digit(js, p)) return moexc__json_fail(js, start, "invalid number (bad exponent)");
+            while (moexc__json_is_digit(js, p)) p++;
+        }
+        if ((st = moexc__json_new_node(js, MOEXC__JNUMBER, out)) != MOEXC_OK) return st;
+        js->nodes[*out].str = js->text + start;
+        js->nodes[*out].len = p - start;
+        js->pos = p;
+        return MOEXC_OK;
+    }
+    {
+        static const char *const words[3] = { "null", "false", "true" };
+        static const int types[3] = { MOEXC__JNULL, MOEXC__JFALSE, MOEXC__JTRUE };
+        int i;
+        for (i = 0; i < 3; i++) {
+            size_t n = strlen(words[i]);
+            if (js->len - js->pos >= n && memcmp(js->text + js->pos, words[i], n) == 0) {
+                if ((st = moexc__json_new_node(js, types[i], out)) != MOEXC_OK) return st;
+                js->pos += n;
+                return MOEXC_OK;
+            }
+        }
+    }
+    return moexc__json_fail(js, js->pos, "unexpected character");
+}
+
+/* Parse text[0..len) (modified in place). On success the root is node 0;
+   free js->nodes with moexc__free in every case. */
+static moexc_status moexc__json_parse(moexc__json *js, char *text, size_t len, const char *name, moexc_error *err)
+{
+    moexc_status st;
+    int root;
+    memset(js, 0, sizeof(*js));
+    js->text = text;
+    js->len = len;
+    js->name = name;
+    js->err = err;
+    if ((st = moexc__json_value(js, 0, &root)) != MOEXC_OK) return st;
+    moexc__json_ws(js);
+    if (js->pos != js->len) return moexc__json_fail(js, js->pos, "unexpected data after the JSON value");
+    return MOEXC_OK;
+}
+
+/* A JSON number that is a plain non-negative integer fitting in 63 bits. */
+static int moexc__json_u63(const moexc__jnode *nd, uint64_t *out)
+{
+    uint64_t v = 0;
+    size_t i;
+    if (nd->type != MOEXC__JNUMBER) return 0;
+    for (i = 0; i < nd->len; i++) {
+        char c = nd->str[i];
+        if (c < '0' || c > '9') return 0;
+        if (v > (UINT64_C(0x7FFFFFFFFFFFFFFF) - (uint64_t)(c - '0')) / 10) return 0;
+        v = v * 10 + (uint64_t)(c - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* ---- safetensors ----------------------------------------------------------
+   File = u64le header length n | n bytes of JSON | data section.
+   JSON: {"__metadata__": {str: str}, name: {"dtype": D, "shape": [..],
+   "data_offsets": [begin, end]}, ...}; offsets are relative to the data
+   section, and the tensors tile it exactly: sorted by offset, each begins
+   where the previous ends, the last ends at the end of the file. The writer
+   pads the JSON with spaces to a multiple of 8 bytes, as the reference
+   implementation does, so the data section is 8-byte aligned. */
+#define MOEXC__ST_MAX_HEADER 100000000u   /* the reference implementation's limit */
+
+static const struct moexc__st_dtype { const char *name; int size; } moexc__st_dtypes[] = {
+    { "BOOL", 1 }, { "U8", 1 }, { "I8", 1 }, { "F8_E5M2", 1 }, { "F8_E4M3", 1 },
+    { "I16", 2 }, { "U16", 2 }, { "F16", 2 }, { "BF16", 2 },
+    { "I32", 4 }, { "U32", 4 }, { "F32", 4 },
+    { "F64", 8 }, { "I64", 8 }, { "U64", 8 } };
+#define MOEXC__ST_N_DTYPES ((int)(sizeof(moexc__st_dtypes) / sizeof(moexc__st_dtypes[0])))
+#define MOEXC__ST_F32 11
+
+typedef struct moexc__st_tensor {
+    const char *name;         /* points into the decoded JSON */
+    int dtype;                /* index into moexc__st_dtypes */
+    int ndim;
+    int64_t shape[8];
+    uint64_t begin, end;      /* byte range within the data section */
+} moexc__st_tensor;
+
+struct moexc_st_file {
+    char *path;                   /* for messages */
+    unsigned char *buf;           /* the whole file; JSON strings decoded in place */
+    size_t size;
+    size_t data_start;            /* 8 + header length */
+    moexc__st_tensor *tensors;    /* in header order */
+    int n_tensors;
+    int *by_name;                 /* tensor indices sorted by name */
+    const char **meta;            /* n_meta (key, value) pairs sorted by key */
+    int n_meta;
+};
+
+static void moexc__shape_str(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t len = 0;
+    int i;
+    buf[0] = '\0';
+    len += (size_t)snprintf(buf, cap, "[");
+    for (i = 0; i < ndim && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, i ? ",%lld" : "%lld", (long long)shape[i]);
+    if (len < cap) snprintf(buf + len, cap - len, "]");
+}
+
+MOEXC_DEF void moexc_st_close(moexc_st_file *f)
+{
+    if (!f) return;
+    moexc__free(f->path);
+    moexc__free(f->buf);
+    moexc__free(f->tensors);
+    moexc__free(f->by_name);
+    moexc__free((void *)f->meta);
+    moexc__free(f);
+}
+
+/* qsort helpers (no globals: the comparators see only the elements). */
+static int moexc__cmp_cstr_ptr(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+typedef struct moexc__st_order { const moexc__st_tensor *t; int index; } moexc__st_order;
+static int moexc__st_cmp_offset(const void *a, const void *b)
+{
+    const moexc__st_tensor *x = ((const moexc__st_order *)a)->t, *y = ((const moexc__st_order *)b)->t;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return 0;
+}
+static int moexc__st_cmp_name(const void *a, const void *b)
+{
+    return strcmp(((const moexc__st_order *)a)->t->name, ((const moexc__st_order *)b)->t->name);
+}
+
+/* Check one tensor entry of the header and fill *t. */
+static moexc_status moexc__st_parse_tensor(const moexc_st_file *f, const moexc__json *js, const moexc__jnode *nd,
+                                           moexc__st_tensor *t, uint64_t data_size, moexc_error *err)
+{
+    const moexc__jnode *dtype = NULL, *shape = NULL, *offsets = NULL;
+    const char *name = nd->key, *path = f->path;
+    uint64_t nbytes, v;
+    int c, i;
+    t->name = name;
+    if (nd->type != MOEXC__JOBJECT)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': entry is not a JSON object", path, name);
+    for (c = nd->first; c >= 0; c = js->nodes[c].next) {
+        const moexc__jnode *m = &js->nodes[c];
+        if (strcmp(m->key, "dtype") == 0 && m->key_len == 5) dtype = m;
+        else if (strcmp(m->key, "shape") == 0 && m->key_len == 5) shape = m;
+        else if (strcmp(m->key, "data_offsets") == 0 && m->key_len == 12) offsets = m;
+        else return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': unknown field '%.100s'", path, name, m->key);
+    }
+    if (!dtype)   return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': missing field 'dtype'", path, name);
+    if (!shape)   return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': missing field 'shape'", path, name);
+    if (!offsets) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': missing field 'data_offsets'", path, name);
+
+    if (dtype->type != MOEXC__JSTRING)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': 'dtype' is not a string", path, name);
+    for (t->dtype = 0; t->dtype < MOEXC__ST_N_DTYPES; t->dtype++)
+        if (strcmp(dtype->str, moexc__st_dtypes[t->dtype].name) == 0 && dtype->len == strlen(dtype->str)) break;
+    if (t->dtype == MOEXC__ST_N_DTYPES)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': unknown dtype '%.40s'", path, name, dtype->str);
+
+    if (shape->type != MOEXC__JARRAY)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': 'shape' is not an array", path, name);
+    if (shape->count > 8)
+        return moexc__fail(err, MOEXC_ERR_UNSUPPORTED, "%s: tensor '%s': %d dimensions (at most 8 supported)",
+                           path, name, shape->count);
+    t->ndim = shape->count;
+    nbytes = (uint64_t)moexc__st_dtypes[t->dtype].size;
+    for (i = 0, c = shape->first; c >= 0; c = js->nodes[c].next, i++) {
+        if (!moexc__json_u63(&js->nodes[c], &v))
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': shape[%d] is not a non-negative integer",
+                               path, name, i);
+        t->shape[i] = (int64_t)v;
+        /* nbytes = size(dtype) * prod(shape), kept below 2^63 */
+        if (v && nbytes > UINT64_C(0x7FFFFFFFFFFFFFFF) / v)
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': shape too large (byte count overflows)", path, name);
+        nbytes *= v;
+    }
+
+    if (offsets->type != MOEXC__JARRAY || offsets->count != 2 ||
+        !moexc__json_u63(&js->nodes[offsets->first], &t->begin) ||
+        !moexc__json_u63(&js->nodes[js->nodes[offsets->first].next], &t->end))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': 'data_offsets' is not [begin, end] of two non-negative integers",
+                           path, name);
+    if (t->begin > t->end)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] end before they begin",
+                           path, name, (unsigned long long)t->begin, (unsigned long long)t->end);
+    if (t->end - t->begin != nbytes) {
+        char s[200];
+        moexc__shape_str(s, sizeof(s), t->ndim, t->shape);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] hold %llu bytes, but dtype %s shape %s needs %llu",
+                           path, name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                           (unsigned long long)(t->end - t->begin), moexc__st_dtypes[t->dtype].name, s,
+                           (unsigned long long)nbytes);
+    }
+    if (t->end > data_size)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor '%s': data_offsets end %llu is beyond the %llu-byte data section (truncated file?)",
+                           path, name, (unsigned long long)t->end, (unsigned long long)data_size);
+    return MOEXC_OK;
+}
+
+/* Validate f->buf (f->size bytes) and build the index. */
+static moexc_status moexc__st_parse(moexc_st_file *f, moexc_error *err)
+{
+    const char *path = f->path;
+    moexc__json js;
+    moexc__st_order *order = NULL;
+    const moexc__jnode *root, *meta_node = NULL;
+    uint64_t header_len, data_size, covered;
+    moexc_status st;
+    int c, i, k;
+
+    if (f->size < 8)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: file is %lu bytes, too short for the 8-byte header length",
+                           path, (unsigned long)f->size);
+    header_len = moexc__get_u64le(f->buf);
+    if (header_len > MOEXC__ST_MAX_HEADER)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: header length %llu exceeds the limit of %u bytes",
+                           path, (unsigned long long)header_len, MOEXC__ST_MAX_HEADER);
+    if (header_len > f->size - 8)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: header length %llu runs past the end of the %lu-byte file (truncated?)",
+                           path, (unsigned long long)header_len, (unsigned long)f->size);
+    if (header_len < 2)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: header length %llu is too short for a JSON object",
+                           path, (unsigned long long)header_len);
+    f->data_start = 8 + (size_t)header_len;
+    data_size = (uint64_t)(f->size - f->data_start);
+
+    st = moexc__json_parse(&js, (char *)f->buf + 8, (size_t)header_len, path, err);
+    if (st != MOEXC_OK) goto done;
+    root = &js.nodes[0];
+    if (root->type != MOEXC__JOBJECT) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: the JSON header is not an object", path);
+        goto done;
+    }
+    for (c = root->first; c >= 0; c = js.nodes[c].next) {
+        const moexc__jnode *m = &js.nodes[c];
+        if (strlen(m->key) != m->key_len) {
+            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: a header key contains a NUL character", path);
+            goto done;
+        }
+        if (strcmp(m->key, "__metadata__") == 0) meta_node = m; else f->n_tensors++;
+    }
+
+    /* __metadata__: an object of strings */
+    if (meta_node) {
+        if (meta_node->type != MOEXC__JOBJECT) {
+            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: __metadata__ is not a JSON object", path);
+            goto done;
+        }
+        f->meta = (const char **)moexc__calloc((size_t)meta_node->count * 2 + 1, sizeof(*f->meta));
+        if (!f->meta) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto done; }
+        for (c = meta_node->first; c >= 0; c = js.nodes[c].next) {
+            const moexc__jnode *m = &js.nodes[c];
+            if (m->type != MOEXC__JSTRING) {
+                st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: __metadata__ entry '%.100s' is not a string", path, m->key);
+                goto done;
+            }
+            if (strlen(m->key) != m->key_len || strlen(m->str) != m->len) {
+                st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: __metadata__ entry '%.100s' contains a NUL character", path, m->key);
+                goto done;
+            }
+            f->meta[2 * f->n_meta] = m->key;
+            f->meta[2 * f->n_meta + 1] = m->str;
+            f->n_meta++;
+        }
+        /* pairs sorted by key: sort 2-pointer records as one unit */
+        qsort((void *)f->meta, (size_t)f->n_meta, 2 * sizeof(*f->meta), moexc__cmp_cstr_ptr);
+    }
+
+    /* tensors */
+    f->tensors = (moexc__st_tensor *)moexc__calloc((size_t)f->n_tensors + 1, sizeof(*f->tensors));
+    f->by_name = (int *)moexc__calloc((size_t)f->n_tensors + 1, sizeof(*f->by_name));
+    order = (moexc__st_order *)moexc__calloc((size_t)f->n_tensors + 1, sizeof(*order));
+    if (!f->tensors || !f->by_name || !order) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto done; }
+    for (i = 0, c = root->first; c >= 0; c = js.nodes[c].next) {
+        if (&js.nodes[c] == meta_node) continue;
+        st = moexc__st_parse_tensor(f, &js, &js.nodes[c], &f->tensors[i], data_size, err);
+        if (st != MOEXC_OK) goto done;
+        order[i].t = &f->tensors[i];
+        order[i].index = i;
+        i++;
+    }
+
+    /* The tensors must tile the data section: sorted by offset, no gap, no overlap. */
+    qsort(order, (size_t)f->n_tensors, sizeof(*order), moexc__st_cmp_offset);
+    for (covered = 0, k = 0; k < f->n_tensors; k++) {
+        const moexc__st_tensor *t = order[k].t;
+        if (t->begin < covered) {
+            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensors '%.100s' and '%.100s' overlap in the data section",
+                             path, order[k - 1].t->name, t->name);
+            goto done;
+        }
+        if (t->begin > covered) {
+            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: data section bytes %llu..%llu belong to no tensor (before '%.100s')",
+                             path, (unsigned long long)covered, (unsigned long long)t->begin, t->name);
+            goto done;
+        }
+        covered = t->end;
+    }
+    if (covered != data_size) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: the data section is %llu bytes but the tensors cover %llu (file size %lu)",
+                         path, (unsigned long long)data_size, (unsigned long long)covered, (unsigned long)f->size);
+        goto done;
+    }
+
+    qsort(order, (size_t)f->n_tensors, sizeof(*order), moexc__st_cmp_name);
+    for (k = 0; k < f->n_tensors; k++) f->by_name[k] = order[k].index;
+    st = MOEXC_OK;
+done:
+    moexc__free(order);
+    moexc__free(js.nodes);
+    return st;
+}
+
+/* Open a safetensors image held in memory (copied); name is used in messages. */
+MOEXC_DEF moexc_status moexc_st_open_memory(moexc_st_file **out, const void *data, size_t size, const char *name,
+                                            moexc_error *err)
+{
+    moexc_st_file *f;
+    moexc_status st;
+    size_t name_len;
+    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_open_memory: out is NULL");
+    *out = NULL;
+    if (!data && size) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_open_memory: data is NULL");
+    if (!name) name = "(memory)";
+    name_len = strlen(name);
+    f = (moexc_st_file *)moexc__calloc(1, sizeof(*f));
+    if (!f) return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", name);
+    f->path = (char *)moexc__malloc(name_len + 1);
+    f->buf = (unsigned char *)moexc__malloc(size);
+    if (!f->path || !f->buf) { moexc_st_close(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", name); }
+    memcpy(f->path, name, name_len + 1);
+    if (size) memcpy(f->buf, data, size);
+    f->size = size;
+    st = moexc__st_parse(f, err);
+    if (st != MOEXC_OK) { moexc_st_close(f); return st; }
+    *out = f;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_st_open(moexc_st_file **out, const char *path, moexc_error *err)
+{
+    moexc_st_file *f;
+    moexc_status st;
+    size_t path_len;
+    if (!out || !path) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_open: NULL argument");
+    *out = NULL;
+    path_len = strlen(path);
+    f = (moexc_st_file *)moexc__calloc(1, sizeof(*f));
+    if (!f) return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
+    f->path = (char *)moexc__malloc(path_len + 1);
+    if (!f->path) { moexc_st_close(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); }
+    memcpy(f->path, path, path_len + 1);
+    st = moexc__read_file(path, &f->buf, &f->size, err);
+    if (st == MOEXC_OK) st = moexc__st_parse(f, err);
+    if (st != MOEXC_OK) { moexc_st_close(f); return st; }
+    *out = f;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF int moexc_st_count(const moexc_st_file *f) { return f ? f->n_tensors : 0; }
+
+MOEXC_DEF const char *moexc_st_name(const moexc_st_file *f, int i)
+{
+    return f && i >= 0 && i < f->n_tensors ? f->tensors[i].name : NULL;
+}
+
+MOEXC_DEF int moexc_st_meta_count(const moexc_st_file *f) { return f ? f->n_meta : 0; }
+
+MOEXC_DEF const char *moexc_st_meta_key(const moexc_st_file *f, int i)
+{
+    return f && i >= 0 && i < f->n_meta ? f->meta[2 * i] : NULL;
+}
+
+MOEXC_DEF const char *moexc_st_meta(const moexc_st_file *f, const char *key)
+{
+    int lo = 0, hi;
+    if (!f || !key) return NULL;
+    hi = f->n_meta - 1;
+    while (lo <= hi) {   /* binary search over the sorted keys */
+        int mid = lo + (hi - lo) / 2, c = strcmp(f->meta[2 * mid], key);
+        if (c == 0) return f->meta[2 * mid + 1];
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    return NULL;
+}
+
+static const moexc__st_tensor *moexc__st_find(const moexc_st_file *f, const char *name)
+{
+    int lo = 0, hi;
+    if (!f || !name) return NULL;
+    hi = f->n_tensors - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(f->tensors[f->by_name[mid]].name, name);
+        if (c == 0) return &f->tensors[f->by_name[mid]];
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    return NULL;
+}
+
+MOEXC_DEF const char *moexc_st_dtype(const moexc_st_file *f, const char *name)
+{
+    const moexc__st_tensor *t = moexc__st_find(f, name);
+    return t ? moexc__st_dtypes[t->dtype].name : NULL;
+}
+
+MOEXC_DEF moexc_status moexc_st_shape(const moexc_st_file *f, const char *name, int *ndim, int64_t shape[8],
+                                      moexc_error *err)
+{
+    const moexc__st_tensor *t;
+    int i;
+    if (!f || !name) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_shape: NULL argument");
+    t = moexc__st_find(f, name);
+    if (!t) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: no tensor '%s'", f->path, name);
+    if (ndim) *ndim = t->ndim;
+    if (shape) for (i = 0; i < 8; i++) shape[i] = i < t->ndim ? t->shape[i] : 0;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_st_read_f32(const moexc_st_file *f, const char *name, float *dst,
+                                         int ndim, const int64_t *expected_shape, moexc_error *err)
+{
+    const moexc__st_tensor *t;
+    size_t nbytes;
+    int i, same;
+    if (!f || !name) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_read_f32: NULL argument");
+    t = moexc__st_find(f, name);
+    if (!t) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: no tensor '%s'", f->path, name);
+    if (t->dtype != MOEXC__ST_F32)
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s' has dtype %s; only F32 can be read as float32",
+                           f->path, name, moexc__st_dtypes[t->dtype].name);
+    same = ndim == t->ndim && (ndim == 0 || expected_shape);
+    for (i = 0; same && i < ndim; i++) same = expected_shape[i] == t->shape[i];
+    if (!same) {
+        char got[200], want[200];
+        moexc__shape_str(got, sizeof(got), t->ndim, t->shape);
+        if (ndim >= 0 && ndim <= 8 && (expected_shape || ndim == 0)) moexc__shape_str(want, sizeof(want), ndim, expected_shape);
+        else snprintf(want, sizeof(want), "(%d dimensions)", ndim);
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, expected %s", f->path, name, got, want);
+    }
+    nbytes = (size_t)(t->end - t->begin);
+    if (nbytes && !dst) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_read_f32: dst is NULL");
+    if (nbytes) memcpy(dst, f->buf + f->data_start + t->begin, nbytes);
+    moexc__le32_swap_inplace(dst, nbytes / 4);
+    return MOEXC_OK;
+}
+
+/* ---- writer --------------------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *tensors, int n_tensors,
+                                     const moexc_st_kv *metadata, int n_metadata, moexc_error *err)
+{
+    moexc__sb sb;
+    moexc__atomic_file af;
+    const char **names = NULL;
+    unsigned char len_bytes[8];
+    uint64_t offset = 0;
+    moexc_status st = MOEXC_OK;
+    int i, j;
+
+    if (!path) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_st_save: path is NULL");
+    if (n_tensors < 0 || n_metadata < 0 || (n_tensors && !tensors) || (n_metadata && !metadata))
+        return moexc__fail(err, MOEXC_ERR_ARG, "%s: invalid tensor or metadata list", path);
+    memset(&sb, 0, sizeof(sb));
+
+    /* validate, and check names and keys are unique */
+    names = (const char **)moexc__calloc((size_t)MOEXC__MAX(n_tensors, n_metadata) + 1, sizeof(*names));
+    if (!names) return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
+    for (i = 0; i < n_metadata; i++) {
+        const moexc_st_kv *kv = &metadata[i];
+        if (!kv->key || !kv->value) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: metadata entry %d has a NULL key or value", path, i); goto done; }
+        if (!moexc__utf8_valid(kv->key, strlen(kv->key)) || !moexc__utf8_valid(kv->value, strlen(kv->value))) {
+            st = moexc__fail(err, MOEXC_ERR_ARG, "%s: metadata entry '%.100s' is not valid UTF-8", path, kv->key);
+            goto done;
+        }
+        names[i] = kv->key;
+    }
+    qsort((void *)names, (size_t)n_metadata, sizeof(*names), moexc__cmp_cstr_ptr);
+    for (i = 1; i < n_metadata; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: duplicate metadata key '%.100s'", path, names[i]); goto done; }
+    for (i = 0; i < n_tensors; i++) {
+        const moexc_st_entry *t = &tensors[i];
+        uint64_t count = 1;
+        if (!t->name) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor %d has no name", path, i); goto done; }
+        if (!moexc__utf8_valid(t->name, strlen(t->name)) || strcmp(t->name, "__metadata__") == 0) {
+            st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor name '%.100s' is not allowed (reserved or not UTF-8)", path, t->name);
+            goto done;
+        }
+        if (t->ndim < 0 || t->ndim > 8) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': ndim %d outside 0..8", path, t->name, t->ndim); goto done; }
+        for (j = 0; j < t->ndim; j++) {
+            if (t->shape[j] < 0) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': negative dimension %lld", path, t->name, (long long)t->shape[j]); goto done; }
+            if (t->shape[j] && count > (((uint64_t)1 << 61) - offset / 4) / (uint64_t)t->shape[j]) {
+                st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': too large", path, t->name);
+                goto done;
+            }
+            count *= (uint64_t)t->shape[j];
+        }
+        if (count && !t->data) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': data is NULL", path, t->name); goto done; }
+        offset += 4 * count;
+        names[i] = t->name;
+    }
+    qsort((void *)names, (size_t)n_tensors, sizeof(*names), moexc__cmp_cstr_ptr);
+    for (i = 1; i < n_tensors; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: duplicate tensor name '%.100s'", path, names[i]); goto done; }
+
+    /* the header, compact JSON in the order given */
+    moexc__sb_puts(&sb, "{");
+    if (n_metadata) {
+        moexc__sb_puts(&sb, "\"__metadata__\":{");
+        for (i = 0; i < n_metadata; i++) {
+            if (i) moexc__sb_puts(&sb, ",");
+            moexc__sb_json_string(&sb, metadata[i].key);
+            moexc__sb_puts(&sb, ":");
+            moexc__sb_json_string(&sb, metadata[i].value);
+        }
+        moexc__sb_puts(&sb, "}");
+    }
+    for (offset = 0, i = 0; i < n_tensors; i++) {
+        const moexc_st_entry *t = &tensors[i];
+        uint64_t count = 1;
+        for (j = 0; j < t->ndim; j++) count *= (uint64_t)t->shape[j];
+        if (n_metadata || i) moexc__sb_puts(&sb, ",");
+        moexc__sb_json_string(&sb, t->name);
+        moexc__sb_puts(&sb, ":{\"dtype\":\"F32\",\"shape\":[");
+        for (j = 0; j < t->ndim; j++) {
+            if (j) moexc__sb_puts(&sb, ",");
+            moexc__sb_putu64(&sb, (uint64_t)t->shape[j]);
+        }
+        moexc__sb_puts(&sb, "],\"data_offsets\":[");
+        moexc__sb_putu64(&sb, offset);
+        moexc__sb_puts(&sb, ",");
+        moexc__sb_putu64(&sb, offset + 4 * count);
+        moexc__sb_puts(&sb, "]}");
+        offset += 4 * count;
+    }
+    moexc__sb_puts(&sb, "}");
+    while (sb.len % 8) moexc__sb_puts(&sb, " ");   /* pad: the data section starts 8-aligned */
+    if (sb.oom) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory building the header", path); goto done; }
+
+    if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) goto done;
+    moexc__put_u64le(len_bytes, (uint64_t)sb.len);
+    if (fwrite(len_bytes, 1, 8, af.f) != 8 || fwrite(sb.buf, 1, sb.len, af.f) != sb.len) goto write_error;
+    for (i = 0; i < n_tensors; i++) {
+        const moexc_st_entry *t = &tensors[i];
+        size_t count = 1;
+        for (j = 0; j < t->ndim; j++) count *= (size_t)t->shape[j];
+        if (count && !moexc__fwrite_f32le(af.f, t->data, count)) goto write_error;
+    }
+    st = moexc__atomic_commit(&af, err);
+    goto done;
+write_error:
+    moexc__atomic_abort(&af);
+    st = moexc__fail(err, MOEXC_ERR_IO, "%s: write failed (disk full?)", path);
+done:
+    moexc__free((void *)names);
+    moexc__free(sb.buf);
+    return st;
+}
+/* ======================================================================== */
+/* >>harvest (implementation)                                                */
+/* ======================================================================== */
+
+struct moexc_harvester {
+    moexc_model        *model[2];
+    const moexc_tokens *tokens;
+    moexc_harvest_options opt;   /* resolved */
+    int                 layer, d[2];
+    size_t              position;      /* next token of the stream          */
+    uint16_t           *window;        /* (batch_seqs x seq_len)            */
+    float              *act[2];        /* (batch_seqs * seq_len x d_m)      */
+};
+
+MOEXC_DEF moexc_status moexc_harvester_create(moexc_harvester **out, moexc_model *model_a, moexc_model *model_b,
+                                              const moexc_tokens *tokens, const moexc_harvest_options *opt,
+                                              moexc_error *err)
+{
+    moexc_harvest_options o;
+    const moexc_model_config *ca, *cb;
+    moexc_harvester *h;
+    int m;
+    *out = NULL;
+    if (!model_a || !model_b || !tokens) return moexc__fail(err, MOEXC_ERR_ARG, "harvester: NULL model or tokens");
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    ca = moexc_model_get_config(model_a);
+    cb = moexc_model_get_config(model_b);
+    if (ca->vocab_size != cb->vocab_size)
+        return moexc__fail(err, MOEXC_ERR_ARG, "harvester: vocabularies differ (%d vs %d)", ca->vocab_size, cb->vocab_size);
+    if (o.layer == 0) o.layer = 3;
+    else if (o.layer == MOEXC_HARVEST_LAYER0) o.layer = 0;
+    if (o.layer < 0 || o.layer >= ca->n_layers || o.layer >= cb->n_layers)
+        return moexc__fail(err, MOEXC_ERR_ARG, "harvester: layer %d out of range (models have %d and %d blocks)",
+                           o.layer, ca->n_layers, cb->n_layers);
+    if (o.site != MOEXC_SITE_FFN_OUT && o.site != MOEXC_SITE_RESID)
+        return moexc__fail(err, MOEXC_ERR_ARG, "harvester: unknown site %d", o.site);
+    if (o.seq_len == 0) o.seq_len = MOEXC__MIN(128, MOEXC__MIN(ca->context, cb->context));
+    if (o.seq_len < 2 || o.seq_len > ca->context || o.seq_len > cb->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "harvester: seq_len %d outside [2, %d]", o.seq_len,
+                           MOEXC__MIN(ca->context, cb->context));
+    if (o.batch_seqs == 0) o.batch_seqs = 8;
+    if (o.batch_seqs < 0) return moexc__fail(err, MOEXC_ERR_ARG, "harvester: batch_seqs %d < 0", o.batch_seqs);
+    if (tokens->n < (size_t)o.seq_len)
+        return moexc__fail(err, MOEXC_ERR_ARG, "harvester: %lu tokens, fewer than one sequence of %d",
+                           (unsigned long)tokens->n, o.seq_len);
+    h = (moexc_harvester *)moexc__calloc(1, sizeof(*h));
+    if (!h) return moexc__fail(err, MOEXC_ERR_NOMEM, "harvester: out of memory");
+    h->model[0] = model_a; h->model[1] = model_b;
+    h->tokens = tokens;
+    h->opt = o;
+    h->layer = o.layer;
+    h->d[0] = ca->d_model; h->d[1] = cb->d_model;
+    h->window = (uint16_t *)moexc__calloc((size_t)o.batch_seqs * (size_t)o.seq_len, sizeof(uint16_t));
+    for (m = 0; m < 2; m++)
+        h->act[m] = moexc__alloc_floats((size_t)o.batch_seqs * (size_t)o.seq_len * (size_t)h->d[m]);
+    if (!h->window || !h->act[0] || !h->act[1]) {
+        moexc_harvester_free(h);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "harvester: out of memory");
+    }
+    *out = h;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_harvester_free(moexc_harvester *h)
+{
+    if (!h) return;
+    moexc__free(h->window);
+    moexc__free_aligned(h->act[0]);
+    moexc__free_aligned(h->act[1]);
+    moexc__free(h);
+}
+
+MOEXC_DEF int moexc_harvester_dim(const moexc_harvester *h, int m) { return h->d[m ? 1 : 0]; }
+
+MOEXC_DEF int moexc_harvester_rows_per_call(const moexc_harvester *h)
+{
+    return h->opt.batch_seqs * (h->opt.seq_len - (h->opt.keep_first ? 0 : 1));
+}
+
+MOEXC_DEF moexc_status moexc_harvester_next(moexc_harvester *h, float *x_a, float *x_b, int *rows, moexc_error *err)
+{
+    int B = h->opt.batch_seqs, T = h->opt.seq_len, b, t, m, first = h->opt.keep_first ? 0 : 1;
+    float *dst[2];
+    moexc_status st;
+    dst[0] = x_a; dst[1] = x_b;
+    *rows = 0;
+    /* consecutive windows of T tokens, wrapping at the end of the stream */
+    for (b = 0; b < B; b++) {
+        if (h->position + (size_t)T > h->tokens->n) h->position = 0;
+        memcpy(h->window + (size_t)b * (size_t)T, h->tokens->tokens + h->position, (size_t)T * sizeof(uint16_t));
+        h->position += (size_t)T;
+    }
+    for (m = 0; m < 2; m++) {
+        st = moexc_model_capture(h->model[m], h->window, B, T, h->layer, (moexc_site)h->opt.site, h->act[m], err);
+        if (st != MOEXC_OK) return st;
+    }
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)h->d[m], r = 0;
+        for (b = 0; b < B; b++)
+            for (t = first; t < T; t++, r++)
+                memcpy(dst[m] + r * d, h->act[m] + ((size_t)b * (size_t)T + (size_t)t) * d, d * sizeof(float));
+    }
+    *rows = B * (T - first);
+    return MOEXC_OK;
+}
+
+/* ---- streaming shuffle buffer --------------------------------------------- */
+MOEXC_DEF moexc_status moexc_shuffle_init(moexc_shuffle_buffer *b, int d_a, int d_b, int capacity,
+                                          uint64_t seed, moexc_error *err)
+{
+    memset(b, 0, sizeof(*b));
+    if (d_a <= 0 || d_b <= 0 || capacity <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "shuffle buffer: d_a %d, d_b %d, capacity %d must be > 0", d_a, d_b, capacity);
+    b->rows = moexc__alloc_floats(moexc__mul_size((size_t)capacity, (size_t)d_a + (size_t)d_b));
+    if (!b->rows) return moexc__fail(err, MOEXC_ERR_NOMEM, "shuffle buffer: %d pairs do not fit in memory", capacity);
+    b->d[0] = d_a; b->d[1] = d_b;
+    b->capacity = capacity;
+    moexc_rng_seed(&b->rng, seed);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_shuffle_free(moexc_shuffle_buffer *b)
+{
+    moexc__free_aligned(b->rows);
+    memset(b, 0, sizeof(*b));
+}
+
+MOEXC_DEF void moexc_shuffle_push(moexc_shuffle_buffer *b, const float *x_a, const float *x_b, int n,
+                                  float *out_a, float *out_b, int *n_out)
+{
+    size_t da = (size_t)b->d[0], db = (size_t)b->d[1], w = da + db;
+    int i, emitted = 0;
+    for (i = 0; i < n; i++) {
+        float *slot;
+        if (b->count < b->capacity) {
+            slot = b->rows + (size_t)b->count++ * w;
+        } else {
+            /* reservoir-style replacement: emit a uniformly chosen stored pair */
+            slot = b->rows + (size_t)moexc_rng_below(&b->rng, (uint32_t)b->capacity) * w;
+            memcpy(out_a + (size_t)emitted * da, slot, da * sizeof(float));
+            memcpy(out_b + (size_t)emitted * db, slot + da, db * sizeof(float));
+            emitted++;
+        }
+        memcpy(slot, x_a + (size_t)i * da, da * sizeof(float));
+        memcpy(slot + da, x_b + (size_t)i * db, db * sizeof(float));
+    }
+    *n_out = emitted;
+}
+
+MOEXC_DEF int moexc_shuffle_pop(moexc_shuffle_buffer *b, float *out_a, float *out_b, int max)
+{
+    size_t da = (size_t)b->d[0], db = (size_t)b->d[1], w = da + db;
+    int emitted = 0;
+    while (emitted < max && b->count > 0) {
+        size_t j = moexc_rng_below(&b->rng, (uint32_t)b->count);
+        float *slot = b->rows + j * w;
+        memcpy(out_a + (size_t)emitted * da, slot, da * sizeof(float));
+        memcpy(out_b + (size_t)emitted * db, slot + da, db * sizeof(float));
+        b->count--;
+        if (j != (size_t)b->count) memcpy(slot, b->rows + (size_t)b->count * w, w * sizeof(float));
+        emitted++;
+    }
+    return emitted;
+}
+
+/* ---- activation cache ------------------------------------------------------ */
+#define MOEXC__ACT_MAGIC "MOEXCACT"
+#define MOEXC__ACT_HEADER 32
+#define MOEXC__ACT_CHUNK 256   /* pairs per read/write block */
+
+static void moexc__act_header(unsigned char *h, int d_a, int d_b, uint64_t count)
+{
+    memcpy(h, MOEXC__ACT_MAGIC, 8);
+    moexc__put_u32le(h + 8, 1u);
+    moexc__put_u32le(h + 12, (uint32_t)d_a);
+    moexc__put_u32le(h + 16, (uint32_t)d_b);
+    moexc__put_u32le(h + 20, 0u);
+    moexc__put_u64le(h + 24, count);
+}
+
+MOEXC_DEF moexc_status moexc_act_cache_create(moexc_act_cache *c, const char *path, int d_a, int d_b, moexc_error *err)
+{
+    moexc__atomic_file af;
+    unsigned char h[MOEXC__ACT_HEADER];
+    moexc_status st;
+    memset(c, 0, sizeof(*c));
+    if (d_a <= 0 || d_b <= 0) return moexc__fail(err, MOEXC_ERR_ARG, "%s: widths %d, %d must be > 0", path, d_a, d_b);
+    if (strlen(path) >= sizeof(c->path)) return moexc__fail(err, MOEXC_ERR_ARG, "%s: path too long", path);
+    c->scratch = moexc__alloc_floats((size_t)MOEXC__ACT_CHUNK * ((size_t)d_a + (size_t)d_b));
+    if (!c->scratch) return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
+    st = moexc__atomic_open(&af, path, err);
+    if (st != MOEXC_OK) { moexc__free_aligned(c->scratch); c->scratch = NULL; return st; }
+    c->file = af.f;
+    strcpy(c->path, path);
+    strcpy(c->tmp_path, af.tmp_path);
+    c->d[0] = d_a; c->d[1] = d_b;
+    c->writing = 1;
+    moexc__act_header(h, d_a, d_b, 0);   /* count patched on close */
+    if (fwrite(h, 1, sizeof(h), (FILE *)c->file) != sizeof(h)) {
+        moexc_act_cache_abort(c);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed", path);
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_act_cache_append(moexc_act_cache *c, const float *x_a, const float *x_b, int n,
+                                              moexc_error *err)
+{
+    size_t da = (size_t)c->d[0], db = (size_t)c->d[1], w = da + db;
+    int done = 0;
+    if (!c->writing || !c->file) return moexc__fail(err, MOEXC_ERR_ARG, "%s: cache not open for writing", c->path);
+    while (done < n) {
+        int chunk = MOEXC__MIN(n - done, MOEXC__ACT_CHUNK), i;
+        for (i = 0; i < chunk; i++) {
+            memcpy(c->scratch + (size_t)i * w, x_a + (size_t)(done + i) * da, da * sizeof(float));
+            memcpy(c->scratch + (size_t)i * w + da, x_b + (size_t)(done + i) * db, db * sizeof(float));
+        }
+        moexc__le32_swap_inplace(c->scratch, (size_t)chunk * w);      /* now little-endian bytes */
+        c->crc = moexc__crc32(c->crc, c->scratch, (size_t)chunk * w * 4);
+        if (fwrite(c->scratch, 4, (size_t)chunk * w, (FILE *)c->file) != (size_t)chunk * w)
+            return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed (disk full?)", c->tmp_path);
+        done += chunk;
+        c->count += (uint64_t)chunk;
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_act_cache_abort(moexc_act_cache *c)
+{
+    if (c->file) fclose((FILE *)c->file);
+    if (c->writing) remove(c->tmp_path);
+    moexc__free_aligned(c->scratch);
+    memset(c, 0, sizeof(*c));
+}
+
+MOEXC_DEF moexc_status moexc_act_cache_close(moexc_act_cache *c, moexc_error *err)
+{
+    moexc_status st = MOEXC_OK;
+    if (c->writing && c->file) {
+        unsigned char tail[4], h[MOEXC__ACT_HEADER];
+        moexc__atomic_file af;
+        FILE *f = (FILE *)c->file;
+        moexc__put_u32le(tail, c->crc);
+        moexc__act_header(h, c->d[0], c->d[1], c->count);
+        if (fwrite(tail, 1, 4, f) != 4 || fseek(f, 0, SEEK_SET) != 0 || fwrite(h, 1, sizeof(h), f) != sizeof(h)) {
+            moexc_act_cache_abort(c);
+            return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed", c->path);
+        }
+        af.f = f;
+        memcpy(af.tmp_path, c->tmp_path, sizeof(af.tmp_path) < sizeof(c->tmp_path) ? sizeof(af.tmp_path) : sizeof(c->tmp_path));
+        af.tmp_path[sizeof(af.tmp_path) - 1] = 0;
+        af.path = c->path;
+        c->file = NULL;
+        st = moexc__atomic_commit(&af, err);
+    } else if (c->file) {
+        fclose((FILE *)c->file);
+    }
+    moexc__free_aligned(c->scratch);
+    memset(c, 0, sizeof(*c));
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_act_cache_open(moexc_act_cache *c, const char *path, moexc_error *err)
+{
+    unsigned char h[MOEXC__ACT_HEADER];
+    FILE *f;
+    uint32_t version, da, db;
+    uint64_t count, row_bytes, expect;
+    long size = -1;
+    memset(c, 0, sizeof(*c));
+    if (strlen(path) >= sizeof(c->path)) return moexc__fail(err, MOEXC_ERR_ARG, "%s: path too long", path);
+    f = fopen(path, "rb");
+    if (!f) return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot open", path);
+    if (fread(h, 1, sizeof(h), f) != sizeof(h)) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: truncated header (need %d bytes)", path, MOEXC__ACT_HEADER);
+    }
+    if (memcmp(h, MOEXC__ACT_MAGIC, 8) != 0) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: not an activation cache (bad magic)", path);
+    }
+    version = moexc__get_u32le(h + 8);
+    da = moexc__get_u32le(h + 12);
+    db = moexc__get_u32le(h + 16);
+    count = moexc__get_u64le(h + 24);
+    if (version != 1u) { fclose(f); return moexc__fail(err, MOEXC_ERR_VERSION, "%s: version %u, expected 1", path, version); }
+    if (da == 0 || db == 0 || da > (1u << 20) || db > (1u << 20)) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: widths d_A %u, d_B %u out of range", path, da, db);
+    }
+    row_bytes = ((uint64_t)da + db) * 4u;
+    if (count > (UINT64_C(1) << 62) / row_bytes) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: count %llu too large", path, (unsigned long long)count);
+    }
+    expect = MOEXC__ACT_HEADER + count * row_bytes + 4u;
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || (uint64_t)size != expect) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: size %ld bytes, header says %llu pairs (%llu bytes)",
+                           path, size, (unsigned long long)count, (unsigned long long)expect);
+    }
+    fseek(f, MOEXC__ACT_HEADER, SEEK_SET);
+    c->scratch = moexc__alloc_floats((size_t)MOEXC__ACT_CHUNK * ((size_t)da + db));
+    if (!c->scratch) { fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); }
+    c->file = f;
+    c->d[0] = (int)da; c->d[1] = (int)db;
+    c->count = count;
+    strcpy(c->path, path);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_act_cache_read(moexc_act_cache *c, float *x_a, float *x_b, int max, int *n,
+                                            moexc_error *err)
+{
+    size_t da = (size_t)c->d[0], db = (size_t)c->d[1], w = da + db;
+    int done = 0;
+    *n = 0;
+    if (c->writing || !c->file) return moexc__fail(err, MOEXC_ERR_ARG, "%s: cache not open for reading", c->path);
+    while (done < max && c->position < c->count) {
+        int chunk = (int)MOEXC__MIN((uint64_t)MOEXC__MIN(max - done, MOEXC__ACT_CHUNK), c->count - c->position), i;
+        if (fread(c->scratch, 4, (size_t)chunk * w, (FILE *)c->file) != (size_t)chunk * w)
+            return moexc__fail(err, MOEXC_ERR_IO, "%s: read failed at pair %llu", c->path, (unsigned long long)c->position);
+        c->crc = moexc__crc32(c->crc, c->scratch, (size_t)chunk * w * 4);
+        moexc__le32_swap_inplace(c->scratch, (size_t)chunk * w);
+        for (i = 0; i < chunk; i++) {
+            memcpy(x_a + (size_t)(done + i) * da, c->scratch + (size_t)i * w, da * sizeof(float));
+            memcpy(x_b + (size_t)(done + i) * db, c->scratch + (size_t)i * w + da, db * sizeof(float));
+        }
+        done += chunk;
+        c->position += (uint64_t)chunk;
+        if (c->position == c->count) {
+            unsigned char tail[4];
+            if (fread(tail, 1, 4, (FILE *)c->file) != 4)
+                return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot read the CRC", c->path);
+            if (moexc__get_u32le(tail) != c->crc)
+                return moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: CRC-32 %08x, data gives %08x", c->path,
+                                   moexc__get_u32le(tail), c->crc);
+        }
+    }
+    *n = done;
+    return MOEXC_OK;
+}
+
+/* ======================================================================== */
+/* >>crosscoder (implementation)                                             */
+/* ======================================================================== */
+/* Letters: n pairs in a batch, F latents, d_m width of model m, n_s shared
+   latents, D dead latents taking part in AuxK. All activations inside are in
+   normalised units (x^m already multiplied by s_m). */
+
+struct moexc_xc {
+    moexc_xc_options opt;            /* resolved */
+    int      d[2], F, ns;
+    float    scale[2];               /* s_m                                   */
+    float    threshold;              /* theta; -1 until the EMA starts        */
+    int64_t  threshold_count;        /* EMA updates so far                    */
+    int      step;
+    int      frozen;
+    int      last_n;                 /* batch size of the last loss_grad */
+    /* parameters, gradients and Adam moments share one layout */
+    size_t   n_params;
+    float   *params, *grads, *adam_m, *adam_v;
+    size_t   off_enc[2], off_benc, off_dec[2], off_bdec[2];
+    int64_t *since_fired;            /* (F) tokens since the latent last fired */
+    signed char *dead_override;      /* (F) -1 none, 0 alive, 1 dead           */
+    /* workspace for up to cap rows */
+    int      cap;
+    float   *xs[2], *xhat[2], *e[2], *dxhat[2];   /* (n x d_m)          */
+    float   *pre, *f, *df;                        /* (n x F)            */
+    unsigned char *keep;                          /* (n x F)            */
+    float   *norm[2], *w;                         /* (F)                */
+    float   *tmp;                                 /* (n x F) selection scratch */
+    /* AuxK */
+    int      n_aux;                               /* D                  */
+    int     *aux_idx;                             /* (F)                */
+    float   *aux_pre, *aux_f, *aux_df;            /* (n x F) used as (n x D) */
+    unsigned char *aux_keep;                      /* (n x F) used as (n x D) */
+    float   *aux_w[2], *aux_dw[2];                /* (F x d_m) used as (D x d_m) */
+    float   *ehat[2];                             /* (n x d_m)          */
+    float   *aux_e[2];                            /* (n x d_m) the AuxK target e, a constant */
+};
+
+#define MOEXC__XC_P(xc, off) ((xc)->params + (xc)->off)
+#define MOEXC__XC_G(xc, off) ((xc)->grads + (xc)->off)
+
+static void moexc__xc_free_workspace(moexc_xc *xc)
+{
+    int m;
+    for (m = 0; m < 2; m++) {
+        moexc__free_aligned(xc->xs[m]); moexc__free_aligned(xc->xhat[m]);
+        moexc__free_aligned(xc->e[m]); moexc__free_aligned(xc->dxhat[m]);
+        moexc__free_aligned(xc->ehat[m]); moexc__free_aligned(xc->aux_e[m]);
+        xc->xs[m] = xc->xhat[m] = xc->e[m] = xc->dxhat[m] = xc->ehat[m] = xc->aux_e[m] = NULL;
+    }
+    moexc__free_aligned(xc->pre); moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
+    moexc__free_aligned(xc->tmp); moexc__free_aligned(xc->aux_pre); moexc__free_aligned(xc->aux_f);
+    moexc__free_aligned(xc->aux_df);
+    moexc__free(xc->keep); moexc__free(xc->aux_keep);
+    xc->pre = xc->f = xc->df = xc->tmp = xc->aux_pre = xc->aux_f = xc->aux_df = NULL;
+    xc->keep = xc->aux_keep = NULL;
+    xc->cap = 0;
+}
+
+static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
+{
+    size_t nF = (size_t)n * (size_t)xc->F;
+    int m, ok = 1;
+    if (n <= xc->cap) return MOEXC_OK;
+    moexc__xc_free_workspace(xc);
+    for (m = 0; m < 2; m++) {
+        size_t nd = (size_t)n * (size_t)xc->d[m];
+        xc->xs[m] = moexc__alloc_floats(nd); xc->xhat[m] = moexc__alloc_floats(nd);
+        xc->e[m] = moexc__alloc_floats(nd); xc->dxhat[m] = moexc__alloc_floats(nd);
+        xc->ehat[m] = moexc__alloc_floats(nd); xc->aux_e[m] = moexc__alloc_floats(nd);
+        ok &= xc->xs[m] && xc->xhat[m] && xc->e[m] && xc->dxhat[m] && xc->ehat[m] && xc->aux_e[m];
+    }
+    xc->pre = moexc__alloc_floats(nF); xc->f = moexc__alloc_floats(nF); xc->df = moexc__alloc_floats(nF);
+    xc->tmp = moexc__alloc_floats(nF);
+    xc->aux_pre = moexc__alloc_floats(nF); xc->aux_f = moexc__alloc_floats(nF); xc->aux_df = moexc__alloc_floats(nF);
+    xc->keep = (unsigned char *)moexc__calloc(nF, 1);
+    xc->aux_keep = (unsigned char *)moexc__calloc(nF, 1);
+    ok &= xc->pre && xc->f && xc->df && xc->tmp && xc->aux_pre && xc->aux_f && xc->aux_df && xc->keep && xc->aux_keep;
+    if (!ok) {
+        moexc__xc_free_workspace(xc);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for a batch of %d pairs (F = %d)", n, xc->F);
+    }
+    xc->cap = n;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_xc_free(moexc_xc *xc)
+{
+    int m;
+    if (!xc) return;
+    moexc__xc_free_workspace(xc);
+    moexc__free_aligned(xc->params); moexc__free_aligned(xc->grads);
+    moexc__free_aligned(xc->adam_m); moexc__free_aligned(xc->adam_v);
+    moexc__free(xc->since_fired); moexc__free(xc->dead_override); moexc__free(xc->aux_idx);
+    moexc__free_aligned(xc->norm[0]); moexc__free_aligned(xc->norm[1]); moexc__free_aligned(xc->w);
+    for (m = 0; m < 2; m++) { moexc__free_aligned(xc->aux_w[m]); moexc__free_aligned(xc->aux_dw[m]); }
+    moexc__free(xc);
+}
+
+MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const moexc_xc_options *opt,
+                                       moexc_error *err)
+{
+    moexc_xc_options o;
+    moexc_xc *xc;
+    size_t F, off = 0;
+    int m, i, ok;
+    *out = NULL;
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    if (d_a <= 0 || d_b <= 0) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: widths d_A %d, d_B %d must be > 0", d_a, d_b);
+    if (o.variant != MOEXC_XC_BATCHTOPK && o.variant != MOEXC_XC_L1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: unknown variant %d", o.variant);
+    if (o.n_latents == 0) o.n_latents = 8 * (d_a + d_b);
+    if (o.n_latents < 1) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: n_latents %d < 1", o.n_latents);
+    if (o.k == 0) o.k = MOEXC__MIN(32, o.n_latents);
+    if (o.k < 1 || o.k > o.n_latents) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: k %d outside [1, F = %d]", o.k, o.n_latents);
+    if (o.n_shared < 0 || o.n_shared > o.n_latents)
+        return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: n_shared %d outside [0, F = %d]", o.n_shared, o.n_latents);
+    if (o.n_shared > 0 && d_a != d_b)
+        return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: shared latents need d_A == d_B (got %d and %d)", d_a, d_b);
+    if (o.lambda_f == 0.0f) o.lambda_f = o.variant == MOEXC_XC_L1 ? 2.0f : -1.0f;
+    if (o.lambda_ratio == 0.0f) o.lambda_ratio = 0.15f;
+    if (o.aux_k == 0) o.aux_k = o.variant == MOEXC_XC_BATCHTOPK ? MOEXC__MAX(1, MOEXC__MAX(d_a, d_b) / 2) : -1;
+    if (o.aux_alpha == 0.0f) o.aux_alpha = 1.0f / 32.0f;
+    if (o.steps == 0) o.steps = 10000;
+    if (o.batch == 0) o.batch = 1024;
+    if (o.steps < 1 || o.batch < 1) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: steps %d and batch %d must be >= 1", o.steps, o.batch);
+    if (o.dead_tokens == 0) o.dead_tokens = MOEXC__MAX(1, MOEXC__MIN((int64_t)10000000, (int64_t)o.steps * o.batch / 20));
+    if (o.lr == 0.0f) o.lr = (float)MOEXC__MIN(1e-3, 2e-4 / sqrt((double)o.n_latents / 16384.0));
+    if (o.warmup_steps == 0) o.warmup_steps = MOEXC__MIN(1000, o.steps / 20);
+    if (o.decay_frac == 0.0f) o.decay_frac = 0.2f;
+    if (o.lambda_warmup == 0.0f) o.lambda_warmup = 0.05f;
+    if (o.clip == 0.0f) o.clip = 1.0f;
+    if (o.init_norm == 0.0f) o.init_norm = o.variant == MOEXC_XC_L1 ? 0.08f : 1.0f;
+    if (o.threshold_beta == 0.0f) o.threshold_beta = 0.999f;
+    if (o.threshold_start == 0) o.threshold_start = o.warmup_steps;
+    if (!(o.lr > 0.0f) || o.decay_frac < 0.0f || o.decay_frac > 1.0f ||
+        !(o.threshold_beta > 0.0f && o.threshold_beta < 1.0f) || !(o.init_norm > 0.0f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: lr %g, decay_frac %g, threshold_beta %g or init_norm %g out of range",
+                           o.lr, o.decay_frac, o.threshold_beta, o.init_norm);
+
+    xc = (moexc_xc *)moexc__calloc(1, sizeof(*xc));
+    if (!xc) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory");
+    xc->opt = o;
+    xc->d[0] = d_a; xc->d[1] = d_b;
+    xc->F = o.n_latents; xc->ns = o.n_shared;
+    xc->scale[0] = xc->scale[1] = 1.0f;
+    xc->threshold = -1.0f;
+    F = (size_t)xc->F;
+    /* the flat layout documented in the declaration */
+    xc->off_enc[0] = off; off += (size_t)d_a * F;
+    xc->off_enc[1] = off; off += (size_t)d_b * F;
+    xc->off_benc = off;   off += F;
+    xc->off_dec[0] = off; off += F * (size_t)d_a;
+    xc->off_dec[1] = off; off += (F - (size_t)xc->ns) * (size_t)d_b;
+    xc->off_bdec[0] = off; off += (size_t)d_a;
+    xc->off_bdec[1] = off; off += (size_t)d_b;
+    xc->n_params = off;
+    xc->params = moexc__alloc_floats(off);
+    xc->grads = moexc__alloc_floats(off);
+    xc->adam_m = moexc__alloc_floats(off);
+    xc->adam_v = moexc__alloc_floats(off);
+    xc->since_fired = (int64_t *)moexc__calloc(F, sizeof(int64_t));
+    xc->dead_override = (signed char *)moexc__malloc(F);
+    xc->aux_idx = (int *)moexc__calloc(F, sizeof(int));
+    xc->norm[0] = moexc__alloc_floats(F); xc->norm[1] = moexc__alloc_floats(F); xc->w = moexc__alloc_floats(F);
+    ok = xc->params && xc->grads && xc->adam_m && xc->adam_v && xc->since_fired && xc->dead_override &&
+         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w;
+    for (m = 0; m < 2; m++) {
+        xc->aux_w[m] = moexc__alloc_floats(F * (size_t)xc->d[m]);
+        xc->aux_dw[m] = moexc__alloc_floats(F * (size_t)xc->d[m]);
+        ok = ok && xc->aux_w[m] && xc->aux_dw[m];
+    }
+    if (!ok) {
+        moexc_xc_free(xc);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for F = %d, d = %d, %d", (int)F, d_a, d_b);
+    }
+    for (i = 0; i < xc->F; i++) xc->dead_override[i] = -1;
+    *out = xc;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF const moexc_xc_options *moexc_xc_get_options(const moexc_xc *xc) { return &xc->opt; }
+MOEXC_DEF int   moexc_xc_dim(const moexc_xc *xc, int m) { return xc->d[m ? 1 : 0]; }
+MOEXC_DEF float moexc_xc_scale(const moexc_xc *xc, int m) { return xc->scale[m ? 1 : 0]; }
+MOEXC_DEF float moexc_xc_threshold(const moexc_xc *xc) { return xc->threshold; }
+MOEXC_DEF int   moexc_xc_step(const moexc_xc *xc) { return xc->step; }
+MOEXC_DEF size_t moexc_xc_num_params(const moexc_xc *xc) { return xc->n_params; }
+MOEXC_DEF float *moexc_xc_params(moexc_xc *xc) { return xc->params; }
+MOEXC_DEF float *moexc_xc_grads(moexc_xc *xc) { return xc->grads; }
+MOEXC_DEF void  moexc_xc_freeze_selection(moexc_xc *xc, int frozen) { xc->frozen = frozen != 0; }
+MOEXC_DEF void  moexc_xc_set_scales(moexc_xc *xc, float s_a, float s_b) { xc->scale[0] = s_a; xc->scale[1] = s_b; }
+MOEXC_DEF void  moexc_xc_set_dead(moexc_xc *xc, int latent, int dead)
+{
+    if (latent >= 0 && latent < xc->F) xc->dead_override[latent] = (signed char)(dead ? 1 : 0);
+}
+
+/* Row i of W_dec^m inside a parameter-shaped array (params or grads). */
+static float *moexc__xc_dec_row(const moexc_xc *xc, float *base, int m, int i)
+{
+    if (m == 0 || i < xc->ns) return base + xc->off_dec[0] + (size_t)i * (size_t)xc->d[0];
+    return base + xc->off_dec[1] + (size_t)(i - xc->ns) * (size_t)xc->d[1];
+}
+
+MOEXC_DEF const float *moexc_xc_decoder_row(const moexc_xc *xc, int m, int i)
+{
+    return moexc__xc_dec_row(xc, xc->params, m ? 1 : 0, i);
+}
+
+MOEXC_DEF void moexc_xc_decoder(const moexc_xc *xc, int m, int folded, float *out)
+{
+    int i, j, d;
+    m = m ? 1 : 0;
+    d = xc->d[m];
+    for (i = 0; i < xc->F; i++) {
+        const float *row = moexc__xc_dec_row(xc, xc->params, m, i);
+        for (j = 0; j < d; j++) out[(size_t)i * (size_t)d + (size_t)j] = folded ? row[j] / xc->scale[m] : row[j];
+    }
+}
+
+static int moexc__xc_is_dead(const moexc_xc *xc, int i)
+{
+    if (xc->dead_override[i] >= 0) return xc->dead_override[i];
+    return xc->since_fired[i] >= xc->opt.dead_tokens;
+}
+
+MOEXC_DEF moexc_status moexc_xc_init_from_data(moexc_xc *xc, const float *x_a, const float *x_b, int n,
+                                               moexc_error *err)
+{
+    const float *x[2];
+    moexc_rng rng;
+    int m, i, j, b;
+    x[0] = x_a; x[1] = x_b;
+    if (n < 1) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder init: need at least one pair, got %d", n);
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)xc->d[m];
+        double norm_sum = 0.0;
+        float *bdec = MOEXC__XC_P(xc, off_bdec[m]);
+        for (b = 0; b < n; b++) norm_sum += sqrt((double)moexc_dot(x[m] + (size_t)b * d, x[m] + (size_t)b * d, d));
+        /* s_m: mean ||s_m x^m|| = sqrt(d_m) on the sample */
+        if (!(norm_sum > 0.0) || !isfinite(norm_sum))
+            return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder init: model %c activations have mean norm %g",
+                               m ? 'B' : 'A', norm_sum / n);
+        xc->scale[m] = (float)(sqrt((double)d) * n / norm_sum);
+        /* b_dec^m = mean of s_m x^m */
+        for (j = 0; j < (int)d; j++) {
+            double s = 0.0;
+            for (b = 0; b < n; b++) s += x[m][(size_t)b * d + (size_t)j];
+            bdec[j] = (float)(s / n * xc->scale[m]);
+        }
+    }
+    /* decoder rows: random directions of norm init_norm; W_enc^m = (W_dec^m)^T; b_enc = 0 */
+    moexc_rng_seed(&rng, xc->opt.seed ^ UINT64_C(0x5C0DE5C0DE));
+    for (m = 0; m < 2; m++) {
+        int d = xc->d[m];
+        float *enc = MOEXC__XC_P(xc, off_enc[m]);
+        for (i = 0; i < xc->F; i++) {
+            float *row = moexc__xc_dec_row(xc, xc->params, m, i);
+            if (m == 0 || i >= xc->ns) {
+                double nn = 0.0;
+                for (j = 0; j < d; j++) { row[j] = moexc_rng_normal(&rng); nn += (double)row[j] * row[j]; }
+                nn = sqrt(nn);
+                for (j = 0; j < d; j++) row[j] = (float)(row[j] * xc->opt.init_norm / nn);
+            }
+            for (j = 0; j < d; j++) enc[(size_t)j * (size_t)xc->F + (size_t)i] = row[j];
+        }
+    }
+    memset(MOEXC__XC_P(xc, off_benc), 0, (size_t)xc->F * sizeof(float));
+    return MOEXC_OK;
+}
+
+/* ---- selection -------------------------------------------------------------- */
+
+/* The k-th largest of a[0..n-1] (1 <= k <= n); reorders a (Hoare's FIND). */
+static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
+{
+    ptrdiff_t lo = 0, hi = n - 1, target = k - 1;
+    while (lo < hi) {
+        float pivot = a[target];
+        ptrdiff_t i = lo, j = hi;
+        do {
+            while (a[i] > pivot) i++;
+            while (pivot > a[j]) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        } while (i <= j);
+        if (j < target) lo = i;
+        if (target < i) hi = j;
+    }
+    return a[target];
+}
+
+/* keep[i] = 1 for the k largest positive v[i], 0 elsewhere; ties at the
+   boundary go to the lowest index, so exactly min(k, #positive) are kept.
+   Returns the smallest kept value (0 when none). tmp holds n floats. */
+static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
+{
+    ptrdiff_t i, c = 0, greater = 0, need;
+    float t;
+    for (i = 0; i < n; i++) if (v[i] > 0.0f) tmp[c++] = v[i];
+    if (c == 0 || k <= 0) { memset(keep, 0, (size_t)n); return 0.0f; }
+    if (c <= k) {
+        float mn = FLT_MAX;
+        for (i = 0; i < n; i++) { keep[i] = v[i] > 0.0f; if (keep[i] && v[i] < mn) mn = v[i]; }
+        return mn;
+    }
+    t = moexc__kth_largest(tmp, c, k);
+    for (i = 0; i < n; i++) greater += v[i] > t;
+    need = k - greater;
+    for (i = 0; i < n; i++) {
+        if (v[i] > t) keep[i] = 1;
+        else if (v[i] == t && need > 0) { keep[i] = 1; need--; }
+        else keep[i] = 0;
+    }
+    return t;
+}
+
+/* ---- layers ----------------------------------------------------------------- */
+
+/* Decoder norms: norm[m][i] = ||d_i^m|| (F each), w_i = sum_m ||d_i^m||
+   (a shared latent: 2 ||d_i||). */
+static void moexc__xc_norms(moexc_xc *xc)
+{
+    int i, m;
+    for (m = 0; m < 2; m++)
+        for (i = 0; i < xc->F; i++) {
+            const float *row = moexc__xc_dec_row(xc, xc->params, m, i);
+            xc->norm[m][i] = sqrtf(moexc_dot(row, row, (size_t)xc->d[m]));
+        }
+    for (i = 0; i < xc->F; i++) xc->w[i] = xc->norm[0][i] + xc->norm[1][i];
+}
+
+/* encoder forward: xs^m (n x d_m), W_enc^m (d_m x F), b_enc (F) -> pre (n x F)
+     pre = sum_m xs^m W_enc^m + b_enc */
+static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, float *const *xs, int n)
+{
+    const float *benc = MOEXC__XC_P(xc, off_benc);
+    int b, m, F = xc->F;
+    for (b = 0; b < n; b++) memcpy(pre + (size_t)b * (size_t)F, benc, (size_t)F * sizeof(float));
+    for (m = 0; m < 2; m++)
+        moexc_sgemm(0, 0, n, F, xc->d[m], 1.0f, xs[m], xc->d[m], MOEXC__XC_P(xc, off_enc[m]), F, 1.0f, pre, F);
+}
+
+/* encoder backward: dpre (n x F) -> dW_enc^m += xs^m^T dpre, db_enc += sum_b dpre */
+static void moexc__xc_encoder_backward(moexc_xc *xc, const float *dpre, float *const *xs, int n)
+{
+    float *db = MOEXC__XC_G(xc, off_benc);
+    int b, m, F = xc->F;
+    for (m = 0; m < 2; m++)
+        moexc_sgemm(1, 0, xc->d[m], F, n, 1.0f, xs[m], xc->d[m], dpre, F, 1.0f, MOEXC__XC_G(xc, off_enc[m]), F);
+    for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * (size_t)F, (size_t)F);
+}
+
+/* decoder forward: f (n x F) -> xhat^m (n x d_m) = f W_dec^m + b_dec^m (bias may be skipped).
+   Model B's rows 0..n_s-1 are model A's (tied), the rest its own. */
+static void moexc__xc_decoder_forward(const moexc_xc *xc, float *const *xhat, const float *f, int n, int with_bias)
+{
+    int b, m, F = xc->F, ns = xc->ns;
+    for (m = 0; m < 2; m++) {
+        int d = xc->d[m];
+        if (m == 0 || ns == 0) {
+            moexc_sgemm(0, 0, n, d, F, 1.0f, f, F, xc->params + xc->off_dec[m], d, 0.0f, xhat[m], d);
+        } else {
+            moexc_sgemm(0, 0, n, d, ns, 1.0f, f, F, xc->params + xc->off_dec[0], d, 0.0f, xhat[m], d);
+            moexc_sgemm(0, 0, n, d, F - ns, 1.0f, f + ns, F, xc->params + xc->off_dec[1], d, 1.0f, xhat[m], d);
+        }
+        if (with_bias)
+            for (b = 0; b < n; b++) moexc_axpy(xhat[m] + (size_t)b * (size_t)d, 1.0f, xc->params + xc->off_bdec[m], (size_t)d);
+    }
+}
+
+/* decoder backward: dxhat^m (n x d_m) ->
+     df += sum_m dxhat^m W_dec^m^T       (n x F)
+     dW_dec^m += f^T dxhat^m             (a shared row receives both models' terms)
+     db_dec^m += sum_b dxhat^m */
+static void moexc__xc_decoder_backward(moexc_xc *xc, float *df, float *const *dxhat, const float *f, int n)
+{
+    int b, m, F = xc->F, ns = xc->ns;
+    for (m = 0; m < 2; m++) {
+        int d = xc->d[m];
+        if (m == 0 || ns == 0) {
+            moexc_sgemm(0, 1, n, F, d, 1.0f, dxhat[m], d, xc->params + xc->off_dec[m], d, 1.0f, df, F);
+            moexc_sgemm(1, 0, F, d, n, 1.0f, f, F, dxhat[m], d, 1.0f, xc->grads + xc->off_dec[m], d);
+        } else {
+            moexc_sgemm(0, 1, n, ns, d, 1.0f, dxhat[m], d, xc->params + xc->off_dec[0], d, 1.0f, df, F);
+            moexc_sgemm(0, 1, n, F - ns, d, 1.0f, dxhat[m], d, xc->params + xc->off_dec[1], d, 1.0f, df + ns, F);
+            moexc_sgemm(1, 0, ns, d, n, 1.0f, f, F, dxhat[m], d, 1.0f, xc->grads + xc->off_dec[0], d);
+            moexc_sgemm(1, 0, F - ns, d, n, 1.0f, f + ns, F, dxhat[m], d, 1.0f, xc->grads + xc->off_dec[1], d);
+        }
+        for (b = 0; b < n; b++) moexc_axpy(xc->grads + xc->off_bdec[m], 1.0f, dxhat[m] + (size_t)b * (size_t)d, (size_t)d);
+    }
+}
+
+/* activation forward: f = keep ? ReLU(pre) : 0; L0 over the batch. */
+static double moexc__xc_activation_forward(moexc_xc *xc, float *f, const float *pre, const unsigned char *keep, int n)
+{
+    size_t i, nF = (size_t)n * (size_t)xc->F, active = 0;
+    for (i = 0; i < nF; i++) {
+        float v = keep[i] && pre[i] > 0.0f ? pre[i] : 0.0f;
+        f[i] = v;
+        active += v > 0.0f;
+    }
+    return (double)active / n;
+}
+
+/* BatchTopK: scores s_{b,i} = f_{b,i} w_i; keep the k n largest over the batch. */
+static float moexc__xc_batchtopk(moexc_xc *xc, unsigned char *keep, const float *pre, int n)
+{
+    size_t b, i, F = (size_t)xc->F;
+    for (b = 0; b < (size_t)n; b++)
+        for (i = 0; i < F; i++) {
+            float p = pre[b * F + i];
+            xc->tmp[b * F + i] = p > 0.0f ? p * xc->w[i] : 0.0f;
+        }
+    /* the scores move to f as scratch so that tmp can hold the quickselect copy */
+    memcpy(xc->f, xc->tmp, (size_t)n * F * sizeof(float));
+    return moexc__select_top(xc->f, (ptrdiff_t)((size_t)n * F), (ptrdiff_t)xc->opt.k * n, keep, xc->tmp);
+}
+
+/* Inference rule: keep f_i where f_i w_i > theta. */
+static void moexc__xc_threshold_keep(moexc_xc *xc, unsigned char *keep, const float *pre, int n)
+{
+    size_t b, i, F = (size_t)xc->F;
+    for (b = 0; b < (size_t)n; b++)
+        for (i = 0; i < F; i++) {
+            float p = pre[b * F + i];
+            keep[b * F + i] = p > 0.0f && p * xc->w[i] > xc->threshold;
+        }
+}
+
+/* Decoder-norm penalty (SPEC §4, L1 crosscoder):
+     P = lambda/n sum_b [ sum_{i>=n_s} f_bi (||d_i^A|| + ||d_i^B||) + ratio sum_{i<n_s} f_bi ||d_i|| ]
+   forward returns P; backward adds dP/df and dP/dd_i^m = lambda c_i d_i^m / ||d_i^m||,
+   c_i = (sum_b f_bi / n) (times ratio for a shared latent). */
+static double moexc__xc_penalty_forward(const moexc_xc *xc, const float *f, int n, float lambda, double *col_sum)
+{
+    size_t b, i, F = (size_t)xc->F;
+    double p = 0.0;
+    for (i = 0; i < F; i++) col_sum[i] = 0.0;
+    for (b = 0; b < (size_t)n; b++)
+        for (i = 0; i < F; i++) col_sum[i] += f[b * F + i];
+    for (i = 0; i < F; i++) {
+        double nrm = (int)i < xc->ns ? xc->opt.lambda_ratio * xc->norm[0][i] : (double)xc->norm[0][i] + xc->norm[1][i];
+        p += col_sum[i] * nrm;
+    }
+    return lambda * p / n;
+}
+
+static void moexc__xc_penalty_backward(moexc_xc *xc, float *df, const double *col_sum, int n, float lambda)
+{
+    size_t b, i, F = (size_t)xc->F;
+    int m, j;
+    for (i = 0; i < F; i++) {
+        float coef = (int)i < xc->ns ? xc->opt.lambda_ratio * xc->norm[0][i] : xc->norm[0][i] + xc->norm[1][i];
+        xc->tmp[i] = lambda * coef / n;
+    }
+    for (b = 0; b < (size_t)n; b++) moexc_axpy(df + b * F, 1.0f, xc->tmp, F);
+    for (i = 0; i < F; i++) {
+        int shared = (int)i < xc->ns;
+        for (m = 0; m < (shared ? 1 : 2); m++) {
+            const float *row = moexc__xc_dec_row(xc, xc->params, m, (int)i);
+            float *grow = moexc__xc_dec_row(xc, xc->grads, m, (int)i);
+            float nrm = xc->norm[m][i];
+            double c = lambda * col_sum[i] / n * (shared ? xc->opt.lambda_ratio : 1.0f);
+            if (nrm <= 0.0f) continue;
+            for (j = 0; j < xc->d[m]; j++) grow[j] += (float)(c * row[j] / nrm);
+        }
+    }
+}
+
+/* AuxK forward (SPEC §4). Dead latents j (D of them), their pre-activations
+   aux_pre (n x D); per token keep the top k_aux, f_aux = ReLU there;
+     ê^m = f_aux Wg^m           Wg^m (D x d_m) the dead latents' decoder rows
+     L_aux = sum_m ||e^m - ê^m||^2 / sum_m ||e^m - mean_b e^m||^2
+   e is a constant here (detached, as in the literature): aux_e, a copy of e
+   taken when the selection is made (a frozen selection keeps it). Returns L_aux and
+   stores 1/denominator in *inv_den (0: nothing to do). */
+static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *inv_den)
+{
+    int D, b, j, m, kaux = xc->opt.aux_k;
+    size_t F = (size_t)xc->F;
+    double num = 0.0, den = 0.0;
+    *inv_den = 0.0;
+    if (select) {
+        D = 0;
+        for (j = 0; j < xc->F; j++) if (moexc__xc_is_dead(xc, j)) xc->aux_idx[D++] = j;
+        xc->n_aux = D;
+    }
+    D = xc->n_aux;
+    if (D == 0) return 0.0;
+    for (b = 0; b < n; b++)
+        for (j = 0; j < D; j++) xc->aux_pre[(size_t)b * D + j] = xc->pre[(size_t)b * F + (size_t)xc->aux_idx[j]];
+    if (select)
+        for (b = 0; b < n; b++)
+            moexc__select_top(xc->aux_pre + (size_t)b * D, D, MOEXC__MIN(kaux, D), xc->aux_keep + (size_t)b * D, xc->tmp);
+    for (b = 0; b < n * D; b++) {
+        float p = xc->aux_pre[b];
+        xc->aux_f[b] = xc->aux_keep[b] && p > 0.0f ? p : 0.0f;
+    }
+    for (m = 0; m < 2; m++) {
+        int d = xc->d[m];
+        for (j = 0; j < D; j++)
+            memcpy(xc->aux_w[m] + (size_t)j * d, moexc__xc_dec_row(xc, xc->params, m, xc->aux_idx[j]), (size_t)d * sizeof(float));
+        moexc_sgemm(0, 0, n, d, D, 1.0f, xc->aux_f, D, xc->aux_w[m], d, 0.0f, xc->ehat[m], d);
+        for (j = 0; j < d; j++) {
+            double mean = 0.0, v;
+            for (b = 0; b < n; b++) mean += xc->aux_e[m][(size_t)b * d + j];
+            mean /= n;
+            for (b = 0; b < n; b++) {
+                size_t at = (size_t)b * d + j;
+                v = xc->aux_e[m][at] - mean; den += v * v;
+                v = (double)xc->aux_e[m][at] - xc->ehat[m][at]; num += v * v;
+            }
+        }
+    }
+    if (!(den > 0.0)) return 0.0;
+    *inv_den = 1.0 / den;
+    return num / den;
+}
+
+/* AuxK backward: dê^m = -2 alpha (e^m - ê^m) / den ->
+     dWg^m = f_aux^T dê^m (scattered into the dead rows of dW_dec^m),
+     df_aux = sum_m dê^m Wg^m^T, dpre += df_aux at the kept positive positions. */
+static void moexc__xc_auxk_backward(moexc_xc *xc, float *dpre, int n, double inv_den)
+{
+    int D = xc->n_aux, b, j, m;
+    size_t F = (size_t)xc->F;
+    float c = (float)(-2.0 * xc->opt.aux_alpha * inv_den);
+    if (D == 0 || inv_den == 0.0) return;
+    for (m = 0; m < 2; m++) {
+        int d = xc->d[m];
+        float *dehat = xc->ehat[m];   /* overwritten in place: dê = c (e - ê) */
+        for (b = 0; b < n * d; b++) dehat[b] = c * (xc->aux_e[m][b] - dehat[b]);
+        moexc_sgemm(1, 0, D, d, n, 1.0f, xc->aux_f, D, dehat, d, 0.0f, xc->aux_dw[m], d);
+        for (j = 0; j < D; j++)
+            moexc_axpy(moexc__xc_dec_row(xc, xc->grads, m, xc->aux_idx[j]), 1.0f, xc->aux_dw[m] + (size_t)j * d, (size_t)d);
+        moexc_sgemm(0, 1, n, D, d, 1.0f, dehat, d, xc->aux_w[m], d, m ? 1.0f : 0.0f, xc->aux_df, D);
+    }
+    for (b = 0; b < n; b++)
+        for (j = 0; j < D; j++) {
+            size_t at = (size_t)b * D + j;
+            if (xc->aux_keep[at] && xc->aux_pre[at] > 0.0f) dpre[(size_t)b * F + (size_t)xc->aux_idx[j]] += xc->aux_df[at];
+        }
+}
+
+/* sum_b ||v_b - mean_b v||^2 over a (n x d) matrix, in double */
+static double moexc__xc_centered_ss(const float *v, int n, int d)
+{
+    double ss = 0.0;
+    int b, j;
+    for (j = 0; j < d; j++) {
+        double mean = 0.0;
+        for (b = 0; b < n; b++) mean += v[(size_t)b * d + j];
+        mean /= n;
+        for (b = 0; b < n; b++) { double t = v[(size_t)b * d + j] - mean; ss += t * t; }
+    }
+    return ss;
+}
+
+static float moexc__xc_lambda(const moexc_xc *xc)
+{
+    double ramp = xc->opt.lambda_warmup * xc->opt.steps;
+    if (xc->opt.lambda_f <= 0.0f) return 0.0f;
+    /* lambda_f ramped from 0 over the first lambda_warmup of the steps */
+    if (ramp <= 0.0 || xc->step >= ramp) return xc->opt.lambda_f;
+    return (float)(xc->opt.lambda_f * xc->step / ramp);
+}
+
+static moexc_status moexc__xc_check_inputs(moexc_xc *xc, const float *x_a, const float *x_b, int n, moexc_error *err)
+{
+    if (!x_a || !x_b || n < 1) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: need n >= 1 pairs and two inputs (n = %d)", n);
+    return moexc__xc_workspace(xc, n, err);
+}
+
+/* xs^m = s_m x^m */
+static void moexc__xc_scale_inputs(moexc_xc *xc, const float *x_a, const float *x_b, int n)
+{
+    const float *x[2];
+    int m;
+    x[0] = x_a; x[1] = x_b;
+    for (m = 0; m < 2; m++) {
+        size_t nd = (size_t)n * (size_t)xc->d[m], i;
+        for (i = 0; i < nd; i++) xc->xs[m][i] = x[m][i] * xc->scale[m];
+    }
+}
+
+MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const float *x_b, int n,
+                                          moexc_xc_step_stats *stats, moexc_error *err)
+{
+    moexc_xc_step_stats s;
+    size_t i, nF;
+    double *col_sum = NULL, inv_den = 0.0;
+    float lambda = moexc__xc_lambda(xc);
+    int m, select = !xc->frozen;
+    moexc_status st = moexc__xc_check_inputs(xc, x_a, x_b, n, err);
+    if (st != MOEXC_OK) return st;
+    if (xc->frozen && n != xc->last_n)
+        return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: frozen selection needs the same batch size (%d, was %d)", n, xc->last_n);
+    xc->last_n = n;
+    memset(&s, 0, sizeof(s));
+    nF = (size_t)n * (size_t)xc->F;
+    memset(xc->grads, 0, xc->n_params * sizeof(float));
+
+    /* forward */
+    moexc__xc_scale_inputs(xc, x_a, x_b, n);
+    moexc__xc_norms(xc);
+    moexc__xc_encoder_forward(xc, xc->pre, xc->xs, n);
+    if (xc->opt.variant == MOEXC_XC_BATCHTOPK) {
+        if (select) s.min_kept_score = moexc__xc_batchtopk(xc, xc->keep, xc->pre, n);
+    } else {
+        memset(xc->keep, 1, nF);
+    }
+    s.l0 = moexc__xc_activation_forward(xc, xc->f, xc->pre, xc->keep, n);
+    moexc__xc_decoder_forward(xc, xc->xhat, xc->f, n, 1);
+    for (m = 0; m < 2; m++) {
+        size_t nd = (size_t)n * (size_t)xc->d[m];
+        double ss = 0.0;
+        for (i = 0; i < nd; i++) {
+            float e = xc->xs[m][i] - xc->xhat[m][i];
+            xc->e[m][i] = e;
+            ss += (double)e * e;
+            xc->dxhat[m][i] = -2.0f * e / (float)n;   /* d rec / d x̂ */
+        }
+        s.rec_m[m] = ss / n;
+        s.rec += ss / n;
+        s.fve[m] = 1.0 - moexc__xc_centered_ss(xc->e[m], n, xc->d[m]) / moexc__xc_centered_ss(xc->xs[m], n, xc->d[m]);
+    }
+    if (lambda > 0.0f) {
+        col_sum = (double *)moexc__calloc((size_t)xc->F, sizeof(double));
+        if (!col_sum) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory");
+        s.penalty = moexc__xc_penalty_forward(xc, xc->f, n, lambda, col_sum);
+    }
+    if (xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->opt.aux_k > 0) {
+        if (select)
+            for (m = 0; m < 2; m++) memcpy(xc->aux_e[m], xc->e[m], (size_t)n * (size_t)xc->d[m] * sizeof(float));
+        s.aux = moexc__xc_auxk_forward(xc, n, select, &inv_den);
+    }
+    s.loss = s.rec + s.penalty + xc->opt.aux_alpha * s.aux;
+    s.lambda = lambda;
+    if (!isfinite(s.loss)) {
+        moexc__free(col_sum);
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: loss is %g at step %d", s.loss, xc->step);
+    }
+
+    /* backward */
+    memset(xc->df, 0, nF * sizeof(float));
+    moexc__xc_decoder_backward(xc, xc->df, xc->dxhat, xc->f, n);
+    if (col_sum) moexc__xc_penalty_backward(xc, xc->df, col_sum, n, lambda);
+    /* through the selection and the ReLU: dpre = df where kept and pre > 0 (in place) */
+    for (i = 0; i < nF; i++) if (!(xc->keep[i] && xc->pre[i] > 0.0f)) xc->df[i] = 0.0f;
+    if (inv_den > 0.0) moexc__xc_auxk_backward(xc, xc->df, n, inv_den);
+    moexc__xc_encoder_backward(xc, xc->df, xc->xs, n);
+    moexc__free(col_sum);
+    if (stats) *stats = s;
+    return MOEXC_OK;
+}
+
+static double moexc__xc_lr(const moexc_xc *xc)
+{
+    const moexc_xc_options *o = &xc->opt;
+    double lr = o->lr, decay_start = (1.0 - o->decay_frac) * o->steps;
+    if (xc->step < o->warmup_steps) lr *= (xc->step + 1.0) / o->warmup_steps;
+    if (o->decay_frac > 0.0f && xc->step >= decay_start)
+        lr *= MOEXC__MAX(0.0, (o->steps - xc->step) / (o->steps - decay_start));
+    return lr;
+}
+
+MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
+                                           moexc_xc_step_stats *stats, moexc_error *err)
+{
+    moexc_xc_step_stats s;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    double gn = 0.0, lr, bc1, bc2, clip_scale = 1.0;
+    size_t i, j, F = (size_t)xc->F;
+    int dead = 0;
+    moexc_status st;
+    int was_frozen = xc->frozen;
+    xc->frozen = 0;
+    st = moexc_xc_loss_grad(xc, x_a, x_b, n, &s, err);
+    xc->frozen = was_frozen;
+    if (st != MOEXC_OK) return st;
+    for (i = 0; i < xc->n_params; i++) gn += (double)xc->grads[i] * xc->grads[i];
+    gn = sqrt(gn);
+    s.grad_norm = gn;
+    /* global gradient-norm clipping */
+    if (xc->opt.clip > 0.0f && gn > xc->opt.clip) clip_scale = xc->opt.clip / gn;
+    /* Adam with bias correction; one set of moments per parameter (a shared row is one parameter) */
+    lr = moexc__xc_lr(xc);
+    s.lr = lr;
+    bc1 = 1.0 - pow(b1, xc->step + 1.0);
+    bc2 = 1.0 - pow(b2, xc->step + 1.0);
+    for (i = 0; i < xc->n_params; i++) {
+        float g = (float)(xc->grads[i] * clip_scale);
+        xc->adam_m[i] = (float)(b1 * xc->adam_m[i] + (1.0 - b1) * g);
+        xc->adam_v[i] = (float)(b2 * xc->adam_v[i] + (1.0 - b2) * (double)g * g);
+        xc->params[i] -= (float)(lr * (xc->adam_m[i] / bc1) / (sqrt(xc->adam_v[i] / bc2) + eps));
+    }
+    /* dead-latent counters: tokens since each latent last fired */
+    for (j = 0; j < F; j++) xc->tmp[j] = 0.0f;
+    for (i = 0; i < (size_t)n; i++)
+        for (j = 0; j < F; j++) if (xc->f[i * F + j] > 0.0f) xc->tmp[j] = 1.0f;
+    for (j = 0; j < F; j++) {
+        xc->since_fired[j] = xc->tmp[j] > 0.0f ? 0 : xc->since_fired[j] + n;
+        dead += moexc__xc_is_dead(xc, (int)j);
+    }
+    s.dead_fraction = (double)dead / xc->F;
+    /* theta = EMA(beta) of the smallest kept score, after threshold_start steps */
+    if (xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->step >= xc->opt.threshold_start && s.min_kept_score > 0.0) {
+        if (xc->threshold_count == 0) xc->threshold = (float)s.min_kept_score;
+        else xc->threshold = (float)(xc->opt.threshold_beta * xc->threshold + (1.0 - xc->opt.threshold_beta) * s.min_kept_score);
+        xc->threshold_count++;
+    }
+    xc->step++;
+    if (stats) *stats = s;
+    return MOEXC_OK;
+}
+
+/* ---- inference ---------------------------------------------------------------- */
+
+/* Latents of raw inputs into xc->f (n <= cap); xs filled. */
+static void moexc__xc_encode_ws(moexc_xc *xc, const float *x_a, const float *x_b, int n)
+{
+    size_t nF = (size_t)n * (size_t)xc->F;
+    moexc__xc_scale_inputs(xc, x_a, x_b, n);
+    moexc__xc_norms(xc);
+    moexc__xc_encoder_forward(xc, xc->pre, xc->xs, n);
+    if (xc->opt.variant == MOEXC_XC_L1) memset(xc->keep, 1, nF);
+    else if (xc->threshold >= 0.0f) moexc__xc_threshold_keep(xc, xc->keep, xc->pre, n);
+    else moexc__xc_batchtopk(xc, xc->keep, xc->pre, n);
+    moexc__xc_activation_forward(xc, xc->f, xc->pre, xc->keep, n);
+}
+
+MOEXC_DEF moexc_status moexc_xc_encode(moexc_xc *xc, const float *x_a, const float *x_b, int n, float *f,
+                                       moexc_error *err)
+{
+    moexc_status st = moexc__xc_check_inputs(xc, x_a, x_b, n, err);
+    if (st != MOEXC_OK) return st;
+    moexc__xc_encode_ws(xc, x_a, x_b, n);
+    memcpy(f, xc->f, (size_t)n * (size_t)xc->F * sizeof(float));
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_xc_decode(const moexc_xc *xc, const float *f, int n, float *xhat_a, float *xhat_b)
+{
+    float *xhat[2];
+    int m;
+    xhat[0] = xhat_a; xhat[1] = xhat_b;
+    moexc__xc_decoder_forward(xc, xhat, f, n, 1);
+    for (m = 0; m < 2; m++) moexc_scale(xhat[m], 1.0f / xc->scale[m], (size_t)n * (size_t)xc->d[m]);
+}
+
+MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const float *x_b, int64_t n,
+                                         moexc_xc_eval *out, int64_t *active_counts, moexc_error *err)
+{
+    moexc_fve_acc fve[2];
+    moexc_activation_acc act;
+    int64_t done = 0;
+    int m, chunk_max = (int)MOEXC__MIN(n, (int64_t)1024);
+    moexc_status st;
+    memset(out, 0, sizeof(*out));
+    memset(fve, 0, sizeof(fve));
+    memset(&act, 0, sizeof(act));
+    if (n < 1) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder eval: empty set");
+    st = moexc__xc_check_inputs(xc, x_a, x_b, chunk_max, err);
+    if (st == MOEXC_OK) st = moexc_fve_acc_init(&fve[0], xc->d[0], err);
+    if (st == MOEXC_OK) st = moexc_fve_acc_init(&fve[1], xc->d[1], err);
+    if (st == MOEXC_OK) st = moexc_activation_acc_init(&act, xc->F, err);
+    while (st == MOEXC_OK && done < n) {
+        int c = (int)MOEXC__MIN((int64_t)chunk_max, n - done);
+        moexc__xc_encode_ws(xc, x_a + (size_t)done * (size_t)xc->d[0], x_b + (size_t)done * (size_t)xc->d[1], c);
+        moexc__xc_decoder_forward(xc, xc->xhat, xc->f, c, 1);
+        for (m = 0; m < 2; m++) {
+            size_t i, nd = (size_t)c * (size_t)xc->d[m];
+            double ss = 0.0;
+            for (i = 0; i < nd; i++) { double e = (double)xc->xs[m][i] - xc->xhat[m][i]; ss += e * e; }
+            out->mse[m] += ss;
+            moexc_fve_acc_add(&fve[m], xc->xs[m], xc->xhat[m], c);
+        }
+        moexc_activation_acc_add(&act, xc->f, c);
+        done += c;
+    }
+    if (st == MOEXC_OK) {
+        out->n = n;
+        for (m = 0; m < 2; m++) { out->fve[m] = moexc_fve_acc_value(&fve[m]); out->mse[m] /= (double)n; }
+        out->fve_pooled = moexc_fve_acc_pooled(fve, 2);
+        out->l0 = moexc_activation_acc_l0(&act);
+        out->dead_fraction = moexc_activation_acc_dead_fraction(&act);
+        if (active_counts) memcpy(active_counts, act.counts, (size_t)xc->F * sizeof(int64_t));
+    }
+    moexc_fve_acc_free(&fve[0]);
+    moexc_fve_acc_free(&fve[1]);
+    moexc_activation_acc_free(&act);
+    return st;
+}
+
+/* ---- checkpoints ----------------------------------------------------------------- */
+
+typedef struct moexc__xc_meta { char key[32]; char value[64]; } moexc__xc_meta;
+
+static int moexc__xc_meta_list(const moexc_xc *xc, moexc__xc_meta *meta, int folded)
+{
+    const moexc_xc_options *o = &xc->opt;
+    int n = 0;
+#define MOEXC__XC_META(k, ...) do { snprintf(meta[n].key, sizeof(meta[n].key), "%s", k); \
+        snprintf(meta[n].value, sizeof(meta[n].value), __VA_ARGS__); n++; } while (0)
+    MOEXC__XC_META("format", "moexc-crosscoder");
+    MOEXC__XC_META("version", "1");
+    MOEXC__XC_META("variant", "%s", o->variant == MOEXC_XC_L1 ? "l1" : "batchtopk");
+    MOEXC__XC_META("n_latents", "%d", xc->F);
+    MOEXC__XC_META("k", "%d", o->k);
+    MOEXC__XC_META("n_shared", "%d", xc->ns);
+    MOEXC__XC_META("d_a", "%d", xc->d[0]);
+    MOEXC__XC_META("d_b", "%d", xc->d[1]);
+    MOEXC__XC_META("scale_a", "%.9g", xc->scale[0]);
+    MOEXC__XC_META("scale_b", "%.9g", xc->scale[1]);
+    MOEXC__XC_META("folded", "%d", folded);
+    MOEXC__XC_META("threshold_units", "normalised");
+    MOEXC__XC_META("lambda_f", "%.9g", o->lambda_f);
+    MOEXC__XC_META("lambda_ratio", "%.9g", o->lambda_ratio);
+    MOEXC__XC_META("aux_k", "%d", o->aux_k);
+    MOEXC__XC_META("aux_alpha", "%.9g", o->aux_alpha);
+    MOEXC__XC_META("dead_tokens", "%lld", (long long)o->dead_tokens);
+    MOEXC__XC_META("steps", "%d", o->steps);
+    MOEXC__XC_META("batch", "%d", o->batch);
+    MOEXC__XC_META("lr", "%.9g", o->lr);
+    MOEXC__XC_META("warmup_steps", "%d", o->warmup_steps);
+    MOEXC__XC_META("decay_frac", "%.9g", o->decay_frac);
+    MOEXC__XC_META("lambda_warmup", "%.9g", o->lambda_warmup);
+    MOEXC__XC_META("clip", "%.9g", o->clip);
+    MOEXC__XC_META("init_norm", "%.9g", o->init_norm);
+    MOEXC__XC_META("threshold_beta", "%.9g", o->threshold_beta);
+    MOEXC__XC_META("threshold_start", "%d", o->threshold_start);
+    MOEXC__XC_META("threshold_count", "%lld", (long long)xc->threshold_count);
+    MOEXC__XC_META("seed", "%llu", (unsigned long long)o->seed);
+    MOEXC__XC_META("step", "%d", xc->step);
+#undef MOEXC__XC_META
+    return n;
+}
+
+static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int training, moexc_error *err)
+{
+    moexc_st_entry t[16];
+    moexc_st_kv kv[40];
+    moexc__xc_meta meta[40];
+    size_t F = (size_t)xc->F, da = (size_t)xc->d[0], db = (size_t)xc->d[1];
+    float *enc = NULL, *dec = NULL, *bdec = NULL, *since = NULL, thr = xc->threshold;
+    int nt = 0, nm, i, m, folded = !training;
+    size_t j;
+    moexc_status st;
+    const char *enc_names[2] = { "encoder.weight.0", "encoder.weight.1" };
+    const char *dec_names[2] = { "decoder.weight.0", "decoder.weight.1" };
+    const char *bdec_names[2] = { "decoder.bias.0", "decoder.bias.1" };
+    enc = moexc__alloc_floats((da + db) * F);
+    dec = moexc__alloc_floats((da + db) * F);
+    bdec = moexc__alloc_floats(da + db);
+    since = moexc__alloc_floats(F);
+    if (!enc || !dec || !bdec || !since) {
+        st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
+        goto done;
+    }
+    /* folding: W_enc^m s_m, W_dec^m / s_m, b_dec^m / s_m */
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)xc->d[m], base = m ? da : 0;
+        float s = folded ? xc->scale[m] : 1.0f;
+        const float *src = xc->params + xc->off_enc[m];
+        for (j = 0; j < d * F; j++) enc[base * F + j] = src[j] * s;
+        moexc_xc_decoder(xc, m, folded, dec + base * F);
+        for (j = 0; j < d; j++) bdec[base + j] = xc->params[xc->off_bdec[m] + j] / s;
+    }
+    if (da == db) {
+        t[nt].name = "encoder.weight"; t[nt].data = enc; t[nt].ndim = 3;
+        t[nt].shape[0] = 2; t[nt].shape[1] = (int64_t)da; t[nt].shape[2] = (int64_t)F; nt++;
+        t[nt].name = "decoder.weight"; t[nt].data = dec; t[nt].ndim = 3;
+        t[nt].shape[0] = 2; t[nt].shape[1] = (int64_t)F; t[nt].shape[2] = (int64_t)da; nt++;
+        t[nt].name = "decoder.bias"; t[nt].data = bdec; t[nt].ndim = 2;
+        t[nt].shape[0] = 2; t[nt].shape[1] = (int64_t)da; nt++;
+    } else {
+        for (m = 0; m < 2; m++) {
+            size_t d = (size_t)xc->d[m], base = m ? da : 0;
+            t[nt].name = enc_names[m]; t[nt].data = enc + base * F; t[nt].ndim = 2;
+            t[nt].shape[0] = (int64_t)d; t[nt].shape[1] = (int64_t)F; nt++;
+            t[nt].name = dec_names[m]; t[nt].data = dec + base * F; t[nt].ndim = 2;
+            t[nt].shape[0] = (int64_t)F; t[nt].shape[1] = (int64_t)d; nt++;
+            t[nt].name = bdec_names[m]; t[nt].data = bdec + base; t[nt].ndim = 1;
+            t[nt].shape[0] = (int64_t)d; nt++;
+        }
+    }
+    t[nt].name = "encoder.bias"; t[nt].data = xc->params + xc->off_benc; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; nt++;
+    t[nt].name = "threshold"; t[nt].data = &thr; t[nt].ndim = 1; t[nt].shape[0] = 1; nt++;
+    if (training) {
+        for (j = 0; j < F; j++) since[j] = (float)xc->since_fired[j];
+        t[nt].name = "train.adam_m"; t[nt].data = xc->adam_m; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)xc->n_params; nt++;
+        t[nt].name = "train.adam_v"; t[nt].data = xc->adam_v; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)xc->n_params; nt++;
+        t[nt].name = "train.since_fired"; t[nt].data = since; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; nt++;
+    }
+    nm = moexc__xc_meta_list(xc, meta, folded);
+    for (i = 0; i < nm; i++) { kv[i].key = meta[i].key; kv[i].value = meta[i].value; }
+    st = moexc_st_save(path, t, nt, kv, nm, err);
+done:
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_xc_save(const moexc_xc *xc, const char *path, moexc_error *err)
+{
+    return moexc__xc_save(xc, path, 0, err);
+}
+
+MOEXC_DEF moexc_status moexc_xc_save_training(const moexc_xc *xc, const char *path, moexc_error *err)
+{
+    return moexc__xc_save(xc, path, 1, err);
+}
+
+/* Metadata helpers: a required number, with the key named on error. */
+static moexc_status moexc__xc_meta_num(const moexc_st_file *f, const char *path, const char *key,
+                                       double lo, double hi, double *out, moexc_error *err)
+{
+    const char *v = moexc_st_meta(f, key);
+    char *end;
+    double x;
+    if (!v) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing", path, key);
+    x = strtod(v, &end);
+    if (end == v || *end != 0 || !(x >= lo && x <= hi))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number in [%g, %g]", path, key, v, lo, hi);
+    *out = x;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_error *err)
+{
+    moexc_st_file *f = NULL;
+    moexc_xc_options o;
+    moexc_xc *xc = NULL;
+    moexc_status st;
+    double v, da_d, db_d, F_d, ns_d, folded_d, sa, sb, step_d, tc_d, seed_d;
+    const char *s;
+    float *enc = NULL, *dec = NULL, *bdec = NULL, *since = NULL, thr;
+    size_t F, da, db, j;
+    int64_t shape[8];
+    int m, i;
+    *out = NULL;
+    st = moexc_st_open(&f, path, err);
+    if (st != MOEXC_OK) return st;
+    memset(&o, 0, sizeof(o));
+    s = moexc_st_meta(f, "format");
+    if (!s || strcmp(s, "moexc-crosscoder") != 0) {
+        st = moexc__fail(err, s ? MOEXC_ERR_FORMAT : MOEXC_ERR_MISSING, "%s: metadata 'format' is %s%s%s, expected \"moexc-crosscoder\"",
+                         path, s ? "\"" : "", s ? s : "missing", s ? "\"" : "");
+        goto fail;
+    }
+    s = moexc_st_meta(f, "version");
+    if (!s || strcmp(s, "1") != 0) { st = moexc__fail(err, MOEXC_ERR_VERSION, "%s: crosscoder version %s, expected 1", path, s ? s : "missing"); goto fail; }
+    s = moexc_st_meta(f, "variant");
+    if (!s || (strcmp(s, "batchtopk") != 0 && strcmp(s, "l1") != 0)) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata 'variant' is %s, expected batchtopk or l1", path, s ? s : "missing");
+        goto fail;
+    }
+    o.variant = strcmp(s, "l1") == 0 ? MOEXC_XC_L1 : MOEXC_XC_BATCHTOPK;
+#define MOEXC__XC_GET(key, lo, hi, dst) do { st = moexc__xc_meta_num(f, path, key, lo, hi, &v, err); \
+        if (st != MOEXC_OK) goto fail; dst; } while (0)
+    MOEXC__XC_GET("n_latents", 1, 1 << 28, F_d = v);
+    MOEXC__XC_GET("d_a", 1, 1 << 20, da_d = v);
+    MOEXC__XC_GET("d_b", 1, 1 << 20, db_d = v);
+    MOEXC__XC_GET("n_shared", 0, F_d, ns_d = v);
+    MOEXC__XC_GET("k", 1, F_d, o.k = (int)v);
+    MOEXC__XC_GET("scale_a", 1e-30, 1e30, sa = v);
+    MOEXC__XC_GET("scale_b", 1e-30, 1e30, sb = v);
+    MOEXC__XC_GET("folded", 0, 1, folded_d = v);
+    MOEXC__XC_GET("lambda_f", -1e30, 1e30, o.lambda_f = (float)v);
+    MOEXC__XC_GET("lambda_ratio", -1e30, 1e30, o.lambda_ratio = (float)v);
+    MOEXC__XC_GET("aux_k", -1e9, 1e9, o.aux_k = (int)v);
+    MOEXC__XC_GET("aux_alpha", -1e30, 1e30, o.aux_alpha = (float)v);
+    MOEXC__XC_GET("dead_tokens", -1e18, 1e18, o.dead_tokens = (int64_t)v);
+    MOEXC__XC_GET("steps", 1, 2e9, o.steps = (int)v);
+    MOEXC__XC_GET("batch", 1, 2e9, o.batch = (int)v);
+    MOEXC__XC_GET("lr", 0, 1e30, o.lr = (float)v);
+    MOEXC__XC_GET("warmup_steps", -2e9, 2e9, o.warmup_steps = (int)v);
+    MOEXC__XC_GET("decay_frac", -1e30, 1e30, o.decay_frac = (float)v);
+    MOEXC__XC_GET("lambda_warmup", -1e30, 1e30, o.lambda_warmup = (float)v);
+    MOEXC__XC_GET("clip", -1e30, 1e30, o.clip = (float)v);
+    MOEXC__XC_GET("init_norm", 0, 1e30, o.init_norm = (float)v);
+    MOEXC__XC_GET("threshold_beta", 0, 1, o.threshold_beta = (float)v);
+    MOEXC__XC_GET("threshold_start", -2e9, 2e9, o.threshold_start = (int)v);
+    MOEXC__XC_GET("threshold_count", 0, 9e18, tc_d = v);
+    MOEXC__XC_GET("step", 0, 2e9, step_d = v);
+    MOEXC__XC_GET("seed", 0, 1.9e19, seed_d = v);
+#undef MOEXC__XC_GET
+    (void)seed_d;
+    s = moexc_st_meta(f, "seed");
+    o.seed = (uint64_t)strtoull(s, NULL, 10);   /* exact, validated above */
+    o.n_latents = (int)F_d;
+    o.n_shared = (int)ns_d;
+    st = moexc_xc_create(&xc, (int)da_d, (int)db_d, &o, err);
+    if (st != MOEXC_OK) goto fail;
+    xc->opt.dead_tokens = o.dead_tokens;   /* the resolved values exactly as saved */
+    F = (size_t)xc->F; da = (size_t)xc->d[0]; db = (size_t)xc->d[1];
+    xc->scale[0] = (float)sa; xc->scale[1] = (float)sb;
+    xc->step = (int)step_d;
+    xc->threshold_count = (int64_t)tc_d;
+    enc = moexc__alloc_floats((da + db) * F);
+    dec = moexc__alloc_floats((da + db) * F);
+    bdec = moexc__alloc_floats(da + db);
+    since = moexc__alloc_floats(F);
+    if (!enc || !dec || !bdec || !since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
+    if (da == db) {
+        shape[0] = 2; shape[1] = (int64_t)da; shape[2] = (int64_t)F;
+        if ((st = moexc_st_read_f32(f, "encoder.weight", enc, 3, shape, err)) != MOEXC_OK) goto fail;
+        shape[1] = (int64_t)F; shape[2] = (int64_t)da;
+        if ((st = moexc_st_read_f32(f, "decoder.weight", dec, 3, shape, err)) != MOEXC_OK) goto fail;
+        shape[1] = (int64_t)da;
+        if ((st = moexc_st_read_f32(f, "decoder.bias", bdec, 2, shape, err)) != MOEXC_OK) goto fail;
+    } else {
+        const char *enc_names[2] = { "encoder.weight.0", "encoder.weight.1" };
+        const char *dec_names[2] = { "decoder.weight.0", "decoder.weight.1" };
+        const char *bdec_names[2] = { "decoder.bias.0", "decoder.bias.1" };
+        for (m = 0; m < 2; m++) {
+            size_t d = (size_t)xc->d[m], base = m ? da : 0;
+            shape[0] = (int64_t)d; shape[1] = (int64_t)F;
+            if ((st = moexc_st_read_f32(f, enc_names[m], enc + base * F, 2, shape, err)) != MOEXC_OK) goto fail;
+            shape[0] = (int64_t)F; shape[1] = (int64_t)d;
+            if ((st = moexc_st_read_f32(f, dec_names[m], dec + base * F, 2, shape, err)) != MOEXC_OK) goto fail;
+            shape[0] = (int64_t)d;
+            if ((st = moexc_st_read_f32(f, bdec_names[m], bdec + base, 1, shape, err)) != MOEXC_OK) goto fail;
+        }
+    }
+    shape[0] = (int64_t)F;
+    if ((st = moexc_st_read_f32(f, "encoder.bias", xc->params + xc->off_benc, 1, shape, err)) != MOEXC_OK) goto fail;
+    shape[0] = 1;
+    if ((st = moexc_st_read_f32(f, "threshold", &thr, 1, shape, err)) != MOEXC_OK) goto fail;
+    xc->threshold = thr;
+    /* unfold (a training checkpoint is stored unfolded) and re-tie the shared rows */
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)xc->d[m], base = m ? da : 0;
+        float s_m = folded_d != 0.0 ? xc->scale[m] : 1.0f;
+        for (j = 0; j < d * F; j++) xc->params[xc->off_enc[m] + j] = enc[base * F + j] / s_m;
+        for (j = 0; j < d; j++) xc->params[xc->off_bdec[m] + j] = bdec[base + j] * s_m;
+        for (i = 0; i < xc->F; i++) {
+            const float *src = dec + base * F + (size_t)i * d;
+            float *row = moexc__xc_dec_row(xc, xc->params, m, i);
+            if (m == 1 && i < xc->ns) {
+                double diff = 0.0, nn = 0.0;
+                for (j = 0; j < d; j++) {
+                    double a = (double)src[j] * s_m;
+                    diff = MOEXC__MAX(diff, fabs(a - row[j]));
+                    nn = MOEXC__MAX(nn, fabs((double)row[j]));
+                }
+                if (diff > 1e-5 * nn + 1e-30) {
+                    st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: decoder.weight: shared latent %d differs between the two "
+                                     "models (max |diff| %g), so it cannot be tied", path, i, diff);
+                    goto fail;
+                }
+                continue;
+            }
+            for (j = 0; j < d; j++) row[j] = src[j] * s_m;
+        }
+    }
+    for (j = 0; j < xc->n_params; j++)
+        if (!isfinite(xc->params[j])) {
+            st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the crosscoder is not finite", path, (unsigned long)j);
+            goto fail;
+        }
+    if (moexc_st_meta(f, "step") && moexc_st_shape(f, "train.adam_m", &i, shape, NULL) == MOEXC_OK) {
+        shape[0] = (int64_t)xc->n_params;
+        if ((st = moexc_st_read_f32(f, "train.adam_m", xc->adam_m, 1, shape, err)) != MOEXC_OK) goto fail;
+        if ((st = moexc_st_read_f32(f, "train.adam_v", xc->adam_v, 1, shape, err)) != MOEXC_OK) goto fail;
+        shape[0] = (int64_t)F;
+        if ((st = moexc_st_read_f32(f, "train.since_fired", since, 1, shape, err)) != MOEXC_OK) goto fail;
+        for (j = 0; j < F; j++) xc->since_fired[j] = (int64_t)since[j];
+    }
+    moexc_st_close(f);
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    *out = xc;
+    return MOEXC_OK;
+fail:
+    moexc_st_close(f);
+    moexc_xc_free(xc);
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    return st;
+}
+/* ======================================================================== */
+/* >>analysis (implementation)                                               */
+/* ======================================================================== */
+
+MOEXC_DEF const char *moexc_latent_class_name(int cls)
+{
+    switch (cls) {
+    case MOEXC_CLASS_MOE_ONLY:   return "moe-only";
+    case MOEXC_CLASS_SHARED:     return "shared";
+    case MOEXC_CLASS_DENSE_ONLY: return "dense-only";
+    case MOEXC_CLASS_DESIGNATED: return "designated";
+    case MOEXC_CLASS_DEAD:       return "dead";
+    default:                     return "unknown";
+    }
+}
+
+MOEXC_DEF uint32_t moexc_latent_class_color(int cls)
+{
+    switch (cls) {
+    case MOEXC_CLASS_MOE_ONLY:   return 0xD55E00u;   /* vermillion     */
+    case MOEXC_CLASS_SHARED:     return 0x009E73u;   /* bluish green   */
+    case MOEXC_CLASS_DENSE_ONLY: return 0x0072B2u;   /* blue           */
+    case MOEXC_CLASS_DESIGNATED: return 0xCC79A7u;   /* reddish purple */
+    default:                     return 0x999999u;   /* grey           */
+    }
+}
+
+/* Dot product accumulated in double: analysis statistics are not hot paths,
+   and exact sums keep hand-checkable cases (and band edges) exact. */
+static double moexc__dot_f64(const float *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    size_t i;
+    for (i = 0; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+
+static int moexc__cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of the non-NaN values of v (n of them), sorting v in place. */
+static double moexc__median_inplace(double *v, size_t n)
+{
+    size_t m = 0, i;
+    for (i = 0; i < n; i++) if (v[i] == v[i]) v[m++] = v[i];
+    if (m == 0) return NAN;
+    qsort(v, m, sizeof(double), moexc__cmp_double);
+    return (m & 1) ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
+}
+
+MOEXC_DEF double moexc_median(const float *x, size_t n, moexc_error *err)
+{
+    double *v = (double *)moexc__calloc(n, sizeof(double)), med;
+    size_t i;
+    if (!v) { moexc__fail(err, MOEXC_ERR_NOMEM, "median: %lu values", (unsigned long)n); return NAN; }
+    for (i = 0; i < n; i++) v[i] = x[i];
+    med = moexc__median_inplace(v, n);
+    moexc__free(v);
+    return med;
+}
+
+/* mean, median and fraction negative of the non-NaN x[i] with cls[i] == c
+   (cls NULL: all), using scratch (n doubles). */
+static void moexc__stats_where(const float *x, const uint8_t *cls, int c, size_t n, double *scratch,
+                               double *mean, double *median, double *frac_negative)
+{
+    size_t i, m = 0, neg = 0;
+    double sum = 0.0;
+    for (i = 0; i < n; i++) {
+        if (cls && cls[i] != c) continue;
+        if (x[i] != x[i]) continue;
+        scratch[m++] = x[i];
+        sum += x[i];
+        neg += x[i] < 0.0f;
+    }
+    if (m == 0) { *mean = *median = NAN; if (frac_negative) *frac_negative = NAN; return; }
+    *mean = sum / (double)m;
+    if (frac_negative) *frac_negative = (double)neg / (double)m;
+    *median = moexc__median_inplace(scratch, m);
+}
+
+MOEXC_DEF void moexc_latent_analysis_free(moexc_latent_analysis *a)
+{
+    if (!a) return;
+    moexc__free(a->norm_a); moexc__free(a->norm_b); moexc__free(a->r);
+    moexc__free(a->cosine); moexc__free(a->density); moexc__free(a->cls);
+    moexc__free(a->random_cosine);
+    memset(a, 0, sizeof(*a));
+}
+
+MOEXC_DEF moexc_status moexc_analyze_latents(moexc_latent_analysis *out,
+                                             const float *dec_a, int d_a,
+                                             const float *dec_b, int d_b,
+                                             int n_latents, int n_shared,
+                                             const int64_t *active_counts, int64_t n_tokens,
+                                             const moexc_analysis_options *opt, moexc_error *err)
+{
+    moexc_analysis_options o;
+    moexc_latent_analysis a;
+    size_t F = (size_t)(n_latents > 0 ? n_latents : 0), i;
+    int *live = NULL, n_live = 0, c, same_width = d_a == d_b;
+    double *scratch = NULL;
+    moexc_rng rng;
+
+    memset(out, 0, sizeof(*out));
+    if (!dec_a || !dec_b || n_latents <= 0 || d_a <= 0 || d_b <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "analyze_latents: need decoders and F, d_A, d_B > 0 (got F=%d d_A=%d d_B=%d)",
+                           n_latents, d_a, d_b);
+    if (n_shared < 0 || n_shared > n_latents)
+        return moexc__fail(err, MOEXC_ERR_ARG, "analyze_latents: n_shared=%d outside [0, F=%d]", n_shared, n_latents);
+    if (active_counts && n_tokens <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "analyze_latents: n_tokens=%lld with activation counts",
+                           (long long)n_tokens);
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    if (o.moe_max == 0.0) o.moe_max = o.strict ? 0.1 : 0.3;
+    if (o.dense_min == 0.0) o.dense_min = o.strict ? 0.9 : 0.7;
+    if (!(o.moe_max >= 0.0 && o.moe_max <= o.dense_min && o.dense_min <= 1.0))
+        return moexc__fail(err, MOEXC_ERR_ARG, "analyze_latents: bands moe_max=%g dense_min=%g must satisfy 0 <= moe_max <= dense_min <= 1",
+                           o.moe_max, o.dense_min);
+    if (o.n_random_pairs <= 0) o.n_random_pairs = 10000;
+
+    memset(&a, 0, sizeof(a));
+    a.n_latents = n_latents; a.n_shared = n_shared; a.d_a = d_a; a.d_b = d_b;
+    a.moe_max = o.moe_max; a.dense_min = o.dense_min;
+    a.n_tokens = active_counts ? n_tokens : 0;
+    a.norm_a = (float *)moexc__calloc(F, sizeof(float));
+    a.norm_b = (float *)moexc__calloc(F, sizeof(float));
+    a.r = (float *)moexc__calloc(F, sizeof(float));
+    a.cosine = (float *)moexc__calloc(F, sizeof(float));
+    a.density = (float *)moexc__calloc(F, sizeof(float));
+    a.cls = (uint8_t *)moexc__calloc(F, 1);
+    live = (int *)moexc__calloc(F, sizeof(int));
+    scratch = (double *)moexc__calloc(F > (size_t)o.n_random_pairs ? F : (size_t)o.n_random_pairs, sizeof(double));
+    if (!a.norm_a || !a.norm_b || !a.r || !a.cosine || !a.density || !a.cls || !live || !scratch) {
+        moexc_latent_analysis_free(&a); moexc__free(live); moexc__free(scratch);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "analyze_latents: F=%d", n_latents);
+    }
+
+    for (i = 0; i < F; i++) {
+        const float *da = dec_a + i * (size_t)d_a, *db = dec_b + i * (size_t)d_b;
+        double na = sqrt(moexc__dot_f64(da, da, (size_t)d_a));
+        double nb = sqrt(moexc__dot_f64(db, db, (size_t)d_b));
+        double r = (na + nb > 0.0) ? nb / (na + nb) : NAN;
+        int dead = (active_counts && active_counts[i] == 0) || na + nb == 0.0;
+        a.norm_a[i] = (float)na;
+        a.norm_b[i] = (float)nb;
+        a.r[i] = (float)r;
+        /* cos_i = d_i^A . d_i^B / (||d_i^A|| ||d_i^B||) */
+        a.cosine[i] = (same_width && na > 0.0 && nb > 0.0)
+                          ? (float)(moexc__dot_f64(da, db, (size_t)d_a) / (na * nb)) : NAN;
+        a.density[i] = active_counts ? (float)((double)active_counts[i] / (double)n_tokens) : NAN;
+        /* Classify in double so the band edges 0.3 / 0.7 are exact: shared is closed. */
+        if (dead)                         c = MOEXC_CLASS_DEAD;
+        else if ((int)i < n_shared)       c = MOEXC_CLASS_DESIGNATED;
+        else if (r < o.moe_max)           c = MOEXC_CLASS_MOE_ONLY;
+        else if (r > o.dense_min)         c = MOEXC_CLASS_DENSE_ONLY;
+        else                              c = MOEXC_CLASS_SHARED;
+        a.cls[i] = (uint8_t)c;
+        if (!dead && na > 0.0 && nb > 0.0) live[n_live++] = (int)i;
+    }
+
+    for (c = 0; c < MOEXC_CLASS_COUNT; c++) {
+        moexc_class_summary *s = &a.classes[c];
+        double dummy;
+        for (i = 0; i < F; i++) s->count += a.cls[i] == c;
+        moexc__stats_where(a.r, a.cls, c, F, scratch, &s->r_mean, &dummy, NULL);
+        moexc__stats_where(a.density, a.cls, c, F, scratch, &s->density_mean, &s->density_median, NULL);
+        moexc__stats_where(a.cosine, a.cls, c, F, scratch, &s->cos_mean, &s->cos_median, &s->cos_frac_negative);
+    }
+    a.classes[MOEXC_CLASS_MOE_ONLY].r_lo = 0.0;
+    a.classes[MOEXC_CLASS_MOE_ONLY].r_hi = o.moe_max;
+    a.classes[MOEXC_CLASS_MOE_ONLY].hi_open = 1;
+    a.classes[MOEXC_CLASS_SHARED].r_lo = o.moe_max;
+    a.classes[MOEXC_CLASS_SHARED].r_hi = o.dense_min;
+    a.classes[MOEXC_CLASS_DENSE_ONLY].r_lo = o.dense_min;
+    a.classes[MOEXC_CLASS_DENSE_ONLY].r_hi = 1.0;
+    a.classes[MOEXC_CLASS_DENSE_ONLY].lo_open = 1;
+    a.classes[MOEXC_CLASS_DESIGNATED].r_lo = a.classes[MOEXC_CLASS_DESIGNATED].r_hi = 0.5;
+    a.classes[MOEXC_CLASS_DEAD].r_lo = a.classes[MOEXC_CLASS_DEAD].r_hi = NAN;
+
+    /* Random-pair baseline: cos(d_i^A, d_j^B) for live latents i != j. */
+    a.random_cos_mean = a.random_cos_median = a.random_cos_frac_negative = NAN;
+    if (same_width && n_live >= 2) {
+        int k;
+        a.random_cosine = (float *)moexc__calloc((size_t)o.n_random_pairs, sizeof(float));
+        if (!a.random_cosine) {
+            moexc_latent_analysis_free(&a); moexc__free(live); moexc__free(scratch);
+            return moexc__fail(err, MOEXC_ERR_NOMEM, "analyze_latents: %d random pairs", o.n_random_pairs);
+        }
+        a.n_random_pairs = o.n_random_pairs;
+        moexc_rng_seed(&rng, o.seed);
+        for (k = 0; k < o.n_random_pairs; k++) {
+            int p = live[moexc_rng_below(&rng, (uint32_t)n_live)];
+            int q = live[moexc_rng_below(&rng, (uint32_t)(n_live - 1))];
+            if (q == p) q = live[n_live - 1];   /* uniform over the other n_live - 1 */
+            a.random_cosine[k] = (float)(moexc__dot_f64(dec_a + (size_t)p * d_a, dec_b + (size_t)q * d_b, (size_t)d_a)
+                                         / ((double)a.norm_a[p] * (double)a.norm_b[q]));
+        }
+        moexc__stats_where(a.random_cosine, NULL, 0, (size_t)a.n_random_pairs, scratch,
+                           &a.random_cos_mean, &a.random_cos_median, &a.random_cos_frac_negative);
+    }
+    moexc__free(live);
+    moexc__free(scratch);
+    *out = a;
+    return MOEXC_OK;
+}
+
+/* ---- streaming accumulators ---------------------------------------------- */
+MOEXC_DEF moexc_status moexc_activation_acc_init(moexc_activation_acc *acc, int n_latents, moexc_error *err)
+{
+    memset(acc, 0, sizeof(*acc));
+    if (n_latents <= 0) return moexc__fail(err, MOEXC_ERR_ARG, "activation_acc: n_latents=%d", n_latents);
+    acc->counts = (int64_t *)moexc__calloc((size_t)n_latents, sizeof(int64_t));
+    if (!acc->counts) return moexc__fail(err, MOEXC_ERR_NOMEM, "activation_acc: %d latents", n_latents);
+    acc->n_latents = n_latents;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_activation_acc_add(moexc_activation_acc *acc, const float *f, int n_rows)
+{
+    int b, i;
+    for (b = 0; b < n_rows; b++) {
+        const float *row = f + (size_t)b * acc->n_latents;
+        int64_t active = 0;
+        for (i = 0; i < acc->n_latents; i++)
+            if (row[i] > 0.0f) { acc->counts[i]++; active++; }
+        acc->sum_active += (double)active;
+    }
+    acc->n_tokens += n_rows > 0 ? n_rows : 0;
+}
+
+/* L0 = mean over tokens of the number of active latents. */
+MOEXC_DEF double moexc_activation_acc_l0(const moexc_activation_acc *acc)
+{
+    return acc->n_tokens ? acc->sum_active / (double)acc->n_tokens : NAN;
+}
+
+MOEXC_DEF double moexc_activation_acc_dead_fraction(const moexc_activation_acc *acc)
+{
+    int i, dead = 0;
+    if (acc->n_latents <= 0) return NAN;
+    for (i = 0; i < acc->n_latents; i++) dead += acc->counts[i] == 0;
+    return (double)dead / (double)acc->n_latents;
+}
+
+MOEXC_DEF void moexc_activation_acc_free(moexc_activation_acc *acc)
+{
+    if (!acc) return;
+    moexc__free(acc->counts);
+    memset(acc, 0, sizeof(*acc));
+}
+
+MOEXC_DEF moexc_status moexc_fve_acc_init(moexc_fve_acc *acc, int dim, moexc_error *err)
+{
+    memset(acc, 0, sizeof(*acc));
+    if (dim <= 0) return moexc__fail(err, MOEXC_ERR_ARG, "fve_acc: dim=%d", dim);
+    acc->mean_x = (double *)moexc__calloc((size_t)dim * 4, sizeof(double));
+    if (!acc->mean_x) return moexc__fail(err, MOEXC_ERR_NOMEM, "fve_acc: dim=%d", dim);
+    acc->m2_x = acc->mean_x + dim;
+    acc->mean_e = acc->m2_x + dim;
+    acc->m2_e = acc->mean_e + dim;
+    acc->dim = dim;
+    return MOEXC_OK;
+}
+
+/* Welford per dimension: n += 1; delta = v - mean; mean += delta / n; m2 += delta (v - mean).
+   Sum_dims m2 / n is Sum_dims Var_b; the ratio needs no 1/n. */
+MOEXC_DEF void moexc_fve_acc_add(moexc_fve_acc *acc, const float *x, const float *x_hat, int n_rows)
+{
+    int b, j;
+    for (b = 0; b < n_rows; b++) {
+        const float *xr = x + (size_t)b * acc->dim, *hr = x_hat + (size_t)b * acc->dim;
+        double inv_n;
+        acc->n++;
+        inv_n = 1.0 / (double)acc->n;
+        for (j = 0; j < acc->dim; j++) {
+            double v = xr[j], e = (double)xr[j] - (double)hr[j];
+            double dx = v - acc->mean_x[j], de = e - acc->mean_e[j];
+            acc->mean_x[j] += dx * inv_n;
+            acc->m2_x[j] += dx * (v - acc->mean_x[j]);
+            acc->mean_e[j] += de * inv_n;
+            acc->m2_e[j] += de * (e - acc->mean_e[j]);
+        }
+    }
+}
+
+static void moexc__fve_sums(const moexc_fve_acc *acc, double *var_x, double *var_e)
+{
+    int j;
+    for (j = 0; j < acc->dim; j++) { *var_x += acc->m2_x[j]; *var_e += acc->m2_e[j]; }
+}
+
+/* FVE = 1 - sum_dims Var_b(x - x_hat) / sum_dims Var_b(x) */
+MOEXC_DEF double moexc_fve_acc_value(const moexc_fve_acc *acc)
+{
+    return moexc_fve_acc_pooled(acc, 1);
+}
+
+/* FVE_pooled = 1 - sum_m sum_dims Var_b(e^m) / sum_m sum_dims Var_b(x^m) */
+MOEXC_DEF double moexc_fve_acc_pooled(const moexc_fve_acc *accs, int n_models)
+{
+    double var_x = 0.0, var_e = 0.0;
+    int m;
+    for (m = 0; m < n_models; m++) {
+        double vx = 0.0, ve = 0.0;
+        if (accs[m].n == 0) return NAN;
+        moexc__fve_sums(&accs[m], &vx, &ve);
+        var_x += vx / (double)accs[m].n;   /* population variance: models may have seen different n */
+        var_e += ve / (double)accs[m].n;
+    }
+    return var_x > 0.0 ? 1.0 - var_e / var_x : NAN;
+}
+
+MOEXC_DEF void moexc_fve_acc_free(moexc_fve_acc *acc)
+{
+    if (!acc) return;
+    moexc__free(acc->mean_x);
+    memset(acc, 0, sizeof(*acc));
+}
+
+#define MOEXC__LS_CHUNK 256
+
+MOEXC_DEF moexc_status moexc_latent_scaling_init(moexc_latent_scaling_acc *acc, const float *dec,
+                                                 int n_latents, int dim, moexc_ls_target target,
+                                                 moexc_error *err)
+{
+    int i;
+    memset(acc, 0, sizeof(*acc));
+    if (!dec || n_latents <= 0 || dim <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "latent_scaling: need a decoder, F=%d, dim=%d", n_latents, dim);
+    if (target != MOEXC_LS_RECONSTRUCTION && target != MOEXC_LS_ERROR)
+        return moexc__fail(err, MOEXC_ERR_ARG, "latent_scaling: target=%d", (int)target);
+    acc->num = (double *)moexc__calloc((size_t)n_latents * 2, sizeof(double));
+    acc->norm2 = moexc__alloc_floats((size_t)n_latents);
+    acc->proj = moexc__alloc_floats((size_t)MOEXC__LS_CHUNK * (size_t)n_latents);
+    if (!acc->num || !acc->norm2 || !acc->proj) {
+        moexc_latent_scaling_free(acc);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "latent_scaling: F=%d", n_latents);
+    }
+    acc->den = acc->num + n_latents;
+    acc->n_latents = n_latents; acc->dim = dim; acc->target = (int)target; acc->dec = dec;
+    for (i = 0; i < n_latents; i++)
+        acc->norm2[i] = (float)moexc__dot_f64(dec + (size_t)i * dim, dec + (size_t)i * dim, (size_t)dim);
+    return MOEXC_OK;
+}
+
+/* num_i += sum_b f_{b,i} <d_i, y_b>  (+ f_{b,i}^2 ||d_i||^2 for the error target)
+   den_i += sum_b f_{b,i}^2; the projections P = Y D^T come from one GEMM per chunk. */
+MOEXC_DEF void moexc_latent_scaling_add(moexc_latent_scaling_acc *acc, const float *f, const float *y, int n_rows)
+{
+    int F = acc->n_latents, start;
+    for (start = 0; start < n_rows; start += MOEXC__LS_CHUNK) {
+        int rows = MOEXC__MIN(MOEXC__LS_CHUNK, n_rows - start), b, i;
+        const float *fc = f + (size_t)start * F;
+        /* proj (rows x F) = y_chunk (rows x dim) * dec^T */
+        moexc_sgemm(0, 1, rows, F, acc->dim, 1.0f, y + (size_t)start * acc->dim, acc->dim,
+                    acc->dec, acc->dim, 0.0f, acc->proj, F);
+        for (b = 0; b < rows; b++) {
+            const float *fr = fc + (size_t)b * F, *pr = acc->proj + (size_t)b * F;
+            for (i = 0; i < F; i++) {
+                double fi = fr[i], p;
+                if (fi == 0.0) continue;
+                p = pr[i];
+                if (acc->target == MOEXC_LS_ERROR) p += fi * acc->norm2[i];
+                acc->num[i] += fi * p;
+                acc->den[i] += fi * fi;
+            }
+        }
+    }
+}
+
+MOEXC_DEF void moexc_latent_scaling_beta(const moexc_latent_scaling_acc *acc, float *beta)
+{
+    int i;
+    for (i = 0; i < acc->n_latents; i++) {
+        double d = (double)acc->norm2[i] * acc->den[i];
+        beta[i] = d > 0.0 ? (float)(acc->num[i] / d) : NAN;
+    }
+}
+
+MOEXC_DEF void moexc_latent_scaling_free(moexc_latent_scaling_acc *acc)
+{
+    if (!acc) return;
+    moexc__free(acc->num);
+    moexc__free_aligned(acc->norm2);
+    moexc__free_aligned(acc->proj);
+    memset(acc, 0, sizeof(*acc));
+}
+
+MOEXC_DEF void moexc_latent_scaling_nu(float *nu, const float *beta_a, const float *beta_b, int n)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        nu[i] = (beta_b[i] != 0.0f && beta_b[i] == beta_b[i]) ? beta_a[i] / beta_b[i] : NAN;
+}
+
+/* ---- histograms ----------------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_histogram_init(moexc_histogram *h, int n_bins, double lo, double hi,
+                                            int log10_axis, moexc_error *err)
+{
+    memset(h, 0, sizeof(*h));
+    if (n_bins <= 0 || !(lo < hi) || (log10_axis && !(lo > 0.0)))
+        return moexc__fail(err, MOEXC_ERR_ARG, "histogram: n_bins=%d range [%g, %g]%s", n_bins, lo, hi,
+                           log10_axis ? " (log axis needs lo > 0)" : "");
+    h->counts = (int64_t *)moexc__calloc((size_t)n_bins, sizeof(int64_t));
+    if (!h->counts) return moexc__fail(err, MOEXC_ERR_NOMEM, "histogram: %d bins", n_bins);
+    h->n_bins = n_bins; h->lo = lo; h->hi = hi; h->log10_axis = log10_axis;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF double moexc_histogram_edge(const moexc_histogram *h, int i)
+{
+    double t = (double)i / (double)h->n_bins;
+    if (i <= 0) return h->lo;
+    if (i >= h->n_bins) return h->hi;
+    if (h->log10_axis) return pow(10.0, log10(h->lo) + t * (log10(h->hi) - log10(h->lo)));
+    return h->lo + t * (h->hi - h->lo);
+}
+
+MOEXC_DEF void moexc_histogram_add1(moexc_histogram *h, double x)
+{
+    double t;
+    int bin;
+    h->total++;
+    if (x != x) { h->nan_count++; return; }
+    if (x < h->lo) { h->underflow++; return; }
+    if (x > h->hi) { h->overflow++; return; }
+    t = h->log10_axis ? (log10(x) - log10(h->lo)) / (log10(h->hi) - log10(h->lo))
+                      : (x - h->lo) / (h->hi - h->lo);
+    bin = (int)(t * h->n_bins);
+    /* Rounding in t can move a value across an edge; settle it against the edges. */
+    if (bin >= h->n_bins) bin = h->n_bins - 1;
+    if (bin < 0) bin = 0;
+    if (bin > 0 && x < moexc_histogram_edge(h, bin)) bin--;
+    else if (bin + 1 < h->n_bins && x >= moexc_histogram_edge(h, bin + 1)) bin++;
+    h->counts[bin]++;
+}
+
+MOEXC_DEF void moexc_histogram_add(moexc_histogram *h, const float *x, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) moexc_histogram_add1(h, x[i]);
+}
+
+MOEXC_DEF void moexc_histogram_add_where(moexc_histogram *h, const float *x, const uint8_t *labels,
+                                         uint8_t label, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) if (labels[i] == label) moexc_histogram_add1(h, x[i]);
+}
+
+MOEXC_DEF void moexc_histogram_free(moexc_histogram *h)
+{
+    if (!h) return;
+    moexc__free(h->counts);
+    memset(h, 0, sizeof(*h));
+}
+
+/* ---- reports: table, CSV, JSON, NPY -------------------------------------- */
+/* The order classes appear in reports: the bands, then the two special classes. */
+static const int moexc__report_order[MOEXC_CLASS_COUNT] = {
+    MOEXC_CLASS_MOE_ONLY, MOEXC_CLASS_SHARED, MOEXC_CLASS_DENSE_ONLY, MOEXC_CLASS_DESIGNATED, MOEXC_CLASS_DEAD };
+
+static void moexc__range_text(const moexc_class_summary *s, char *buf, size_t size)
+{
+    if (s->r_lo != s->r_lo) snprintf(buf, size, "-");
+    else if (s->r_lo == s->r_hi) snprintf(buf, size, "%.2f", s->r_lo);
+    else snprintf(buf, size, "%c%.2f, %.2f%c", s->lo_open ? '(' : '[', s->r_lo, s->r_hi, s->hi_open ? ')' : ']');
+}
+
+/* A number, or `missing` when NaN/Inf. */
+static void moexc__num_text(double v, const char *fmt, const char *missing, char *buf, size_t size)
+{
+    if (v != v || v - v != 0.0) snprintf(buf, size, "%s", missing);
+    else snprintf(buf, size, fmt, v);
+}
+
+MOEXC_DEF void moexc_analysis_print_table(FILE *out, const moexc_latent_analysis *a,
+                                          const moexc_eval_summary *summary)
+{
+    int k;
+    char range[32], dm[32], dmed[32], cm[32];
+    if (summary && summary->name) fprintf(out, "run: %s\n", summary->name);
+    fprintf(out, "%d latents (%d designated shared), bands %.2f / %.2f, ", a->n_latents, a->n_shared,
+            a->moe_max, a->dense_min);
+    if (a->n_tokens > 0) fprintf(out, "%lld evaluation tokens\n", (long long)a->n_tokens);
+    else fprintf(out, "no activation counts (no densities, no dead class)\n");
+    if (summary && summary->has_fve)
+        fprintf(out, "FVE: MoE %.4f  dense %.4f  pooled %.4f\n", summary->fve_a, summary->fve_b, summary->fve_pooled);
+    if (summary && summary->has_l0)
+        fprintf(out, "L0 %.2f  dead fraction %.4f\n", summary->l0, summary->dead_fraction);
+    fprintf(out, "%-12s %-14s %8s %8s %13s %15s %9s\n", "class", "r range", "count", "share",
+            "mean density", "median density", "mean cos");
+    for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
+        const moexc_class_summary *s = &a->classes[moexc__report_order[k]];
+        moexc__range_text(s, range, sizeof(range));
+        moexc__num_text(s->density_mean, "%.3e", "-", dm, sizeof(dm));
+        moexc__num_text(s->density_median, "%.3e", "-", dmed, sizeof(dmed));
+        moexc__num_text(s->cos_mean, "%.3f", "-", cm, sizeof(cm));
+        fprintf(out, "%-12s %-14s %8lld %7.2f%% %13s %15s %9s\n", moexc_latent_class_name(moexc__report_order[k]),
+                range, (long long)s->count, 100.0 * (double)s->count / (double)a->n_latents, dm, dmed, cm);
+    }
+    moexc__num_text(a->random_cos_mean, "%.3f", "-", cm, sizeof(cm));
+    fprintf(out, "%-12s %-14s %8d %8s %13s %15s %9s\n", "random pairs", "-", a->n_random_pairs, "", "-", "-", cm);
+}
+
+/* CSV field: numbers plain, NaN empty. */
+static void moexc__csv_num(FILE *f, double v)
+{
+    if (v == v && v - v == 0.0) fprintf(f, "%.9g", v);
+}
+
+MOEXC_DEF moexc_status moexc_analysis_write_csv(const moexc_latent_analysis *a, const char *path,
+                                                moexc_error *err)
+{
+    moexc__atomic_file af;
+    moexc_status st = moexc__atomic_open(&af, path, err);
+    int k;
+    if (st != MOEXC_OK) return st;
+    fprintf(af.f, "class,r_lo,r_hi,count,density_mean,density_median,cos_mean,cos_median,cos_frac_negative\n");
+    for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
+        const moexc_class_summary *s = &a->classes[moexc__report_order[k]];
+        fprintf(af.f, "%s,", moexc_latent_class_name(moexc__report_order[k]));
+        moexc__csv_num(af.f, s->r_lo); fputc(',', af.f);
+        moexc__csv_num(af.f, s->r_hi); fprintf(af.f, ",%lld,", (long long)s->count);
+        moexc__csv_num(af.f, s->density_mean); fputc(',', af.f);
+        moexc__csv_num(af.f, s->density_median); fputc(',', af.f);
+        moexc__csv_num(af.f, s->cos_mean); fputc(',', af.f);
+        moexc__csv_num(af.f, s->cos_median); fputc(',', af.f);
+        moexc__csv_num(af.f, s->cos_frac_negative); fputc('\n', af.f);
+    }
+    fprintf(af.f, "random_pairs,,,%d,,,", a->n_random_pairs);
+    moexc__csv_num(af.f, a->random_cos_mean); fputc(',', af.f);
+    moexc__csv_num(af.f, a->random_cos_median); fputc(',', af.f);
+    moexc__csv_num(af.f, a->random_cos_frac_negative); fputc('\n', af.f);
+    return moexc__atomic_commit(&af, err);
+}
+
+/* JSON string with escapes for quote, backslash and control characters. */
+static void moexc__json_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') { fputc('\\', f); fputc(ch, f); }
+        else if (ch == '\n') fputs("\\n", f);
+        else if (ch == '\r') fputs("\\r", f);
+        else if (ch == '\t') fputs("\\t", f);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void moexc__json_num(FILE *f, double v)
+{
+    if (v == v && v - v == 0.0) fprintf(f, "%.9g", v);
+    else fputs("null", f);
+}
+
+MOEXC_DEF moexc_status moexc_analysis_write_json(const moexc_latent_analysis *a,
+                                                 const moexc_eval_summary *summary,
+                                                 const char *path, moexc_error *err)
+{
+    moexc__atomic_file af;
+    moexc_status st = moexc__atomic_open(&af, path, err);
+    FILE *f;
+    int k;
+    if (st != MOEXC_OK) return st;
+    f = af.f;
+    fputs("{\n  \"name\": ", f);
+    if (summary && summary->name) moexc__json_string(f, summary->name); else fputs("null", f);
+    fprintf(f, ",\n  \"n_latents\": %d,\n  \"n_shared\": %d,\n  \"n_tokens\": %lld,\n",
+            a->n_latents, a->n_shared, (long long)a->n_tokens);
+    fputs("  \"bands\": {\"moe_max\": ", f); moexc__json_num(f, a->moe_max);
+    fputs(", \"dense_min\": ", f); moexc__json_num(f, a->dense_min);
+    fputs("},\n  \"fve\": ", f);
+    if (summary && summary->has_fve) {
+        fputs("{\"moe\": ", f); moexc__json_num(f, summary->fve_a);
+        fputs(", \"dense\": ", f); moexc__json_num(f, summary->fve_b);
+        fputs(", \"pooled\": ", f); moexc__json_num(f, summary->fve_pooled); fputc('}', f);
+    } else fputs("null", f);
+    fputs(",\n  \"l0\": ", f); moexc__json_num(f, summary && summary->has_l0 ? summary->l0 : NAN);
+    fputs(",\n  \"dead_fraction\": ", f); moexc__json_num(f, summary && summary->has_l0 ? summary->dead_fraction : NAN);
+    fputs(",\n  \"classes\": [\n", f);
+    for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
+        const moexc_class_summary *s = &a->classes[moexc__report_order[k]];
+        fputs("    {\"class\": ", f); moexc__json_string(f, moexc_latent_class_name(moexc__report_order[k]));
+        fputs(", \"r_lo\": ", f); moexc__json_num(f, s->r_lo);
+        fputs(", \"r_hi\": ", f); moexc__json_num(f, s->r_hi);
+        fprintf(f, ", \"lo_open\": %s, \"hi_open\": %s, \"count\": %lld", s->lo_open ? "true" : "false",
+                s->hi_open ? "true" : "false", (long long)s->count);
+        fputs(", \"r_mean\": ", f); moexc__json_num(f, s->r_mean);
+        fputs(", \"density_mean\": ", f); moexc__json_num(f, s->density_mean);
+        fputs(", \"density_median\": ", f); moexc__json_num(f, s->density_median);
+        fputs(", \"cos_mean\": ", f); moexc__json_num(f, s->cos_mean);
+        fputs(", \"cos_median\": ", f); moexc__json_num(f, s->cos_median);
+        fputs(", \"cos_frac_negative\": ", f); moexc__json_num(f, s->cos_frac_negative);
+        fputs(k + 1 < MOEXC_CLASS_COUNT ? "},\n" : "}\n", f);
+    }
+    fprintf(f, "  ],\n  \"random_pairs\": {\"count\": %d, \"cos_mean\": ", a->n_random_pairs);
+    moexc__json_num(f, a->random_cos_mean);
+    fputs(", \"cos_median\": ", f); moexc__json_num(f, a->random_cos_median);
+    fputs(", \"cos_frac_negative\": ", f); moexc__json_num(f, a->random_cos_frac_negative);
+    fputs("}\n}\n", f);
+    return moexc__atomic_commit(&af, err);
+}
+
+/* NPY v1.0 header for a 1-D '<f4' array: total length (10 + header) a multiple of 64. */
+static size_t moexc__npy_header(unsigned char *buf, size_t size, size_t n)
+{
+    char dict[128];
+    int len = snprintf(dict, sizeof(dict), "{'descr': '<f4', 'fortran_order': False, 'shape': (%lu,), }",
+                       (unsigned long)n);
+    size_t total = ((size_t)10 + (size_t)len + 1 + 63) / 64 * 64, hlen = total - 10;
+    if (len < 0 || total > size) return 0;
+    memcpy(buf, "\x93NUMPY", 6);
+    buf[6] = 1; buf[7] = 0;
+    buf[8] = (unsigned char)(hlen & 0xFF); buf[9] = (unsigned char)(hlen >> 8);
+    memcpy(buf + 10, dict, (size_t)len);
+    memset(buf + 10 + len, ' ', hlen - (size_t)len - 1);
+    buf[total - 1] = '\n';
+    return total;
+}
+
+MOEXC_DEF moexc_status moexc_npy_write_f32(const char *path, const float *x, size_t n, moexc_error *err)
+{
+    unsigned char header[256];
+    size_t hsize = moexc__npy_header(header, sizeof(header), n);
+    moexc__atomic_file af;
+    moexc_status st;
+    if (!hsize) return moexc__fail(err, MOEXC_ERR_ARG, "%s: npy header for n=%lu", path, (unsigned long)n);
+    st = moexc__atomic_open(&af, path, err);
+    if (st != MOEXC_OK) return st;
+    if (fwrite(header, 1, hsize, af.f) != hsize || !moexc__fwrite_f32le(af.f, x, n)) {
+        moexc__atomic_abort(&af);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed", path);
+    }
+    return moexc__atomic_commit(&af, err);
+}
+
+/* Find "'key':" in a NPY header dict and return the text after it (spaces skipped). */
+static const char *moexc__npy_field(const char *dict, const char *key)
+{
+    const char *p = strstr(dict, key);
+    if (!p) return NULL;
+    p += strlen(key);
+    while (*p == ' ') p++;
+    return p;
+}
+
+MOEXC_DEF moexc_status moexc_npy_read_f32(const char *path, float **out, size_t *n, moexc_error *err)
+{
+    unsigned char pre[12];
+    char *dict = NULL;
+    const char *p;
+    size_t hlen, pre_len, count = 0;
+    long file_size;
+    float *data = NULL;
+    FILE *f;
+    *out = NULL; *n = 0;
+    f = fopen(path, "rb");
+    if (!f) return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot open", path);
+    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: not an NPY file (bad magic)", path);
+    }
+    if (pre[6] == 1) { hlen = (size_t)pre[8] | ((size_t)pre[9] << 8); pre_len = 10; }
+    else if (pre[6] == 2 || pre[6] == 3) {
+        if (fread(pre + 10, 1, 2, f) != 2) { fclose(f); return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: truncated header", path); }
+        hlen = (size_t)moexc__get_u32le(pre + 8); pre_len = 12;
+    } else {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_VERSION, "%s: NPY version %d.%d", path, pre[6], pre[7]);
+    }
+    if (hlen > 65536) { fclose(f); return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: header length %lu", path, (unsigned long)hlen); }
+    dict = (char *)moexc__malloc(hlen + 1);
+    if (!dict) { fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: header", path); }
+    if (fread(dict, 1, hlen, f) != hlen) {
+        moexc__free(dict); fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: truncated header", path);
+    }
+    dict[hlen] = 0;
+    p = moexc__npy_field(dict, "'descr':");
+    if (!p || strncmp(p, "'<f4'", 5) != 0) {
+        moexc__free(dict); fclose(f);
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: dtype is not '<f4'", path);
+    }
+    p = moexc__npy_field(dict, "'fortran_order':");
+    if (!p || strncmp(p, "False", 5) != 0) {
+        moexc__free(dict); fclose(f);
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: fortran_order is not False", path);
+    }
+    p = moexc__npy_field(dict, "'shape':");
+    if (!p || *p != '(' || !(p[1] >= '0' && p[1] <= '9')) {
+        moexc__free(dict); fclose(f);
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: shape is not 1-D", path);
+    }
+    for (p++; *p >= '0' && *p <= '9'; p++) {
+        if (count > ((size_t)-1 - 9) / 10) { count = (size_t)-1; break; }
+        count = count * 10 + (size_t)(*p - '0');
+    }
+    while (*p == ' ') p++;
+    if (*p == ',') { p++; while (*p == ' ') p++; }
+    if (*p != ')') {
+        moexc__free(dict); fclose(f);
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: shape is not 1-D", path);
+    }
+    moexc__free(dict);
+    if (fseek(f, 0, SEEK_END) != 0 || (file_size = ftell(f)) < 0 ||
+        (size_t)file_size - pre_len - hlen != moexc__mul_size(count, 4) || (size_t)file_size < pre_len + hlen ||
+        fseek(f, (long)(pre_len + hlen), SEEK_SET) != 0) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: data size does not match shape (%lu,)", path, (unsigned long)count);
+    }
+    data = (float *)moexc__calloc(count, sizeof(float));
+    if (!data) { fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: %lu floats", path, (unsigned long)count); }
+    if (!moexc__fread_f32le(f, data, count)) {
+        moexc__free(data); fclose(f);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: read failed", path);
+    }
+    fclose(f);
+    *out = data; *n = count;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_analysis_write_npy(const moexc_latent_analysis *a, const char *prefix,
+                                                moexc_error *err)
+{
+    static const char *const names[6] = { "r", "cosine", "density", "norm_a", "norm_b", "class" };
+    char path[4096];
+    float *cls = (float *)moexc__calloc((size_t)a->n_latents, sizeof(float));
+    moexc_status st = MOEXC_OK;
+    int k, i;
+    if (!cls) return moexc__fail(err, MOEXC_ERR_NOMEM, "write_npy: F=%d", a->n_latents);
+    for (i = 0; i < a->n_latents; i++) cls[i] = (float)a->cls[i];
+    for (k = 0; k < 6 && st == MOEXC_OK; k++) {
+        const float *src = k == 0 ? a->r : k == 1 ? a->cosine : k == 2 ? a->density
+                         : k == 3 ? a->norm_a : k == 4 ? a->norm_b : cls;
+        if ((size_t)snprintf(path, sizeof(path), "%s%s.npy", prefix, names[k]) >= sizeof(path)) {
+            st = moexc__fail(err, MOEXC_ERR_ARG, "%s: prefix too long", prefix);
+            break;
+        }
+        st = moexc_npy_write_f32(path, src, (size_t)a->n_latents, err);
+    }
+    moexc__free(cls);
+    return st;
+}
+
+/* ======================================================================== */
+/* >>plot (implementation)                                                   */
+/* ======================================================================== */
+
+/* ---- canvas and primitives ------------------------------------------------ */
+MOEXC_DEF moexc_status moexc_canvas_init(moexc_canvas *c, int width, int height, moexc_error *err)
+{
+    size_t bytes;
+    memset(c, 0, sizeof(*c));
+    if (width <= 0 || height <= 0 || width > 32768 || height > 32768)
+        return moexc__fail(err, MOEXC_ERR_ARG, "canvas: size %d x %d outside 1..32768", width, height);
+    bytes = (size_t)width * (size_t)height * 3;
+    c->rgb = (unsigned char *)moexc__malloc(bytes);
+    if (!c->rgb) return moexc__fail(err, MOEXC_ERR_NOMEM, "canvas: %d x %d", width, height);
+    memset(c->rgb, 255, bytes);
+    c->width = width; c->height = height; c->owned = 1;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_canvas_wrap(moexc_canvas *c, unsigned char *rgb, int width, int height)
+{
+    c->rgb = rgb; c->width = width; c->height = height; c->owned = 0;
+}
+
+MOEXC_DEF void moexc_canvas_free(moexc_canvas *c)
+{
+    if (!c) return;
+    if (c->owned) moexc__free(c->rgb);
+    memset(c, 0, sizeof(*c));
+}
+
+MOEXC_DEF uint32_t moexc_canvas_get(const moexc_canvas *c, int x, int y)
+{
+    const unsigned char *p;
+    if (x < 0 || y < 0 || x >= c->width || y >= c->height) return 0;
+    p = c->rgb + ((size_t)y * (size_t)c->width + (size_t)x) * 3;
+    return ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
+}
+
+/* Clip rectangle [x0, x1) x [y0, y1): drawing never leaves it. */
+typedef struct moexc__clip { int x0, y0, x1, y1; } moexc__clip;
+
+static moexc__clip moexc__canvas_clip(const moexc_canvas *c)
+{
+    moexc__clip k;
+    k.x0 = 0; k.y0 = 0; k.x1 = c->width; k.y1 = c->height;
+    return k;
+}
+
+/* out = (src a + dst (255 - a)) / 255, per channel, rounded */
+static void moexc__fill(moexc_canvas *c, moexc__clip k, int x0, int y0, int x1, int y1, uint32_t color, int alpha)
+{
+    unsigned char r = (unsigned char)(color >> 16), g = (unsigned char)(color >> 8), b = (unsigned char)color;
+    int x, y;
+    if (k.x0 < 0) k.x0 = 0;
+    if (k.y0 < 0) k.y0 = 0;
+    if (k.x1 > c->width) k.x1 = c->width;
+    if (k.y1 > c->height) k.y1 = c->height;
+    x0 = MOEXC__MAX(x0, k.x0); y0 = MOEXC__MAX(y0, k.y0);
+    x1 = MOEXC__MIN(x1, k.x1); y1 = MOEXC__MIN(y1, k.y1);
+    if (alpha <= 0) return;
+    if (alpha > 255) alpha = 255;
+    for (y = y0; y < y1; y++) {
+        unsigned char *p = c->rgb + ((size_t)y * (size_t)c->width + (size_t)x0) * 3;
+        for (x = x0; x < x1; x++, p += 3) {
+            if (alpha == 255) { p[0] = r; p[1] = g; p[2] = b; continue; }
+            p[0] = (unsigned char)((r * alpha + p[0] * (255 - alpha) + 127) / 255);
+            p[1] = (unsigned char)((g * alpha + p[1] * (255 - alpha) + 127) / 255);
+            p[2] = (unsigned char)((b * alpha + p[2] * (255 - alpha) + 127) / 255);
+        }
+    }
+}
+
+MOEXC_DEF void moexc_canvas_clear(moexc_canvas *c, uint32_t color)
+{
+    moexc__fill(c, moexc__canvas_clip(c), 0, 0, c->width, c->height, color, 255);
+}
+
+MOEXC_DEF void moexc_draw_rect(moexc_canvas *c, int x0, int y0, int x1, int y1, uint32_t color)
+{
+    moexc__fill(c, moexc__canvas_clip(c), x0, y0, x1, y1, color, 255);
+}
+
+MOEXC_DEF void moexc_draw_rect_alpha(moexc_canvas *c, int x0, int y0, int x1, int y1, uint32_t color, int alpha)
+{
+    moexc__fill(c, moexc__canvas_clip(c), x0, y0, x1, y1, color, alpha);
+}
+
+MOEXC_DEF void moexc_draw_rect_outline(moexc_canvas *c, int x0, int y0, int x1, int y1, int thickness, uint32_t color)
+{
+    moexc__clip k = moexc__canvas_clip(c);
+    if (thickness < 1) thickness = 1;
+    moexc__fill(c, k, x0, y0, x1, y0 + thickness, color, 255);
+    moexc__fill(c, k, x0, y1 - thickness, x1, y1, color, 255);
+    moexc__fill(c, k, x0, y0, x0 + thickness, y1, color, 255);
+    moexc__fill(c, k, x1 - thickness, y0, x1, y1, color, 255);
+}
+
+/* Liang-Barsky: clip the segment to [x_lo, x_hi] x [y_lo, y_hi]; 0 when nothing is left. */
+static int moexc__clip_segment(double *x0, double *y0, double *x1, double *y1,
+                               double x_lo, double y_lo, double x_hi, double y_hi)
+{
+    double t0 = 0.0, t1 = 1.0, dx = *x1 - *x0, dy = *y1 - *y0;
+    double p[4], q[4];
+    int i;
+    p[0] = -dx; q[0] = *x0 - x_lo;
+    p[1] = dx;  q[1] = x_hi - *x0;
+    p[2] = -dy; q[2] = *y0 - y_lo;
+    p[3] = dy;  q[3] = y_hi - *y0;
+    for (i = 0; i < 4; i++) {
+        if (p[i] == 0.0) { if (q[i] < 0.0) return 0; continue; }
+        if (p[i] < 0.0) { double t = q[i] / p[i]; if (t > t1) return 0; if (t > t0) t0 = t; }
+        else            { double t = q[i] / p[i]; if (t < t0) return 0; if (t < t1) t1 = t; }
+    }
+    *x1 = *x0 + t1 * dx; *y1 = *y0 + t1 * dy;
+    *x0 = *x0 + t0 * dx; *y0 = *y0 + t0 * dy;
+    return 1;
+}
+
+/* Bresenham, stamping a thickness x thickness square at every step; the
+   segment is first clipped to the clip rectangle (so far-away points cost nothing). */
+static void moexc__line(moexc_canvas *c, moexc__clip k, int x0, int y0, int x1, int y1, int thickness, uint32_t color)
+{
+    double fx0 = x0, fy0 = y0, fx1 = x1, fy1 = y1;
+    int dx, dy, sx, sy, e, e2, half;
+    if (thickness < 1) thickness = 1;
+    half = (thickness - 1) / 2;
+    if (!moexc__clip_segment(&fx0, &fy0, &fx1, &fy1, k.x0 - (double)thickness, k.y0 - (double)thickness,
+                             k.x1 + (double)thickness, k.y1 + (double)thickness)) return;
+    x0 = (int)floor(fx0 + 0.5); y0 = (int)floor(fy0 + 0.5);
+    x1 = (int)floor(fx1 + 0.5); y1 = (int)floor(fy1 + 0.5);
+    dx = x1 > x0 ? x1 - x0 : x0 - x1; sx = x0 < x1 ? 1 : -1;
+    dy = y1 > y0 ? y0 - y1 : y1 - y0; sy = y0 < y1 ? 1 : -1;   /* dy = -|y1 - y0| */
+    e = dx + dy;
+    for (;;) {
+        moexc__fill(c, k, x0 - half, y0 - half, x0 - half + thickness, y0 - half + thickness, color, 255);
+        if (x0 == x1 && y0 == y1) break;
+        e2 = 2 * e;
+        if (e2 >= dy) { e += dy; x0 += sx; }
+        if (e2 <= dx) { e += dx; y0 += sy; }
+    }
+}
+
+MOEXC_DEF void moexc_draw_line(moexc_canvas *c, int x0, int y0, int x1, int y1, int thickness, uint32_t color)
+{
+    moexc__line(c, moexc__canvas_clip(c), x0, y0, x1, y1, thickness, color);
+}
+
+/* ---- the built-in font ------------------------------------------------------ */
+/* 5 x 9 glyphs for ASCII 32..126, drawn for moexc: rows 0..6 above the
+   baseline (capitals and digits are 7 tall), rows 7..8 for descenders.
+   One byte per row, bit 4 is the leftmost column. Advance 6, line 10. */
+#define MOEXC__GLYPH_W 5
+#define MOEXC__GLYPH_H 9
+#define MOEXC__CELL_W 6
+static const unsigned char moexc__font[95][MOEXC__GLYPH_H] = {
+    {0x00,0x00,0x00,0x00,0x00,0x00,0x00,0x00,0x00},  /*   */
+    {0x04,0x04,0x04,0x04,0x04,0x00,0x04,0x00,0x00},  /* ! */
+    {0x0A,0x0A,0x0A,0x00,0x00,0x00,0x00,0x00,0x00},  /* " */
+    {0x0A,0x0A,0x1F,0x0A,0x1F,0x0A,0x0A,0x00,0x00},  /* # */
+    {0x04,0x0F,0x14,0x0E,0x05,0x1E,0x04,0x00,0x00},  /* $ */
+    {0x18,0x19,0x02,0x04,0x08,0x13,0x03,0x00,0x00},  /* % */
+    {0x0C,0x12,0x14,0x08,0x15,0x12,0x0D,0x00,0x00},  /* & */
+    {0x04,0x04,0x08,0x00,0x00,0x00,0x00,0x00,0x00},  /* quote */
+    {0x02,0x04,0x08,0x08,0x08,0x04,0x02,0x00,0x00},  /* ( */
+    {0x08,0x04,0x02,0x02,0x02,0x04,0x08,0x00,0x00},  /* ) */
+    {0x00,0x04,0x15,0x0E,0x15,0x04,0x00,0x00,0x00},  /* * */
+    {0x00,0x04,0x04,0x1F,0x04,0x04,0x00,0x00,0x00},  /* + */
+    {0x00,0x00,0x00,0x00,0x00,0x0C,0x0C,0x04,0x08},  /* , */
+    {0x00,0x00,0x00,0x0E,0x00,0x00,0x00,0x00,0x00},  /* - */
+    {0x00,0x00,0x00,0x00,0x00,0x0C,0x0C,0x00,0x00},  /* . */
+    {0x01,0x01,0x02,0x04,0x08,0x10,0x10,0x00,0x00},  /* / */
+    {0x0E,0x11,0x13,0x15,0x19,0x11,0x0E,0x00,0x00},  /* 0 */
+    {0x04,0x0C,0x04,0x04,0x04,0x04,0x0E,0x00,0x00},  /* 1 */
+    {0x0E,0x11,0x01,0x02,0x04,0x08,0x1F,0x00,0x00},  /* 2 */
+    {0x1F,0x02,0x04,0x02,0x01,0x11,0x0E,0x00,0x00},  /* 3 */
+    {0x02,0x06,0x0A,0x12,0x1F,0x02,0x02,0x00,0x00},  /* 4 */
+    {0x1F,0x10,0x1E,0x01,0x01,0x11,0x0E,0x00,0x00},  /* 5 */
+    {0x06,0x08,0x10,0x1E,0x11,0x11,0x0E,0x00,0x00},  /* 6 */
+    {0x1F,0x01,0x02,0x04,0x08,0x08,0x08,0x00,0x00},  /* 7 */
+    {0x0E,0x11,0x11,0x0E,0x11,0x11,0x0E,0x00,0x00},  /* 8 */
+    {0x0E,0x11,0x11,0x0F,0x01,0x02,0x0C,0x00,0x00},  /* 9 */
+    {0x00,0x0C,0x0C,0x00,0x00,0x0C,0x0C,0x00,0x00},  /* : */
+    {0x00,0x0C,0x0C,0x00,0x00,0x0C,0x0C,0x04,0x08},  /* ; */
+    {0x02,0x04,0x08,0x10,0x08,0x04,0x02,0x00,0x00},  /* < */
+    {0x00,0x00,0x1F,0x00,0x1F,0x00,0x00,0x00,0x00},  /* = */
+    {0x08,0x04,0x02,0x01,0x02,0x04,0x08,0x00,0x00},  /* > */
+    {0x0E,0x11,0x01,0x02,0x04,0x00,0x04,0x00,0x00},  /* ? */
+    {0x0E,0x11,0x17,0x15,0x17,0x10,0x0F,0x00,0x00},  /* @ */
+    {0x0E,0x11,0x11,0x1F,0x11,0x11,0x11,0x00,0x00},  /* A */
+    {0x1E,0x11,0x11,0x1E,0x11,0x11,0x1E,0x00,0x00},  /* B */
+    {0x0E,0x11,0x10,0x10,0x10,0x11,0x0E,0x00,0x00},  /* C */
+    {0x1E,0x11,0x11,0x11,0x11,0x11,0x1E,0x00,0x00},  /* D */
+    {0x1F,0x10,0x10,0x1E,0x10,0x10,0x1F,0x00,0x00},  /* E */
+    {0x1F,0x10,0x10,0x1E,0x10,0x10,0x10,0x00,0x00},  /* F */
+    {0x0E,0x11,0x10,0x17,0x11,0x11,0x0F,0x00,0x00},  /* G */
+    {0x11,0x11,0x11,0x1F,0x11,0x11,0x11,0x00,0x00},  /* H */
+    {0x0E,0x04,0x04,0x04,0x04,0x04,0x0E,0x00,0x00},  /* I */
+    {0x07,0x02,0x02,0x02,0x02,0x12,0x0C,0x00,0x00},  /* J */
+    {0x11,0x12,0x14,0x18,0x14,0x12,0x11,0x00,0x00},  /* K */
+    {0x10,0x10,0x10,0x10,0x10,0x10,0x1F,0x00,0x00},  /* L */
+    {0x11,0x1B,0x15,0x15,0x11,0x11,0x11,0x00,0x00},  /* M */
+    {0x11,0x11,0x19,0x15,0x13,0x11,0x11,0x00,0x00},  /* N */
+    {0x0E,0x11,0x11,0x11,0x11,0x11,0x0E,0x00,0x00},  /* O */
+    {0x1E,0x11,0x11,0x1E,0x10,0x10,0x10,0x00,0x00},  /* P */
+    {0x0E,0x11,0x11,0x11,0x15,0x12,0x0D,0x00,0x00},  /* Q */
+    {0x1E,0x11,0x11,0x1E,0x14,0x12,0x11,0x00,0x00},  /* R */
+    {0x0F,0x10,0x10,0x0E,0x01,0x01,0x1E,0x00,0x00},  /* S */
+    {0x1F,0x04,0x04,0x04,0x04,0x04,0x04,0x00,0x00},  /* T */
+    {0x11,0x11,0x11,0x11,0x11,0x11,0x0E,0x00,0x00},  /* U */
+    {0x11,0x11,0x11,0x11,0x11,0x0A,0x04,0x00,0x00},  /* V */
+    {0x11,0x11,0x11,0x15,0x15,0x15,0x0A,0x00,0x00},  /* W */
+    {0x11,0x11,0x0A,0x04,0x0A,0x11,0x11,0x00,0x00},  /* X */
+    {0x11,0x11,0x0A,0x04,0x04,0x04,0x04,0x00,0x00},  /* Y */
+    {0x1F,0x01,0x02,0x04,0x08,0x10,0x1F,0x00,0x00},  /* Z */
+    {0x0E,0x08,0x08,0x08,0x08,0x08,0x0E,0x00,0x00},  /* [ */
+    {0x10,0x10,0x08,0x04,0x02,0x01,0x01,0x00,0x00},  /* backslash */
+    {0x0E,0x02,0x02,0x02,0x02,0x02,0x0E,0x00,0x00},  /* ] */
+    {0x04,0x0A,0x11,0x00,0x00,0x00,0x00,0x00,0x00},  /* ^ */
+    {0x00,0x00,0x00,0x00,0x00,0x00,0x00,0x1F,0x00},  /* _ */
+    {0x08,0x04,0x00,0x00,0x00,0x00,0x00,0x00,0x00},  /* ` */
+    {0x00,0x00,0x0E,0x01,0x0F,0x11,0x0F,0x00,0x00},  /* a */
+    {0x10,0x10,0x1E,0x11,0x11,0x11,0x1E,0x00,0x00},  /* b */
+    {0x00,0x00,0x0E,0x10,0x10,0x11,0x0E,0x00,0x00},  /* c */
+    {0x01,0x01,0x0F,0x11,0x11,0x11,0x0F,0x00,0x00},  /* d */
+    {0x00,0x00,0x0E,0x11,0x1F,0x10,0x0E,0x00,0x00},  /* e */
+    {0x06,0x09,0x08,0x1C,0x08,0x08,0x08,0x00,0x00},  /* f */
+    {0x00,0x00,0x0F,0x11,0x11,0x11,0x0F,0x01,0x0E},  /* g */
+    {0x10,0x10,0x16,0x19,0x11,0x11,0x11,0x00,0x00},  /* h */
+    {0x04,0x00,0x0C,0x04,0x04,0x04,0x0E,0x00,0x00},  /* i */
+    {0x02,0x00,0x06,0x02,0x02,0x02,0x02,0x12,0x0C},  /* j */
+    {0x10,0x10,0x12,0x14,0x18,0x14,0x12,0x00,0x00},  /* k */
+    {0x0C,0x04,0x04,0x04,0x04,0x04,0x0E,0x00,0x00},  /* l */
+    {0x00,0x00,0x1A,0x15,0x15,0x15,0x15,0x00,0x00},  /* m */
+    {0x00,0x00,0x16,0x19,0x11,0x11,0x11,0x00,0x00},  /* n */
+    {0x00,0x00,0x0E,0x11,0x11,0x11,0x0E,0x00,0x00},  /* o */
+    {0x00,0x00,0x1E,0x11,0x11,0x11,0x1E,0x10,0x10},  /* p */
+    {0x00,0x00,0x0F,0x11,0x11,0x11,0x0F,0x01,0x01},  /* q */
+    {0x00,0x00,0x16,0x19,0x10,0x10,0x10,0x00,0x00},  /* r */
+    {0x00,0x00,0x0F,0x10,0x0E,0x01,0x1E,0x00,0x00},  /* s */
+    {0x08,0x08,0x1C,0x08,0x08,0x09,0x06,0x00,0x00},  /* t */
+    {0x00,0x00,0x11,0x11,0x11,0x13,0x0D,0x00,0x00},  /* u */
+    {0x00,0x00,0x11,0x11,0x11,0x0A,0x04,0x00,0x00},  /* v */
+    {0x00,0x00,0x11,0x11,0x15,0x15,0x0A,0x00,0x00},  /* w */
+    {0x00,0x00,0x11,0x0A,0x04,0x0A,0x11,0x00,0x00},  /* x */
+    {0x00,0x00,0x11,0x11,0x11,0x11,0x0F,0x01,0x0E},  /* y */
+    {0x00,0x00,0x1F,0x02,0x04,0x08,0x1F,0x00,0x00},  /* z */
+    {0x02,0x04,0x04,0x08,0x04,0x04,0x02,0x00,0x00},  /* { */
+    {0x04,0x04,0x04,0x04,0x04,0x04,0x04,0x04,0x00},  /* | */
+    {0x08,0x04,0x04,0x02,0x04,0x04,0x08,0x00,0x00},  /* } */
+    {0x00,0x00,0x08,0x15,0x02,0x00,0x00,0x00,0x00},  /* ~ */
+
+};
+
+MOEXC_DEF int moexc_text_width(const char *text, int scale)
+{
+    size_t n = text ? strlen(text) : 0;
+    if (scale < 1) scale = 1;
+    return n ? (int)n * MOEXC__CELL_W * scale - scale : 0;
+}
+
+MOEXC_DEF int moexc_text_height(int scale) { return MOEXC__GLYPH_H * (scale < 1 ? 1 : scale); }
+
+/* Draw text; vertical != 0 rotates it 90 degrees counter-clockwise inside
+   a box (text height wide, text width tall) whose top-left is (x, y). */
+static int moexc__text(moexc_canvas *c, moexc__clip k, int x, int y, const char *text, int scale, uint32_t color, int vertical)
+{
+    int w = moexc_text_width(text, scale), pen = 0, row, col;
+    if (scale < 1) scale = 1;
+    for (; text && *text; text++, pen += MOEXC__CELL_W * scale) {
+        unsigned char ch = (unsigned char)*text;
+        const unsigned char *glyph = moexc__font[(ch >= 32 && ch <= 126 ? ch : '?') - 32];
+        for (row = 0; row < MOEXC__GLYPH_H; row++)
+            for (col = 0; col < MOEXC__GLYPH_W; col++) {
+                int gx, gy;
+                if (!(glyph[row] & (0x10 >> col))) continue;
+                gx = pen + col * scale; gy = row * scale;
+                if (!vertical) moexc__fill(c, k, x + gx, y + gy, x + gx + scale, y + gy + scale, color, 255);
+                else moexc__fill(c, k, x + gy, y + w - gx - scale, x + gy + scale, y + w - gx, color, 255);
+            }
+    }
+    return w;
+}
+
+MOEXC_DEF int moexc_draw_text(moexc_canvas *c, int x, int y, const char *text, int scale, uint32_t color)
+{
+    return moexc__text(c, moexc__canvas_clip(c), x, y, text, scale, color, 0);
+}
+
+MOEXC_DEF int moexc_draw_text_vertical(moexc_canvas *c, int x, int y, const char *text, int scale, uint32_t color)
+{
+    return moexc__text(c, moexc__canvas_clip(c), x, y, text, scale, color, 1);
+}
+
+/* ---- colours ---------------------------------------------------------------- */
+MOEXC_DEF uint32_t moexc_palette(int i)
+{
+    /* Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies. */
+    static const uint32_t okabe_ito[8] = { 0x0072B2u, 0xD55E00u, 0x009E73u, 0xE69F00u,
+                                           0xCC79A7u, 0x56B4E9u, 0xF0E442u, 0x000000u };
+    return okabe_ito[((i % 8) + 8) % 8];
+}
+
+MOEXC_DEF uint32_t moexc_colormap_viridis(double t)
+{
+    /* matplotlib's viridis at 9 evenly spaced points, linearly interpolated. */
+    static const uint32_t stops[9] = { 0x440154u, 0x472D7Bu, 0x3B528Bu, 0x2C728Eu, 0x21918Cu,
+                                       0x28AE80u, 0x5EC962u, 0xADDC30u, 0xFDE725u };
+    double u;
+    int i, ch;
+    uint32_t out = 0;
+    if (!(t > 0.0)) t = 0.0;     /* NaN -> 0 */
+    if (t > 1.0) t = 1.0;
+    u = t * 8.0;
+    i = (int)u;
+    if (i >= 8) i = 7;
+    u -= i;
+    for (ch = 16; ch >= 0; ch -= 8) {
+        double a = (double)((stops[i] >> ch) & 0xFF), b = (double)((stops[i + 1] >> ch) & 0xFF);
+        out |= (uint32_t)(a + (b - a) * u + 0.5) << ch;
+    }
+    return out;
+}
+
+/* ---- ticks ------------------------------------------------------------------ */
+/* Step 1, 2 or 5 x 10^n closest to range / target. */
+static double moexc__nice_step(double range, int target)
+{
+    double raw = range / (double)(target > 0 ? target : 5), mag, norm;
+    if (!(raw > 0.0)) return 1.0;
+    mag = pow(10.0, floor(log10(raw)));
+    norm = raw / mag;
+    return (norm < 1.5 ? 1.0 : norm < 3.0 ? 2.0 : norm < 7.0 ? 5.0 : 10.0) * mag;
+}
+
+MOEXC_DEF int moexc_nice_ticks(double lo, double hi, int target_count, double *ticks, int max_ticks)
+{
+    double step, k, first, last;
+    int n = 0;
+    if (max_ticks <= 0 || lo != lo || hi != hi) return 0;
+    if (!(hi > lo)) { ticks[0] = lo; return 1; }
+    step = moexc__nice_step(hi - lo, target_count);
+    first = ceil(lo / step - 1e-9);
+    last = floor(hi / step + 1e-9);
+    for (k = first; k <= last && n < max_ticks; k += 1.0) {
+        double v = k * step;
+        ticks[n++] = fabs(v) < step * 1e-9 ? 0.0 : v;
+    }
+    return n;
+}
+
+/* ---- frames: a plot area with axes, ticks, labels, title ------------------ */
+#define MOEXC__MAX_TICKS 40
+typedef struct moexc__axis {
+    double lo, hi;
+    int    log10_axis;
+    int    n_ticks;
+    double ticks[MOEXC__MAX_TICKS];
+    double step;                       /* linear tick step (decimals of the labels) */
+} moexc__axis;
+
+typedef struct moexc__frame {
+    moexc_canvas *c;
+    int           s;                   /* font scale */
+    int           rx, ry, rw, rh;      /* region of the canvas */
+    int           left, top, right, bottom;   /* plot area [left, right) x [top, bottom) */
+    moexc__axis   x, y;
+    moexc__clip   area;
+} moexc__frame;
+
+#define MOEXC__INK   0x222222u
+#define MOEXC__GRID  0xE6E6E6u
+
+static void moexc__axis_ticks(moexc__axis *a, int target)
+{
+    a->n_ticks = 0;
+    a->step = 1.0;
+    if (a->log10_axis) {
+        int e0 = (int)ceil(log10(a->lo) - 1e-9), e1 = (int)floor(log10(a->hi) + 1e-9), every = 1, e;
+        while ((e1 - e0) / every + 1 > 8) every++;
+        for (e = e0; e <= e1 && a->n_ticks < MOEXC__MAX_TICKS; e++)
+            if ((e - e0) % every == 0) a->ticks[a->n_ticks++] = pow(10.0, (double)e);
+    } else {
+        a->n_ticks = moexc_nice_ticks(a->lo, a->hi, target, a->ticks, MOEXC__MAX_TICKS);
+        a->step = moexc__nice_step(a->hi - a->lo, target);
+    }
+}
+
+/* Position in [0, 1] of v along the axis. */
+static double moexc__axis_t(const moexc__axis *a, double v)
+{
+    if (a->log10_axis) {
+        if (!(v > 0.0)) return -1e9;
+        return (log10(v) - log10(a->lo)) / (log10(a->hi) - log10(a->lo));
+    }
+    return (v - a->lo) / (a->hi - a->lo);
+}
+
+static int moexc__px_round(double v)
+{
+    if (v > 1e8) return 100000000;
+    if (v < -1e8) return -100000000;
+    return (int)floor(v + 0.5);
+}
+static int moexc__frame_px(const moexc__frame *f, double v)
+{
+    return moexc__px_round(f->left + moexc__axis_t(&f->x, v) * (double)(f->right - 1 - f->left));
+}
+static int moexc__frame_py(const moexc__frame *f, double v)
+{
+    return moexc__px_round((f->bottom - 1) - moexc__axis_t(&f->y, v) * (double)(f->bottom - 1 - f->top));
+}
+
+/* Tick label: linear "%.*f" with the decimals its step needs; log axes
+   write 10 with a superscript exponent (exp non-empty). */
+static void moexc__tick_label(const moexc__axis *a, double v, char *base, char *exp, size_t size)
+{
+    exp[0] = 0;
+    if (a->log10_axis) {
+        int e = (int)floor(log10(v) + 0.5);
+        snprintf(base, size, "10");
+        snprintf(exp, size, "%d", e);
+        return;
+    }
+    if (fabs(v) >= 1e6 || (fabs(v) < 1e-4 && v != 0.0)) { snprintf(base, size, "%.2g", v); return; }
+    {
+        int decimals = a->step >= 1.0 ? 0 : (int)ceil(-log10(a->step) - 1e-9);
+        snprintf(base, size, "%.*f", decimals, v == 0.0 ? 0.0 : v);
+    }
+}
+
+static int moexc__label_width(const char *base, const char *exp, int s)
+{
+    int se = s > 1 ? s - 1 : 1;
+    return moexc_text_width(base, s) + (exp[0] ? s + moexc_text_width(exp, se) : 0);
+}
+
+/* Draw a tick label with its top-left at (x, y); the exponent is raised. */
+static void moexc__draw_label(moexc_canvas *c, int x, int y, const char *base, const char *exp, int s, uint32_t color)
+{
+    int se = s > 1 ? s - 1 : 1;
+    int w = moexc_draw_text(c, x, y, base, s, color);
+    if (exp[0]) moexc_draw_text(c, x + w + s, y - 3 * s, exp, se, color);
+}
+
+/* Lay out a frame in the option's region: margins for the title, axis titles
+   and tick labels; extra_right leaves room for a colour bar or legend. */
+static void moexc__frame_init(moexc__frame *f, moexc_canvas *c, const moexc_plot_options *o, int extra_right)
+{
+    int s, pad, gap, tick, th, i, max_yw = 0, last_xw = 0;
+    char base[64], exp[16];
+    f->c = c;
+    f->s = s = o->font_scale > 0 ? o->font_scale : 2;
+    f->rx = o->width > 0 ? o->x : 0;
+    f->ry = o->width > 0 ? o->y : 0;
+    f->rw = o->width > 0 ? o->width : c->width;
+    f->rh = o->width > 0 && o->height > 0 ? o->height : c->height - f->ry;
+    pad = 5 * s; gap = 3 * s; tick = 3 * s; th = moexc_text_height(s);
+    moexc__axis_ticks(&f->x, 6);
+    moexc__axis_ticks(&f->y, 5);
+    for (i = 0; i < f->y.n_ticks; i++) {
+        moexc__tick_label(&f->y, f->y.ticks[i], base, exp, sizeof(base));
+        max_yw = MOEXC__MAX(max_yw, moexc__label_width(base, exp, s));
+    }
+    if (f->x.n_ticks > 0) {
+        moexc__tick_label(&f->x, f->x.ticks[f->x.n_ticks - 1], base, exp, sizeof(base));
+        last_xw = moexc__label_width(base, exp, s);
+    }
+    /* the top y label sticks out half a line above the frame, its exponent more */
+    f->top = f->ry + pad + (o->title ? moexc_text_height(s + 1) + 2 * gap : 0) + (f->y.log10_axis ? 7 * s : 4 * s);
+    f->left = f->rx + pad + (o->y_label ? th + 2 * gap : 0) + max_yw + gap + tick;
+    f->bottom = f->ry + f->rh - pad - (o->x_label ? th + 2 * gap : 0) - th - gap - tick;
+    f->right = f->rx + f->rw - pad - MOEXC__MAX(extra_right, last_xw / 2);
+    if (f->right < f->left + 10) f->right = f->left + 10;
+    if (f->bottom < f->top + 10) f->bottom = f->top + 10;
+    f->area.x0 = f->left; f->area.y0 = f->top; f->area.x1 = f->right; f->area.y1 = f->bottom;
+}
+
+static void moexc__frame_background(const moexc__frame *f)
+{
+    int i;
+    moexc__clip k = moexc__canvas_clip(f->c);
+    moexc__fill(f->c, k, f->rx, f->ry, f->rx + f->rw, f->ry + f->rh, 0xFFFFFFu, 255);
+    for (i = 0; i < f->y.n_ticks; i++) {   /* light horizontal grid */
+        int y = moexc__frame_py(f, f->y.ticks[i]);
+        moexc__fill(f->c, f->area, f->left, y, f->right, y + 1, MOEXC__GRID, 255);
+    }
+}
+
+static void moexc__draw_title(const moexc__frame *f, const moexc_plot_options *o)
+{
+    int s = f->s, pad = 5 * s, gap = 3 * s, th = moexc_text_height(s);
+    int cx = (f->left + f->right) / 2;
+    if (o->title) {
+        /* a title too wide for the region drops a scale, then is cut with "..." */
+        char buf[256];
+        int ts = s + 1, avail = f->rw - 2 * pad, w, x, n;
+        snprintf(buf, sizeof(buf), "%s", o->title);
+        if (moexc_text_width(buf, ts) > avail && ts > 1) ts--;
+        n = (int)strlen(buf);
+        while (n > 3 && moexc_text_width(buf, ts) > avail) { n--; memcpy(buf + n - 3, "...", 4); }
+        w = moexc_text_width(buf, ts);
+        x = MOEXC__MAX(cx - w / 2, f->rx + pad);
+        if (x + w > f->rx + f->rw - pad) x = f->rx + f->rw - pad - w;
+        moexc_draw_text(f->c, x, f->ry + pad + gap / 2 + (s + 1 - ts) * 9 / 2, buf, ts, MOEXC__INK);
+    }
+    if (o->x_label) {
+        int w = moexc_text_width(o->x_label, s);
+        moexc_draw_text(f->c, cx - w / 2, f->ry + f->rh - pad - th, o->x_label, s, MOEXC__INK);
+    }
+    if (o->y_label) {
+        int h = moexc_text_width(o->y_label, s);
+        moexc_draw_text_vertical(f->c, f->rx + pad, (f->top + f->bottom) / 2 - h / 2, o->y_label, s, MOEXC__INK);
+    }
+}
+
+/* Frame box, ticks (with minor ticks on log axes), tick labels, titles. */
+static void moexc__frame_decorate(const moexc__frame *f, const moexc_plot_options *o)
+{
+    int s = f->s, tick = 3 * s, gap = 3 * s, lw = s > 2 ? 2 : 1, i, cap = 7 * s;
+    char base[64], exp[16];
+    moexc__clip k = moexc__canvas_clip(f->c);
+    moexc_draw_rect_outline(f->c, f->left - lw, f->top - lw, f->right + lw, f->bottom + lw, lw, MOEXC__INK);
+    for (i = 0; i < f->x.n_ticks; i++) {
+        int x = moexc__frame_px(f, f->x.ticks[i]), w;
+        moexc__fill(f->c, k, x - (lw - 1) / 2 - (lw > 1), f->bottom + lw, x + 1 + (lw - 1) / 2, f->bottom + lw + tick, MOEXC__INK, 255);
+        moexc__tick_label(&f->x, f->x.ticks[i], base, exp, sizeof(base));
+        w = moexc__label_width(base, exp, s);
+        moexc__draw_label(f->c, x - w / 2, f->bottom + lw + tick + gap + (exp[0] ? 2 * s : 0), base, exp, s, MOEXC__INK);
+    }
+    for (i = 0; i < f->y.n_ticks; i++) {
+        int y = moexc__frame_py(f, f->y.ticks[i]), w;
+        moexc__fill(f->c, k, f->left - lw - tick, y - (lw - 1) / 2 - (lw > 1), f->left - lw, y + 1 + (lw - 1) / 2, MOEXC__INK, 255);
+        moexc__tick_label(&f->y, f->y.ticks[i], base, exp, sizeof(base));
+        w = moexc__label_width(base, exp, s);
+        moexc__draw_label(f->c, f->left - lw - tick - gap - w, y - cap / 2, base, exp, s, MOEXC__INK);
+    }
+    /* minor ticks at 2..9 x 10^n on log axes */
+    if (f->x.log10_axis) {
+        double d;
+        int m;
+        for (d = pow(10.0, floor(log10(f->x.lo))); d < f->x.hi; d *= 10.0)
+            for (m = 2; m <= 9; m++) {
+                double v = d * m;
+                int x;
+                if (v < f->x.lo || v > f->x.hi) continue;
+                x = moexc__frame_px(f, v);
+                moexc__fill(f->c, k, x, f->bottom + lw, x + 1, f->bottom + lw + tick / 2 + 1, MOEXC__INK, 255);
+            }
+    }
+    if (f->y.log10_axis) {
+        double d;
+        int m;
+        for (d = pow(10.0, floor(log10(f->y.lo))); d < f->y.hi; d *= 10.0)
+            for (m = 2; m <= 9; m++) {
+                double v = d * m;
+                int y;
+                if (v < f->y.lo || v > f->y.hi) continue;
+                y = moexc__frame_py(f, v);
+                moexc__fill(f->c, k, f->left - lw - tick / 2 - 1, y, f->left - lw, y + 1, MOEXC__INK, 255);
+            }
+    }
+    moexc__draw_title(f, o);
+}
+
+/* ---- legends ------------------------------------------------------------------ */
+enum { MOEXC__SWATCH_BOX = 0, MOEXC__SWATCH_LINE = 1, MOEXC__SWATCH_BAND = 2 };
+typedef struct moexc__legend_item { const char *label; uint32_t color; int kind; } moexc__legend_item;
+#define MOEXC__BAND_ALPHA 60
+
+/* The legend box in the top-right (or top-left) corner inside the plot area. */
+static moexc__clip moexc__legend_box(const moexc__frame *f, const moexc__legend_item *items, int n, int at_left)
+{
+    int s = f->s, pad = 3 * s, sw = 8 * s, row = moexc_text_height(s) + 2 * s, w = 0, i;
+    moexc__clip b;
+    for (i = 0; i < n; i++) w = MOEXC__MAX(w, moexc_text_width(items[i].label ? items[i].label : "", s));
+    w += 2 * pad + sw + 2 * s;
+    b.x0 = at_left ? f->left + 3 * s : f->right - 3 * s - w;
+    b.y0 = f->top + 3 * s;
+    b.x1 = b.x0 + w;
+    b.y1 = b.y0 + 2 * pad + n * row - 2 * s;
+    return b;
+}
+
+static void moexc__legend(const moexc__frame *f, const moexc__legend_item *items, int n, int at_left)
+{
+    int s = f->s, pad = 3 * s, sw = 8 * s, row = moexc_text_height(s) + 2 * s, i;
+    moexc__clip k = moexc__canvas_clip(f->c), b = moexc__legend_box(f, items, n, at_left);
+    if (n <= 0) return;
+    moexc__fill(f->c, k, b.x0, b.y0, b.x1, b.y1, 0xFFFFFFu, 235);
+    moexc_draw_rect_outline(f->c, b.x0, b.y0, b.x1, b.y1, 1, 0xBBBBBBu);
+    for (i = 0; i < n; i++) {
+        int x = b.x0 + pad, y = b.y0 + pad + i * row, cy = y + 7 * s / 2;
+        if (items[i].kind == MOEXC__SWATCH_LINE)
+            moexc__fill(f->c, k, x, cy - s / 2 - 1, x + sw, cy + s / 2 + 1, items[i].color, 255);
+        else {
+            moexc__fill(f->c, k, x, y, x + sw, y + 7 * s, items[i].color,
+                        items[i].kind == MOEXC__SWATCH_BAND ? MOEXC__BAND_ALPHA : 255);
+            if (items[i].kind == MOEXC__SWATCH_BAND)
+                moexc_draw_rect_outline(f->c, x, y, x + sw, y + 7 * s, 1, items[i].color);
+        }
+        moexc_draw_text(f->c, x + sw + 2 * s, y, items[i].label ? items[i].label : "", s, MOEXC__INK);
+    }
+}
+
+/* Legend placement: copy both candidate corners before the data is drawn,
+   then put the legend where the data changed fewer pixels. */
+typedef struct moexc__legend_snap { moexc__clip box[2]; unsigned char *pix[2]; } moexc__legend_snap;
+
+static void moexc__legend_snap_take(moexc__legend_snap *sn, const moexc__frame *f, const moexc__legend_item *items, int n)
+{
+    int side, y;
+    for (side = 0; side < 2; side++) {
+        moexc__clip b = moexc__legend_box(f, items, n, side);
+        b.x0 = MOEXC__MAX(b.x0, 0); b.y0 = MOEXC__MAX(b.y0, 0);
+        b.x1 = MOEXC__MIN(b.x1, f->c->width); b.y1 = MOEXC__MIN(b.y1, f->c->height);
+        sn->box[side] = b;
+        sn->pix[side] = NULL;
+        if (n <= 0 || b.x1 <= b.x0 || b.y1 <= b.y0) continue;
+        sn->pix[side] = (unsigned char *)moexc__malloc((size_t)(b.x1 - b.x0) * (size_t)(b.y1 - b.y0) * 3);
+        if (!sn->pix[side]) continue;
+        for (y = b.y0; y < b.y1; y++)
+            memcpy(sn->pix[side] + (size_t)(y - b.y0) * (size_t)(b.x1 - b.x0) * 3,
+                   f->c->rgb + ((size_t)y * (size_t)f->c->width + (size_t)b.x0) * 3, (size_t)(b.x1 - b.x0) * 3);
+    }
+}
+
+/* 1 for top-left when it is clearly emptier than top-right; frees the copies. */
+static int moexc__legend_snap_pick(moexc__legend_snap *sn, const moexc_canvas *c)
+{
+    long changed[2] = { 0, 0 };
+    int side, x, y, left = 0;
+    for (side = 0; side < 2; side++) {
+        moexc__clip b = sn->box[side];
+        if (!sn->pix[side]) { changed[side] = side ? 1L << 30 : 0; continue; }
+        for (y = b.y0; y < b.y1; y++)
+            for (x = b.x0; x < b.x1; x++) {
+                const unsigned char *p = c->rgb + ((size_t)y * (size_t)c->width + (size_t)x) * 3;
+                const unsigned char *q = sn->pix[side] + ((size_t)(y - b.y0) * (size_t)(b.x1 - b.x0) + (size_t)(x - b.x0)) * 3;
+                changed[side] += p[0] != q[0] || p[1] != q[1] || p[2] != q[2];
+            }
+        moexc__free(sn->pix[side]);
+        sn->pix[side] = NULL;
+    }
+    if (changed[1] < changed[0]) left = 1;
+    return left;
+}
+
+/* Resolve the range of an axis: the option's when set, else the data's. */
+static void moexc__pick_range(double opt_lo, double opt_hi, double *lo, double *hi)
+{
+    if (opt_lo != 0.0 || opt_hi != 0.0) { *lo = opt_lo; *hi = opt_hi; }
+}
+
+static moexc_status moexc__check_axis(const moexc__axis *a, const char *which, moexc_error *err)
+{
+    if (!(a->hi > a->lo) || a->lo - a->lo != 0.0 || a->hi - a->hi != 0.0 || (a->log10_axis && !(a->lo > 0.0)))
+        return moexc__fail(err, MOEXC_ERR_ARG, "plot: %s range [%g, %g] is empty or invalid%s", which, a->lo, a->hi,
+                           a->log10_axis ? " (log axis needs lo > 0)" : "");
+    return MOEXC_OK;
+}
+
+/* Data range to a padded range; log axes snap outwards to decades. */
+static void moexc__auto_range(double mn, double mx, int log10_axis, int from_zero, double *lo, double *hi)
+{
+    if (log10_axis) {
+        if (!(mn > 0.0)) mn = mx > 0.0 ? mx * 1e-3 : 0.1;
+        if (!(mx > 0.0)) mx = 1.0;
+        *lo = pow(10.0, floor(log10(mn) + 1e-9));
+        *hi = pow(10.0, ceil(log10(mx) - 1e-9));
+        if (*hi <= *lo) *hi = *lo * 10.0;
+        return;
+    }
+    if (from_zero) mn = MOEXC__MIN(mn, 0.0);
+    if (!(mx > mn)) { mx = mn + 1.0; }
+    {
+        double step = moexc__nice_step(mx - mn, 5);
+        *lo = from_zero && mn >= 0.0 ? 0.0 : floor(mn / step + 1e-9) * step;
+        *hi = ceil(mx / step - 1e-9) * step;
+        if (from_zero && *hi < mx * 1.04) *hi += step;   /* headroom above the tallest bar */
+    }
+}
+
+/* ---- histograms ------------------------------------------------------------- */
+static double moexc__hist_value(const moexc_histogram *h, int i, int normalize)
+{
+    int64_t in_range = h->total - h->nan_count;
+    if (!normalize) return (double)h->counts[i];
+    return in_range > 0 ? (double)h->counts[i] / (double)in_range : 0.0;
+}
+
+MOEXC_DEF moexc_status moexc_plot_histograms(moexc_canvas *c, const moexc_histogram *hists, int n_hists,
+                                             const char *const *labels, const uint32_t *colors,
+                                             const moexc_band *bands, int n_bands,
+                                             const moexc_plot_options *opt, moexc_error *err)
+{
+    moexc_plot_options o;
+    moexc__frame f;
+    moexc__legend_item items[32];
+    moexc__legend_snap snap;
+    int n_items = 0, h, i;
+    double vmin = HUGE_VAL, vmax = 0.0;
+    moexc_status st;
+    if (!c || !c->rgb || !hists || n_hists <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "plot_histograms: need a canvas and at least one histogram");
+    for (h = 1; h < n_hists; h++)
+        if (hists[h].n_bins != hists[0].n_bins || hists[h].lo != hists[0].lo || hists[h].hi != hists[0].hi ||
+            hists[h].log10_axis != hists[0].log10_axis)
+            return moexc__fail(err, MOEXC_ERR_ARG, "plot_histograms: histogram %d has a different binning than histogram 0", h);
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    memset(&f, 0, sizeof(f));
+    for (h = 0; h < n_hists; h++)
+        for (i = 0; i < hists[h].n_bins; i++) {
+            double v = moexc__hist_value(&hists[h], i, o.normalize);
+            vmax = MOEXC__MAX(vmax, v);
+            if (v > 0.0) vmin = MOEXC__MIN(vmin, v);
+        }
+    f.x.log10_axis = hists[0].log10_axis;
+    f.x.lo = hists[0].lo; f.x.hi = hists[0].hi;
+    moexc__pick_range(o.x_min, o.x_max, &f.x.lo, &f.x.hi);
+    f.y.log10_axis = o.log_y;
+    if (o.log_y) {
+        moexc__auto_range(vmin, vmax, 1, 0, &f.y.lo, &f.y.hi);
+        f.y.hi = vmax > 0.0 ? vmax * 2.0 : 10.0;           /* headroom, no empty decade */
+        if (!o.normalize && f.y.lo >= 1.0) f.y.lo = 0.5;   /* single counts stay visible */
+    } else moexc__auto_range(0.0, vmax, 0, 1, &f.y.lo, &f.y.hi);
+    moexc__pick_range(o.y_min, o.y_max, &f.y.lo, &f.y.hi);
+    if ((st = moexc__check_axis(&f.x, "x", err)) != MOEXC_OK) return st;
+    if ((st = moexc__check_axis(&f.y, "y", err)) != MOEXC_OK) return st;
+    moexc__frame_init(&f, c, &o, 0);
+    moexc__frame_background(&f);
+
+    for (i = 0; i < n_bands; i++) {
+        int x0 = moexc__frame_px(&f, MOEXC__MAX(bands[i].lo, f.x.lo)), x1 = moexc__frame_px(&f, MOEXC__MIN(bands[i].hi, f.x.hi));
+        moexc__fill(c, f.area, x0, f.top, x1 + 1, f.bottom, bands[i].color, MOEXC__BAND_ALPHA);
+        if (n_items < 32) { items[n_items].label = bands[i].label; items[n_items].color = bands[i].color;
+                            items[n_items++].kind = MOEXC__SWATCH_BAND; }
+    }
+    for (h = 0; h < n_hists; h++)
+        if (labels && labels[h] && n_items < 32) {
+            items[n_items].label = labels[h]; items[n_items].color = colors ? colors[h] : moexc_palette(h);
+            items[n_items++].kind = n_hists == 1 ? MOEXC__SWATCH_BOX : MOEXC__SWATCH_LINE;
+        }
+    if (!o.no_legend) moexc__legend_snap_take(&snap, &f, items, n_items);
+    for (h = 0; h < n_hists; h++) {
+        const moexc_histogram *hg = &hists[h];
+        uint32_t color = colors ? colors[h] : moexc_palette(h);
+        int prev_y = f.bottom, base = f.bottom;
+        for (i = 0; i < hg->n_bins; i++) {
+            double v = moexc__hist_value(hg, i, o.normalize);
+            int x0 = moexc__frame_px(&f, moexc_histogram_edge(hg, i));
+            int x1 = moexc__frame_px(&f, moexc_histogram_edge(hg, i + 1));
+            int y = v > 0.0 && (!o.log_y || v >= f.y.lo) ? moexc__frame_py(&f, v) : base;
+            if (y < f.top) y = f.top;
+            if (n_hists == 1) {
+                /* filled bars, a one-pixel gap between wide ones */
+                if (y < base) moexc__fill(c, f.area, x0 + (x1 - x0 >= 4), y, x1, base, color, 255);
+            } else {
+                /* step outline: vertical riser, then the bin's top */
+                int lw = f.s;
+                moexc__line(c, f.area, x0, prev_y, x0, y, lw, color);
+                moexc__line(c, f.area, x0, y, x1, y, lw, color);
+                if (i == hg->n_bins - 1) moexc__line(c, f.area, x1, y, x1, base, lw, color);
+                prev_y = y;
+            }
+        }
+    }
+    moexc__frame_decorate(&f, &o);
+    if (!o.no_legend) moexc__legend(&f, items, n_items, moexc__legend_snap_pick(&snap, c));
+    return MOEXC_OK;
+}
+
+/* ---- line charts -------------------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_plot_lines(moexc_canvas *c, const moexc_series *series, int n_series,
+                                        const moexc_plot_options *opt, moexc_error *err)
+{
+    moexc_plot_options o;
+    moexc__frame f;
+    moexc__legend_item items[32];
+    moexc__legend_snap snap;
+    int n_items = 0, sidx, i;
+    double xmin = HUGE_VAL, xmax = -HUGE_VAL, ymin = HUGE_VAL, ymax = -HUGE_VAL;
+    moexc_status st;
+    if (!c || !c->rgb || !series || n_series <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "plot_lines: need a canvas and at least one series");
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    memset(&f, 0, sizeof(f));
+    for (sidx = 0; sidx < n_series; sidx++)
+        for (i = 0; i < series[sidx].n; i++) {
+            double x = series[sidx].x ? series[sidx].x[i] : (double)i, y = series[sidx].y[i];
+            if (x != x || y != y || (o.log_x && !(x > 0.0)) || (o.log_y && !(y > 0.0))) continue;
+            xmin = MOEXC__MIN(xmin, x); xmax = MOEXC__MAX(xmax, x);
+            ymin = MOEXC__MIN(ymin, y); ymax = MOEXC__MAX(ymax, y);
+        }
+    if (xmin > xmax) return moexc__fail(err, MOEXC_ERR_ARG, "plot_lines: no finite points to plot");
+    f.x.log10_axis = o.log_x; f.y.log10_axis = o.log_y;
+    if (o.log_x) moexc__auto_range(xmin, xmax, 1, 0, &f.x.lo, &f.x.hi);
+    else { f.x.lo = xmin; f.x.hi = xmax > xmin ? xmax : xmin + 1.0; }
+    if (o.log_y) moexc__auto_range(ymin, ymax, 1, 0, &f.y.lo, &f.y.hi);
+    else {
+        double padding = (ymax - ymin) * 0.05;
+        if (!(padding > 0.0)) padding = fabs(ymax) * 0.05 + 1e-3;
+        moexc__auto_range(ymin - padding, ymax + padding, 0, 0, &f.y.lo, &f.y.hi);
+    }
+    moexc__pick_range(o.x_min, o.x_max, &f.x.lo, &f.x.hi);
+    moexc__pick_range(o.y_min, o.y_max, &f.y.lo, &f.y.hi);
+    if ((st = moexc__check_axis(&f.x, "x", err)) != MOEXC_OK) return st;
+    if ((st = moexc__check_axis(&f.y, "y", err)) != MOEXC_OK) return st;
+    moexc__frame_init(&f, c, &o, 0);
+    moexc__frame_background(&f);
+    for (sidx = 0; sidx < n_series; sidx++)
+        if (series[sidx].label && n_items < 32) {
+            items[n_items].label = series[sidx].label; items[n_items].color = moexc_palette(sidx);
+            items[n_items++].kind = MOEXC__SWATCH_LINE;
+        }
+    if (!o.no_legend) moexc__legend_snap_take(&snap, &f, items, n_items);
+    for (sidx = 0; sidx < n_series; sidx++) {
+        const moexc_series *sr = &series[sidx];
+        uint32_t color = moexc_palette(sidx);
+        int have_prev = 0, px = 0, py = 0, lw = f.s;
+        for (i = 0; i < sr->n; i++) {
+            double x = sr->x ? sr->x[i] : (double)i, y = sr->y[i];
+            int qx, qy;
+            if (x != x || y != y || (o.log_x && !(x > 0.0)) || (o.log_y && !(y > 0.0))) { have_prev = 0; continue; }
+            qx = moexc__frame_px(&f, x); qy = moexc__frame_py(&f, y);
+            if (have_prev) moexc__line(c, f.area, px, py, qx, qy, lw, color);
+            else moexc__fill(c, f.area, qx - lw / 2, qy - lw / 2, qx - lw / 2 + lw, qy - lw / 2 + lw, color, 255);
+            px = qx; py = qy; have_prev = 1;
+        }
+    }
+    moexc__frame_decorate(&f, &o);
+    if (!o.no_legend) moexc__legend(&f, items, n_items, moexc__legend_snap_pick(&snap, c));
+    return MOEXC_OK;
+}
+
+/* ---- heatmaps ----------------------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, int rows, int cols,
+                                          const char *const *row_labels, const char *const *col_labels,
+                                          const moexc_plot_options *opt, moexc_error *err)
+{
+    moexc_plot_options o;
+    moexc__frame f;
+    moexc__axis z;
+    const char *fmt;
+    char buf[64], exp[16];
+    int s, pad, gap, tick, th, cap, i, j, max_rw = 0, max_cw = 0, max_zw = 0, vertical_cols;
+    int bar_w, extra_right, col_h, cell_w, cell_h, bar_x, lw;
+    double zmin = HUGE_VAL, zmax = -HUGE_VAL;
+    moexc__clip k;
+    if (!c || !c->rgb || !values || rows <= 0 || cols <= 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "plot_heatmap: need a canvas and values (rows=%d cols=%d)", rows, cols);
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    fmt = o.value_format ? o.value_format : "%.3g";
+    for (i = 0; i < rows * cols; i++)
+        if (values[i] == values[i]) { zmin = MOEXC__MIN(zmin, values[i]); zmax = MOEXC__MAX(zmax, values[i]); }
+    if (zmin > zmax) { zmin = 0.0; zmax = 1.0; }
+    if (o.z_min != 0.0 || o.z_max != 0.0) { zmin = o.z_min; zmax = o.z_max; }
+    if (!(zmax > zmin)) zmax = zmin + 1.0;
+    memset(&z, 0, sizeof(z));
+    z.lo = zmin; z.hi = zmax;
+    moexc__axis_ticks(&z, 5);
+
+    memset(&f, 0, sizeof(f));
+    s = o.font_scale > 0 ? o.font_scale : 2;
+    pad = 5 * s; gap = 3 * s; tick = 3 * s; th = moexc_text_height(s); cap = 7 * s;
+    for (i = 0; i < rows; i++) {
+        if (row_labels && row_labels[i]) snprintf(buf, sizeof(buf), "%s", row_labels[i]);
+        else snprintf(buf, sizeof(buf), "%d", i);
+        max_rw = MOEXC__MAX(max_rw, moexc_text_width(buf, s));
+    }
+    for (j = 0; j < cols; j++) {
+        if (col_labels && col_labels[j]) snprintf(buf, sizeof(buf), "%s", col_labels[j]);
+        else snprintf(buf, sizeof(buf), "%d", j);
+        max_cw = MOEXC__MAX(max_cw, moexc_text_width(buf, s));
+    }
+    for (i = 0; i < z.n_ticks; i++) {
+        moexc__tick_label(&z, z.ticks[i], buf, exp, sizeof(buf));
+        max_zw = MOEXC__MAX(max_zw, moexc__label_width(buf, exp, s));
+    }
+    bar_w = 8 * s;
+    extra_right = 4 * gap + bar_w + tick + gap + max_zw + (o.z_label ? 2 * gap + th : 0);
+
+    f.c = c; f.s = s;
+    f.rx = o.width > 0 ? o.x : 0; f.ry = o.width > 0 ? o.y : 0;
+    f.rw = o.width > 0 ? o.width : c->width;
+    f.rh = o.width > 0 && o.height > 0 ? o.height : c->height - f.ry;
+    f.left = f.rx + pad + (o.y_label ? th + 2 * gap : 0) + max_rw + gap;
+    f.right = f.rx + f.rw - pad - extra_right;
+    cell_w = (f.right - f.left) / cols;
+    vertical_cols = max_cw + 2 * s > cell_w;
+    col_h = vertical_cols ? max_cw : th;
+    f.top = f.ry + pad + (o.title ? moexc_text_height(s + 1) + 2 * gap : 3 * s);
+    f.bottom = f.ry + f.rh - pad - (o.x_label ? th + 2 * gap : 0) - col_h - gap;
+    cell_h = (f.bottom - f.top) / rows;
+    if (cell_w < 1 || cell_h < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "plot_heatmap: %d x %d cells do not fit in a %d x %d region", rows, cols, f.rw, f.rh);
+    /* snap the grid to whole cells */
+    f.right = f.left + cell_w * cols;
+    f.bottom = f.top + cell_h * rows;
+    f.area.x0 = f.left; f.area.y0 = f.top; f.area.x1 = f.right; f.area.y1 = f.bottom;
+    k = moexc__canvas_clip(c);
+    moexc__fill(c, k, f.rx, f.ry, f.rx + f.rw, f.ry + f.rh, 0xFFFFFFu, 255);
+
+    for (i = 0; i < rows; i++)
+        for (j = 0; j < cols; j++) {
+            double v = values[(size_t)i * cols + j], t = (v - zmin) / (zmax - zmin);
+            int x0 = f.left + j * cell_w, y0 = f.top + i * cell_h;
+            uint32_t color = v == v ? moexc_colormap_viridis(t) : 0xDDDDDDu;
+            moexc__fill(c, k, x0, y0, x0 + cell_w, y0 + cell_h, color, 255);
+            if (o.annotate && v == v) {
+                int w;
+                snprintf(buf, sizeof(buf), fmt, v);
+                w = moexc_text_width(buf, s);
+                if (w + 2 * s <= cell_w && cap + 2 * s <= cell_h)
+                    moexc_draw_text(c, x0 + (cell_w - w) / 2, y0 + (cell_h - cap) / 2, buf, s,
+                                    t < 0.6 ? 0xFFFFFFu : 0x111111u);
+            }
+        }
+    /* row labels (right-aligned) and column labels (horizontal or vertical) */
+    for (i = 0; i < rows; i++) {
+        int w;
+        if (row_labels && row_labels[i]) snprintf(buf, sizeof(buf), "%s", row_labels[i]);
+        else snprintf(buf, sizeof(buf), "%d", i);
+        w = moexc_text_width(buf, s);
+        moexc_draw_text(c, f.left - gap - w, f.top + i * cell_h + (cell_h - cap) / 2, buf, s, MOEXC__INK);
+    }
+    for (j = 0; j < cols; j++) {
+        int w, cx = f.left + j * cell_w + cell_w / 2;
+        if (col_labels && col_labels[j]) snprintf(buf, sizeof(buf), "%s", col_labels[j]);
+        else snprintf(buf, sizeof(buf), "%d", j);
+        w = moexc_text_width(buf, s);
+        if (vertical_cols) moexc_draw_text_vertical(c, cx - cap / 2, f.bottom + gap + max_cw - w, buf, s, MOEXC__INK);
+        else moexc_draw_text(c, cx - w / 2, f.bottom + gap, buf, s, MOEXC__INK);
+    }
+    lw = 1;
+    moexc_draw_rect_outline(c, f.left - lw, f.top - lw, f.right + lw, f.bottom + lw, lw, MOEXC__INK);
+
+    /* colour bar: viridis from z_min (bottom) to z_max (top), ticked */
+    bar_x = f.right + 4 * gap;
+    for (i = f.top; i < f.bottom; i++) {
+        double t = (double)(f.bottom - 1 - i) / (double)(f.bottom - 1 - f.top);
+        moexc__fill(c, k, bar_x, i, bar_x + bar_w, i + 1, moexc_colormap_viridis(t), 255);
+    }
+    moexc_draw_rect_outline(c, bar_x - 1, f.top - 1, bar_x + bar_w + 1, f.bottom + 1, 1, MOEXC__INK);
+    for (i = 0; i < z.n_ticks; i++) {
+        int y = moexc__px_round((f.bottom - 1) - (z.ticks[i] - zmin) / (zmax - zmin) * (double)(f.bottom - 1 - f.top));
+        moexc__fill(c, k, bar_x + bar_w + 1, y, bar_x + bar_w + 1 + tick, y + 1, MOEXC__INK, 255);
+        moexc__tick_label(&z, z.ticks[i], buf, exp, sizeof(buf));
+        moexc__draw_label(c, bar_x + bar_w + 1 + tick + gap, y - cap / 2, buf, exp, s, MOEXC__INK);
+    }
+    if (o.z_label) {
+        int h = moexc_text_width(o.z_label, s);
+        moexc_draw_text_vertical(c, bar_x + bar_w + 1 + tick + 2 * gap + max_zw, (f.top + f.bottom) / 2 - h / 2,
+                                 o.z_label, s, MOEXC__INK);
+    }
+    moexc__draw_title(&f, &o);
+    return MOEXC_OK;
+}
 
 #endif /* MOEXC_IMPLEMENTATION_DONE */
 #endif /* MOEXC_IMPLEMENTATION */

@@ -1,0 +1,268 @@
+#!/bin/sh
+# tests/build_modes.sh - does moexc.h build (and run) in every supported mode?
+#
+#   sh tests/build_modes.sh            header build modes (part of `make test`):
+#       gcc and clang -std=c99 -Wall -Wextra -pedantic -Werror; g++ -std=c++11 as C++;
+#       a C++ program using a C-compiled implementation; MOEXC_STATIC in two TUs;
+#       MOEXC_NO_SIMD / MOEXC_NO_AVX512 / MOEXC_NO_AVX2 (backend checked);
+#       MOEXC_MALLOC/REALLOC/FREE overrides, and the #error when only some are
+#       defined; no raw malloc/calloc/realloc/free/strdup in the library.
+#   sh tests/build_modes.sh portable   the portability matrix (`make portable`):
+#       gcc and clang build everything strict C99; the library compiled as C++
+#       running the kernel tests; tcc building and running the kernel test; the
+#       MOEXC_NO_SIMD build running the test suite; the test suite cross-compiled
+#       for aarch64 (NEON) and s390x (big-endian) and run under qemu-user.
+# Run from the repository root. Prints "N passed, N failed" last; a leg that
+# cannot run prints "SKIPPED: <why>" and counts as neither.
+cd "$(dirname "$0")/.." || exit 1
+
+passed=0
+failed=0
+skipped=0
+pass() { passed=$((passed + 1)); echo "ok   $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL $1"; [ -n "$2" ] && sed 's/^/     /' "$2" | head -n 30; }
+skip() { skipped=$((skipped + 1)); echo "SKIPPED: $1"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+WORK=build/modes
+mkdir -p "$WORK"
+STRICT="-std=c99 -Wall -Wextra -pedantic -Werror"
+CXXSTRICT="-std=c++11 -Wall -Wextra -Werror"
+NATIVE=$(gcc -march=native -x c -c -o /dev/null /dev/null 2>/dev/null && echo -march=native)
+
+# A small program: prints the backend, checks a few kernels, and (with
+# MOEXC_IMPLEMENTATION) is the whole library.
+cat > "$WORK/use.c" <<'EOF'
+#include <stdio.h>
+#include "moexc.h"
+int main(void)
+{
+    float x[5] = { 1, 2, 3, 4, 5 }, y[5];
+    moexc_exp(y, x, 5);
+    moexc_softmax_rows(y, y, 1, 5);
+    printf("%s\n", moexc_simd_backend());
+    return !(moexc_dot(x, x, 5) == 55.0f && y[4] > 0.5f && y[4] < 1.0f);
+}
+EOF
+printf '#define MOEXC_IMPLEMENTATION\n#include "use.c"\n' > "$WORK/use_impl.c"
+printf '#define MOEXC_IMPLEMENTATION\n#include "moexc.h"\n' > "$WORK/impl.c"
+# MOEXC_STATIC in two translation units of one program: no clashes, no warnings.
+cat > "$WORK/static_a.c" <<'EOF'
+#define MOEXC_STATIC
+#define MOEXC_IMPLEMENTATION
+#include "moexc.h"
+float static_a(void);
+float static_a(void) { float x[2] = { 3, 4 }; return moexc_dot(x, x, 2); }
+EOF
+cat > "$WORK/static_b.c" <<'EOF'
+#include <stdio.h>
+#define MOEXC_STATIC
+#define MOEXC_IMPLEMENTATION
+#include "moexc.h"
+float static_a(void);
+int main(void) { float x[1] = { 2 }; printf("%s\n", moexc_simd_backend()); return !(static_a() == 25.0f && moexc_sum(x, 1) == 2.0f); }
+EOF
+# All three allocator overrides; the counter proves the hooks are used.
+cat > "$WORK/alloc_all.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+static long n_hook;
+static void *my_malloc(size_t n) { n_hook++; return malloc(n); }
+static void *my_realloc(void *p, size_t n) { n_hook++; return realloc(p, n); }
+static void my_free(void *p) { free(p); }
+#define MOEXC_MALLOC(sz) my_malloc(sz)
+#define MOEXC_REALLOC(p, sz) my_realloc(p, sz)
+#define MOEXC_FREE(p) my_free(p)
+#define MOEXC_STATIC
+#define MOEXC_IMPLEMENTATION
+#include "moexc.h"
+int main(void)
+{
+    moexc_tokens t;
+    moexc_status st;
+    memset(&t, 0, sizeof t);
+    st = moexc_corpus_builtin(&t, 1000, 1, NULL);
+    moexc_tokens_free(&t);
+    printf("%ld hook calls\n", n_hook);
+    return !(st == MOEXC_OK && n_hook > 0);
+}
+EOF
+printf '#define MOEXC_MALLOC(sz) malloc(sz)\n#define MOEXC_IMPLEMENTATION\n#include "moexc.h"\n' > "$WORK/alloc_one.c"
+printf '#define MOEXC_MALLOC(sz) malloc(sz)\n#define MOEXC_FREE(p) free(p)\n#define MOEXC_IMPLEMENTATION\n#include "moexc.h"\n' > "$WORK/alloc_two.c"
+
+# build NAME "compile-and-link command" [expected backend pattern]
+# Compiles, runs the program, and checks the backend it reports.
+build() {
+    name=$1 cmd=$2 want=$3 log="$WORK/$1.log"
+    if ! sh -c "$cmd" > "$log" 2>&1; then fail "$name: does not build" "$log"; return; fi
+    if ! "$WORK/$name.bin" > "$WORK/$name.out" 2>&1; then fail "$name: program failed" "$WORK/$name.out"; return; fi
+    got=$(head -n 1 "$WORK/$name.out")
+    if [ -n "$want" ]; then
+        case "$got" in
+            $want) ;;
+            *) echo "backend $got, expected $want" > "$log"; fail "$name: wrong backend" "$log"; return ;;
+        esac
+    fi
+    pass "$name ($got)"
+}
+
+# must_fail NAME "compile command" "expected message"
+must_fail() {
+    name=$1 cmd=$2 msg=$3 log="$WORK/$1.log"
+    if sh -c "$cmd" > "$log" 2>&1; then fail "$name: compiled but must not"; return; fi
+    if grep -q "$msg" "$log"; then pass "$name (#error as expected)"; else fail "$name: failed for another reason" "$log"; fi
+}
+
+header_modes() {
+    I="-I. -I$WORK"
+    # The default SIMD backend of this machine (whatever -march=native gives).
+    build gcc_c99    "gcc $STRICT -O2 $NATIVE $I $WORK/use_impl.c -o $WORK/gcc_c99.bin -lm" &
+    build clang_c99  "clang $STRICT -O2 $NATIVE $I $WORK/use_impl.c -o $WORK/clang_c99.bin -lm"
+    wait
+    build gxx_cxx11  "g++ -x c++ $CXXSTRICT -O1 $NATIVE $I $WORK/use_impl.c -o $WORK/gxx_cxx11.bin" &
+    # C++ program against the C-compiled library (extern "C" linkage)
+    build cxx_uses_c "gcc $STRICT -O1 $NATIVE $I -c $WORK/impl.c -o $WORK/impl_c.o && \
+                      g++ -x c++ $CXXSTRICT $NATIVE $I -c $WORK/use.c -o $WORK/use_cxx.o && \
+                      g++ $WORK/use_cxx.o $WORK/impl_c.o -o $WORK/cxx_uses_c.bin -lm"
+    wait
+    build static_two_tus "gcc $STRICT -O1 $NATIVE $I $WORK/static_a.c $WORK/static_b.c -o $WORK/static_two_tus.bin -lm" &
+    build no_simd    "gcc $STRICT -O1 $NATIVE -DMOEXC_NO_SIMD $I $WORK/use_impl.c -o $WORK/no_simd.bin -lm" scalar
+    wait
+    build no_avx512  "gcc $STRICT -O1 $NATIVE -DMOEXC_NO_AVX512 $I $WORK/use_impl.c -o $WORK/no_avx512.bin -lm" "[!a]*" &
+    build no_avx2    "gcc $STRICT -O1 $NATIVE -DMOEXC_NO_AVX2 $I $WORK/use_impl.c -o $WORK/no_avx2.bin -lm" "[!a]*"
+    wait
+    build clang_no_simd "clang $STRICT -O1 $NATIVE -DMOEXC_NO_SIMD $I $WORK/use_impl.c -o $WORK/clang_no_simd.bin -lm" scalar &
+    build alloc_all  "gcc $STRICT -O1 $I $WORK/alloc_all.c -o $WORK/alloc_all.bin -lm"
+    wait
+    must_fail alloc_only_malloc "gcc $STRICT -I. -c $WORK/alloc_one.c -o $WORK/x1.o" \
+        "define all of MOEXC_MALLOC, MOEXC_REALLOC and MOEXC_FREE" &
+    must_fail alloc_no_realloc "gcc $STRICT -I. -c $WORK/alloc_two.c -o $WORK/x2.o" \
+        "define all of MOEXC_MALLOC, MOEXC_REALLOC and MOEXC_FREE"
+    wait
+    # Every allocation goes through the hooks: the only raw allocator calls are
+    # the three default definitions of MOEXC_MALLOC/REALLOC/FREE.
+    raw=$(grep -nE '(^|[^_a-zA-Z0-9])(malloc|calloc|realloc|free|strdup|strndup)[[:space:]]*\(' moexc.h |
+          grep -vE '#[[:space:]]*define MOEXC_(MALLOC|REALLOC|FREE)' | grep -vE '^[0-9]+:[[:space:]]*(/\*|\*)')
+    if [ -z "$raw" ]; then pass "no raw allocator calls outside MOEXC_MALLOC/REALLOC/FREE"
+    else printf '%s\n' "$raw" > "$WORK/raw.log"; fail "raw allocator calls in moexc.h" "$WORK/raw.log"; fi
+}
+
+# ---------------------------------------------------------------------------
+# The portability matrix
+# ---------------------------------------------------------------------------
+# Tests not run under qemu (each with the reason; they still run natively and
+# in the scalar leg). Keep this list short: every test that reads or writes
+# files must run on the big-endian s390x leg.
+QEMU_EXCLUDE=""
+
+run_suite() {   # label, runner prefix ("" or "qemu-..."), binaries...
+    label=$1 runner=$2
+    shift 2
+    log="$WORK/$label.suite.log"
+    if sh tests/run_tests.sh "$@" > "$log" 2>&1 ||
+       [ -n "$runner" ] && false; then :; fi
+    total=$(tail -n 1 "$log")
+    if tail -n 1 "$log" | grep -q ' passed, 0 failed$'; then pass "$label: $total"
+    else grep -E '^(FAIL|!!|  FAIL)' "$log" > "$log.fail"; fail "$label: $total" "$log.fail"; fi
+}
+
+cross_leg() {   # arch, cross compiler, qemu, expected backend
+    arch=$1 cc=$2 qemu=$3 want=$4 dir=build/port/$1
+    if ! have "$cc"; then skip "$arch: $cc not installed (apt-get install gcc-$arch-linux-gnu)"; return; fi
+    if ! have "$qemu"; then skip "$arch: $qemu not installed (apt-get install qemu-user)"; return; fi
+    mkdir -p "$dir"
+    t0=$(date +%s)
+    log="$dir/build.log"
+    : > "$log"
+    if ! $cc $STRICT -O2 -I. -c tests/moexc_impl.c -o "$dir/moexc.o" >> "$log" 2>&1; then
+        fail "$arch: library does not build" "$log"; return
+    fi
+    bins=""
+    for src in tests/test_*.c; do
+        name=$(basename "$src" .c)
+        case " $QEMU_EXCLUDE " in *" $name "*) echo "     $arch: $name not run under qemu (see QEMU_EXCLUDE)"; continue ;; esac
+        case $name in
+            test_alloc_hooks) cmd="$cc $STRICT -O2 -I. $src -o $dir/$name -static -lm" ;;
+            test_simd_twin)   cmd="$cc $STRICT -O2 -I. -c tests/scalar_twin.c -o $dir/scalar_twin.o &&
+                                   $cc $STRICT -O2 -I. $src $dir/moexc.o $dir/scalar_twin.o -o $dir/$name -static -lm" ;;
+            *)                cmd="$cc $STRICT -O2 -I. $src $dir/moexc.o -o $dir/$name -static -lm" ;;
+        esac
+        if sh -c "$cmd" >> "$log" 2>&1; then bins="$bins $dir/$name"
+        else fail "$arch: $name does not build" "$log"; fi
+    done
+    # run each binary under qemu from the repository root (fixtures are relative to it)
+    for b in $bins; do
+        printf '#!/bin/sh\nexec %s %s "$@"\n' "$qemu" "$b" > "$b.qemu"
+        chmod +x "$b.qemu"
+    done
+    runners=""
+    for b in $bins; do runners="$runners $b.qemu"; done
+    if [ -n "$runners" ]; then
+        slog="$dir/suite.log"
+        sh tests/run_tests.sh $runners > "$slog" 2>&1
+        total=$(tail -n 1 "$slog")
+        backend=$(sed -n 's/^ *backend \([a-z0-9]*\), width.*/\1/p' "$slog" | head -n 1)
+        t1=$(date +%s)
+        if tail -n 1 "$slog" | grep -q ' passed, 0 failed$'; then pass "$arch under $qemu: $total ($((t1 - t0)) s)"
+        else grep -E '^(FAIL|!!|  FAIL|==)' "$slog" > "$slog.fail"; fail "$arch under $qemu: $total" "$slog.fail"; fi
+        if [ "$backend" = "$want" ]; then pass "$arch: SIMD backend is $backend"
+        else echo "backend '$backend', expected $want" > "$dir/backend.log"; fail "$arch: backend" "$dir/backend.log"; fi
+    fi
+}
+
+portable() {
+    t0=$(date +%s)
+    # 1. gcc and clang: the whole tree (library, tests, tools, examples), strict C99
+    for c in gcc clang; do
+        if ! have $c; then skip "$c not installed"; continue; fi
+        log="$WORK/all_$c.log"
+        if make --no-print-directory -j2 CC=$c BUILD=build/port/$c all > "$log" 2>&1; then pass "$c: everything builds with $STRICT"
+        else fail "$c: build" "$log"; fi
+    done
+    # 2. the library compiled as C++ (g++), linked into the C kernel tests
+    if have g++; then
+        d=build/port/cxx
+        mkdir -p $d
+        log="$WORK/cxx.log"
+        if g++ -x c++ $CXXSTRICT -O2 $NATIVE -I. -c tests/moexc_impl.c -o $d/moexc.o > "$log" 2>&1 &&
+           gcc $STRICT -O2 $NATIVE -I. tests/test_kernels.c $d/moexc.o -o $d/test_kernels -lm -lstdc++ >> "$log" 2>&1 &&
+           gcc $STRICT -O2 $NATIVE -I. -c tests/scalar_twin.c -o $d/scalar_twin.o >> "$log" 2>&1 &&
+           gcc $STRICT -O2 $NATIVE -I. tests/test_simd_twin.c $d/moexc.o $d/scalar_twin.o -o $d/test_simd_twin -lm -lstdc++ >> "$log" 2>&1; then
+            run_suite "g++-compiled library" "" $d/test_kernels $d/test_simd_twin
+        else fail "g++: library as C++" "$log"; fi
+    else skip "g++ not installed"; fi
+    # 3. tcc: no intrinsics, so the scalar backend (or whatever its macros select)
+    if have tcc; then
+        d=build/port/tcc
+        mkdir -p $d
+        log="$WORK/tcc.log"
+        if tcc -Wall -Werror -I. -c tests/moexc_impl.c -o $d/moexc.o > "$log" 2>&1 &&
+           tcc -I. tests/test_kernels.c $d/moexc.o -o $d/test_kernels -lm >> "$log" 2>&1; then
+            run_suite "tcc" "" $d/test_kernels
+            echo "     tcc backend: $(sed -n 's/^ *backend \(.*\)/\1/p' "$WORK/tcc.suite.log")"
+        else fail "tcc: build" "$log"; fi
+    else skip "tcc not installed (apt-get install tcc)"; fi
+    # 4. the scalar build runs the whole test suite
+    log="$WORK/nosimd.log"
+    if make --no-print-directory -j2 BUILD=build/port/nosimd CFLAGS="-O2 -g -DMOEXC_NO_SIMD" \
+           $(for s in tests/test_*.c; do n=$(basename $s .c); echo build/port/nosimd/$n; done) > "$log" 2>&1; then
+        run_suite "MOEXC_NO_SIMD suite" "" build/port/nosimd/test_*
+    else fail "MOEXC_NO_SIMD: build" "$log"; fi
+    # 5. cross: aarch64 (NEON), s390x (big-endian, scalar), in parallel
+    cross_leg aarch64 aarch64-linux-gnu-gcc qemu-aarch64 neon > "$WORK/aarch64.leg" 2>&1 &
+    cross_leg s390x s390x-linux-gnu-gcc qemu-s390x scalar > "$WORK/s390x.leg" 2>&1
+    wait
+    for leg in aarch64 s390x; do
+        cat "$WORK/$leg.leg"
+        p=$(grep -c '^ok ' "$WORK/$leg.leg"); f=$(grep -c '^FAIL' "$WORK/$leg.leg"); s=$(grep -c '^SKIPPED' "$WORK/$leg.leg")
+        passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+    done
+    echo "portable: $(( $(date +%s) - t0 )) s, $skipped skipped"
+}
+
+case "$1" in
+    portable) portable ;;
+    *)        header_modes ;;
+esac
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,267 @@
+/* tools/bench_gemm.c - GEMM throughput of moexc_sgemm in the three layouts of
+   a linear layer's training step, next to OpenBLAS's cblas_sgemm (built with
+   -DMOEXC_BENCH_OPENBLAS) and the machine's fp32 peak (measured by an FMA
+   throughput probe), on 1 and 2 threads.
+
+   usage: bench_gemm [reps]        (default 7 repetitions per entry)
+
+   Ours and OpenBLAS run interleaved, repetition by repetition, so background
+   load hits both alike. Each entry reports the median and the best GFLOP/s.
+   `make bench-gemm` runs it with OPENBLAS_CORETYPE=SkylakeX. */
+#define _POSIX_C_SOURCE 199309L
+#include "moexc.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+#ifdef MOEXC_BENCH_OPENBLAS
+#include <cblas.h>
+#endif
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void set_threads(int threads)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
+#ifdef MOEXC_BENCH_OPENBLAS
+    openblas_set_num_threads(threads);
+#endif
+    (void)threads;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+static double best(const double *v, int n)
+{
+    double b = v[0];
+    int i;
+    for (i = 1; i < n; i++) if (v[i] > b) b = v[i];
+    return b;
+}
+
+/* ---- fp32 peak: independent FMA chains, enough to cover latency x pipes --- */
+#define PEAK_CHAINS 16   /* Zen 5: 4-cycle FMA latency x 2 pipes = 8 in flight; 16 leaves margin */
+
+static double fma_probe_one_thread(long iters)
+{
+    float sink[64];
+    volatile float keep;
+    double t0, t1;
+    long it;
+    int c;
+#if defined(__AVX512F__)
+    __m512 x[PEAK_CHAINS], a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (c = 0; c < PEAK_CHAINS; c++) x[c] = _mm512_set1_ps((float)c);
+    t0 = now_seconds();
+    for (it = 0; it < iters; it++) {
+        x[0] = _mm512_fmadd_ps(x[0], a, b);   x[1] = _mm512_fmadd_ps(x[1], a, b);
+        x[2] = _mm512_fmadd_ps(x[2], a, b);   x[3] = _mm512_fmadd_ps(x[3], a, b);
+        x[4] = _mm512_fmadd_ps(x[4], a, b);   x[5] = _mm512_fmadd_ps(x[5], a, b);
+        x[6] = _mm512_fmadd_ps(x[6], a, b);   x[7] = _mm512_fmadd_ps(x[7], a, b);
+        x[8] = _mm512_fmadd_ps(x[8], a, b);   x[9] = _mm512_fmadd_ps(x[9], a, b);
+        x[10] = _mm512_fmadd_ps(x[10], a, b); x[11] = _mm512_fmadd_ps(x[11], a, b);
+        x[12] = _mm512_fmadd_ps(x[12], a, b); x[13] = _mm512_fmadd_ps(x[13], a, b);
+        x[14] = _mm512_fmadd_ps(x[14], a, b); x[15] = _mm512_fmadd_ps(x[15], a, b);
+    }
+    t1 = now_seconds();
+    for (c = 1; c < PEAK_CHAINS; c++) x[0] = _mm512_add_ps(x[0], x[c]);
+    _mm512_storeu_ps(sink, x[0]);
+    keep = sink[0];                        /* the chains' result is used */
+    (void)keep;
+    return (double)iters * PEAK_CHAINS * 16 * 2 / (t1 - t0) * 1e-9;
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 x[PEAK_CHAINS], a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (c = 0; c < PEAK_CHAINS; c++) x[c] = _mm256_set1_ps((float)c);
+    t0 = now_seconds();
+    for (it = 0; it < iters; it++)
+        for (c = 0; c < PEAK_CHAINS; c++) x[c] = _mm256_fmadd_ps(x[c], a, b);
+    t1 = now_seconds();
+    for (c = 1; c < PEAK_CHAINS; c++) x[0] = _mm256_add_ps(x[0], x[c]);
+    _mm256_storeu_ps(sink, x[0]);
+    keep = sink[0];
+    (void)keep;
+    return (double)iters * PEAK_CHAINS * 8 * 2 / (t1 - t0) * 1e-9;
+#else
+    /* no FMA vector ISA known here: the scalar multiply-add rate */
+    float x[PEAK_CHAINS], a = 0.999999f, b = 1e-7f;
+    for (c = 0; c < PEAK_CHAINS; c++) x[c] = (float)c;
+    t0 = now_seconds();
+    for (it = 0; it < iters; it++)
+        for (c = 0; c < PEAK_CHAINS; c++) x[c] = x[c] * a + b;
+    t1 = now_seconds();
+    for (c = 1; c < PEAK_CHAINS; c++) x[0] += x[c];
+    sink[0] = x[0];
+    keep = sink[0];
+    (void)keep;
+    return (double)iters * PEAK_CHAINS * 2 / (t1 - t0) * 1e-9;
+#endif
+}
+
+/* Peak GFLOP/s of `threads` cores: best of `reps` probes, summed over threads. */
+static double fma_peak(int threads, int reps)
+{
+    double best_total = 0.0;
+    int r;
+    for (r = 0; r < reps; r++) {
+        double total = 0.0;
+#ifdef _OPENMP
+#       pragma omp parallel num_threads(threads) reduction(+ : total)
+        total += fma_probe_one_thread(20000000L);
+#else
+        total = fma_probe_one_thread(20000000L) * (threads > 1 ? 0.0 : 1.0);
+#endif
+        if (total > best_total) best_total = total;
+    }
+    return best_total;
+}
+
+/* ---- the three layouts -------------------------------------------------- */
+/* W (N x K), X (M x K), Y / dY (M x N):
+     forward   Y  = X W^T      sgemm(0, 1, M, N, K)
+     input     dX = dY W       sgemm(0, 0, M, K, N)
+     weight    dW += dY^T X    sgemm(1, 0, N, K, M)                          */
+enum { LAYOUT_FORWARD, LAYOUT_INPUT, LAYOUT_WEIGHT };
+static const char *const layout_names[] = { "Y=XW^T", "dX=dYW", "dW+=dY^TX" };
+
+typedef struct bench_case {
+    int layout, M, N, K;
+    float *X, *W, *dY, *out;    /* out sized for the largest of Y, dX, dW */
+} bench_case;
+
+static void run_ours(const bench_case *b)
+{
+    switch (b->layout) {
+    case LAYOUT_FORWARD: moexc_sgemm(0, 1, b->M, b->N, b->K, 1.0f, b->X, b->K, b->W, b->K, 0.0f, b->out, b->N); break;
+    case LAYOUT_INPUT:   moexc_sgemm(0, 0, b->M, b->K, b->N, 1.0f, b->dY, b->N, b->W, b->K, 0.0f, b->out, b->K); break;
+    default:             moexc_sgemm(1, 0, b->N, b->K, b->M, 1.0f, b->dY, b->N, b->X, b->K, 1.0f, b->out, b->K); break;
+    }
+}
+
+#ifdef MOEXC_BENCH_OPENBLAS
+static void run_openblas(const bench_case *b)
+{
+    switch (b->layout) {
+    case LAYOUT_FORWARD: cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, b->M, b->N, b->K, 1.0f,
+                                     b->X, b->K, b->W, b->K, 0.0f, b->out, b->N); break;
+    case LAYOUT_INPUT:   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b->M, b->K, b->N, 1.0f,
+                                     b->dY, b->N, b->W, b->K, 0.0f, b->out, b->K); break;
+    default:             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, b->N, b->K, b->M, 1.0f,
+                                     b->dY, b->N, b->X, b->K, 1.0f, b->out, b->K); break;
+    }
+}
+#endif
+
+/* GFLOP/s of one timed batch: enough calls to last >= 20 ms */
+static double time_batch(void (*fn)(const bench_case *), const bench_case *b, int calls)
+{
+    double flops = 2.0 * b->M * b->N * b->K * calls, t0 = now_seconds();
+    int c;
+    for (c = 0; c < calls; c++) fn(b);
+    return flops / (now_seconds() - t0) * 1e-9;
+}
+
+#define MAX_REPS 31
+
+static void bench_one(int layout, int M, int N, int K, int threads, int reps, double peak)
+{
+    bench_case b;
+    size_t big = (size_t)M * (size_t)(N > K ? N : K);
+    double ours[MAX_REPS], theirs[MAX_REPS], flops = 2.0 * M * N * K, t0;
+    int calls = 1, r;
+    moexc_rng rng;
+    size_t i;
+    if ((size_t)N * (size_t)K > big) big = (size_t)N * (size_t)K;
+    b.layout = layout; b.M = M; b.N = N; b.K = K;
+    b.X = (float *)malloc((size_t)M * K * sizeof(float));
+    b.W = (float *)malloc((size_t)N * K * sizeof(float));
+    b.dY = (float *)malloc((size_t)M * N * sizeof(float));
+    b.out = (float *)calloc(big, sizeof(float));
+    if (!b.X || !b.W || !b.dY || !b.out) { printf("out of memory\n"); exit(1); }
+    moexc_rng_seed(&rng, 42);
+    for (i = 0; i < (size_t)M * K; i++) b.X[i] = moexc_rng_uniform(&rng) - 0.5f;
+    for (i = 0; i < (size_t)N * K; i++) b.W[i] = moexc_rng_uniform(&rng) - 0.5f;
+    for (i = 0; i < (size_t)M * N; i++) b.dY[i] = moexc_rng_uniform(&rng) - 0.5f;
+
+    set_threads(threads);
+    run_ours(&b);                               /* warm-up, and size the batch */
+    t0 = now_seconds();
+    run_ours(&b);
+    calls = (int)(0.02 / (now_seconds() - t0 + 1e-9)) + 1;
+#ifdef MOEXC_BENCH_OPENBLAS
+    run_openblas(&b);
+#endif
+    for (r = 0; r < reps; r++) {
+        ours[r] = time_batch(run_ours, &b, calls);
+#ifdef MOEXC_BENCH_OPENBLAS
+        theirs[r] = time_batch(run_openblas, &b, calls);
+#else
+        theirs[r] = 0.0;
+#endif
+    }
+    {
+        double ob = best(ours, reps), tb = best(theirs, reps);
+        double om = median(ours, reps), tm = median(theirs, reps);
+        printf("%-10s %5d %5d %5d %2d | %7.1f %7.1f | %7.1f %7.1f | %5.2f | %5.2f\n",
+               layout_names[layout], M, N, K, threads, om, ob, tm, tb,
+               tm > 0.0 ? om / tm : 0.0, om / peak);
+    }
+    (void)flops;
+    free(b.X); free(b.W); free(b.dY); free(b.out);
+}
+
+int main(int argc, char **argv)
+{
+    /* model shapes: K, N of the d = 128..512 models' linear layers, M = 4096 tokens */
+    static const int model_kn[][2] = { { 128, 128 }, { 128, 512 }, { 512, 128 }, { 256, 1024 },
+                                       { 1024, 256 }, { 512, 512 }, { 512, 2048 }, { 2048, 512 } };
+    int reps = argc > 1 ? atoi(argv[1]) : 7, threads, layout, s, max_threads = 1;
+    double peak[3];
+    if (reps < 1) reps = 1;
+    if (reps > MAX_REPS) reps = MAX_REPS;
+#ifdef _OPENMP
+    max_threads = omp_get_max_threads() >= 2 ? 2 : 1;
+#endif
+    printf("moexc GEMM benchmark: backend %s, %d reps, times are GFLOP/s (median / best)\n",
+           moexc_simd_backend(), reps);
+#ifdef MOEXC_BENCH_OPENBLAS
+    printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
+#else
+    printf("OpenBLAS: not compiled in (build with -DMOEXC_BENCH_OPENBLAS -lopenblas)\n");
+#endif
+    for (threads = 1; threads <= max_threads; threads++) {
+        peak[threads] = fma_peak(threads, 5);
+        printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s\n", threads, threads > 1 ? "s" : "", peak[threads]);
+    }
+    printf("\n%-10s %5s %5s %5s %2s | %15s | %15s | %5s | %5s\n", "layout", "M", "N", "K", "th",
+           "moexc med/best", "OpenBLAS m/b", "ratio", "/peak");
+    printf("(layout dims: Y=XW^T is X (M x K) W (N x K); dX=dYW gives (M x K); dW+=dY^TX gives (N x K), summed over M)\n");
+    for (threads = 1; threads <= max_threads; threads++) {
+        for (layout = 0; layout < 3; layout++)
+            bench_one(layout, 1024, 1024, 1024, threads, reps, peak[threads]);
+        for (s = 0; s < (int)(sizeof(model_kn) / sizeof(model_kn[0])); s++)
+            for (layout = 0; layout < 3; layout++)
+                bench_one(layout, 4096, model_kn[s][1], model_kn[s][0], threads, reps, peak[threads]);
+    }
+    return 0;
+}
