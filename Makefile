@@ -160,6 +160,13 @@ fuzz: $(FUZZ_BINS)
 	done
 
 # ---- area: crosscoder -----------------------------------------------------
+# bench-crosscoder: crosscoder training pairs/s, moexc vs an identical PyTorch
+# crosscoder (tools/bench_crosscoder_torch.py runs both, same threads).
+XC_BENCH_THREADS ?= $(BENCH_THREADS)
+.PHONY: bench-crosscoder
+bench: bench-crosscoder
+bench-crosscoder: $(BUILD)/bench_crosscoder
+	$(PYTHON) tools/bench_crosscoder_torch.py --c-bench $(BUILD)/bench_crosscoder $(if $(XC_BENCH_THREADS),--threads $(XC_BENCH_THREADS))
 
 # ---- area: analysis and plots ---------------------------------------------
 # examples/plot_decoder_norms.c writes PNGs with stb_image_write (Debian:
@@ -172,3 +179,19 @@ EXTRA_CFLAGS_plot_decoder_norms := -isystem $(STB_DIR)
 plots: $(BUILD)/plot_decoder_norms
 	mkdir -p $(BUILD)/plots
 	$(BUILD)/plot_decoder_norms --synthetic -o $(BUILD)/plots/synthetic_
+
+# ---- area: demo -----------------------------------------------------------
+# `make demo`: the whole study (corpus, dense + MoE LMs, crosscoder, analysis,
+# report) with the default preset into ./report (about 10 minutes on 2 quiet
+# cores). DEMO_ARGS adds options, e.g. `make demo DEMO_ARGS="--preset tiny"`.
+# stb_image_write (Debian libstb-dev) is installed when it is missing.
+DEMO_ARGS ?=
+EXTRA_CFLAGS_moexc_demo := -isystem $(STB_DIR)
+.PHONY: demo demo-stb
+demo-stb:
+	@test -f $(STB_DIR)/stb_image_write.h || dpkg -s libstb-dev >/dev/null 2>&1 || apt-get install -y libstb-dev
+$(BUILD)/moexc_demo: | demo-stb
+demo: $(BUILD)/moexc_demo
+	$(BUILD)/moexc_demo --out report $(DEMO_ARGS)
+TEST_SCRIPTS += tests/test_pipeline.sh
+test: $(BUILD)/moexc_demo $(BUILD)/moexc_train

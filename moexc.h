@@ -109,6 +109,7 @@
 /* ======================================================================== */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>   /* FILE, for the report writers */
 
 #ifndef MOEXC_DEF
 #  ifdef MOEXC_STATIC
@@ -333,6 +334,10 @@ typedef struct moexc_model_memory_info {
 /* Exact memory the model object allocates for a config at batch (B, T). */
 MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
                                           moexc_error *err);
+/* Evaluation option (SPEC §6, perplexity with k' experts forced): route every
+   token to its k' best experts, 1 <= k' <= top_k, with the configured gate;
+   0 restores top_k. Router choices are then (B*T x k'). Not saved. */
+MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moexc_error *err);
 
 /* ---- >>train: AdamW, schedule, clipping, batches, evaluation, routing ----- */
 /* Trains a moexc_model on a labelled token stream. One optimiser step =
@@ -504,7 +509,15 @@ MOEXC_DEF moexc_status moexc_tokens_load(moexc_tokens *t, const char *path, moex
    deterministically from seed, bytes_per_domain bytes of each. */
 MOEXC_DEF moexc_status moexc_corpus_builtin(moexc_tokens *t, size_t bytes_per_domain, uint64_t seed, moexc_error *err);
 
-/* Extensions.
+/* Notes on the functions above.
+   moexc_tokens_load overwrites *t (it does not free it): pass a zeroed or
+   freed struct. moexc_corpus_builtin appends to t: three contiguous blocks,
+   "code", "science", "stories" (registered, or reused if present), each
+   exactly bytes_per_domain bytes of documents ending in MOEXC_DOC_SEPARATOR
+   (the last one cut at the size). The bytes depend only on (seed, domain):
+   the same on every host. 3 x 2 MB take about 0.1 s.
+
+   Extensions.
    Documents: a document is its bytes, a newline if it does not end with one,
    then the separator byte MOEXC_DOC_SEPARATOR (ASCII record separator, which
    text never contains). The next document starts right after it; the
@@ -556,7 +569,13 @@ MOEXC_DEF moexc_status moexc_st_shape(const moexc_st_file *f, const char *name, 
 /* Copy a F32 tensor into dst after checking it has exactly the expected shape. */
 MOEXC_DEF moexc_status moexc_st_read_f32(const moexc_st_file *f, const char *name, float *dst,
                                          int ndim, const int64_t *expected_shape, moexc_error *err);
-/* Extensions: open an in-memory image (copied; name appears in messages),
+/* Limits of the reader: header at most 100 MB (the reference's cap), JSON
+   nesting at most 64 deep and at most 2^20 values, at most 8 dimensions,
+   tensor entries with exactly the fields dtype/shape/data_offsets, dtypes
+   BOOL U8 I8 F8_E5M2 F8_E4M3 I16 U16 F16 BF16 I32 U32 F32 F64 I64 U64 (only F32
+   can be read). The whole file is read into memory; names and metadata
+   strings returned stay valid until moexc_st_close.
+   Extensions: open an in-memory image (copied; name appears in messages),
    the metadata keys in sorted order, and a tensor's dtype name ("F32",
    "BF16", ...; NULL when absent). Strings live until moexc_st_close. */
 MOEXC_DEF moexc_status moexc_st_open_memory(moexc_st_file **out, const void *data, size_t size,
@@ -716,8 +735,12 @@ typedef struct moexc_xc_options {
     float    lambda_warmup; /* lambda_f ramp as a fraction of steps; 0 -> 0.05       */
     float    clip;          /* global gradient-norm clip; 0 -> 1.0, < 0 off          */
     float    init_norm;     /* decoder row norm at init; 0 -> 0.08 (L1), 1.0 (BatchTopK) */
-    float    threshold_beta;   /* EMA of the smallest kept score; 0 -> 0.999         */
+    float    threshold_beta;   /* EMA of the smallest kept score; 0 -> 0.999, scaled to
+                                  the run: min(0.999, max(0.9, 1 - 10 / steps))      */
     int      threshold_start;  /* first step of the EMA; 0 -> warmup_steps           */
+    int      dense_only;    /* 1: always dense GEMMs (the sparse decoder path is used
+                               when at most 1/8 of f is non-zero; same results up to
+                               summation order)                                      */
     uint64_t seed;
 } moexc_xc_options;
 
@@ -827,7 +850,6 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
    the first n_s latents designated shared, per-latent activation counts over
    an evaluation set, latent activations f (N x F), inputs x and
    reconstructions x_hat (N x d). SPEC §5 has the formulas. */
-#include <stdio.h>   /* FILE, for the table printer */
 
 typedef enum moexc_latent_class {
     MOEXC_CLASS_MOE_ONLY = 0,   /* r in [0, moe_max)                          */
@@ -988,7 +1010,7 @@ MOEXC_DEF void   moexc_histogram_free(moexc_histogram *h);
 /* Scalar evaluation figures that go into the reports next to the class table.
    A field is reported only when its has_ flag is set. */
 typedef struct moexc_eval_summary {
-    const char *name;            /* run name (escaped in JSON and CSV); NULL = none */
+    const char *name;            /* run name (JSON-escaped in the report); NULL = none */
     int    has_fve;   double fve_a, fve_b, fve_pooled;
     int    has_l0;    double l0, dead_fraction;
 } moexc_eval_summary;
@@ -1466,7 +1488,18 @@ static MOEXC__UNUSED_FN moexc_status moexc__atomic_commit(moexc__atomic_file *af
 #endif
 
 #if defined(MOEXC__SIMD_AVX512)
-#  include <immintrin.h>
+#  if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+/* g++ 12 and older warn "'__Y' is used uninitialized" inside AVX-512
+   intrinsics built on _mm512_undefined_ps (GCC bug 105593, C++ only).
+   Silence it for the lines of that header alone. */
+#    pragma GCC diagnostic push
+#    pragma GCC diagnostic ignored "-Wuninitialized"
+#    pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#    include <immintrin.h>
+#    pragma GCC diagnostic pop
+#  else
+#    include <immintrin.h>
+#  endif
 #  define MOEXC__BACKEND_NAME "avx512"
 #  define MOEXC__VW 16
 typedef __m512 moexc__vf;
@@ -1478,9 +1511,9 @@ typedef __m512 moexc__vf;
 #  define moexc__vsub(a, b)      _mm512_sub_ps((a), (b))
 #  define moexc__vmul(a, b)      _mm512_mul_ps((a), (b))
 #  define moexc__vdiv(a, b)      _mm512_div_ps((a), (b))
+#  define moexc__vfmadd(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #  define moexc__vmax(a, b)      _mm512_max_ps((a), (b))
 #  define moexc__vmin(a, b)      _mm512_min_ps((a), (b))
-#  define moexc__vfmadd(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #  define moexc__vhsum(v)        _mm512_reduce_add_ps(v)
 #  define moexc__vhmax(v)        _mm512_reduce_max_ps(v)
 #  define moexc__vround(v)       _mm512_roundscale_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
@@ -1636,12 +1669,13 @@ MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
    polynomial: 1 + r + r^2 (1/2 + r/6 + ...). 2^n is applied as two factors
    2^n1 * 2^n2 (n1 + n2 = n, both in [-75, 64]) so that results underflow
    gradually to denormals and zero, and overflow to +inf, like libm.
-   Accuracy against correctly rounded exp (tests/test_kernels.c sweeps 2^24
-   points of [-87, 88]): max error 1 ulp (scalar, SSE2, AVX-512 measured);
-   on [-103.9, -87.3] (denormal results) the absolute error is at most one
-   denormal step 2^-149; x <= -104 gives 0, x >= 88.73 gives +inf (the
-   clamp to [-104, 89] only keeps n in range), -inf gives 0, +inf gives +inf,
-   NaN gives NaN. */
+   Accuracy (tests/test_kernels.c, 2^22 points evenly over [-87, 88], against
+   exp in double): at most 1.27 ulp from the exact value (scalar and SSE2;
+   1.26 with FMA on AVX2/AVX-512; a correctly rounded exp would be 0.5), mean
+   0.35 ulp. Denormal results (x in [-103.9, -87.3]) are within 0.78 of a
+   step of 2^-149. x <= -104 gives 0 and x >= 88.73 gives +inf, as in libm
+   (the clamp to [-104, 89] only keeps n in range); -inf gives 0, +inf gives
+   +inf, NaN gives NaN. */
 #define MOEXC__EXP_LO    -104.0f
 #define MOEXC__EXP_HI      89.0f
 #define MOEXC__LOG2E        1.44269504088896341f
@@ -1882,16 +1916,18 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 /* ======================================================================== */
 /* >>gemm: packed, register-blocked GEMM in three layouts                    */
 /* ======================================================================== */
-/* C (M x N) = alpha * op(A) * op(B) + beta * C, row-major, BLIS-style:
+/* C (M x N) = alpha * op(A) * op(B) + beta * C, row-major, BLIS-style.
+   With OpenMP, C is cut into one slab of whole tiles per thread (rows when
+   M >= N, else columns); each thread runs on its slab, with its own buffers:
 
-     for jc in N step NC:                 B block  (kc x nc)  -> L3, packed once, shared
-       for pc in K step KC:
+     for jc in N step NC:
+       for pc in K step KC:               B block  (kc x nc)  -> L3
          pack op(B)[pc.., jc..] into NR-wide column panels
-         for ic in M step MC (threads):   A block  (mc x kc)  -> L2, packed per thread
+         for ic in M step MC:             A block  (mc x kc)  -> L2
            pack op(A)[ic.., pc..] into MR-tall row panels
            for jr in nc step NR:          B micro-panel (kc x NR) stays in L1
              for ir in mc step MR:
-               micro-kernel: MR x NR tile += A panel * B panel over kc
+               micro-kernel: MR x NR tile of C += A panel * B panel over kc
 
    Packing turns all four layouts (trans_a, trans_b) into the same contiguous
    panels, zero-padded to whole tiles, so one micro-kernel handles every shape.
@@ -1900,9 +1936,10 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 
    Determinism: element C[i][j] is summed over k in a fixed order: K blocks of
    a size that depends on K only, inside a block p = 0, 1, ... into one
-   accumulator. Threads split M (or N) into whole tiles, never K, so the bits
-   do not depend on the thread count. SIMD and scalar builds differ only by
-   FMA rounding (the scalar twin computes a*b + c with two roundings). */
+   accumulator, whatever tile or slab holds it. Threads split M or N, never K,
+   so the bits do not depend on the thread count. SIMD and scalar builds
+   differ only by rounding (the scalar twin computes a*b + c with two
+   roundings where FMA has one). */
 
 /* Register tile MR x NR per backend: NR = 2 vectors, MR fills the register file
    (accumulators + 2 B vectors + 1 broadcast A). */
@@ -1935,12 +1972,6 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #endif
 #ifndef MOEXC_GEMM_NC
 #  define MOEXC_GEMM_NC 4096
-#endif
-
-#ifdef _OPENMP
-#  define MOEXC__OMP_FOR _Pragma("omp for schedule(static)")
-#else
-#  define MOEXC__OMP_FOR
 #endif
 
 /* The micro-kernel, written once over the SIMD macro layer:
@@ -2056,6 +2087,18 @@ static void moexc__transpose_block16(float *dst, size_t dst_stride, const float 
     MOEXC__T16_STORE(8) MOEXC__T16_STORE(9) MOEXC__T16_STORE(10) MOEXC__T16_STORE(11)
     MOEXC__T16_STORE(12) MOEXC__T16_STORE(13) MOEXC__T16_STORE(14) MOEXC__T16_STORE(15)
 }
+/* Rows of a transposed operand are short streams (kc floats each) that the
+   hardware prefetcher misses: while one panel is transposed, ask for the
+   same 16 columns of the next panel's rows. */
+static void moexc__prefetch_rows16(const float *src, size_t ld, int rows)
+{
+    int j;
+    for (j = 0; j < rows; j++) {
+        const char *line = (const char *)(src + (size_t)j * ld);
+        _mm_prefetch(line, _MM_HINT_T0);
+        _mm_prefetch(line + 60, _MM_HINT_T0);
+    }
+}
 #endif
 
 /* Pack rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into MR-tall panels:
@@ -2085,15 +2128,9 @@ static void moexc__gemm_pack_a(float *dst, int trans_a, const float *A, size_t l
             p = 0;
 #if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_MR <= 16
             for (; p + 16 <= kc; p += 16) {
-                /* rows are short streams the hardware prefetcher misses: fetch
-                   the next panel's rows while this one is transposed */
                 if (q + MOEXC__GEMM_MR < mc)
-                    for (r = 0; r < MOEXC__MIN(MOEXC__GEMM_MR, mc - q - MOEXC__GEMM_MR); r++)
-                    {
-                        const char *next = (const char *)(src + (size_t)(MOEXC__GEMM_MR + r) * lda + (size_t)p);
-                        _mm_prefetch(next, _MM_HINT_T0);
-                        _mm_prefetch(next + 60, _MM_HINT_T0);
-                    }
+                    moexc__prefetch_rows16(src + (size_t)MOEXC__GEMM_MR * lda + (size_t)p, lda,
+                                           MOEXC__MIN(MOEXC__GEMM_MR, mc - q - MOEXC__GEMM_MR));
                 moexc__transpose_block16(d + p * MOEXC__GEMM_MR, MOEXC__GEMM_MR, src + p, lda, mr);
             }
 #endif
@@ -2111,7 +2148,7 @@ static void moexc__gemm_pack_a(float *dst, int trans_a, const float *A, size_t l
 /* Pack the NR-wide column panel starting at column j0 (nr <= NR valid
    columns) of rows [p0, p0+kc) of op(B): dst[p*NR + j] = op(B)[p0+p][j0+j]. */
 static void moexc__gemm_pack_b_panel(float *dst, int trans_b, const float *B, size_t ldb,
-                                     int j0, int nr, int p0, int kc)
+                                     int j0, int nr, int next_nr, int p0, int kc)
 {
     int p, j;
     if (trans_b) {                  /* B is (N x K): a transpose */
@@ -2119,11 +2156,20 @@ static void moexc__gemm_pack_b_panel(float *dst, int trans_b, const float *B, si
         p = 0;
 #if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_NR == 32
         for (; p + 16 <= kc; p += 16) {
+            if (next_nr > 0)        /* rows of the next panel: (j0 + NR + j) */
+                moexc__prefetch_rows16(src + (size_t)MOEXC__GEMM_NR * ldb + (size_t)p, ldb, MOEXC__MIN(next_nr, 16));
             moexc__transpose_block16(dst + p * MOEXC__GEMM_NR, MOEXC__GEMM_NR, src + p, ldb, MOEXC__MIN(nr, 16));
-            moexc__transpose_block16(dst + p * MOEXC__GEMM_NR + 16, MOEXC__GEMM_NR,
-                                     src + 16 * ldb + p, ldb, MOEXC__MAX(nr - 16, 0));
+            if (nr > 16) {
+                if (next_nr > 16)
+                    moexc__prefetch_rows16(src + (size_t)(MOEXC__GEMM_NR + 16) * ldb + (size_t)p, ldb, next_nr - 16);
+                moexc__transpose_block16(dst + p * MOEXC__GEMM_NR + 16, MOEXC__GEMM_NR,
+                                         src + 16 * ldb + p, ldb, nr - 16);
+            } else {
+                for (j = 0; j < 16; j++) memset(dst + (p + j) * MOEXC__GEMM_NR + 16, 0, 16 * sizeof(float));
+            }
         }
 #endif
+        (void)next_nr;
         for (; p < kc; p++) {
             for (j = 0; j < nr; j++) dst[p * MOEXC__GEMM_NR + j] = src[(size_t)j * ldb + (size_t)p];
             for (; j < MOEXC__GEMM_NR; j++) dst[p * MOEXC__GEMM_NR + j] = 0.0f;
@@ -2171,109 +2217,119 @@ static void moexc__gemm_unpacked(int trans_a, int trans_b, int M, int N, int K,
     }
 }
 
+/* One thread's GEMM: the blocked loop nest above over its own packing buffers. */
+static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
+                                float alpha, const float *A, size_t lda,
+                                const float *B, size_t ldb, float beta, float *C, size_t ldc)
+{
+    int k_blocks, kc_max, nc_max, m_blocks, mc, jc, pc, kb, ic;
+    float *buffer, *bp, *ap;
+
+    /* K blocks of near-equal size in whole cache lines; they depend on K only,
+       so every element is summed in the same order whatever the split */
+    k_blocks = (K + MOEXC_GEMM_KC - 1) / MOEXC_GEMM_KC;
+    kc_max = (K + k_blocks - 1) / k_blocks;
+    kc_max = (kc_max + 15) / 16 * 16;
+    k_blocks = (K + kc_max - 1) / kc_max;
+    nc_max = MOEXC__MIN(N, MOEXC_GEMM_NC);
+    nc_max = (nc_max + MOEXC__GEMM_NR - 1) / MOEXC__GEMM_NR * MOEXC__GEMM_NR;
+    m_blocks = (M + MOEXC_GEMM_MC - 1) / MOEXC_GEMM_MC;        /* near-equal M blocks */
+    mc = (M + m_blocks - 1) / m_blocks;
+    mc = (mc + MOEXC__GEMM_MR - 1) / MOEXC__GEMM_MR * MOEXC__GEMM_MR;
+
+    buffer = moexc__alloc_floats((size_t)kc_max * ((size_t)nc_max + (size_t)mc));
+    if (!buffer) {              /* no memory for panels: slower, but still right */
+        moexc__gemm_scale_c(M, N, beta, C, ldc);
+        moexc__gemm_unpacked(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+        return;
+    }
+    bp = buffer;
+    ap = buffer + (size_t)kc_max * (size_t)nc_max;
+
+    for (jc = 0; jc < N; jc += MOEXC_GEMM_NC) {
+        const int nc = MOEXC__MIN(MOEXC_GEMM_NC, N - jc);
+        for (kb = 0, pc = 0; kb < k_blocks; kb++, pc += kc_max) {
+            const int kc = MOEXC__MIN(kc_max, K - pc);
+            /* the first K block applies beta (not reading C when beta == 0),
+               later ones accumulate */
+            const float beta_k = kb == 0 ? beta : 1.0f;
+            const int beta_zero = kb == 0 && beta == 0.0f;
+            int jr, ir;
+            for (jr = 0; jr < nc; jr += MOEXC__GEMM_NR)
+                moexc__gemm_pack_b_panel(bp + (size_t)jr * (size_t)kc, trans_b, B, ldb, jc + jr,
+                                         MOEXC__MIN(MOEXC__GEMM_NR, nc - jr),
+                                         MOEXC__MAX(0, MOEXC__MIN(MOEXC__GEMM_NR, nc - jr - MOEXC__GEMM_NR)), pc, kc);
+            for (ic = 0; ic < M; ic += mc) {
+                const int mcb = MOEXC__MIN(mc, M - ic);
+                moexc__gemm_pack_a(ap, trans_a, A, lda, ic, mcb, pc, kc);
+                for (jr = 0; jr < nc; jr += MOEXC__GEMM_NR) {
+                    const int nr = MOEXC__MIN(MOEXC__GEMM_NR, nc - jr);
+                    const float *b_panel = bp + (size_t)jr * (size_t)kc;
+                    for (ir = 0; ir < mcb; ir += MOEXC__GEMM_MR) {
+                        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, mcb - ir);
+                        const float *a_panel = ap + (size_t)ir * (size_t)kc;
+                        float *c = C + (size_t)(ic + ir) * ldc + (size_t)(jc + jr);
+                        if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR)
+                            moexc__gemm_kernel(kc, a_panel, b_panel, c, ldc, alpha, beta_k, beta_zero);
+                        else
+                            moexc__gemm_kernel_edge(kc, a_panel, b_panel, c, ldc, mr, nr,
+                                                    alpha, beta_k, beta_zero);
+                    }
+                }
+            }
+        }
+    }
+    moexc__free_aligned(buffer);
+}
+
 MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
                            float alpha, const float *A, int lda,
                            const float *B, int ldb,
                            float beta, float *C, int ldc)
 {
     const size_t slda = (size_t)lda, sldb = (size_t)ldb, sldc = (size_t)ldc;
-    int threads = 1, k_blocks, kc_max, nc_max, m_blocks, mc, n_split;
-    size_t b_floats, a_floats;
-    float *buffer;
+    int threads = 1;
 
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) { moexc__gemm_scale_c(M, N, beta, C, sldc); return; }
 
 #ifdef _OPENMP
     /* small products are not worth waking a team; the bits do not change */
-    if (!omp_in_parallel() && (double)M * (double)N * (double)K >= 262144.0)
+    if (!omp_in_parallel() && (double)M * (double)N * (double)K >= 1048576.0)
         threads = omp_get_max_threads();
 #endif
-    /* K blocks of near-equal size; depends on K only (fixed summation order) */
-    k_blocks = (K + MOEXC_GEMM_KC - 1) / MOEXC_GEMM_KC;
-    kc_max = (K + k_blocks - 1) / k_blocks;
-    kc_max = (kc_max + 15) / 16 * 16;           /* whole cache lines */
-    k_blocks = (K + kc_max - 1) / kc_max;
-    nc_max = MOEXC__MIN(N, MOEXC_GEMM_NC);
-    nc_max = (nc_max + MOEXC__GEMM_NR - 1) / MOEXC__GEMM_NR * MOEXC__GEMM_NR;
-    /* M blocks: a multiple of the thread count, each a whole number of tiles */
-    m_blocks = (M + MOEXC_GEMM_MC - 1) / MOEXC_GEMM_MC;
-    m_blocks = (m_blocks + threads - 1) / threads * threads;
-    mc = (M + m_blocks - 1) / m_blocks;
-    mc = (mc + MOEXC__GEMM_MR - 1) / MOEXC__GEMM_MR * MOEXC__GEMM_MR;
-    m_blocks = (M + mc - 1) / mc;
-    /* too few rows for every thread: split each block's columns too */
-    n_split = m_blocks < threads ? threads : 1;
-
-    b_floats = (size_t)kc_max * (size_t)nc_max;
-    a_floats = (size_t)kc_max * (size_t)mc;
-    buffer = moexc__alloc_floats(b_floats + a_floats * (size_t)threads);
-    if (!buffer) {
-        moexc__gemm_scale_c(M, N, beta, C, sldc);
-        moexc__gemm_unpacked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, C, sldc);
+    if (threads <= 1) {
+        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc);
         return;
     }
-
 #ifdef _OPENMP
-#   pragma omp parallel num_threads(threads) if (threads > 1)
-#endif
     {
-        int tid = 0, jc, pc, kb;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        for (jc = 0; jc < N; jc += MOEXC_GEMM_NC) {
-            const int nc = MOEXC__MIN(MOEXC_GEMM_NC, N - jc);
-            const int n_panels = (nc + MOEXC__GEMM_NR - 1) / MOEXC__GEMM_NR;
-            const int panels_per_split = (n_panels + n_split - 1) / n_split;
-            for (kb = 0, pc = 0; kb < k_blocks; kb++, pc += kc_max) {
-                const int kc = MOEXC__MIN(kc_max, K - pc);
-                /* the first K block applies beta, later ones accumulate */
-                const float beta_k = kb == 0 ? beta : 1.0f;
-                const int beta_zero = kb == 0 && beta == 0.0f;
-                float *bp = buffer, *ap = buffer + b_floats + a_floats * (size_t)tid;
-                int panel, task, packed_block = -1;
-
-                MOEXC__OMP_FOR
-                for (panel = 0; panel < n_panels; panel++) {
-                    int j0 = panel * MOEXC__GEMM_NR;
-                    moexc__gemm_pack_b_panel(bp + (size_t)j0 * (size_t)kc, trans_b, B, sldb,
-                                             jc + j0, MOEXC__MIN(MOEXC__GEMM_NR, nc - j0), pc, kc);
-                }
-                /* (implicit barrier: the packed B block is complete) */
-
-                MOEXC__OMP_FOR
-                for (task = 0; task < m_blocks * n_split; task++) {
-                    const int block = task / n_split, split = task % n_split;
-                    const int ic = block * mc, mcb = MOEXC__MIN(mc, M - ic);
-                    const int first_panel = split * panels_per_split;
-                    const int last_panel = MOEXC__MIN(n_panels, first_panel + panels_per_split);
-                    int pj, ir;
-                    if (block != packed_block) {
-                        moexc__gemm_pack_a(ap, trans_a, A, slda, ic, mcb, pc, kc);
-                        packed_block = block;
-                    }
-                    for (pj = first_panel; pj < last_panel; pj++) {
-                        const int jr = pj * MOEXC__GEMM_NR;
-                        const int nr = MOEXC__MIN(MOEXC__GEMM_NR, nc - jr);
-                        const float *b_panel = bp + (size_t)jr * (size_t)kc;
-                        for (ir = 0; ir < mcb; ir += MOEXC__GEMM_MR) {
-                            const int mr = MOEXC__MIN(MOEXC__GEMM_MR, mcb - ir);
-                            const float *a_panel = ap + (size_t)ir * (size_t)kc;
-                            float *c = C + (size_t)(ic + ir) * sldc + (size_t)(jc + jr);
-                            if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR)
-                                moexc__gemm_kernel(kc, a_panel, b_panel, c, sldc, alpha, beta_k, beta_zero);
-                            else
-                                moexc__gemm_kernel_edge(kc, a_panel, b_panel, c, sldc, mr, nr,
-                                                        alpha, beta_k, beta_zero);
-                        }
-                    }
-                }
-                /* (implicit barrier: nobody still reads B before it is repacked) */
-            }
+        /* Each thread computes its own slab of C, in whole tiles, with its own
+           packing buffers: no shared state, no barrier but the last. Rows are
+           split when M >= N (each thread then packs all of op(B), the smaller
+           operand), otherwise columns. */
+        const int split_rows = M >= N;
+        const int unit = split_rows ? MOEXC__GEMM_MR : MOEXC__GEMM_NR;
+        const int extent = split_rows ? M : N;
+        const int units = (extent + unit - 1) / unit;
+        int t;
+        if (threads > units) threads = units;
+#       pragma omp parallel for schedule(static, 1) num_threads(threads)
+        for (t = 0; t < threads; t++) {
+            const int first = (int)((long long)units * t / threads) * unit;
+            const int last = MOEXC__MIN(extent, (int)((long long)units * (t + 1) / threads) * unit);
+            if (first >= last) continue;
+            if (split_rows)
+                moexc__gemm_blocked(trans_a, trans_b, last - first, N, K, alpha,
+                                    trans_a ? A + first : A + (size_t)first * slda, slda,
+                                    B, sldb, beta, C + (size_t)first * sldc, sldc);
+            else
+                moexc__gemm_blocked(trans_a, trans_b, M, last - first, K, alpha, A, slda,
+                                    trans_b ? B + (size_t)first * sldb : B + first, sldb,
+                                    beta, C + first, sldc);
         }
     }
-    moexc__free_aligned(buffer);
+#endif
 }
 
 /* Y (M x N) = X (M x K) * W^T, W (N x K); bias (N) broadcast over rows. */
@@ -2773,6 +2829,7 @@ struct moexc_model {
     moexc__moe_scratch moe_sc;
     /* state of the last forward */
     int B, T, layers_done, has_targets, backward_ready;
+    int active_k;                    /* experts per token if overridden (0: cfg.top_k) */
     moexc_loss_stats stats;
 };
 
@@ -3043,6 +3100,9 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
     {
         moexc_model mm;
         moexc_model *t = m ? m : &mm;
+        /* the token copies (uint16, two per int) */
+        t->tokens = (uint16_t *)(void *)moexc__carve_int(ib, &ic, (N + 1) / 2);
+        t->targets = (uint16_t *)(void *)moexc__carve_int(ib, &ic, (N + 1) / 2);
         t->x_final = moexc__carve(fb, &fc, N * d);
         t->xf = moexc__carve(fb, &fc, N * d);
         t->xf_rms = moexc__carve(fb, &fc, N);
@@ -3073,7 +3133,7 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
         }
     }
     *nf = fc;
-    *ni = ic + 2 * ((N + 1) / 2);   /* + the uint16 token copies, stored as ints' worth */
+    *ni = ic;
 }
 
 MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
@@ -3103,6 +3163,7 @@ static void moexc__free_acts(moexc_model *m)
     moexc__free(m->imem);
     m->fmem = NULL;
     m->imem = NULL;
+    m->tokens = m->targets = NULL;
     m->cap_B = m->cap_T = 0;
     m->layers_done = 0;
     m->backward_ready = 0;
@@ -3124,8 +3185,6 @@ static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error
                            nb, nt, (double)(nf * sizeof(float) + ni * sizeof(int)) / 1048576.0);
     }
     moexc__carve_acts(&m->cfg, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
-    m->tokens = (uint16_t *)(void *)(m->imem + (ni - 2 * (((size_t)nb * nt + 1) / 2)));
-    m->targets = m->tokens + (size_t)nb * nt;
     m->cap_B = nb;
     m->cap_T = nt;
     return MOEXC_OK;
@@ -3204,12 +3263,13 @@ MOEXC_DEF const moexc_param_info *moexc_model_find_tensor(const moexc_model *m, 
 }
 
 /* ---- forward / backward --------------------------------------------------- */
-static moexc__moe_dims moexc__moe_dims_of(const moexc_model_config *c)
+static moexc__moe_dims moexc__moe_dims_of(const moexc_model *m)
 {
+    const moexc_model_config *c = &m->cfg;
     moexc__moe_dims md;
     md.d = c->d_model;
     md.E = c->n_experts;
-    md.k = c->top_k;
+    md.k = m->active_k ? m->active_k : c->top_k;
     md.h = c->d_expert;
     md.renorm = c->gate == MOEXC_GATE_RENORM;
     md.lb_alpha = c->lb_alpha > 0.0f ? c->lb_alpha : 0.0f;
@@ -3224,7 +3284,7 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
 {
     const moexc_model_config *c = &m->cfg;
     int N, d = c->d_model, H = c->n_heads, dh = d / H, V = c->vocab_size, l, t;
-    moexc__moe_dims md = moexc__moe_dims_of(c);
+    moexc__moe_dims md = moexc__moe_dims_of(m);
     moexc_status st;
     if (!inputs) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs is NULL");
     if (B < 1 || T < 1 || T > c->context)
@@ -3312,7 +3372,7 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
         return moexc__fail(err, MOEXC_ERR_ARG, "model backward: needs a forward with targets first (once per forward)");
     c = &m->cfg;
     B = m->B; T = m->T; N = B * T; d = c->d_model; H = c->n_heads; dh = d / H; V = c->vocab_size;
-    md = moexc__moe_dims_of(c);
+    md = moexc__moe_dims_of(m);
     m->backward_ready = 0;
 
     /* loss -> logits -> final norm -> residual stream */
@@ -3377,6 +3437,20 @@ MOEXC_DEF moexc_status moexc_model_router_load(const moexc_model *m, int layer, 
         if (f) f[i] = m->acts[layer].moe.frac[i];
         if (P) P[i] = m->acts[layer].moe.pmean[i];
     }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moexc_error *err)
+{
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: model is NULL");
+    if (k == 0) { m->active_k = 0; return MOEXC_OK; }
+    if (m->cfg.ffn != MOEXC_FFN_MOE)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: a dense model has no experts");
+    if (k < 0 || k > m->cfg.top_k)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, top_k = %d]", k, m->cfg.top_k);
+    m->active_k = k == m->cfg.top_k ? 0 : k;
+    m->backward_ready = 0;
+    m->layers_done = 0;   /* the router outputs of the last forward had another k */
     return MOEXC_OK;
 }
 
@@ -3569,8 +3643,9 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
         int64_t shape[8];
         int same;
         if ((st = moexc_st_shape(f, pi->name, &ndim, shape, NULL)) != MOEXC_OK) {
+            st = moexc__fail(err, MOEXC_ERR_MISSING, "%s: tensor '%s' is missing", path, pi->name);
             moexc_model_free(m);
-            return moexc__fail(err, MOEXC_ERR_MISSING, "%s: tensor '%s' is missing", path, pi->name);
+            return st;
         }
         same = ndim == pi->ndim;
         for (j = 0; same && j < ndim; j++) same = shape[j] == pi->shape[j];
@@ -3578,9 +3653,10 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
             char got[128], want[128];
             moexc__format_shape(got, sizeof(got), ndim, shape);
             moexc__format_shape(want, sizeof(want), pi->ndim, pi->shape);
+            st = moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, the config expects %s",
+                             path, pi->name, got, want);
             moexc_model_free(m);
-            return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, the config expects %s",
-                               path, pi->name, got, want);
+            return st;
         }
         if ((st = moexc_st_read_f32(f, pi->name, m->params + pi->offset, pi->ndim, pi->shape, err)) != MOEXC_OK) {
             moexc_model_free(m);
@@ -3752,10 +3828,9 @@ struct moexc_trainer {
     size_t                   n_train_runs, n_eval_runs;
     size_t                  *train_cum;   /* cumulative number of window starts per train run */
     size_t                   n_train_starts;
-    /* batch buffers: B x T inputs and targets, B x (T+1) domain labels */
+    /* batch buffers, B x T each: input and target tokens, their domain labels */
     uint16_t                *inputs, *targets;
-    uint8_t                 *labels, *target_labels, *input_labels;
-    double                  *token_loss;  /* B*T */
+    uint8_t                 *input_labels, *target_labels;
     /* evaluation */
     double                   unigram_nats[MOEXC_MAX_DOMAINS], unigram_tokens[MOEXC_MAX_DOMAINS];
     double                  *step_slots;  /* [L][E] routing counts of the current step */
@@ -3772,8 +3847,8 @@ MOEXC_DEF void moexc_trainer_free(moexc_trainer *t)
     if (!t) return;
     moexc__free_aligned(t->moments);
     moexc__free(t->train_runs); moexc__free(t->eval_runs); moexc__free(t->train_cum);
-    moexc__free(t->inputs); moexc__free(t->targets); moexc__free(t->labels);
-    moexc__free(t->token_loss); moexc__free(t->step_slots);
+    moexc__free(t->inputs); moexc__free(t->targets); moexc__free(t->input_labels);
+    moexc__free(t->step_slots);
     moexc_router_stats_free(&t->router);
     moexc__free(t);
 }
@@ -3872,12 +3947,10 @@ static moexc_status moexc__trainer_alloc(moexc_trainer *t, moexc_error *err)
     t->moments = moexc__alloc_floats(2 * t->n_params);
     t->inputs = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
     t->targets = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
-    t->labels = (uint8_t *)moexc__calloc(3 * BT + (size_t)t->opt.batch_size, 1);
-    t->token_loss = (double *)moexc__calloc(BT, sizeof(double));
+    t->input_labels = (uint8_t *)moexc__calloc(2 * BT, 1);
     t->step_slots = (double *)moexc__calloc((size_t)c->n_layers * (size_t)MOEXC__MAX(1, c->n_experts), sizeof(double));
-    if (!t->moments || !t->inputs || !t->targets || !t->labels || !t->token_loss || !t->step_slots)
+    if (!t->moments || !t->inputs || !t->targets || !t->input_labels || !t->step_slots)
         return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
-    t->input_labels = t->labels + BT + (size_t)t->opt.batch_size;
     t->target_labels = t->input_labels + BT;
     st = moexc_router_stats_init(&t->router, t->model, t->data->n_domains, err);
     if (st) return st;
@@ -3914,6 +3987,15 @@ static moexc_status moexc__trainer_check(const moexc_trainer *t, moexc_error *er
     return MOEXC_OK;
 }
 
+/* Held-out windows: each run cut into windows of T+1 tokens with stride T. */
+static size_t moexc__eval_windows(const moexc_trainer *t)
+{
+    size_t r, total = 0, T = (size_t)t->opt.seq_len;
+    for (r = 0; r < t->n_eval_runs; r++)
+        if (t->eval_runs[r].len > T) total += (t->eval_runs[r].len - 1) / T;
+    return total;
+}
+
 static moexc_status moexc__trainer_new(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
                                        const moexc_train_options *opt, moexc_error *err)
 {
@@ -3930,9 +4012,16 @@ static moexc_status moexc__trainer_new(moexc_trainer **out, moexc_model *model, 
         moexc_trainer_free(t);
         return st;
     }
-    if (t->n_train_starts == 0) {
+    if (t->opt.eval_interval > 0 && t->n_eval_runs > 0 && moexc__eval_windows(t) == 0) {
+        int window = t->opt.seq_len + 1;
         moexc_trainer_free(t);
-        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no training window of %d tokens fits in the data", t->opt.seq_len + 1);
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens fits in the data "
+                           "(use more data, a larger eval_fraction, or eval_interval < 0)", window);
+    }
+    if (t->n_train_starts == 0) {
+        int window = t->opt.seq_len + 1;
+        moexc_trainer_free(t);
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no training window of %d tokens fits in the data", window);
     }
     t->data_crc = moexc__tokens_fingerprint(data);
     moexc_rng_seed(&t->rng, t->opt.seed);
@@ -4080,8 +4169,7 @@ MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval
     moexc_status st;
 
     if (out) *out = NULL;
-    for (r = 0; r < t->n_eval_runs; r++)
-        if (t->eval_runs[r].len > (size_t)T) total += (t->eval_runs[r].len - 1) / (size_t)T;
+    total = moexc__eval_windows(t);
     if (total == 0)
         return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens (eval_fraction %g)", T + 1, o->eval_fraction);
     want = MOEXC__MIN(total, (size_t)o->eval_batches * (size_t)B);
@@ -5614,11 +5702,12 @@ static const moexc__rule moexc__story_rules[] = {
     { "feelbad", "<A> was <feelneg>.|<A> began to cry.|<A> did not know what to do.|<^Ahe> sat down and felt <feelneg>.|It was a big problem." },
     { "feelgood", "<A> felt <feelpos>.|<A> smiled a big smile.|<A> and <B> laughed and laughed.|Everyone was <feelpos>.|<^Ahis> heart was full of joy." },
     { "talk",
-      "\"<question>\" asked <A>.\n\n\"<answer>\" said <B>.|"
-      "<A> said, \"<statement>\"\n\n<B> <replied>, \"<answer>\"|"
-      "\"<statement>\" said <B>.\n\n\"<answer>\" said <A>.|"
-      "<B> came and asked, \"<question>\"\n\n<A> <replied>, \"<statement>\"|"
-      "\"<A>, <question2>\" asked <B>.\n\n\"<statement>\" said <A>." },
+      "\"<question>\" asked <A>.\n\n\"<answer>,\" said <B>.|"
+      "<A> said, \"<statement>.\"\n\n<B> <replied>, \"<answer>!\"|"
+      "\"<statement>,\" said <B>.\n\n\"<answer>,\" said <A>.|"
+      "<B> came and asked, \"<question>\"\n\n<A> <replied>, \"<statement>.\"|"
+      "\"<A>, <question2>\" asked <B>.\n\n\"<statement>,\" said <A>.|"
+      "\"<exclaim>\" said <B>. \"<statement>.\"\n\n\"<answer>,\" said <A>." },
     { "talk2",
       "\"Thank you, <B>!\" said <A>.\n\n\"You are welcome,\" said <B>.|"
       "\"<happy>\" shouted <A>.|\"We did it!\" said <B>. \"<happy>\"|"
@@ -5628,11 +5717,13 @@ static const moexc__rule moexc__story_rules[] = {
       "Can we go to <P>?|What is that?|Is it far?|Will you come with me?|How can we get home?|What happened?" },
     { "question2", "are you okay?|can you help me?|what is wrong?|do you see it?|where did it go?|shall we try again?" },
     { "statement",
-      "I will help you!|Let us look <lookplace>.|Do not be <feelneg>.|We can <activity> together.|I have an idea!|"
-      "It is okay.|I lost my <O>.|I want to go to <P>.|I am scared.|Let us ask <G>.|We must be brave.|Look over there!" },
+      "I will help you|Let us look <lookplace>|Do not be <feelneg>|We can <activity> together|I have an idea|"
+      "It is okay|I lost my <O>|I want to go to <P>|I am scared|Let us ask <G>|We must be brave|Look over there|"
+      "I miss my <O>|I like you, <A>|Let us go home|It is getting dark" },
     { "answer",
-      "Yes, I will help!|Do not worry.|I think I know!|Let us try together.|We can do it.|Maybe it is <lookplace>.|"
-      "I am not sure.|Come with me!|Okay, let us go.|That is a good idea!" },
+      "Yes, I will help|Do not worry|I think I know|Let us try together|We can do it|Maybe it is <lookplace>|"
+      "I am not sure|Come with me|Okay, let us go|That is a good idea|Me too|I will be right back" },
+    { "exclaim", "Oh no!|Look!|Wait!|Quick!|Come on!|Oh!|Wow!|Hello!" },
     { "happy", "Hooray!|Yay!|This is the best day ever!|I am so happy!|We found it!|Look, it worked!" },
     { "replied", "said|replied|smiled and said|whispered|shouted|nodded and said|answered" },
     { "attempt",
@@ -7115,7 +7206,7 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
     if (o.lambda_warmup == 0.0f) o.lambda_warmup = 0.05f;
     if (o.clip == 0.0f) o.clip = 1.0f;
     if (o.init_norm == 0.0f) o.init_norm = o.variant == MOEXC_XC_L1 ? 0.08f : 1.0f;
-    if (o.threshold_beta == 0.0f) o.threshold_beta = 0.999f;
+    if (o.threshold_beta == 0.0f) o.threshold_beta = (float)MOEXC__MIN(0.999, MOEXC__MAX(0.9, 1.0 - 10.0 / o.steps));
     if (o.threshold_start == 0) o.threshold_start = o.warmup_steps;
     if (!(o.lr > 0.0f) || o.decay_frac < 0.0f || o.decay_frac > 1.0f ||
         !(o.threshold_beta > 0.0f && o.threshold_beta < 1.0f) || !(o.init_norm > 0.0f))
@@ -7274,19 +7365,35 @@ static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
 
 /* keep[i] = 1 for the k largest positive v[i], 0 elsewhere; ties at the
    boundary go to the lowest index, so exactly min(k, #positive) are kept.
-   Returns the smallest kept value (0 when none). tmp holds n floats. */
+   Returns the smallest kept value (0 when none). tmp holds n floats.
+   Radix pre-selection: positive floats order like their bit patterns, so a
+   histogram of the top 12 bits finds the bucket holding the k-th largest;
+   only that bucket goes through quickselect. */
 static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
 {
-    ptrdiff_t i, c = 0, greater = 0, need;
+    enum { SHIFT = 20, BUCKETS = 1 << (32 - SHIFT) };
+    ptrdiff_t hist[1 << (32 - 20)];
+    ptrdiff_t i, c = 0, above = 0, greater = 0, need;
+    uint32_t bucket = 0, bits;
     float t;
-    for (i = 0; i < n; i++) if (v[i] > 0.0f) tmp[c++] = v[i];
+    int j;
+    memset(hist, 0, sizeof(hist));
+    for (i = 0; i < n; i++)
+        if (v[i] > 0.0f) { memcpy(&bits, v + i, 4); hist[bits >> SHIFT]++; c++; }
     if (c == 0 || k <= 0) { memset(keep, 0, (size_t)n); return 0.0f; }
     if (c <= k) {
         float mn = FLT_MAX;
         for (i = 0; i < n; i++) { keep[i] = v[i] > 0.0f; if (keep[i] && v[i] < mn) mn = v[i]; }
         return mn;
     }
-    t = moexc__kth_largest(tmp, c, k);
+    for (j = BUCKETS - 1; j >= 0; j--) {
+        if (above + hist[j] >= k) { bucket = (uint32_t)j; break; }
+        above += hist[j];
+    }
+    c = 0;
+    for (i = 0; i < n; i++)
+        if (v[i] > 0.0f) { memcpy(&bits, v + i, 4); if ((bits >> SHIFT) == bucket) tmp[c++] = v[i]; }
+    t = moexc__kth_largest(tmp, c, k - above);
     for (i = 0; i < n; i++) greater += v[i] > t;
     need = k - greater;
     for (i = 0; i < n; i++) {
@@ -7371,6 +7478,79 @@ static void moexc__xc_decoder_backward(moexc_xc *xc, float *df, float *const *dx
         }
         for (b = 0; b < n; b++) moexc_axpy(xc->grads + xc->off_bdec[m], 1.0f, dxhat[m] + (size_t)b * (size_t)d, (size_t)d);
     }
+}
+
+/* Sparse twins of the decoder and encoder-gradient products. With BatchTopK
+   only k of F latents are non-zero per token, so x̂ = f W_dec, f^T dx̂, the
+   decoder term of df (needed only where f != 0: elsewhere dpre is masked)
+   and xs^T dpre cost n k d instead of n F d. Used when at most 1/8 of f is
+   non-zero; the results equal the dense GEMMs up to summation order. */
+static void moexc__xc_decoder_forward_sparse(const moexc_xc *xc, float *const *xhat, const float *f, int n, int with_bias)
+{
+    int b, m;
+    size_t F = (size_t)xc->F;
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)xc->d[m];
+#ifdef _OPENMP
+#       pragma omp parallel for schedule(static) if ((double)n * (double)F >= 262144.0)
+#endif
+        for (b = 0; b < n; b++) {
+            float *row = xhat[m] + (size_t)b * d;
+            const float *fb = f + (size_t)b * F;
+            size_t i;
+            if (with_bias) memcpy(row, xc->params + xc->off_bdec[m], d * sizeof(float));
+            else memset(row, 0, d * sizeof(float));
+            for (i = 0; i < F; i++)
+                if (fb[i] != 0.0f) moexc_axpy(row, fb[i], moexc__xc_dec_row(xc, xc->params, m, (int)i), d);
+        }
+    }
+}
+
+static void moexc__xc_decoder_backward_sparse(moexc_xc *xc, float *df, float *const *dxhat, const float *f, int n)
+{
+    int b, m;
+    size_t F = (size_t)xc->F, i;
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) private(i, m) if ((double)n * (double)F >= 262144.0)
+#endif
+    for (b = 0; b < n; b++)
+        for (i = 0; i < F; i++)
+            if (f[(size_t)b * F + i] != 0.0f)
+                for (m = 0; m < 2; m++)
+                    df[(size_t)b * F + i] += moexc_dot(dxhat[m] + (size_t)b * (size_t)xc->d[m],
+                                                       moexc__xc_dec_row(xc, xc->params, m, (int)i), (size_t)xc->d[m]);
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)xc->d[m];
+        for (b = 0; b < n; b++) {
+            for (i = 0; i < F; i++) {
+                float v = f[(size_t)b * F + i];
+                if (v != 0.0f) moexc_axpy(moexc__xc_dec_row(xc, xc->grads, m, (int)i), v, dxhat[m] + (size_t)b * d, d);
+            }
+            moexc_axpy(xc->grads + xc->off_bdec[m], 1.0f, dxhat[m] + (size_t)b * d, d);
+        }
+    }
+}
+
+/* dW_enc^m += xs^m^T dpre over the non-zeros of dpre, accumulated as
+   (F x d_m) rows in scratch (aux_dw, free by now) and added transposed. */
+static void moexc__xc_encoder_backward_sparse(moexc_xc *xc, const float *dpre, float *const *xs, int n)
+{
+    float *db = MOEXC__XC_G(xc, off_benc);
+    size_t F = (size_t)xc->F, i, j;
+    int b, m;
+    for (m = 0; m < 2; m++) {
+        size_t d = (size_t)xc->d[m];
+        float *acc = xc->aux_dw[m], *dW = MOEXC__XC_G(xc, off_enc[m]);
+        memset(acc, 0, F * d * sizeof(float));
+        for (b = 0; b < n; b++)
+            for (i = 0; i < F; i++) {
+                float v = dpre[(size_t)b * F + i];
+                if (v != 0.0f) moexc_axpy(acc + i * d, v, xs[m] + (size_t)b * d, d);
+            }
+        for (j = 0; j < d; j++)
+            for (i = 0; i < F; i++) dW[j * F + i] += acc[i * d + j];
+    }
+    for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * F, F);
 }
 
 /* activation forward: f = keep ? ReLU(pre) : 0; L0 over the batch. */
@@ -7573,7 +7753,7 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
     size_t i, nF;
     double *col_sum = NULL, inv_den = 0.0;
     float lambda = moexc__xc_lambda(xc);
-    int m, select = !xc->frozen;
+    int m, sparse, select = !xc->frozen;
     moexc_status st = moexc__xc_check_inputs(xc, x_a, x_b, n, err);
     if (st != MOEXC_OK) return st;
     if (xc->frozen && n != xc->last_n)
@@ -7593,7 +7773,9 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
         memset(xc->keep, 1, nF);
     }
     s.l0 = moexc__xc_activation_forward(xc, xc->f, xc->pre, xc->keep, n);
-    moexc__xc_decoder_forward(xc, xc->xhat, xc->f, n, 1);
+    sparse = s.l0 * 8.0 <= (double)xc->F && !xc->opt.dense_only;
+    if (sparse) moexc__xc_decoder_forward_sparse(xc, xc->xhat, xc->f, n, 1);
+    else moexc__xc_decoder_forward(xc, xc->xhat, xc->f, n, 1);
     for (m = 0; m < 2; m++) {
         size_t nd = (size_t)n * (size_t)xc->d[m];
         double ss = 0.0;
@@ -7626,12 +7808,14 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
 
     /* backward */
     memset(xc->df, 0, nF * sizeof(float));
-    moexc__xc_decoder_backward(xc, xc->df, xc->dxhat, xc->f, n);
+    if (sparse) moexc__xc_decoder_backward_sparse(xc, xc->df, xc->dxhat, xc->f, n);
+    else moexc__xc_decoder_backward(xc, xc->df, xc->dxhat, xc->f, n);
     if (col_sum) moexc__xc_penalty_backward(xc, xc->df, col_sum, n, lambda);
     /* through the selection and the ReLU: dpre = df where kept and pre > 0 (in place) */
     for (i = 0; i < nF; i++) if (!(xc->keep[i] && xc->pre[i] > 0.0f)) xc->df[i] = 0.0f;
     if (inv_den > 0.0) moexc__xc_auxk_backward(xc, xc->df, n, inv_den);
-    moexc__xc_encoder_backward(xc, xc->df, xc->xs, n);
+    if (sparse) moexc__xc_encoder_backward_sparse(xc, xc->df, xc->xs, n);
+    else moexc__xc_encoder_backward(xc, xc->df, xc->xs, n);
     moexc__free(col_sum);
     if (stats) *stats = s;
     return MOEXC_OK;
@@ -7687,9 +7871,10 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     }
     s.dead_fraction = (double)dead / xc->F;
     /* theta = EMA(beta) of the smallest kept score, after threshold_start steps */
+    /* (the first 1/(1-beta) updates are a running mean: beta_t = min(beta, 1 - 1/(t+1))) */
     if (xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->step >= xc->opt.threshold_start && s.min_kept_score > 0.0) {
-        if (xc->threshold_count == 0) xc->threshold = (float)s.min_kept_score;
-        else xc->threshold = (float)(xc->opt.threshold_beta * xc->threshold + (1.0 - xc->opt.threshold_beta) * s.min_kept_score);
+        double beta = MOEXC__MIN((double)xc->opt.threshold_beta, 1.0 - 1.0 / (double)(xc->threshold_count + 1));
+        xc->threshold = (float)(beta * (xc->threshold_count ? xc->threshold : 0.0f) + (1.0 - beta) * s.min_kept_score);
         xc->threshold_count++;
     }
     xc->step++;
@@ -7750,7 +7935,9 @@ MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const f
     while (st == MOEXC_OK && done < n) {
         int c = (int)MOEXC__MIN((int64_t)chunk_max, n - done);
         moexc__xc_encode_ws(xc, x_a + (size_t)done * (size_t)xc->d[0], x_b + (size_t)done * (size_t)xc->d[1], c);
-        moexc__xc_decoder_forward(xc, xc->xhat, xc->f, c, 1);
+        if (xc->opt.variant == MOEXC_XC_BATCHTOPK && !xc->opt.dense_only)
+            moexc__xc_decoder_forward_sparse(xc, xc->xhat, xc->f, c, 1);
+        else moexc__xc_decoder_forward(xc, xc->xhat, xc->f, c, 1);
         for (m = 0; m < 2; m++) {
             size_t i, nd = (size_t)c * (size_t)xc->d[m];
             double ss = 0.0;

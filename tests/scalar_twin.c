@@ -2,7 +2,9 @@
    MOEXC_NO_SIMD as static functions, exposed through twin_* wrappers.
    Built to build/scalar_twin.o and linked into build/test_simd_twin. */
 #define MOEXC_STATIC
+#ifndef MOEXC_NO_SIMD
 #define MOEXC_NO_SIMD
+#endif
 #define MOEXC_IMPLEMENTATION
 #include "../moexc.h"
 #include "scalar_twin.h"

@@ -242,6 +242,113 @@ static void test_batchtopk_exact_count(void)
     moexc_xc_free(xc); free(xa); free(xb);
 }
 
+/* The sparse decoder path (used when at most 1/8 of f is non-zero) gives
+   the dense GEMMs' loss and gradient up to summation order. */
+static void test_sparse_matches_dense(void)
+{
+    moexc_rng rng;
+    int n = 64, d = 16, F = 96, i;
+    float *xa, *xb, *g_dense;
+    moexc_xc_options o;
+    moexc_xc *sp, *de;
+    moexc_xc_step_stats ss, sd;
+    double max_diff = 0.0, max_g = 0.0;
+    moexc_rng_seed(&rng, 15);
+    xa = randn(n * d, &rng, 1.0f); xb = randn(n * d, &rng, 2.0f);
+    memset(&o, 0, sizeof(o));
+    o.n_latents = F; o.k = 4; o.n_shared = 6; o.steps = 50; o.lambda_f = 0.1f; o.lambda_warmup = -1.0f; o.aux_k = 5; o.seed = 16;
+    sp = make_xc(d, d, &o, xa, xb, n, 0);
+    o.dense_only = 1;
+    de = make_xc(d, d, &o, xa, xb, n, 0);
+    TH_CHECK(sp && de, "create");
+    if (!sp || !de) return;
+    for (i = 60; i < F; i++) { moexc_xc_set_dead(sp, i, 1); moexc_xc_set_dead(de, i, 1); }
+    moexc_xc_loss_grad(sp, xa, xb, n, &ss, NULL);
+    moexc_xc_loss_grad(de, xa, xb, n, &sd, NULL);
+    TH_CHECK(ss.l0 * 8.0 <= F, "the sparse path is taken (L0 %g)", ss.l0);
+    TH_CHECK(ss.aux > 0.0, "AuxK active (%g)", ss.aux);
+    TH_CHECK_NEAR(ss.loss, sd.loss, 1e-6, 1e-5, "loss");
+    g_dense = moexc_xc_grads(de);
+    for (i = 0; i < (int)moexc_xc_num_params(sp); i++) {
+        double diff = fabs((double)moexc_xc_grads(sp)[i] - g_dense[i]);
+        if (diff > max_diff) max_diff = diff;
+        if (fabs(g_dense[i]) > max_g) max_g = fabs(g_dense[i]);
+    }
+    TH_CHECK(max_diff <= 1e-5 * max_g + 1e-7, "max gradient difference %g (max |g| %g)", max_diff, max_g);
+    moexc_xc_free(sp); moexc_xc_free(de); free(xa); free(xb);
+}
+
+/* Loss terms and gradient against PyTorch autograd (tools/xc_torch_ref.py). */
+static void check_torch_fixture(const char *path)
+{
+    moexc_st_file *sf = NULL;
+    moexc_error err;
+    moexc_xc_options o;
+    moexc_xc *xc = NULL;
+    moexc_xc_step_stats s;
+    int64_t sh[8];
+    int nd, n, da, db, F, i, bad = 0;
+    float *xa, *xb, *grads, *dead, want[4];
+    const char *names[4] = { "loss", "rec", "penalty", "aux" };
+    double got[4], max_g = 0.0;
+    size_t P, q;
+    if (moexc_st_open(&sf, path, &err) != MOEXC_OK) { TH_CHECK(0, "open %s: %s", path, err.message); return; }
+    memset(&o, 0, sizeof(o));
+    o.variant = strcmp(moexc_st_meta(sf, "variant"), "l1") == 0 ? MOEXC_XC_L1 : MOEXC_XC_BATCHTOPK;
+    o.n_latents = F = atoi(moexc_st_meta(sf, "n_latents"));
+    o.k = atoi(moexc_st_meta(sf, "k"));
+    o.n_shared = atoi(moexc_st_meta(sf, "n_shared"));
+    o.lambda_f = (float)atof(moexc_st_meta(sf, "lambda_f"));
+    o.lambda_ratio = (float)atof(moexc_st_meta(sf, "lambda_ratio"));
+    o.aux_k = atoi(moexc_st_meta(sf, "aux_k"));
+    o.aux_alpha = (float)atof(moexc_st_meta(sf, "aux_alpha"));
+    o.lambda_warmup = -1.0f;    /* the full lambda at step 0 */
+    da = atoi(moexc_st_meta(sf, "d_a")); db = atoi(moexc_st_meta(sf, "d_b"));
+    n = atoi(moexc_st_meta(sf, "n"));
+    TH_CHECK(moexc_xc_create(&xc, da, db, &o, &err) == MOEXC_OK, "create: %s", err.message);
+    if (!xc) { moexc_st_close(sf); return; }
+    P = moexc_xc_num_params(xc);
+    xa = (float *)malloc((size_t)n * da * sizeof(float)); xb = (float *)malloc((size_t)n * db * sizeof(float));
+    grads = (float *)malloc(P * sizeof(float)); dead = (float *)malloc((size_t)F * sizeof(float));
+    sh[0] = n; sh[1] = da;
+    TH_CHECK(moexc_st_read_f32(sf, "x_a", xa, 2, sh, &err) == MOEXC_OK, "x_a: %s", err.message);
+    sh[1] = db;
+    TH_CHECK(moexc_st_read_f32(sf, "x_b", xb, 2, sh, &err) == MOEXC_OK, "x_b: %s", err.message);
+    sh[0] = (int64_t)P;
+    TH_CHECK(moexc_st_read_f32(sf, "params", moexc_xc_params(xc), 1, sh, &err) == MOEXC_OK, "params: %s", err.message);
+    TH_CHECK(moexc_st_read_f32(sf, "grads", grads, 1, sh, &err) == MOEXC_OK, "grads: %s", err.message);
+    sh[0] = F;
+    TH_CHECK(moexc_st_read_f32(sf, "dead", dead, 1, sh, &err) == MOEXC_OK, "dead: %s", err.message);
+    for (i = 0; i < 4; i++) {
+        sh[0] = 1;
+        TH_CHECK(moexc_st_shape(sf, names[i], &nd, sh, NULL) == MOEXC_OK && moexc_st_read_f32(sf, names[i], want + i, 1, sh, NULL) == MOEXC_OK, "%s", names[i]);
+    }
+    moexc_st_close(sf);
+    moexc_xc_set_scales(xc, 1.0f, 1.0f);
+    for (i = 0; i < F; i++) moexc_xc_set_dead(xc, i, dead[i] > 0.0f);
+    TH_CHECK(moexc_xc_loss_grad(xc, xa, xb, n, &s, &err) == MOEXC_OK, "loss_grad: %s", err.message);
+    got[0] = s.loss; got[1] = s.rec; got[2] = s.penalty; got[3] = s.aux;
+    for (i = 0; i < 4; i++) TH_CHECK_NEAR(got[i], want[i], 1e-5, 1e-5, names[i]);
+    for (q = 0; q < P; q++) if (fabs(grads[q]) > max_g) max_g = fabs(grads[q]);
+    for (q = 0; q < P; q++) {
+        double diff = fabs((double)moexc_xc_grads(xc)[q] - grads[q]);
+        if (diff > 1e-5 * max_g + 1e-6 * fabs(grads[q])) {
+            if (bad < 4) printf("  %s: grad %lu: %.8g, torch %.8g\n", path, (unsigned long)q, moexc_xc_grads(xc)[q], grads[q]);
+            bad++;
+        }
+    }
+    TH_CHECK(bad == 0, "%s: %d of %lu gradients differ from PyTorch", path, bad, (unsigned long)P);
+    printf("  %s: loss %.6f (torch %.6f), aux %.6f (torch %.6f), %lu gradients\n", path, s.loss, want[0], s.aux, want[3], (unsigned long)P);
+    moexc_xc_free(xc);
+    free(xa); free(xb); free(grads); free(dead);
+}
+
+static void test_against_pytorch(void)
+{
+    check_torch_fixture("tests/fixtures/xc_ref_batchtopk.safetensors");
+    check_torch_fixture("tests/fixtures/xc_ref_l1.safetensors");
+}
+
 /* ---- planted dictionary -------------------------------------------------- */
 /* Atoms: 0..23 shared (12 with the same direction in both models, 12 with
    correlated directions, cosine ~0.6), 24..35 A-only, 36..47 B-only. Each
@@ -595,6 +702,8 @@ int main(void)
     TIMED(test_auxk_reaches_encoder);
     TIMED(test_tying_invariant);
     TIMED(test_batchtopk_exact_count);
+    TIMED(test_sparse_matches_dense);
+    TIMED(test_against_pytorch);
     TIMED(test_threshold_and_folding);
     TIMED(test_checkpoints);
     TIMED(test_planted_dictionary);

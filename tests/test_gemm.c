@@ -124,7 +124,7 @@ static void test_block_boundaries(void)
    three linear wrappers, checking sampled rows against the reference. */
 static void test_model_shapes(void)
 {
-    static const int shapes[][2] = { { 128, 512 }, { 512, 128 }, { 256, 1024 }, { 1024, 512 } };
+    static const int shapes[][2] = { { 128, 512 }, { 512, 128 }, { 256, 1024 }, { 1024, 256 } };
     moexc_rng rng;
     int s;
     moexc_rng_seed(&rng, 3);
@@ -161,8 +161,9 @@ static void test_beta_alpha_k_edge_cases(void)
    always do. Shapes split over M, over N (M tiny) and with several K blocks. */
 static void test_thread_count_bit_identical(void)
 {
-    static const int shapes[][3] = { { 1000, 777, 333 }, { 5, 3000, 200 }, { 4096, 128, 512 },
-                                     { 128, 512, 4096 }, { 33, 33, 1025 } };
+    /* split over rows (M >= N) and over columns, with K blocks and edge tiles */
+    static const int shapes[][3] = { { 600, 301, 250 }, { 5, 3000, 200 }, { 2048, 64, 300 },
+                                     { 64, 256, 2048 }, { 33, 33, 1025 } };
     moexc_rng rng;
     int s, layout;
     moexc_rng_seed(&rng, 4);

@@ -12,6 +12,26 @@
    This file includes the implementation itself (the Makefile's model block
    builds it without build/moexc.o) so that it can call the internal layer
    functions (moexc__*_forward/_backward) directly. */
+#include <stdlib.h>
+/* An allocator that can be told to fail: the n-th allocation from now
+   returns NULL (out-of-memory test). */
+static long g_alloc_countdown = -1;
+static int g_alloc_failed = 0;
+static void *test_malloc(size_t n)
+{
+    if (g_alloc_countdown == 0) { g_alloc_failed = 1; return NULL; }
+    if (g_alloc_countdown > 0) g_alloc_countdown--;
+    return malloc(n);
+}
+static void *test_realloc(void *p, size_t n)
+{
+    if (g_alloc_countdown == 0) { g_alloc_failed = 1; return NULL; }
+    if (g_alloc_countdown > 0) g_alloc_countdown--;
+    return realloc(p, n);
+}
+#define MOEXC_MALLOC(n) test_malloc(n)
+#define MOEXC_REALLOC(p, n) test_realloc((p), (n))
+#define MOEXC_FREE(p) free(p)
 #define MOEXC_IMPLEMENTATION
 #include "../moexc.h"
 #include "harness.h"
@@ -861,6 +881,77 @@ static void test_forward_behaviour(void)
     moexc_model_free(m);
 }
 
+/* Forcing k' = 1 experts equals a model configured with top_k = 1. */
+static void test_active_experts_override(void)
+{
+    moexc_model_config c = tiny_config(MOEXC_FFN_MOE);
+    moexc_model *a = NULL, *b = NULL;
+    moexc_error err;
+    uint16_t in[16];
+    int i;
+    for (i = 0; i < 16; i++) in[i] = (uint16_t)(i * 9 % 32);
+    TH_CHECK(moexc_model_create(&a, &c, &err) == MOEXC_OK, "create: %s", err.message);
+    c.top_k = 1;
+    TH_CHECK(moexc_model_create(&b, &c, &err) == MOEXC_OK, "create: %s", err.message);
+    if (!a || !b) { moexc_model_free(a); moexc_model_free(b); return; }
+    memcpy(moexc_model_params(b), moexc_model_params(a), moexc_model_num_params(a) * sizeof(float));
+    TH_CHECK(moexc_model_set_active_experts(a, 3, &err) == MOEXC_ERR_ARG, "k' > top_k refused");
+    TH_CHECK(moexc_model_set_active_experts(a, 1, &err) == MOEXC_OK, "set: %s", err.message);
+    moexc_model_forward(a, in, NULL, 2, 8, NULL, NULL);
+    moexc_model_forward(b, in, NULL, 2, 8, NULL, NULL);
+    TH_CHECK(memcmp(moexc_model_logits(a), moexc_model_logits(b), 16 * 32 * sizeof(float)) == 0, "k' = 1 forced = top_k 1");
+    TH_CHECK(memcmp(moexc_model_router_choices(a, 1), moexc_model_router_choices(b, 1), 16 * sizeof(int)) == 0,
+             "choices (N x k')");
+    TH_CHECK(moexc_model_set_active_experts(a, 0, &err) == MOEXC_OK, "reset");
+    moexc_model_forward(a, in, NULL, 2, 8, NULL, NULL);
+    TH_CHECK(memcmp(moexc_model_logits(a), moexc_model_logits(b), 16 * 32 * sizeof(float)) != 0, "k = 2 again differs");
+    moexc_model_free(a);
+    moexc_model_free(b);
+}
+
+/* Every allocation failure surfaces as MOEXC_ERR_NOMEM, never a crash or a
+   leak (run under AddressSanitizer to check the leaks). */
+static void test_out_of_memory(void)
+{
+    moexc_model_config c = tiny_config(MOEXC_FFN_MOE);
+    uint16_t in[16];
+    long n;
+    int i, failures = 0, completed = 0;
+    for (i = 0; i < 16; i++) in[i] = (uint16_t)(i * 5 % 32);
+    {
+        /* the checkpoint to load is written without injected failures
+           (moexc_st_save is the data section's and is tested there) */
+        moexc_model *m = NULL;
+        TH_CHECK(moexc_model_create(&m, &c, NULL) == MOEXC_OK && moexc_model_save(m, CKPT, NULL) == MOEXC_OK, "save");
+        moexc_model_free(m);
+    }
+    for (n = 0; n < 400 && !completed; n++) {
+        moexc_model *m = NULL, *b = NULL;
+        moexc_error err;
+        moexc_status st;
+        err.code = MOEXC_OK;
+        g_alloc_countdown = n;
+        g_alloc_failed = 0;
+        st = moexc_model_create(&m, &c, &err);
+        if (st == MOEXC_OK) st = moexc_model_forward(m, in, in, 2, 8, NULL, &err);
+        if (st == MOEXC_OK) st = moexc_model_backward(m, &err);
+        if (st == MOEXC_OK) st = moexc_model_load(&b, CKPT, &err);
+        completed = !g_alloc_failed;    /* nothing failed: every step ran */
+        g_alloc_countdown = -1;
+        if (st != MOEXC_OK) {
+            failures++;
+            TH_CHECK(st == MOEXC_ERR_NOMEM || st == MOEXC_ERR_IO, "allocation %ld failing gives status %d (%s)", n,
+                     (int)st, err.message);
+        } else {
+            TH_CHECK(completed, "allocation %ld failed yet everything reported success", n);
+        }
+        moexc_model_free(m);
+        moexc_model_free(b);
+    }
+    TH_CHECK(completed && failures > 10, "walked every allocation (%d failures injected)", failures);
+    remove(CKPT);
+}
+
 /* Gradients add up, and OpenMP thread counts do not change a bit. */
 static void test_backward_accumulates_and_determinism(void)
 {
@@ -923,6 +1014,8 @@ int main(void)
     TH_RUN(test_config_validation);
     TH_RUN(test_param_counts_and_pair);
     TH_RUN(test_forward_behaviour);
+    TH_RUN(test_active_experts_override);
+    TH_RUN(test_out_of_memory);
     TH_RUN(test_backward_accumulates_and_determinism);
     printf("     max finite-difference error %.2e (tolerance %g); max PyTorch parity error %.2e (tolerance %g)\n",
            g_max_fd_err, FD_TOL, g_max_parity_err, PARITY_TOL);

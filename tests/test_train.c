@@ -433,6 +433,11 @@ static void test_bad_options(void)
     TH_CHECK(moexc_trainer_create(&t, m, &data, &o, &err) == MOEXC_ERR_ARG && !t, "beta2 = 1: %s", err.message);
     memset(&o, 0, sizeof(o)); o.lr = -1.0f;
     TH_CHECK(moexc_trainer_create(&t, m, &data, &o, &err) == MOEXC_ERR_ARG && !t, "negative lr: %s", err.message);
+    memset(&o, 0, sizeof(o)); o.eval_fraction = 0.002f;   /* 3 held-out tokens per domain */
+    TH_CHECK(moexc_trainer_create(&t, m, &data, &o, &err) == MOEXC_ERR_ARG && !t && strstr(err.message, "held-out"), "no held-out window: %s", err.message);
+    o.eval_interval = -1;
+    TH_CHECK(moexc_trainer_create(&t, m, &data, &o, &err) == MOEXC_OK && t, "... fine without evaluation: %s", err.message);
+    moexc_trainer_free(t); t = NULL;
     data.tokens[10] = 300;   /* beyond the byte vocabulary */
     memset(&o, 0, sizeof(o));
     TH_CHECK(moexc_trainer_create(&t, m, &data, &o, &err) == MOEXC_ERR_ARG && !t && strstr(err.message, "token 10"), "bad token: %s", err.message);

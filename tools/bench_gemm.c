@@ -3,10 +3,13 @@
    -DMOEXC_BENCH_OPENBLAS) and the machine's fp32 peak (measured by an FMA
    throughput probe), on 1 and 2 threads.
 
-   usage: bench_gemm [reps]        (default 7 repetitions per entry)
+   usage: bench_gemm [reps] [--cpu-time]     (default 7 repetitions per entry)
 
    Ours and OpenBLAS run interleaved, repetition by repetition, so background
    load hits both alike. Each entry reports the median and the best GFLOP/s.
+   --cpu-time times the 1-thread entries by the thread's CPU clock instead of
+   the wall clock, which leaves out the time the thread sat descheduled on a
+   busy machine (both libraries then run on the calling thread).
    `make bench-gemm` runs it with OPENBLAS_CORETYPE=SkylakeX. */
 #define _POSIX_C_SOURCE 199309L
 #include "moexc.h"
@@ -29,6 +32,20 @@ static double now_seconds(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static double thread_cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Let the other library's idle worker threads stop spinning (OpenMP and
+   OpenBLAS both busy-wait a little after a parallel call) before timing. */
+static void settle(void)
+{
+    struct timespec ts = { 0, 3000000 };   /* 3 ms */
+    nanosleep(&ts, NULL);
 }
 
 static void set_threads(int threads)
@@ -172,22 +189,26 @@ static void run_openblas(const bench_case *b)
 }
 #endif
 
-/* GFLOP/s of one timed batch: enough calls to last >= 20 ms */
-static double time_batch(void (*fn)(const bench_case *), const bench_case *b, int calls)
+/* GFLOP/s of one timed batch of `calls` calls (sized to last >= 20 ms) */
+static double time_batch(void (*fn)(const bench_case *), const bench_case *b, int calls, int cpu_time)
 {
-    double flops = 2.0 * b->M * b->N * b->K * calls, t0 = now_seconds();
+    double flops = 2.0 * b->M * b->N * b->K * calls, t0;
     int c;
+    settle();
+    t0 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (c = 0; c < calls; c++) fn(b);
-    return flops / (now_seconds() - t0) * 1e-9;
+    return flops / ((cpu_time ? thread_cpu_seconds() : now_seconds()) - t0) * 1e-9;
 }
 
 #define MAX_REPS 31
 
-static void bench_one(int layout, int M, int N, int K, int threads, int reps, double peak)
+/* Time one shape and layout; prints a table row, returns our median and best. */
+static void bench_one(int layout, int M, int N, int K, int threads, int reps, double peak, int cpu_time,
+                      double *our_median, double *our_best)
 {
     bench_case b;
     size_t big = (size_t)M * (size_t)(N > K ? N : K);
-    double ours[MAX_REPS], theirs[MAX_REPS], flops = 2.0 * M * N * K, t0;
+    double ours[MAX_REPS], theirs[MAX_REPS], t0;
     int calls = 1, r;
     moexc_rng rng;
     size_t i;
@@ -212,9 +233,9 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
     run_openblas(&b);
 #endif
     for (r = 0; r < reps; r++) {
-        ours[r] = time_batch(run_ours, &b, calls);
+        ours[r] = time_batch(run_ours, &b, calls, cpu_time);
 #ifdef MOEXC_BENCH_OPENBLAS
-        theirs[r] = time_batch(run_openblas, &b, calls);
+        theirs[r] = time_batch(run_openblas, &b, calls, cpu_time);
 #else
         theirs[r] = 0.0;
 #endif
@@ -225,8 +246,9 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
         printf("%-10s %5d %5d %5d %2d | %7.1f %7.1f | %7.1f %7.1f | %5.2f | %5.2f\n",
                layout_names[layout], M, N, K, threads, om, ob, tm, tb,
                tm > 0.0 ? om / tm : 0.0, om / peak);
+        *our_median = om;
+        *our_best = ob;
     }
-    (void)flops;
     free(b.X); free(b.W); free(b.dY); free(b.out);
 }
 
@@ -235,15 +257,20 @@ int main(int argc, char **argv)
     /* model shapes: K, N of the d = 128..512 models' linear layers, M = 4096 tokens */
     static const int model_kn[][2] = { { 128, 128 }, { 128, 512 }, { 512, 128 }, { 256, 1024 },
                                        { 1024, 256 }, { 512, 512 }, { 512, 2048 }, { 2048, 512 } };
-    int reps = argc > 1 ? atoi(argv[1]) : 7, threads, layout, s, max_threads = 1;
-    double peak[3];
+    int reps = 7, cpu_time = 0, threads, layout, s, a, max_threads = 1;
+    double peak[3], cube_median[3][3], cube_best[3][3], unused_median, unused_best;
+    for (a = 1; a < argc; a++) {
+        if (strcmp(argv[a], "--cpu-time") == 0) cpu_time = 1;
+        else if (atoi(argv[a]) > 0) reps = atoi(argv[a]);
+        else { fprintf(stderr, "usage: %s [reps] [--cpu-time]\n", argv[0]); return 2; }
+    }
     if (reps < 1) reps = 1;
     if (reps > MAX_REPS) reps = MAX_REPS;
 #ifdef _OPENMP
     max_threads = omp_get_max_threads() >= 2 ? 2 : 1;
 #endif
-    printf("moexc GEMM benchmark: backend %s, %d reps, times are GFLOP/s (median / best)\n",
-           moexc_simd_backend(), reps);
+    printf("moexc GEMM benchmark: backend %s, %d reps, GFLOP/s (median / best)%s\n",
+           moexc_simd_backend(), reps, cpu_time ? ", 1-thread rows timed by thread CPU clock" : "");
 #ifdef MOEXC_BENCH_OPENBLAS
     printf("OpenBLAS %s, core %s\n", openblas_get_config(), openblas_get_corename());
 #else
@@ -258,10 +285,19 @@ int main(int argc, char **argv)
     printf("(layout dims: Y=XW^T is X (M x K) W (N x K); dX=dYW gives (M x K); dW+=dY^TX gives (N x K), summed over M)\n");
     for (threads = 1; threads <= max_threads; threads++) {
         for (layout = 0; layout < 3; layout++)
-            bench_one(layout, 1024, 1024, 1024, threads, reps, peak[threads]);
+            bench_one(layout, 1024, 1024, 1024, threads, reps, peak[threads], cpu_time && threads == 1,
+                      &cube_median[threads][layout], &cube_best[threads][layout]);
         for (s = 0; s < (int)(sizeof(model_kn) / sizeof(model_kn[0])); s++)
             for (layout = 0; layout < 3; layout++)
-                bench_one(layout, 4096, model_kn[s][1], model_kn[s][0], threads, reps, peak[threads]);
+                bench_one(layout, 4096, model_kn[s][1], model_kn[s][0], threads, reps, peak[threads],
+                          cpu_time && threads == 1, &unused_median, &unused_best);
+    }
+    if (max_threads >= 2) {
+        printf("\n2 threads / 1 thread at 1024^3 (moexc):");
+        for (layout = 0; layout < 3; layout++)
+            printf("  %s %.2fx (best %.2fx)", layout_names[layout], cube_median[2][layout] / cube_median[1][layout],
+                   cube_best[2][layout] / cube_best[1][layout]);
+        printf("\n");
     }
     return 0;
 }

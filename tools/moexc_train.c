@@ -124,10 +124,9 @@ static void print_summary(moexc_trainer *t, const moexc_tokens *data)
     const moexc_eval_result *ev;
     const moexc_router_stats *rs;
     moexc_error err;
-    size_t total = moexc_model_num_params(m), active = total;
+    size_t total = 0, active = 0;
     int d, l, e;
-    if (c->ffn == MOEXC_FFN_MOE)   /* E - k experts of 3 d h_e weights idle per token and layer */
-        active -= (size_t)c->n_layers * (size_t)(c->n_experts - c->top_k) * 3u * (size_t)c->d_model * (size_t)c->d_expert;
+    if (moexc_model_count_params(c, &total, &active, &err)) { fprintf(stderr, "error: %s\n", err.message); return; }
     printf("parameters: %lu total, %lu active per token\n", (unsigned long)total, (unsigned long)active);
     if (moexc_trainer_evaluate(t, &ev, &err)) { fprintf(stderr, "evaluation: %s\n", err.message); return; }
     printf("final held-out evaluation (%.0f tokens):\n  %-10s %8s %10s %12s\n", ev->all.tokens, "domain", "nats", "bits/byte", "unigram bpb");

@@ -1,0 +1,1177 @@
+/* examples/moexc_demo.c - the paper's whole study in one command, offline.
+
+     build/moexc_demo                      default preset into ./report (~10 min on 2 cores)
+     build/moexc_demo --preset tiny --out /tmp/r    seconds, for tests
+     build/moexc_demo --help                       every option
+
+   Does "MoE vs dense: what do crosscoders see?" end to end on the built-in
+   three-domain corpus, and doubles as a walkthrough of the C API:
+
+     1. corpus      moexc_corpus_builtin             (tools/moexc_mkdata)
+     2. two LMs     moexc_model_config_pair, moexc_trainer_*   (tools/moexc_train)
+     3. harvest     moexc_harvester_*, moexc_shuffle_*         (tools/moexc_crosscoder)
+     4. crosscoder  moexc_xc_*  (BatchTopK, designated shared latents)
+     5. analysis    moexc_xc_evaluate, moexc_analyze_latents, moexc_latent_scaling_*
+     6. report      table.csv, summary.json, *.npy, *.png, checkpoints
+
+   Model A of the crosscoder is the MoE, model B the dense model; the relative
+   decoder norm r = |d_B| / (|d_A| + |d_B|) is 0 for MoE-only latents and 1 for
+   dense-only ones (SPEC.md §5). PNGs are written with stb_image_write (Debian:
+   libstb-dev); the library itself never includes it. */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L   /* clock_gettime, mkdir */
+#endif
+#include "../moexc.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <math.h>
+#include <time.h>
+#ifdef _WIN32
+#include <direct.h>
+#define make_dir(p) _mkdir(p)
+#else
+#include <sys/stat.h>
+#define make_dir(p) mkdir((p), 0777)
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>   /* the Makefile adds -isystem $(STB_DIR) */
+
+/* ------------------------------------------------------------------------- */
+/* Settings. A preset fills all of them; command-line options override.      */
+
+typedef struct demo_config {
+    const char *preset, *out;
+    int      threads;                 /* 0: OpenMP's default                       */
+    uint64_t seed;
+    /* 1. corpus */
+    double   bytes_per_domain;
+    /* 2. language models (the MoE gets E experts of width 4d/k: equal active parameters) */
+    int      d_model, n_layers, n_heads, context, n_experts, top_k;
+    int      lm_steps, lm_batch, lm_seq, lm_evals;
+    float    lm_lr;
+    /* 3. harvesting */
+    int      layer, site;             /* block (0-based) and moexc_site             */
+    /* 4. crosscoder */
+    int      xc_latents, xc_k, xc_shared, xc_steps, xc_batch, xc_buffer, xc_evals;
+    float    xc_lr;
+    /* 5. held-out evaluation */
+    int      eval_pairs;
+} demo_config;
+
+static void preset(demo_config *c, const char *name)
+{
+    c->preset = name;
+    c->layer = 3;  c->site = MOEXC_SITE_FFN_OUT;          /* the paper's released crosscoder */
+    c->n_layers = 5; c->n_experts = 8; c->top_k = 2;       /* 5-layer models, E = 8, k = 2    */
+    c->lm_evals = 10; c->xc_evals = 12;
+    if (!strcmp(name, "tiny")) {           /* seconds: exercises every step, for tests */
+        c->bytes_per_domain = 60e3;
+        c->d_model = 32; c->n_heads = 2; c->context = 64;
+        c->lm_steps = 30; c->lm_batch = 4; c->lm_seq = 64; c->lm_lr = 3e-3f;
+        c->xc_latents = 512; c->xc_k = 8; c->xc_shared = 16;
+        c->xc_steps = 150; c->xc_batch = 256; c->xc_buffer = 4096; c->xc_lr = 2e-3f;
+        c->eval_pairs = 4096;
+    } else if (!strcmp(name, "paper")) {   /* hours: toward the paper's scale */
+        c->bytes_per_domain = 30e6;
+        c->d_model = 256; c->n_heads = 8; c->context = 256;
+        c->lm_steps = 20000; c->lm_batch = 32; c->lm_seq = 256; c->lm_lr = 1e-3f;
+        c->xc_latents = 16384; c->xc_k = 64; c->xc_shared = 512;
+        c->xc_steps = 30000; c->xc_batch = 4096; c->xc_buffer = 262144; c->xc_lr = 0;  /* lr: library default */
+        c->eval_pairs = 262144;
+    } else {                               /* "default": about 10 minutes on 2 quiet cores */
+        c->preset = "default";
+        c->bytes_per_domain = 2e6;
+        c->d_model = 64; c->n_heads = 4; c->context = 128;
+        c->lm_steps = 1200; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
+        c->xc_latents = 2048; c->xc_k = 16; c->xc_shared = 64;
+        c->xc_steps = 3000; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 1e-3f;
+        c->eval_pairs = 65536;
+    }
+}
+
+static const char *usage =
+"usage: moexc_demo [options]\n"
+"Train a dense and an equal-active-parameter MoE transformer on the built-in\n"
+"code/science/stories corpus, train a BatchTopK crosscoder with designated shared\n"
+"latents on layer activations of both, and write the paper-style report.\n"
+"\n"
+"  --out DIR              report folder (default ./report)\n"
+"  --preset NAME          tiny (seconds), default (~10 min on 2 cores), paper (hours)\n"
+"  --threads N            OpenMP threads (default: OpenMP's choice)\n"
+"  --seed N               seed of corpus, models, data order, crosscoder (default 1)\n"
+"  --layer N              block to harvest, 0-based (default 3)\n"
+"  --site ffn|resid       FFN/MoE output (default) or residual stream after the block\n"
+"corpus and language models\n"
+"  --bytes N              corpus bytes per domain\n"
+"  --d-model N --layers N --heads N --context N\n"
+"  --experts N --top-k N  MoE experts and active experts (h_e = 4d / k)\n"
+"  --lm-steps N --lm-batch N --lm-seq N --lm-lr X\n"
+"crosscoder\n"
+"  --xc-latents N         latents F\n"
+"  --xc-k N               BatchTopK: mean active latents per token\n"
+"  --xc-shared N          designated shared latents (the first N)\n"
+"  --xc-steps N --xc-batch N --xc-lr X (0 = library default)\n"
+"  --xc-buffer N          shuffle-buffer capacity in token pairs\n"
+"  --eval-pairs N         held-out token pairs for the final evaluation\n"
+"\n"
+"presets (d / layers / LM steps x tokens / F / k / crosscoder steps x batch):\n"
+"  tiny     32 / 5 /    30 x 256   /   512 /  8 /   150 x 256\n"
+"  default  64 / 5 /  1200 x 2048  /  2048 / 16 /  3000 x 1024\n"
+"  paper   256 / 5 / 20000 x 8192  / 16384 / 64 / 30000 x 4096\n"
+"Each step is also a command-line tool: moexc_mkdata, moexc_train, moexc_crosscoder.\n";
+
+/* ------------------------------------------------------------------------- */
+/* Small helpers: time, errors, files.                                        */
+
+static double now_seconds(void)
+{
+#if defined(CLOCK_MONOTONIC)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+static void format_eta(char *buf, size_t size, double seconds)
+{
+    if (!(seconds >= 0) || seconds > 1e7) seconds = 0;
+    snprintf(buf, size, "%dm%02ds", (int)(seconds / 60), (int)seconds % 60);
+}
+
+/* Print a library error and tell main to stop. */
+static int failed(const char *what, const moexc_error *err)
+{
+    fprintf(stderr, "moexc_demo: %s: %s (%s)\n", what, err->message, moexc_status_name(err->code));
+    return 1;
+}
+
+static void join(char *buf, size_t size, const char *dir, const char *name)
+{
+    snprintf(buf, size, "%s/%s", dir, name);
+}
+
+/* Text outputs go to "<path>.tmp" and are renamed into place when complete. */
+static FILE *open_tmp(const char *path)
+{
+    char tmp[4200];
+    FILE *f;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    f = fopen(tmp, "wb");
+    if (!f) fprintf(stderr, "moexc_demo: cannot write %s: %s\n", tmp, strerror(errno));
+    return f;
+}
+static int commit_tmp(FILE *f, const char *path)
+{
+    char tmp[4200];
+    int bad = ferror(f);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        fprintf(stderr, "moexc_demo: cannot write %s\n", path);
+        remove(tmp);
+        return 1;
+    }
+    return 0;
+}
+
+static int save_png(const char *dir, const char *name, const moexc_canvas *c)
+{
+    char path[4096];
+    join(path, sizeof(path), dir, name);
+    if (!stbi_write_png(path, c->width, c->height, 3, c->rgb, c->width * 3)) {
+        fprintf(stderr, "moexc_demo: cannot write %s\n", path);
+        return 1;
+    }
+    printf("  wrote %s\n", path);
+    return 0;
+}
+
+/* A JSON number, or null for NaN / infinity. */
+static void json_num(FILE *f, double x)
+{
+    if (x != x || x > 1e300 || x < -1e300) fputs("null", f);
+    else fprintf(f, "%.6g", x);
+}
+static const char *json_bool(int b) { return b ? "true" : "false"; }
+
+/* ------------------------------------------------------------------------- */
+/* Step 2 bookkeeping: what the training callback records.                    */
+
+typedef struct lm_record {
+    const char *name;                 /* "dense" or "moe"                          */
+    const moexc_tokens *data;
+    int    n_steps, n_evals, log_every;
+    double t0;
+    float *step, *loss, *ce, *lb, *lr;                /* per optimiser step         */
+    float *eval_step, *eval_bpb;                      /* [eval][domain + 1 (all)]   */
+} lm_record;
+
+static int on_lm_progress(const moexc_train_progress *p, void *user)
+{
+    lm_record *r = (lm_record *)user;
+    int i = p->step - 1, d, D = r->data->n_domains;
+    if (i >= 0 && i < r->n_steps) {
+        r->step[i] = (float)p->step; r->loss[i] = (float)p->loss; r->ce[i] = (float)p->ce;
+        r->lb[i] = (float)p->lb; r->lr[i] = (float)p->lr;
+    }
+    if (p->eval && r->n_evals < r->n_steps + 1) {
+        float *row = r->eval_bpb + (size_t)r->n_evals * (D + 1);
+        r->eval_step[r->n_evals] = (float)p->eval->step;
+        for (d = 0; d < D; d++) row[d] = (float)p->eval->domain[d].bits_per_byte;
+        row[D] = (float)p->eval->all.bits_per_byte;
+        r->n_evals++;
+    }
+    if (p->step % r->log_every == 0 || p->step == p->total_steps || p->eval) {
+        double elapsed = now_seconds() - r->t0;
+        char eta[32];
+        format_eta(eta, sizeof(eta), elapsed / p->step * (p->total_steps - p->step));
+        fprintf(stderr, "  [%-5s] step %5d/%d  loss %.4f (ce %.4f lb %.4f)  %7.0f tok/s  ETA %s",
+                r->name, p->step, p->total_steps, p->loss, p->ce, p->lb, p->tokens / (elapsed > 0 ? elapsed : 1e-9), eta);
+        if (p->usage_max > 0) fprintf(stderr, "  routing H %.2f bits", p->usage_entropy);
+        fputc('\n', stderr);
+        if (p->eval) {
+            fprintf(stderr, "          held-out bits/byte:");
+            for (d = 0; d < D; d++) fprintf(stderr, " %s %.3f", r->data->domain_names[d], p->eval->domain[d].bits_per_byte);
+            fprintf(stderr, " | all %.3f\n", p->eval->all.bits_per_byte);
+        }
+    }
+    return 0;
+}
+
+/* Results kept from the final held-out evaluation of one LM. */
+typedef struct lm_result {
+    size_t  params_total, params_active;
+    double  seconds, tokens_per_second;
+    double  bpb[MOEXC_MAX_DOMAINS + 1], unigram_bpb[MOEXC_MAX_DOMAINS + 1];   /* [domain], [D] = all */
+    int     router_layers, router_experts, router_k;
+    double *domain_share;             /* [L][D][E], MoE only                        */
+    double *f, *entropy;              /* [L][E], [L]                                */
+} lm_result;
+
+/* Train one model, save its training checkpoint, keep its final evaluation. */
+static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_config *c, lm_record *rec,
+                    lm_result *res, const char *ckpt_path)
+{
+    moexc_train_options to;
+    moexc_trainer *trainer = NULL;
+    const moexc_eval_result *ev;
+    moexc_error err;
+    int d, D = data->n_domains, bad = 1;
+
+    memset(&to, 0, sizeof(to));                   /* zero = defaults: AdamW, warm-up + cosine, clip 1 */
+    to.lr = c->lm_lr;
+    to.total_steps = c->lm_steps;
+    to.batch_size = c->lm_batch;
+    to.seq_len = c->lm_seq;
+    to.eval_interval = c->lm_steps / c->lm_evals > 0 ? c->lm_steps / c->lm_evals : 1;
+    to.seed = c->seed;                            /* same data order for both models */
+    if (moexc_trainer_create(&trainer, model, data, &to, &err)) return failed("trainer", &err);
+
+    rec->data = data;
+    rec->n_steps = c->lm_steps;
+    rec->log_every = c->lm_steps / 20 > 0 ? c->lm_steps / 20 : 1;
+    rec->t0 = now_seconds();
+    if (moexc_trainer_run(trainer, on_lm_progress, rec, &err)) { bad = failed("training", &err); goto done; }
+    res->seconds = now_seconds() - rec->t0;
+    res->tokens_per_second = (double)c->lm_steps * c->lm_batch * c->lm_seq / res->seconds;
+
+    if (moexc_trainer_save(trainer, ckpt_path, &err)) { bad = failed("checkpoint", &err); goto done; }
+    printf("  saved %s (%.1f s, %.0f tok/s)\n", ckpt_path, res->seconds, res->tokens_per_second);
+
+    /* the final held-out evaluation (the trainer owns ev until its next evaluation) */
+    if (moexc_trainer_evaluate(trainer, &ev, &err)) { bad = failed("evaluation", &err); goto done; }
+    for (d = 0; d < D; d++) { res->bpb[d] = ev->domain[d].bits_per_byte; res->unigram_bpb[d] = ev->domain[d].unigram_bpb; }
+    res->bpb[D] = ev->all.bits_per_byte; res->unigram_bpb[D] = ev->all.unigram_bpb;
+    if (ev->router && ev->router->n_layers > 0) {
+        const moexc_router_stats *rs = ev->router;
+        size_t nle = (size_t)rs->n_layers * rs->n_experts, nlde = nle * rs->n_domains;
+        res->router_layers = rs->n_layers; res->router_experts = rs->n_experts; res->router_k = rs->top_k;
+        res->domain_share = (double *)malloc(nlde * sizeof(double));
+        res->f = (double *)malloc(nle * sizeof(double));
+        res->entropy = (double *)malloc((size_t)rs->n_layers * sizeof(double));
+        if (!res->domain_share || !res->f || !res->entropy) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        memcpy(res->domain_share, rs->domain_share, nlde * sizeof(double));
+        memcpy(res->f, rs->f, nle * sizeof(double));
+        memcpy(res->entropy, rs->entropy, (size_t)rs->n_layers * sizeof(double));
+    }
+    bad = 0;
+done:
+    moexc_trainer_free(trainer);
+    return bad;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Step 3 helper: a harvesting stream.                                        */
+/* The harvester reads consecutive windows. The built-in corpus is one block  */
+/* per domain, so we hand it a stream that interleaves windows of the three   */
+/* domains (code, science, stories, code, ...). held_out = 0 takes the tokens */
+/* the LMs trained on, 1 the held-out tail of each domain (the same split as  */
+/* the trainer: the last eval_fraction of each domain's tokens).              */
+static moexc_status interleave_split(moexc_tokens *out, const moexc_tokens *data, double eval_fraction,
+                                     int held_out, int window, moexc_error *err)
+{
+    size_t begin[MOEXC_MAX_DOMAINS], end[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS] = {0}, i;
+    uint16_t *dom_tokens[MOEXC_MAX_DOMAINS] = {0};
+    int d, D = data->n_domains, any = 1, index;
+    moexc_status st = MOEXC_OK;
+
+    memset(out, 0, sizeof(*out));
+    out->vocab_size = data->vocab_size;
+    for (d = 0; d < D && st == MOEXC_OK; d++) {
+        size_t count = moexc_tokens_domain_count(data, d), cut = count - (size_t)floor((double)count * eval_fraction);
+        begin[d] = held_out ? cut : 0;
+        end[d] = held_out ? count : cut;
+        dom_tokens[d] = (uint16_t *)malloc((count ? count : 1) * sizeof(uint16_t));
+        if (!dom_tokens[d]) st = MOEXC_ERR_NOMEM;
+        else st = moexc_tokens_add_domain(out, data->domain_names[d], &index, err);
+    }
+    for (i = 0; i < data->n && st == MOEXC_OK; i++) {      /* each domain's tokens in stream order */
+        d = data->domains[i];
+        dom_tokens[d][seen[d]++] = data->tokens[i];
+    }
+    while (any && st == MOEXC_OK) {                         /* round robin, one window per domain */
+        any = 0;
+        for (d = 0; d < D && st == MOEXC_OK; d++) {
+            if (begin[d] + (size_t)window > end[d]) continue;
+            st = moexc_tokens_append(out, dom_tokens[d] + begin[d], (size_t)window, d, err);
+            begin[d] += (size_t)window;
+            any = 1;
+        }
+    }
+    for (d = 0; d < D; d++) free(dom_tokens[d]);
+    if (st == MOEXC_ERR_NOMEM && err) { err->code = st; snprintf(err->message, sizeof(err->message), "out of memory"); }
+    return st;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Plots. Every figure is composed from the library's chart functions.        */
+
+static moexc_band class_band(int cls, double lo, double hi, const char *label)
+{
+    moexc_band b;
+    b.lo = lo; b.hi = hi; b.color = moexc_latent_class_color(cls); b.label = label;
+    return b;
+}
+
+/* r histogram with the three bands; designated and dead latents are counted in the table. */
+static int plot_r_histogram(const char *dir, const moexc_latent_analysis *an, moexc_canvas *cv)
+{
+    moexc_histogram h;
+    moexc_band bands[3];
+    moexc_plot_options po;
+    const char *label = "latents";
+    uint32_t color = 0x303030u;
+    char title[200];
+    int c, bad;
+    if (moexc_histogram_init(&h, 50, 0.0, 1.0, 0, NULL)) return 1;
+    for (c = MOEXC_CLASS_MOE_ONLY; c <= MOEXC_CLASS_DENSE_ONLY; c++)
+        moexc_histogram_add_where(&h, an->r, an->cls, (uint8_t)c, (size_t)an->n_latents);
+    bands[0] = class_band(MOEXC_CLASS_MOE_ONLY, 0.0, an->moe_max, "MoE-only");
+    bands[1] = class_band(MOEXC_CLASS_SHARED, an->moe_max, an->dense_min, "shared");
+    bands[2] = class_band(MOEXC_CLASS_DENSE_ONLY, an->dense_min, 1.0, "dense-only");
+    memset(&po, 0, sizeof(po));
+    snprintf(title, sizeof(title), "Relative decoder norm of %lld live latents (designated shared and dead excluded)",
+             (long long)h.total);
+    po.title = title;
+    po.x_label = "r = |d_dense| / (|d_MoE| + |d_dense|)     0 = MoE-only, 1 = dense-only";
+    po.y_label = "latents";
+    po.log_y = 1;
+    moexc_canvas_clear(cv, 0xFFFFFFu);
+    bad = moexc_plot_histograms(cv, &h, 1, &label, &color, bands, 3, &po, NULL) != MOEXC_OK;
+    moexc_histogram_free(&h);
+    return bad | save_png(dir, "r_hist.png", cv);
+}
+
+/* Histograms of x per live class, as overlaid outlines (fractions of each class). */
+static int plot_per_class(const char *dir, const char *file, const moexc_latent_analysis *an, const float *x,
+                          int n_bins, double lo, double hi, int log_axis, const float *extra, int n_extra,
+                          const char *extra_label, const moexc_plot_options *base, moexc_canvas *cv)
+{
+    moexc_histogram h[MOEXC_CLASS_COUNT + 1];
+    const char *labels[MOEXC_CLASS_COUNT + 1];
+    uint32_t colors[MOEXC_CLASS_COUNT + 1];
+    char names[MOEXC_CLASS_COUNT][64];
+    int c, n = 0, i, bad;
+    for (c = 0; c < MOEXC_CLASS_DEAD; c++) {
+        if (an->classes[c].count == 0) continue;
+        if (moexc_histogram_init(&h[n], n_bins, lo, hi, log_axis, NULL)) return 1;
+        moexc_histogram_add_where(&h[n], x, an->cls, (uint8_t)c, (size_t)an->n_latents);
+        snprintf(names[n], sizeof(names[n]), "%s (%lld)", moexc_latent_class_name(c), (long long)an->classes[c].count);
+        labels[n] = names[n];
+        colors[n] = moexc_latent_class_color(c);
+        n++;
+    }
+    if (extra) {
+        if (moexc_histogram_init(&h[n], n_bins, lo, hi, log_axis, NULL)) return 1;
+        moexc_histogram_add(&h[n], extra, (size_t)n_extra);
+        labels[n] = extra_label; colors[n] = 0x999999u;
+        n++;
+    }
+    moexc_canvas_clear(cv, 0xFFFFFFu);
+    bad = moexc_plot_histograms(cv, h, n, labels, colors, NULL, 0, base, NULL) != MOEXC_OK;
+    for (i = 0; i < n; i++) moexc_histogram_free(&h[i]);
+    return bad | save_png(dir, file, cv);
+}
+
+/* Heatmap: rows "layer l, domain", columns experts, cells = % of the domain's
+   tokens whose top-k includes the expert (uniform: 100 k / E). */
+static int plot_routing(const char *dir, const lm_result *moe, const moexc_tokens *data, moexc_error *err)
+{
+    int L = moe->router_layers, E = moe->router_experts, D = data->n_domains, l, d, e, bad;
+    int rows = L * D;
+    float *v = (float *)malloc((size_t)rows * E * sizeof(float));
+    char (*row_names)[48] = (char (*)[48])malloc((size_t)rows * sizeof(*row_names));
+    char col_names[64][8];
+    const char **rl = (const char **)malloc((size_t)rows * sizeof(char *));
+    const char *cl[64];
+    moexc_canvas cv;
+    moexc_plot_options po;
+    char title[200];
+    if (!v || !row_names || !rl || E > 64) { free(v); free(row_names); free(rl); return 1; }
+    for (l = 0; l < L; l++)
+        for (d = 0; d < D; d++) {
+            int r = l * D + d;
+            snprintf(row_names[r], sizeof(row_names[r]), "L%d %s", l, data->domain_names[d]);
+            rl[r] = row_names[r];
+            for (e = 0; e < E; e++)
+                v[(size_t)r * E + e] = (float)(100.0 * moe->domain_share[((size_t)l * D + d) * E + e]);
+        }
+    for (e = 0; e < E; e++) { snprintf(col_names[e], sizeof(col_names[e]), "e%d", e); cl[e] = col_names[e]; }
+    bad = moexc_canvas_init(&cv, 1000, 140 + 34 * rows, err) != MOEXC_OK;
+    if (!bad) {
+        memset(&po, 0, sizeof(po));
+        snprintf(title, sizeof(title), "MoE routing: %% of each domain's tokens per expert (uniform %.0f%%)",
+                 100.0 * moe->router_k / E);
+        po.title = title;
+        po.x_label = "expert (held-out tokens; rows: layer and domain)";
+        po.annotate = 1;
+        po.value_format = "%.0f";
+        po.z_min = 0; po.z_max = 100;
+        po.z_label = "% of tokens";
+        bad = moexc_plot_heatmap(&cv, v, rows, E, rl, cl, &po, err) != MOEXC_OK;
+        if (!bad) bad = save_png(dir, "routing_heatmap.png", &cv);
+        moexc_canvas_free(&cv);
+    }
+    free(v); free(row_names); free(rl);
+    return bad;
+}
+
+/* A noisy per-step curve for plotting: mean over a centred window of about
+   1% of the run (no lag, unlike an exponential average). */
+static void smooth(float *y, const float *x, int n)
+{
+    int i, j, half = n / 200;
+    for (i = 0; i < n; i++) {
+        int lo = i - half < 0 ? 0 : i - half, hi = i + half >= n ? n - 1 : i + half;
+        double s = 0;
+        for (j = lo; j <= hi; j++) s += x[j];
+        y[i] = (float)(s / (hi - lo + 1));
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Option parsing.                                                           */
+
+static int parse_int(const char *opt, const char *s, int lo, int *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || v != floor(v) || v < lo || v > 2e9) {
+        fprintf(stderr, "moexc_demo: %s: '%s' is not an integer >= %d\n", opt, s, lo);
+        return 1;
+    }
+    *out = (int)v;
+    return 0;
+}
+static int parse_num(const char *opt, const char *s, double lo, double *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !(v >= lo)) {
+        fprintf(stderr, "moexc_demo: %s: '%s' is not a number >= %g\n", opt, s, lo);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(demo_config *c, int argc, char **argv)
+{
+    int i, bad = 0;
+    double x;
+    const char *name = "default";
+    for (i = 1; i < argc; i++) {                      /* the preset first, then overrides */
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(usage, stdout); exit(0); }
+        if (!strcmp(argv[i], "--preset") && i + 1 < argc) name = argv[i + 1];
+    }
+    if (strcmp(name, "tiny") && strcmp(name, "default") && strcmp(name, "paper")) {
+        fprintf(stderr, "moexc_demo: --preset must be tiny, default or paper, not '%s'\n", name);
+        return 1;
+    }
+    memset(c, 0, sizeof(*c));
+    preset(c, name);
+    c->out = "report";
+    c->seed = 1;
+    for (i = 1; i < argc && !bad; i++) {
+        const char *a = argv[i], *v;
+        if (a[0] != '-' || a[1] != '-') { fprintf(stderr, "moexc_demo: unexpected argument '%s' (see --help)\n", a); return 1; }
+        if (i + 1 >= argc) { fprintf(stderr, "moexc_demo: %s needs a value (see --help)\n", a); return 1; }
+        v = argv[++i];
+        if (!strcmp(a, "--preset")) continue;
+        else if (!strcmp(a, "--out")) c->out = v;
+        else if (!strcmp(a, "--threads")) bad = parse_int(a, v, 1, &c->threads);
+        else if (!strcmp(a, "--seed")) { bad = parse_num(a, v, 0, &x); c->seed = (uint64_t)x; }
+        else if (!strcmp(a, "--layer")) bad = parse_int(a, v, 0, &c->layer);
+        else if (!strcmp(a, "--site")) {
+            if (!strcmp(v, "ffn")) c->site = MOEXC_SITE_FFN_OUT;
+            else if (!strcmp(v, "resid")) c->site = MOEXC_SITE_RESID;
+            else { fprintf(stderr, "moexc_demo: --site must be ffn or resid, not '%s'\n", v); return 1; }
+        }
+        else if (!strcmp(a, "--bytes")) { bad = parse_num(a, v, 1000, &c->bytes_per_domain); }
+        else if (!strcmp(a, "--d-model")) bad = parse_int(a, v, 2, &c->d_model);
+        else if (!strcmp(a, "--layers")) bad = parse_int(a, v, 1, &c->n_layers);
+        else if (!strcmp(a, "--heads")) bad = parse_int(a, v, 1, &c->n_heads);
+        else if (!strcmp(a, "--context")) bad = parse_int(a, v, 2, &c->context);
+        else if (!strcmp(a, "--experts")) bad = parse_int(a, v, 1, &c->n_experts);
+        else if (!strcmp(a, "--top-k")) bad = parse_int(a, v, 1, &c->top_k);
+        else if (!strcmp(a, "--lm-steps")) bad = parse_int(a, v, 1, &c->lm_steps);
+        else if (!strcmp(a, "--lm-batch")) bad = parse_int(a, v, 1, &c->lm_batch);
+        else if (!strcmp(a, "--lm-seq")) bad = parse_int(a, v, 2, &c->lm_seq);
+        else if (!strcmp(a, "--lm-lr")) { bad = parse_num(a, v, 0, &x); c->lm_lr = (float)x; }
+        else if (!strcmp(a, "--xc-latents")) bad = parse_int(a, v, 2, &c->xc_latents);
+        else if (!strcmp(a, "--xc-k")) bad = parse_int(a, v, 1, &c->xc_k);
+        else if (!strcmp(a, "--xc-shared")) bad = parse_int(a, v, 0, &c->xc_shared);
+        else if (!strcmp(a, "--xc-steps")) bad = parse_int(a, v, 1, &c->xc_steps);
+        else if (!strcmp(a, "--xc-batch")) bad = parse_int(a, v, 1, &c->xc_batch);
+        else if (!strcmp(a, "--xc-lr")) { bad = parse_num(a, v, 0, &x); c->xc_lr = (float)x; }
+        else if (!strcmp(a, "--xc-buffer")) bad = parse_int(a, v, 1, &c->xc_buffer);
+        else if (!strcmp(a, "--eval-pairs")) bad = parse_int(a, v, 1, &c->eval_pairs);
+        else { fprintf(stderr, "moexc_demo: unknown option '%s' (see --help)\n", a); return 1; }
+    }
+    if (bad) return 1;
+    if (c->layer >= c->n_layers) {
+        fprintf(stderr, "moexc_demo: --layer %d: the models have %d blocks (0..%d)\n", c->layer, c->n_layers, c->n_layers - 1);
+        return 1;
+    }
+    if (c->xc_shared >= c->xc_latents) {
+        fprintf(stderr, "moexc_demo: --xc-shared %d must be below --xc-latents %d\n", c->xc_shared, c->xc_latents);
+        return 1;
+    }
+    if (c->lm_seq > c->context) {
+        fprintf(stderr, "moexc_demo: --lm-seq %d exceeds --context %d\n", c->lm_seq, c->context);
+        return 1;
+    }
+    if (c->xc_buffer < c->xc_batch) c->xc_buffer = c->xc_batch;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+    demo_config c;
+    moexc_error err;
+    moexc_tokens data, xc_train_tokens, xc_eval_tokens;
+    moexc_model_config base, dense_cfg, moe_cfg;
+    moexc_model *dense = NULL, *moe = NULL;
+    lm_record rec[2];
+    lm_result res[2];
+    moexc_harvester *harvest = NULL, *harvest_eval = NULL;
+    moexc_harvest_options ho;
+    moexc_shuffle_buffer shuffle;
+    moexc_xc *xc = NULL;
+    moexc_xc_options xo;
+    moexc_xc_eval final_eval;
+    moexc_latent_analysis an, an_raw;
+    moexc_eval_summary summary;
+    moexc_canvas cv;
+    float *harvest_a = NULL, *harvest_b = NULL, *batch_a = NULL, *batch_b = NULL;
+    float *eval_a = NULL, *eval_b = NULL, *dec_a = NULL, *dec_b = NULL, *dec_norm_a = NULL, *dec_norm_b = NULL;
+    float *beta[2][2] = {{NULL, NULL}, {NULL, NULL}}, *nu[2] = {NULL, NULL};
+    float *xc_curve = NULL;           /* per step: loss, fve_a, fve_b, l0, dead, lr           */
+    float *xc_eval_curve = NULL;      /* per evaluation: step, fve_a, fve_b, fve_pooled, l0, dead */
+    int64_t *counts = NULL;
+    char path[4096];
+    double t_start = now_seconds(), t_phase, eval_fraction = 0.05;
+    int m, d, i, D, d_model, rows, n_xc_evals = 0, status = 1, batch_fill = 0, n_eval;
+    const char *model_names[2] = {"dense", "moe"};
+    const int EVAL_SUBSET = 8192;     /* held-out pairs for the FVE-over-training curve */
+
+    memset(&data, 0, sizeof(data)); memset(&xc_train_tokens, 0, sizeof(xc_train_tokens));
+    memset(&xc_eval_tokens, 0, sizeof(xc_eval_tokens)); memset(rec, 0, sizeof(rec)); memset(res, 0, sizeof(res));
+    memset(&shuffle, 0, sizeof(shuffle)); memset(&an, 0, sizeof(an)); memset(&an_raw, 0, sizeof(an_raw));
+    memset(&cv, 0, sizeof(cv));
+    if (parse_args(&c, argc, argv)) return 2;
+#ifdef _OPENMP
+    if (c.threads > 0) omp_set_num_threads(c.threads);
+#endif
+    if (make_dir(c.out) != 0 && errno != EEXIST) {
+        fprintf(stderr, "moexc_demo: cannot create %s: %s\n", c.out, strerror(errno));
+        return 1;
+    }
+    printf("moexc demo, preset '%s', seed %lu, report in %s/ (SIMD %s)\n", c.preset, (unsigned long)c.seed, c.out,
+           moexc_simd_backend());
+
+    /* ---- 1. The corpus: code, scientific text and stories -------------------- */
+    t_phase = now_seconds();
+    printf("\n1. corpus: %.0f bytes per domain\n", c.bytes_per_domain);
+    if (moexc_corpus_builtin(&data, (size_t)c.bytes_per_domain, c.seed, &err)) return failed("corpus", &err);
+    D = data.n_domains;
+    join(path, sizeof(path), c.out, "corpus.tok");
+    if (moexc_tokens_save(&data, path, &err)) { status = failed("corpus", &err); goto done; }
+    printf("  %lu tokens in %d domains (%.1f s), saved %s\n", (unsigned long)data.n, D, now_seconds() - t_phase, path);
+
+    /* ---- 2. Two language models with equal active parameters ----------------- */
+    /* One base config; moexc_model_config_pair derives the dense model
+       (h_ff = 4d) and the MoE (E experts of h_e = h_ff / k), so k h_e = h_ff. */
+    memset(&base, 0, sizeof(base));
+    base.d_model = c.d_model; base.n_layers = c.n_layers; base.n_heads = c.n_heads; base.context = c.context;
+    base.n_experts = c.n_experts; base.top_k = c.top_k; base.seed = c.seed;
+    if (moexc_model_config_pair(&base, &dense_cfg, &moe_cfg, &err)) { status = failed("model config", &err); goto done; }
+    for (m = 0; m < 2; m++) {
+        moexc_model_config *cfg = m == 0 ? &dense_cfg : &moe_cfg;
+        if (moexc_model_count_params(cfg, &res[m].params_total, &res[m].params_active, &err)) { status = failed("model config", &err); goto done; }
+    }
+    printf("\n2. language models: d=%d, %d layers, %d heads, context %d; %d steps of %d x %d tokens\n",
+           c.d_model, c.n_layers, c.n_heads, c.context, c.lm_steps, c.lm_batch, c.lm_seq);
+    printf("  dense: h_ff=%d, %lu parameters (%lu active)\n", dense_cfg.d_ff,
+           (unsigned long)res[0].params_total, (unsigned long)res[0].params_active);
+    printf("  MoE:   E=%d, k=%d, h_e=%d, %lu parameters (%lu active)\n", moe_cfg.n_experts, moe_cfg.top_k,
+           moe_cfg.d_expert, (unsigned long)res[1].params_total, (unsigned long)res[1].params_active);
+    if (moexc_model_create(&dense, &dense_cfg, &err) || moexc_model_create(&moe, &moe_cfg, &err)) {
+        status = failed("model", &err);
+        goto done;
+    }
+    for (m = 0; m < 2; m++) {
+        size_t n = (size_t)c.lm_steps;
+        rec[m].name = model_names[m];
+        rec[m].step = (float *)calloc(5 * n, sizeof(float));
+        rec[m].eval_step = (float *)calloc(n + 1, sizeof(float));
+        rec[m].eval_bpb = (float *)calloc((n + 1) * (size_t)(D + 1), sizeof(float));
+        if (!rec[m].step || !rec[m].eval_step || !rec[m].eval_bpb) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        rec[m].loss = rec[m].step + n; rec[m].ce = rec[m].step + 2 * n; rec[m].lb = rec[m].step + 3 * n; rec[m].lr = rec[m].step + 4 * n;
+        snprintf(path, sizeof(path), "%s/%s.ckpt", c.out, model_names[m]);
+        if (train_lm(m == 0 ? dense : moe, &data, &c, &rec[m], &res[m], path)) goto done;
+    }
+
+    /* ---- 3. Harvest layer activations of both models on the same tokens ------ */
+    t_phase = now_seconds();
+    memset(&ho, 0, sizeof(ho));
+    ho.layer = c.layer == 0 ? MOEXC_HARVEST_LAYER0 : c.layer;   /* 0 in the struct means "default" */
+    ho.site = c.site;
+    ho.seq_len = c.context < 128 ? c.context : 128;
+    if (interleave_split(&xc_train_tokens, &data, eval_fraction, 0, ho.seq_len, &err) ||
+        interleave_split(&xc_eval_tokens, &data, eval_fraction, 1, ho.seq_len, &err)) { status = failed("harvest streams", &err); goto done; }
+    /* model A = MoE, model B = dense */
+    if (moexc_harvester_create(&harvest, moe, dense, &xc_train_tokens, &ho, &err) ||
+        moexc_harvester_create(&harvest_eval, moe, dense, &xc_eval_tokens, &ho, &err)) { status = failed("harvester", &err); goto done; }
+    d_model = moexc_harvester_dim(harvest, 0);
+    rows = moexc_harvester_rows_per_call(harvest);
+    printf("\n3. harvesting block %d (%s) of both models: %lu training / %lu held-out tokens, %d pairs per call\n",
+           c.layer, c.site == MOEXC_SITE_RESID ? "residual stream" : "FFN/MoE output",
+           (unsigned long)xc_train_tokens.n, (unsigned long)xc_eval_tokens.n, rows);
+    /* the held-out set for the final evaluation, in stream order */
+    n_eval = c.eval_pairs;
+    eval_a = (float *)malloc((size_t)(n_eval + rows) * d_model * sizeof(float));
+    eval_b = (float *)malloc((size_t)(n_eval + rows) * d_model * sizeof(float));
+    harvest_a = (float *)malloc((size_t)rows * d_model * sizeof(float));
+    harvest_b = (float *)malloc((size_t)rows * d_model * sizeof(float));
+    batch_a = (float *)malloc((size_t)(c.xc_batch + rows) * d_model * sizeof(float));
+    batch_b = (float *)malloc((size_t)(c.xc_batch + rows) * d_model * sizeof(float));
+    if (!eval_a || !eval_b || !harvest_a || !harvest_b || !batch_a || !batch_b) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    for (i = 0; i < n_eval; i += rows) {
+        int got;
+        if (moexc_harvester_next(harvest_eval, eval_a + (size_t)i * d_model, eval_b + (size_t)i * d_model, &got, &err)) { status = failed("harvest", &err); goto done; }
+    }
+    if ((size_t)n_eval > xc_eval_tokens.n) printf("  note: %d held-out pairs requested, %lu held-out tokens: some repeat\n", n_eval, (unsigned long)xc_eval_tokens.n);
+    /* fill the shuffle buffer; pairs come out in random order once it is full */
+    if (moexc_shuffle_init(&shuffle, d_model, d_model, c.xc_buffer, c.seed + 7, &err)) { status = failed("shuffle buffer", &err); goto done; }
+    while (shuffle.count < shuffle.capacity) {
+        int got, emitted;
+        if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { status = failed("harvest", &err); goto done; }
+        moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a, batch_b, &emitted);
+        batch_fill += emitted;                  /* the last push may already emit pairs */
+    }
+    printf("  %d held-out pairs and a shuffle buffer of %d pairs in %.1f s\n", n_eval, shuffle.capacity, now_seconds() - t_phase);
+
+    /* ---- 4. The BatchTopK crosscoder with designated shared latents ---------- */
+    t_phase = now_seconds();
+    memset(&xo, 0, sizeof(xo));
+    xo.variant = MOEXC_XC_BATCHTOPK;
+    xo.n_latents = c.xc_latents;
+    xo.k = c.xc_k;
+    xo.n_shared = c.xc_shared;
+    xo.steps = c.xc_steps;
+    xo.batch = c.xc_batch;
+    xo.lr = c.xc_lr;
+    xo.seed = c.seed;
+    if (moexc_xc_create(&xc, d_model, d_model, &xo, &err)) { status = failed("crosscoder", &err); goto done; }
+    {   /* normalisation scalars s_m and b_dec from the buffered sample (its rows hold x^A then x^B) */
+        int n_init = shuffle.count < 16384 ? shuffle.count : 16384;
+        float *ia = (float *)malloc((size_t)n_init * d_model * sizeof(float)), *ib = (float *)malloc((size_t)n_init * d_model * sizeof(float));
+        if (!ia || !ib) { free(ia); free(ib); fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        for (i = 0; i < n_init; i++) {
+            memcpy(ia + (size_t)i * d_model, shuffle.rows + (size_t)i * 2 * d_model, (size_t)d_model * sizeof(float));
+            memcpy(ib + (size_t)i * d_model, shuffle.rows + ((size_t)i * 2 + 1) * d_model, (size_t)d_model * sizeof(float));
+        }
+        if (moexc_xc_init_from_data(xc, ia, ib, n_init, &err)) { free(ia); free(ib); status = failed("crosscoder init", &err); goto done; }
+        free(ia); free(ib);
+    }
+    printf("\n4. crosscoder: F=%d latents (%d designated shared), BatchTopK k=%d, %d steps of %d pairs, lr %.2g; "
+           "s_MoE=%.3g s_dense=%.3g\n", c.xc_latents, c.xc_shared, c.xc_k, c.xc_steps, c.xc_batch,
+           moexc_xc_get_options(xc)->lr, moexc_xc_scale(xc, 0), moexc_xc_scale(xc, 1));
+    xc_curve = (float *)calloc((size_t)c.xc_steps * 6, sizeof(float));
+    xc_eval_curve = (float *)calloc((size_t)(c.xc_evals + 2) * 6, sizeof(float));
+    if (!xc_curve || !xc_eval_curve) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    {
+        int eval_every = c.xc_steps / c.xc_evals > 0 ? c.xc_steps / c.xc_evals : 1;
+        int log_every = c.xc_steps / 20 > 0 ? c.xc_steps / 20 : 1;
+        int subset = n_eval < EVAL_SUBSET ? n_eval : EVAL_SUBSET, step;
+        moexc_xc_step_stats ss;
+        moexc_xc_eval ev;
+        for (step = 1; step <= c.xc_steps; step++) {
+            float *row = xc_curve + (size_t)(step - 1) * 6;
+            /* stream harvested pairs through the shuffle buffer until a batch is ready */
+            while (batch_fill < c.xc_batch) {
+                int got, emitted;
+                if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { status = failed("harvest", &err); goto done; }
+                moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a + (size_t)batch_fill * d_model,
+                                   batch_b + (size_t)batch_fill * d_model, &emitted);
+                batch_fill += emitted;
+            }
+            if (moexc_xc_train_step(xc, batch_a, batch_b, c.xc_batch, &ss, &err)) { status = failed("crosscoder step", &err); goto done; }
+            batch_fill -= c.xc_batch;              /* keep the surplus for the next step */
+            memmove(batch_a, batch_a + (size_t)c.xc_batch * d_model, (size_t)batch_fill * d_model * sizeof(float));
+            memmove(batch_b, batch_b + (size_t)c.xc_batch * d_model, (size_t)batch_fill * d_model * sizeof(float));
+            row[0] = (float)ss.loss; row[1] = (float)ss.fve[0]; row[2] = (float)ss.fve[1];
+            row[3] = (float)ss.l0; row[4] = (float)ss.dead_fraction; row[5] = (float)ss.lr;
+            if (step % eval_every == 0 || step == c.xc_steps || step == 1) {
+                float *er = xc_eval_curve + (size_t)n_xc_evals * 6;
+                if (moexc_xc_evaluate(xc, eval_a, eval_b, subset, &ev, NULL, &err)) { status = failed("crosscoder eval", &err); goto done; }
+                er[0] = (float)step; er[1] = (float)ev.fve[0]; er[2] = (float)ev.fve[1]; er[3] = (float)ev.fve_pooled;
+                er[4] = (float)ev.l0; er[5] = (float)ev.dead_fraction;
+                if (n_xc_evals < c.xc_evals + 2) n_xc_evals++;
+            }
+            if (step % log_every == 0 || step == c.xc_steps) {
+                double el = now_seconds() - t_phase;
+                char eta[32];
+                format_eta(eta, sizeof(eta), el / step * (c.xc_steps - step));
+                fprintf(stderr, "  [xc] step %5d/%d  loss %.4f  FVE MoE %.3f dense %.3f  L0 %.1f  dead %.3f  aux %.3f  ETA %s\n",
+                        step, c.xc_steps, ss.loss, ss.fve[0], ss.fve[1], ss.l0, ss.dead_fraction, ss.aux, eta);
+            }
+        }
+    }
+    join(path, sizeof(path), c.out, "crosscoder.safetensors");
+    if (moexc_xc_save(xc, path, &err)) { status = failed("crosscoder save", &err); goto done; }
+    printf("  trained in %.1f s, saved %s (threshold %.4g)\n", now_seconds() - t_phase, path, moexc_xc_threshold(xc));
+
+    /* ---- 5. Held-out evaluation and the latent analysis --------------------- */
+    t_phase = now_seconds();
+    counts = (int64_t *)calloc((size_t)c.xc_latents, sizeof(int64_t));
+    dec_a = (float *)malloc((size_t)c.xc_latents * d_model * 4 * sizeof(float));
+    if (!counts || !dec_a) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    dec_b = dec_a + (size_t)c.xc_latents * d_model;
+    dec_norm_a = dec_b + (size_t)c.xc_latents * d_model;
+    dec_norm_b = dec_norm_a + (size_t)c.xc_latents * d_model;
+    if (moexc_xc_evaluate(xc, eval_a, eval_b, n_eval, &final_eval, counts, &err)) { status = failed("crosscoder eval", &err); goto done; }
+    /* r, classes, cosines, densities. The crosscoder saw each model's
+       activations scaled by s_m to mean norm sqrt(d), and r is read in those
+       normalised units: a latent with r = 0.5 explains equally much of both
+       models' (normalised) activations. In raw units (W_dec^m / s_m, as saved)
+       every r would also carry the ratio s_MoE / s_dense of the two models'
+       activation scales, which is far from 1 here (the MoE's raw-probability
+       gates shrink its FFN output), so raw-unit classes are reported only as
+       a secondary count. */
+    moexc_xc_decoder(xc, 0, 1, dec_a);
+    moexc_xc_decoder(xc, 1, 1, dec_b);
+    moexc_xc_decoder(xc, 0, 0, dec_norm_a);
+    moexc_xc_decoder(xc, 1, 0, dec_norm_b);
+    {
+        moexc_analysis_options ao;
+        memset(&ao, 0, sizeof(ao));
+        ao.seed = c.seed;
+        if (moexc_analyze_latents(&an, dec_norm_a, d_model, dec_norm_b, d_model, c.xc_latents, c.xc_shared, counts, n_eval, &ao, &err) ||
+            moexc_analyze_latents(&an_raw, dec_a, d_model, dec_b, d_model, c.xc_latents, c.xc_shared, counts, n_eval, &ao, &err)) {
+            status = failed("analysis", &err);
+            goto done;
+        }
+    }
+    /* Latent Scaling (Minder et al.): beta_i^m against the reconstruction and
+       against the error with the latent's own contribution added back */
+    {
+        moexc_latent_scaling_acc ls[2][2];
+        int chunk = 1024, t, bad = 0;
+        float *f = (float *)malloc((size_t)chunk * c.xc_latents * sizeof(float));
+        float *xh[2], *e[2];
+        memset(ls, 0, sizeof(ls));
+        xh[0] = (float *)malloc((size_t)chunk * d_model * 4 * sizeof(float));
+        if (!f || !xh[0]) { free(f); free(xh[0]); fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        xh[1] = xh[0] + (size_t)chunk * d_model; e[0] = xh[1] + (size_t)chunk * d_model; e[1] = e[0] + (size_t)chunk * d_model;
+        for (m = 0; m < 2; m++)
+            for (t = 0; t < 2; t++)
+                if (moexc_latent_scaling_init(&ls[m][t], m == 0 ? dec_a : dec_b, c.xc_latents, d_model,
+                                              t == 0 ? MOEXC_LS_RECONSTRUCTION : MOEXC_LS_ERROR, &err))
+                    bad = failed("latent scaling", &err);
+        for (i = 0; i < n_eval && !bad; i += chunk) {
+            int n = n_eval - i < chunk ? n_eval - i : chunk;
+            size_t k, nd = (size_t)n * d_model;
+            const float *xa = eval_a + (size_t)i * d_model, *xb = eval_b + (size_t)i * d_model;
+            if (moexc_xc_encode(xc, xa, xb, n, f, &err)) { bad = failed("encode", &err); break; }
+            moexc_xc_decode(xc, f, n, xh[0], xh[1]);
+            for (k = 0; k < nd; k++) { e[0][k] = xa[k] - xh[0][k]; e[1][k] = xb[k] - xh[1][k]; }
+            for (m = 0; m < 2; m++) {
+                moexc_latent_scaling_add(&ls[m][0], f, xh[m], n);
+                moexc_latent_scaling_add(&ls[m][1], f, e[m], n);
+            }
+        }
+        for (m = 0; m < 2; m++)
+            for (t = 0; t < 2; t++) {
+                beta[m][t] = (float *)malloc((size_t)c.xc_latents * sizeof(float));
+                if (!beta[m][t]) bad = 1;
+                else if (!bad) moexc_latent_scaling_beta(&ls[m][t], beta[m][t]);
+                moexc_latent_scaling_free(&ls[m][t]);
+            }
+        for (t = 0; t < 2; t++) {
+            nu[t] = (float *)malloc((size_t)c.xc_latents * sizeof(float));
+            if (!nu[t]) bad = 1;
+            else if (!bad) moexc_latent_scaling_nu(nu[t], beta[0][t], beta[1][t], c.xc_latents);
+        }
+        free(f); free(xh[0]);
+        if (bad) { fprintf(stderr, "moexc_demo: latent scaling failed\n"); goto done; }
+    }
+    printf("\n5. held-out evaluation on %d token pairs (%.1f s)\n", n_eval, now_seconds() - t_phase);
+    printf("  FVE MoE %.4f, dense %.4f, pooled %.4f; L0 %.2f; dead fraction %.4f\n",
+           final_eval.fve[0], final_eval.fve[1], final_eval.fve_pooled, final_eval.l0, final_eval.dead_fraction);
+
+    /* ---- 6. The report ------------------------------------------------------- */
+    printf("\n6. report\n\n");
+    memset(&summary, 0, sizeof(summary));
+    summary.name = "moexc_demo";
+    summary.has_fve = 1; summary.fve_a = final_eval.fve[0]; summary.fve_b = final_eval.fve[1]; summary.fve_pooled = final_eval.fve_pooled;
+    summary.has_l0 = 1; summary.l0 = final_eval.l0; summary.dead_fraction = final_eval.dead_fraction;
+    moexc_analysis_print_table(stdout, &an, &summary);
+    printf("\n");
+    join(path, sizeof(path), c.out, "table.csv");
+    if (moexc_analysis_write_csv(&an, path, &err)) { status = failed("table.csv", &err); goto done; }
+    join(path, sizeof(path), c.out, "analysis.json");
+    if (moexc_analysis_write_json(&an, &summary, path, &err)) { status = failed("analysis.json", &err); goto done; }
+    join(path, sizeof(path), c.out, "latent_");
+    if (moexc_analysis_write_npy(&an, path, &err)) { status = failed("npy", &err); goto done; }
+    {
+        const char *npy_names[6] = {"latent_beta_moe.npy", "latent_beta_dense.npy", "latent_nu.npy",
+                                    "latent_beta_err_moe.npy", "latent_beta_err_dense.npy", "latent_nu_err.npy"};
+        const float *npy_data[6];
+        npy_data[0] = beta[0][0]; npy_data[1] = beta[1][0]; npy_data[2] = nu[0];
+        npy_data[3] = beta[0][1]; npy_data[4] = beta[1][1]; npy_data[5] = nu[1];
+        for (i = 0; i < 6; i++) {
+            join(path, sizeof(path), c.out, npy_names[i]);
+            if (moexc_npy_write_f32(path, npy_data[i], (size_t)c.xc_latents, &err)) { status = failed("npy", &err); goto done; }
+        }
+        join(path, sizeof(path), c.out, "latent_counts.npy");
+        for (i = 0; i < c.xc_latents; i++) dec_a[i] = (float)counts[i];    /* reuse as scratch */
+        if (moexc_npy_write_f32(path, dec_a, (size_t)c.xc_latents, &err)) { status = failed("npy", &err); goto done; }
+    }
+
+    /* CSV curves and routing */
+    {
+        FILE *f;
+        int k, e, l;
+        join(path, sizeof(path), c.out, "lm_curves.csv");
+        if (!(f = open_tmp(path))) goto done;
+        fprintf(f, "model,step,loss,ce,lb,lr\n");
+        for (m = 0; m < 2; m++)
+            for (k = 0; k < c.lm_steps; k++)
+                fprintf(f, "%s,%d,%.6g,%.6g,%.6g,%.6g\n", model_names[m], k + 1, rec[m].loss[k], rec[m].ce[k], rec[m].lb[k], rec[m].lr[k]);
+        if (commit_tmp(f, path)) goto done;
+        join(path, sizeof(path), c.out, "lm_eval.csv");
+        if (!(f = open_tmp(path))) goto done;
+        fprintf(f, "model,step,domain,bits_per_byte\n");
+        for (m = 0; m < 2; m++)
+            for (k = 0; k < rec[m].n_evals; k++)
+                for (d = 0; d <= D; d++)
+                    fprintf(f, "%s,%d,%s,%.6g\n", model_names[m], (int)rec[m].eval_step[k], d < D ? data.domain_names[d] : "all",
+                            rec[m].eval_bpb[(size_t)k * (D + 1) + d]);
+        if (commit_tmp(f, path)) goto done;
+        join(path, sizeof(path), c.out, "xc_curves.csv");
+        if (!(f = open_tmp(path))) goto done;
+        fprintf(f, "step,loss,fve_moe,fve_dense,l0,dead_fraction,lr\n");
+        for (k = 0; k < c.xc_steps; k++) {
+            const float *r = xc_curve + (size_t)k * 6;
+            fprintf(f, "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", k + 1, r[0], r[1], r[2], r[3], r[4], r[5]);
+        }
+        if (commit_tmp(f, path)) goto done;
+        join(path, sizeof(path), c.out, "xc_eval_curve.csv");
+        if (!(f = open_tmp(path))) goto done;
+        fprintf(f, "step,fve_moe,fve_dense,fve_pooled,l0,dead_fraction\n");
+        for (k = 0; k < n_xc_evals; k++) {
+            const float *r = xc_eval_curve + (size_t)k * 6;
+            fprintf(f, "%d,%.6g,%.6g,%.6g,%.6g,%.6g\n", (int)r[0], r[1], r[2], r[3], r[4], r[5]);
+        }
+        if (commit_tmp(f, path)) goto done;
+        join(path, sizeof(path), c.out, "routing.csv");
+        if (!(f = open_tmp(path))) goto done;
+        fprintf(f, "layer,domain,expert,share\n");
+        for (l = 0; l < res[1].router_layers; l++)
+            for (d = 0; d < D; d++)
+                for (e = 0; e < res[1].router_experts; e++)
+                    fprintf(f, "%d,%s,%d,%.6g\n", l, data.domain_names[d], e,
+                            res[1].domain_share[((size_t)l * D + d) * res[1].router_experts + e]);
+        if (commit_tmp(f, path)) goto done;
+    }
+
+    /* summary.json: everything a reader needs to compare with the paper */
+    {
+        FILE *f;
+        const moexc_class_summary *cs = an.classes;
+        double moe_den = cs[MOEXC_CLASS_MOE_ONLY].density_median, sh_den = cs[MOEXC_CLASS_SHARED].density_median,
+               de_den = cs[MOEXC_CLASS_DENSE_ONLY].density_median;
+        int64_t n_moe = cs[MOEXC_CLASS_MOE_ONLY].count, n_dense = cs[MOEXC_CLASS_DENSE_ONLY].count;
+        int k, l;
+        join(path, sizeof(path), c.out, "summary.json");
+        if (!(f = open_tmp(path))) goto done;
+        fprintf(f, "{\n  \"preset\": \"%s\",\n  \"seed\": %lu,\n  \"seconds\": ", c.preset, (unsigned long)c.seed);
+        json_num(f, now_seconds() - t_start);
+        fprintf(f, ",\n  \"config\": {\"bytes_per_domain\": %.0f, \"d_model\": %d, \"n_layers\": %d, \"n_heads\": %d, "
+                   "\"context\": %d, \"n_experts\": %d, \"top_k\": %d, \"lm_steps\": %d, \"lm_batch\": %d, \"lm_seq\": %d, "
+                   "\"layer\": %d, \"site\": \"%s\", \"xc_latents\": %d, \"xc_k\": %d, \"xc_shared\": %d, \"xc_steps\": %d, "
+                   "\"xc_batch\": %d, \"eval_pairs\": %d},\n",
+                c.bytes_per_domain, c.d_model, c.n_layers, c.n_heads, c.context, c.n_experts, c.top_k, c.lm_steps,
+                c.lm_batch, c.lm_seq, c.layer, c.site == MOEXC_SITE_RESID ? "resid" : "ffn_out", c.xc_latents, c.xc_k,
+                c.xc_shared, c.xc_steps, c.xc_batch, n_eval);
+        fprintf(f, "  \"models\": {\n");
+        for (m = 0; m < 2; m++) {
+            fprintf(f, "    \"%s\": {\"params_total\": %lu, \"params_active\": %lu, \"train_seconds\": ", model_names[m],
+                    (unsigned long)res[m].params_total, (unsigned long)res[m].params_active);
+            json_num(f, res[m].seconds);
+            fprintf(f, ", \"tokens_per_second\": "); json_num(f, res[m].tokens_per_second);
+            fprintf(f, ",\n      \"bits_per_byte\": {");
+            for (d = 0; d <= D; d++) {
+                fprintf(f, "%s\"%s\": ", d ? ", " : "", d < D ? data.domain_names[d] : "all");
+                json_num(f, res[m].bpb[d]);
+            }
+            fprintf(f, "},\n      \"unigram_bits_per_byte\": {");
+            for (d = 0; d <= D; d++) {
+                fprintf(f, "%s\"%s\": ", d ? ", " : "", d < D ? data.domain_names[d] : "all");
+                json_num(f, res[m].unigram_bpb[d]);
+            }
+            fprintf(f, "}");
+            if (res[m].router_layers > 0) {
+                int L = res[m].router_layers, E = res[m].router_experts, e;
+                fprintf(f, ",\n      \"routing\": {\"top_k\": %d, \"n_experts\": %d, \"uniform_share\": ", res[m].router_k, E);
+                json_num(f, (double)res[m].router_k / E);
+                fprintf(f, ", \"usage_entropy_bits\": [");
+                for (l = 0; l < L; l++) { fprintf(f, "%s", l ? ", " : ""); json_num(f, res[m].entropy[l]); }
+                fprintf(f, "],\n        \"domain_share\": {");
+                for (d = 0; d < D; d++) {
+                    fprintf(f, "%s\n          \"%s\": [", d ? "," : "", data.domain_names[d]);
+                    for (l = 0; l < L; l++) {
+                        fprintf(f, "%s[", l ? ", " : "");
+                        for (e = 0; e < E; e++) { fprintf(f, "%s", e ? ", " : ""); json_num(f, res[m].domain_share[((size_t)l * D + d) * E + e]); }
+                        fprintf(f, "]");
+                    }
+                    fprintf(f, "]");
+                }
+                fprintf(f, "}}");
+            }
+            fprintf(f, "}%s\n", m == 0 ? "," : "");
+        }
+        fprintf(f, "  },\n  \"crosscoder\": {\"scale_moe\": ");
+        json_num(f, moexc_xc_scale(xc, 0));
+        fprintf(f, ", \"scale_dense\": "); json_num(f, moexc_xc_scale(xc, 1));
+        fprintf(f, ", \"threshold\": "); json_num(f, moexc_xc_threshold(xc));
+        fprintf(f, ",\n    \"fve\": {\"moe\": "); json_num(f, final_eval.fve[0]);
+        fprintf(f, ", \"dense\": "); json_num(f, final_eval.fve[1]);
+        fprintf(f, ", \"pooled\": "); json_num(f, final_eval.fve_pooled);
+        fprintf(f, "}, \"l0\": "); json_num(f, final_eval.l0);
+        fprintf(f, ", \"dead_fraction\": "); json_num(f, final_eval.dead_fraction);
+        fprintf(f, ", \"eval_tokens\": %d},\n", n_eval);
+        fprintf(f, "  \"classes\": {");
+        for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
+            fprintf(f, "%s\n    \"%s\": {\"count\": %lld, \"count_raw_units\": %lld, \"density_mean\": ", k ? "," : "",
+                    moexc_latent_class_name(k), (long long)cs[k].count, (long long)an_raw.classes[k].count);
+            json_num(f, cs[k].density_mean);
+            fprintf(f, ", \"density_median\": "); json_num(f, cs[k].density_median);
+            fprintf(f, ", \"cos_mean\": "); json_num(f, cs[k].cos_mean);
+            fprintf(f, ", \"cos_frac_negative\": "); json_num(f, cs[k].cos_frac_negative);
+            {   /* median Latent Scaling ratio nu (error target) over the class */
+                float *tmp = (float *)malloc((size_t)c.xc_latents * sizeof(float));
+                int n = 0;
+                if (tmp) for (i = 0; i < c.xc_latents; i++) if (an.cls[i] == k) tmp[n++] = nu[1][i];
+                fprintf(f, ", \"nu_median\": ");
+                json_num(f, tmp && n ? moexc_median(tmp, (size_t)n, NULL) : NAN);
+                free(tmp);
+            }
+            fprintf(f, "}");
+        }
+        fprintf(f, "\n  },\n  \"random_pair_cosine\": {\"mean\": "); json_num(f, an.random_cos_mean);
+        fprintf(f, ", \"median\": "); json_num(f, an.random_cos_median);
+        fprintf(f, "},\n  \"findings\": {\n");
+        fprintf(f, "    \"fewer_moe_only_than_dense_only\": {\"answer\": %s, \"moe_only\": %lld, \"dense_only\": %lld},\n",
+                json_bool(n_moe < n_dense), (long long)n_moe, (long long)n_dense);
+        fprintf(f, "    \"moe_only_denser_than_shared\": {\"answer\": %s, \"moe_only_median_density\": ",
+                (moe_den == moe_den && sh_den == sh_den) ? json_bool(moe_den > sh_den) : "null");
+        json_num(f, moe_den);
+        fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
+        fprintf(f, "},\n    \"dense_only_sparser_than_shared\": {\"answer\": %s, \"dense_only_median_density\": ",
+                (de_den == de_den && sh_den == sh_den) ? json_bool(de_den < sh_den) : "null");
+        json_num(f, de_den);
+        fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
+        fprintf(f, "}\n  },\n  \"paper\": {\"fve\": 0.87, \"moe_only\": 910, \"dense_only\": 3226, \"shared\": 18940}\n}\n");
+        if (commit_tmp(f, path)) goto done;
+        printf("paper's findings at this scale:\n");
+        printf("  fewer MoE-only than dense-only latents?   %s (%lld vs %lld; paper: 910 vs 3,226)\n",
+               n_moe < n_dense ? "yes" : "no", (long long)n_moe, (long long)n_dense);
+        printf("  MoE-only denser than shared?              %s (median density %.3g vs %.3g)\n",
+               moe_den > sh_den ? "yes" : moe_den == moe_den ? "no" : "n/a (empty class)", moe_den, sh_den);
+        printf("  dense-only sparser than shared?           %s (median density %.3g vs %.3g)\n",
+               de_den < sh_den ? "yes" : de_den == de_den ? "no" : "n/a (empty class)", de_den, sh_den);
+        printf("  FVE MoE %.3f, dense %.3f, pooled %.3f (paper: about 0.87)\n\n", final_eval.fve[0], final_eval.fve[1], final_eval.fve_pooled);
+    }
+
+    /* PNGs */
+    if (moexc_canvas_init(&cv, 1000, 640, &err)) { status = failed("canvas", &err); goto done; }
+    if (plot_r_histogram(c.out, &an, &cv)) goto done;
+    {
+        moexc_plot_options po;
+        memset(&po, 0, sizeof(po));
+        po.title = "Decoder cosine cos(d_MoE, d_dense) per class, against random latent pairs";
+        po.x_label = "cosine similarity of the latent's two decoder rows";
+        po.y_label = "fraction of class";
+        po.normalize = 1;
+        if (plot_per_class(c.out, "cosine_hist.png", &an, an.cosine, 40, -1.0, 1.0, 0, an.random_cosine,
+                           an.n_random_pairs, "random pairs", &po, &cv)) goto done;
+        memset(&po, 0, sizeof(po));
+        po.title = "Activation density per class (held-out tokens)";
+        po.x_label = "fraction of held-out tokens on which the latent fires (log10)";
+        po.y_label = "fraction of class";
+        po.normalize = 1;
+        if (plot_per_class(c.out, "density_hist.png", &an, an.density, 40, 1.0 / n_eval, 1.0, 1, NULL, 0, NULL,
+                           &po, &cv)) goto done;
+    }
+    {   /* LM training curves (left) and held-out bits per byte (right) */
+        moexc_series s[8];
+        moexc_plot_options po;
+        float *sm = (float *)malloc((size_t)c.lm_steps * 2 * sizeof(float));
+        float *ev_x[2], *ev_y[2][MOEXC_MAX_DOMAINS + 1];
+        int n = 0, k;
+        char labels[8][64];
+        if (!sm) goto done;
+        for (m = 0; m < 2; m++) {
+            smooth(sm + (size_t)m * c.lm_steps, rec[m].ce, c.lm_steps);
+            s[m].x = rec[m].step; s[m].y = sm + (size_t)m * c.lm_steps; s[m].n = c.lm_steps;
+            s[m].label = m == 0 ? "dense" : "MoE";
+        }
+        moexc_canvas_clear(&cv, 0xFFFFFFu);
+        memset(&po, 0, sizeof(po));
+        po.x = 0; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Training loss";
+        po.x_label = "optimiser step"; po.y_label = "cross-entropy, nats/byte";
+        if (moexc_plot_lines(&cv, s, 2, &po, &err)) { free(sm); status = failed("plot", &err); goto done; }
+        /* held-out bpb per domain: one series per (model, domain) */
+        for (m = 0; m < 2; m++) {
+            ev_x[m] = rec[m].eval_step;
+            for (d = 0; d <= D; d++) {
+                ev_y[m][d] = (float *)malloc((size_t)(rec[m].n_evals + 1) * sizeof(float));
+                if (!ev_y[m][d]) { free(sm); goto done; }
+                for (k = 0; k < rec[m].n_evals; k++) ev_y[m][d][k] = rec[m].eval_bpb[(size_t)k * (D + 1) + d];
+            }
+        }
+        for (m = 0; m < 2; m++)
+            for (d = 0; d < D && n < 8; d++) {
+                snprintf(labels[n], sizeof(labels[n]), "%s %s", m == 0 ? "dense" : "MoE", data.domain_names[d]);
+                s[n].x = ev_x[m]; s[n].y = ev_y[m][d]; s[n].n = rec[m].n_evals; s[n].label = labels[n];
+                n++;
+            }
+        memset(&po, 0, sizeof(po));
+        po.x = 500; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Held-out bits per byte";
+        po.x_label = "optimiser step"; po.y_label = "bits/byte";
+        k = moexc_plot_lines(&cv, s, n, &po, &err) != MOEXC_OK;
+        for (m = 0; m < 2; m++) for (d = 0; d <= D; d++) free(ev_y[m][d]);
+        free(sm);
+        if (k) { status = failed("plot", &err); goto done; }
+        if (save_png(c.out, "lm_curves.png", &cv)) goto done;
+    }
+    {   /* crosscoder training: loss, L0 and dead fraction; FVE over training */
+        moexc_series s[4];
+        moexc_plot_options po;
+        int n = c.xc_steps, k;
+        float *buf = (float *)malloc((size_t)n * 5 * sizeof(float)), *x, *y0, *y1, *y2, *y3;
+        float ex[64], ey[3][64];
+        if (!buf) goto done;
+        x = buf; y0 = buf + n; y1 = buf + 2 * (size_t)n; y2 = buf + 3 * (size_t)n; y3 = buf + 4 * (size_t)n;
+        for (k = 0; k < n; k++) { x[k] = (float)(k + 1); y3[k] = xc_curve[(size_t)k * 6 + 0]; }
+        smooth(y0, y3, n);
+        moexc_canvas_clear(&cv, 0xFFFFFFu);
+        memset(&po, 0, sizeof(po));
+        po.x = 0; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Crosscoder training loss"; po.x_label = "step"; po.y_label = "loss, normalised units"; po.log_y = 1;
+        po.no_legend = 1;
+        s[0].x = x; s[0].y = y0; s[0].n = n; s[0].label = "loss";
+        if (moexc_plot_lines(&cv, s, 1, &po, &err)) { free(buf); status = failed("plot", &err); goto done; }
+        for (k = 0; k < n; k++) { y3[k] = xc_curve[(size_t)k * 6 + 4]; }
+        for (k = 0; k < n; k++) y1[k] = xc_curve[(size_t)k * 6 + 3] / (float)c.xc_k;
+        smooth(y2, y1, n);
+        memset(&po, 0, sizeof(po));
+        po.x = 500; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Sparsity during training"; po.x_label = "step"; po.y_label = "fraction";
+        po.y_min = 0; po.y_max = 1.5;
+        s[0].x = x; s[0].y = y2; s[0].n = n; s[0].label = "L0 / k (batch)";
+        s[1].x = x; s[1].y = y3; s[1].n = n; s[1].label = "dead fraction";
+        if (moexc_plot_lines(&cv, s, 2, &po, &err)) { free(buf); status = failed("plot", &err); goto done; }
+        if (save_png(c.out, "xc_curves.png", &cv)) { free(buf); goto done; }
+        /* FVE: per-batch training FVE (smoothed) and held-out FVE at intervals */
+        for (m = 0; m < 2; m++) {
+            for (k = 0; k < n; k++) y3[k] = xc_curve[(size_t)k * 6 + 1 + m];
+            smooth(m == 0 ? y1 : y2, y3, n);
+        }
+        for (k = 0; k < n_xc_evals && k < 64; k++) {
+            ex[k] = xc_eval_curve[(size_t)k * 6];
+            for (m = 0; m < 3; m++) ey[m][k] = xc_eval_curve[(size_t)k * 6 + 1 + m];
+        }
+        moexc_canvas_clear(&cv, 0xFFFFFFu);
+        memset(&po, 0, sizeof(po));
+        po.title = "Crosscoder fraction of variance explained during training";
+        po.x_label = "step"; po.y_label = "FVE";
+        po.y_min = 0; po.y_max = 1;
+        s[0].x = ex; s[0].y = ey[0]; s[0].n = n_xc_evals < 64 ? n_xc_evals : 64; s[0].label = "MoE, held-out";
+        s[1].x = ex; s[1].y = ey[1]; s[1].n = s[0].n; s[1].label = "dense, held-out";
+        s[2].x = x; s[2].y = y1; s[2].n = n; s[2].label = "MoE, training batches";
+        s[3].x = x; s[3].y = y2; s[3].n = n; s[3].label = "dense, training batches";
+        if (moexc_plot_lines(&cv, s, 4, &po, &err)) { free(buf); status = failed("plot", &err); goto done; }
+        free(buf);
+        if (save_png(c.out, "fve_curve.png", &cv)) goto done;
+    }
+    if (res[1].router_layers > 0 && plot_routing(c.out, &res[1], &data, &err)) goto done;
+
+    printf("\ndone in %.1f s; report in %s/\n", now_seconds() - t_start, c.out);
+    status = 0;
+done:
+    moexc_canvas_free(&cv);
+    moexc_latent_analysis_free(&an);
+    moexc_latent_analysis_free(&an_raw);
+    for (m = 0; m < 2; m++) {
+        free(beta[m][0]); free(beta[m][1]); free(nu[m]);
+        free(rec[m].step); free(rec[m].eval_step); free(rec[m].eval_bpb);
+        free(res[m].domain_share); free(res[m].f); free(res[m].entropy);
+    }
+    free(counts); free(dec_a); free(xc_curve); free(xc_eval_curve);
+    free(eval_a); free(eval_b); free(harvest_a); free(harvest_b); free(batch_a); free(batch_b);
+    moexc_xc_free(xc);
+    moexc_shuffle_free(&shuffle);
+    moexc_harvester_free(harvest);
+    moexc_harvester_free(harvest_eval);
+    moexc_model_free(dense);
+    moexc_model_free(moe);
+    moexc_tokens_free(&xc_eval_tokens);
+    moexc_tokens_free(&xc_train_tokens);
+    moexc_tokens_free(&data);
+    return status;
+}

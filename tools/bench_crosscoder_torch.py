@@ -1,0 +1,126 @@
+"""Crosscoder training throughput: moexc (tools/bench_crosscoder.c) against an
+identical PyTorch crosscoder.
+
+Same widths, latents, k, designated shared latents (one tied decoder row),
+batch and thread count (torch.set_num_threads). One step = encoder, BatchTopK
+over the batch on scores f * sum_m ||d^m||, decoder, reconstruction loss,
+AuxK when latents are dead, backward, clip_grad_norm_(1.0), Adam, dead
+counters and the threshold EMA: what moexc_xc_train_step does. Prints pairs/s
+of both and the ratio moexc / PyTorch (medians after three warm-up steps).
+
+    /usr/bin/python3 tools/bench_crosscoder_torch.py [--c-bench build/bench_crosscoder]
+        [--threads N] [--steps N] [--batch N] [--d D] [--latents F] [--k K] [--shared S]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+
+
+class CrossCoder(torch.nn.Module):
+    """BatchTopK crosscoder, two models of width d, the first ns latents tied."""
+
+    def __init__(self, d, F, k, ns, aux_k):
+        super().__init__()
+        self.F, self.k, self.ns, self.aux_k = F, k, ns, aux_k
+        dec = torch.randn(2, F, d)
+        dec = dec / dec.norm(dim=-1, keepdim=True)
+        self.dec_shared = torch.nn.Parameter(dec[0, :ns].clone())          # (ns, d), one row for both
+        self.dec_excl = torch.nn.Parameter(dec[:, ns:].clone())             # (2, F - ns, d)
+        w = self.decoders().detach()
+        self.enc = torch.nn.Parameter(w.transpose(1, 2).clone())           # (2, d, F)
+        self.b_enc = torch.nn.Parameter(torch.zeros(F))
+        self.b_dec = torch.nn.Parameter(torch.zeros(2, d))
+        self.register_buffer("since_fired", torch.zeros(F, dtype=torch.long))
+        self.threshold = -1.0
+
+    def decoders(self):                                                     # (2, F, d)
+        shared = self.dec_shared.unsqueeze(0).expand(2, -1, -1)
+        return torch.cat([shared, self.dec_excl], dim=1)
+
+    def loss(self, x, dead_tokens):                                        # x (2, n, d)
+        n = x.shape[1]
+        W = self.decoders()
+        pre = torch.einsum("mnd,mdf->nf", x, self.enc) + self.b_enc
+        f = torch.relu(pre)
+        w = W.norm(dim=-1).sum(0)                                           # (F)
+        scores = (f * w).flatten()
+        kept = torch.topk(scores, self.k * n, sorted=False)
+        mask = torch.zeros_like(scores).scatter_(0, kept.indices, 1.0).view(n, self.F)
+        f = f * mask
+        xhat = torch.einsum("nf,mfd->mnd", f, W) + self.b_dec.unsqueeze(1)
+        e = x - xhat
+        rec = e.pow(2).sum(-1).sum(0).mean()
+        loss = rec
+        dead = self.since_fired >= dead_tokens
+        if dead.any():
+            ed = e.detach()
+            pre_dead = torch.where(dead, pre, torch.full_like(pre, -1e30))
+            top = torch.topk(pre_dead, min(self.aux_k, int(dead.sum())), dim=-1)
+            f_aux = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+            ehat = torch.einsum("nf,mfd->mnd", f_aux, W)
+            den = (ed - ed.mean(1, keepdim=True)).pow(2).sum()
+            loss = loss + (ed - ehat).pow(2).sum() / den / 32.0
+        with torch.no_grad():
+            fired = (f > 0).any(0)
+            self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + n)
+            mn = float(kept.values.min())
+            self.threshold = mn if self.threshold < 0 else 0.999 * self.threshold + 0.001 * mn
+        return loss
+
+
+def torch_pairs_per_s(d, F, k, ns, batch, steps):
+    torch.manual_seed(1)
+    model = CrossCoder(d, F, k, ns, d // 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+    g = torch.Generator().manual_seed(7)
+    pools = [torch.randn(2, batch, d, generator=g) for _ in range(4)]
+    times = []
+    for s in range(steps + 3):
+        x = pools[s % 4]
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss = model.loss(x, 10_000_000)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if s >= 3:
+            times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--c-bench", default=os.path.join(os.path.dirname(__file__), "..", "build", "bench_crosscoder"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--latents", type=int, default=2048)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--shared", type=int, default=64)
+    a = ap.parse_args()
+    cmd = [a.c_bench, "--threads", str(a.threads), "--steps", str(a.steps), "--batch", str(a.batch), "--d", str(a.d),
+           "--latents", str(a.latents), "--k", str(a.k), "--shared", str(a.shared)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
+    c = None
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 8 and f[0] == "c" and f[1] == "crosscoder":
+            c = float(f[7])
+    torch.set_num_threads(a.threads)
+    tps = torch_pairs_per_s(a.d, a.latents, a.k, a.shared, a.batch, a.steps)
+    print("crosscoder training throughput: BatchTopK, d_A = d_B = %d, F %d, k %d, %d shared, batch %d, %d threads,"
+          " median of %d steps" % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps))
+    if c is None:
+        print("the C benchmark printed no result")
+        return
+    print("%16s %16s %8s" % ("moexc pairs/s", "torch pairs/s", "ratio"))
+    print("%16.0f %16.0f %7.2fx" % (c, tps, c / tps))
+
+
+if __name__ == "__main__":
+    main()

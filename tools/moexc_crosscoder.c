@@ -1,0 +1,410 @@
+/* tools/moexc_crosscoder.c - train a crosscoder on paired activations of a
+   MoE model (A) and a dense model (B), evaluate it, and classify its latents.
+
+     moexc_crosscoder --model-a moe.safetensors --model-b dense.safetensors \
+                      --corpus 400000 --steps 5000 --save xc.safetensors
+
+   Run with --help for every option. */
+#include "../moexc.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define IMIN(a, b) ((a) < (b) ? (a) : (b))
+
+typedef struct args {
+    const char *model_a, *model_b, *tokens_path, *save, *checkpoint, *resume, *eval_only, *cache_write, *cache_read;
+    long corpus_bytes;
+    int layer, site, seq_len, keep_first, shuffle, eval_pairs, log_every, save_every, threads, init_pairs, raw_norms;
+    double eval_frac;
+    moexc_xc_options xo;
+} args;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: moexc_crosscoder [options]\n"
+        "Train a crosscoder on paired activations of model A (MoE) and model B (dense), SPEC §3-5.\n\n"
+        "data:\n"
+        "  --model-a PATH        model A checkpoint (the MoE), required unless --cache/--eval with a cache\n"
+        "  --model-b PATH        model B checkpoint (the dense model)\n"
+        "  --tokens PATH         token-stream file (moexc_mkdata); default: the built-in corpus\n"
+        "  --corpus BYTES        built-in corpus, bytes per domain (default 300000)\n"
+        "  --layer N             block to read, 0-based (default 3)\n"
+        "  --site ffn|resid      FFN/MoE output (default) or the residual stream after the block\n"
+        "  --seq-len T           tokens per harvested sequence (default 128)\n"
+        "  --keep-first          keep position 0 of each sequence (skipped by default)\n"
+        "  --shuffle N           shuffle-buffer capacity in pairs (default 65536)\n"
+        "  --eval-frac X         tail fraction of the token stream held out (default 0.1)\n"
+        "  --eval-pairs N        held-out pairs to evaluate on (default 32768)\n"
+        "  --cache-write PATH    also write the training pairs to an activation cache\n"
+        "  --cache PATH          train from an activation cache instead of the models\n"
+        "crosscoder:\n"
+        "  --latents F           latents (default 8 (d_A + d_B))\n"
+        "  --variant batchtopk|l1  (default batchtopk)\n"
+        "  --k K                 BatchTopK active latents per token (default 32)\n"
+        "  --shared N            designated shared latents (default 0; needs d_A == d_B)\n"
+        "  --lambda X            decoder-norm penalty lambda_f (L1 default 2; BatchTopK default off)\n"
+        "  --ratio R             lambda_s / lambda_f (default 0.15)\n"
+        "  --aux-k K             AuxK latents (default max(d)/2; -1 off)\n"
+        "  --aux-alpha A         AuxK weight (default 1/32)\n"
+        "  --dead-tokens N       tokens without firing before a latent is dead (default min(10M, steps*batch/20))\n"
+        "  --init-norm X         decoder row norm at init (default 0.08 L1, 1 BatchTopK)\n"
+        "training:\n"
+        "  --steps S             optimiser steps (default 5000)\n"
+        "  --batch N             pairs per step (default 1024)\n"
+        "  --lr X                Adam learning rate (default min(1e-3, 2e-4/sqrt(F/2^14)))\n"
+        "  --warmup W            warm-up steps (default min(1000, steps/20))\n"
+        "  --seed S              seed (default 1)\n"
+        "  --threads N           OpenMP threads (default: the runtime's)\n"
+        "  --init-pairs N        pairs used for the normalisation and b_dec init (default 16384)\n"
+        "output:\n"
+        "  --save PATH           write the inference crosscoder (safetensors, folded) at the end\n"
+        "  --checkpoint PATH     write a training checkpoint every --save-every steps and at the end\n"
+        "  --save-every N        (default 1000)\n"
+        "  --resume PATH         continue from a training checkpoint (its options win)\n"
+        "  --eval PATH           only evaluate a saved crosscoder on the held-out pairs\n"
+        "  --log-every N         progress line every N steps (default 100)\n"
+        "  --raw-norms           classify latents by decoder norms in raw units (folded, W_dec / s_m)\n"
+        "                        instead of the normalised units the crosscoder trains in (default)\n"
+        "  -h, --help            this text\n");
+}
+
+static int parse_long(const char *s, long *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end) return 0;
+    *out = v;
+    return 1;
+}
+
+static int parse_args(int argc, char **argv, args *a)
+{
+    int i;
+    memset(a, 0, sizeof(*a));
+    a->corpus_bytes = 300000; a->layer = 3; a->seq_len = 128; a->shuffle = 65536;
+    a->eval_pairs = 32768; a->log_every = 100; a->save_every = 1000; a->eval_frac = 0.1; a->init_pairs = 16384;
+    a->xo.steps = 5000; a->xo.seed = 1;
+    for (i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n = 0;
+        double x = 0.0;
+        int takes_int = 0, takes_num = 0;
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) { usage(stdout); exit(0); }
+        if (!strcmp(o, "--keep-first")) { a->keep_first = 1; continue; }
+        if (!strcmp(o, "--raw-norms")) { a->raw_norms = 1; continue; }
+        if (!v) { fprintf(stderr, "moexc_crosscoder: %s needs a value (see --help)\n", o); return 0; }
+#define INT_OPT(name, dst) if (!strcmp(o, name)) { takes_int = 1; if (!parse_long(v, &n)) goto bad; dst = n; i++; continue; }
+#define NUM_OPT(name, dst) if (!strcmp(o, name)) { char *e_; takes_num = 1; x = strtod(v, &e_); if (e_ == v || *e_) goto bad; dst = x; i++; continue; }
+#define STR_OPT(name, dst) if (!strcmp(o, name)) { dst = v; i++; continue; }
+        STR_OPT("--model-a", a->model_a) STR_OPT("--model-b", a->model_b) STR_OPT("--tokens", a->tokens_path)
+        STR_OPT("--save", a->save) STR_OPT("--checkpoint", a->checkpoint) STR_OPT("--resume", a->resume)
+        STR_OPT("--eval", a->eval_only) STR_OPT("--cache-write", a->cache_write) STR_OPT("--cache", a->cache_read)
+        INT_OPT("--corpus", a->corpus_bytes) INT_OPT("--layer", a->layer) INT_OPT("--seq-len", a->seq_len)
+        INT_OPT("--shuffle", a->shuffle) INT_OPT("--eval-pairs", a->eval_pairs) INT_OPT("--log-every", a->log_every)
+        INT_OPT("--save-every", a->save_every) INT_OPT("--threads", a->threads) INT_OPT("--init-pairs", a->init_pairs)
+        INT_OPT("--latents", a->xo.n_latents) INT_OPT("--k", a->xo.k) INT_OPT("--shared", a->xo.n_shared)
+        INT_OPT("--aux-k", a->xo.aux_k) INT_OPT("--dead-tokens", a->xo.dead_tokens) INT_OPT("--steps", a->xo.steps)
+        INT_OPT("--batch", a->xo.batch) INT_OPT("--warmup", a->xo.warmup_steps) INT_OPT("--seed", a->xo.seed)
+        NUM_OPT("--lambda", a->xo.lambda_f) NUM_OPT("--ratio", a->xo.lambda_ratio) NUM_OPT("--aux-alpha", a->xo.aux_alpha)
+        NUM_OPT("--lr", a->xo.lr) NUM_OPT("--init-norm", a->xo.init_norm) NUM_OPT("--eval-frac", a->eval_frac)
+#undef INT_OPT
+#undef NUM_OPT
+#undef STR_OPT
+        if (!strcmp(o, "--site")) {
+            if (!strcmp(v, "ffn")) a->site = MOEXC_SITE_FFN_OUT;
+            else if (!strcmp(v, "resid")) a->site = MOEXC_SITE_RESID;
+            else goto bad;
+            i++; continue;
+        }
+        if (!strcmp(o, "--variant")) {
+            if (!strcmp(v, "batchtopk")) a->xo.variant = MOEXC_XC_BATCHTOPK;
+            else if (!strcmp(v, "l1")) a->xo.variant = MOEXC_XC_L1;
+            else goto bad;
+            i++; continue;
+        }
+        fprintf(stderr, "moexc_crosscoder: unknown option %s (see --help)\n", o);
+        return 0;
+    bad:
+        fprintf(stderr, "moexc_crosscoder: bad value '%s' for %s%s\n", v, o,
+                takes_int ? " (an integer)" : takes_num ? " (a number)" : "");
+        return 0;
+    }
+    if (a->xo.n_latents < 0 || a->xo.steps < 1 || a->xo.batch < 0 || a->shuffle < 1 || a->eval_pairs < 1 ||
+        a->log_every < 1 || a->save_every < 1 || a->seq_len < 2 || a->layer < 0 || a->init_pairs < 1 ||
+        !(a->eval_frac > 0.0 && a->eval_frac < 1.0)) {
+        fprintf(stderr, "moexc_crosscoder: an option is out of range (steps, batch, shuffle, eval-pairs >= 1, "
+                        "seq-len >= 2, layer >= 0, 0 < eval-frac < 1)\n");
+        return 0;
+    }
+    if (!a->cache_read && (!a->model_a || !a->model_b)) {
+        fprintf(stderr, "moexc_crosscoder: --model-a and --model-b are required (or --cache)\n");
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- a stream of shuffled pairs ------------------------------------------------- */
+typedef struct pair_source {
+    moexc_harvester *h;
+    moexc_act_cache  cache;        /* reading: --cache */
+    int              from_cache;
+    moexc_act_cache *writer;       /* --cache-write, may be NULL */
+    moexc_shuffle_buffer sb;
+    int      d[2], chunk;
+    float   *raw[2], *out[2];      /* (chunk x d_m) */
+    int      out_n, out_pos;
+} pair_source;
+
+/* Fill x_a, x_b with n shuffled pairs. */
+static moexc_status source_next(pair_source *p, float *x_a, float *x_b, int n, moexc_error *err)
+{
+    int got = 0;
+    while (got < n) {
+        int take, rows = 0;
+        moexc_status st;
+        if (p->out_pos < p->out_n) {
+            take = IMIN(n - got, p->out_n - p->out_pos);
+            memcpy(x_a + (size_t)got * p->d[0], p->out[0] + (size_t)p->out_pos * p->d[0], (size_t)take * p->d[0] * sizeof(float));
+            memcpy(x_b + (size_t)got * p->d[1], p->out[1] + (size_t)p->out_pos * p->d[1], (size_t)take * p->d[1] * sizeof(float));
+            p->out_pos += take; got += take;
+            continue;
+        }
+        if (p->from_cache) {
+            st = moexc_act_cache_read(&p->cache, p->raw[0], p->raw[1], p->chunk, &rows, err);
+            if (st != MOEXC_OK) return st;
+            if (rows == 0) {   /* wrap: reopen */
+                char path[4096];
+                snprintf(path, sizeof(path), "%s", p->cache.path);
+                moexc_act_cache_close(&p->cache, NULL);
+                if ((st = moexc_act_cache_open(&p->cache, path, err)) != MOEXC_OK) return st;
+                continue;
+            }
+        } else {
+            st = moexc_harvester_next(p->h, p->raw[0], p->raw[1], &rows, err);
+            if (st != MOEXC_OK) return st;
+            if (p->writer && (st = moexc_act_cache_append(p->writer, p->raw[0], p->raw[1], rows, err)) != MOEXC_OK) return st;
+        }
+        moexc_shuffle_push(&p->sb, p->raw[0], p->raw[1], rows, p->out[0], p->out[1], &p->out_n);
+        p->out_pos = 0;
+    }
+    return MOEXC_OK;
+}
+
+static double now_seconds(void)
+{
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
+static void print_eval(const char *what, const moexc_xc_eval *ev)
+{
+    printf("%s: FVE A %.4f  B %.4f  pooled %.4f | L0 %.2f | dead %.4f | mse A %.4g B %.4g | %lld pairs\n", what,
+           ev->fve[0], ev->fve[1], ev->fve_pooled, ev->l0, ev->dead_fraction, ev->mse[0], ev->mse[1], (long long)ev->n);
+}
+
+/* Relative decoder norms and classes (SPEC §5), on the folded decoders. */
+static void print_classes(moexc_xc *xc, const int64_t *counts, int64_t n_tokens, const moexc_xc_eval *ev, int raw)
+{
+    int F = moexc_xc_get_options(xc)->n_latents, da = moexc_xc_dim(xc, 0), db = moexc_xc_dim(xc, 1);
+    float *dec_a = (float *)malloc((size_t)F * da * sizeof(float)), *dec_b = (float *)malloc((size_t)F * db * sizeof(float));
+    moexc_latent_analysis an;
+    moexc_eval_summary sum;
+    moexc_error err;
+    if (!dec_a || !dec_b) { free(dec_a); free(dec_b); return; }
+    moexc_xc_decoder(xc, 0, raw, dec_a);
+    moexc_xc_decoder(xc, 1, raw, dec_b);
+    printf("relative decoder norms r = |d^B| / (|d^A| + |d^B|) in %s units\n", raw ? "raw (folded)" : "normalised");
+    memset(&an, 0, sizeof(an));
+    if (moexc_analyze_latents(&an, dec_a, da, dec_b, db, F, moexc_xc_get_options(xc)->n_shared, counts, n_tokens,
+                              NULL, &err) == MOEXC_OK) {
+        memset(&sum, 0, sizeof(sum));
+        sum.has_fve = 1; sum.fve_a = ev->fve[0]; sum.fve_b = ev->fve[1]; sum.fve_pooled = ev->fve_pooled;
+        sum.has_l0 = 1; sum.l0 = ev->l0; sum.dead_fraction = ev->dead_fraction;
+        moexc_analysis_print_table(stdout, &an, &sum);
+        moexc_latent_analysis_free(&an);
+    } else {
+        fprintf(stderr, "analysis: %s\n", err.message);
+    }
+    free(dec_a); free(dec_b);
+}
+
+int main(int argc, char **argv)
+{
+    args a;
+    moexc_error err;
+    moexc_model *ma = NULL, *mb = NULL;
+    moexc_tokens tok, train_tok, eval_tok;
+    moexc_harvest_options ho;
+    moexc_harvester *eval_h = NULL;
+    moexc_xc *xc = NULL;
+    moexc_act_cache writer;
+    pair_source src;
+    float *ea = NULL, *eb = NULL, *xa = NULL, *xb = NULL;
+    int64_t *counts = NULL;
+    int eval_n = 0, step, rc = 1, m;
+    moexc_xc_eval ev;
+    double t0;
+    memset(&tok, 0, sizeof(tok)); memset(&train_tok, 0, sizeof(train_tok)); memset(&eval_tok, 0, sizeof(eval_tok));
+    memset(&src, 0, sizeof(src)); memset(&writer, 0, sizeof(writer));
+    if (!parse_args(argc, argv, &a)) return 2;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+#ifdef _OPENMP
+    if (a.threads > 0) omp_set_num_threads(a.threads);
+#endif
+#define CHECK(call) do { if ((call) != MOEXC_OK) { fprintf(stderr, "moexc_crosscoder: %s\n", err.message); goto done; } } while (0)
+
+    /* ---- data: models and the held-out pairs ---- */
+    if (a.eval_only && (!a.model_a || !a.model_b)) {
+        fprintf(stderr, "moexc_crosscoder: --eval needs --model-a and --model-b\n");
+        goto done;
+    }
+    if (a.model_a && a.model_b) {   /* (with --cache, the models only give the held-out pairs) */
+        size_t split;
+        CHECK(moexc_model_load(&ma, a.model_a, &err));
+        CHECK(moexc_model_load(&mb, a.model_b, &err));
+        if (a.tokens_path) CHECK(moexc_tokens_load(&tok, a.tokens_path, &err));
+        else CHECK(moexc_corpus_builtin(&tok, (size_t)a.corpus_bytes, 12345, &err));
+        /* the last eval_frac of the stream is held out */
+        split = (size_t)((1.0 - a.eval_frac) * (double)tok.n);
+        train_tok = tok; train_tok.n = split;
+        eval_tok = tok; eval_tok.tokens = tok.tokens + split; eval_tok.domains = tok.domains + split; eval_tok.n = tok.n - split;
+        memset(&ho, 0, sizeof(ho));
+        ho.layer = a.layer == 0 ? MOEXC_HARVEST_LAYER0 : a.layer;
+        ho.site = a.site; ho.seq_len = a.seq_len; ho.keep_first = a.keep_first;
+        CHECK(moexc_harvester_create(&eval_h, ma, mb, &eval_tok, &ho, &err));
+        src.d[0] = moexc_harvester_dim(eval_h, 0); src.d[1] = moexc_harvester_dim(eval_h, 1);
+        {
+            int per = moexc_harvester_rows_per_call(eval_h), rows;
+            float *ta = (float *)malloc((size_t)per * src.d[0] * sizeof(float)), *tb = (float *)malloc((size_t)per * src.d[1] * sizeof(float));
+            size_t max_pairs = (eval_tok.n / (size_t)a.seq_len) * (size_t)(a.seq_len - (a.keep_first ? 0 : 1));
+            eval_n = (int)IMIN((size_t)a.eval_pairs, max_pairs);
+            if (eval_n < 1) { fprintf(stderr, "moexc_crosscoder: the held-out tokens give no pairs (seq-len %d)\n", a.seq_len); free(ta); free(tb); goto done; }
+            ea = (float *)malloc((size_t)eval_n * src.d[0] * sizeof(float));
+            eb = (float *)malloc((size_t)eval_n * src.d[1] * sizeof(float));
+            if (!ta || !tb || !ea || !eb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); free(ta); free(tb); goto done; }
+            for (m = 0; m < eval_n; m += rows) {
+                int take;
+                if (moexc_harvester_next(eval_h, ta, tb, &rows, &err) != MOEXC_OK) { free(ta); free(tb); fprintf(stderr, "%s\n", err.message); goto done; }
+                take = IMIN(rows, eval_n - m);
+                memcpy(ea + (size_t)m * src.d[0], ta, (size_t)take * src.d[0] * sizeof(float));
+                memcpy(eb + (size_t)m * src.d[1], tb, (size_t)take * src.d[1] * sizeof(float));
+            }
+            free(ta); free(tb);
+        }
+        printf("models: A %s (d %d), B %s (d %d); layer %d, %s; %lu tokens, %d held-out pairs\n", a.model_a, src.d[0],
+               a.model_b, src.d[1], a.layer, a.site ? "residual stream" : "FFN output", (unsigned long)tok.n, eval_n);
+    }
+
+    if (a.eval_only) {
+        CHECK(moexc_xc_load(&xc, a.eval_only, &err));
+        if (moexc_xc_dim(xc, 0) != src.d[0] || moexc_xc_dim(xc, 1) != src.d[1]) {
+            fprintf(stderr, "moexc_crosscoder: %s has widths %d, %d; the models give %d, %d\n", a.eval_only,
+                    moexc_xc_dim(xc, 0), moexc_xc_dim(xc, 1), src.d[0], src.d[1]);
+            goto done;
+        }
+        counts = (int64_t *)calloc((size_t)moexc_xc_get_options(xc)->n_latents, sizeof(int64_t));
+        CHECK(moexc_xc_evaluate(xc, ea, eb, eval_n, &ev, counts, &err));
+        print_eval("eval", &ev);
+        print_classes(xc, counts, eval_n, &ev, a.raw_norms);
+        rc = 0;
+        goto done;
+    }
+
+    /* ---- training source ---- */
+    if (a.cache_read) {
+        CHECK(moexc_act_cache_open(&src.cache, a.cache_read, &err));
+        src.from_cache = 1;
+        if (ea && (src.cache.d[0] != src.d[0] || src.cache.d[1] != src.d[1])) {
+            fprintf(stderr, "moexc_crosscoder: cache %s has widths %d, %d; the models give %d, %d\n", a.cache_read,
+                    src.cache.d[0], src.cache.d[1], src.d[0], src.d[1]);
+            goto done;
+        }
+        src.d[0] = src.cache.d[0]; src.d[1] = src.cache.d[1];
+        src.chunk = 4096;
+    } else {
+        CHECK(moexc_harvester_create(&src.h, ma, mb, &train_tok, &ho, &err));
+        src.chunk = moexc_harvester_rows_per_call(src.h);
+        if (a.cache_write) { CHECK(moexc_act_cache_create(&writer, a.cache_write, src.d[0], src.d[1], &err)); src.writer = &writer; }
+    }
+    CHECK(moexc_shuffle_init(&src.sb, src.d[0], src.d[1], a.shuffle, a.xo.seed, &err));
+    for (m = 0; m < 2; m++) {
+        src.raw[m] = (float *)malloc((size_t)src.chunk * src.d[m] * sizeof(float));
+        src.out[m] = (float *)malloc((size_t)src.chunk * src.d[m] * sizeof(float));
+        if (!src.raw[m] || !src.out[m]) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }
+    }
+
+    /* ---- the crosscoder ---- */
+    if (a.resume) {
+        CHECK(moexc_xc_load(&xc, a.resume, &err));
+        printf("resumed %s at step %d of %d (the checkpoint's options apply)\n", a.resume, moexc_xc_step(xc),
+               moexc_xc_get_options(xc)->steps);
+    } else {
+        int n_init = a.init_pairs;
+        CHECK(moexc_xc_create(&xc, src.d[0], src.d[1], &a.xo, &err));
+        xa = (float *)malloc((size_t)n_init * src.d[0] * sizeof(float));
+        xb = (float *)malloc((size_t)n_init * src.d[1] * sizeof(float));
+        if (!xa || !xb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }
+        CHECK(source_next(&src, xa, xb, n_init, &err));
+        CHECK(moexc_xc_init_from_data(xc, xa, xb, n_init, &err));
+        free(xa); free(xb); xa = xb = NULL;
+    }
+    {
+        const moexc_xc_options *o = moexc_xc_get_options(xc);
+        printf("crosscoder: %s, F %d, k %d, shared %d, lambda_f %g, ratio %g, aux_k %d, dead after %lld tokens; "
+               "steps %d x batch %d, lr %g; scales %.4g %.4g; %lu parameters\n",
+               o->variant == MOEXC_XC_L1 ? "L1" : "BatchTopK", o->n_latents, o->k, o->n_shared, o->lambda_f,
+               o->lambda_ratio, o->aux_k, (long long)o->dead_tokens, o->steps, o->batch, o->lr,
+               moexc_xc_scale(xc, 0), moexc_xc_scale(xc, 1), (unsigned long)moexc_xc_num_params(xc));
+        xa = (float *)malloc((size_t)o->batch * src.d[0] * sizeof(float));
+        xb = (float *)malloc((size_t)o->batch * src.d[1] * sizeof(float));
+        if (!xa || !xb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }
+        t0 = now_seconds();
+        for (step = moexc_xc_step(xc); step < o->steps; step++) {
+            moexc_xc_step_stats s;
+            CHECK(source_next(&src, xa, xb, o->batch, &err));
+            CHECK(moexc_xc_train_step(xc, xa, xb, o->batch, &s, &err));
+            if ((step + 1) % a.log_every == 0 || step + 1 == o->steps) {
+                double el = now_seconds() - t0, done_steps = step + 1 - (a.resume ? 0 : 0);
+                double rate = (double)o->batch * (step + 1 - 0) / (el > 0 ? el : 1e-9);
+                (void)done_steps;
+                printf("step %6d | loss %.4f rec %.4f aux %.4f pen %.4f | FVE A %.3f B %.3f | L0 %.1f | dead %.3f | "
+                       "lr %.2e | %.0f samples/s | ETA %.0f s\n", step + 1, s.loss, s.rec, s.aux, s.penalty,
+                       s.fve[0], s.fve[1], s.l0, s.dead_fraction, s.lr, rate,
+                       (o->steps - step - 1) * (double)o->batch / (rate > 0 ? rate : 1));
+                fflush(stdout);
+            }
+            if (a.checkpoint && (step + 1) % a.save_every == 0) CHECK(moexc_xc_save_training(xc, a.checkpoint, &err));
+        }
+    }
+    if (a.checkpoint) CHECK(moexc_xc_save_training(xc, a.checkpoint, &err));
+    if (a.save) CHECK(moexc_xc_save(xc, a.save, &err));
+    if (src.writer) { CHECK(moexc_act_cache_close(&writer, &err)); src.writer = NULL; }
+    if (ea) {
+        counts = (int64_t *)calloc((size_t)moexc_xc_get_options(xc)->n_latents, sizeof(int64_t));
+        CHECK(moexc_xc_evaluate(xc, ea, eb, eval_n, &ev, counts, &err));
+        print_eval("held-out", &ev);
+        print_classes(xc, counts, eval_n, &ev, a.raw_norms);
+    }
+    rc = 0;
+done:
+    if (src.writer) moexc_act_cache_abort(&writer);
+    if (src.from_cache) moexc_act_cache_close(&src.cache, NULL);
+    moexc_shuffle_free(&src.sb);
+    for (m = 0; m < 2; m++) { free(src.raw[m]); free(src.out[m]); }
+    moexc_harvester_free(src.h);
+    moexc_harvester_free(eval_h);
+    moexc_xc_free(xc);
+    moexc_model_free(ma); moexc_model_free(mb);
+    moexc_tokens_free(&tok);
+    free(ea); free(eb); free(xa); free(xb); free(counts);
+    return rc;
+}
