@@ -17,7 +17,21 @@
    Model A of the crosscoder is the MoE, model B the dense model; the relative
    decoder norm r = |d_B| / (|d_A| + |d_B|) is 0 for MoE-only latents and 1 for
    dense-only ones (SPEC.md §5). PNGs are written with stb_image_write (Debian:
-   libstb-dev); the library itself never includes it. */
+   libstb-dev); the library itself never includes it.
+
+   The report folder:
+     table.csv, analysis.json     the paper-style class table (moexc_analysis_write_*)
+     summary.json                 FVE per model and pooled, L0, dead fraction, class
+                                  counts, bits per byte per domain of both LMs, MoE
+                                  routing, and the answers to the paper's three findings
+     latent_*.npy                 per latent: r, cosine, density, norms, class, counts,
+                                  Latent Scaling beta (MoE, dense) and nu
+     lm_curves.csv, lm_eval.csv   LM training loss per step, held-out bits per byte
+     xc_curves.csv, xc_eval_curve.csv   crosscoder loss/FVE/L0/dead per step, held-out FVE
+     routing.csv                  share of each domain's tokens per layer and expert
+     *.png                        r histogram, cosines, densities, curves, routing
+     corpus.tok, dense.ckpt, moe.ckpt, crosscoder.safetensors
+                                  inputs for moexc_train / moexc_crosscoder and Python */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L   /* clock_gettime, mkdir */
 #endif
@@ -56,6 +70,7 @@ typedef struct demo_config {
     float    lm_lr;
     /* 3. harvesting */
     int      layer, site;             /* block (0-based) and moexc_site             */
+    int      raw_units;               /* r from raw-unit decoders (default: normalised) */
     /* 4. crosscoder */
     int      xc_latents, xc_k, xc_shared, xc_steps, xc_batch, xc_buffer, xc_evals;
     float    xc_lr;
@@ -69,6 +84,10 @@ static void preset(demo_config *c, const char *name)
     c->layer = 3;  c->site = MOEXC_SITE_FFN_OUT;          /* the paper's released crosscoder */
     c->n_layers = 5; c->n_experts = 8; c->top_k = 2;       /* 5-layer models, E = 8, k = 2    */
     c->lm_evals = 10; c->xc_evals = 12;
+    /* One thread unless the models are wide: at d = 64 the GEMMs are too small
+       for two OpenMP threads to pay off (measured: 32k vs 34k tokens/s), and
+       threads spinning at barriers crawl when other processes share the cores. */
+    c->threads = 1;
     if (!strcmp(name, "tiny")) {           /* seconds: exercises every step, for tests */
         c->bytes_per_domain = 60e3;
         c->d_model = 32; c->n_heads = 2; c->context = 64;
@@ -76,20 +95,21 @@ static void preset(demo_config *c, const char *name)
         c->xc_latents = 512; c->xc_k = 8; c->xc_shared = 16;
         c->xc_steps = 150; c->xc_batch = 256; c->xc_buffer = 4096; c->xc_lr = 2e-3f;
         c->eval_pairs = 4096;
-    } else if (!strcmp(name, "paper")) {   /* hours: toward the paper's scale */
+    } else if (!strcmp(name, "paper")) {   /* toward the paper's scale: about a day on 2 cores */
         c->bytes_per_domain = 30e6;
         c->d_model = 256; c->n_heads = 8; c->context = 256;
-        c->lm_steps = 20000; c->lm_batch = 32; c->lm_seq = 256; c->lm_lr = 1e-3f;
+        c->lm_steps = 4000; c->lm_batch = 32; c->lm_seq = 256; c->lm_lr = 1e-3f;
         c->xc_latents = 16384; c->xc_k = 64; c->xc_shared = 512;
-        c->xc_steps = 30000; c->xc_batch = 4096; c->xc_buffer = 262144; c->xc_lr = 0;  /* lr: library default */
+        c->xc_steps = 6000; c->xc_batch = 2048; c->xc_buffer = 262144; c->xc_lr = 0;  /* lr: library default */
+        c->threads = 0;                    /* OpenMP's default: all cores */
         c->eval_pairs = 262144;
     } else {                               /* "default": about 10 minutes on 2 quiet cores */
         c->preset = "default";
         c->bytes_per_domain = 2e6;
         c->d_model = 64; c->n_heads = 4; c->context = 128;
         c->lm_steps = 1200; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
-        c->xc_latents = 2048; c->xc_k = 16; c->xc_shared = 64;
-        c->xc_steps = 3000; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 1e-3f;
+        c->xc_latents = 2048; c->xc_k = 32; c->xc_shared = 64;
+        c->xc_steps = 3000; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;  /* lr: library default */
         c->eval_pairs = 65536;
     }
 }
@@ -101,8 +121,10 @@ static const char *usage =
 "latents on layer activations of both, and write the paper-style report.\n"
 "\n"
 "  --out DIR              report folder (default ./report)\n"
-"  --preset NAME          tiny (seconds), default (~10 min on 2 cores), paper (hours)\n"
-"  --threads N            OpenMP threads (default: OpenMP's choice)\n"
+"  --preset NAME          tiny (seconds), default (5-10 min on 2 cores),\n"
+"                         paper (about a day on 2 cores; the paper: 1B tokens, 24.6k latents)\n"
+"  --threads N            OpenMP threads (tiny, default: 1; paper: all cores;\n"
+"                         on a busy machine set OMP_WAIT_POLICY=passive)\n"
 "  --seed N               seed of corpus, models, data order, crosscoder (default 1)\n"
 "  --layer N              block to harvest, 0-based (default 3)\n"
 "  --site ffn|resid       FFN/MoE output (default) or residual stream after the block\n"
@@ -118,11 +140,14 @@ static const char *usage =
 "  --xc-steps N --xc-batch N --xc-lr X (0 = library default)\n"
 "  --xc-buffer N          shuffle-buffer capacity in token pairs\n"
 "  --eval-pairs N         held-out token pairs for the final evaluation\n"
+"  --r-units normalised|raw  decoder units for r (default normalised: each model's\n"
+"                         activations scaled to mean norm sqrt(d), as the crosscoder\n"
+"                         saw them; raw: W_dec / s_m as saved)\n"
 "\n"
 "presets (d / layers / LM steps x tokens / F / k / crosscoder steps x batch):\n"
 "  tiny     32 / 5 /    30 x 256   /   512 /  8 /   150 x 256\n"
-"  default  64 / 5 /  1200 x 2048  /  2048 / 16 /  3000 x 1024\n"
-"  paper   256 / 5 / 20000 x 8192  / 16384 / 64 / 30000 x 4096\n"
+"  default  64 / 5 /  1200 x 2048  /  2048 / 32 /  3000 x 1024\n"
+"  paper   256 / 5 /  4000 x 8192  / 16384 / 64 /  6000 x 2048\n"
 "Each step is also a command-line tool: moexc_mkdata, moexc_train, moexc_crosscoder.\n";
 
 /* ------------------------------------------------------------------------- */
@@ -201,6 +226,10 @@ static void json_num(FILE *f, double x)
 }
 static const char *json_bool(int b) { return b ? "true" : "false"; }
 
+/* The last 5% of each domain's tokens are held out: the LMs never train on
+   them, and the crosscoder is evaluated on activations of these tokens. */
+#define DEMO_EVAL_FRACTION 0.05f
+
 /* ------------------------------------------------------------------------- */
 /* Step 2 bookkeeping: what the training callback records.                    */
 
@@ -272,6 +301,7 @@ static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_con
     to.seq_len = c->lm_seq;
     to.eval_interval = c->lm_steps / c->lm_evals > 0 ? c->lm_steps / c->lm_evals : 1;
     to.seed = c->seed;                            /* same data order for both models */
+    to.eval_fraction = DEMO_EVAL_FRACTION;
     if (moexc_trainer_create(&trainer, model, data, &to, &err)) return failed("trainer", &err);
 
     rec->data = data;
@@ -392,7 +422,7 @@ static int plot_r_histogram(const char *dir, const moexc_latent_analysis *an, mo
 /* Histograms of x per live class, as overlaid outlines (fractions of each class). */
 static int plot_per_class(const char *dir, const char *file, const moexc_latent_analysis *an, const float *x,
                           int n_bins, double lo, double hi, int log_axis, const float *extra, int n_extra,
-                          const char *extra_label, const moexc_plot_options *base, moexc_canvas *cv)
+                          const char *extra_label, int skip_class, const moexc_plot_options *base, moexc_canvas *cv)
 {
     moexc_histogram h[MOEXC_CLASS_COUNT + 1];
     const char *labels[MOEXC_CLASS_COUNT + 1];
@@ -400,7 +430,7 @@ static int plot_per_class(const char *dir, const char *file, const moexc_latent_
     char names[MOEXC_CLASS_COUNT][64];
     int c, n = 0, i, bad;
     for (c = 0; c < MOEXC_CLASS_DEAD; c++) {
-        if (an->classes[c].count == 0) continue;
+        if (an->classes[c].count == 0 || c == skip_class) continue;
         if (moexc_histogram_init(&h[n], n_bins, lo, hi, log_axis, NULL)) return 1;
         moexc_histogram_add_where(&h[n], x, an->cls, (uint8_t)c, (size_t)an->n_latents);
         snprintf(names[n], sizeof(names[n]), "%s (%lld)", moexc_latent_class_name(c), (long long)an->classes[c].count);
@@ -453,8 +483,6 @@ static int plot_routing(const char *dir, const lm_result *moe, const moexc_token
         po.x_label = "expert (held-out tokens; rows: layer and domain)";
         po.annotate = 1;
         po.value_format = "%.0f";
-        po.z_min = 0; po.z_max = 100;
-        po.z_label = "% of tokens";
         bad = moexc_plot_heatmap(&cv, v, rows, E, rl, cl, &po, err) != MOEXC_OK;
         if (!bad) bad = save_png(dir, "routing_heatmap.png", &cv);
         moexc_canvas_free(&cv);
@@ -474,6 +502,352 @@ static void smooth(float *y, const float *x, int n)
         for (j = lo; j <= hi; j++) s += x[j];
         y[i] = (float)(s / (hi - lo + 1));
     }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Step 6: the report. Everything the run measured, gathered for the writers. */
+
+typedef struct report_inputs {
+    const demo_config *c;
+    const moexc_tokens *data;
+    const lm_record *rec;                         /* [2]: dense, MoE           */
+    const lm_result *res;                         /* [2]                        */
+    const moexc_xc *xc;
+    const moexc_xc_eval *eval;                    /* final held-out evaluation  */
+    const moexc_latent_analysis *an, *an_alt;     /* r in the chosen / other units */
+    const float *nu_err;                          /* Latent Scaling nu (error target) */
+    const float *xc_curve, *xc_eval_curve;
+    int n_xc_evals, n_eval;
+    double seconds;
+} report_inputs;
+
+static const char *const model_names[2] = {"dense", "moe"};
+
+/* lm_curves.csv, lm_eval.csv, xc_curves.csv, xc_eval_curve.csv, routing.csv */
+static int write_csvs(const report_inputs *in)
+{
+    const demo_config *c = in->c;
+    const moexc_tokens *data = in->data;
+    const lm_record *rec = in->rec;
+    const lm_result *res = in->res;
+    int D = data->n_domains, m, d;
+    char path[4096];
+    const float *xc_curve = in->xc_curve, *xc_eval_curve = in->xc_eval_curve;
+    int n_xc_evals = in->n_xc_evals;
+    {
+        FILE *f;
+        int k, e, l;
+        join(path, sizeof(path), c->out, "lm_curves.csv");
+        if (!(f = open_tmp(path))) return 1;
+        fprintf(f, "model,step,loss,ce,lb,lr\n");
+        for (m = 0; m < 2; m++)
+            for (k = 0; k < c->lm_steps; k++)
+                fprintf(f, "%s,%d,%.6g,%.6g,%.6g,%.6g\n", model_names[m], k + 1, rec[m].loss[k], rec[m].ce[k], rec[m].lb[k], rec[m].lr[k]);
+        if (commit_tmp(f, path)) return 1;
+        join(path, sizeof(path), c->out, "lm_eval.csv");
+        if (!(f = open_tmp(path))) return 1;
+        fprintf(f, "model,step,domain,bits_per_byte\n");
+        for (m = 0; m < 2; m++)
+            for (k = 0; k < rec[m].n_evals; k++)
+                for (d = 0; d <= D; d++)
+                    fprintf(f, "%s,%d,%s,%.6g\n", model_names[m], (int)rec[m].eval_step[k], d < D ? data->domain_names[d] : "all",
+                            rec[m].eval_bpb[(size_t)k * (D + 1) + d]);
+        if (commit_tmp(f, path)) return 1;
+        join(path, sizeof(path), c->out, "xc_curves.csv");
+        if (!(f = open_tmp(path))) return 1;
+        fprintf(f, "step,loss,fve_moe,fve_dense,l0,dead_fraction,lr\n");
+        for (k = 0; k < c->xc_steps; k++) {
+            const float *r = xc_curve + (size_t)k * 6;
+            fprintf(f, "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", k + 1, r[0], r[1], r[2], r[3], r[4], r[5]);
+        }
+        if (commit_tmp(f, path)) return 1;
+        join(path, sizeof(path), c->out, "xc_eval_curve.csv");
+        if (!(f = open_tmp(path))) return 1;
+        fprintf(f, "step,fve_moe,fve_dense,fve_pooled,l0,dead_fraction\n");
+        for (k = 0; k < n_xc_evals; k++) {
+            const float *r = xc_eval_curve + (size_t)k * 6;
+            fprintf(f, "%d,%.6g,%.6g,%.6g,%.6g,%.6g\n", (int)r[0], r[1], r[2], r[3], r[4], r[5]);
+        }
+        if (commit_tmp(f, path)) return 1;
+        join(path, sizeof(path), c->out, "routing.csv");
+        if (!(f = open_tmp(path))) return 1;
+        fprintf(f, "layer,domain,expert,share\n");
+        for (l = 0; l < res[1].router_layers; l++)
+            for (d = 0; d < D; d++)
+                for (e = 0; e < res[1].router_experts; e++)
+                    fprintf(f, "%d,%s,%d,%.6g\n", l, data->domain_names[d], e,
+                            res[1].domain_share[((size_t)l * D + d) * res[1].router_experts + e]);
+        if (commit_tmp(f, path)) return 1;
+    }
+
+    return 0;
+}
+
+/* summary.json, and the paper's three findings on stdout */
+static int write_summary(const report_inputs *in)
+{
+    const demo_config *c = in->c;
+    const moexc_tokens *data = in->data;
+    const lm_result *res = in->res;
+    int D = data->n_domains, m, d, i;
+    char path[4096];
+    const moexc_xc *xc = in->xc;
+    const moexc_xc_eval *ev = in->eval;
+    const moexc_latent_analysis *an = in->an, *an_alt = in->an_alt;
+    const float *nu_err = in->nu_err;
+    int n_eval = in->n_eval;
+    double seconds = in->seconds;
+    {
+        FILE *f;
+        const moexc_class_summary *cs = an->classes;
+        double moe_den = cs[MOEXC_CLASS_MOE_ONLY].density_median, sh_den = cs[MOEXC_CLASS_SHARED].density_median,
+               de_den = cs[MOEXC_CLASS_DENSE_ONLY].density_median;
+        int64_t n_moe = cs[MOEXC_CLASS_MOE_ONLY].count, n_dense = cs[MOEXC_CLASS_DENSE_ONLY].count;
+        int k, l;
+        join(path, sizeof(path), c->out, "summary.json");
+        if (!(f = open_tmp(path))) return 1;
+        fprintf(f, "{\n  \"preset\": \"%s\",\n  \"seed\": %lu,\n  \"r_units\": \"%s\",\n  \"seconds\": ", c->preset,
+                (unsigned long)c->seed, c->raw_units ? "raw" : "normalised");
+        json_num(f, seconds);
+        fprintf(f, ",\n  \"config\": {\"bytes_per_domain\": %.0f, \"d_model\": %d, \"n_layers\": %d, \"n_heads\": %d, "
+                   "\"context\": %d, \"n_experts\": %d, \"top_k\": %d, \"lm_steps\": %d, \"lm_batch\": %d, \"lm_seq\": %d, "
+                   "\"layer\": %d, \"site\": \"%s\", \"xc_latents\": %d, \"xc_k\": %d, \"xc_shared\": %d, \"xc_steps\": %d, "
+                   "\"xc_batch\": %d, \"eval_pairs\": %d},\n",
+                c->bytes_per_domain, c->d_model, c->n_layers, c->n_heads, c->context, c->n_experts, c->top_k, c->lm_steps,
+                c->lm_batch, c->lm_seq, c->layer, c->site == MOEXC_SITE_RESID ? "resid" : "ffn_out", c->xc_latents, c->xc_k,
+                c->xc_shared, c->xc_steps, c->xc_batch, n_eval);
+        fprintf(f, "  \"models\": {\n");
+        for (m = 0; m < 2; m++) {
+            fprintf(f, "    \"%s\": {\"params_total\": %lu, \"params_active\": %lu, \"train_seconds\": ", model_names[m],
+                    (unsigned long)res[m].params_total, (unsigned long)res[m].params_active);
+            json_num(f, res[m].seconds);
+            fprintf(f, ", \"tokens_per_second\": "); json_num(f, res[m].tokens_per_second);
+            fprintf(f, ",\n      \"bits_per_byte\": {");
+            for (d = 0; d <= D; d++) {
+                fprintf(f, "%s\"%s\": ", d ? ", " : "", d < D ? data->domain_names[d] : "all");
+                json_num(f, res[m].bpb[d]);
+            }
+            fprintf(f, "},\n      \"unigram_bits_per_byte\": {");
+            for (d = 0; d <= D; d++) {
+                fprintf(f, "%s\"%s\": ", d ? ", " : "", d < D ? data->domain_names[d] : "all");
+                json_num(f, res[m].unigram_bpb[d]);
+            }
+            fprintf(f, "}");
+            if (res[m].router_layers > 0) {
+                int L = res[m].router_layers, E = res[m].router_experts, e;
+                fprintf(f, ",\n      \"routing\": {\"top_k\": %d, \"n_experts\": %d, \"uniform_share\": ", res[m].router_k, E);
+                json_num(f, (double)res[m].router_k / E);
+                fprintf(f, ", \"usage_entropy_bits\": [");
+                for (l = 0; l < L; l++) { fprintf(f, "%s", l ? ", " : ""); json_num(f, res[m].entropy[l]); }
+                fprintf(f, "],\n        \"domain_share\": {");
+                for (d = 0; d < D; d++) {
+                    fprintf(f, "%s\n          \"%s\": [", d ? "," : "", data->domain_names[d]);
+                    for (l = 0; l < L; l++) {
+                        fprintf(f, "%s[", l ? ", " : "");
+                        for (e = 0; e < E; e++) { fprintf(f, "%s", e ? ", " : ""); json_num(f, res[m].domain_share[((size_t)l * D + d) * E + e]); }
+                        fprintf(f, "]");
+                    }
+                    fprintf(f, "]");
+                }
+                fprintf(f, "}}");
+            }
+            fprintf(f, "}%s\n", m == 0 ? "," : "");
+        }
+        fprintf(f, "  },\n  \"crosscoder\": {\"scale_moe\": ");
+        json_num(f, moexc_xc_scale(xc, 0));
+        fprintf(f, ", \"scale_dense\": "); json_num(f, moexc_xc_scale(xc, 1));
+        fprintf(f, ", \"threshold\": "); json_num(f, moexc_xc_threshold(xc));
+        fprintf(f, ",\n    \"fve\": {\"moe\": "); json_num(f, ev->fve[0]);
+        fprintf(f, ", \"dense\": "); json_num(f, ev->fve[1]);
+        fprintf(f, ", \"pooled\": "); json_num(f, ev->fve_pooled);
+        fprintf(f, "}, \"l0\": "); json_num(f, ev->l0);
+        fprintf(f, ", \"dead_fraction\": "); json_num(f, ev->dead_fraction);
+        fprintf(f, ", \"eval_tokens\": %d},\n", n_eval);
+        fprintf(f, "  \"classes\": {");
+        for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
+            fprintf(f, "%s\n    \"%s\": {\"count\": %lld, \"count_%s_units\": %lld, \"density_mean\": ", k ? "," : "",
+                    moexc_latent_class_name(k), (long long)cs[k].count, c->raw_units ? "normalised" : "raw",
+                    (long long)an_alt->classes[k].count);
+            json_num(f, cs[k].density_mean);
+            fprintf(f, ", \"density_median\": "); json_num(f, cs[k].density_median);
+            fprintf(f, ", \"cos_mean\": "); json_num(f, cs[k].cos_mean);
+            fprintf(f, ", \"cos_frac_negative\": "); json_num(f, cs[k].cos_frac_negative);
+            {   /* median Latent Scaling ratio nu (error target) over the class */
+                float *tmp = (float *)malloc((size_t)c->xc_latents * sizeof(float));
+                int n = 0;
+                if (tmp) for (i = 0; i < c->xc_latents; i++) if (an->cls[i] == k) tmp[n++] = nu_err[i];
+                fprintf(f, ", \"nu_median\": ");
+                json_num(f, tmp && n ? moexc_median(tmp, (size_t)n, NULL) : NAN);
+                free(tmp);
+            }
+            fprintf(f, "}");
+        }
+        fprintf(f, "\n  },\n  \"random_pair_cosine\": {\"mean\": "); json_num(f, an->random_cos_mean);
+        fprintf(f, ", \"median\": "); json_num(f, an->random_cos_median);
+        fprintf(f, "},\n  \"findings\": {\n");
+        fprintf(f, "    \"fewer_moe_only_than_dense_only\": {\"answer\": %s, \"moe_only\": %lld, \"dense_only\": %lld},\n",
+                json_bool(n_moe < n_dense), (long long)n_moe, (long long)n_dense);
+        fprintf(f, "    \"moe_only_denser_than_shared\": {\"answer\": %s, \"moe_only_median_density\": ",
+                (moe_den == moe_den && sh_den == sh_den) ? json_bool(moe_den > sh_den) : "null");
+        json_num(f, moe_den);
+        fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
+        fprintf(f, "},\n    \"dense_only_sparser_than_shared\": {\"answer\": %s, \"dense_only_median_density\": ",
+                (de_den == de_den && sh_den == sh_den) ? json_bool(de_den < sh_den) : "null");
+        json_num(f, de_den);
+        fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
+        fprintf(f, "}\n  },\n  \"paper\": {\"fve\": 0.87, \"moe_only\": 910, \"dense_only\": 3226, \"shared\": 18940}\n}\n");
+        if (commit_tmp(f, path)) return 1;
+        printf("paper's findings at this scale:\n");
+        printf("  fewer MoE-only than dense-only latents?   %s (%lld vs %lld; paper: 910 vs 3,226)\n",
+               n_moe < n_dense ? "yes" : "no", (long long)n_moe, (long long)n_dense);
+        printf("  MoE-only denser than shared?              %s (median density %.3g vs %.3g)\n",
+               moe_den > sh_den ? "yes" : moe_den == moe_den ? "no" : "n/a (empty class)", moe_den, sh_den);
+        printf("  dense-only sparser than shared?           %s (median density %.3g vs %.3g)\n",
+               de_den < sh_den ? "yes" : de_den == de_den ? "no" : "n/a (empty class)", de_den, sh_den);
+        printf("  FVE MoE %.3f, dense %.3f, pooled %.3f (paper: about 0.87)\n\n", ev->fve[0], ev->fve[1], ev->fve_pooled);
+    }
+
+    return 0;
+}
+
+/* the PNGs, on one reusable canvas */
+static int draw_plots(const report_inputs *in, moexc_canvas *cv)
+{
+    const demo_config *c = in->c;
+    const moexc_tokens *data = in->data;
+    const lm_record *rec = in->rec;
+    const lm_result *res = in->res;
+    int D = data->n_domains, m, d;
+    const moexc_latent_analysis *an = in->an;
+    const float *xc_curve = in->xc_curve, *xc_eval_curve = in->xc_eval_curve;
+    int n_xc_evals = in->n_xc_evals, n_eval = in->n_eval;
+    moexc_error err;
+    if (plot_r_histogram(c->out, an, cv)) return 1;
+    {
+        moexc_plot_options po;
+        memset(&po, 0, sizeof(po));
+        po.title = "Decoder cosine cos(d_MoE, d_dense) per class vs random latent pairs";
+        po.x_label = "cosine of the latent's two decoder rows (designated shared: 1, not shown)";
+        po.y_label = "fraction of class";
+        po.normalize = 1;
+        if (plot_per_class(c->out, "cosine_hist.png", an, an->cosine, 40, -1.0, 1.0, 0, an->random_cosine,
+                           an->n_random_pairs, "random pairs", MOEXC_CLASS_DESIGNATED, &po, cv)) return 1;
+        memset(&po, 0, sizeof(po));
+        po.title = "Activation density per class (held-out tokens)";
+        po.x_label = "fraction of held-out tokens on which the latent fires (log10)";
+        po.y_label = "fraction of class";
+        po.normalize = 1;
+        if (plot_per_class(c->out, "density_hist.png", an, an->density, 40, 1.0 / n_eval, 1.0, 1, NULL, 0, NULL,
+                           -1, &po, cv)) return 1;
+    }
+    {   /* LM training curves (left) and held-out bits per byte (right) */
+        moexc_series s[8];
+        moexc_plot_options po;
+        float *sm = (float *)malloc((size_t)c->lm_steps * 2 * sizeof(float));
+        float *ev_x[2], *ev_y[2][MOEXC_MAX_DOMAINS + 1];
+        int n = 0, k;
+        char labels[8][64];
+        if (!sm) return 1;
+        for (m = 0; m < 2; m++) {
+            smooth(sm + (size_t)m * c->lm_steps, rec[m].ce, c->lm_steps);
+            s[m].x = rec[m].step; s[m].y = sm + (size_t)m * c->lm_steps; s[m].n = c->lm_steps;
+            s[m].label = m == 0 ? "dense" : "MoE";
+        }
+        moexc_canvas_clear(cv, 0xFFFFFFu);
+        memset(&po, 0, sizeof(po));
+        po.x = 0; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Training loss";
+        po.x_label = "optimiser step"; po.y_label = "cross-entropy, nats/byte";
+        if (moexc_plot_lines(cv, s, 2, &po, &err)) { free(sm); return failed("plot", &err); }
+        /* held-out bpb per domain: one series per (model, domain) */
+        for (m = 0; m < 2; m++) {
+            ev_x[m] = rec[m].eval_step;
+            for (d = 0; d <= D; d++) {
+                ev_y[m][d] = (float *)malloc((size_t)(rec[m].n_evals + 1) * sizeof(float));
+                if (!ev_y[m][d]) { free(sm); return 1; }
+                for (k = 0; k < rec[m].n_evals; k++) ev_y[m][d][k] = rec[m].eval_bpb[(size_t)k * (D + 1) + d];
+            }
+        }
+        for (m = 0; m < 2; m++)
+            for (d = 0; d < D && n < 8; d++) {
+                snprintf(labels[n], sizeof(labels[n]), "%s %s", m == 0 ? "dense" : "MoE", data->domain_names[d]);
+                s[n].x = ev_x[m]; s[n].y = ev_y[m][d]; s[n].n = rec[m].n_evals; s[n].label = labels[n];
+                n++;
+            }
+        memset(&po, 0, sizeof(po));
+        po.x = 500; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Held-out bits per byte";
+        po.x_label = "optimiser step"; po.y_label = "bits/byte";
+        k = moexc_plot_lines(cv, s, n, &po, &err) != MOEXC_OK;
+        for (m = 0; m < 2; m++) for (d = 0; d <= D; d++) free(ev_y[m][d]);
+        free(sm);
+        if (k) { return failed("plot", &err); }
+        if (save_png(c->out, "lm_curves.png", cv)) return 1;
+    }
+    {   /* crosscoder training: loss, L0 and dead fraction; FVE over training */
+        moexc_series s[4];
+        moexc_plot_options po;
+        int n = c->xc_steps, k;
+        float *buf = (float *)malloc((size_t)n * 5 * sizeof(float)), *x, *y0, *y1, *y2, *y3;
+        float ex[64], ey[3][64];
+        if (!buf) return 1;
+        x = buf; y0 = buf + n; y1 = buf + 2 * (size_t)n; y2 = buf + 3 * (size_t)n; y3 = buf + 4 * (size_t)n;
+        for (k = 0; k < n; k++) { x[k] = (float)(k + 1); y3[k] = xc_curve[(size_t)k * 6 + 0]; }
+        smooth(y0, y3, n);
+        moexc_canvas_clear(cv, 0xFFFFFFu);
+        memset(&po, 0, sizeof(po));
+        po.x = 0; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Crosscoder training loss"; po.x_label = "step"; po.y_label = "loss, normalised units"; po.log_y = 1;
+        po.no_legend = 1;
+        s[0].x = x; s[0].y = y0; s[0].n = n; s[0].label = "loss";
+        if (moexc_plot_lines(cv, s, 1, &po, &err)) { free(buf); return failed("plot", &err); }
+        for (k = 0; k < n; k++) { y3[k] = xc_curve[(size_t)k * 6 + 4]; }
+        for (k = 0; k < n; k++) y1[k] = xc_curve[(size_t)k * 6 + 3] / (float)c->xc_k;
+        smooth(y2, y1, n);
+        memset(&po, 0, sizeof(po));
+        po.x = 500; po.y = 0; po.width = 500; po.height = 640;
+        po.title = "Sparsity during training"; po.x_label = "step"; po.y_label = "fraction";
+        po.y_min = 0; po.y_max = 1.5;
+        s[0].x = x; s[0].y = y2; s[0].n = n; s[0].label = "L0 / k (batch)";
+        s[1].x = x; s[1].y = y3; s[1].n = n; s[1].label = "dead fraction";
+        if (moexc_plot_lines(cv, s, 2, &po, &err)) { free(buf); return failed("plot", &err); }
+        if (save_png(c->out, "xc_curves.png", cv)) { free(buf); return 1; }
+        /* FVE: per-batch training FVE (smoothed) and held-out FVE at intervals */
+        for (m = 0; m < 2; m++) {
+            for (k = 0; k < n; k++) y3[k] = xc_curve[(size_t)k * 6 + 1 + m];
+            smooth(m == 0 ? y1 : y2, y3, n);
+        }
+        for (k = 0; k < n_xc_evals && k < 64; k++) {
+            ex[k] = xc_eval_curve[(size_t)k * 6];
+            for (m = 0; m < 3; m++) ey[m][k] = xc_eval_curve[(size_t)k * 6 + 1 + m];
+        }
+        moexc_canvas_clear(cv, 0xFFFFFFu);
+        memset(&po, 0, sizeof(po));
+        po.title = "Crosscoder fraction of variance explained during training";
+        po.x_label = "step"; po.y_label = "FVE";
+        po.y_min = 0.5; po.y_max = 1;              /* the first steps start far below */
+        s[0].x = ex; s[0].y = ey[0]; s[0].n = n_xc_evals < 64 ? n_xc_evals : 64; s[0].label = "MoE, held-out";
+        s[1].x = ex; s[1].y = ey[1]; s[1].n = s[0].n; s[1].label = "dense, held-out";
+        s[2].x = x; s[2].y = y1; s[2].n = n; s[2].label = "MoE, training batches";
+        s[3].x = x; s[3].y = y2; s[3].n = n; s[3].label = "dense, training batches";
+        if (moexc_plot_lines(cv, s, 4, &po, &err)) { free(buf); return failed("plot", &err); }
+        free(buf);
+        if (save_png(c->out, "fve_curve.png", cv)) return 1;
+    }
+    if (res[1].router_layers > 0 && plot_routing(c->out, &res[1], data, &err)) return 1;
+
+    return 0;
+}
+
+static int write_plots(const report_inputs *in)
+{
+    moexc_canvas cv;
+    moexc_error err;
+    int bad;
+    if (moexc_canvas_init(&cv, 1000, 640, &err)) return failed("canvas", &err);
+    bad = draw_plots(in, &cv);
+    moexc_canvas_free(&cv);
+    return bad;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -526,13 +900,18 @@ static int parse_args(demo_config *c, int argc, char **argv)
         v = argv[++i];
         if (!strcmp(a, "--preset")) continue;
         else if (!strcmp(a, "--out")) c->out = v;
-        else if (!strcmp(a, "--threads")) bad = parse_int(a, v, 1, &c->threads);
+        else if (!strcmp(a, "--threads")) bad = parse_int(a, v, 1, &c->threads);   /* after the preset */
         else if (!strcmp(a, "--seed")) { bad = parse_num(a, v, 0, &x); c->seed = (uint64_t)x; }
         else if (!strcmp(a, "--layer")) bad = parse_int(a, v, 0, &c->layer);
         else if (!strcmp(a, "--site")) {
             if (!strcmp(v, "ffn")) c->site = MOEXC_SITE_FFN_OUT;
             else if (!strcmp(v, "resid")) c->site = MOEXC_SITE_RESID;
             else { fprintf(stderr, "moexc_demo: --site must be ffn or resid, not '%s'\n", v); return 1; }
+        }
+        else if (!strcmp(a, "--r-units")) {
+            if (!strcmp(v, "normalised") || !strcmp(v, "normalized")) c->raw_units = 0;
+            else if (!strcmp(v, "raw")) c->raw_units = 1;
+            else { fprintf(stderr, "moexc_demo: --r-units must be normalised or raw, not '%s'\n", v); return 1; }
         }
         else if (!strcmp(a, "--bytes")) { bad = parse_num(a, v, 1000, &c->bytes_per_domain); }
         else if (!strcmp(a, "--d-model")) bad = parse_int(a, v, 2, &c->d_model);
@@ -589,9 +968,8 @@ int main(int argc, char **argv)
     moexc_xc *xc = NULL;
     moexc_xc_options xo;
     moexc_xc_eval final_eval;
-    moexc_latent_analysis an, an_raw;
+    moexc_latent_analysis an, an_alt;
     moexc_eval_summary summary;
-    moexc_canvas cv;
     float *harvest_a = NULL, *harvest_b = NULL, *batch_a = NULL, *batch_b = NULL;
     float *eval_a = NULL, *eval_b = NULL, *dec_a = NULL, *dec_b = NULL, *dec_norm_a = NULL, *dec_norm_b = NULL;
     float *beta[2][2] = {{NULL, NULL}, {NULL, NULL}}, *nu[2] = {NULL, NULL};
@@ -599,15 +977,13 @@ int main(int argc, char **argv)
     float *xc_eval_curve = NULL;      /* per evaluation: step, fve_a, fve_b, fve_pooled, l0, dead */
     int64_t *counts = NULL;
     char path[4096];
-    double t_start = now_seconds(), t_phase, eval_fraction = 0.05;
-    int m, d, i, D, d_model, rows, n_xc_evals = 0, status = 1, batch_fill = 0, n_eval;
-    const char *model_names[2] = {"dense", "moe"};
+    double t_start = now_seconds(), t_phase;
+    int m, i, D, d_model, rows, n_xc_evals = 0, status = 1, batch_fill = 0, n_eval;
     const int EVAL_SUBSET = 8192;     /* held-out pairs for the FVE-over-training curve */
 
     memset(&data, 0, sizeof(data)); memset(&xc_train_tokens, 0, sizeof(xc_train_tokens));
     memset(&xc_eval_tokens, 0, sizeof(xc_eval_tokens)); memset(rec, 0, sizeof(rec)); memset(res, 0, sizeof(res));
-    memset(&shuffle, 0, sizeof(shuffle)); memset(&an, 0, sizeof(an)); memset(&an_raw, 0, sizeof(an_raw));
-    memset(&cv, 0, sizeof(cv));
+    memset(&shuffle, 0, sizeof(shuffle)); memset(&an, 0, sizeof(an)); memset(&an_alt, 0, sizeof(an_alt));
     if (parse_args(&c, argc, argv)) return 2;
 #ifdef _OPENMP
     if (c.threads > 0) omp_set_num_threads(c.threads);
@@ -667,8 +1043,8 @@ int main(int argc, char **argv)
     ho.layer = c.layer == 0 ? MOEXC_HARVEST_LAYER0 : c.layer;   /* 0 in the struct means "default" */
     ho.site = c.site;
     ho.seq_len = c.context < 128 ? c.context : 128;
-    if (interleave_split(&xc_train_tokens, &data, eval_fraction, 0, ho.seq_len, &err) ||
-        interleave_split(&xc_eval_tokens, &data, eval_fraction, 1, ho.seq_len, &err)) { status = failed("harvest streams", &err); goto done; }
+    if (interleave_split(&xc_train_tokens, &data, DEMO_EVAL_FRACTION, 0, ho.seq_len, &err) ||
+        interleave_split(&xc_eval_tokens, &data, DEMO_EVAL_FRACTION, 1, ho.seq_len, &err)) { status = failed("harvest streams", &err); goto done; }
     /* model A = MoE, model B = dense */
     if (moexc_harvester_create(&harvest, moe, dense, &xc_train_tokens, &ho, &err) ||
         moexc_harvester_create(&harvest_eval, moe, dense, &xc_eval_tokens, &ho, &err)) { status = failed("harvester", &err); goto done; }
@@ -787,8 +1163,8 @@ int main(int argc, char **argv)
        models' (normalised) activations. In raw units (W_dec^m / s_m, as saved)
        every r would also carry the ratio s_MoE / s_dense of the two models'
        activation scales, which is far from 1 here (the MoE's raw-probability
-       gates shrink its FFN output), so raw-unit classes are reported only as
-       a secondary count. */
+       gates can shrink its FFN output), so raw units are an option
+       (--r-units raw) and the other units' class counts are reported too. */
     moexc_xc_decoder(xc, 0, 1, dec_a);
     moexc_xc_decoder(xc, 1, 1, dec_b);
     moexc_xc_decoder(xc, 0, 0, dec_norm_a);
@@ -797,8 +1173,10 @@ int main(int argc, char **argv)
         moexc_analysis_options ao;
         memset(&ao, 0, sizeof(ao));
         ao.seed = c.seed;
-        if (moexc_analyze_latents(&an, dec_norm_a, d_model, dec_norm_b, d_model, c.xc_latents, c.xc_shared, counts, n_eval, &ao, &err) ||
-            moexc_analyze_latents(&an_raw, dec_a, d_model, dec_b, d_model, c.xc_latents, c.xc_shared, counts, n_eval, &ao, &err)) {
+        const float *pa = c.raw_units ? dec_a : dec_norm_a, *pb = c.raw_units ? dec_b : dec_norm_b;
+        const float *qa = c.raw_units ? dec_norm_a : dec_a, *qb = c.raw_units ? dec_norm_b : dec_b;
+        if (moexc_analyze_latents(&an, pa, d_model, pb, d_model, c.xc_latents, c.xc_shared, counts, n_eval, &ao, &err) ||
+            moexc_analyze_latents(&an_alt, qa, d_model, qb, d_model, c.xc_latents, c.xc_shared, counts, n_eval, &ao, &err)) {
             status = failed("analysis", &err);
             goto done;
         }
@@ -857,7 +1235,10 @@ int main(int argc, char **argv)
     summary.has_fve = 1; summary.fve_a = final_eval.fve[0]; summary.fve_b = final_eval.fve[1]; summary.fve_pooled = final_eval.fve_pooled;
     summary.has_l0 = 1; summary.l0 = final_eval.l0; summary.dead_fraction = final_eval.dead_fraction;
     moexc_analysis_print_table(stdout, &an, &summary);
-    printf("\n");
+    printf("r in %s units; in %s units (s_MoE %.3g, s_dense %.3g): %lld MoE-only, %lld shared, %lld dense-only\n\n",
+           c.raw_units ? "raw" : "normalised", c.raw_units ? "normalised" : "raw", moexc_xc_scale(xc, 0), moexc_xc_scale(xc, 1),
+           (long long)an_alt.classes[MOEXC_CLASS_MOE_ONLY].count, (long long)an_alt.classes[MOEXC_CLASS_SHARED].count,
+           (long long)an_alt.classes[MOEXC_CLASS_DENSE_ONLY].count);
     join(path, sizeof(path), c.out, "table.csv");
     if (moexc_analysis_write_csv(&an, path, &err)) { status = failed("table.csv", &err); goto done; }
     join(path, sizeof(path), c.out, "analysis.json");
@@ -879,284 +1260,19 @@ int main(int argc, char **argv)
         if (moexc_npy_write_f32(path, dec_a, (size_t)c.xc_latents, &err)) { status = failed("npy", &err); goto done; }
     }
 
-    /* CSV curves and routing */
     {
-        FILE *f;
-        int k, e, l;
-        join(path, sizeof(path), c.out, "lm_curves.csv");
-        if (!(f = open_tmp(path))) goto done;
-        fprintf(f, "model,step,loss,ce,lb,lr\n");
-        for (m = 0; m < 2; m++)
-            for (k = 0; k < c.lm_steps; k++)
-                fprintf(f, "%s,%d,%.6g,%.6g,%.6g,%.6g\n", model_names[m], k + 1, rec[m].loss[k], rec[m].ce[k], rec[m].lb[k], rec[m].lr[k]);
-        if (commit_tmp(f, path)) goto done;
-        join(path, sizeof(path), c.out, "lm_eval.csv");
-        if (!(f = open_tmp(path))) goto done;
-        fprintf(f, "model,step,domain,bits_per_byte\n");
-        for (m = 0; m < 2; m++)
-            for (k = 0; k < rec[m].n_evals; k++)
-                for (d = 0; d <= D; d++)
-                    fprintf(f, "%s,%d,%s,%.6g\n", model_names[m], (int)rec[m].eval_step[k], d < D ? data.domain_names[d] : "all",
-                            rec[m].eval_bpb[(size_t)k * (D + 1) + d]);
-        if (commit_tmp(f, path)) goto done;
-        join(path, sizeof(path), c.out, "xc_curves.csv");
-        if (!(f = open_tmp(path))) goto done;
-        fprintf(f, "step,loss,fve_moe,fve_dense,l0,dead_fraction,lr\n");
-        for (k = 0; k < c.xc_steps; k++) {
-            const float *r = xc_curve + (size_t)k * 6;
-            fprintf(f, "%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", k + 1, r[0], r[1], r[2], r[3], r[4], r[5]);
-        }
-        if (commit_tmp(f, path)) goto done;
-        join(path, sizeof(path), c.out, "xc_eval_curve.csv");
-        if (!(f = open_tmp(path))) goto done;
-        fprintf(f, "step,fve_moe,fve_dense,fve_pooled,l0,dead_fraction\n");
-        for (k = 0; k < n_xc_evals; k++) {
-            const float *r = xc_eval_curve + (size_t)k * 6;
-            fprintf(f, "%d,%.6g,%.6g,%.6g,%.6g,%.6g\n", (int)r[0], r[1], r[2], r[3], r[4], r[5]);
-        }
-        if (commit_tmp(f, path)) goto done;
-        join(path, sizeof(path), c.out, "routing.csv");
-        if (!(f = open_tmp(path))) goto done;
-        fprintf(f, "layer,domain,expert,share\n");
-        for (l = 0; l < res[1].router_layers; l++)
-            for (d = 0; d < D; d++)
-                for (e = 0; e < res[1].router_experts; e++)
-                    fprintf(f, "%d,%s,%d,%.6g\n", l, data.domain_names[d], e,
-                            res[1].domain_share[((size_t)l * D + d) * res[1].router_experts + e]);
-        if (commit_tmp(f, path)) goto done;
+        report_inputs in;
+        in.c = &c; in.data = &data; in.rec = rec; in.res = res; in.xc = xc; in.eval = &final_eval;
+        in.an = &an; in.an_alt = &an_alt; in.nu_err = nu[1];
+        in.xc_curve = xc_curve; in.xc_eval_curve = xc_eval_curve; in.n_xc_evals = n_xc_evals; in.n_eval = n_eval;
+        in.seconds = now_seconds() - t_start;
+        if (write_csvs(&in) || write_summary(&in) || write_plots(&in)) goto done;
     }
-
-    /* summary.json: everything a reader needs to compare with the paper */
-    {
-        FILE *f;
-        const moexc_class_summary *cs = an.classes;
-        double moe_den = cs[MOEXC_CLASS_MOE_ONLY].density_median, sh_den = cs[MOEXC_CLASS_SHARED].density_median,
-               de_den = cs[MOEXC_CLASS_DENSE_ONLY].density_median;
-        int64_t n_moe = cs[MOEXC_CLASS_MOE_ONLY].count, n_dense = cs[MOEXC_CLASS_DENSE_ONLY].count;
-        int k, l;
-        join(path, sizeof(path), c.out, "summary.json");
-        if (!(f = open_tmp(path))) goto done;
-        fprintf(f, "{\n  \"preset\": \"%s\",\n  \"seed\": %lu,\n  \"seconds\": ", c.preset, (unsigned long)c.seed);
-        json_num(f, now_seconds() - t_start);
-        fprintf(f, ",\n  \"config\": {\"bytes_per_domain\": %.0f, \"d_model\": %d, \"n_layers\": %d, \"n_heads\": %d, "
-                   "\"context\": %d, \"n_experts\": %d, \"top_k\": %d, \"lm_steps\": %d, \"lm_batch\": %d, \"lm_seq\": %d, "
-                   "\"layer\": %d, \"site\": \"%s\", \"xc_latents\": %d, \"xc_k\": %d, \"xc_shared\": %d, \"xc_steps\": %d, "
-                   "\"xc_batch\": %d, \"eval_pairs\": %d},\n",
-                c.bytes_per_domain, c.d_model, c.n_layers, c.n_heads, c.context, c.n_experts, c.top_k, c.lm_steps,
-                c.lm_batch, c.lm_seq, c.layer, c.site == MOEXC_SITE_RESID ? "resid" : "ffn_out", c.xc_latents, c.xc_k,
-                c.xc_shared, c.xc_steps, c.xc_batch, n_eval);
-        fprintf(f, "  \"models\": {\n");
-        for (m = 0; m < 2; m++) {
-            fprintf(f, "    \"%s\": {\"params_total\": %lu, \"params_active\": %lu, \"train_seconds\": ", model_names[m],
-                    (unsigned long)res[m].params_total, (unsigned long)res[m].params_active);
-            json_num(f, res[m].seconds);
-            fprintf(f, ", \"tokens_per_second\": "); json_num(f, res[m].tokens_per_second);
-            fprintf(f, ",\n      \"bits_per_byte\": {");
-            for (d = 0; d <= D; d++) {
-                fprintf(f, "%s\"%s\": ", d ? ", " : "", d < D ? data.domain_names[d] : "all");
-                json_num(f, res[m].bpb[d]);
-            }
-            fprintf(f, "},\n      \"unigram_bits_per_byte\": {");
-            for (d = 0; d <= D; d++) {
-                fprintf(f, "%s\"%s\": ", d ? ", " : "", d < D ? data.domain_names[d] : "all");
-                json_num(f, res[m].unigram_bpb[d]);
-            }
-            fprintf(f, "}");
-            if (res[m].router_layers > 0) {
-                int L = res[m].router_layers, E = res[m].router_experts, e;
-                fprintf(f, ",\n      \"routing\": {\"top_k\": %d, \"n_experts\": %d, \"uniform_share\": ", res[m].router_k, E);
-                json_num(f, (double)res[m].router_k / E);
-                fprintf(f, ", \"usage_entropy_bits\": [");
-                for (l = 0; l < L; l++) { fprintf(f, "%s", l ? ", " : ""); json_num(f, res[m].entropy[l]); }
-                fprintf(f, "],\n        \"domain_share\": {");
-                for (d = 0; d < D; d++) {
-                    fprintf(f, "%s\n          \"%s\": [", d ? "," : "", data.domain_names[d]);
-                    for (l = 0; l < L; l++) {
-                        fprintf(f, "%s[", l ? ", " : "");
-                        for (e = 0; e < E; e++) { fprintf(f, "%s", e ? ", " : ""); json_num(f, res[m].domain_share[((size_t)l * D + d) * E + e]); }
-                        fprintf(f, "]");
-                    }
-                    fprintf(f, "]");
-                }
-                fprintf(f, "}}");
-            }
-            fprintf(f, "}%s\n", m == 0 ? "," : "");
-        }
-        fprintf(f, "  },\n  \"crosscoder\": {\"scale_moe\": ");
-        json_num(f, moexc_xc_scale(xc, 0));
-        fprintf(f, ", \"scale_dense\": "); json_num(f, moexc_xc_scale(xc, 1));
-        fprintf(f, ", \"threshold\": "); json_num(f, moexc_xc_threshold(xc));
-        fprintf(f, ",\n    \"fve\": {\"moe\": "); json_num(f, final_eval.fve[0]);
-        fprintf(f, ", \"dense\": "); json_num(f, final_eval.fve[1]);
-        fprintf(f, ", \"pooled\": "); json_num(f, final_eval.fve_pooled);
-        fprintf(f, "}, \"l0\": "); json_num(f, final_eval.l0);
-        fprintf(f, ", \"dead_fraction\": "); json_num(f, final_eval.dead_fraction);
-        fprintf(f, ", \"eval_tokens\": %d},\n", n_eval);
-        fprintf(f, "  \"classes\": {");
-        for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
-            fprintf(f, "%s\n    \"%s\": {\"count\": %lld, \"count_raw_units\": %lld, \"density_mean\": ", k ? "," : "",
-                    moexc_latent_class_name(k), (long long)cs[k].count, (long long)an_raw.classes[k].count);
-            json_num(f, cs[k].density_mean);
-            fprintf(f, ", \"density_median\": "); json_num(f, cs[k].density_median);
-            fprintf(f, ", \"cos_mean\": "); json_num(f, cs[k].cos_mean);
-            fprintf(f, ", \"cos_frac_negative\": "); json_num(f, cs[k].cos_frac_negative);
-            {   /* median Latent Scaling ratio nu (error target) over the class */
-                float *tmp = (float *)malloc((size_t)c.xc_latents * sizeof(float));
-                int n = 0;
-                if (tmp) for (i = 0; i < c.xc_latents; i++) if (an.cls[i] == k) tmp[n++] = nu[1][i];
-                fprintf(f, ", \"nu_median\": ");
-                json_num(f, tmp && n ? moexc_median(tmp, (size_t)n, NULL) : NAN);
-                free(tmp);
-            }
-            fprintf(f, "}");
-        }
-        fprintf(f, "\n  },\n  \"random_pair_cosine\": {\"mean\": "); json_num(f, an.random_cos_mean);
-        fprintf(f, ", \"median\": "); json_num(f, an.random_cos_median);
-        fprintf(f, "},\n  \"findings\": {\n");
-        fprintf(f, "    \"fewer_moe_only_than_dense_only\": {\"answer\": %s, \"moe_only\": %lld, \"dense_only\": %lld},\n",
-                json_bool(n_moe < n_dense), (long long)n_moe, (long long)n_dense);
-        fprintf(f, "    \"moe_only_denser_than_shared\": {\"answer\": %s, \"moe_only_median_density\": ",
-                (moe_den == moe_den && sh_den == sh_den) ? json_bool(moe_den > sh_den) : "null");
-        json_num(f, moe_den);
-        fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
-        fprintf(f, "},\n    \"dense_only_sparser_than_shared\": {\"answer\": %s, \"dense_only_median_density\": ",
-                (de_den == de_den && sh_den == sh_den) ? json_bool(de_den < sh_den) : "null");
-        json_num(f, de_den);
-        fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
-        fprintf(f, "}\n  },\n  \"paper\": {\"fve\": 0.87, \"moe_only\": 910, \"dense_only\": 3226, \"shared\": 18940}\n}\n");
-        if (commit_tmp(f, path)) goto done;
-        printf("paper's findings at this scale:\n");
-        printf("  fewer MoE-only than dense-only latents?   %s (%lld vs %lld; paper: 910 vs 3,226)\n",
-               n_moe < n_dense ? "yes" : "no", (long long)n_moe, (long long)n_dense);
-        printf("  MoE-only denser than shared?              %s (median density %.3g vs %.3g)\n",
-               moe_den > sh_den ? "yes" : moe_den == moe_den ? "no" : "n/a (empty class)", moe_den, sh_den);
-        printf("  dense-only sparser than shared?           %s (median density %.3g vs %.3g)\n",
-               de_den < sh_den ? "yes" : de_den == de_den ? "no" : "n/a (empty class)", de_den, sh_den);
-        printf("  FVE MoE %.3f, dense %.3f, pooled %.3f (paper: about 0.87)\n\n", final_eval.fve[0], final_eval.fve[1], final_eval.fve_pooled);
-    }
-
-    /* PNGs */
-    if (moexc_canvas_init(&cv, 1000, 640, &err)) { status = failed("canvas", &err); goto done; }
-    if (plot_r_histogram(c.out, &an, &cv)) goto done;
-    {
-        moexc_plot_options po;
-        memset(&po, 0, sizeof(po));
-        po.title = "Decoder cosine cos(d_MoE, d_dense) per class, against random latent pairs";
-        po.x_label = "cosine similarity of the latent's two decoder rows";
-        po.y_label = "fraction of class";
-        po.normalize = 1;
-        if (plot_per_class(c.out, "cosine_hist.png", &an, an.cosine, 40, -1.0, 1.0, 0, an.random_cosine,
-                           an.n_random_pairs, "random pairs", &po, &cv)) goto done;
-        memset(&po, 0, sizeof(po));
-        po.title = "Activation density per class (held-out tokens)";
-        po.x_label = "fraction of held-out tokens on which the latent fires (log10)";
-        po.y_label = "fraction of class";
-        po.normalize = 1;
-        if (plot_per_class(c.out, "density_hist.png", &an, an.density, 40, 1.0 / n_eval, 1.0, 1, NULL, 0, NULL,
-                           &po, &cv)) goto done;
-    }
-    {   /* LM training curves (left) and held-out bits per byte (right) */
-        moexc_series s[8];
-        moexc_plot_options po;
-        float *sm = (float *)malloc((size_t)c.lm_steps * 2 * sizeof(float));
-        float *ev_x[2], *ev_y[2][MOEXC_MAX_DOMAINS + 1];
-        int n = 0, k;
-        char labels[8][64];
-        if (!sm) goto done;
-        for (m = 0; m < 2; m++) {
-            smooth(sm + (size_t)m * c.lm_steps, rec[m].ce, c.lm_steps);
-            s[m].x = rec[m].step; s[m].y = sm + (size_t)m * c.lm_steps; s[m].n = c.lm_steps;
-            s[m].label = m == 0 ? "dense" : "MoE";
-        }
-        moexc_canvas_clear(&cv, 0xFFFFFFu);
-        memset(&po, 0, sizeof(po));
-        po.x = 0; po.y = 0; po.width = 500; po.height = 640;
-        po.title = "Training loss";
-        po.x_label = "optimiser step"; po.y_label = "cross-entropy, nats/byte";
-        if (moexc_plot_lines(&cv, s, 2, &po, &err)) { free(sm); status = failed("plot", &err); goto done; }
-        /* held-out bpb per domain: one series per (model, domain) */
-        for (m = 0; m < 2; m++) {
-            ev_x[m] = rec[m].eval_step;
-            for (d = 0; d <= D; d++) {
-                ev_y[m][d] = (float *)malloc((size_t)(rec[m].n_evals + 1) * sizeof(float));
-                if (!ev_y[m][d]) { free(sm); goto done; }
-                for (k = 0; k < rec[m].n_evals; k++) ev_y[m][d][k] = rec[m].eval_bpb[(size_t)k * (D + 1) + d];
-            }
-        }
-        for (m = 0; m < 2; m++)
-            for (d = 0; d < D && n < 8; d++) {
-                snprintf(labels[n], sizeof(labels[n]), "%s %s", m == 0 ? "dense" : "MoE", data.domain_names[d]);
-                s[n].x = ev_x[m]; s[n].y = ev_y[m][d]; s[n].n = rec[m].n_evals; s[n].label = labels[n];
-                n++;
-            }
-        memset(&po, 0, sizeof(po));
-        po.x = 500; po.y = 0; po.width = 500; po.height = 640;
-        po.title = "Held-out bits per byte";
-        po.x_label = "optimiser step"; po.y_label = "bits/byte";
-        k = moexc_plot_lines(&cv, s, n, &po, &err) != MOEXC_OK;
-        for (m = 0; m < 2; m++) for (d = 0; d <= D; d++) free(ev_y[m][d]);
-        free(sm);
-        if (k) { status = failed("plot", &err); goto done; }
-        if (save_png(c.out, "lm_curves.png", &cv)) goto done;
-    }
-    {   /* crosscoder training: loss, L0 and dead fraction; FVE over training */
-        moexc_series s[4];
-        moexc_plot_options po;
-        int n = c.xc_steps, k;
-        float *buf = (float *)malloc((size_t)n * 5 * sizeof(float)), *x, *y0, *y1, *y2, *y3;
-        float ex[64], ey[3][64];
-        if (!buf) goto done;
-        x = buf; y0 = buf + n; y1 = buf + 2 * (size_t)n; y2 = buf + 3 * (size_t)n; y3 = buf + 4 * (size_t)n;
-        for (k = 0; k < n; k++) { x[k] = (float)(k + 1); y3[k] = xc_curve[(size_t)k * 6 + 0]; }
-        smooth(y0, y3, n);
-        moexc_canvas_clear(&cv, 0xFFFFFFu);
-        memset(&po, 0, sizeof(po));
-        po.x = 0; po.y = 0; po.width = 500; po.height = 640;
-        po.title = "Crosscoder training loss"; po.x_label = "step"; po.y_label = "loss, normalised units"; po.log_y = 1;
-        po.no_legend = 1;
-        s[0].x = x; s[0].y = y0; s[0].n = n; s[0].label = "loss";
-        if (moexc_plot_lines(&cv, s, 1, &po, &err)) { free(buf); status = failed("plot", &err); goto done; }
-        for (k = 0; k < n; k++) { y3[k] = xc_curve[(size_t)k * 6 + 4]; }
-        for (k = 0; k < n; k++) y1[k] = xc_curve[(size_t)k * 6 + 3] / (float)c.xc_k;
-        smooth(y2, y1, n);
-        memset(&po, 0, sizeof(po));
-        po.x = 500; po.y = 0; po.width = 500; po.height = 640;
-        po.title = "Sparsity during training"; po.x_label = "step"; po.y_label = "fraction";
-        po.y_min = 0; po.y_max = 1.5;
-        s[0].x = x; s[0].y = y2; s[0].n = n; s[0].label = "L0 / k (batch)";
-        s[1].x = x; s[1].y = y3; s[1].n = n; s[1].label = "dead fraction";
-        if (moexc_plot_lines(&cv, s, 2, &po, &err)) { free(buf); status = failed("plot", &err); goto done; }
-        if (save_png(c.out, "xc_curves.png", &cv)) { free(buf); goto done; }
-        /* FVE: per-batch training FVE (smoothed) and held-out FVE at intervals */
-        for (m = 0; m < 2; m++) {
-            for (k = 0; k < n; k++) y3[k] = xc_curve[(size_t)k * 6 + 1 + m];
-            smooth(m == 0 ? y1 : y2, y3, n);
-        }
-        for (k = 0; k < n_xc_evals && k < 64; k++) {
-            ex[k] = xc_eval_curve[(size_t)k * 6];
-            for (m = 0; m < 3; m++) ey[m][k] = xc_eval_curve[(size_t)k * 6 + 1 + m];
-        }
-        moexc_canvas_clear(&cv, 0xFFFFFFu);
-        memset(&po, 0, sizeof(po));
-        po.title = "Crosscoder fraction of variance explained during training";
-        po.x_label = "step"; po.y_label = "FVE";
-        po.y_min = 0; po.y_max = 1;
-        s[0].x = ex; s[0].y = ey[0]; s[0].n = n_xc_evals < 64 ? n_xc_evals : 64; s[0].label = "MoE, held-out";
-        s[1].x = ex; s[1].y = ey[1]; s[1].n = s[0].n; s[1].label = "dense, held-out";
-        s[2].x = x; s[2].y = y1; s[2].n = n; s[2].label = "MoE, training batches";
-        s[3].x = x; s[3].y = y2; s[3].n = n; s[3].label = "dense, training batches";
-        if (moexc_plot_lines(&cv, s, 4, &po, &err)) { free(buf); status = failed("plot", &err); goto done; }
-        free(buf);
-        if (save_png(c.out, "fve_curve.png", &cv)) goto done;
-    }
-    if (res[1].router_layers > 0 && plot_routing(c.out, &res[1], &data, &err)) goto done;
-
     printf("\ndone in %.1f s; report in %s/\n", now_seconds() - t_start, c.out);
     status = 0;
 done:
-    moexc_canvas_free(&cv);
     moexc_latent_analysis_free(&an);
-    moexc_latent_analysis_free(&an_raw);
+    moexc_latent_analysis_free(&an_alt);
     for (m = 0; m < 2; m++) {
         free(beta[m][0]); free(beta[m][1]); free(nu[m]);
         free(rec[m].step); free(rec[m].eval_step); free(rec[m].eval_bpb);

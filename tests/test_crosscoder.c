@@ -402,7 +402,7 @@ static void test_planted_dictionary(void)
 {
     static planted pd;
     moexc_rng rng;
-    int n = 512, F = 64, ns = 8, steps = 1000, s, a, i, j, correct = 0;
+    int n = 120, F = 64, ns = 8, steps = 3000, s, a, i, j, correct = 0;
     int n_eval = 4096;
     float *xa = (float *)malloc((size_t)n_eval * PD_D * sizeof(float));
     float *xb = (float *)malloc((size_t)n_eval * PD_D * sizeof(float));
@@ -461,7 +461,7 @@ static void test_threshold_and_folding(void)
 {
     static planted pd;
     moexc_rng rng;
-    int n = 512, F = 64, steps = 400, s, k = 4, n_eval = 2048, ok, i;
+    int n = 120, F = 64, steps = 1200, s, k = 4, n_eval = 2048, ok, i;
     size_t nF = (size_t)n_eval * F, q;
     float *xa = (float *)malloc((size_t)n_eval * PD_D * sizeof(float));
     float *xb = (float *)malloc((size_t)n_eval * PD_D * sizeof(float));

@@ -33,7 +33,7 @@ static void test_harvester_matches_capture(void)
     for (site = 0; site < 2; site++) {
         size_t pos = 0;
         memset(&o, 0, sizeof(o));
-        o.seq_len = T; o.batch_seqs = B; o.site = site;   /* layer 0 -> 3 by default */
+        o.seq_len = T; o.batch_seqs = B; o.site = site; o.sequential = 1;   /* layer 0 -> 3 by default */
         TH_CHECK(moexc_harvester_create(&h, a, b, &tok, &o, &err) == MOEXC_OK, "create: %s", err.message);
         if (!h) break;
         TH_CHECK(moexc_harvester_dim(h, 0) == 16 && moexc_harvester_dim(h, 1) == 24, "dims");
@@ -62,6 +62,41 @@ static void test_harvester_matches_capture(void)
     o.layer = MOEXC_HARVEST_LAYER0; o.seq_len = 64;
     TH_CHECK(moexc_harvester_create(&h, a, b, &tok, &o, &err) == MOEXC_ERR_ARG && strstr(err.message, "seq_len"), "seq_len refused: %s", err.message);
     free(xa); free(xb); free(ref_a); free(ref_b);
+    moexc_tokens_free(&tok);
+    moexc_model_free(a); moexc_model_free(b);
+}
+
+/* Random windows (the default): reproducible from the seed, different for
+   another seed. */
+static void test_harvester_random_windows(void)
+{
+    moexc_model *a = tiny_model(MOEXC_FFN_MOE, 16, 1), *b = tiny_model(MOEXC_FFN_DENSE, 16, 2);
+    moexc_tokens tok;
+    moexc_harvester *h1 = NULL, *h2 = NULL, *h3 = NULL;
+    moexc_harvest_options o;
+    int rows, n = 2 * 9, same12, same13;
+    float x1[2 * 9 * 16], y1[2 * 9 * 16], x2[2 * 9 * 16], y2[2 * 9 * 16], x3[2 * 9 * 16], y3[2 * 9 * 16];
+    memset(&tok, 0, sizeof(tok));
+    TH_CHECK(a && b && moexc_corpus_builtin(&tok, 300, 7, NULL) == MOEXC_OK, "setup");
+    if (!a || !b) return;
+    memset(&o, 0, sizeof(o));
+    o.seq_len = 10; o.batch_seqs = 2; o.seed = 5;
+    moexc_harvester_create(&h1, a, b, &tok, &o, NULL);
+    moexc_harvester_create(&h2, a, b, &tok, &o, NULL);
+    o.seed = 6;
+    moexc_harvester_create(&h3, a, b, &tok, &o, NULL);
+    TH_CHECK(h1 && h2 && h3, "create");
+    if (h1 && h2 && h3) {
+        moexc_harvester_next(h1, x1, y1, &rows, NULL);
+        TH_CHECK(rows == n, "rows %d", rows);
+        moexc_harvester_next(h2, x2, y2, &rows, NULL);
+        moexc_harvester_next(h3, x3, y3, &rows, NULL);
+        same12 = memcmp(x1, x2, sizeof(x1)) == 0 && memcmp(y1, y2, sizeof(y1)) == 0;
+        same13 = memcmp(x1, x3, sizeof(x1)) == 0;
+        TH_CHECK(same12, "same seed, same pairs");
+        TH_CHECK(!same13, "another seed, other windows");
+    }
+    moexc_harvester_free(h1); moexc_harvester_free(h2); moexc_harvester_free(h3);
     moexc_tokens_free(&tok);
     moexc_model_free(a); moexc_model_free(b);
 }
@@ -172,6 +207,7 @@ static void test_activation_cache(void)
 int main(void)
 {
     TH_RUN(test_harvester_matches_capture);
+    TH_RUN(test_harvester_random_windows);
     TH_RUN(test_shuffle_buffer);
     TH_RUN(test_activation_cache);
     return th_summary();

@@ -768,7 +768,11 @@ static void test_config_validation(void)
     TH_CHECK(moexc_model_config_resolve(&r, NULL, &err) == MOEXC_OK, "defaults resolve");
     TH_CHECK(r.vocab_size == 256 && r.d_model == 128 && r.n_heads == 4 && r.n_layers == 5 && r.context == 256 &&
              r.d_ff == 512 && r.n_experts == 8 && r.top_k == 2 && r.d_expert == 256 &&
-             r.lb_alpha == 0.01f && r.init_std == 0.02f && r.z_loss == 0.0f, "SPEC defaults");
+             r.lb_alpha == (float)0.01 && r.init_std == (float)0.02 && r.z_loss == 0.0f && r.ffn == MOEXC_FFN_DENSE &&
+             r.gate == MOEXC_GATE_RAW && r.tied_head == 0,
+             "SPEC defaults: V %d d %d H %d L %d ctx %d h_ff %d E %d k %d h_e %d alpha %g std %g z %g",
+             r.vocab_size, r.d_model, r.n_heads, r.n_layers, r.context, r.d_ff, r.n_experts, r.top_k, r.d_expert,
+             (double)r.lb_alpha, (double)r.init_std, (double)r.z_loss);
     memset(&c, 0, sizeof(c));
     c.d_model = 30;
     TH_CHECK(moexc_model_config_resolve(&r, &c, &err) == MOEXC_ERR_ARG && strstr(err.message, "divisible"), "%s", err.message);
@@ -803,25 +807,32 @@ static void test_param_counts_and_pair(void)
     /* equal active parameters up to the router: k h_e = h_ff */
     TH_CHECK(ma - da == L * 8 * d, "MoE active − dense = the routers' L E d");
     TH_CHECK(mt - ma == L * 6 * 3 * 256 * d, "MoE inactive = L (E − k) 3 h_e d");
-    /* the counts are what the model allocates */
+    /* the counts are what the model allocates (a smaller pair, to keep the test fast) */
+    {
+        moexc_model_config base;
+        memset(&base, 0, sizeof(base));
+        base.d_model = 64; base.n_layers = 3; base.vocab_size = 256;
+        moexc_model_config_pair(&base, NULL, &moe, NULL);
+        moexc_model_count_params(&moe, &mt, &ma, NULL);
+    }
     TH_CHECK(moexc_model_create(&m, &moe, &err) == MOEXC_OK, "create: %s", err.message);
     if (m) {
         TH_CHECK(moexc_model_num_params(m) == mt, "count matches the allocation");
-        TH_CHECK(moexc_model_num_tensors(m) == 1 + 5 * 10 + 2, "tensor table size");
+        TH_CHECK(moexc_model_num_tensors(m) == 1 + 3 * 10 + 2, "tensor table size");
         TH_CHECK(strcmp(moexc_model_tensor(m, 7)->name, "layers.0.moe.router.weight") == 0, "names: %s",
                  moexc_model_tensor(m, 7)->name);
-        TH_CHECK(moexc_model_find_tensor(m, "layers.4.moe.experts.w_down") &&
-                 moexc_model_find_tensor(m, "layers.4.moe.experts.w_down")->shape[1] == 128 &&
-                 moexc_model_find_tensor(m, "layers.4.moe.experts.w_down")->shape[2] == 256, "expert w_down is (E, d, h_e)");
+        TH_CHECK(moexc_model_find_tensor(m, "layers.2.moe.experts.w_down") &&
+                 moexc_model_find_tensor(m, "layers.2.moe.experts.w_down")->shape[1] == 64 &&
+                 moexc_model_find_tensor(m, "layers.2.moe.experts.w_down")->shape[2] == 128, "expert w_down is (E, d, h_e)");
         {
-            /* SPEC init: std 0.02, residual outputs 0.02 / sqrt(2L), gains 1 */
+            /* SPEC init: std 0.02, residual outputs 0.02 / sqrt(2L), gains 1 (4096 samples: ±1.1%) */
             const moexc_param_info *wq = moexc_model_find_tensor(m, "layers.2.attn.wq.weight");
             const moexc_param_info *wo = moexc_model_find_tensor(m, "layers.2.attn.wo.weight");
             const moexc_param_info *g = moexc_model_find_tensor(m, "layers.2.ffn_norm.weight");
             double sq = dot_d(moexc_model_params(m) + wq->offset, moexc_model_params(m) + wq->offset, wq->size);
             double so = dot_d(moexc_model_params(m) + wo->offset, moexc_model_params(m) + wo->offset, wo->size);
-            TH_CHECK_NEAR(sqrt(sq / wq->size), 0.02, 0, 0.02, "wq std");
-            TH_CHECK_NEAR(sqrt(so / wo->size), 0.02 / sqrt(10.0), 0, 0.02, "wo std");
+            TH_CHECK_NEAR(sqrt(sq / wq->size), 0.02, 0, 0.05, "wq std");
+            TH_CHECK_NEAR(sqrt(so / wo->size), 0.02 / sqrt(6.0), 0, 0.05, "wo std");
             TH_CHECK(moexc_model_params(m)[g->offset + 5] == 1.0f && g->decay == 0 && wq->decay == 1, "gains 1, no decay");
         }
         moexc_model_free(m);

@@ -7,9 +7,10 @@
 
    Ours and OpenBLAS run interleaved, repetition by repetition, so background
    load hits both alike. Each entry reports the median and the best GFLOP/s.
-   --cpu-time times the 1-thread entries by the thread's CPU clock instead of
-   the wall clock, which leaves out the time the thread sat descheduled on a
-   busy machine (both libraries then run on the calling thread).
+   --cpu-time times the 1-thread entries (and the 1-thread peak) by the
+   thread's CPU clock instead of the wall clock, which leaves out the time the
+   thread sat descheduled on a busy machine (both libraries then run on the
+   calling thread).
    `make bench-gemm` runs it with OPENBLAS_CORETYPE=SkylakeX. */
 #define _POSIX_C_SOURCE 199309L
 #include "moexc.h"
@@ -80,7 +81,7 @@ static double best(const double *v, int n)
 /* ---- fp32 peak: independent FMA chains, enough to cover latency x pipes --- */
 #define PEAK_CHAINS 16   /* Zen 5: 4-cycle FMA latency x 2 pipes = 8 in flight; 16 leaves margin */
 
-static double fma_probe_one_thread(long iters)
+static double fma_probe_one_thread(long iters, int cpu_time)
 {
     float sink[64];
     volatile float keep;
@@ -90,7 +91,7 @@ static double fma_probe_one_thread(long iters)
 #if defined(__AVX512F__)
     __m512 x[PEAK_CHAINS], a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
     for (c = 0; c < PEAK_CHAINS; c++) x[c] = _mm512_set1_ps((float)c);
-    t0 = now_seconds();
+    t0 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (it = 0; it < iters; it++) {
         x[0] = _mm512_fmadd_ps(x[0], a, b);   x[1] = _mm512_fmadd_ps(x[1], a, b);
         x[2] = _mm512_fmadd_ps(x[2], a, b);   x[3] = _mm512_fmadd_ps(x[3], a, b);
@@ -101,7 +102,7 @@ static double fma_probe_one_thread(long iters)
         x[12] = _mm512_fmadd_ps(x[12], a, b); x[13] = _mm512_fmadd_ps(x[13], a, b);
         x[14] = _mm512_fmadd_ps(x[14], a, b); x[15] = _mm512_fmadd_ps(x[15], a, b);
     }
-    t1 = now_seconds();
+    t1 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (c = 1; c < PEAK_CHAINS; c++) x[0] = _mm512_add_ps(x[0], x[c]);
     _mm512_storeu_ps(sink, x[0]);
     keep = sink[0];                        /* the chains' result is used */
@@ -110,10 +111,10 @@ static double fma_probe_one_thread(long iters)
 #elif defined(__AVX2__) && defined(__FMA__)
     __m256 x[PEAK_CHAINS], a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
     for (c = 0; c < PEAK_CHAINS; c++) x[c] = _mm256_set1_ps((float)c);
-    t0 = now_seconds();
+    t0 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (it = 0; it < iters; it++)
         for (c = 0; c < PEAK_CHAINS; c++) x[c] = _mm256_fmadd_ps(x[c], a, b);
-    t1 = now_seconds();
+    t1 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (c = 1; c < PEAK_CHAINS; c++) x[0] = _mm256_add_ps(x[0], x[c]);
     _mm256_storeu_ps(sink, x[0]);
     keep = sink[0];
@@ -123,10 +124,10 @@ static double fma_probe_one_thread(long iters)
     /* no FMA vector ISA known here: the scalar multiply-add rate */
     float x[PEAK_CHAINS], a = 0.999999f, b = 1e-7f;
     for (c = 0; c < PEAK_CHAINS; c++) x[c] = (float)c;
-    t0 = now_seconds();
+    t0 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (it = 0; it < iters; it++)
         for (c = 0; c < PEAK_CHAINS; c++) x[c] = x[c] * a + b;
-    t1 = now_seconds();
+    t1 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (c = 1; c < PEAK_CHAINS; c++) x[0] += x[c];
     sink[0] = x[0];
     keep = sink[0];
@@ -136,7 +137,7 @@ static double fma_probe_one_thread(long iters)
 }
 
 /* Peak GFLOP/s of `threads` cores: best of `reps` probes, summed over threads. */
-static double fma_peak(int threads, int reps)
+static double fma_peak(int threads, int reps, int cpu_time)
 {
     double best_total = 0.0;
     int r;
@@ -144,9 +145,9 @@ static double fma_peak(int threads, int reps)
         double total = 0.0;
 #ifdef _OPENMP
 #       pragma omp parallel num_threads(threads) reduction(+ : total)
-        total += fma_probe_one_thread(20000000L);
+        total += fma_probe_one_thread(20000000L, cpu_time);
 #else
-        total = fma_probe_one_thread(20000000L) * (threads > 1 ? 0.0 : 1.0);
+        total = fma_probe_one_thread(20000000L, cpu_time) * (threads > 1 ? 0.0 : 1.0);
 #endif
         if (total > best_total) best_total = total;
     }
@@ -246,6 +247,7 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
         printf("%-10s %5d %5d %5d %2d | %7.1f %7.1f | %7.1f %7.1f | %5.2f | %5.2f\n",
                layout_names[layout], M, N, K, threads, om, ob, tm, tb,
                tm > 0.0 ? om / tm : 0.0, om / peak);
+        fflush(stdout);
         *our_median = om;
         *our_best = ob;
     }
@@ -277,8 +279,9 @@ int main(int argc, char **argv)
     printf("OpenBLAS: not compiled in (build with -DMOEXC_BENCH_OPENBLAS -lopenblas)\n");
 #endif
     for (threads = 1; threads <= max_threads; threads++) {
-        peak[threads] = fma_peak(threads, 5);
-        printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s\n", threads, threads > 1 ? "s" : "", peak[threads]);
+        peak[threads] = fma_peak(threads, 5, cpu_time && threads == 1);
+        printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s (best of 5 probes)\n", threads, threads > 1 ? "s" : "", peak[threads]);
+        fflush(stdout);
     }
     printf("\n%-10s %5s %5s %5s %2s | %15s | %15s | %5s | %5s\n", "layout", "M", "N", "K", "th",
            "moexc med/best", "OpenBLAS m/b", "ratio", "/peak");
@@ -292,7 +295,9 @@ int main(int argc, char **argv)
                 bench_one(layout, 4096, model_kn[s][1], model_kn[s][0], threads, reps, peak[threads],
                           cpu_time && threads == 1, &unused_median, &unused_best);
     }
-    if (max_threads >= 2) {
+    if (max_threads >= 2 && cpu_time)
+        printf("\n(2-thread rows use the wall clock, 1-thread rows the CPU clock: no scaling ratio printed)\n");
+    else if (max_threads >= 2) {
         printf("\n2 threads / 1 thread at 1024^3 (moexc):");
         for (layout = 0; layout < 3; layout++)
             printf("  %s %.2fx (best %.2fx)", layout_names[layout], cube_median[2][layout] / cube_median[1][layout],

@@ -39,7 +39,7 @@ static void usage(FILE *out)
         "  --seq-len T           tokens per harvested sequence (default 128)\n"
         "  --keep-first          keep position 0 of each sequence (skipped by default)\n"
         "  --shuffle N           shuffle-buffer capacity in pairs (default 65536)\n"
-        "  --eval-frac X         tail fraction of the token stream held out (default 0.1)\n"
+        "  --eval-frac X         fraction of the token stream held out, as interleaved blocks (default 0.1)\n"
         "  --eval-pairs N        held-out pairs to evaluate on (default 32768)\n"
         "  --cache-write PATH    also write the training pairs to an activation cache\n"
         "  --cache PATH          train from an activation cache instead of the models\n"
@@ -273,14 +273,35 @@ int main(int argc, char **argv)
         CHECK(moexc_model_load(&mb, a.model_b, &err));
         if (a.tokens_path) CHECK(moexc_tokens_load(&tok, a.tokens_path, &err));
         else CHECK(moexc_corpus_builtin(&tok, (size_t)a.corpus_bytes, 12345, &err));
-        /* the last eval_frac of the stream is held out */
-        split = (size_t)((1.0 - a.eval_frac) * (double)tok.n);
-        train_tok = tok; train_tok.n = split;
-        eval_tok = tok; eval_tok.tokens = tok.tokens + split; eval_tok.domains = tok.domains + split; eval_tok.n = tok.n - split;
+        /* held out: every round(1/eval_frac)-th block of 8 sequences, so that
+           both sets cover every domain of the stream */
+        {
+            size_t block = (size_t)a.seq_len * 8, period = (size_t)(1.0 / a.eval_frac + 0.5), b, len;
+            train_tok = tok; eval_tok = tok;
+            train_tok.tokens = (uint16_t *)malloc(tok.n * sizeof(uint16_t));
+            train_tok.domains = (uint8_t *)malloc(tok.n);
+            eval_tok.tokens = (uint16_t *)malloc(tok.n * sizeof(uint16_t));
+            eval_tok.domains = (uint8_t *)malloc(tok.n);
+            train_tok.n = eval_tok.n = 0;
+            if (!train_tok.tokens || !train_tok.domains || !eval_tok.tokens || !eval_tok.domains) {
+                fprintf(stderr, "moexc_crosscoder: out of memory\n");
+                goto done;
+            }
+            if (period < 2) period = 2;
+            for (split = 0, b = 0; split < tok.n; split += block, b++) {
+                moexc_tokens *dst = b % period == period - 1 ? &eval_tok : &train_tok;
+                len = IMIN(block, tok.n - split);
+                memcpy(dst->tokens + dst->n, tok.tokens + split, len * sizeof(uint16_t));
+                memcpy(dst->domains + dst->n, tok.domains + split, len);
+                dst->n += len;
+            }
+        }
         memset(&ho, 0, sizeof(ho));
         ho.layer = a.layer == 0 ? MOEXC_HARVEST_LAYER0 : a.layer;
-        ho.site = a.site; ho.seq_len = a.seq_len; ho.keep_first = a.keep_first;
+        ho.site = a.site; ho.seq_len = a.seq_len; ho.keep_first = a.keep_first; ho.seed = a.xo.seed;
+        ho.sequential = 1;   /* the held-out set: its windows in order */
         CHECK(moexc_harvester_create(&eval_h, ma, mb, &eval_tok, &ho, &err));
+        ho.sequential = 0;   /* training: random windows */
         src.d[0] = moexc_harvester_dim(eval_h, 0); src.d[1] = moexc_harvester_dim(eval_h, 1);
         {
             int per = moexc_harvester_rows_per_call(eval_h), rows;
@@ -405,6 +426,7 @@ done:
     moexc_xc_free(xc);
     moexc_model_free(ma); moexc_model_free(mb);
     moexc_tokens_free(&tok);
+    free(train_tok.tokens); free(train_tok.domains); free(eval_tok.tokens); free(eval_tok.domains);
     free(ea); free(eb); free(xa); free(xb); free(counts);
     return rc;
 }

@@ -62,7 +62,8 @@ static const char *usage =
 "  --temperature X        (default 0.8; 0 = greedy)\n"
 "  --top-k N              keep the N most likely tokens (default 40; 0 = all)\n"
 "  --length N             tokens to generate (default 300)\n"
-"  --seed N               sampling seed\n";
+"  --seed N               sampling seed\n"
+"threads: OMP_NUM_THREADS (results are identical for the same seed and thread count)\n";
 
 typedef struct run {
     moexc_trainer *trainer;
