@@ -4393,7 +4393,7 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
     float *fopt[8];
     int *iopt[8], step = 0, k, n_tensors;
     uint64_t rng_state, data_crc, data_tokens, state_crc;
-    double val, tokens;
+    double val = 0.0, tokens = 0.0;
     char key[96];
     const char *fmt;
     moexc_status st;

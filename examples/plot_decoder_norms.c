@@ -4,8 +4,8 @@
      build/plot_decoder_norms crosscoder.safetensors [-o out/prefix_]
      build/plot_decoder_norms --synthetic [-o out/prefix_]
 
-   Reads "decoder.weight" (2, F, d) (or "decoder.weight.0"/".1" when the two
-   widths differ) and the metadata "n_shared" of a saved crosscoder; with
+   Loads a saved crosscoder (moexc_xc_load validates it) and compares its
+   decoders in the normalised units it was trained in; with
    --synthetic it makes decoders of its own (plus activation counts, so the
    density histogram and the dead class appear too). Prints the class table
    and writes <prefix>r_hist.png, <prefix>cosine_hist.png, (synthetic:
@@ -57,50 +57,32 @@ static int save_png(const char *prefix, const char *name, const moexc_canvas *c)
     return 0;
 }
 
-/* Load W_dec^A, W_dec^B and n_shared from a saved crosscoder. */
+/* Load W_dec^A, W_dec^B and n_shared from a saved crosscoder. The file holds
+   decoders folded into raw activation units (W_dec^m / s_m); relative norms
+   are compared in the normalised units the crosscoder was trained in
+   (folded = 0), otherwise a model whose activations are simply larger would
+   own every latent. */
 static moexc_status load_decoders(const char *path, float **dec_a, float **dec_b, int *F, int *d_a, int *d_b,
                                   int *n_shared, moexc_error *err)
 {
-    moexc_st_file *f = NULL;
-    int64_t shape[8];
-    int ndim;
-    const char *ns;
-    moexc_status st = moexc_st_open(&f, path, err);
+    moexc_xc *xc = NULL;
+    moexc_status st = moexc_xc_load(&xc, path, err);
     if (st != MOEXC_OK) return st;
-    ns = moexc_st_meta(f, "n_shared");
-    *n_shared = ns ? atoi(ns) : 0;
-    if (moexc_st_shape(f, "decoder.weight", &ndim, shape, NULL) == MOEXC_OK) {
-        float *both;
-        if (ndim != 3 || shape[0] != 2) {
-            moexc_st_close(f);
-            snprintf(err->message, sizeof(err->message), "%s: decoder.weight must be (2, F, d)", path);
-            return err->code = MOEXC_ERR_SHAPE;
-        }
-        *F = (int)shape[1]; *d_a = *d_b = (int)shape[2];
-        both = (float *)malloc((size_t)2 * *F * *d_a * sizeof(float));
-        *dec_a = both;
-        if (!both) { moexc_st_close(f); snprintf(err->message, sizeof(err->message), "out of memory"); return MOEXC_ERR_NOMEM; }
-        st = moexc_st_read_f32(f, "decoder.weight", both, 3, shape, err);
-        *dec_b = both + (size_t)*F * *d_a;
-    } else {
-        /* different widths: one (F, d_m) tensor per model */
-        if ((st = moexc_st_shape(f, "decoder.weight.0", &ndim, shape, err)) == MOEXC_OK) {
-            *F = (int)shape[0]; *d_a = (int)shape[1];
-            st = moexc_st_shape(f, "decoder.weight.1", &ndim, shape, err);
-            *d_b = (int)shape[1];
-        }
-        if (st == MOEXC_OK) {
-            int64_t sa[2], sb[2];
-            sa[0] = sb[0] = *F; sa[1] = *d_a; sb[1] = *d_b;
-            *dec_a = (float *)malloc((size_t)*F * (*d_a + *d_b) * sizeof(float));
-            if (!*dec_a) { moexc_st_close(f); snprintf(err->message, sizeof(err->message), "out of memory"); return MOEXC_ERR_NOMEM; }
-            *dec_b = *dec_a + (size_t)*F * *d_a;
-            st = moexc_st_read_f32(f, "decoder.weight.0", *dec_a, 2, sa, err);
-            if (st == MOEXC_OK) st = moexc_st_read_f32(f, "decoder.weight.1", *dec_b, 2, sb, err);
-        }
+    *F = moexc_xc_get_options(xc)->n_latents;
+    *n_shared = moexc_xc_get_options(xc)->n_shared;
+    *d_a = moexc_xc_dim(xc, 0);
+    *d_b = moexc_xc_dim(xc, 1);
+    *dec_a = (float *)malloc((size_t)*F * (size_t)(*d_a + *d_b) * sizeof(float));
+    if (!*dec_a) {
+        moexc_xc_free(xc);
+        snprintf(err->message, sizeof(err->message), "%s: out of memory", path);
+        return err->code = MOEXC_ERR_NOMEM;
     }
-    moexc_st_close(f);
-    return st;
+    *dec_b = *dec_a + (size_t)*F * (size_t)*d_a;
+    moexc_xc_decoder(xc, 0, 0, *dec_a);
+    moexc_xc_decoder(xc, 1, 0, *dec_b);
+    moexc_xc_free(xc);
+    return MOEXC_OK;
 }
 
 int main(int argc, char **argv)
