@@ -98,9 +98,14 @@ GEMM_OPENBLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null)
 ifneq ($(GEMM_OPENBLAS_LIBS),)
 EXTRA_CFLAGS_bench_gemm := -DMOEXC_BENCH_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)
 EXTRA_LIBS_bench_gemm   := $(GEMM_OPENBLAS_LIBS)
-else ifneq ($(wildcard /usr/include/x86_64-linux-gnu/cblas.h),)
-EXTRA_CFLAGS_bench_gemm := -DMOEXC_BENCH_OPENBLAS
+else
+# Debian's libopenblas-dev without a .pc file: its own cblas.h (the generic
+# /usr/include/.../cblas.h may be netlib's, which lacks openblas_* calls).
+GEMM_OPENBLAS_INC := $(firstword $(wildcard /usr/include/*/openblas-pthread /usr/include/*/openblas-openmp /usr/include/openblas))
+ifneq ($(GEMM_OPENBLAS_INC),)
+EXTRA_CFLAGS_bench_gemm := -DMOEXC_BENCH_OPENBLAS -isystem $(GEMM_OPENBLAS_INC)
 EXTRA_LIBS_bench_gemm   := -lopenblas
+endif
 endif
 GEMM_BENCH_ENV := $(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),OPENBLAS_CORETYPE=SkylakeX)
 GEMM_BENCH_REPS ?= 7

@@ -49,10 +49,54 @@
      MOEXC_NO_AVX2          do not use AVX2+FMA (implies no AVX-512)
      MOEXC_NO_SSE2          do not use SSE2 (implies none of the above)
      MOEXC_NO_NEON          do not use NEON on ARM
+     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 256/672/4096,
+                            tuned for Zen 5; see >>gemm)
 
    SIMD backends: AVX-512F, AVX2+FMA, SSE2, NEON (AArch64) and scalar. Every
    kernel is written once over an internal macro layer (moexc__v*), so each
    SIMD path has a scalar twin. moexc_simd_backend() names the one compiled in.
+
+   ===========================================================================
+   USAGE (examples/quickstart.c is this, compiled and run; error checks and
+   frees are left out here)
+   ===========================================================================
+       moexc_error err;  moexc_tokens corpus = {0};
+       moexc_model_config base = {0}, dense_cfg, moe_cfg;
+       moexc_model *model[2];               // A = MoE (0), B = dense (1)
+       moexc_train_options train = {0};     // zero = defaults
+       moexc_harvest_options harvest = {0}; // block 3, FFN output
+       moexc_xc_options xo = {0};           // BatchTopK
+
+       moexc_corpus_builtin(&corpus, 300000, 1, &err);  // code, science, stories
+       base.d_model = 64;
+       moexc_model_config_pair(&base, &dense_cfg, &moe_cfg, &err);
+       moexc_model_create(&model[0], &moe_cfg, &err);
+       moexc_model_create(&model[1], &dense_cfg, &err);
+       for (m = 0; m < 2; m++) {
+           moexc_trainer_create(&trainer, model[m], &corpus, &train, &err);
+           moexc_trainer_run(trainer, NULL, NULL, &err);  // or a progress callback
+           moexc_trainer_free(trainer);
+       }
+       moexc_harvester_create(&h, model[0], model[1], &corpus, &harvest, &err);
+       moexc_harvester_next(h, x_a, x_b, &rows, &err);  // repeat: paired rows
+       xo.n_latents = 1024; xo.k = 16; xo.n_shared = 32;
+       moexc_xc_create(&xc, d, d, &xo, &err);
+       moexc_xc_init_from_data(xc, x_a, x_b, n, &err);
+       moexc_xc_train_step(xc, x_a + i * d, x_b + i * d, batch, &stats, &err);
+       moexc_xc_evaluate(xc, held_a, held_b, n_held, &eval, active_counts, &err);
+       moexc_xc_decoder(xc, 0, 0, dec_a);  moexc_xc_decoder(xc, 1, 0, dec_b);
+       moexc_analyze_latents(&an, dec_a, d, dec_b, d, F, 32, active_counts, n_held, NULL, &err);
+       moexc_analysis_print_table(stdout, &an, NULL);
+
+   The command-line face of each step is in tools/ (moexc_mkdata,
+   moexc_train, moexc_crosscoder); examples/moexc_demo.c runs the whole study
+   and writes a report folder with PNG plots (make demo).
+
+   FILE FORMATS (all little-endian, all written to a temporary file and
+   renamed): token streams (>>data), model and training checkpoints in
+   safetensors (>>model, >>train), crosscoders in safetensors with the public
+   PyTorch crosscoder layout (>>crosscoder), activation caches (>>harvest),
+   .npy arrays (>>analysis).
 
    ===========================================================================
    CONVENTIONS
@@ -81,16 +125,17 @@
    ===========================================================================
    TABLE OF CONTENTS (grep for the anchor)
    ===========================================================================
-     >>api            declarations (public API, in data-flow order)
+     >>api            declarations (public API; the implementation follows
+                      in the same order after MOEXC_IMPLEMENTATION)
      >>base           status codes, errors, allocation, random numbers
      >>simd           the internal SIMD macro layer (one per backend)
      >>tensor         vector kernels: dot, axpy, softmax, silu, rmsnorm, exp
      >>gemm           packed, register-blocked GEMM in three layouts
+     >>data           tokenizer, token-stream files, built-in corpus
+     >>checkpoint     JSON reader, safetensors writer and validating reader
      >>layers         embedding, RMSNorm, attention+RoPE, SwiGLU, MoE, losses
      >>model          dense and MoE transformers, parameter layout
      >>train          AdamW, schedules, clipping, router statistics
-     >>data           tokenizer, token-stream files, built-in corpus
-     >>checkpoint     JSON reader, safetensors writer and validating reader
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
      >>analysis       relative decoder norm, classes, cosines, density, FVE
@@ -2390,2134 +2435,6 @@ MOEXC_DEF void moexc_linear_backward_weight(float *dW, const float *dY, const fl
     moexc_sgemm(1, 0, N, K, M, 1.0f, dY, N, X, K, 1.0f, dW, K);
 }
 /* ======================================================================== */
-/* >>layers: embedding, RMSNorm, attention + RoPE, SwiGLU, MoE, losses       */
-/* ======================================================================== */
-/* Shapes: B sequences, T tokens each, N = B*T rows, d width, H heads of
-   dh = d/H, h a SwiGLU hidden width, E experts, k active experts, V vocab.
-   Activations are row-major (N, width); the heads of q, k, v sit side by side
-   in a row (token t, head j at columns j*dh .. j*dh+dh-1).
-   Every _forward has a _backward that ADDS into parameter gradients; input
-   gradients add as well unless the comment says "overwritten". */
-
-#define MOEXC__RMS_EPS 1e-6f
-#define MOEXC__ROPE_THETA 10000.0
-#define MOEXC__ATT_PAR_MIN 131072.0   /* multiply-adds of one attention GEMM set worth a parallel region */
-
-/* ---- embedding ----------------------------------------------------------- */
-/* x (N,d) = tok_emb[tokens]; tokens (N), tok_emb (V,d) */
-static void moexc__embedding_forward(float *x, const uint16_t *tokens, const float *tok_emb, int N, int d)
-{
-    int t;
-    for (t = 0; t < N; t++)
-        memcpy(x + (size_t)t * d, tok_emb + (size_t)tokens[t] * d, (size_t)d * sizeof(float));
-}
-/* dtok_emb[tokens[t]] += dx[t] */
-static void moexc__embedding_backward(float *dtok_emb, const float *dx, const uint16_t *tokens, int N, int d)
-{
-    int t;
-    for (t = 0; t < N; t++)
-        moexc_axpy(dtok_emb + (size_t)tokens[t] * d, 1.0f, dx + (size_t)t * d, (size_t)d);
-}
-
-/* ---- RMSNorm ------------------------------------------------------------- */
-/* y (N,d) = g ⊙ x / sqrt(mean(x²) + 1e-6); inv_rms (N) = r_t kept for backward */
-static void moexc__rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *g, int N, int d)
-{
-    moexc_rmsnorm_rows(y, inv_rms, x, g, N, d, MOEXC__RMS_EPS);
-}
-/* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
-                         dg_j += Σ_t dy_j x_j r.                          */
-static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
-                                    const float *inv_rms, int N, int d)
-{
-    int t, j;
-    for (t = 0; t < N; t++) {
-        const float *xt = x + (size_t)t * d, *dyt = dy + (size_t)t * d;
-        float *dxt = dx + (size_t)t * d;
-        float r = inv_rms[t], c;
-        double dot = 0.0;
-        for (j = 0; j < d; j++) dot += (double)g[j] * dyt[j] * xt[j];
-        c = (float)((double)r * r * r * dot / d);
-        for (j = 0; j < d; j++) {
-            dxt[j] += r * g[j] * dyt[j] - c * xt[j];
-            dg[j] += dyt[j] * xt[j] * r;
-        }
-    }
-}
-
-/* ---- rotary position embedding (RoPE, rotate-half pairing) --------------- */
-/* Tables (context, dh/2): θ_{t,i} = t · 10000^(−2i/dh), computed in double. */
-static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int dh)
-{
-    int t, i, half = dh / 2;
-    for (t = 0; t < context; t++)
-        for (i = 0; i < half; i++) {
-            double angle = (double)t * pow(MOEXC__ROPE_THETA, -2.0 * i / dh);
-            cos_tab[(size_t)t * half + i] = (float)cos(angle);
-            sin_tab[(size_t)t * half + i] = (float)sin(angle);
-        }
-}
-/* x (B,T,H·dh) in place. Dim i pairs with i + dh/2 at position t:
-     forward:  (x1, x2) <- (x1 cos θ − x2 sin θ,  x1 sin θ + x2 cos θ)
-     backward (inverse = 1) applies the transpose, i.e. the rotation by −θ,
-     which maps the gradient w.r.t. the rotated vector to the one w.r.t. x. */
-static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_tab,
-                              int B, int T, int H, int dh, int inverse)
-{
-    int b, t, h, i, half = dh / 2, d = H * dh;
-    float sign = inverse ? -1.0f : 1.0f;
-    for (b = 0; b < B; b++)
-        for (t = 0; t < T; t++) {
-            const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
-            for (h = 0; h < H; h++) {
-                float *v = x + ((size_t)b * T + t) * d + (size_t)h * dh;
-                for (i = 0; i < half; i++) {
-                    float x1 = v[i], x2 = v[i + half], sn = sign * s[i];
-                    v[i]        = x1 * c[i] - x2 * sn;
-                    v[i + half] = x1 * sn + x2 * c[i];
-                }
-            }
-        }
-}
-
-/* ---- causal multi-head self-attention ------------------------------------ */
-/* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
-   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
-   diagonal); y (B,T,d) = P v per head (overwritten). One GEMM for q kᵀ and
-   one for P v per (batch, head). */
-static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
-                                     int B, int T, int H, int dh)
-{
-    int bh, d = H * dh;
-    float scale = 1.0f / sqrtf((float)dh);
-#ifdef _OPENMP
-    /* one (batch, head) per iteration: disjoint outputs, so any thread count
-       gives the same bits; small problems stay serial (a parallel region
-       costs more than it saves) */
-#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
-#endif
-    for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, t;
-        size_t off = (size_t)b * T * d + (size_t)h * dh;
-        float *P = att + (size_t)bh * T * T;
-        /* S = q kᵀ / sqrt(dh)  (T,T) */
-        moexc_sgemm(0, 1, T, T, dh, scale, q + off, d, k + off, d, 0.0f, P, T);
-        /* causal softmax, max subtracted: row t sees keys 0..t */
-        for (t = 0; t < T; t++) {
-            float *row = P + (size_t)t * T;
-            moexc_softmax_rows(row, row, 1, t + 1);
-            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-        }
-        /* y = P v  (T,dh) */
-        moexc_sgemm(0, 0, T, dh, T, 1.0f, P, T, v + off, d, 0.0f, y + off, d);
-    }
-}
-/* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
-   datt (B,H,T,T) is scratch.
-     dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
-     dq = dS k,   dk = dSᵀ q. */
-static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
-                                      const float *att, const float *q, const float *k, const float *v,
-                                      int B, int T, int H, int dh)
-{
-    int bh, d = H * dh;
-    float scale = 1.0f / sqrtf((float)dh);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
-#endif
-    for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, t, j;
-        size_t off = (size_t)b * T * d + (size_t)h * dh;
-        const float *P = att + (size_t)bh * T * T;
-        float *dS = datt + (size_t)bh * T * T;
-        moexc_sgemm(0, 1, T, T, dh, 1.0f, dy + off, d, v + off, d, 0.0f, dS, T);   /* dP */
-        moexc_sgemm(1, 0, T, dh, T, 1.0f, P, T, dy + off, d, 0.0f, dv + off, d);
-        for (t = 0; t < T; t++) {
-            const float *p = P + (size_t)t * T;
-            float *ds = dS + (size_t)t * T;
-            double dot = 0.0;
-            for (j = 0; j <= t; j++) dot += (double)p[j] * ds[j];
-            for (j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - (float)dot) * scale;
-            for (; j < T; j++) ds[j] = 0.0f;
-        }
-        moexc_sgemm(0, 0, T, dh, T, 1.0f, dS, T, k + off, d, 0.0f, dq + off, d);
-        moexc_sgemm(1, 0, T, dh, T, 1.0f, dS, T, q + off, d, 0.0f, dk + off, d);
-    }
-}
-
-/* ---- SwiGLU feed-forward (the dense FFN and every expert) ---------------- */
-/* u (M,d); w_gate, w_up (h,d); w_down (d,h).
-   gate = u W_gateᵀ, up = u W_upᵀ, act = silu(gate) ⊙ up (all (M,h), kept);
-   out (M,d) = act W_downᵀ (overwritten).  FFN(u) = W_down(silu(W_gate u) ⊙ W_up u). */
-static void moexc__swiglu_forward(float *out, float *gate, float *up, float *act, const float *u,
-                                  const float *w_gate, const float *w_up, const float *w_down,
-                                  int M, int d, int h)
-{
-    size_t n = (size_t)M * h;
-    if (M <= 0) return;
-    moexc_linear_forward(gate, u, w_gate, NULL, M, h, d);
-    moexc_linear_forward(up, u, w_up, NULL, M, h, d);
-    moexc_silu(act, gate, n);
-    moexc_mul(act, act, up, n);
-    moexc_linear_forward(out, act, w_down, NULL, M, d, h);
-}
-/* dout (M,d) -> du (M,d) (overwritten, or added when accumulate);
-   dw_gate, dw_up (h,d), dw_down (d,h) accumulate; dact, dgate, dup (M,h) scratch.
-     dW_down += doutᵀ act,  dact = dout W_down,
-     dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ dact ⊙ up,
-     dW_gate += dgateᵀ u,  dW_up += dupᵀ u,  du = dgate W_gate + dup W_up. */
-static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, float *dw_up, float *dw_down,
-                                   float *dact, float *dgate, float *dup, const float *dout, const float *u,
-                                   const float *gate, const float *up, const float *act,
-                                   const float *w_gate, const float *w_up, const float *w_down,
-                                   int M, int d, int h)
-{
-    size_t n = (size_t)M * h;
-    if (M <= 0) return;
-    moexc_linear_backward_weight(dw_down, dout, act, M, d, h);
-    moexc_linear_backward_input(dact, dout, w_down, M, d, h, 0);
-    moexc_silu(dup, gate, n);
-    moexc_mul(dup, dup, dact, n);
-    moexc_mul(dact, dact, up, n);
-    moexc_silu_backward(dgate, gate, dact, n);
-    moexc_linear_backward_weight(dw_gate, dgate, u, M, h, d);
-    moexc_linear_backward_weight(dw_up, dup, u, M, h, d);
-    moexc_linear_backward_input(du, dgate, w_gate, M, h, d, accumulate);
-    moexc_linear_backward_input(du, dup, w_up, M, h, d, 1);
-}
-
-/* ---- Mixture-of-Experts feed-forward (dropless top-k routing) ------------ */
-typedef struct moexc__moe_acts {
-    float *logits, *probs;      /* (N,E)  z = u W_rᵀ, p = softmax(z)                 */
-    float *lse;                 /* (N)    logsumexp z_t (router z-loss)              */
-    int   *choice;              /* (N,k)  S(t), descending p, lowest index on ties   */
-    float *weight;              /* (N,k)  gate w_ti                                  */
-    int   *expert_offset;       /* (E+1)  assignments grouped by expert              */
-    int   *expert_cursor;       /* (E)    scratch                                    */
-    int   *assign_token;        /* (N*k)  token of each grouped assignment           */
-    int   *token_assign;        /* (N*k)  grouped assignment of (t, slot)            */
-    float *xg;                  /* (N*k,d)   gathered inputs                         */
-    float *gate, *up, *act;     /* (N*k,h_e) expert SwiGLU internals                 */
-    float *eo;                  /* (N*k,d)   unweighted expert outputs               */
-    float *frac;                /* (E)  f_i = (1/(kN)) Σ_t 1{i ∈ S(t)}               */
-    float *pmean;               /* (E)  P_i = (1/N) Σ_t p_ti                         */
-    double lb, z;               /* this layer's L_lb and L_z (weights included)      */
-} moexc__moe_acts;
-
-typedef struct moexc__moe_scratch {
-    float *d_eo, *d_xg;                 /* (N*k,d)   */
-    float *d_act, *d_gate, *d_up;       /* (N*k,h_e) */
-    float *dp, *dz;                     /* (N,E)     */
-    float *dw;                          /* (N,k)     */
-} moexc__moe_scratch;
-
-/* The hyper-parameters a MoE layer needs. */
-typedef struct moexc__moe_dims {
-    int d, E, k, h;
-    int renorm;        /* 1: w = p / Σ_S p;  0: w = p                   */
-    float lb_alpha;    /* α of the Switch loss (0 = off)                */
-    float z_weight;    /* weight of the router z-loss (0 = off)         */
-} moexc__moe_dims;
-
-/* u (N,d) -> out (N,d) (overwritten).
-   w_router (E,d); w_gate, w_up (E,h,d); w_down (E,d,h).
-     z = u W_rᵀ,  p = softmax(z),  S(t) = the k largest p (lowest index wins ties),
-     out_t = Σ_{i∈S(t)} w_ti Expert_i(u_t),  w = p (raw) or p / Σ_{j∈S} p_j (renorm).
-   Tokens are grouped by expert (gather), each expert runs one SwiGLU over
-   its tokens, outputs are combined per token in slot order (deterministic).
-   Also fills the Switch loss L_lb = α E Σ_i f_i P_i and L_z = w_z mean_t lse_t². */
-static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, const float *w_router,
-                               const float *w_gate, const float *w_up, const float *w_down,
-                               int N, const moexc__moe_dims *md)
-{
-    int d = md->d, E = md->E, k = md->k, h = md->h;
-    int t, s, i, e;
-    double lb = 0.0, zsum = 0.0;
-
-    moexc_linear_forward(a->logits, u, w_router, NULL, N, E, d);
-    moexc_softmax_rows(a->probs, a->logits, N, E);
-
-    for (i = 0; i <= E; i++) a->expert_offset[i] = 0;
-    for (t = 0; t < N; t++) {
-        const float *p = a->probs + (size_t)t * E, *z = a->logits + (size_t)t * E;
-        int *ch = a->choice + (size_t)t * k;
-        float *w = a->weight + (size_t)t * k;
-        double zmax = z[0], zs = 0.0, psum = 0.0;
-        /* top-k by repeated arg-max; the strict '>' keeps the lowest index on ties */
-        for (s = 0; s < k; s++) {
-            int best = -1, prev;
-            for (i = 0; i < E; i++) {
-                int taken = 0;
-                for (prev = 0; prev < s; prev++) taken |= ch[prev] == i;
-                if (!taken && (best < 0 || p[i] > p[best])) best = i;
-            }
-            ch[s] = best;
-            w[s] = p[best];
-            psum += p[best];
-            a->expert_offset[best + 1]++;
-        }
-        if (md->renorm)
-            for (s = 0; s < k; s++) w[s] = (float)(w[s] / psum);
-        /* lse_t = max z + log Σ exp(z − max z) */
-        for (i = 1; i < E; i++) if (z[i] > zmax) zmax = z[i];
-        for (i = 0; i < E; i++) zs += exp((double)z[i] - zmax);
-        a->lse[t] = (float)(zmax + log(zs));
-        zsum += (double)a->lse[t] * a->lse[t];
-    }
-    /* group the N*k assignments by expert, tokens ascending within an expert */
-    for (e = 0; e < E; e++) a->expert_offset[e + 1] += a->expert_offset[e];
-    for (e = 0; e < E; e++) a->expert_cursor[e] = a->expert_offset[e];
-    for (t = 0; t < N; t++)
-        for (s = 0; s < k; s++) {
-            int slot = a->expert_cursor[a->choice[(size_t)t * k + s]]++;
-            a->assign_token[slot] = t;
-            a->token_assign[(size_t)t * k + s] = slot;
-        }
-    for (s = 0; s < N * k; s++)
-        memcpy(a->xg + (size_t)s * d, u + (size_t)a->assign_token[s] * d, (size_t)d * sizeof(float));
-    for (e = 0; e < E; e++) {
-        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
-        moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
-                              a->act + (size_t)o * h, a->xg + (size_t)o * d,
-                              w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
-                              n_e, d, h);
-    }
-    /* scatter-add: out_t = Σ_s w_ts eo[(t, s)] */
-    for (t = 0; t < N; t++) {
-        float *ot = out + (size_t)t * d;
-        memset(ot, 0, (size_t)d * sizeof(float));
-        for (s = 0; s < k; s++)
-            moexc_axpy(ot, a->weight[(size_t)t * k + s], a->eo + (size_t)a->token_assign[(size_t)t * k + s] * d,
-                       (size_t)d);
-    }
-    /* Switch load balancing: f_i = count_i / (kN) (a constant), P_i = mean_t p_ti */
-    for (i = 0; i < E; i++) {
-        double pm = 0.0;
-        for (t = 0; t < N; t++) pm += a->probs[(size_t)t * E + i];
-        a->pmean[i] = (float)(pm / N);
-        a->frac[i] = (float)((double)(a->expert_offset[i + 1] - a->expert_offset[i]) / ((double)k * N));
-        lb += (double)a->frac[i] * pm / N;
-    }
-    a->lb = md->lb_alpha > 0.0f ? md->lb_alpha * (double)E * lb : 0.0;
-    a->z = md->z_weight > 0.0f ? md->z_weight * zsum / N : 0.0;
-}
-
-/* dout (N,d) -> du (N,d) (added); gradients of W_r (E,d), W_gate, W_up
-   (E,h,d), W_down (E,d,h) accumulate.
-     dw_ts = dout_t · Expert_i(u_t),   d Expert_i(u_t) = w_ts dout_t,
-     raw:    dp_ti += dw_ti                         (i ∈ S(t))
-     renorm: dp_tj += (dw_tj − Σ_{i∈S} dw_ti w_ti) / Σ_{i∈S} p_ti   (j ∈ S(t))
-     Switch: dp_ti += α E f_i / N                   (all i, f constant)
-     softmax: dz_t = p_t ⊙ (dp_t − p_t·dp_t)
-     z-loss: dz_t += w_z · 2 lse_t / N · p_t        (∂lse/∂z = p)
-     dW_r += dzᵀ u,  du += dz W_r + scatter of the experts' input gradients. */
-static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, float *dw_up, float *dw_down,
-                                const moexc__moe_scratch *sc, const moexc__moe_acts *a,
-                                const float *dout, const float *u, const float *w_router,
-                                const float *w_gate, const float *w_up, const float *w_down,
-                                int N, const moexc__moe_dims *md)
-{
-    int d = md->d, E = md->E, k = md->k, h = md->h;
-    int t, s, i, e;
-    for (t = 0; t < N; t++)
-        for (s = 0; s < k; s++) {
-            size_t ts = (size_t)t * k + s, slot = (size_t)a->token_assign[ts];
-            const float *dot_ = dout + (size_t)t * d;
-            float *deo = sc->d_eo + slot * d;
-            int j;
-            sc->dw[ts] = moexc_dot(dot_, a->eo + slot * d, (size_t)d);
-            for (j = 0; j < d; j++) deo[j] = a->weight[ts] * dot_[j];
-        }
-    for (e = 0; e < E; e++) {
-        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
-        moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
-                               dw_gate + (size_t)e * h * d, dw_up + (size_t)e * h * d, dw_down + (size_t)e * d * h,
-                               sc->d_act + (size_t)o * h, sc->d_gate + (size_t)o * h, sc->d_up + (size_t)o * h,
-                               sc->d_eo + (size_t)o * d, a->xg + (size_t)o * d,
-                               a->gate + (size_t)o * h, a->up + (size_t)o * h, a->act + (size_t)o * h,
-                               w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
-                               n_e, d, h);
-    }
-    for (t = 0; t < N; t++)
-        for (s = 0; s < k; s++)
-            moexc_axpy(du + (size_t)t * d, 1.0f, sc->d_xg + (size_t)a->token_assign[(size_t)t * k + s] * d,
-                       (size_t)d);
-    /* router: gate gradient -> dp -> softmax -> dz */
-    for (t = 0; t < N; t++) {
-        const float *p = a->probs + (size_t)t * E, *w = a->weight + (size_t)t * k, *dw = sc->dw + (size_t)t * k;
-        const int *ch = a->choice + (size_t)t * k;
-        float *dp = sc->dp + (size_t)t * E, *dz = sc->dz + (size_t)t * E;
-        double pdp = 0.0;
-        for (i = 0; i < E; i++)
-            dp[i] = md->lb_alpha > 0.0f ? md->lb_alpha * (float)E * a->frac[i] / (float)N : 0.0f;
-        if (md->renorm) {
-            double psum = 0.0, c = 0.0;
-            for (s = 0; s < k; s++) { psum += p[ch[s]]; c += (double)dw[s] * w[s]; }
-            for (s = 0; s < k; s++) dp[ch[s]] += (float)((dw[s] - c) / psum);
-        } else {
-            for (s = 0; s < k; s++) dp[ch[s]] += dw[s];
-        }
-        for (i = 0; i < E; i++) pdp += (double)p[i] * dp[i];
-        for (i = 0; i < E; i++) {
-            dz[i] = p[i] * (dp[i] - (float)pdp);
-            if (md->z_weight > 0.0f) dz[i] += md->z_weight * 2.0f * a->lse[t] / (float)N * p[i];
-        }
-    }
-    moexc_linear_backward_weight(dw_router, sc->dz, u, N, E, d);
-    moexc_linear_backward_input(du, sc->dz, w_router, N, E, d, 1);
-}
-
-/* ---- cross-entropy ------------------------------------------------------- */
-/* logits (N,V), targets (N): loss = mean_t (lse_t − z_{t,y_t}),
-   lse_t = max z_t + log Σ exp(z_t − max z_t), kept in lse (N). Returns the
-   loss; dlogits (N,V) serves as scratch here. */
-static double moexc__crossentropy_forward(float *lse, float *scratch, const float *logits, const uint16_t *targets,
-                                          int N, int V)
-{
-    double total = 0.0;
-    int t, j;
-    for (t = 0; t < N; t++) {
-        const float *z = logits + (size_t)t * V;
-        float *e = scratch + (size_t)t * V;
-        float m = moexc_max(z, (size_t)V);
-        for (j = 0; j < V; j++) e[j] = z[j] - m;
-        moexc_exp(e, e, (size_t)V);
-        lse[t] = m + (float)log((double)moexc_sum(e, (size_t)V));
-        total += (double)lse[t] - z[targets[t]];
-    }
-    return total / N;
-}
-/* dlogits (N,V) overwritten = (softmax(z) − onehot(y)) / N, softmax = exp(z − lse) */
-static void moexc__crossentropy_backward(float *dlogits, const float *logits, const float *lse,
-                                         const uint16_t *targets, int N, int V)
-{
-    int t, j;
-    float inv_n = 1.0f / (float)N;
-    for (t = 0; t < N; t++) {
-        const float *z = logits + (size_t)t * V;
-        float *g = dlogits + (size_t)t * V;
-        for (j = 0; j < V; j++) g[j] = z[j] - lse[t];
-        moexc_exp(g, g, (size_t)V);
-        g[targets[t]] -= 1.0f;
-        moexc_scale(g, inv_n, (size_t)V);
-    }
-}
-
-/* ======================================================================== */
-/* >>model: dense and MoE transformers, parameter layout                    */
-/* ======================================================================== */
-
-#define MOEXC__NAME_MAX 64
-
-/* Named views into the flat parameter (or gradient) array. */
-typedef struct moexc__layer_weights {
-    float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;   /* (d), (d,d) x4, (d) */
-    float *router;                                     /* MoE (E,d)          */
-    float *w_gate, *w_up, *w_down;   /* dense (h,d),(h,d),(d,h); MoE (E,h_e,d),(E,h_e,d),(E,d,h_e) */
-} moexc__layer_weights;
-
-typedef struct moexc__weights {
-    float *tok_emb;                  /* (V,d)                                   */
-    moexc__layer_weights *layer;     /* L                                        */
-    float *norm;                     /* (d)                                      */
-    float *lm_head;                  /* (V,d); == tok_emb when tied              */
-} moexc__weights;
-
-/* Per-layer activations kept from forward for backward. */
-typedef struct moexc__layer_acts {
-    float *x;                        /* (N,d) residual entering the block         */
-    float *attn_in, *attn_rms;       /* (N,d) RMSNorm(x), (N) its 1/rms          */
-    float *q, *k, *v;                /* (N,d) q, k rotated                        */
-    float *att;                      /* (B,H,T,T) attention probabilities         */
-    float *att_y;                    /* (N,d) heads before W_o                    */
-    float *h;                        /* (N,d) x + Attn(RMSNorm(x))                */
-    float *ffn_in, *ffn_rms;         /* (N,d) RMSNorm(h), (N)                     */
-    float *ffn_out;                  /* (N,d) FFN or MoE output                   */
-    float *gate, *up, *act;          /* dense (N,h_ff)                            */
-    moexc__moe_acts moe;             /* MoE                                       */
-} moexc__layer_acts;
-
-struct moexc_model {
-    moexc_model_config cfg;          /* resolved                                  */
-    int n_tensors;
-    moexc_param_info *info;          /* n_tensors                                 */
-    char *names;                     /* n_tensors * MOEXC__NAME_MAX               */
-    size_t n_params;
-    float *params, *grads;           /* one allocation each, same layout          */
-    moexc__weights w, g;             /* views into params and grads               */
-    moexc__layer_weights *layer_views; /* 2L: w.layer then g.layer               */
-    float *rope_cos, *rope_sin;      /* (context, dh/2)                           */
-    /* activations, sized for (cap_B, cap_T) */
-    int cap_B, cap_T;
-    float *fmem;
-    int *imem;
-    uint16_t *tokens, *targets;      /* (N) copies of the last forward's inputs   */
-    moexc__layer_acts *acts;         /* L                                          */
-    float *x_final;                  /* (N,d) residual after the last block        */
-    float *xf, *xf_rms;              /* (N,d) final RMSNorm, (N)                   */
-    float *logits, *lse;             /* (N,V), (N)                                 */
-    /* backward scratch */
-    float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;
-    float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff)                      */
-    moexc__moe_scratch moe_sc;
-    /* state of the last forward */
-    int B, T, layers_done, has_targets, backward_ready;
-    int active_k;                    /* experts per token if overridden (0: cfg.top_k) */
-    moexc_loss_stats stats;
-};
-
-/* ---- configuration -------------------------------------------------------- */
-static moexc_status moexc__config_resolve(moexc_model_config *c, const moexc_model_config *in, moexc_error *err)
-{
-    *c = *in;
-    if (!c->vocab_size) c->vocab_size = 256;
-    if (!c->d_model) c->d_model = 128;
-    if (!c->n_heads) c->n_heads = 4;
-    if (!c->n_layers) c->n_layers = 5;
-    if (!c->context) c->context = 256;
-    if (!c->d_ff) c->d_ff = 4 * c->d_model;
-    if (!c->n_experts) c->n_experts = 8;
-    if (!c->top_k) c->top_k = 2;
-    if (!c->d_expert) c->d_expert = 2 * c->d_model;
-    if (c->lb_alpha == 0.0f) c->lb_alpha = 0.01f;
-    if (c->init_std == 0.0f) c->init_std = 0.02f;
-
-    if (c->vocab_size < 1 || c->vocab_size > 65536)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: vocab_size %d not in [1, 65536]", c->vocab_size);
-    if (c->d_model < 1 || c->n_heads < 1 || c->n_layers < 1 || c->context < 1)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_model %d, n_heads %d, n_layers %d, context %d must be positive",
-                           c->d_model, c->n_heads, c->n_layers, c->context);
-    if (c->d_model % c->n_heads)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_model %d is not divisible by n_heads %d", c->d_model, c->n_heads);
-    if ((c->d_model / c->n_heads) % 2)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: head width d_model/n_heads = %d must be even (RoPE pairs dims)",
-                           c->d_model / c->n_heads);
-    if (c->ffn != MOEXC_FFN_DENSE && c->ffn != MOEXC_FFN_MOE)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: ffn %d is neither MOEXC_FFN_DENSE nor MOEXC_FFN_MOE", c->ffn);
-    if (c->gate != MOEXC_GATE_RAW && c->gate != MOEXC_GATE_RENORM)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: gate %d is neither MOEXC_GATE_RAW nor MOEXC_GATE_RENORM", c->gate);
-    if (c->d_ff < 1 || c->d_expert < 1 || c->n_experts < 1)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_ff %d, d_expert %d, n_experts %d must be positive",
-                           c->d_ff, c->d_expert, c->n_experts);
-    if (c->top_k < 1 || c->top_k > c->n_experts)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: top_k %d not in [1, n_experts = %d]", c->top_k, c->n_experts);
-    if (c->ffn == MOEXC_FFN_MOE && c->gate == MOEXC_GATE_RENORM && c->top_k == 1)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: the renormalised gate with top_k = 1 is identically 1, "
-                           "so the router would get no gradient from the task loss; use MOEXC_GATE_RAW or top_k >= 2");
-    if (!(c->z_loss >= 0.0f) || !(c->init_std > 0.0f) || !(c->lb_alpha == c->lb_alpha))
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: z_loss %g must be >= 0 and init_std %g > 0",
-                           (double)c->z_loss, (double)c->init_std);
-    if (c->tied_head != 0 && c->tied_head != 1)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model config: tied_head %d must be 0 or 1", c->tied_head);
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_model_config_resolve(moexc_model_config *out, const moexc_model_config *cfg, moexc_error *err)
-{
-    moexc_model_config zero, tmp;
-    moexc_status st;
-    memset(&zero, 0, sizeof(zero));
-    st = moexc__config_resolve(&tmp, cfg ? cfg : &zero, err);
-    if (st == MOEXC_OK && out) *out = tmp;
-    return st;
-}
-
-MOEXC_DEF moexc_status moexc_model_config_pair(const moexc_model_config *base, moexc_model_config *dense,
-                                               moexc_model_config *moe, moexc_error *err)
-{
-    moexc_model_config b, dc, mc;
-    moexc_status st = moexc_model_config_resolve(&b, base, err);
-    if (st) return st;
-    dc = b;
-    dc.ffn = MOEXC_FFN_DENSE;
-    mc = b;
-    mc.ffn = MOEXC_FFN_MOE;
-    if (!base || !base->n_experts) mc.n_experts = 8;
-    if (!base || !base->top_k) mc.top_k = 2;
-    /* equal active parameters: k h_e = h_ff(dense) */
-    if (dc.d_ff % mc.top_k)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model pair: dense d_ff %d is not divisible by top_k %d", dc.d_ff, mc.top_k);
-    mc.d_expert = dc.d_ff / mc.top_k;
-    if ((st = moexc_model_config_resolve(&dc, &dc, err)) != MOEXC_OK) return st;
-    if ((st = moexc_model_config_resolve(&mc, &mc, err)) != MOEXC_OK) return st;
-    if (dense) *dense = dc;
-    if (moe) *moe = mc;
-    return MOEXC_OK;
-}
-
-/* Parameters of one FFN block: dense 3 h_ff d; MoE E d (router) + E 3 h_e d. */
-static void moexc__count_params(const moexc_model_config *c, size_t *total, size_t *active)
-{
-    size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size, L = (size_t)c->n_layers;
-    size_t common = V * d + d + (c->tied_head ? 0 : V * d) + L * (2 * d + 4 * d * d);
-    size_t ffn_total, ffn_active;
-    if (c->ffn == MOEXC_FFN_MOE) {
-        size_t expert = 3 * (size_t)c->d_expert * d;
-        ffn_total = (size_t)c->n_experts * d + (size_t)c->n_experts * expert;
-        ffn_active = (size_t)c->n_experts * d + (size_t)c->top_k * expert;
-    } else {
-        ffn_total = ffn_active = 3 * (size_t)c->d_ff * d;
-    }
-    if (total) *total = common + L * ffn_total;
-    if (active) *active = common + L * ffn_active;
-}
-
-MOEXC_DEF moexc_status moexc_model_count_params(const moexc_model_config *cfg, size_t *total, size_t *active,
-                                                moexc_error *err)
-{
-    moexc_model_config c;
-    moexc_status st = moexc_model_config_resolve(&c, cfg, err);
-    if (st) return st;
-    moexc__count_params(&c, total, active);
-    return MOEXC_OK;
-}
-
-/* ---- parameter layout ---------------------------------------------------- */
-static void moexc__add_tensor(moexc_model *m, int *n, size_t *offset, float **pview, float **gview,
-                              const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2, int decay)
-{
-    if (m->info) {
-        moexc_param_info *pi = &m->info[*n];
-        char *dst = m->names + (size_t)*n * MOEXC__NAME_MAX;
-        size_t i, size = 1;
-        int64_t shape[3];
-        shape[0] = s0; shape[1] = s1; shape[2] = s2;
-        memset(pi, 0, sizeof(*pi));
-        strncpy(dst, name, MOEXC__NAME_MAX - 1);
-        dst[MOEXC__NAME_MAX - 1] = '\0';
-        pi->name = dst;
-        pi->offset = *offset;
-        pi->ndim = ndim;
-        for (i = 0; i < (size_t)ndim; i++) { pi->shape[i] = shape[i]; size *= (size_t)shape[i]; }
-        pi->size = size;
-        pi->decay = decay;
-        if (m->params) { *pview = m->params + *offset; *gview = m->grads + *offset; }
-        *offset += size;
-    }
-    (*n)++;
-}
-
-/* Walks the tensors in their fixed order. With m->info == NULL only counts
-   them; with info set fills names, offsets and shapes (and sizes the total);
-   with params/grads set also points the named views into them. */
-static size_t moexc__layout(moexc_model *m)
-{
-    const moexc_model_config *c = &m->cfg;
-    int64_t V = c->vocab_size, d = c->d_model, E = c->n_experts, he = c->d_expert, hf = c->d_ff;
-    int n = 0, l;
-    size_t off = 0;
-    char name[MOEXC__NAME_MAX];
-    moexc__add_tensor(m, &n, &off, &m->w.tok_emb, &m->g.tok_emb, "tok_emb.weight", 2, V, d, 0, 1);
-    for (l = 0; l < c->n_layers; l++) {
-        moexc__layer_weights *w = &m->w.layer[l], *g = &m->g.layer[l];
-#define MOEXC__T(field, suffix, ndim, s0, s1, s2, decay) do {                            \
-            snprintf(name, sizeof(name), "layers.%d.%s", l, suffix);                    \
-            moexc__add_tensor(m, &n, &off, &w->field, &g->field, name, ndim, s0, s1, s2, decay); \
-        } while (0)
-        MOEXC__T(attn_norm, "attn_norm.weight", 1, d, 0, 0, 0);
-        MOEXC__T(wq, "attn.wq.weight", 2, d, d, 0, 1);
-        MOEXC__T(wk, "attn.wk.weight", 2, d, d, 0, 1);
-        MOEXC__T(wv, "attn.wv.weight", 2, d, d, 0, 1);
-        MOEXC__T(wo, "attn.wo.weight", 2, d, d, 0, 1);
-        MOEXC__T(ffn_norm, "ffn_norm.weight", 1, d, 0, 0, 0);
-        if (c->ffn == MOEXC_FFN_MOE) {
-            MOEXC__T(router, "moe.router.weight", 2, E, d, 0, 1);
-            MOEXC__T(w_gate, "moe.experts.w_gate", 3, E, he, d, 1);
-            MOEXC__T(w_up, "moe.experts.w_up", 3, E, he, d, 1);
-            MOEXC__T(w_down, "moe.experts.w_down", 3, E, d, he, 1);
-        } else {
-            MOEXC__T(w_gate, "ffn.w_gate.weight", 2, hf, d, 0, 1);
-            MOEXC__T(w_up, "ffn.w_up.weight", 2, hf, d, 0, 1);
-            MOEXC__T(w_down, "ffn.w_down.weight", 2, d, hf, 0, 1);
-        }
-#undef MOEXC__T
-    }
-    moexc__add_tensor(m, &n, &off, &m->w.norm, &m->g.norm, "norm.weight", 1, d, 0, 0, 0);
-    if (c->tied_head) {
-        m->w.lm_head = m->w.tok_emb;
-        m->g.lm_head = m->g.tok_emb;
-    } else {
-        moexc__add_tensor(m, &n, &off, &m->w.lm_head, &m->g.lm_head, "lm_head.weight", 2, V, d, 0, 1);
-    }
-    m->n_tensors = n;
-    return off;
-}
-
-/* SPEC init: N(0, std) for matrices, std/sqrt(2L) for the residual output
-   projections (attention out, FFN down), gains 1. */
-static void moexc__init_params(moexc_model *m)
-{
-    moexc_rng rng;
-    int i;
-    float out_std = m->cfg.init_std / sqrtf(2.0f * (float)m->cfg.n_layers);
-    moexc_rng_seed(&rng, m->cfg.seed);
-    for (i = 0; i < m->n_tensors; i++) {
-        const moexc_param_info *pi = &m->info[i];
-        float *p = m->params + pi->offset;
-        size_t j;
-        size_t len = strlen(pi->name);
-        int residual_out = (len > 14 && strcmp(pi->name + len - 14, "attn.wo.weight") == 0) ||
-                           strstr(pi->name, "w_down") != NULL;
-        float std = residual_out ? out_std : m->cfg.init_std;
-        if (pi->ndim == 1) {
-            for (j = 0; j < pi->size; j++) p[j] = 1.0f;
-        } else {
-            for (j = 0; j < pi->size; j++) p[j] = std * moexc_rng_normal(&rng);
-        }
-    }
-}
-
-/* ---- activation memory ----------------------------------------------------- */
-/* Carves every activation and scratch array for (B, T) out of fbase / ibase;
-   with NULL bases it only counts (floats and ints), so the memory report and
-   the allocator share one definition. Each array starts 64-byte aligned. */
-static float *moexc__carve(float *base, size_t *cursor, size_t n)
-{
-    float *p = base ? base + *cursor : NULL;
-    *cursor += (n + 15) & ~(size_t)15;
-    return p;
-}
-static int *moexc__carve_int(int *base, size_t *cursor, size_t n)
-{
-    int *p = base ? base + *cursor : NULL;
-    *cursor += n;
-    return p;
-}
-static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *fb, int *ib,
-                              moexc__layer_acts *acts, moexc_model *m, size_t *nf, size_t *ni)
-{
-    size_t N = (size_t)B * T, d = (size_t)c->d_model, V = (size_t)c->vocab_size;
-    size_t H = (size_t)c->n_heads, E = (size_t)c->n_experts, k = (size_t)c->top_k;
-    size_t he = (size_t)c->d_expert, hf = (size_t)c->d_ff, att = (size_t)B * H * T * T;
-    size_t fc = 0, ic = 0;
-    int l, moe = c->ffn == MOEXC_FFN_MOE;
-    moexc__layer_acts dummy;
-    for (l = 0; l < c->n_layers; l++) {
-        moexc__layer_acts *a = acts ? &acts[l] : &dummy;
-        a->x = moexc__carve(fb, &fc, N * d);
-        a->attn_in = moexc__carve(fb, &fc, N * d);
-        a->attn_rms = moexc__carve(fb, &fc, N);
-        a->q = moexc__carve(fb, &fc, N * d);
-        a->k = moexc__carve(fb, &fc, N * d);
-        a->v = moexc__carve(fb, &fc, N * d);
-        a->att = moexc__carve(fb, &fc, att);
-        a->att_y = moexc__carve(fb, &fc, N * d);
-        a->h = moexc__carve(fb, &fc, N * d);
-        a->ffn_in = moexc__carve(fb, &fc, N * d);
-        a->ffn_rms = moexc__carve(fb, &fc, N);
-        a->ffn_out = moexc__carve(fb, &fc, N * d);
-        if (moe) {
-            moexc__moe_acts *ma = &a->moe;
-            ma->logits = moexc__carve(fb, &fc, N * E);
-            ma->probs = moexc__carve(fb, &fc, N * E);
-            ma->lse = moexc__carve(fb, &fc, N);
-            ma->weight = moexc__carve(fb, &fc, N * k);
-            ma->xg = moexc__carve(fb, &fc, N * k * d);
-            ma->gate = moexc__carve(fb, &fc, N * k * he);
-            ma->up = moexc__carve(fb, &fc, N * k * he);
-            ma->act = moexc__carve(fb, &fc, N * k * he);
-            ma->eo = moexc__carve(fb, &fc, N * k * d);
-            ma->frac = moexc__carve(fb, &fc, E);
-            ma->pmean = moexc__carve(fb, &fc, E);
-            ma->choice = moexc__carve_int(ib, &ic, N * k);
-            ma->expert_offset = moexc__carve_int(ib, &ic, E + 1);
-            ma->expert_cursor = moexc__carve_int(ib, &ic, E);
-            ma->assign_token = moexc__carve_int(ib, &ic, N * k);
-            ma->token_assign = moexc__carve_int(ib, &ic, N * k);
-        } else {
-            a->gate = moexc__carve(fb, &fc, N * hf);
-            a->up = moexc__carve(fb, &fc, N * hf);
-            a->act = moexc__carve(fb, &fc, N * hf);
-        }
-    }
-    {
-        moexc_model mm;
-        moexc_model *t = m ? m : &mm;
-        /* the token copies (uint16, two per int) */
-        t->tokens = (uint16_t *)(void *)moexc__carve_int(ib, &ic, (N + 1) / 2);
-        t->targets = (uint16_t *)(void *)moexc__carve_int(ib, &ic, (N + 1) / 2);
-        t->x_final = moexc__carve(fb, &fc, N * d);
-        t->xf = moexc__carve(fb, &fc, N * d);
-        t->xf_rms = moexc__carve(fb, &fc, N);
-        t->logits = moexc__carve(fb, &fc, N * V);
-        t->lse = moexc__carve(fb, &fc, N);
-        /* backward scratch, shared by all layers */
-        t->dx = moexc__carve(fb, &fc, N * d);
-        t->dnorm = moexc__carve(fb, &fc, N * d);
-        t->dq = moexc__carve(fb, &fc, N * d);
-        t->dk = moexc__carve(fb, &fc, N * d);
-        t->dv = moexc__carve(fb, &fc, N * d);
-        t->datt_y = moexc__carve(fb, &fc, N * d);
-        t->datt = moexc__carve(fb, &fc, att);
-        t->dlogits = moexc__carve(fb, &fc, N * V);
-        if (moe) {
-            t->moe_sc.d_eo = moexc__carve(fb, &fc, N * k * d);
-            t->moe_sc.d_xg = moexc__carve(fb, &fc, N * k * d);
-            t->moe_sc.d_act = moexc__carve(fb, &fc, N * k * he);
-            t->moe_sc.d_gate = moexc__carve(fb, &fc, N * k * he);
-            t->moe_sc.d_up = moexc__carve(fb, &fc, N * k * he);
-            t->moe_sc.dp = moexc__carve(fb, &fc, N * E);
-            t->moe_sc.dz = moexc__carve(fb, &fc, N * E);
-            t->moe_sc.dw = moexc__carve(fb, &fc, N * k);
-        } else {
-            t->dff_act = moexc__carve(fb, &fc, N * hf);
-            t->dff_gate = moexc__carve(fb, &fc, N * hf);
-            t->dff_up = moexc__carve(fb, &fc, N * hf);
-        }
-    }
-    *nf = fc;
-    *ni = ic;
-}
-
-MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
-                                          moexc_error *err)
-{
-    moexc_model_config c;
-    size_t total, nf, ni;
-    moexc_status st = moexc_model_config_resolve(&c, cfg, err);
-    if (st) return st;
-    if (B < 1 || T < 1 || T > c.context)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model memory: B %d, T %d (context %d) out of range", B, T, c.context);
-    moexc__count_params(&c, &total, NULL);
-    moexc__carve_acts(&c, B, T, NULL, NULL, NULL, NULL, &nf, &ni);
-    if (out) {
-        memset(out, 0, sizeof(*out));
-        out->param_bytes = total * sizeof(float);
-        out->grad_bytes = total * sizeof(float);
-        out->activation_bytes = nf * sizeof(float) + ni * sizeof(int);
-        out->total_bytes = out->param_bytes + out->grad_bytes + out->activation_bytes;
-    }
-    return MOEXC_OK;
-}
-
-static void moexc__free_acts(moexc_model *m)
-{
-    moexc__free_aligned(m->fmem);
-    moexc__free(m->imem);
-    m->fmem = NULL;
-    m->imem = NULL;
-    m->tokens = m->targets = NULL;
-    m->cap_B = m->cap_T = 0;
-    m->layers_done = 0;
-    m->backward_ready = 0;
-}
-
-/* Grow the activation buffers to hold (B, T); keeps them when big enough. */
-static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error *err)
-{
-    size_t nf, ni;
-    int nb = MOEXC__MAX(B, m->cap_B), nt = MOEXC__MAX(T, m->cap_T);
-    if (m->fmem && B <= m->cap_B && T <= m->cap_T) return MOEXC_OK;
-    moexc__free_acts(m);
-    moexc__carve_acts(&m->cfg, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
-    m->fmem = moexc__alloc_floats(nf);
-    m->imem = (int *)moexc__calloc(ni, sizeof(int));
-    if (!m->fmem || !m->imem) {
-        moexc__free_acts(m);
-        return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate activations for B %d, T %d (%.1f MiB)",
-                           nb, nt, (double)(nf * sizeof(float) + ni * sizeof(int)) / 1048576.0);
-    }
-    moexc__carve_acts(&m->cfg, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
-    m->cap_B = nb;
-    m->cap_T = nt;
-    return MOEXC_OK;
-}
-
-/* ---- create / free ------------------------------------------------------- */
-MOEXC_DEF void moexc_model_free(moexc_model *m)
-{
-    if (!m) return;
-    moexc__free_acts(m);
-    moexc__free_aligned(m->params);
-    moexc__free_aligned(m->grads);
-    moexc__free_aligned(m->rope_cos);
-    moexc__free_aligned(m->rope_sin);
-    moexc__free(m->info);
-    moexc__free(m->names);
-    moexc__free(m->layer_views);
-    moexc__free(m->acts);
-    moexc__free(m);
-}
-
-MOEXC_DEF moexc_status moexc_model_create(moexc_model **out, const moexc_model_config *cfg, moexc_error *err)
-{
-    moexc_model *m;
-    moexc_status st;
-    int L, half;
-    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_model_create: out is NULL");
-    *out = NULL;
-    m = (moexc_model *)moexc__calloc(1, sizeof(*m));
-    if (!m) return moexc__fail(err, MOEXC_ERR_NOMEM, "model: out of memory");
-    st = moexc_model_config_resolve(&m->cfg, cfg, err);
-    if (st) { moexc__free(m); return st; }
-    L = m->cfg.n_layers;
-    half = m->cfg.d_model / m->cfg.n_heads / 2;
-    m->layer_views = (moexc__layer_weights *)moexc__calloc((size_t)2 * L, sizeof(moexc__layer_weights));
-    m->acts = (moexc__layer_acts *)moexc__calloc((size_t)L, sizeof(moexc__layer_acts));
-    if (!m->layer_views || !m->acts) goto nomem;
-    m->w.layer = m->layer_views;
-    m->g.layer = m->layer_views + L;
-    moexc__layout(m);                       /* count the tensors */
-    m->info = (moexc_param_info *)moexc__calloc((size_t)m->n_tensors, sizeof(moexc_param_info));
-    m->names = (char *)moexc__calloc((size_t)m->n_tensors, MOEXC__NAME_MAX);
-    if (!m->info || !m->names) goto nomem;
-    m->n_params = moexc__layout(m);         /* names, shapes, offsets */
-    m->params = moexc__alloc_floats(m->n_params);
-    m->grads = moexc__alloc_floats(m->n_params);
-    m->rope_cos = moexc__alloc_floats((size_t)m->cfg.context * half);
-    m->rope_sin = moexc__alloc_floats((size_t)m->cfg.context * half);
-    if (!m->params || !m->grads || !m->rope_cos || !m->rope_sin) goto nomem;
-    moexc__layout(m);                       /* bind the named views */
-    moexc__rope_tables(m->rope_cos, m->rope_sin, m->cfg.context, 2 * half);
-    moexc__init_params(m);
-    *out = m;
-    return MOEXC_OK;
-nomem:
-    moexc_model_free(m);
-    return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate parameters");
-}
-
-MOEXC_DEF const moexc_model_config *moexc_model_get_config(const moexc_model *m) { return &m->cfg; }
-MOEXC_DEF size_t moexc_model_num_params(const moexc_model *m) { return m->n_params; }
-MOEXC_DEF float *moexc_model_params(moexc_model *m) { return m->params; }
-MOEXC_DEF float *moexc_model_grads(moexc_model *m) { return m->grads; }
-MOEXC_DEF void moexc_model_zero_grad(moexc_model *m) { memset(m->grads, 0, m->n_params * sizeof(float)); }
-MOEXC_DEF int moexc_model_num_tensors(const moexc_model *m) { return m->n_tensors; }
-MOEXC_DEF const moexc_param_info *moexc_model_tensor(const moexc_model *m, int i)
-{
-    return (i >= 0 && i < m->n_tensors) ? &m->info[i] : NULL;
-}
-MOEXC_DEF const moexc_param_info *moexc_model_find_tensor(const moexc_model *m, const char *name)
-{
-    int i;
-    for (i = 0; i < m->n_tensors; i++)
-        if (strcmp(m->info[i].name, name) == 0) return &m->info[i];
-    return NULL;
-}
-
-/* ---- forward / backward --------------------------------------------------- */
-static moexc__moe_dims moexc__moe_dims_of(const moexc_model *m)
-{
-    const moexc_model_config *c = &m->cfg;
-    moexc__moe_dims md;
-    md.d = c->d_model;
-    md.E = c->n_experts;
-    md.k = m->active_k ? m->active_k : c->top_k;
-    md.h = c->d_expert;
-    md.renorm = c->gate == MOEXC_GATE_RENORM;
-    md.lb_alpha = c->lb_alpha > 0.0f ? c->lb_alpha : 0.0f;
-    md.z_weight = c->z_loss;
-    return md;
-}
-
-/* Runs blocks 0..last_layer; with last_layer = L-1 also the final norm and
-   LM head, and with targets the losses. */
-static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
-                                   int B, int T, int last_layer, moexc_loss_stats *stats, moexc_error *err)
-{
-    const moexc_model_config *c = &m->cfg;
-    int N, d = c->d_model, H = c->n_heads, dh = d / H, V = c->vocab_size, l, t;
-    moexc__moe_dims md = moexc__moe_dims_of(m);
-    moexc_status st;
-    if (!inputs) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs is NULL");
-    if (B < 1 || T < 1 || T > c->context)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B %d, T %d (context %d) out of range", B, T, c->context);
-    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(c->top_k, 1) / 4)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B*T = %d*%d too large", B, T);
-    N = B * T;
-    for (t = 0; t < N; t++) {
-        if (inputs[t] >= V)
-            return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs[%d] = %d >= vocab_size %d", t, inputs[t], V);
-        if (targets && targets[t] >= V)
-            return moexc__fail(err, MOEXC_ERR_ARG, "model forward: targets[%d] = %d >= vocab_size %d", t, targets[t], V);
-    }
-    if ((st = moexc__ensure_acts(m, B, T, err)) != MOEXC_OK) return st;
-    m->B = B;
-    m->T = T;
-    m->backward_ready = 0;
-    m->has_targets = 0;
-    m->layers_done = 0;
-    memcpy(m->tokens, inputs, (size_t)N * sizeof(uint16_t));
-
-    moexc__embedding_forward(m->acts[0].x, m->tokens, m->w.tok_emb, N, d);
-    for (l = 0; l <= last_layer; l++) {
-        moexc__layer_acts *a = &m->acts[l];
-        const moexc__layer_weights *w = &m->w.layer[l];
-        float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
-        /* h = x + Attn(RMSNorm(x)) */
-        moexc__rmsnorm_forward(a->attn_in, a->attn_rms, a->x, w->attn_norm, N, d);
-        moexc_linear_forward(a->q, a->attn_in, w->wq, NULL, N, d, d);
-        moexc_linear_forward(a->k, a->attn_in, w->wk, NULL, N, d, d);
-        moexc_linear_forward(a->v, a->attn_in, w->wv, NULL, N, d, d);
-        moexc__rope_apply(a->q, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
-        moexc__rope_apply(a->k, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
-        moexc__attention_forward(a->att_y, a->att, a->q, a->k, a->v, B, T, H, dh);
-        moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
-        moexc_add(a->h, a->h, a->x, (size_t)N * d);
-        /* y = h + FFN(RMSNorm(h)) */
-        moexc__rmsnorm_forward(a->ffn_in, a->ffn_rms, a->h, w->ffn_norm, N, d);
-        if (c->ffn == MOEXC_FFN_MOE)
-            moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
-        else
-            moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
-                                  N, d, c->d_ff);
-        moexc_add(x_out, a->h, a->ffn_out, (size_t)N * d);
-        m->layers_done = l + 1;
-    }
-    if (last_layer < c->n_layers - 1) return MOEXC_OK;
-
-    moexc__rmsnorm_forward(m->xf, m->xf_rms, m->x_final, m->w.norm, N, d);
-    moexc_linear_forward(m->logits, m->xf, m->w.lm_head, NULL, N, V, d);
-    memset(&m->stats, 0, sizeof(m->stats));
-    if (targets) {
-        memcpy(m->targets, targets, (size_t)N * sizeof(uint16_t));
-        /* loss = mean CE + Σ_ℓ L_lb + Σ_ℓ L_z */
-        m->stats.ce = moexc__crossentropy_forward(m->lse, m->dlogits, m->logits, m->targets, N, V);
-        if (c->ffn == MOEXC_FFN_MOE)
-            for (l = 0; l < c->n_layers; l++) { m->stats.lb += m->acts[l].moe.lb; m->stats.z += m->acts[l].moe.z; }
-        m->stats.loss = m->stats.ce + m->stats.lb + m->stats.z;
-        if (stats) *stats = m->stats;
-        if (!(m->stats.loss == m->stats.loss) || m->stats.loss > DBL_MAX)
-            return moexc__fail(err, MOEXC_ERR_NUMERIC, "model forward: loss is %g (ce %g, lb %g, z %g)",
-                               m->stats.loss, m->stats.ce, m->stats.lb, m->stats.z);
-        m->has_targets = 1;
-        m->backward_ready = 1;
-    } else if (stats) {
-        *stats = m->stats;
-    }
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_model_forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
-                                           int B, int T, moexc_loss_stats *stats, moexc_error *err)
-{
-    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: model is NULL");
-    return moexc__forward(m, inputs, targets, B, T, m->cfg.n_layers - 1, stats, err);
-}
-
-MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
-{
-    const moexc_model_config *c;
-    int B, T, N, d, H, dh, V, l;
-    moexc__moe_dims md;
-    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model backward: model is NULL");
-    if (!m->backward_ready)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model backward: needs a forward with targets first (once per forward)");
-    c = &m->cfg;
-    B = m->B; T = m->T; N = B * T; d = c->d_model; H = c->n_heads; dh = d / H; V = c->vocab_size;
-    md = moexc__moe_dims_of(m);
-    m->backward_ready = 0;
-
-    /* loss -> logits -> final norm -> residual stream */
-    moexc__crossentropy_backward(m->dlogits, m->logits, m->lse, m->targets, N, V);
-    moexc_linear_backward_weight(m->g.lm_head, m->dlogits, m->xf, N, V, d);
-    moexc_linear_backward_input(m->dnorm, m->dlogits, m->w.lm_head, N, V, d, 0);
-    memset(m->dx, 0, (size_t)N * d * sizeof(float));
-    moexc__rmsnorm_backward(m->dx, m->g.norm, m->dnorm, m->x_final, m->w.norm, m->xf_rms, N, d);
-
-    for (l = c->n_layers - 1; l >= 0; l--) {
-        moexc__layer_acts *a = &m->acts[l];
-        const moexc__layer_weights *w = &m->w.layer[l];
-        moexc__layer_weights *g = &m->g.layer[l];
-        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh */
-        memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
-        if (c->ffn == MOEXC_FFN_MOE)
-            moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
-                                m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
-        else
-            moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
-                                   m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
-                                   N, d, c->d_ff);
-        moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
-        /* h = x + Attn(RMSNorm(x)): dx is dh here and becomes dx */
-        moexc_linear_backward_weight(g->wo, m->dx, a->att_y, N, d, d);
-        moexc_linear_backward_input(m->datt_y, m->dx, w->wo, N, d, d, 0);
-        moexc__attention_backward(m->dq, m->dk, m->dv, m->datt, m->datt_y, a->att, a->q, a->k, a->v, B, T, H, dh);
-        moexc__rope_apply(m->dq, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
-        moexc__rope_apply(m->dk, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
-        moexc_linear_backward_weight(g->wq, m->dq, a->attn_in, N, d, d);
-        moexc_linear_backward_weight(g->wk, m->dk, a->attn_in, N, d, d);
-        moexc_linear_backward_weight(g->wv, m->dv, a->attn_in, N, d, d);
-        moexc_linear_backward_input(m->dnorm, m->dq, w->wq, N, d, d, 0);
-        moexc_linear_backward_input(m->dnorm, m->dk, w->wk, N, d, d, 1);
-        moexc_linear_backward_input(m->dnorm, m->dv, w->wv, N, d, d, 1);
-        moexc__rmsnorm_backward(m->dx, g->attn_norm, m->dnorm, a->x, w->attn_norm, a->attn_rms, N, d);
-    }
-    moexc__embedding_backward(m->g.tok_emb, m->dx, m->tokens, N, d);
-    return MOEXC_OK;
-}
-
-MOEXC_DEF const float *moexc_model_logits(const moexc_model *m)
-{
-    return (m && m->fmem && m->layers_done == m->cfg.n_layers) ? m->logits : NULL;
-}
-MOEXC_DEF const float *moexc_model_router_probs(const moexc_model *m, int layer)
-{
-    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done) return NULL;
-    return m->acts[layer].moe.probs;
-}
-MOEXC_DEF const int *moexc_model_router_choices(const moexc_model *m, int layer)
-{
-    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done) return NULL;
-    return m->acts[layer].moe.choice;
-}
-MOEXC_DEF moexc_status moexc_model_router_load(const moexc_model *m, int layer, float *f, float *P, moexc_error *err)
-{
-    int i;
-    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model router load: layer %d has no router output (MoE model, after a forward?)", layer);
-    for (i = 0; i < m->cfg.n_experts; i++) {
-        if (f) f[i] = m->acts[layer].moe.frac[i];
-        if (P) P[i] = m->acts[layer].moe.pmean[i];
-    }
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moexc_error *err)
-{
-    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: model is NULL");
-    if (k == 0) { m->active_k = 0; return MOEXC_OK; }
-    if (m->cfg.ffn != MOEXC_FFN_MOE)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: a dense model has no experts");
-    if (k < 0 || k > m->cfg.top_k)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, top_k = %d]", k, m->cfg.top_k);
-    m->active_k = k == m->cfg.top_k ? 0 : k;
-    m->backward_ready = 0;
-    m->layers_done = 0;   /* the router outputs of the last forward had another k */
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_model_capture(moexc_model *m, const uint16_t *tokens, int B, int T,
-                                           int layer, moexc_site site, float *out, moexc_error *err)
-{
-    moexc_status st;
-    const float *src;
-    if (!m || !out) return moexc__fail(err, MOEXC_ERR_ARG, "model capture: model or out is NULL");
-    if (layer < 0 || layer >= m->cfg.n_layers)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model capture: layer %d not in [0, %d)", layer, m->cfg.n_layers);
-    if (site != MOEXC_SITE_FFN_OUT && site != MOEXC_SITE_RESID)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model capture: unknown site %d", (int)site);
-    if ((st = moexc__forward(m, tokens, NULL, B, T, layer, NULL, err)) != MOEXC_OK) return st;
-    if (site == MOEXC_SITE_FFN_OUT) src = m->acts[layer].ffn_out;
-    else src = layer + 1 < m->cfg.n_layers ? m->acts[layer + 1].x : m->x_final;
-    memcpy(out, src, (size_t)B * T * m->cfg.d_model * sizeof(float));
-    return MOEXC_OK;
-}
-
-/* ---- checkpoints (safetensors) ------------------------------------------- */
-/* Metadata: "moexc.format" = "model", "moexc.version" = "1" and every
-   resolved config field as "moexc.config.<field>" (decimal strings). */
-#define MOEXC__MODEL_FORMAT_VERSION "1"
-#define MOEXC__N_CONFIG_KEYS 16
-
-static void moexc__config_to_meta(const moexc_model_config *c, char vals[MOEXC__N_CONFIG_KEYS][40],
-                                  moexc_st_kv *kv)
-{
-    static const char *const keys[MOEXC__N_CONFIG_KEYS] = {
-        "moexc.config.vocab_size", "moexc.config.d_model", "moexc.config.n_heads", "moexc.config.n_layers",
-        "moexc.config.context", "moexc.config.ffn", "moexc.config.d_ff", "moexc.config.n_experts",
-        "moexc.config.top_k", "moexc.config.d_expert", "moexc.config.gate", "moexc.config.lb_alpha",
-        "moexc.config.z_loss", "moexc.config.tied_head", "moexc.config.init_std", "moexc.config.seed" };
-    int i;
-    snprintf(vals[0], 40, "%d", c->vocab_size);
-    snprintf(vals[1], 40, "%d", c->d_model);
-    snprintf(vals[2], 40, "%d", c->n_heads);
-    snprintf(vals[3], 40, "%d", c->n_layers);
-    snprintf(vals[4], 40, "%d", c->context);
-    snprintf(vals[5], 40, "%d", c->ffn);
-    snprintf(vals[6], 40, "%d", c->d_ff);
-    snprintf(vals[7], 40, "%d", c->n_experts);
-    snprintf(vals[8], 40, "%d", c->top_k);
-    snprintf(vals[9], 40, "%d", c->d_expert);
-    snprintf(vals[10], 40, "%d", c->gate);
-    snprintf(vals[11], 40, "%.9g", (double)c->lb_alpha);
-    snprintf(vals[12], 40, "%.9g", (double)c->z_loss);
-    snprintf(vals[13], 40, "%d", c->tied_head);
-    snprintf(vals[14], 40, "%.9g", (double)c->init_std);
-    snprintf(vals[15], 40, "%llu", (unsigned long long)c->seed);
-    for (i = 0; i < MOEXC__N_CONFIG_KEYS; i++) { kv[i].key = keys[i]; kv[i].value = vals[i]; }
-}
-
-static moexc_status moexc__meta_int(const moexc_st_file *f, const char *path, const char *key, int *v, moexc_error *err)
-{
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    long x;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
-    x = strtol(s, &end, 10);
-    if (end == s || *end || x < INT_MIN || x > INT_MAX)
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an integer", path, key, s);
-    *v = (int)x;
-    return MOEXC_OK;
-}
-static moexc_status moexc__meta_float(const moexc_st_file *f, const char *path, const char *key, float *v, moexc_error *err)
-{
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    double x;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
-    x = strtod(s, &end);
-    if (end == s || *end || !(x == x))
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not a number", path, key, s);
-    *v = (float)x;
-    return MOEXC_OK;
-}
-
-/* Writes the model's tensors and config, plus extra tensors and metadata
-   (a training checkpoint adds its optimiser state this way). */
-static moexc_status moexc__model_save_with(const moexc_model *m, const char *path, const moexc_st_entry *extra, int n_extra,
-                                           const moexc_st_kv *extra_meta, int n_extra_meta, moexc_error *err)
-{
-    char vals[MOEXC__N_CONFIG_KEYS][40];
-    moexc_st_kv *kv;
-    moexc_st_entry *ent;
-    moexc_status st;
-    int i, j, n_kv = 2 + MOEXC__N_CONFIG_KEYS + (n_extra_meta > 0 ? n_extra_meta : 0);
-    int n_ent = m->n_tensors + (n_extra > 0 ? n_extra : 0);
-    if (!path) return moexc__fail(err, MOEXC_ERR_ARG, "model save: path is NULL");
-    kv = (moexc_st_kv *)moexc__calloc((size_t)n_kv, sizeof(*kv));
-    ent = (moexc_st_entry *)moexc__calloc((size_t)n_ent, sizeof(*ent));
-    if (!kv || !ent) {
-        moexc__free(kv);
-        moexc__free(ent);
-        return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
-    }
-    kv[0].key = "moexc.format";
-    kv[0].value = "model";
-    kv[1].key = "moexc.version";
-    kv[1].value = MOEXC__MODEL_FORMAT_VERSION;
-    moexc__config_to_meta(&m->cfg, vals, kv + 2);
-    for (i = 0; i < n_extra_meta; i++) kv[2 + MOEXC__N_CONFIG_KEYS + i] = extra_meta[i];
-    for (i = 0; i < m->n_tensors; i++) {
-        const moexc_param_info *pi = &m->info[i];
-        ent[i].name = pi->name;
-        ent[i].data = m->params + pi->offset;
-        ent[i].ndim = pi->ndim;
-        for (j = 0; j < pi->ndim; j++) ent[i].shape[j] = pi->shape[j];
-    }
-    for (i = 0; i < n_extra; i++) ent[m->n_tensors + i] = extra[i];
-    st = moexc_st_save(path, ent, n_ent, kv, n_kv, err);
-    moexc__free(kv);
-    moexc__free(ent);
-    return st;
-}
-
-MOEXC_DEF moexc_status moexc_model_save(const moexc_model *m, const char *path, moexc_error *err)
-{
-    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model save: model is NULL");
-    return moexc__model_save_with(m, path, NULL, 0, NULL, 0, err);
-}
-
-static void moexc__format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
-{
-    size_t used = 0;
-    int i;
-    buf[0] = '\0';
-    used += (size_t)snprintf(buf, cap, "[");
-    for (i = 0; i < ndim && used < cap; i++)
-        used += (size_t)snprintf(buf + used, cap - used, i ? ",%lld" : "%lld", (long long)shape[i]);
-    if (used < cap) snprintf(buf + used, cap - used, "]");
-}
-
-/* Builds a model from an opened safetensors file: reads the config from the
-   metadata, then every tensor, checking its shape against the config. */
-static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *path, moexc_model **out, moexc_error *err)
-{
-    moexc_model_config c;
-    moexc_model *m = NULL;
-    moexc_status st;
-    const char *s;
-    int64_t head_shape[8];
-    int i, j;
-    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "%s: out is NULL", path);
-    *out = NULL;
-    s = moexc_st_meta(f, "moexc.format");
-    if (!s || strcmp(s, "model") != 0)
-        return moexc__fail(err, s ? MOEXC_ERR_FORMAT : MOEXC_ERR_MISSING,
-                           "%s: metadata 'moexc.format' is %s%s%s, expected \"model\"", path,
-                           s ? "\"" : "absent", s ? s : "", s ? "\"" : "");
-    s = moexc_st_meta(f, "moexc.version");
-    if (!s || strcmp(s, MOEXC__MODEL_FORMAT_VERSION) != 0)
-        return moexc__fail(err, MOEXC_ERR_VERSION, "%s: model format version %s, this build reads " MOEXC__MODEL_FORMAT_VERSION,
-                           path, s ? s : "(absent)");
-    memset(&c, 0, sizeof(c));
-    {
-        const char *seed_s;
-        char *end;
-#define MOEXC__MI(field) if ((st = moexc__meta_int(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
-#define MOEXC__MF(field) if ((st = moexc__meta_float(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
-        MOEXC__MI(vocab_size); MOEXC__MI(d_model); MOEXC__MI(n_heads); MOEXC__MI(n_layers); MOEXC__MI(context);
-        MOEXC__MI(ffn); MOEXC__MI(d_ff); MOEXC__MI(n_experts); MOEXC__MI(top_k); MOEXC__MI(d_expert);
-        MOEXC__MI(gate); MOEXC__MF(lb_alpha); MOEXC__MF(z_loss); MOEXC__MI(tied_head); MOEXC__MF(init_std);
-#undef MOEXC__MI
-#undef MOEXC__MF
-        seed_s = moexc_st_meta(f, "moexc.config.seed");
-        if (!seed_s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key 'moexc.config.seed' is missing", path);
-        c.seed = (uint64_t)strtoull(seed_s, &end, 10);
-        if (end == seed_s || *end)
-            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata 'moexc.config.seed' = \"%s\" is not an integer", path, seed_s);
-    }
-    /* the stored config is a resolved one: a zero that resolution would
-       replace means the file was not written by this library */
-    if (c.vocab_size < 1 || c.d_model < 1 || c.n_heads < 1 || c.n_layers < 1 || c.context < 1 || c.d_ff < 1 ||
-        c.n_experts < 1 || c.top_k < 1 || c.d_expert < 1 || c.lb_alpha == 0.0f || c.init_std <= 0.0f)
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata holds an unresolved or invalid model config", path);
-    if ((st = moexc_model_create(&m, &c, err)) != MOEXC_OK) {
-        if (err) {
-            char msg[sizeof(err->message)];
-            memcpy(msg, err->message, sizeof(msg));
-            return moexc__fail(err, st, "%s: %s", path, msg);
-        }
-        return st;
-    }
-    for (i = 0; i < m->n_tensors; i++) {
-        const moexc_param_info *pi = &m->info[i];
-        int ndim = 0;
-        int64_t shape[8];
-        int same;
-        if ((st = moexc_st_shape(f, pi->name, &ndim, shape, NULL)) != MOEXC_OK) {
-            st = moexc__fail(err, MOEXC_ERR_MISSING, "%s: tensor '%s' is missing", path, pi->name);
-            moexc_model_free(m);
-            return st;
-        }
-        same = ndim == pi->ndim;
-        for (j = 0; same && j < ndim; j++) same = shape[j] == pi->shape[j];
-        if (!same) {
-            char got[128], want[128];
-            moexc__format_shape(got, sizeof(got), ndim, shape);
-            moexc__format_shape(want, sizeof(want), pi->ndim, pi->shape);
-            st = moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, the config expects %s",
-                             path, pi->name, got, want);
-            moexc_model_free(m);
-            return st;
-        }
-        if ((st = moexc_st_read_f32(f, pi->name, m->params + pi->offset, pi->ndim, pi->shape, err)) != MOEXC_OK) {
-            moexc_model_free(m);
-            return st;
-        }
-    }
-    if (c.tied_head && moexc_st_shape(f, "lm_head.weight", &j, head_shape, NULL) == MOEXC_OK) {
-        moexc_model_free(m);
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor 'lm_head.weight' present but the config ties the head to tok_emb",
-                           path);
-    }
-    *out = m;
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_model_load(moexc_model **out, const char *path, moexc_error *err)
-{
-    moexc_st_file *f = NULL;
-    moexc_status st;
-    if (!out || !path) return moexc__fail(err, MOEXC_ERR_ARG, "model load: out or path is NULL");
-    *out = NULL;
-    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
-    st = moexc__model_load_from(f, path, out, err);
-    moexc_st_close(f);
-    return st;
-}
-/* ======================================================================== */
-/* >>train: AdamW, schedule, clipping, batches, evaluation, routing         */
-/* ======================================================================== */
-
-#define MOEXC__LN2 0.69314718055994530942
-
-static void moexc__train_resolve(moexc_train_options *o, const moexc_train_options *in, int context)
-{
-    if (in) *o = *in; else memset(o, 0, sizeof(*o));
-    if (o->lr == 0.0f)            o->lr = 1e-3f;
-    if (o->min_lr_ratio == 0.0f)  o->min_lr_ratio = 0.1f;
-    if (o->min_lr_ratio < 0.0f)   o->min_lr_ratio = 0.0f;
-    if (o->beta1 == 0.0f)         o->beta1 = 0.9f;
-    if (o->beta2 == 0.0f)         o->beta2 = 0.95f;
-    if (o->eps == 0.0f)           o->eps = 1e-8f;
-    if (o->weight_decay == 0.0f)  o->weight_decay = 0.1f;
-    if (o->grad_clip == 0.0f)     o->grad_clip = 1.0f;
-    if (o->total_steps == 0)      o->total_steps = 1000;
-    if (o->warmup_steps == 0)     o->warmup_steps = MOEXC__MAX(1, o->total_steps / 20);
-    if (o->batch_size == 0)       o->batch_size = 8;
-    if (o->seq_len == 0)          o->seq_len = context;
-    if (o->grad_accum == 0)       o->grad_accum = 1;
-    if (o->eval_interval == 0)    o->eval_interval = 100;
-    if (o->eval_batches == 0)     o->eval_batches = 8;
-    if (o->eval_fraction == 0.0f) o->eval_fraction = 0.05f;
-}
-
-MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step)
-{
-    moexc_train_options o;
-    double lr_max, lr_min, s, span;
-    int warmup;
-    moexc__train_resolve(&o, opt, 1);
-    lr_max = o.lr;
-    lr_min = (double)o.min_lr_ratio * lr_max;
-    warmup = o.warmup_steps > 0 ? o.warmup_steps : 0;
-    if (step < warmup) return lr_max * (double)(step + 1) / (double)warmup;
-    /* cosine: lr_min + (lr - lr_min) (1 + cos(pi s / S)) / 2 */
-    s = (double)(step - warmup);
-    span = (double)MOEXC__MAX(1, o.total_steps - warmup);
-    if (s > span) s = span;
-    return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + cos(3.14159265358979323846 * s / span));
-}
-
-/* ---- router statistics ---------------------------------------------------- */
-MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err)
-{
-    const moexc_model_config *c = moexc_model_get_config(m);
-    size_t L, E, D, n;
-    double *block;
-    memset(s, 0, sizeof(*s));
-    if (n_domains < 1 || n_domains > MOEXC_MAX_DOMAINS)
-        return moexc__fail(err, MOEXC_ERR_ARG, "router stats: n_domains %d outside [1, %d]", n_domains, MOEXC_MAX_DOMAINS);
-    s->n_domains = n_domains;
-    if (c->ffn != MOEXC_FFN_MOE) return MOEXC_OK;          /* dense: nothing to count */
-    L = (size_t)c->n_layers; E = (size_t)c->n_experts; D = (size_t)n_domains;
-    n = 4 * L * E + L + 2 * L * D * E;
-    block = (double *)moexc__calloc(n, sizeof(double));
-    if (!block) return moexc__fail(err, MOEXC_ERR_NOMEM, "router stats: out of memory");
-    s->n_layers = c->n_layers; s->n_experts = c->n_experts; s->top_k = c->top_k;
-    s->slot_count   = block;
-    s->prob_sum     = s->slot_count + L * E;
-    s->f            = s->prob_sum + L * E;
-    s->P            = s->f + L * E;
-    s->entropy      = s->P + L * E;
-    s->domain_count = s->entropy + L;
-    s->domain_share = s->domain_count + L * D * E;
-    return MOEXC_OK;
-}
-
-MOEXC_DEF void moexc_router_stats_reset(moexc_router_stats *s)
-{
-    size_t L = (size_t)s->n_layers, E = (size_t)s->n_experts, D = (size_t)s->n_domains;
-    if (s->slot_count) memset(s->slot_count, 0, (4 * L * E + L + 2 * L * D * E) * sizeof(double));
-    s->n_tokens = 0;
-    memset(s->domain_tokens, 0, sizeof(s->domain_tokens));
-}
-
-MOEXC_DEF void moexc_router_stats_free(moexc_router_stats *s)
-{
-    if (!s) return;
-    moexc__free(s->slot_count);
-    memset(s, 0, sizeof(*s));
-}
-
-MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
-                                              const uint8_t *domains, int n, moexc_error *err)
-{
-    int L = s->n_layers, E = s->n_experts, K = s->top_k, D = s->n_domains, l, t, j, e, d;
-    for (t = 0; domains && t < n; t++)
-        if (domains[t] >= D) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: domain label %d >= %d", domains[t], D);
-    for (t = 0; domains && t < n; t++) s->domain_tokens[domains[t]] += 1.0;
-    s->n_tokens += n;
-    for (l = 0; l < L; l++) {
-        const float *p = moexc_model_router_probs(m, l);
-        const int *choice = moexc_model_router_choices(m, l);
-        double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
-        double *dcount = s->domain_count + (size_t)l * D * E;
-        double h = 0.0;
-        if (!p || !choice) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d has no router output", l);
-        for (t = 0; t < n; t++) {
-            for (j = 0; j < K; j++) {
-                e = choice[(size_t)t * K + j];
-                if (e < 0 || e >= E) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d token %d: expert %d", l, t, e);
-                slots[e] += 1.0;
-                if (domains) dcount[(size_t)domains[t] * E + e] += 1.0;
-            }
-            for (e = 0; e < E; e++) psum[e] += p[(size_t)t * E + e];
-        }
-        /* f_e = (1/(kN)) sum_t 1{e in S(t)},  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
-        for (e = 0; e < E; e++) {
-            double f = s->n_tokens > 0 ? slots[e] / ((double)K * s->n_tokens) : 0.0;
-            s->f[(size_t)l * E + e] = f;
-            s->P[(size_t)l * E + e] = s->n_tokens > 0 ? psum[e] / s->n_tokens : 0.0;
-            if (f > 0) h -= f * log(f) / MOEXC__LN2;
-        }
-        s->entropy[l] = h;
-        for (d = 0; d < D; d++)
-            for (e = 0; e < E; e++)
-                s->domain_share[((size_t)l * D + d) * E + e] =
-                    s->domain_tokens[d] > 0 ? dcount[(size_t)d * E + e] / s->domain_tokens[d] : 0.0;
-    }
-    return MOEXC_OK;
-}
-
-/* ---- the trainer ------------------------------------------------------------ */
-/* A run of consecutive positions of the stream that are all training (or all
-   held-out) tokens; windows never cross from one split into the other. */
-typedef struct moexc__run { size_t start, len; } moexc__run;
-
-struct moexc_trainer {
-    moexc_model             *model;
-    const moexc_tokens      *data;
-    moexc_train_options      opt;         /* resolved */
-    int                      step;        /* optimiser steps done */
-    double                   tokens;      /* training tokens processed */
-    moexc_rng                rng;         /* data sampling */
-    float                   *moments;     /* AdamW m then v, each in the parameter layout */
-    size_t                   n_params;
-    uint32_t                 data_crc;    /* fingerprint of the token stream */
-    /* splits */
-    moexc__run              *train_runs, *eval_runs;
-    size_t                   n_train_runs, n_eval_runs;
-    size_t                  *train_cum;   /* cumulative number of window starts per train run */
-    size_t                   n_train_starts;
-    /* batch buffers, B x T each: input and target tokens, their domain labels */
-    uint16_t                *inputs, *targets;
-    uint8_t                 *input_labels, *target_labels;
-    /* evaluation */
-    double                   unigram_nats[MOEXC_MAX_DOMAINS], unigram_tokens[MOEXC_MAX_DOMAINS];
-    double                  *step_slots;  /* [L][E] routing counts of the current step */
-    moexc_router_stats       router;
-    moexc_eval_result        eval;
-};
-
-MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t) { return &t->opt; }
-MOEXC_DEF int          moexc_trainer_step_count(const moexc_trainer *t) { return t->step; }
-MOEXC_DEF moexc_model *moexc_trainer_model(moexc_trainer *t) { return t->model; }
-
-MOEXC_DEF void moexc_trainer_free(moexc_trainer *t)
-{
-    if (!t) return;
-    moexc__free_aligned(t->moments);
-    moexc__free(t->train_runs); moexc__free(t->eval_runs); moexc__free(t->train_cum);
-    moexc__free(t->inputs); moexc__free(t->targets); moexc__free(t->input_labels);
-    moexc__free(t->step_slots);
-    moexc_router_stats_free(&t->router);
-    moexc__free(t);
-}
-
-/* CRC-32 of the tokens and labels as little-endian bytes: identifies the data
-   a checkpoint was trained on. */
-static uint32_t moexc__tokens_fingerprint(const moexc_tokens *d)
-{
-    unsigned char buf[4096];
-    uint32_t crc = 0;
-    size_t i = 0, j;
-    while (i < d->n) {
-        size_t chunk = MOEXC__MIN(d->n - i, sizeof(buf) / 2);
-        for (j = 0; j < chunk; j++) {
-            buf[2 * j] = (unsigned char)(d->tokens[i + j] & 0xFF);
-            buf[2 * j + 1] = (unsigned char)(d->tokens[i + j] >> 8);
-        }
-        crc = moexc__crc32(crc, buf, 2 * chunk);
-        crc = moexc__crc32(crc, d->domains + i, chunk);
-        i += chunk;
-    }
-    return crc;
-}
-
-/* Split the stream: per domain, the last eval_fraction of its tokens (in
-   stream order) are held out. Also fits the per-domain unigram baseline on
-   the training tokens and scores it on the held-out ones. */
-static moexc_status moexc__trainer_split(moexc_trainer *t, moexc_error *err)
-{
-    const moexc_tokens *d = t->data;
-    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS] = {0};
-    size_t i, r, nt = 0, ne = 0, T = (size_t)t->opt.seq_len;
-    int V = d->vocab_size > 0 ? d->vocab_size : 256, dom, v;
-    double *uni = NULL;
-    unsigned char *held = (unsigned char *)moexc__malloc(d->n);
-    if (!held) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (split)");
-    for (i = 0; i < d->n; i++) count[d->domains[i]]++;
-    for (dom = 0; dom < d->n_domains; dom++) {
-        double frac = t->opt.eval_fraction > 0 ? t->opt.eval_fraction : 0.0;
-        cut[dom] = count[dom] - (size_t)floor((double)count[dom] * frac);
-    }
-    for (i = 0; i < d->n; i++) { dom = d->domains[i]; held[i] = seen[dom]++ >= cut[dom]; }
-    /* runs of equal `held`, in two passes: count, then fill */
-    for (r = 0; r < 2; r++) {
-        size_t start = 0, k_t = 0, k_e = 0;
-        for (i = 1; i <= d->n; i++) {
-            if (i < d->n && held[i] == held[start]) continue;
-            if (held[start]) { if (r) { t->eval_runs[k_e].start = start; t->eval_runs[k_e].len = i - start; } k_e++; }
-            else             { if (r) { t->train_runs[k_t].start = start; t->train_runs[k_t].len = i - start; } k_t++; }
-            start = i;
-        }
-        if (r == 0) {
-            nt = k_t; ne = k_e;
-            t->train_runs = (moexc__run *)moexc__calloc(nt ? nt : 1, sizeof(moexc__run));
-            t->eval_runs  = (moexc__run *)moexc__calloc(ne ? ne : 1, sizeof(moexc__run));
-            t->train_cum  = (size_t *)moexc__calloc(nt ? nt : 1, sizeof(size_t));
-            uni = (double *)moexc__calloc((size_t)MOEXC_MAX_DOMAINS * (size_t)V, sizeof(double));
-            if (!t->train_runs || !t->eval_runs || !t->train_cum || !uni) {
-                moexc__free(held); moexc__free(uni);
-                return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (split)");
-            }
-        }
-    }
-    t->n_train_runs = nt; t->n_eval_runs = ne;
-    /* a window of T+1 tokens starting at s needs s + T inside the run */
-    t->n_train_starts = 0;
-    for (r = 0; r < nt; r++) {
-        if (t->train_runs[r].len > T) t->n_train_starts += t->train_runs[r].len - T;
-        t->train_cum[r] = t->n_train_starts;
-    }
-    /* unigram baseline: p(v) = (count_train(v) + 1) / (N_train + V), scored on held-out */
-    for (i = 0; i < d->n; i++)
-        if (!held[i]) uni[(size_t)d->domains[i] * V + d->tokens[i]] += 1.0;
-    for (dom = 0; dom < d->n_domains; dom++) {
-        double total = 0.0;
-        for (v = 0; v < V; v++) total += uni[(size_t)dom * V + v];
-        for (v = 0; v < V; v++) uni[(size_t)dom * V + v] = -log((uni[(size_t)dom * V + v] + 1.0) / (total + V));
-    }
-    for (i = 0; i < d->n; i++)
-        if (held[i]) {
-            dom = d->domains[i];
-            t->unigram_nats[dom] += uni[(size_t)dom * V + d->tokens[i]];
-            t->unigram_tokens[dom] += 1.0;
-        }
-    moexc__free(uni);
-    moexc__free(held);
-    return MOEXC_OK;
-}
-
-static moexc_status moexc__trainer_alloc(moexc_trainer *t, moexc_error *err)
-{
-    const moexc_model_config *c = moexc_model_get_config(t->model);
-    size_t BT = (size_t)t->opt.batch_size * (size_t)t->opt.seq_len;
-    moexc_status st;
-    t->n_params = moexc_model_num_params(t->model);
-    t->moments = moexc__alloc_floats(2 * t->n_params);
-    t->inputs = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
-    t->targets = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
-    t->input_labels = (uint8_t *)moexc__calloc(2 * BT, 1);
-    t->step_slots = (double *)moexc__calloc((size_t)c->n_layers * (size_t)MOEXC__MAX(1, c->n_experts), sizeof(double));
-    if (!t->moments || !t->inputs || !t->targets || !t->input_labels || !t->step_slots)
-        return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
-    t->target_labels = t->input_labels + BT;
-    st = moexc_router_stats_init(&t->router, t->model, t->data->n_domains, err);
-    if (st) return st;
-    t->eval.router = &t->router;
-    return moexc__trainer_split(t, err);
-}
-
-static moexc_status moexc__trainer_check(const moexc_trainer *t, moexc_error *err)
-{
-    const moexc_train_options *o = &t->opt;
-    const moexc_model_config *c = moexc_model_get_config(t->model);
-    const moexc_tokens *d = t->data;
-    if (!(o->lr > 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0))
-        return moexc__fail(err, MOEXC_ERR_ARG, "train options: lr %g must be > 0, betas (%g, %g) in [0, 1), eps %g > 0",
-                           o->lr, o->beta1, o->beta2, o->eps);
-    if (o->total_steps < 1 || o->batch_size < 1 || o->grad_accum < 1 || o->eval_batches < 1)
-        return moexc__fail(err, MOEXC_ERR_ARG, "train options: total_steps %d, batch_size %d, grad_accum %d, eval_batches %d must be >= 1",
-                           o->total_steps, o->batch_size, o->grad_accum, o->eval_batches);
-    if (o->seq_len < 1 || o->seq_len > c->context)
-        return moexc__fail(err, MOEXC_ERR_ARG, "train options: seq_len %d outside [1, context %d]", o->seq_len, c->context);
-    if (!(o->eval_fraction < 0.5f))
-        return moexc__fail(err, MOEXC_ERR_ARG, "train options: eval_fraction %g must be < 0.5", o->eval_fraction);
-    if (!d || d->n == 0 || d->n_domains < 1 || d->n_domains > MOEXC_MAX_DOMAINS)
-        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: empty token stream or bad domain count");
-    if (d->vocab_size > c->vocab_size)
-        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: data vocabulary %d exceeds the model's %d", d->vocab_size, c->vocab_size);
-    {
-        size_t i;
-        for (i = 0; i < d->n; i++)
-            if (d->tokens[i] >= c->vocab_size || d->domains[i] >= d->n_domains)
-                return moexc__fail(err, MOEXC_ERR_ARG, "trainer: token %zu: id %u or domain %u out of range",
-                                   i, (unsigned)d->tokens[i], (unsigned)d->domains[i]);
-    }
-    return MOEXC_OK;
-}
-
-/* Held-out windows: each run cut into windows of T+1 tokens with stride T. */
-static size_t moexc__eval_windows(const moexc_trainer *t)
-{
-    size_t r, total = 0, T = (size_t)t->opt.seq_len;
-    for (r = 0; r < t->n_eval_runs; r++)
-        if (t->eval_runs[r].len > T) total += (t->eval_runs[r].len - 1) / T;
-    return total;
-}
-
-static moexc_status moexc__trainer_new(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
-                                       const moexc_train_options *opt, moexc_error *err)
-{
-    moexc_trainer *t;
-    moexc_status st;
-    *out = NULL;
-    if (!model || !data) return moexc__fail(err, MOEXC_ERR_ARG, "trainer: model and data are required");
-    t = (moexc_trainer *)moexc__calloc(1, sizeof(*t));
-    if (!t) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
-    t->model = model;
-    t->data = data;
-    moexc__train_resolve(&t->opt, opt, moexc_model_get_config(model)->context);
-    if ((st = moexc__trainer_check(t, err)) != MOEXC_OK || (st = moexc__trainer_alloc(t, err)) != MOEXC_OK) {
-        moexc_trainer_free(t);
-        return st;
-    }
-    if (t->opt.eval_interval > 0 && t->n_eval_runs > 0 && moexc__eval_windows(t) == 0) {
-        int window = t->opt.seq_len + 1;
-        moexc_trainer_free(t);
-        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens fits in the data "
-                           "(use more data, a larger eval_fraction, or eval_interval < 0)", window);
-    }
-    if (t->n_train_starts == 0) {
-        int window = t->opt.seq_len + 1;
-        moexc_trainer_free(t);
-        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no training window of %d tokens fits in the data", window);
-    }
-    t->data_crc = moexc__tokens_fingerprint(data);
-    moexc_rng_seed(&t->rng, t->opt.seed);
-    *out = t;
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_trainer_create(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
-                                            const moexc_train_options *opt, moexc_error *err)
-{
-    return moexc__trainer_new(out, model, data, opt, err);
-}
-
-/* Copy the T+1 tokens at s into sequence b of the batch. */
-static void moexc__trainer_fill(moexc_trainer *t, int b, size_t s)
-{
-    size_t T = (size_t)t->opt.seq_len, j;
-    const moexc_tokens *d = t->data;
-    for (j = 0; j < T; j++) {
-        t->inputs[b * T + j] = d->tokens[s + j];
-        t->targets[b * T + j] = d->tokens[s + j + 1];
-        t->input_labels[b * T + j] = d->domains[s + j];
-        t->target_labels[b * T + j] = d->domains[s + j + 1];
-    }
-}
-
-/* B random training windows: a start uniform over all valid starts. */
-static void moexc__trainer_sample(moexc_trainer *t)
-{
-    int b;
-    for (b = 0; b < t->opt.batch_size; b++) {
-        size_t u = (size_t)(moexc_rng_u64(&t->rng) % (uint64_t)t->n_train_starts);  /* bias < n/2^64 */
-        size_t lo = 0, hi = t->n_train_runs - 1, prev;
-        while (lo < hi) {               /* first run whose cumulative count exceeds u */
-            size_t mid = (lo + hi) / 2;
-            if (t->train_cum[mid] > u) hi = mid; else lo = mid + 1;
-        }
-        prev = lo ? t->train_cum[lo - 1] : 0;
-        moexc__trainer_fill(t, b, t->train_runs[lo].start + (u - prev));
-    }
-}
-
-/* AdamW (decoupled weight decay, as torch.optim.AdamW), step t >= 1:
-     theta *= 1 - lr wd            (matrices only)
-     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
-     theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
-static void moexc__adamw(moexc_trainer *t, double lr)
-{
-    const moexc_train_options *o = &t->opt;
-    float *theta = moexc_model_params(t->model), *grad = moexc_model_grads(t->model);
-    float *mom = t->moments, *vel = t->moments + t->n_params;
-    float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
-    double step = (double)(t->step + 1);
-    float step_size = (float)(lr / (1.0 - pow((double)b1, step)));
-    float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, step));
-    int n_tensors = moexc_model_num_tensors(t->model), k;
-    for (k = 0; k < n_tensors; k++) {
-        const moexc_param_info *pi = moexc_model_tensor(t->model, k);
-        float decay = (pi->decay && o->weight_decay > 0) ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
-        float *p = theta + pi->offset, *g = grad + pi->offset, *m = mom + pi->offset, *v = vel + pi->offset;
-        long i, n = (long)pi->size;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n > 32768)
-#endif
-        for (i = 0; i < n; i++) {
-            p[i] *= decay;
-            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-            p[i] -= step_size * (m[i] / (sqrtf(v[i]) / bc2_sqrt + eps));
-        }
-    }
-}
-
-MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err)
-{
-    const moexc_model_config *c = moexc_model_get_config(t->model);
-    const moexc_train_options *o = &t->opt;
-    int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
-    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = c->top_k;
-    float *grad = moexc_model_grads(t->model);
-    size_t i, n = t->n_params;
-    double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
-    moexc_train_progress p;
-    moexc_status st;
-
-    moexc_model_zero_grad(t->model);
-    if (L) memset(t->step_slots, 0, (size_t)L * (size_t)E * sizeof(double));
-    for (a = 0; a < A; a++) {
-        moexc_loss_stats ls;
-        moexc__trainer_sample(t);
-        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK) return st;
-        if ((st = moexc_model_backward(t->model, err)) != MOEXC_OK) return st;
-        sum_loss += ls.loss; sum_ce += ls.ce; sum_lb += ls.lb; sum_z += ls.z;
-        for (l = 0; l < L; l++) {
-            const int *choice = moexc_model_router_choices(t->model, l);
-            for (j = 0; choice && j < B * T * K; j++) t->step_slots[(size_t)l * E + choice[j]] += 1.0;
-        }
-    }
-    /* the step's loss is the mean over micro-batches: average the gradients */
-    if (A > 1) moexc_scale(grad, 1.0f / (float)A, n);
-    for (i = 0; i < n; i++) norm2 += (double)grad[i] * (double)grad[i];
-    norm = sqrt(norm2);
-    if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
-        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d: loss %g, gradient norm %g", t->step + 1, sum_loss / A, norm);
-    /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
-    if (o->grad_clip > 0) {
-        double coef = (double)o->grad_clip / (norm + 1e-6);
-        if (coef < 1.0) moexc_scale(grad, (float)coef, n);
-    }
-    lr = moexc_train_lr(o, t->step);
-    moexc__adamw(t, lr);
-    t->step++;
-    t->tokens += (double)A * B * T;
-
-    memset(&p, 0, sizeof(p));
-    p.step = t->step; p.total_steps = o->total_steps; p.tokens = t->tokens;
-    p.loss = sum_loss / A; p.ce = sum_ce / A; p.lb = sum_lb / A; p.z = sum_z / A;
-    p.lr = lr; p.grad_norm = norm;
-    if (L) {
-        double slots = (double)A * B * T * K;
-        p.usage_min = 1.0;
-        for (l = 0; l < L; l++)
-            for (e = 0; e < E; e++) {
-                double f = t->step_slots[(size_t)l * E + e] / slots;
-                if (f > 0) p.usage_entropy -= f * log(f) / MOEXC__LN2 / L;
-                p.usage_min = MOEXC__MIN(p.usage_min, f);
-                p.usage_max = MOEXC__MAX(p.usage_max, f);
-            }
-    }
-    if (progress) *progress = p;
-    return MOEXC_OK;
-}
-
-/* Held-out windows: every run cut into consecutive windows of T+1 tokens with
-   stride T (so every target is scored once), then eval_batches x B of them
-   picked evenly spaced: deterministic, and proportional to each domain's share. */
-MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval_result **out, moexc_error *err)
-{
-    const moexc_train_options *o = &t->opt;
-    int B = o->batch_size, T = o->seq_len, V = moexc_model_get_config(t->model)->vocab_size, b, dom;
-    int byte_level = t->data->vocab_size == 256 || t->data->vocab_size == 0;
-    size_t r, total = 0, want, w;
-    double nats[MOEXC_MAX_DOMAINS] = {0}, count[MOEXC_MAX_DOMAINS] = {0}, all_nats = 0, all_count = 0, uni_all = 0, uni_n = 0;
-    moexc_eval_result *res = &t->eval;
-    moexc_status st;
-
-    if (out) *out = NULL;
-    total = moexc__eval_windows(t);
-    if (total == 0)
-        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens (eval_fraction %g)", T + 1, o->eval_fraction);
-    want = MOEXC__MIN(total, (size_t)o->eval_batches * (size_t)B);
-    moexc_router_stats_reset(&t->router);
-    for (w = 0; w < want; ) {
-        int nb = (int)MOEXC__MIN((size_t)B, want - w), i;
-        for (b = 0; b < nb; b++, w++) {
-            size_t idx = (size_t)((double)w * (double)total / (double)want), k = idx;  /* evenly spaced */
-            for (r = 0; r < t->n_eval_runs; r++) {
-                size_t cnt = t->eval_runs[r].len > (size_t)T ? (t->eval_runs[r].len - 1) / (size_t)T : 0;
-                if (k < cnt) { moexc__trainer_fill(t, b, t->eval_runs[r].start + k * (size_t)T); break; }
-                k -= cnt;
-            }
-        }
-        if ((st = moexc_model_forward(t->model, t->inputs, NULL, nb, T, NULL, err)) != MOEXC_OK) return st;
-        {
-            const float *logits = moexc_model_logits(t->model);
-            for (i = 0; i < nb * T; i++) {   /* CE = logsumexp(z) - z_target */
-                const float *z = logits + (size_t)i * V;
-                double mx = z[0], s = 0.0, ce;
-                int v;
-                for (v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
-                for (v = 0; v < V; v++) s += exp((double)z[v] - mx);
-                ce = mx + log(s) - (double)z[t->targets[i]];
-                nats[t->target_labels[i]] += ce;
-                count[t->target_labels[i]] += 1.0;
-            }
-        }
-        if ((st = moexc_router_stats_add(&t->router, t->model, t->input_labels, nb * T, err)) != MOEXC_OK) return st;
-    }
-    res->step = t->step;
-    res->n_domains = t->data->n_domains;
-    for (dom = 0; dom < t->data->n_domains; dom++) {
-        moexc_domain_eval *de = &res->domain[dom];
-        de->tokens = count[dom];
-        de->nats = count[dom] > 0 ? nats[dom] / count[dom] : 0.0;
-        de->unigram_nats = t->unigram_tokens[dom] > 0 ? t->unigram_nats[dom] / t->unigram_tokens[dom] : 0.0;
-        de->bits_per_byte = byte_level ? de->nats / MOEXC__LN2 : -1.0;
-        de->unigram_bpb = byte_level ? de->unigram_nats / MOEXC__LN2 : -1.0;
-        all_nats += nats[dom]; all_count += count[dom];
-        uni_all += t->unigram_nats[dom]; uni_n += t->unigram_tokens[dom];
-    }
-    res->all.tokens = all_count;
-    res->all.nats = all_count > 0 ? all_nats / all_count : 0.0;
-    res->all.unigram_nats = uni_n > 0 ? uni_all / uni_n : 0.0;
-    res->all.bits_per_byte = byte_level ? res->all.nats / MOEXC__LN2 : -1.0;
-    res->all.unigram_bpb = byte_level ? res->all.unigram_nats / MOEXC__LN2 : -1.0;
-    if (out) *out = res;
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_trainer_run(moexc_trainer *t, moexc_train_callback cb, void *user, moexc_error *err)
-{
-    while (t->step < t->opt.total_steps) {
-        moexc_train_progress p;
-        moexc_status st = moexc_trainer_step(t, &p, err);
-        int last = t->step == t->opt.total_steps;
-        if (st) return st;
-        if (t->opt.eval_interval > 0 && t->n_eval_runs > 0 && (t->step % t->opt.eval_interval == 0 || last)) {
-            st = moexc_trainer_evaluate(t, &p.eval, err);
-            if (st) return st;
-        }
-        if (cb && cb(&p, user)) break;
-    }
-    return MOEXC_OK;
-}
-
-/* ---- training checkpoints -------------------------------------------------- */
-/* CRC-32 over parameters then moments, as little-endian float bytes. */
-static uint32_t moexc__floats_crc(uint32_t crc, const float *x, size_t n)
-{
-    unsigned char buf[4096];
-    size_t i = 0, j;
-    while (i < n) {
-        size_t chunk = MOEXC__MIN(n - i, sizeof(buf) / 4);
-        for (j = 0; j < chunk; j++) {
-            uint32_t bits;
-            memcpy(&bits, x + i + j, 4);
-            moexc__put_u32le(buf + 4 * j, bits);
-        }
-        crc = moexc__crc32(crc, buf, 4 * chunk);
-        i += chunk;
-    }
-    return crc;
-}
-
-static uint32_t moexc__trainer_state_crc(moexc_trainer *t)
-{
-    uint32_t crc = moexc__floats_crc(0, moexc_model_params(t->model), t->n_params);
-    return moexc__floats_crc(crc, t->moments, 2 * t->n_params);
-}
-
-#define MOEXC__TRAIN_FORMAT "1"
-/* metadata keys, float options as %.9g (exact round trip), integers in decimal */
-enum { MOEXC__TRAIN_NKV = 23 };
-
-MOEXC_DEF moexc_status moexc_trainer_save(const moexc_trainer *tc, const char *path, moexc_error *err)
-{
-    moexc_trainer *t = (moexc_trainer *)tc;   /* reads only: the CRC needs the params pointer */
-    const moexc_train_options *o = &t->opt;
-    int n_tensors = moexc_model_num_tensors(t->model), k, nkv = 0;
-    char vals[MOEXC__TRAIN_NKV][40];
-    moexc_st_kv kv[MOEXC__TRAIN_NKV];
-    moexc_st_entry *ext;
-    char *names;
-    size_t name_cap = 0, used = 0;
-    moexc_status st;
-
-    for (k = 0; k < n_tensors; k++) name_cap += 2 * (strlen(moexc_model_tensor(t->model, k)->name) + 10);
-    ext = (moexc_st_entry *)moexc__calloc((size_t)(2 * n_tensors), sizeof(moexc_st_entry));
-    names = (char *)moexc__malloc(name_cap);
-    if (!ext || !names) { moexc__free(ext); moexc__free(names); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); }
-    for (k = 0; k < 2 * n_tensors; k++) {
-        const moexc_param_info *pi = moexc_model_tensor(t->model, k % n_tensors);
-        int d;
-        ext[k].name = names + used;
-        used += (size_t)sprintf(names + used, "optim.%c.%s", k < n_tensors ? 'm' : 'v', pi->name) + 1;
-        ext[k].data = t->moments + (k < n_tensors ? 0 : t->n_params) + pi->offset;
-        ext[k].ndim = pi->ndim;
-        for (d = 0; d < pi->ndim; d++) ext[k].shape[d] = pi->shape[d];
-    }
-#define MOEXC__KV(key_, fmt_, val_) do { sprintf(vals[nkv], fmt_, val_); kv[nkv].key = key_; kv[nkv].value = vals[nkv]; nkv++; } while (0)
-    MOEXC__KV("moexc.train.format", "%s", MOEXC__TRAIN_FORMAT);
-    MOEXC__KV("moexc.train.step", "%d", t->step);
-    MOEXC__KV("moexc.train.tokens", "%.17g", t->tokens);
-    MOEXC__KV("moexc.train.rng", "%llu", (unsigned long long)t->rng.state);
-    MOEXC__KV("moexc.train.seed", "%llu", (unsigned long long)o->seed);
-    MOEXC__KV("moexc.train.data_crc32", "%lu", (unsigned long)t->data_crc);
-    MOEXC__KV("moexc.train.data_tokens", "%llu", (unsigned long long)t->data->n);
-    MOEXC__KV("moexc.train.state_crc32", "%lu", (unsigned long)moexc__trainer_state_crc(t));
-    MOEXC__KV("moexc.train.lr", "%.9g", (double)o->lr);
-    MOEXC__KV("moexc.train.min_lr_ratio", "%.9g", (double)o->min_lr_ratio);
-    MOEXC__KV("moexc.train.beta1", "%.9g", (double)o->beta1);
-    MOEXC__KV("moexc.train.beta2", "%.9g", (double)o->beta2);
-    MOEXC__KV("moexc.train.eps", "%.9g", (double)o->eps);
-    MOEXC__KV("moexc.train.weight_decay", "%.9g", (double)o->weight_decay);
-    MOEXC__KV("moexc.train.grad_clip", "%.9g", (double)o->grad_clip);
-    MOEXC__KV("moexc.train.warmup_steps", "%d", o->warmup_steps);
-    MOEXC__KV("moexc.train.total_steps", "%d", o->total_steps);
-    MOEXC__KV("moexc.train.batch_size", "%d", o->batch_size);
-    MOEXC__KV("moexc.train.seq_len", "%d", o->seq_len);
-    MOEXC__KV("moexc.train.grad_accum", "%d", o->grad_accum);
-    MOEXC__KV("moexc.train.eval_interval", "%d", o->eval_interval);
-    MOEXC__KV("moexc.train.eval_batches", "%d", o->eval_batches);
-    MOEXC__KV("moexc.train.eval_fraction", "%.9g", (double)o->eval_fraction);
-#undef MOEXC__KV
-    st = moexc__model_save_with(t->model, path, ext, 2 * n_tensors, kv, nkv, err);
-    moexc__free(ext);
-    moexc__free(names);
-    return st;
-}
-
-/* Parse a metadata value of a training checkpoint. */
-static moexc_status moexc__train_meta(const moexc_st_file *f, const char *path, const char *key,
-                                      double *out, moexc_error *err)
-{
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
-    *out = strtod(s, &end);
-    if (end == s || *end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number", path, key, s);
-    return MOEXC_OK;
-}
-
-static moexc_status moexc__train_meta_u64(const moexc_st_file *f, const char *path, const char *key,
-                                          uint64_t *out, moexc_error *err)
-{
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
-    if (*s < '0' || *s > '9') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
-    *out = (uint64_t)strtoull(s, &end, 10);
-    if (*end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
-    return MOEXC_OK;
-}
-
-MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model **model, const char *path,
-                                            const moexc_tokens *data, moexc_error *err)
-{
-    static const char *const float_keys[] = { "lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay",
-                                              "grad_clip", "eval_fraction" };
-    static const char *const int_keys[] = { "warmup_steps", "total_steps", "batch_size", "seq_len",
-                                            "grad_accum", "eval_interval", "eval_batches", "step" };
-    moexc_st_file *f = NULL;
-    moexc_model *m = NULL;
-    moexc_trainer *t = NULL;
-    moexc_train_options o;
-    float *fopt[8];
-    int *iopt[8], step = 0, k, n_tensors;
-    uint64_t rng_state, data_crc, data_tokens, state_crc;
-    double val = 0.0, tokens = 0.0;
-    char key[96];
-    const char *fmt;
-    moexc_status st;
-
-    *trainer = NULL; *model = NULL;
-    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
-    fmt = moexc_st_meta(f, "moexc.train.format");
-    if (!fmt) { st = moexc__fail(err, MOEXC_ERR_MISSING, "%s: no 'moexc.train.format' metadata: a model file, not a training checkpoint", path); goto fail; }
-    if (strcmp(fmt, MOEXC__TRAIN_FORMAT) != 0) { st = moexc__fail(err, MOEXC_ERR_VERSION, "%s: training checkpoint format '%s', this build reads '%s'", path, fmt, MOEXC__TRAIN_FORMAT); goto fail; }
-    memset(&o, 0, sizeof(o));
-    fopt[0] = &o.lr; fopt[1] = &o.min_lr_ratio; fopt[2] = &o.beta1; fopt[3] = &o.beta2; fopt[4] = &o.eps;
-    fopt[5] = &o.weight_decay; fopt[6] = &o.grad_clip; fopt[7] = &o.eval_fraction;
-    iopt[0] = &o.warmup_steps; iopt[1] = &o.total_steps; iopt[2] = &o.batch_size; iopt[3] = &o.seq_len;
-    iopt[4] = &o.grad_accum; iopt[5] = &o.eval_interval; iopt[6] = &o.eval_batches; iopt[7] = &step;
-    for (k = 0; k < 8; k++) {
-        sprintf(key, "moexc.train.%s", float_keys[k]);
-        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
-        *fopt[k] = (float)val;
-        sprintf(key, "moexc.train.%s", int_keys[k]);
-        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
-        if (val != floor(val) || val < -2147483647.0 || val > 2147483647.0) {
-            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an int", path, key, val);
-            goto fail;
-        }
-        *iopt[k] = (int)val;
-    }
-    if ((st = moexc__train_meta(f, path, "moexc.train.tokens", &tokens, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.seed", &o.seed, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.data_crc32", &data_crc, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.data_tokens", &data_tokens, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
-        goto fail;
-    if (step < 0 || step > o.total_steps) { st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: step %d outside [0, total_steps %d]", path, step, o.total_steps); goto fail; }
-    if ((st = moexc__model_load_from(f, path, &m, err)) != MOEXC_OK) goto fail;
-    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) goto fail;
-    if (data_tokens != (uint64_t)data->n || data_crc != (uint64_t)t->data_crc) {
-        st = moexc__fail(err, MOEXC_ERR_ARG, "%s: trained on other data (%llu tokens, CRC %08lx; given %llu tokens, CRC %08lx)",
-                         path, (unsigned long long)data_tokens, (unsigned long)data_crc,
-                         (unsigned long long)data->n, (unsigned long)t->data_crc);
-        goto fail;
-    }
-    n_tensors = moexc_model_num_tensors(m);
-    for (k = 0; k < 2 * n_tensors; k++) {
-        const moexc_param_info *pi = moexc_model_tensor(m, k % n_tensors);
-        char name[256];
-        if (strlen(pi->name) + 10 > sizeof(name)) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor name too long", path); goto fail; }
-        sprintf(name, "optim.%c.%s", k < n_tensors ? 'm' : 'v', pi->name);
-        st = moexc_st_read_f32(f, name, t->moments + (k < n_tensors ? 0 : t->n_params) + pi->offset, pi->ndim, pi->shape, err);
-        if (st) goto fail;
-    }
-    if (moexc__trainer_state_crc(t) != (uint32_t)state_crc) {
-        st = moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: parameters and optimiser moments do not match their CRC-32 (corrupted file)", path);
-        goto fail;
-    }
-    t->step = step;
-    t->tokens = tokens;
-    t->rng.state = rng_state;
-    moexc_st_close(f);
-    *trainer = t; *model = m;
-    return MOEXC_OK;
-fail:
-    moexc_trainer_free(t);
-    moexc_model_free(m);
-    moexc_st_close(f);
-    return st;
-}
-
-/* ---- sampling ------------------------------------------------------------ */
-static int moexc__cmp_float_desc(const void *a, const void *b)
-{
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
-}
-
-MOEXC_DEF moexc_status moexc_generate(moexc_model *m, const uint16_t *prompt, int n_prompt, int n_new,
-                                      float temperature, int top_k, moexc_rng *rng, uint16_t *out,
-                                      moexc_error *err)
-{
-    const moexc_model_config *c = moexc_model_get_config(m);
-    int V = c->vocab_size, ctx = c->context, total = n_prompt + n_new, len, i, v;
-    uint16_t *seq;
-    float *prob;
-    moexc_status st = MOEXC_OK;
-    if (n_prompt < 1 || n_new < 0 || !prompt || !out || (temperature > 0 && !rng))
-        return moexc__fail(err, MOEXC_ERR_ARG, "generate: need a prompt of >= 1 token (got %d), n_new >= 0 and an rng", n_prompt);
-    for (i = 0; i < n_prompt; i++)
-        if (prompt[i] >= V) return moexc__fail(err, MOEXC_ERR_ARG, "generate: prompt token %d = %u >= vocabulary %d", i, (unsigned)prompt[i], V);
-    seq = (uint16_t *)moexc__calloc((size_t)total, sizeof(uint16_t));
-    prob = (float *)moexc__calloc((size_t)V, sizeof(float));
-    if (!seq || !prob) { moexc__free(seq); moexc__free(prob); return moexc__fail(err, MOEXC_ERR_NOMEM, "generate: out of memory"); }
-    memcpy(seq, prompt, (size_t)n_prompt * sizeof(uint16_t));
-    for (len = n_prompt; len < total; len++) {
-        int T = MOEXC__MIN(len, ctx), best = 0, keep;
-        float thresh;
-        const float *z;
-        double sum = 0.0, u;
-        if ((st = moexc_model_forward(m, seq + len - T, NULL, 1, T, NULL, err)) != MOEXC_OK) break;
-        z = moexc_model_logits(m) + (size_t)(T - 1) * V;
-        for (v = 1; v < V; v++) if (z[v] > z[best]) best = v;
-        if (temperature <= 0) { seq[len] = (uint16_t)best; continue; }
-        /* top-k: keep the logits >= the k-th largest */
-        keep = (top_k > 0 && top_k < V) ? top_k : V;
-        memcpy(prob, z, (size_t)V * sizeof(float));
-        qsort(prob, (size_t)V, sizeof(float), moexc__cmp_float_desc);
-        thresh = prob[keep - 1];
-        for (v = 0; v < V; v++) {   /* softmax(z / temperature) over the kept tokens */
-            prob[v] = z[v] >= thresh ? (float)exp(((double)z[v] - z[best]) / temperature) : 0.0f;
-            sum += prob[v];
-        }
-        u = moexc_rng_uniform(rng) * sum;
-        seq[len] = (uint16_t)best;
-        for (v = 0; v < V; v++) {
-            if (prob[v] <= 0) continue;
-            if (u < prob[v]) { seq[len] = (uint16_t)v; break; }
-            u -= prob[v];
-        }
-    }
-    if (!st) memcpy(out, seq + n_prompt, (size_t)n_new * sizeof(uint16_t));
-    moexc__free(seq);
-    moexc__free(prob);
-    return st;
-}
-/* ======================================================================== */
 /* Data and checkpoints: >>data (tokens, token files, built-in corpus) and    */
 /* >>checkpoint (JSON, safetensors).                                          */
 /* ======================================================================== */
@@ -6761,6 +4678,2134 @@ done:
     return st;
 }
 /* ======================================================================== */
+/* >>layers: embedding, RMSNorm, attention + RoPE, SwiGLU, MoE, losses       */
+/* ======================================================================== */
+/* Shapes: B sequences, T tokens each, N = B*T rows, d width, H heads of
+   dh = d/H, h a SwiGLU hidden width, E experts, k active experts, V vocab.
+   Activations are row-major (N, width); the heads of q, k, v sit side by side
+   in a row (token t, head j at columns j*dh .. j*dh+dh-1).
+   Every _forward has a _backward that ADDS into parameter gradients; input
+   gradients add as well unless the comment says "overwritten". */
+
+#define MOEXC__RMS_EPS 1e-6f
+#define MOEXC__ROPE_THETA 10000.0
+#define MOEXC__ATT_PAR_MIN 131072.0   /* multiply-adds of one attention GEMM set worth a parallel region */
+
+/* ---- embedding ----------------------------------------------------------- */
+/* x (N,d) = tok_emb[tokens]; tokens (N), tok_emb (V,d) */
+static void moexc__embedding_forward(float *x, const uint16_t *tokens, const float *tok_emb, int N, int d)
+{
+    int t;
+    for (t = 0; t < N; t++)
+        memcpy(x + (size_t)t * d, tok_emb + (size_t)tokens[t] * d, (size_t)d * sizeof(float));
+}
+/* dtok_emb[tokens[t]] += dx[t] */
+static void moexc__embedding_backward(float *dtok_emb, const float *dx, const uint16_t *tokens, int N, int d)
+{
+    int t;
+    for (t = 0; t < N; t++)
+        moexc_axpy(dtok_emb + (size_t)tokens[t] * d, 1.0f, dx + (size_t)t * d, (size_t)d);
+}
+
+/* ---- RMSNorm ------------------------------------------------------------- */
+/* y (N,d) = g ⊙ x / sqrt(mean(x²) + 1e-6); inv_rms (N) = r_t kept for backward */
+static void moexc__rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *g, int N, int d)
+{
+    moexc_rmsnorm_rows(y, inv_rms, x, g, N, d, MOEXC__RMS_EPS);
+}
+/* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
+                         dg_j += Σ_t dy_j x_j r.                          */
+static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
+                                    const float *inv_rms, int N, int d)
+{
+    int t, j;
+    for (t = 0; t < N; t++) {
+        const float *xt = x + (size_t)t * d, *dyt = dy + (size_t)t * d;
+        float *dxt = dx + (size_t)t * d;
+        float r = inv_rms[t], c;
+        double dot = 0.0;
+        for (j = 0; j < d; j++) dot += (double)g[j] * dyt[j] * xt[j];
+        c = (float)((double)r * r * r * dot / d);
+        for (j = 0; j < d; j++) {
+            dxt[j] += r * g[j] * dyt[j] - c * xt[j];
+            dg[j] += dyt[j] * xt[j] * r;
+        }
+    }
+}
+
+/* ---- rotary position embedding (RoPE, rotate-half pairing) --------------- */
+/* Tables (context, dh/2): θ_{t,i} = t · 10000^(−2i/dh), computed in double. */
+static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int dh)
+{
+    int t, i, half = dh / 2;
+    for (t = 0; t < context; t++)
+        for (i = 0; i < half; i++) {
+            double angle = (double)t * pow(MOEXC__ROPE_THETA, -2.0 * i / dh);
+            cos_tab[(size_t)t * half + i] = (float)cos(angle);
+            sin_tab[(size_t)t * half + i] = (float)sin(angle);
+        }
+}
+/* x (B,T,H·dh) in place. Dim i pairs with i + dh/2 at position t:
+     forward:  (x1, x2) <- (x1 cos θ − x2 sin θ,  x1 sin θ + x2 cos θ)
+     backward (inverse = 1) applies the transpose, i.e. the rotation by −θ,
+     which maps the gradient w.r.t. the rotated vector to the one w.r.t. x. */
+static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_tab,
+                              int B, int T, int H, int dh, int inverse)
+{
+    int b, t, h, i, half = dh / 2, d = H * dh;
+    float sign = inverse ? -1.0f : 1.0f;
+    for (b = 0; b < B; b++)
+        for (t = 0; t < T; t++) {
+            const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
+            for (h = 0; h < H; h++) {
+                float *v = x + ((size_t)b * T + t) * d + (size_t)h * dh;
+                for (i = 0; i < half; i++) {
+                    float x1 = v[i], x2 = v[i + half], sn = sign * s[i];
+                    v[i]        = x1 * c[i] - x2 * sn;
+                    v[i + half] = x1 * sn + x2 * c[i];
+                }
+            }
+        }
+}
+
+/* ---- causal multi-head self-attention ------------------------------------ */
+/* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
+   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
+   diagonal); y (B,T,d) = P v per head (overwritten). One GEMM for q kᵀ and
+   one for P v per (batch, head). */
+static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
+                                     int B, int T, int H, int dh)
+{
+    int bh, d = H * dh;
+    float scale = 1.0f / sqrtf((float)dh);
+#ifdef _OPENMP
+    /* one (batch, head) per iteration: disjoint outputs, so any thread count
+       gives the same bits; small problems stay serial (a parallel region
+       costs more than it saves) */
+#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+#endif
+    for (bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H, t;
+        size_t off = (size_t)b * T * d + (size_t)h * dh;
+        float *P = att + (size_t)bh * T * T;
+        /* S = q kᵀ / sqrt(dh)  (T,T) */
+        moexc_sgemm(0, 1, T, T, dh, scale, q + off, d, k + off, d, 0.0f, P, T);
+        /* causal softmax, max subtracted: row t sees keys 0..t */
+        for (t = 0; t < T; t++) {
+            float *row = P + (size_t)t * T;
+            moexc_softmax_rows(row, row, 1, t + 1);
+            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        /* y = P v  (T,dh) */
+        moexc_sgemm(0, 0, T, dh, T, 1.0f, P, T, v + off, d, 0.0f, y + off, d);
+    }
+}
+/* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
+   datt (B,H,T,T) is scratch.
+     dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
+     dq = dS k,   dk = dSᵀ q. */
+static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
+                                      const float *att, const float *q, const float *k, const float *v,
+                                      int B, int T, int H, int dh)
+{
+    int bh, d = H * dh;
+    float scale = 1.0f / sqrtf((float)dh);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+#endif
+    for (bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H, t, j;
+        size_t off = (size_t)b * T * d + (size_t)h * dh;
+        const float *P = att + (size_t)bh * T * T;
+        float *dS = datt + (size_t)bh * T * T;
+        moexc_sgemm(0, 1, T, T, dh, 1.0f, dy + off, d, v + off, d, 0.0f, dS, T);   /* dP */
+        moexc_sgemm(1, 0, T, dh, T, 1.0f, P, T, dy + off, d, 0.0f, dv + off, d);
+        for (t = 0; t < T; t++) {
+            const float *p = P + (size_t)t * T;
+            float *ds = dS + (size_t)t * T;
+            double dot = 0.0;
+            for (j = 0; j <= t; j++) dot += (double)p[j] * ds[j];
+            for (j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - (float)dot) * scale;
+            for (; j < T; j++) ds[j] = 0.0f;
+        }
+        moexc_sgemm(0, 0, T, dh, T, 1.0f, dS, T, k + off, d, 0.0f, dq + off, d);
+        moexc_sgemm(1, 0, T, dh, T, 1.0f, dS, T, q + off, d, 0.0f, dk + off, d);
+    }
+}
+
+/* ---- SwiGLU feed-forward (the dense FFN and every expert) ---------------- */
+/* u (M,d); w_gate, w_up (h,d); w_down (d,h).
+   gate = u W_gateᵀ, up = u W_upᵀ, act = silu(gate) ⊙ up (all (M,h), kept);
+   out (M,d) = act W_downᵀ (overwritten).  FFN(u) = W_down(silu(W_gate u) ⊙ W_up u). */
+static void moexc__swiglu_forward(float *out, float *gate, float *up, float *act, const float *u,
+                                  const float *w_gate, const float *w_up, const float *w_down,
+                                  int M, int d, int h)
+{
+    size_t n = (size_t)M * h;
+    if (M <= 0) return;
+    moexc_linear_forward(gate, u, w_gate, NULL, M, h, d);
+    moexc_linear_forward(up, u, w_up, NULL, M, h, d);
+    moexc_silu(act, gate, n);
+    moexc_mul(act, act, up, n);
+    moexc_linear_forward(out, act, w_down, NULL, M, d, h);
+}
+/* dout (M,d) -> du (M,d) (overwritten, or added when accumulate);
+   dw_gate, dw_up (h,d), dw_down (d,h) accumulate; dact, dgate, dup (M,h) scratch.
+     dW_down += doutᵀ act,  dact = dout W_down,
+     dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ dact ⊙ up,
+     dW_gate += dgateᵀ u,  dW_up += dupᵀ u,  du = dgate W_gate + dup W_up. */
+static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, float *dw_up, float *dw_down,
+                                   float *dact, float *dgate, float *dup, const float *dout, const float *u,
+                                   const float *gate, const float *up, const float *act,
+                                   const float *w_gate, const float *w_up, const float *w_down,
+                                   int M, int d, int h)
+{
+    size_t n = (size_t)M * h;
+    if (M <= 0) return;
+    moexc_linear_backward_weight(dw_down, dout, act, M, d, h);
+    moexc_linear_backward_input(dact, dout, w_down, M, d, h, 0);
+    moexc_silu(dup, gate, n);
+    moexc_mul(dup, dup, dact, n);
+    moexc_mul(dact, dact, up, n);
+    moexc_silu_backward(dgate, gate, dact, n);
+    moexc_linear_backward_weight(dw_gate, dgate, u, M, h, d);
+    moexc_linear_backward_weight(dw_up, dup, u, M, h, d);
+    moexc_linear_backward_input(du, dgate, w_gate, M, h, d, accumulate);
+    moexc_linear_backward_input(du, dup, w_up, M, h, d, 1);
+}
+
+/* ---- Mixture-of-Experts feed-forward (dropless top-k routing) ------------ */
+typedef struct moexc__moe_acts {
+    float *logits, *probs;      /* (N,E)  z = u W_rᵀ, p = softmax(z)                 */
+    float *lse;                 /* (N)    logsumexp z_t (router z-loss)              */
+    int   *choice;              /* (N,k)  S(t), descending p, lowest index on ties   */
+    float *weight;              /* (N,k)  gate w_ti                                  */
+    int   *expert_offset;       /* (E+1)  assignments grouped by expert              */
+    int   *expert_cursor;       /* (E)    scratch                                    */
+    int   *assign_token;        /* (N*k)  token of each grouped assignment           */
+    int   *token_assign;        /* (N*k)  grouped assignment of (t, slot)            */
+    float *xg;                  /* (N*k,d)   gathered inputs                         */
+    float *gate, *up, *act;     /* (N*k,h_e) expert SwiGLU internals                 */
+    float *eo;                  /* (N*k,d)   unweighted expert outputs               */
+    float *frac;                /* (E)  f_i = (1/(kN)) Σ_t 1{i ∈ S(t)}               */
+    float *pmean;               /* (E)  P_i = (1/N) Σ_t p_ti                         */
+    double lb, z;               /* this layer's L_lb and L_z (weights included)      */
+} moexc__moe_acts;
+
+typedef struct moexc__moe_scratch {
+    float *d_eo, *d_xg;                 /* (N*k,d)   */
+    float *d_act, *d_gate, *d_up;       /* (N*k,h_e) */
+    float *dp, *dz;                     /* (N,E)     */
+    float *dw;                          /* (N,k)     */
+} moexc__moe_scratch;
+
+/* The hyper-parameters a MoE layer needs. */
+typedef struct moexc__moe_dims {
+    int d, E, k, h;
+    int renorm;        /* 1: w = p / Σ_S p;  0: w = p                   */
+    float lb_alpha;    /* α of the Switch loss (0 = off)                */
+    float z_weight;    /* weight of the router z-loss (0 = off)         */
+} moexc__moe_dims;
+
+/* u (N,d) -> out (N,d) (overwritten).
+   w_router (E,d); w_gate, w_up (E,h,d); w_down (E,d,h).
+     z = u W_rᵀ,  p = softmax(z),  S(t) = the k largest p (lowest index wins ties),
+     out_t = Σ_{i∈S(t)} w_ti Expert_i(u_t),  w = p (raw) or p / Σ_{j∈S} p_j (renorm).
+   Tokens are grouped by expert (gather), each expert runs one SwiGLU over
+   its tokens, outputs are combined per token in slot order (deterministic).
+   Also fills the Switch loss L_lb = α E Σ_i f_i P_i and L_z = w_z mean_t lse_t². */
+static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, const float *w_router,
+                               const float *w_gate, const float *w_up, const float *w_down,
+                               int N, const moexc__moe_dims *md)
+{
+    int d = md->d, E = md->E, k = md->k, h = md->h;
+    int t, s, i, e;
+    double lb = 0.0, zsum = 0.0;
+
+    moexc_linear_forward(a->logits, u, w_router, NULL, N, E, d);
+    moexc_softmax_rows(a->probs, a->logits, N, E);
+
+    for (i = 0; i <= E; i++) a->expert_offset[i] = 0;
+    for (t = 0; t < N; t++) {
+        const float *p = a->probs + (size_t)t * E, *z = a->logits + (size_t)t * E;
+        int *ch = a->choice + (size_t)t * k;
+        float *w = a->weight + (size_t)t * k;
+        double zmax = z[0], zs = 0.0, psum = 0.0;
+        /* top-k by repeated arg-max; the strict '>' keeps the lowest index on ties */
+        for (s = 0; s < k; s++) {
+            int best = -1, prev;
+            for (i = 0; i < E; i++) {
+                int taken = 0;
+                for (prev = 0; prev < s; prev++) taken |= ch[prev] == i;
+                if (!taken && (best < 0 || p[i] > p[best])) best = i;
+            }
+            ch[s] = best;
+            w[s] = p[best];
+            psum += p[best];
+            a->expert_offset[best + 1]++;
+        }
+        if (md->renorm)
+            for (s = 0; s < k; s++) w[s] = (float)(w[s] / psum);
+        /* lse_t = max z + log Σ exp(z − max z) */
+        for (i = 1; i < E; i++) if (z[i] > zmax) zmax = z[i];
+        for (i = 0; i < E; i++) zs += exp((double)z[i] - zmax);
+        a->lse[t] = (float)(zmax + log(zs));
+        zsum += (double)a->lse[t] * a->lse[t];
+    }
+    /* group the N*k assignments by expert, tokens ascending within an expert */
+    for (e = 0; e < E; e++) a->expert_offset[e + 1] += a->expert_offset[e];
+    for (e = 0; e < E; e++) a->expert_cursor[e] = a->expert_offset[e];
+    for (t = 0; t < N; t++)
+        for (s = 0; s < k; s++) {
+            int slot = a->expert_cursor[a->choice[(size_t)t * k + s]]++;
+            a->assign_token[slot] = t;
+            a->token_assign[(size_t)t * k + s] = slot;
+        }
+    for (s = 0; s < N * k; s++)
+        memcpy(a->xg + (size_t)s * d, u + (size_t)a->assign_token[s] * d, (size_t)d * sizeof(float));
+    for (e = 0; e < E; e++) {
+        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
+        moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
+                              a->act + (size_t)o * h, a->xg + (size_t)o * d,
+                              w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
+                              n_e, d, h);
+    }
+    /* scatter-add: out_t = Σ_s w_ts eo[(t, s)] */
+    for (t = 0; t < N; t++) {
+        float *ot = out + (size_t)t * d;
+        memset(ot, 0, (size_t)d * sizeof(float));
+        for (s = 0; s < k; s++)
+            moexc_axpy(ot, a->weight[(size_t)t * k + s], a->eo + (size_t)a->token_assign[(size_t)t * k + s] * d,
+                       (size_t)d);
+    }
+    /* Switch load balancing: f_i = count_i / (kN) (a constant), P_i = mean_t p_ti */
+    for (i = 0; i < E; i++) {
+        double pm = 0.0;
+        for (t = 0; t < N; t++) pm += a->probs[(size_t)t * E + i];
+        a->pmean[i] = (float)(pm / N);
+        a->frac[i] = (float)((double)(a->expert_offset[i + 1] - a->expert_offset[i]) / ((double)k * N));
+        lb += (double)a->frac[i] * pm / N;
+    }
+    a->lb = md->lb_alpha > 0.0f ? md->lb_alpha * (double)E * lb : 0.0;
+    a->z = md->z_weight > 0.0f ? md->z_weight * zsum / N : 0.0;
+}
+
+/* dout (N,d) -> du (N,d) (added); gradients of W_r (E,d), W_gate, W_up
+   (E,h,d), W_down (E,d,h) accumulate.
+     dw_ts = dout_t · Expert_i(u_t),   d Expert_i(u_t) = w_ts dout_t,
+     raw:    dp_ti += dw_ti                         (i ∈ S(t))
+     renorm: dp_tj += (dw_tj − Σ_{i∈S} dw_ti w_ti) / Σ_{i∈S} p_ti   (j ∈ S(t))
+     Switch: dp_ti += α E f_i / N                   (all i, f constant)
+     softmax: dz_t = p_t ⊙ (dp_t − p_t·dp_t)
+     z-loss: dz_t += w_z · 2 lse_t / N · p_t        (∂lse/∂z = p)
+     dW_r += dzᵀ u,  du += dz W_r + scatter of the experts' input gradients. */
+static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, float *dw_up, float *dw_down,
+                                const moexc__moe_scratch *sc, const moexc__moe_acts *a,
+                                const float *dout, const float *u, const float *w_router,
+                                const float *w_gate, const float *w_up, const float *w_down,
+                                int N, const moexc__moe_dims *md)
+{
+    int d = md->d, E = md->E, k = md->k, h = md->h;
+    int t, s, i, e;
+    for (t = 0; t < N; t++)
+        for (s = 0; s < k; s++) {
+            size_t ts = (size_t)t * k + s, slot = (size_t)a->token_assign[ts];
+            const float *dot_ = dout + (size_t)t * d;
+            float *deo = sc->d_eo + slot * d;
+            int j;
+            sc->dw[ts] = moexc_dot(dot_, a->eo + slot * d, (size_t)d);
+            for (j = 0; j < d; j++) deo[j] = a->weight[ts] * dot_[j];
+        }
+    for (e = 0; e < E; e++) {
+        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
+        moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
+                               dw_gate + (size_t)e * h * d, dw_up + (size_t)e * h * d, dw_down + (size_t)e * d * h,
+                               sc->d_act + (size_t)o * h, sc->d_gate + (size_t)o * h, sc->d_up + (size_t)o * h,
+                               sc->d_eo + (size_t)o * d, a->xg + (size_t)o * d,
+                               a->gate + (size_t)o * h, a->up + (size_t)o * h, a->act + (size_t)o * h,
+                               w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
+                               n_e, d, h);
+    }
+    for (t = 0; t < N; t++)
+        for (s = 0; s < k; s++)
+            moexc_axpy(du + (size_t)t * d, 1.0f, sc->d_xg + (size_t)a->token_assign[(size_t)t * k + s] * d,
+                       (size_t)d);
+    /* router: gate gradient -> dp -> softmax -> dz */
+    for (t = 0; t < N; t++) {
+        const float *p = a->probs + (size_t)t * E, *w = a->weight + (size_t)t * k, *dw = sc->dw + (size_t)t * k;
+        const int *ch = a->choice + (size_t)t * k;
+        float *dp = sc->dp + (size_t)t * E, *dz = sc->dz + (size_t)t * E;
+        double pdp = 0.0;
+        for (i = 0; i < E; i++)
+            dp[i] = md->lb_alpha > 0.0f ? md->lb_alpha * (float)E * a->frac[i] / (float)N : 0.0f;
+        if (md->renorm) {
+            double psum = 0.0, c = 0.0;
+            for (s = 0; s < k; s++) { psum += p[ch[s]]; c += (double)dw[s] * w[s]; }
+            for (s = 0; s < k; s++) dp[ch[s]] += (float)((dw[s] - c) / psum);
+        } else {
+            for (s = 0; s < k; s++) dp[ch[s]] += dw[s];
+        }
+        for (i = 0; i < E; i++) pdp += (double)p[i] * dp[i];
+        for (i = 0; i < E; i++) {
+            dz[i] = p[i] * (dp[i] - (float)pdp);
+            if (md->z_weight > 0.0f) dz[i] += md->z_weight * 2.0f * a->lse[t] / (float)N * p[i];
+        }
+    }
+    moexc_linear_backward_weight(dw_router, sc->dz, u, N, E, d);
+    moexc_linear_backward_input(du, sc->dz, w_router, N, E, d, 1);
+}
+
+/* ---- cross-entropy ------------------------------------------------------- */
+/* logits (N,V), targets (N): loss = mean_t (lse_t − z_{t,y_t}),
+   lse_t = max z_t + log Σ exp(z_t − max z_t), kept in lse (N). Returns the
+   loss; dlogits (N,V) serves as scratch here. */
+static double moexc__crossentropy_forward(float *lse, float *scratch, const float *logits, const uint16_t *targets,
+                                          int N, int V)
+{
+    double total = 0.0;
+    int t, j;
+    for (t = 0; t < N; t++) {
+        const float *z = logits + (size_t)t * V;
+        float *e = scratch + (size_t)t * V;
+        float m = moexc_max(z, (size_t)V);
+        for (j = 0; j < V; j++) e[j] = z[j] - m;
+        moexc_exp(e, e, (size_t)V);
+        lse[t] = m + (float)log((double)moexc_sum(e, (size_t)V));
+        total += (double)lse[t] - z[targets[t]];
+    }
+    return total / N;
+}
+/* dlogits (N,V) overwritten = (softmax(z) − onehot(y)) / N, softmax = exp(z − lse) */
+static void moexc__crossentropy_backward(float *dlogits, const float *logits, const float *lse,
+                                         const uint16_t *targets, int N, int V)
+{
+    int t, j;
+    float inv_n = 1.0f / (float)N;
+    for (t = 0; t < N; t++) {
+        const float *z = logits + (size_t)t * V;
+        float *g = dlogits + (size_t)t * V;
+        for (j = 0; j < V; j++) g[j] = z[j] - lse[t];
+        moexc_exp(g, g, (size_t)V);
+        g[targets[t]] -= 1.0f;
+        moexc_scale(g, inv_n, (size_t)V);
+    }
+}
+
+/* ======================================================================== */
+/* >>model: dense and MoE transformers, parameter layout                    */
+/* ======================================================================== */
+
+#define MOEXC__NAME_MAX 64
+
+/* Named views into the flat parameter (or gradient) array. */
+typedef struct moexc__layer_weights {
+    float *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm;   /* (d), (d,d) x4, (d) */
+    float *router;                                     /* MoE (E,d)          */
+    float *w_gate, *w_up, *w_down;   /* dense (h,d),(h,d),(d,h); MoE (E,h_e,d),(E,h_e,d),(E,d,h_e) */
+} moexc__layer_weights;
+
+typedef struct moexc__weights {
+    float *tok_emb;                  /* (V,d)                                   */
+    moexc__layer_weights *layer;     /* L                                        */
+    float *norm;                     /* (d)                                      */
+    float *lm_head;                  /* (V,d); == tok_emb when tied              */
+} moexc__weights;
+
+/* Per-layer activations kept from forward for backward. */
+typedef struct moexc__layer_acts {
+    float *x;                        /* (N,d) residual entering the block         */
+    float *attn_in, *attn_rms;       /* (N,d) RMSNorm(x), (N) its 1/rms          */
+    float *q, *k, *v;                /* (N,d) q, k rotated                        */
+    float *att;                      /* (B,H,T,T) attention probabilities         */
+    float *att_y;                    /* (N,d) heads before W_o                    */
+    float *h;                        /* (N,d) x + Attn(RMSNorm(x))                */
+    float *ffn_in, *ffn_rms;         /* (N,d) RMSNorm(h), (N)                     */
+    float *ffn_out;                  /* (N,d) FFN or MoE output                   */
+    float *gate, *up, *act;          /* dense (N,h_ff)                            */
+    moexc__moe_acts moe;             /* MoE                                       */
+} moexc__layer_acts;
+
+struct moexc_model {
+    moexc_model_config cfg;          /* resolved                                  */
+    int n_tensors;
+    moexc_param_info *info;          /* n_tensors                                 */
+    char *names;                     /* n_tensors * MOEXC__NAME_MAX               */
+    size_t n_params;
+    float *params, *grads;           /* one allocation each, same layout          */
+    moexc__weights w, g;             /* views into params and grads               */
+    moexc__layer_weights *layer_views; /* 2L: w.layer then g.layer               */
+    float *rope_cos, *rope_sin;      /* (context, dh/2)                           */
+    /* activations, sized for (cap_B, cap_T) */
+    int cap_B, cap_T;
+    float *fmem;
+    int *imem;
+    uint16_t *tokens, *targets;      /* (N) copies of the last forward's inputs   */
+    moexc__layer_acts *acts;         /* L                                          */
+    float *x_final;                  /* (N,d) residual after the last block        */
+    float *xf, *xf_rms;              /* (N,d) final RMSNorm, (N)                   */
+    float *logits, *lse;             /* (N,V), (N)                                 */
+    /* backward scratch */
+    float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;
+    float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff)                      */
+    moexc__moe_scratch moe_sc;
+    /* state of the last forward */
+    int B, T, layers_done, has_targets, backward_ready;
+    int active_k;                    /* experts per token if overridden (0: cfg.top_k) */
+    moexc_loss_stats stats;
+};
+
+/* ---- configuration -------------------------------------------------------- */
+static moexc_status moexc__config_resolve(moexc_model_config *c, const moexc_model_config *in, moexc_error *err)
+{
+    *c = *in;
+    if (!c->vocab_size) c->vocab_size = 256;
+    if (!c->d_model) c->d_model = 128;
+    if (!c->n_heads) c->n_heads = 4;
+    if (!c->n_layers) c->n_layers = 5;
+    if (!c->context) c->context = 256;
+    if (!c->d_ff) c->d_ff = 4 * c->d_model;
+    if (!c->n_experts) c->n_experts = 8;
+    if (!c->top_k) c->top_k = 2;
+    if (!c->d_expert) c->d_expert = 2 * c->d_model;
+    if (c->lb_alpha == 0.0f) c->lb_alpha = 0.01f;
+    if (c->init_std == 0.0f) c->init_std = 0.02f;
+
+    if (c->vocab_size < 1 || c->vocab_size > 65536)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: vocab_size %d not in [1, 65536]", c->vocab_size);
+    if (c->d_model < 1 || c->n_heads < 1 || c->n_layers < 1 || c->context < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_model %d, n_heads %d, n_layers %d, context %d must be positive",
+                           c->d_model, c->n_heads, c->n_layers, c->context);
+    if (c->d_model % c->n_heads)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_model %d is not divisible by n_heads %d", c->d_model, c->n_heads);
+    if ((c->d_model / c->n_heads) % 2)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: head width d_model/n_heads = %d must be even (RoPE pairs dims)",
+                           c->d_model / c->n_heads);
+    if (c->ffn != MOEXC_FFN_DENSE && c->ffn != MOEXC_FFN_MOE)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: ffn %d is neither MOEXC_FFN_DENSE nor MOEXC_FFN_MOE", c->ffn);
+    if (c->gate != MOEXC_GATE_RAW && c->gate != MOEXC_GATE_RENORM)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: gate %d is neither MOEXC_GATE_RAW nor MOEXC_GATE_RENORM", c->gate);
+    if (c->d_ff < 1 || c->d_expert < 1 || c->n_experts < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: d_ff %d, d_expert %d, n_experts %d must be positive",
+                           c->d_ff, c->d_expert, c->n_experts);
+    if (c->top_k < 1 || c->top_k > c->n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: top_k %d not in [1, n_experts = %d]", c->top_k, c->n_experts);
+    if (c->ffn == MOEXC_FFN_MOE && c->gate == MOEXC_GATE_RENORM && c->top_k == 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: the renormalised gate with top_k = 1 is identically 1, "
+                           "so the router would get no gradient from the task loss; use MOEXC_GATE_RAW or top_k >= 2");
+    if (!(c->z_loss >= 0.0f) || !(c->init_std > 0.0f) || !(c->lb_alpha == c->lb_alpha))
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: z_loss %g must be >= 0 and init_std %g > 0",
+                           (double)c->z_loss, (double)c->init_std);
+    if (c->tied_head != 0 && c->tied_head != 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model config: tied_head %d must be 0 or 1", c->tied_head);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_config_resolve(moexc_model_config *out, const moexc_model_config *cfg, moexc_error *err)
+{
+    moexc_model_config zero, tmp;
+    moexc_status st;
+    memset(&zero, 0, sizeof(zero));
+    st = moexc__config_resolve(&tmp, cfg ? cfg : &zero, err);
+    if (st == MOEXC_OK && out) *out = tmp;
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_model_config_pair(const moexc_model_config *base, moexc_model_config *dense,
+                                               moexc_model_config *moe, moexc_error *err)
+{
+    moexc_model_config b, dc, mc;
+    moexc_status st = moexc_model_config_resolve(&b, base, err);
+    if (st) return st;
+    dc = b;
+    dc.ffn = MOEXC_FFN_DENSE;
+    mc = b;
+    mc.ffn = MOEXC_FFN_MOE;
+    if (!base || !base->n_experts) mc.n_experts = 8;
+    if (!base || !base->top_k) mc.top_k = 2;
+    /* equal active parameters: k h_e = h_ff(dense) */
+    if (dc.d_ff % mc.top_k)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model pair: dense d_ff %d is not divisible by top_k %d", dc.d_ff, mc.top_k);
+    mc.d_expert = dc.d_ff / mc.top_k;
+    if ((st = moexc_model_config_resolve(&dc, &dc, err)) != MOEXC_OK) return st;
+    if ((st = moexc_model_config_resolve(&mc, &mc, err)) != MOEXC_OK) return st;
+    if (dense) *dense = dc;
+    if (moe) *moe = mc;
+    return MOEXC_OK;
+}
+
+/* Parameters of one FFN block: dense 3 h_ff d; MoE E d (router) + E 3 h_e d. */
+static void moexc__count_params(const moexc_model_config *c, size_t *total, size_t *active)
+{
+    size_t d = (size_t)c->d_model, V = (size_t)c->vocab_size, L = (size_t)c->n_layers;
+    size_t common = V * d + d + (c->tied_head ? 0 : V * d) + L * (2 * d + 4 * d * d);
+    size_t ffn_total, ffn_active;
+    if (c->ffn == MOEXC_FFN_MOE) {
+        size_t expert = 3 * (size_t)c->d_expert * d;
+        ffn_total = (size_t)c->n_experts * d + (size_t)c->n_experts * expert;
+        ffn_active = (size_t)c->n_experts * d + (size_t)c->top_k * expert;
+    } else {
+        ffn_total = ffn_active = 3 * (size_t)c->d_ff * d;
+    }
+    if (total) *total = common + L * ffn_total;
+    if (active) *active = common + L * ffn_active;
+}
+
+MOEXC_DEF moexc_status moexc_model_count_params(const moexc_model_config *cfg, size_t *total, size_t *active,
+                                                moexc_error *err)
+{
+    moexc_model_config c;
+    moexc_status st = moexc_model_config_resolve(&c, cfg, err);
+    if (st) return st;
+    moexc__count_params(&c, total, active);
+    return MOEXC_OK;
+}
+
+/* ---- parameter layout ---------------------------------------------------- */
+static void moexc__add_tensor(moexc_model *m, int *n, size_t *offset, float **pview, float **gview,
+                              const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2, int decay)
+{
+    if (m->info) {
+        moexc_param_info *pi = &m->info[*n];
+        char *dst = m->names + (size_t)*n * MOEXC__NAME_MAX;
+        size_t i, size = 1;
+        int64_t shape[3];
+        shape[0] = s0; shape[1] = s1; shape[2] = s2;
+        memset(pi, 0, sizeof(*pi));
+        strncpy(dst, name, MOEXC__NAME_MAX - 1);
+        dst[MOEXC__NAME_MAX - 1] = '\0';
+        pi->name = dst;
+        pi->offset = *offset;
+        pi->ndim = ndim;
+        for (i = 0; i < (size_t)ndim; i++) { pi->shape[i] = shape[i]; size *= (size_t)shape[i]; }
+        pi->size = size;
+        pi->decay = decay;
+        if (m->params) { *pview = m->params + *offset; *gview = m->grads + *offset; }
+        *offset += size;
+    }
+    (*n)++;
+}
+
+/* Walks the tensors in their fixed order. With m->info == NULL only counts
+   them; with info set fills names, offsets and shapes (and sizes the total);
+   with params/grads set also points the named views into them. */
+static size_t moexc__layout(moexc_model *m)
+{
+    const moexc_model_config *c = &m->cfg;
+    int64_t V = c->vocab_size, d = c->d_model, E = c->n_experts, he = c->d_expert, hf = c->d_ff;
+    int n = 0, l;
+    size_t off = 0;
+    char name[MOEXC__NAME_MAX];
+    moexc__add_tensor(m, &n, &off, &m->w.tok_emb, &m->g.tok_emb, "tok_emb.weight", 2, V, d, 0, 1);
+    for (l = 0; l < c->n_layers; l++) {
+        moexc__layer_weights *w = &m->w.layer[l], *g = &m->g.layer[l];
+#define MOEXC__T(field, suffix, ndim, s0, s1, s2, decay) do {                            \
+            snprintf(name, sizeof(name), "layers.%d.%s", l, suffix);                    \
+            moexc__add_tensor(m, &n, &off, &w->field, &g->field, name, ndim, s0, s1, s2, decay); \
+        } while (0)
+        MOEXC__T(attn_norm, "attn_norm.weight", 1, d, 0, 0, 0);
+        MOEXC__T(wq, "attn.wq.weight", 2, d, d, 0, 1);
+        MOEXC__T(wk, "attn.wk.weight", 2, d, d, 0, 1);
+        MOEXC__T(wv, "attn.wv.weight", 2, d, d, 0, 1);
+        MOEXC__T(wo, "attn.wo.weight", 2, d, d, 0, 1);
+        MOEXC__T(ffn_norm, "ffn_norm.weight", 1, d, 0, 0, 0);
+        if (c->ffn == MOEXC_FFN_MOE) {
+            MOEXC__T(router, "moe.router.weight", 2, E, d, 0, 1);
+            MOEXC__T(w_gate, "moe.experts.w_gate", 3, E, he, d, 1);
+            MOEXC__T(w_up, "moe.experts.w_up", 3, E, he, d, 1);
+            MOEXC__T(w_down, "moe.experts.w_down", 3, E, d, he, 1);
+        } else {
+            MOEXC__T(w_gate, "ffn.w_gate.weight", 2, hf, d, 0, 1);
+            MOEXC__T(w_up, "ffn.w_up.weight", 2, hf, d, 0, 1);
+            MOEXC__T(w_down, "ffn.w_down.weight", 2, d, hf, 0, 1);
+        }
+#undef MOEXC__T
+    }
+    moexc__add_tensor(m, &n, &off, &m->w.norm, &m->g.norm, "norm.weight", 1, d, 0, 0, 0);
+    if (c->tied_head) {
+        m->w.lm_head = m->w.tok_emb;
+        m->g.lm_head = m->g.tok_emb;
+    } else {
+        moexc__add_tensor(m, &n, &off, &m->w.lm_head, &m->g.lm_head, "lm_head.weight", 2, V, d, 0, 1);
+    }
+    m->n_tensors = n;
+    return off;
+}
+
+/* SPEC init: N(0, std) for matrices, std/sqrt(2L) for the residual output
+   projections (attention out, FFN down), gains 1. */
+static void moexc__init_params(moexc_model *m)
+{
+    moexc_rng rng;
+    int i;
+    float out_std = m->cfg.init_std / sqrtf(2.0f * (float)m->cfg.n_layers);
+    moexc_rng_seed(&rng, m->cfg.seed);
+    for (i = 0; i < m->n_tensors; i++) {
+        const moexc_param_info *pi = &m->info[i];
+        float *p = m->params + pi->offset;
+        size_t j;
+        size_t len = strlen(pi->name);
+        int residual_out = (len > 14 && strcmp(pi->name + len - 14, "attn.wo.weight") == 0) ||
+                           strstr(pi->name, "w_down") != NULL;
+        float std = residual_out ? out_std : m->cfg.init_std;
+        if (pi->ndim == 1) {
+            for (j = 0; j < pi->size; j++) p[j] = 1.0f;
+        } else {
+            for (j = 0; j < pi->size; j++) p[j] = std * moexc_rng_normal(&rng);
+        }
+    }
+}
+
+/* ---- activation memory ----------------------------------------------------- */
+/* Carves every activation and scratch array for (B, T) out of fbase / ibase;
+   with NULL bases it only counts (floats and ints), so the memory report and
+   the allocator share one definition. Each array starts 64-byte aligned. */
+static float *moexc__carve(float *base, size_t *cursor, size_t n)
+{
+    float *p = base ? base + *cursor : NULL;
+    *cursor += (n + 15) & ~(size_t)15;
+    return p;
+}
+static int *moexc__carve_int(int *base, size_t *cursor, size_t n)
+{
+    int *p = base ? base + *cursor : NULL;
+    *cursor += n;
+    return p;
+}
+static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *fb, int *ib,
+                              moexc__layer_acts *acts, moexc_model *m, size_t *nf, size_t *ni)
+{
+    size_t N = (size_t)B * T, d = (size_t)c->d_model, V = (size_t)c->vocab_size;
+    size_t H = (size_t)c->n_heads, E = (size_t)c->n_experts, k = (size_t)c->top_k;
+    size_t he = (size_t)c->d_expert, hf = (size_t)c->d_ff, att = (size_t)B * H * T * T;
+    size_t fc = 0, ic = 0;
+    int l, moe = c->ffn == MOEXC_FFN_MOE;
+    moexc__layer_acts dummy;
+    for (l = 0; l < c->n_layers; l++) {
+        moexc__layer_acts *a = acts ? &acts[l] : &dummy;
+        a->x = moexc__carve(fb, &fc, N * d);
+        a->attn_in = moexc__carve(fb, &fc, N * d);
+        a->attn_rms = moexc__carve(fb, &fc, N);
+        a->q = moexc__carve(fb, &fc, N * d);
+        a->k = moexc__carve(fb, &fc, N * d);
+        a->v = moexc__carve(fb, &fc, N * d);
+        a->att = moexc__carve(fb, &fc, att);
+        a->att_y = moexc__carve(fb, &fc, N * d);
+        a->h = moexc__carve(fb, &fc, N * d);
+        a->ffn_in = moexc__carve(fb, &fc, N * d);
+        a->ffn_rms = moexc__carve(fb, &fc, N);
+        a->ffn_out = moexc__carve(fb, &fc, N * d);
+        if (moe) {
+            moexc__moe_acts *ma = &a->moe;
+            ma->logits = moexc__carve(fb, &fc, N * E);
+            ma->probs = moexc__carve(fb, &fc, N * E);
+            ma->lse = moexc__carve(fb, &fc, N);
+            ma->weight = moexc__carve(fb, &fc, N * k);
+            ma->xg = moexc__carve(fb, &fc, N * k * d);
+            ma->gate = moexc__carve(fb, &fc, N * k * he);
+            ma->up = moexc__carve(fb, &fc, N * k * he);
+            ma->act = moexc__carve(fb, &fc, N * k * he);
+            ma->eo = moexc__carve(fb, &fc, N * k * d);
+            ma->frac = moexc__carve(fb, &fc, E);
+            ma->pmean = moexc__carve(fb, &fc, E);
+            ma->choice = moexc__carve_int(ib, &ic, N * k);
+            ma->expert_offset = moexc__carve_int(ib, &ic, E + 1);
+            ma->expert_cursor = moexc__carve_int(ib, &ic, E);
+            ma->assign_token = moexc__carve_int(ib, &ic, N * k);
+            ma->token_assign = moexc__carve_int(ib, &ic, N * k);
+        } else {
+            a->gate = moexc__carve(fb, &fc, N * hf);
+            a->up = moexc__carve(fb, &fc, N * hf);
+            a->act = moexc__carve(fb, &fc, N * hf);
+        }
+    }
+    {
+        moexc_model mm;
+        moexc_model *t = m ? m : &mm;
+        /* the token copies (uint16, two per int) */
+        t->tokens = (uint16_t *)(void *)moexc__carve_int(ib, &ic, (N + 1) / 2);
+        t->targets = (uint16_t *)(void *)moexc__carve_int(ib, &ic, (N + 1) / 2);
+        t->x_final = moexc__carve(fb, &fc, N * d);
+        t->xf = moexc__carve(fb, &fc, N * d);
+        t->xf_rms = moexc__carve(fb, &fc, N);
+        t->logits = moexc__carve(fb, &fc, N * V);
+        t->lse = moexc__carve(fb, &fc, N);
+        /* backward scratch, shared by all layers */
+        t->dx = moexc__carve(fb, &fc, N * d);
+        t->dnorm = moexc__carve(fb, &fc, N * d);
+        t->dq = moexc__carve(fb, &fc, N * d);
+        t->dk = moexc__carve(fb, &fc, N * d);
+        t->dv = moexc__carve(fb, &fc, N * d);
+        t->datt_y = moexc__carve(fb, &fc, N * d);
+        t->datt = moexc__carve(fb, &fc, att);
+        t->dlogits = moexc__carve(fb, &fc, N * V);
+        if (moe) {
+            t->moe_sc.d_eo = moexc__carve(fb, &fc, N * k * d);
+            t->moe_sc.d_xg = moexc__carve(fb, &fc, N * k * d);
+            t->moe_sc.d_act = moexc__carve(fb, &fc, N * k * he);
+            t->moe_sc.d_gate = moexc__carve(fb, &fc, N * k * he);
+            t->moe_sc.d_up = moexc__carve(fb, &fc, N * k * he);
+            t->moe_sc.dp = moexc__carve(fb, &fc, N * E);
+            t->moe_sc.dz = moexc__carve(fb, &fc, N * E);
+            t->moe_sc.dw = moexc__carve(fb, &fc, N * k);
+        } else {
+            t->dff_act = moexc__carve(fb, &fc, N * hf);
+            t->dff_gate = moexc__carve(fb, &fc, N * hf);
+            t->dff_up = moexc__carve(fb, &fc, N * hf);
+        }
+    }
+    *nf = fc;
+    *ni = ic;
+}
+
+MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
+                                          moexc_error *err)
+{
+    moexc_model_config c;
+    size_t total, nf, ni;
+    moexc_status st = moexc_model_config_resolve(&c, cfg, err);
+    if (st) return st;
+    if (B < 1 || T < 1 || T > c.context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model memory: B %d, T %d (context %d) out of range", B, T, c.context);
+    moexc__count_params(&c, &total, NULL);
+    moexc__carve_acts(&c, B, T, NULL, NULL, NULL, NULL, &nf, &ni);
+    if (out) {
+        memset(out, 0, sizeof(*out));
+        out->param_bytes = total * sizeof(float);
+        out->grad_bytes = total * sizeof(float);
+        out->activation_bytes = nf * sizeof(float) + ni * sizeof(int);
+        out->total_bytes = out->param_bytes + out->grad_bytes + out->activation_bytes;
+    }
+    return MOEXC_OK;
+}
+
+static void moexc__free_acts(moexc_model *m)
+{
+    moexc__free_aligned(m->fmem);
+    moexc__free(m->imem);
+    m->fmem = NULL;
+    m->imem = NULL;
+    m->tokens = m->targets = NULL;
+    m->cap_B = m->cap_T = 0;
+    m->layers_done = 0;
+    m->backward_ready = 0;
+}
+
+/* Grow the activation buffers to hold (B, T); keeps them when big enough. */
+static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error *err)
+{
+    size_t nf, ni;
+    int nb = MOEXC__MAX(B, m->cap_B), nt = MOEXC__MAX(T, m->cap_T);
+    if (m->fmem && B <= m->cap_B && T <= m->cap_T) return MOEXC_OK;
+    moexc__free_acts(m);
+    moexc__carve_acts(&m->cfg, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
+    m->fmem = moexc__alloc_floats(nf);
+    m->imem = (int *)moexc__calloc(ni, sizeof(int));
+    if (!m->fmem || !m->imem) {
+        moexc__free_acts(m);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate activations for B %d, T %d (%.1f MiB)",
+                           nb, nt, (double)(nf * sizeof(float) + ni * sizeof(int)) / 1048576.0);
+    }
+    moexc__carve_acts(&m->cfg, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
+    m->cap_B = nb;
+    m->cap_T = nt;
+    return MOEXC_OK;
+}
+
+/* ---- create / free ------------------------------------------------------- */
+MOEXC_DEF void moexc_model_free(moexc_model *m)
+{
+    if (!m) return;
+    moexc__free_acts(m);
+    moexc__free_aligned(m->params);
+    moexc__free_aligned(m->grads);
+    moexc__free_aligned(m->rope_cos);
+    moexc__free_aligned(m->rope_sin);
+    moexc__free(m->info);
+    moexc__free(m->names);
+    moexc__free(m->layer_views);
+    moexc__free(m->acts);
+    moexc__free(m);
+}
+
+MOEXC_DEF moexc_status moexc_model_create(moexc_model **out, const moexc_model_config *cfg, moexc_error *err)
+{
+    moexc_model *m;
+    moexc_status st;
+    int L, half;
+    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_model_create: out is NULL");
+    *out = NULL;
+    m = (moexc_model *)moexc__calloc(1, sizeof(*m));
+    if (!m) return moexc__fail(err, MOEXC_ERR_NOMEM, "model: out of memory");
+    st = moexc_model_config_resolve(&m->cfg, cfg, err);
+    if (st) { moexc__free(m); return st; }
+    L = m->cfg.n_layers;
+    half = m->cfg.d_model / m->cfg.n_heads / 2;
+    m->layer_views = (moexc__layer_weights *)moexc__calloc((size_t)2 * L, sizeof(moexc__layer_weights));
+    m->acts = (moexc__layer_acts *)moexc__calloc((size_t)L, sizeof(moexc__layer_acts));
+    if (!m->layer_views || !m->acts) goto nomem;
+    m->w.layer = m->layer_views;
+    m->g.layer = m->layer_views + L;
+    moexc__layout(m);                       /* count the tensors */
+    m->info = (moexc_param_info *)moexc__calloc((size_t)m->n_tensors, sizeof(moexc_param_info));
+    m->names = (char *)moexc__calloc((size_t)m->n_tensors, MOEXC__NAME_MAX);
+    if (!m->info || !m->names) goto nomem;
+    m->n_params = moexc__layout(m);         /* names, shapes, offsets */
+    m->params = moexc__alloc_floats(m->n_params);
+    m->grads = moexc__alloc_floats(m->n_params);
+    m->rope_cos = moexc__alloc_floats((size_t)m->cfg.context * half);
+    m->rope_sin = moexc__alloc_floats((size_t)m->cfg.context * half);
+    if (!m->params || !m->grads || !m->rope_cos || !m->rope_sin) goto nomem;
+    moexc__layout(m);                       /* bind the named views */
+    moexc__rope_tables(m->rope_cos, m->rope_sin, m->cfg.context, 2 * half);
+    moexc__init_params(m);
+    *out = m;
+    return MOEXC_OK;
+nomem:
+    moexc_model_free(m);
+    return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate parameters");
+}
+
+MOEXC_DEF const moexc_model_config *moexc_model_get_config(const moexc_model *m) { return &m->cfg; }
+MOEXC_DEF size_t moexc_model_num_params(const moexc_model *m) { return m->n_params; }
+MOEXC_DEF float *moexc_model_params(moexc_model *m) { return m->params; }
+MOEXC_DEF float *moexc_model_grads(moexc_model *m) { return m->grads; }
+MOEXC_DEF void moexc_model_zero_grad(moexc_model *m) { memset(m->grads, 0, m->n_params * sizeof(float)); }
+MOEXC_DEF int moexc_model_num_tensors(const moexc_model *m) { return m->n_tensors; }
+MOEXC_DEF const moexc_param_info *moexc_model_tensor(const moexc_model *m, int i)
+{
+    return (i >= 0 && i < m->n_tensors) ? &m->info[i] : NULL;
+}
+MOEXC_DEF const moexc_param_info *moexc_model_find_tensor(const moexc_model *m, const char *name)
+{
+    int i;
+    for (i = 0; i < m->n_tensors; i++)
+        if (strcmp(m->info[i].name, name) == 0) return &m->info[i];
+    return NULL;
+}
+
+/* ---- forward / backward --------------------------------------------------- */
+static moexc__moe_dims moexc__moe_dims_of(const moexc_model *m)
+{
+    const moexc_model_config *c = &m->cfg;
+    moexc__moe_dims md;
+    md.d = c->d_model;
+    md.E = c->n_experts;
+    md.k = m->active_k ? m->active_k : c->top_k;
+    md.h = c->d_expert;
+    md.renorm = c->gate == MOEXC_GATE_RENORM;
+    md.lb_alpha = c->lb_alpha > 0.0f ? c->lb_alpha : 0.0f;
+    md.z_weight = c->z_loss;
+    return md;
+}
+
+/* Runs blocks 0..last_layer; with last_layer = L-1 also the final norm and
+   LM head, and with targets the losses. */
+static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                   int B, int T, int last_layer, moexc_loss_stats *stats, moexc_error *err)
+{
+    const moexc_model_config *c = &m->cfg;
+    int N, d = c->d_model, H = c->n_heads, dh = d / H, V = c->vocab_size, l, t;
+    moexc__moe_dims md = moexc__moe_dims_of(m);
+    moexc_status st;
+    if (!inputs) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs is NULL");
+    if (B < 1 || T < 1 || T > c->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B %d, T %d (context %d) out of range", B, T, c->context);
+    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(c->top_k, 1) / 4)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B*T = %d*%d too large", B, T);
+    N = B * T;
+    for (t = 0; t < N; t++) {
+        if (inputs[t] >= V)
+            return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs[%d] = %d >= vocab_size %d", t, inputs[t], V);
+        if (targets && targets[t] >= V)
+            return moexc__fail(err, MOEXC_ERR_ARG, "model forward: targets[%d] = %d >= vocab_size %d", t, targets[t], V);
+    }
+    if ((st = moexc__ensure_acts(m, B, T, err)) != MOEXC_OK) return st;
+    m->B = B;
+    m->T = T;
+    m->backward_ready = 0;
+    m->has_targets = 0;
+    m->layers_done = 0;
+    memcpy(m->tokens, inputs, (size_t)N * sizeof(uint16_t));
+
+    moexc__embedding_forward(m->acts[0].x, m->tokens, m->w.tok_emb, N, d);
+    for (l = 0; l <= last_layer; l++) {
+        moexc__layer_acts *a = &m->acts[l];
+        const moexc__layer_weights *w = &m->w.layer[l];
+        float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
+        /* h = x + Attn(RMSNorm(x)) */
+        moexc__rmsnorm_forward(a->attn_in, a->attn_rms, a->x, w->attn_norm, N, d);
+        moexc_linear_forward(a->q, a->attn_in, w->wq, NULL, N, d, d);
+        moexc_linear_forward(a->k, a->attn_in, w->wk, NULL, N, d, d);
+        moexc_linear_forward(a->v, a->attn_in, w->wv, NULL, N, d, d);
+        moexc__rope_apply(a->q, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+        moexc__rope_apply(a->k, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+        moexc__attention_forward(a->att_y, a->att, a->q, a->k, a->v, B, T, H, dh);
+        moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
+        moexc_add(a->h, a->h, a->x, (size_t)N * d);
+        /* y = h + FFN(RMSNorm(h)) */
+        moexc__rmsnorm_forward(a->ffn_in, a->ffn_rms, a->h, w->ffn_norm, N, d);
+        if (c->ffn == MOEXC_FFN_MOE)
+            moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
+        else
+            moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
+                                  N, d, c->d_ff);
+        moexc_add(x_out, a->h, a->ffn_out, (size_t)N * d);
+        m->layers_done = l + 1;
+    }
+    if (last_layer < c->n_layers - 1) return MOEXC_OK;
+
+    moexc__rmsnorm_forward(m->xf, m->xf_rms, m->x_final, m->w.norm, N, d);
+    moexc_linear_forward(m->logits, m->xf, m->w.lm_head, NULL, N, V, d);
+    memset(&m->stats, 0, sizeof(m->stats));
+    if (targets) {
+        memcpy(m->targets, targets, (size_t)N * sizeof(uint16_t));
+        /* loss = mean CE + Σ_ℓ L_lb + Σ_ℓ L_z */
+        m->stats.ce = moexc__crossentropy_forward(m->lse, m->dlogits, m->logits, m->targets, N, V);
+        if (c->ffn == MOEXC_FFN_MOE)
+            for (l = 0; l < c->n_layers; l++) { m->stats.lb += m->acts[l].moe.lb; m->stats.z += m->acts[l].moe.z; }
+        m->stats.loss = m->stats.ce + m->stats.lb + m->stats.z;
+        if (stats) *stats = m->stats;
+        if (!(m->stats.loss == m->stats.loss) || m->stats.loss > DBL_MAX)
+            return moexc__fail(err, MOEXC_ERR_NUMERIC, "model forward: loss is %g (ce %g, lb %g, z %g)",
+                               m->stats.loss, m->stats.ce, m->stats.lb, m->stats.z);
+        m->has_targets = 1;
+        m->backward_ready = 1;
+    } else if (stats) {
+        *stats = m->stats;
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_forward(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                           int B, int T, moexc_loss_stats *stats, moexc_error *err)
+{
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: model is NULL");
+    return moexc__forward(m, inputs, targets, B, T, m->cfg.n_layers - 1, stats, err);
+}
+
+MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
+{
+    const moexc_model_config *c;
+    int B, T, N, d, H, dh, V, l;
+    moexc__moe_dims md;
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model backward: model is NULL");
+    if (!m->backward_ready)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model backward: needs a forward with targets first (once per forward)");
+    c = &m->cfg;
+    B = m->B; T = m->T; N = B * T; d = c->d_model; H = c->n_heads; dh = d / H; V = c->vocab_size;
+    md = moexc__moe_dims_of(m);
+    m->backward_ready = 0;
+
+    /* loss -> logits -> final norm -> residual stream */
+    moexc__crossentropy_backward(m->dlogits, m->logits, m->lse, m->targets, N, V);
+    moexc_linear_backward_weight(m->g.lm_head, m->dlogits, m->xf, N, V, d);
+    moexc_linear_backward_input(m->dnorm, m->dlogits, m->w.lm_head, N, V, d, 0);
+    memset(m->dx, 0, (size_t)N * d * sizeof(float));
+    moexc__rmsnorm_backward(m->dx, m->g.norm, m->dnorm, m->x_final, m->w.norm, m->xf_rms, N, d);
+
+    for (l = c->n_layers - 1; l >= 0; l--) {
+        moexc__layer_acts *a = &m->acts[l];
+        const moexc__layer_weights *w = &m->w.layer[l];
+        moexc__layer_weights *g = &m->g.layer[l];
+        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh */
+        memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
+        if (c->ffn == MOEXC_FFN_MOE)
+            moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
+                                m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
+        else
+            moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
+                                   m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
+                                   N, d, c->d_ff);
+        moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
+        /* h = x + Attn(RMSNorm(x)): dx is dh here and becomes dx */
+        moexc_linear_backward_weight(g->wo, m->dx, a->att_y, N, d, d);
+        moexc_linear_backward_input(m->datt_y, m->dx, w->wo, N, d, d, 0);
+        moexc__attention_backward(m->dq, m->dk, m->dv, m->datt, m->datt_y, a->att, a->q, a->k, a->v, B, T, H, dh);
+        moexc__rope_apply(m->dq, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        moexc__rope_apply(m->dk, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        moexc_linear_backward_weight(g->wq, m->dq, a->attn_in, N, d, d);
+        moexc_linear_backward_weight(g->wk, m->dk, a->attn_in, N, d, d);
+        moexc_linear_backward_weight(g->wv, m->dv, a->attn_in, N, d, d);
+        moexc_linear_backward_input(m->dnorm, m->dq, w->wq, N, d, d, 0);
+        moexc_linear_backward_input(m->dnorm, m->dk, w->wk, N, d, d, 1);
+        moexc_linear_backward_input(m->dnorm, m->dv, w->wv, N, d, d, 1);
+        moexc__rmsnorm_backward(m->dx, g->attn_norm, m->dnorm, a->x, w->attn_norm, a->attn_rms, N, d);
+    }
+    moexc__embedding_backward(m->g.tok_emb, m->dx, m->tokens, N, d);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF const float *moexc_model_logits(const moexc_model *m)
+{
+    return (m && m->fmem && m->layers_done == m->cfg.n_layers) ? m->logits : NULL;
+}
+MOEXC_DEF const float *moexc_model_router_probs(const moexc_model *m, int layer)
+{
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done) return NULL;
+    return m->acts[layer].moe.probs;
+}
+MOEXC_DEF const int *moexc_model_router_choices(const moexc_model *m, int layer)
+{
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done) return NULL;
+    return m->acts[layer].moe.choice;
+}
+MOEXC_DEF moexc_status moexc_model_router_load(const moexc_model *m, int layer, float *f, float *P, moexc_error *err)
+{
+    int i;
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE || layer < 0 || layer >= m->layers_done)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model router load: layer %d has no router output (MoE model, after a forward?)", layer);
+    for (i = 0; i < m->cfg.n_experts; i++) {
+        if (f) f[i] = m->acts[layer].moe.frac[i];
+        if (P) P[i] = m->acts[layer].moe.pmean[i];
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moexc_error *err)
+{
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: model is NULL");
+    if (k == 0) { m->active_k = 0; return MOEXC_OK; }
+    if (m->cfg.ffn != MOEXC_FFN_MOE)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: a dense model has no experts");
+    if (k < 0 || k > m->cfg.top_k)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, top_k = %d]", k, m->cfg.top_k);
+    m->active_k = k == m->cfg.top_k ? 0 : k;
+    m->backward_ready = 0;
+    m->layers_done = 0;   /* the router outputs of the last forward had another k */
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_capture(moexc_model *m, const uint16_t *tokens, int B, int T,
+                                           int layer, moexc_site site, float *out, moexc_error *err)
+{
+    moexc_status st;
+    const float *src;
+    if (!m || !out) return moexc__fail(err, MOEXC_ERR_ARG, "model capture: model or out is NULL");
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model capture: layer %d not in [0, %d)", layer, m->cfg.n_layers);
+    if (site != MOEXC_SITE_FFN_OUT && site != MOEXC_SITE_RESID)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model capture: unknown site %d", (int)site);
+    if ((st = moexc__forward(m, tokens, NULL, B, T, layer, NULL, err)) != MOEXC_OK) return st;
+    if (site == MOEXC_SITE_FFN_OUT) src = m->acts[layer].ffn_out;
+    else src = layer + 1 < m->cfg.n_layers ? m->acts[layer + 1].x : m->x_final;
+    memcpy(out, src, (size_t)B * T * m->cfg.d_model * sizeof(float));
+    return MOEXC_OK;
+}
+
+/* ---- checkpoints (safetensors) ------------------------------------------- */
+/* Metadata: "moexc.format" = "model", "moexc.version" = "1" and every
+   resolved config field as "moexc.config.<field>" (decimal strings). */
+#define MOEXC__MODEL_FORMAT_VERSION "1"
+#define MOEXC__N_CONFIG_KEYS 16
+
+static void moexc__config_to_meta(const moexc_model_config *c, char vals[MOEXC__N_CONFIG_KEYS][40],
+                                  moexc_st_kv *kv)
+{
+    static const char *const keys[MOEXC__N_CONFIG_KEYS] = {
+        "moexc.config.vocab_size", "moexc.config.d_model", "moexc.config.n_heads", "moexc.config.n_layers",
+        "moexc.config.context", "moexc.config.ffn", "moexc.config.d_ff", "moexc.config.n_experts",
+        "moexc.config.top_k", "moexc.config.d_expert", "moexc.config.gate", "moexc.config.lb_alpha",
+        "moexc.config.z_loss", "moexc.config.tied_head", "moexc.config.init_std", "moexc.config.seed" };
+    int i;
+    snprintf(vals[0], 40, "%d", c->vocab_size);
+    snprintf(vals[1], 40, "%d", c->d_model);
+    snprintf(vals[2], 40, "%d", c->n_heads);
+    snprintf(vals[3], 40, "%d", c->n_layers);
+    snprintf(vals[4], 40, "%d", c->context);
+    snprintf(vals[5], 40, "%d", c->ffn);
+    snprintf(vals[6], 40, "%d", c->d_ff);
+    snprintf(vals[7], 40, "%d", c->n_experts);
+    snprintf(vals[8], 40, "%d", c->top_k);
+    snprintf(vals[9], 40, "%d", c->d_expert);
+    snprintf(vals[10], 40, "%d", c->gate);
+    snprintf(vals[11], 40, "%.9g", (double)c->lb_alpha);
+    snprintf(vals[12], 40, "%.9g", (double)c->z_loss);
+    snprintf(vals[13], 40, "%d", c->tied_head);
+    snprintf(vals[14], 40, "%.9g", (double)c->init_std);
+    snprintf(vals[15], 40, "%llu", (unsigned long long)c->seed);
+    for (i = 0; i < MOEXC__N_CONFIG_KEYS; i++) { kv[i].key = keys[i]; kv[i].value = vals[i]; }
+}
+
+static moexc_status moexc__meta_int(const moexc_st_file *f, const char *path, const char *key, int *v, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    long x;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
+    x = strtol(s, &end, 10);
+    if (end == s || *end || x < INT_MIN || x > INT_MAX)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an integer", path, key, s);
+    *v = (int)x;
+    return MOEXC_OK;
+}
+static moexc_status moexc__meta_float(const moexc_st_file *f, const char *path, const char *key, float *v, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    double x;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
+    x = strtod(s, &end);
+    if (end == s || *end || !(x == x))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not a number", path, key, s);
+    *v = (float)x;
+    return MOEXC_OK;
+}
+
+/* Writes the model's tensors and config, plus extra tensors and metadata
+   (a training checkpoint adds its optimiser state this way). */
+static moexc_status moexc__model_save_with(const moexc_model *m, const char *path, const moexc_st_entry *extra, int n_extra,
+                                           const moexc_st_kv *extra_meta, int n_extra_meta, moexc_error *err)
+{
+    char vals[MOEXC__N_CONFIG_KEYS][40];
+    moexc_st_kv *kv;
+    moexc_st_entry *ent;
+    moexc_status st;
+    int i, j, n_kv = 2 + MOEXC__N_CONFIG_KEYS + (n_extra_meta > 0 ? n_extra_meta : 0);
+    int n_ent = m->n_tensors + (n_extra > 0 ? n_extra : 0);
+    if (!path) return moexc__fail(err, MOEXC_ERR_ARG, "model save: path is NULL");
+    kv = (moexc_st_kv *)moexc__calloc((size_t)n_kv, sizeof(*kv));
+    ent = (moexc_st_entry *)moexc__calloc((size_t)n_ent, sizeof(*ent));
+    if (!kv || !ent) {
+        moexc__free(kv);
+        moexc__free(ent);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
+    }
+    kv[0].key = "moexc.format";
+    kv[0].value = "model";
+    kv[1].key = "moexc.version";
+    kv[1].value = MOEXC__MODEL_FORMAT_VERSION;
+    moexc__config_to_meta(&m->cfg, vals, kv + 2);
+    for (i = 0; i < n_extra_meta; i++) kv[2 + MOEXC__N_CONFIG_KEYS + i] = extra_meta[i];
+    for (i = 0; i < m->n_tensors; i++) {
+        const moexc_param_info *pi = &m->info[i];
+        ent[i].name = pi->name;
+        ent[i].data = m->params + pi->offset;
+        ent[i].ndim = pi->ndim;
+        for (j = 0; j < pi->ndim; j++) ent[i].shape[j] = pi->shape[j];
+    }
+    for (i = 0; i < n_extra; i++) ent[m->n_tensors + i] = extra[i];
+    st = moexc_st_save(path, ent, n_ent, kv, n_kv, err);
+    moexc__free(kv);
+    moexc__free(ent);
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_model_save(const moexc_model *m, const char *path, moexc_error *err)
+{
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model save: model is NULL");
+    return moexc__model_save_with(m, path, NULL, 0, NULL, 0, err);
+}
+
+static void moexc__format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
+{
+    size_t used = 0;
+    int i;
+    buf[0] = '\0';
+    used += (size_t)snprintf(buf, cap, "[");
+    for (i = 0; i < ndim && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, i ? ",%lld" : "%lld", (long long)shape[i]);
+    if (used < cap) snprintf(buf + used, cap - used, "]");
+}
+
+/* Builds a model from an opened safetensors file: reads the config from the
+   metadata, then every tensor, checking its shape against the config. */
+static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *path, moexc_model **out, moexc_error *err)
+{
+    moexc_model_config c;
+    moexc_model *m = NULL;
+    moexc_status st;
+    const char *s;
+    int64_t head_shape[8];
+    int i, j;
+    if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "%s: out is NULL", path);
+    *out = NULL;
+    s = moexc_st_meta(f, "moexc.format");
+    if (!s || strcmp(s, "model") != 0)
+        return moexc__fail(err, s ? MOEXC_ERR_FORMAT : MOEXC_ERR_MISSING,
+                           "%s: metadata 'moexc.format' is %s%s%s, expected \"model\"", path,
+                           s ? "\"" : "absent", s ? s : "", s ? "\"" : "");
+    s = moexc_st_meta(f, "moexc.version");
+    if (!s || strcmp(s, MOEXC__MODEL_FORMAT_VERSION) != 0)
+        return moexc__fail(err, MOEXC_ERR_VERSION, "%s: model format version %s, this build reads " MOEXC__MODEL_FORMAT_VERSION,
+                           path, s ? s : "(absent)");
+    memset(&c, 0, sizeof(c));
+    {
+        const char *seed_s;
+        char *end;
+#define MOEXC__MI(field) if ((st = moexc__meta_int(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
+#define MOEXC__MF(field) if ((st = moexc__meta_float(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
+        MOEXC__MI(vocab_size); MOEXC__MI(d_model); MOEXC__MI(n_heads); MOEXC__MI(n_layers); MOEXC__MI(context);
+        MOEXC__MI(ffn); MOEXC__MI(d_ff); MOEXC__MI(n_experts); MOEXC__MI(top_k); MOEXC__MI(d_expert);
+        MOEXC__MI(gate); MOEXC__MF(lb_alpha); MOEXC__MF(z_loss); MOEXC__MI(tied_head); MOEXC__MF(init_std);
+#undef MOEXC__MI
+#undef MOEXC__MF
+        seed_s = moexc_st_meta(f, "moexc.config.seed");
+        if (!seed_s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key 'moexc.config.seed' is missing", path);
+        c.seed = (uint64_t)strtoull(seed_s, &end, 10);
+        if (end == seed_s || *end)
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata 'moexc.config.seed' = \"%s\" is not an integer", path, seed_s);
+    }
+    /* the stored config is a resolved one: a zero that resolution would
+       replace means the file was not written by this library */
+    if (c.vocab_size < 1 || c.d_model < 1 || c.n_heads < 1 || c.n_layers < 1 || c.context < 1 || c.d_ff < 1 ||
+        c.n_experts < 1 || c.top_k < 1 || c.d_expert < 1 || c.lb_alpha == 0.0f || c.init_std <= 0.0f)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata holds an unresolved or invalid model config", path);
+    if ((st = moexc_model_create(&m, &c, err)) != MOEXC_OK) {
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            return moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        return st;
+    }
+    for (i = 0; i < m->n_tensors; i++) {
+        const moexc_param_info *pi = &m->info[i];
+        int ndim = 0;
+        int64_t shape[8];
+        int same;
+        if ((st = moexc_st_shape(f, pi->name, &ndim, shape, NULL)) != MOEXC_OK) {
+            st = moexc__fail(err, MOEXC_ERR_MISSING, "%s: tensor '%s' is missing", path, pi->name);
+            moexc_model_free(m);
+            return st;
+        }
+        same = ndim == pi->ndim;
+        for (j = 0; same && j < ndim; j++) same = shape[j] == pi->shape[j];
+        if (!same) {
+            char got[128], want[128];
+            moexc__format_shape(got, sizeof(got), ndim, shape);
+            moexc__format_shape(want, sizeof(want), pi->ndim, pi->shape);
+            st = moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, the config expects %s",
+                             path, pi->name, got, want);
+            moexc_model_free(m);
+            return st;
+        }
+        if ((st = moexc_st_read_f32(f, pi->name, m->params + pi->offset, pi->ndim, pi->shape, err)) != MOEXC_OK) {
+            moexc_model_free(m);
+            return st;
+        }
+    }
+    if (c.tied_head && moexc_st_shape(f, "lm_head.weight", &j, head_shape, NULL) == MOEXC_OK) {
+        moexc_model_free(m);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: tensor 'lm_head.weight' present but the config ties the head to tok_emb",
+                           path);
+    }
+    *out = m;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_model_load(moexc_model **out, const char *path, moexc_error *err)
+{
+    moexc_st_file *f = NULL;
+    moexc_status st;
+    if (!out || !path) return moexc__fail(err, MOEXC_ERR_ARG, "model load: out or path is NULL");
+    *out = NULL;
+    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
+    st = moexc__model_load_from(f, path, out, err);
+    moexc_st_close(f);
+    return st;
+}
+/* ======================================================================== */
+/* >>train: AdamW, schedule, clipping, batches, evaluation, routing         */
+/* ======================================================================== */
+
+#define MOEXC__LN2 0.69314718055994530942
+
+static void moexc__train_resolve(moexc_train_options *o, const moexc_train_options *in, int context)
+{
+    if (in) *o = *in; else memset(o, 0, sizeof(*o));
+    if (o->lr == 0.0f)            o->lr = 1e-3f;
+    if (o->min_lr_ratio == 0.0f)  o->min_lr_ratio = 0.1f;
+    if (o->min_lr_ratio < 0.0f)   o->min_lr_ratio = 0.0f;
+    if (o->beta1 == 0.0f)         o->beta1 = 0.9f;
+    if (o->beta2 == 0.0f)         o->beta2 = 0.95f;
+    if (o->eps == 0.0f)           o->eps = 1e-8f;
+    if (o->weight_decay == 0.0f)  o->weight_decay = 0.1f;
+    if (o->grad_clip == 0.0f)     o->grad_clip = 1.0f;
+    if (o->total_steps == 0)      o->total_steps = 1000;
+    if (o->warmup_steps == 0)     o->warmup_steps = MOEXC__MAX(1, o->total_steps / 20);
+    if (o->batch_size == 0)       o->batch_size = 8;
+    if (o->seq_len == 0)          o->seq_len = context;
+    if (o->grad_accum == 0)       o->grad_accum = 1;
+    if (o->eval_interval == 0)    o->eval_interval = 100;
+    if (o->eval_batches == 0)     o->eval_batches = 8;
+    if (o->eval_fraction == 0.0f) o->eval_fraction = 0.05f;
+}
+
+MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step)
+{
+    moexc_train_options o;
+    double lr_max, lr_min, s, span;
+    int warmup;
+    moexc__train_resolve(&o, opt, 1);
+    lr_max = o.lr;
+    lr_min = (double)o.min_lr_ratio * lr_max;
+    warmup = o.warmup_steps > 0 ? o.warmup_steps : 0;
+    if (step < warmup) return lr_max * (double)(step + 1) / (double)warmup;
+    /* cosine: lr_min + (lr - lr_min) (1 + cos(pi s / S)) / 2 */
+    s = (double)(step - warmup);
+    span = (double)MOEXC__MAX(1, o.total_steps - warmup);
+    if (s > span) s = span;
+    return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + cos(3.14159265358979323846 * s / span));
+}
+
+/* ---- router statistics ---------------------------------------------------- */
+MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(m);
+    size_t L, E, D, n;
+    double *block;
+    memset(s, 0, sizeof(*s));
+    if (n_domains < 1 || n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "router stats: n_domains %d outside [1, %d]", n_domains, MOEXC_MAX_DOMAINS);
+    s->n_domains = n_domains;
+    if (c->ffn != MOEXC_FFN_MOE) return MOEXC_OK;          /* dense: nothing to count */
+    L = (size_t)c->n_layers; E = (size_t)c->n_experts; D = (size_t)n_domains;
+    n = 4 * L * E + L + 2 * L * D * E;
+    block = (double *)moexc__calloc(n, sizeof(double));
+    if (!block) return moexc__fail(err, MOEXC_ERR_NOMEM, "router stats: out of memory");
+    s->n_layers = c->n_layers; s->n_experts = c->n_experts; s->top_k = c->top_k;
+    s->slot_count   = block;
+    s->prob_sum     = s->slot_count + L * E;
+    s->f            = s->prob_sum + L * E;
+    s->P            = s->f + L * E;
+    s->entropy      = s->P + L * E;
+    s->domain_count = s->entropy + L;
+    s->domain_share = s->domain_count + L * D * E;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_router_stats_reset(moexc_router_stats *s)
+{
+    size_t L = (size_t)s->n_layers, E = (size_t)s->n_experts, D = (size_t)s->n_domains;
+    if (s->slot_count) memset(s->slot_count, 0, (4 * L * E + L + 2 * L * D * E) * sizeof(double));
+    s->n_tokens = 0;
+    memset(s->domain_tokens, 0, sizeof(s->domain_tokens));
+}
+
+MOEXC_DEF void moexc_router_stats_free(moexc_router_stats *s)
+{
+    if (!s) return;
+    moexc__free(s->slot_count);
+    memset(s, 0, sizeof(*s));
+}
+
+MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
+                                              const uint8_t *domains, int n, moexc_error *err)
+{
+    int L = s->n_layers, E = s->n_experts, K = s->top_k, D = s->n_domains, l, t, j, e, d;
+    for (t = 0; domains && t < n; t++)
+        if (domains[t] >= D) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: domain label %d >= %d", domains[t], D);
+    for (t = 0; domains && t < n; t++) s->domain_tokens[domains[t]] += 1.0;
+    s->n_tokens += n;
+    for (l = 0; l < L; l++) {
+        const float *p = moexc_model_router_probs(m, l);
+        const int *choice = moexc_model_router_choices(m, l);
+        double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
+        double *dcount = s->domain_count + (size_t)l * D * E;
+        double h = 0.0;
+        if (!p || !choice) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d has no router output", l);
+        for (t = 0; t < n; t++) {
+            for (j = 0; j < K; j++) {
+                e = choice[(size_t)t * K + j];
+                if (e < 0 || e >= E) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d token %d: expert %d", l, t, e);
+                slots[e] += 1.0;
+                if (domains) dcount[(size_t)domains[t] * E + e] += 1.0;
+            }
+            for (e = 0; e < E; e++) psum[e] += p[(size_t)t * E + e];
+        }
+        /* f_e = (1/(kN)) sum_t 1{e in S(t)},  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
+        for (e = 0; e < E; e++) {
+            double f = s->n_tokens > 0 ? slots[e] / ((double)K * s->n_tokens) : 0.0;
+            s->f[(size_t)l * E + e] = f;
+            s->P[(size_t)l * E + e] = s->n_tokens > 0 ? psum[e] / s->n_tokens : 0.0;
+            if (f > 0) h -= f * log(f) / MOEXC__LN2;
+        }
+        s->entropy[l] = h;
+        for (d = 0; d < D; d++)
+            for (e = 0; e < E; e++)
+                s->domain_share[((size_t)l * D + d) * E + e] =
+                    s->domain_tokens[d] > 0 ? dcount[(size_t)d * E + e] / s->domain_tokens[d] : 0.0;
+    }
+    return MOEXC_OK;
+}
+
+/* ---- the trainer ------------------------------------------------------------ */
+/* A run of consecutive positions of the stream that are all training (or all
+   held-out) tokens; windows never cross from one split into the other. */
+typedef struct moexc__run { size_t start, len; } moexc__run;
+
+struct moexc_trainer {
+    moexc_model             *model;
+    const moexc_tokens      *data;
+    moexc_train_options      opt;         /* resolved */
+    int                      step;        /* optimiser steps done */
+    double                   tokens;      /* training tokens processed */
+    moexc_rng                rng;         /* data sampling */
+    float                   *moments;     /* AdamW m then v, each in the parameter layout */
+    size_t                   n_params;
+    uint32_t                 data_crc;    /* fingerprint of the token stream */
+    /* splits */
+    moexc__run              *train_runs, *eval_runs;
+    size_t                   n_train_runs, n_eval_runs;
+    size_t                  *train_cum;   /* cumulative number of window starts per train run */
+    size_t                   n_train_starts;
+    /* batch buffers, B x T each: input and target tokens, their domain labels */
+    uint16_t                *inputs, *targets;
+    uint8_t                 *input_labels, *target_labels;
+    /* evaluation */
+    double                   unigram_nats[MOEXC_MAX_DOMAINS], unigram_tokens[MOEXC_MAX_DOMAINS];
+    double                  *step_slots;  /* [L][E] routing counts of the current step */
+    moexc_router_stats       router;
+    moexc_eval_result        eval;
+};
+
+MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t) { return &t->opt; }
+MOEXC_DEF int          moexc_trainer_step_count(const moexc_trainer *t) { return t->step; }
+MOEXC_DEF moexc_model *moexc_trainer_model(moexc_trainer *t) { return t->model; }
+
+MOEXC_DEF void moexc_trainer_free(moexc_trainer *t)
+{
+    if (!t) return;
+    moexc__free_aligned(t->moments);
+    moexc__free(t->train_runs); moexc__free(t->eval_runs); moexc__free(t->train_cum);
+    moexc__free(t->inputs); moexc__free(t->targets); moexc__free(t->input_labels);
+    moexc__free(t->step_slots);
+    moexc_router_stats_free(&t->router);
+    moexc__free(t);
+}
+
+/* CRC-32 of the tokens and labels as little-endian bytes: identifies the data
+   a checkpoint was trained on. */
+static uint32_t moexc__tokens_fingerprint(const moexc_tokens *d)
+{
+    unsigned char buf[4096];
+    uint32_t crc = 0;
+    size_t i = 0, j;
+    while (i < d->n) {
+        size_t chunk = MOEXC__MIN(d->n - i, sizeof(buf) / 2);
+        for (j = 0; j < chunk; j++) {
+            buf[2 * j] = (unsigned char)(d->tokens[i + j] & 0xFF);
+            buf[2 * j + 1] = (unsigned char)(d->tokens[i + j] >> 8);
+        }
+        crc = moexc__crc32(crc, buf, 2 * chunk);
+        crc = moexc__crc32(crc, d->domains + i, chunk);
+        i += chunk;
+    }
+    return crc;
+}
+
+/* Split the stream: per domain, the last eval_fraction of its tokens (in
+   stream order) are held out. Also fits the per-domain unigram baseline on
+   the training tokens and scores it on the held-out ones. */
+static moexc_status moexc__trainer_split(moexc_trainer *t, moexc_error *err)
+{
+    const moexc_tokens *d = t->data;
+    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS] = {0};
+    size_t i, r, nt = 0, ne = 0, T = (size_t)t->opt.seq_len;
+    int V = d->vocab_size > 0 ? d->vocab_size : 256, dom, v;
+    double *uni = NULL;
+    unsigned char *held = (unsigned char *)moexc__malloc(d->n);
+    if (!held) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (split)");
+    for (i = 0; i < d->n; i++) count[d->domains[i]]++;
+    for (dom = 0; dom < d->n_domains; dom++) {
+        double frac = t->opt.eval_fraction > 0 ? t->opt.eval_fraction : 0.0;
+        cut[dom] = count[dom] - (size_t)floor((double)count[dom] * frac);
+    }
+    for (i = 0; i < d->n; i++) { dom = d->domains[i]; held[i] = seen[dom]++ >= cut[dom]; }
+    /* runs of equal `held`, in two passes: count, then fill */
+    for (r = 0; r < 2; r++) {
+        size_t start = 0, k_t = 0, k_e = 0;
+        for (i = 1; i <= d->n; i++) {
+            if (i < d->n && held[i] == held[start]) continue;
+            if (held[start]) { if (r) { t->eval_runs[k_e].start = start; t->eval_runs[k_e].len = i - start; } k_e++; }
+            else             { if (r) { t->train_runs[k_t].start = start; t->train_runs[k_t].len = i - start; } k_t++; }
+            start = i;
+        }
+        if (r == 0) {
+            nt = k_t; ne = k_e;
+            t->train_runs = (moexc__run *)moexc__calloc(nt ? nt : 1, sizeof(moexc__run));
+            t->eval_runs  = (moexc__run *)moexc__calloc(ne ? ne : 1, sizeof(moexc__run));
+            t->train_cum  = (size_t *)moexc__calloc(nt ? nt : 1, sizeof(size_t));
+            uni = (double *)moexc__calloc((size_t)MOEXC_MAX_DOMAINS * (size_t)V, sizeof(double));
+            if (!t->train_runs || !t->eval_runs || !t->train_cum || !uni) {
+                moexc__free(held); moexc__free(uni);
+                return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (split)");
+            }
+        }
+    }
+    t->n_train_runs = nt; t->n_eval_runs = ne;
+    /* a window of T+1 tokens starting at s needs s + T inside the run */
+    t->n_train_starts = 0;
+    for (r = 0; r < nt; r++) {
+        if (t->train_runs[r].len > T) t->n_train_starts += t->train_runs[r].len - T;
+        t->train_cum[r] = t->n_train_starts;
+    }
+    /* unigram baseline: p(v) = (count_train(v) + 1) / (N_train + V), scored on held-out */
+    for (i = 0; i < d->n; i++)
+        if (!held[i]) uni[(size_t)d->domains[i] * V + d->tokens[i]] += 1.0;
+    for (dom = 0; dom < d->n_domains; dom++) {
+        double total = 0.0;
+        for (v = 0; v < V; v++) total += uni[(size_t)dom * V + v];
+        for (v = 0; v < V; v++) uni[(size_t)dom * V + v] = -log((uni[(size_t)dom * V + v] + 1.0) / (total + V));
+    }
+    for (i = 0; i < d->n; i++)
+        if (held[i]) {
+            dom = d->domains[i];
+            t->unigram_nats[dom] += uni[(size_t)dom * V + d->tokens[i]];
+            t->unigram_tokens[dom] += 1.0;
+        }
+    moexc__free(uni);
+    moexc__free(held);
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__trainer_alloc(moexc_trainer *t, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    size_t BT = (size_t)t->opt.batch_size * (size_t)t->opt.seq_len;
+    moexc_status st;
+    t->n_params = moexc_model_num_params(t->model);
+    t->moments = moexc__alloc_floats(2 * t->n_params);
+    t->inputs = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
+    t->targets = (uint16_t *)moexc__calloc(BT, sizeof(uint16_t));
+    t->input_labels = (uint8_t *)moexc__calloc(2 * BT, 1);
+    t->step_slots = (double *)moexc__calloc((size_t)c->n_layers * (size_t)MOEXC__MAX(1, c->n_experts), sizeof(double));
+    if (!t->moments || !t->inputs || !t->targets || !t->input_labels || !t->step_slots)
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
+    t->target_labels = t->input_labels + BT;
+    st = moexc_router_stats_init(&t->router, t->model, t->data->n_domains, err);
+    if (st) return st;
+    t->eval.router = &t->router;
+    return moexc__trainer_split(t, err);
+}
+
+static moexc_status moexc__trainer_check(const moexc_trainer *t, moexc_error *err)
+{
+    const moexc_train_options *o = &t->opt;
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    const moexc_tokens *d = t->data;
+    if (!(o->lr > 0) || !(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) || !(o->eps > 0))
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: lr %g must be > 0, betas (%g, %g) in [0, 1), eps %g > 0",
+                           o->lr, o->beta1, o->beta2, o->eps);
+    if (o->total_steps < 1 || o->batch_size < 1 || o->grad_accum < 1 || o->eval_batches < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: total_steps %d, batch_size %d, grad_accum %d, eval_batches %d must be >= 1",
+                           o->total_steps, o->batch_size, o->grad_accum, o->eval_batches);
+    if (o->seq_len < 1 || o->seq_len > c->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: seq_len %d outside [1, context %d]", o->seq_len, c->context);
+    if (!(o->eval_fraction < 0.5f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: eval_fraction %g must be < 0.5", o->eval_fraction);
+    if (!d || d->n == 0 || d->n_domains < 1 || d->n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: empty token stream or bad domain count");
+    if (d->vocab_size > c->vocab_size)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: data vocabulary %d exceeds the model's %d", d->vocab_size, c->vocab_size);
+    {
+        size_t i;
+        for (i = 0; i < d->n; i++)
+            if (d->tokens[i] >= c->vocab_size || d->domains[i] >= d->n_domains)
+                return moexc__fail(err, MOEXC_ERR_ARG, "trainer: token %zu: id %u or domain %u out of range",
+                                   i, (unsigned)d->tokens[i], (unsigned)d->domains[i]);
+    }
+    return MOEXC_OK;
+}
+
+/* Held-out windows: each run cut into windows of T+1 tokens with stride T. */
+static size_t moexc__eval_windows(const moexc_trainer *t)
+{
+    size_t r, total = 0, T = (size_t)t->opt.seq_len;
+    for (r = 0; r < t->n_eval_runs; r++)
+        if (t->eval_runs[r].len > T) total += (t->eval_runs[r].len - 1) / T;
+    return total;
+}
+
+static moexc_status moexc__trainer_new(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
+                                       const moexc_train_options *opt, moexc_error *err)
+{
+    moexc_trainer *t;
+    moexc_status st;
+    *out = NULL;
+    if (!model || !data) return moexc__fail(err, MOEXC_ERR_ARG, "trainer: model and data are required");
+    t = (moexc_trainer *)moexc__calloc(1, sizeof(*t));
+    if (!t) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory");
+    t->model = model;
+    t->data = data;
+    moexc__train_resolve(&t->opt, opt, moexc_model_get_config(model)->context);
+    if ((st = moexc__trainer_check(t, err)) != MOEXC_OK || (st = moexc__trainer_alloc(t, err)) != MOEXC_OK) {
+        moexc_trainer_free(t);
+        return st;
+    }
+    if (t->opt.eval_interval > 0 && t->n_eval_runs > 0 && moexc__eval_windows(t) == 0) {
+        int window = t->opt.seq_len + 1;
+        moexc_trainer_free(t);
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens fits in the data "
+                           "(use more data, a larger eval_fraction, or eval_interval < 0)", window);
+    }
+    if (t->n_train_starts == 0) {
+        int window = t->opt.seq_len + 1;
+        moexc_trainer_free(t);
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no training window of %d tokens fits in the data", window);
+    }
+    t->data_crc = moexc__tokens_fingerprint(data);
+    moexc_rng_seed(&t->rng, t->opt.seed);
+    *out = t;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_create(moexc_trainer **out, moexc_model *model, const moexc_tokens *data,
+                                            const moexc_train_options *opt, moexc_error *err)
+{
+    return moexc__trainer_new(out, model, data, opt, err);
+}
+
+/* Copy the T+1 tokens at s into sequence b of the batch. */
+static void moexc__trainer_fill(moexc_trainer *t, int b, size_t s)
+{
+    size_t T = (size_t)t->opt.seq_len, j;
+    const moexc_tokens *d = t->data;
+    for (j = 0; j < T; j++) {
+        t->inputs[b * T + j] = d->tokens[s + j];
+        t->targets[b * T + j] = d->tokens[s + j + 1];
+        t->input_labels[b * T + j] = d->domains[s + j];
+        t->target_labels[b * T + j] = d->domains[s + j + 1];
+    }
+}
+
+/* B random training windows: a start uniform over all valid starts. */
+static void moexc__trainer_sample(moexc_trainer *t)
+{
+    int b;
+    for (b = 0; b < t->opt.batch_size; b++) {
+        size_t u = (size_t)(moexc_rng_u64(&t->rng) % (uint64_t)t->n_train_starts);  /* bias < n/2^64 */
+        size_t lo = 0, hi = t->n_train_runs - 1, prev;
+        while (lo < hi) {               /* first run whose cumulative count exceeds u */
+            size_t mid = (lo + hi) / 2;
+            if (t->train_cum[mid] > u) hi = mid; else lo = mid + 1;
+        }
+        prev = lo ? t->train_cum[lo - 1] : 0;
+        moexc__trainer_fill(t, b, t->train_runs[lo].start + (u - prev));
+    }
+}
+
+/* AdamW (decoupled weight decay, as torch.optim.AdamW), step t >= 1:
+     theta *= 1 - lr wd            (matrices only)
+     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
+     theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+static void moexc__adamw(moexc_trainer *t, double lr)
+{
+    const moexc_train_options *o = &t->opt;
+    float *theta = moexc_model_params(t->model), *grad = moexc_model_grads(t->model);
+    float *mom = t->moments, *vel = t->moments + t->n_params;
+    float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    double step = (double)(t->step + 1);
+    float step_size = (float)(lr / (1.0 - pow((double)b1, step)));
+    float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, step));
+    int n_tensors = moexc_model_num_tensors(t->model), k;
+    for (k = 0; k < n_tensors; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(t->model, k);
+        float decay = (pi->decay && o->weight_decay > 0) ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
+        float *p = theta + pi->offset, *g = grad + pi->offset, *m = mom + pi->offset, *v = vel + pi->offset;
+        long i, n = (long)pi->size;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n > 32768)
+#endif
+        for (i = 0; i < n; i++) {
+            p[i] *= decay;
+            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
+            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+            p[i] -= step_size * (m[i] / (sqrtf(v[i]) / bc2_sqrt + eps));
+        }
+    }
+}
+
+MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    const moexc_train_options *o = &t->opt;
+    int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
+    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = c->top_k;
+    float *grad = moexc_model_grads(t->model);
+    size_t i, n = t->n_params;
+    double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
+    moexc_train_progress p;
+    moexc_status st;
+
+    moexc_model_zero_grad(t->model);
+    if (L) memset(t->step_slots, 0, (size_t)L * (size_t)E * sizeof(double));
+    for (a = 0; a < A; a++) {
+        moexc_loss_stats ls;
+        moexc__trainer_sample(t);
+        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK) return st;
+        if ((st = moexc_model_backward(t->model, err)) != MOEXC_OK) return st;
+        sum_loss += ls.loss; sum_ce += ls.ce; sum_lb += ls.lb; sum_z += ls.z;
+        for (l = 0; l < L; l++) {
+            const int *choice = moexc_model_router_choices(t->model, l);
+            for (j = 0; choice && j < B * T * K; j++) t->step_slots[(size_t)l * E + choice[j]] += 1.0;
+        }
+    }
+    /* the step's loss is the mean over micro-batches: average the gradients */
+    if (A > 1) moexc_scale(grad, 1.0f / (float)A, n);
+    for (i = 0; i < n; i++) norm2 += (double)grad[i] * (double)grad[i];
+    norm = sqrt(norm2);
+    if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d: loss %g, gradient norm %g", t->step + 1, sum_loss / A, norm);
+    /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
+    if (o->grad_clip > 0) {
+        double coef = (double)o->grad_clip / (norm + 1e-6);
+        if (coef < 1.0) moexc_scale(grad, (float)coef, n);
+    }
+    lr = moexc_train_lr(o, t->step);
+    moexc__adamw(t, lr);
+    t->step++;
+    t->tokens += (double)A * B * T;
+
+    memset(&p, 0, sizeof(p));
+    p.step = t->step; p.total_steps = o->total_steps; p.tokens = t->tokens;
+    p.loss = sum_loss / A; p.ce = sum_ce / A; p.lb = sum_lb / A; p.z = sum_z / A;
+    p.lr = lr; p.grad_norm = norm;
+    if (L) {
+        double slots = (double)A * B * T * K;
+        p.usage_min = 1.0;
+        for (l = 0; l < L; l++)
+            for (e = 0; e < E; e++) {
+                double f = t->step_slots[(size_t)l * E + e] / slots;
+                if (f > 0) p.usage_entropy -= f * log(f) / MOEXC__LN2 / L;
+                p.usage_min = MOEXC__MIN(p.usage_min, f);
+                p.usage_max = MOEXC__MAX(p.usage_max, f);
+            }
+    }
+    if (progress) *progress = p;
+    return MOEXC_OK;
+}
+
+/* Held-out windows: every run cut into consecutive windows of T+1 tokens with
+   stride T (so every target is scored once), then eval_batches x B of them
+   picked evenly spaced: deterministic, and proportional to each domain's share. */
+MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval_result **out, moexc_error *err)
+{
+    const moexc_train_options *o = &t->opt;
+    int B = o->batch_size, T = o->seq_len, V = moexc_model_get_config(t->model)->vocab_size, b, dom;
+    int byte_level = t->data->vocab_size == 256 || t->data->vocab_size == 0;
+    size_t r, total = 0, want, w;
+    double nats[MOEXC_MAX_DOMAINS] = {0}, count[MOEXC_MAX_DOMAINS] = {0}, all_nats = 0, all_count = 0, uni_all = 0, uni_n = 0;
+    moexc_eval_result *res = &t->eval;
+    moexc_status st;
+
+    if (out) *out = NULL;
+    total = moexc__eval_windows(t);
+    if (total == 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer: no held-out window of %d tokens (eval_fraction %g)", T + 1, o->eval_fraction);
+    want = MOEXC__MIN(total, (size_t)o->eval_batches * (size_t)B);
+    moexc_router_stats_reset(&t->router);
+    for (w = 0; w < want; ) {
+        int nb = (int)MOEXC__MIN((size_t)B, want - w), i;
+        for (b = 0; b < nb; b++, w++) {
+            size_t idx = (size_t)((double)w * (double)total / (double)want), k = idx;  /* evenly spaced */
+            for (r = 0; r < t->n_eval_runs; r++) {
+                size_t cnt = t->eval_runs[r].len > (size_t)T ? (t->eval_runs[r].len - 1) / (size_t)T : 0;
+                if (k < cnt) { moexc__trainer_fill(t, b, t->eval_runs[r].start + k * (size_t)T); break; }
+                k -= cnt;
+            }
+        }
+        if ((st = moexc_model_forward(t->model, t->inputs, NULL, nb, T, NULL, err)) != MOEXC_OK) return st;
+        {
+            const float *logits = moexc_model_logits(t->model);
+            for (i = 0; i < nb * T; i++) {   /* CE = logsumexp(z) - z_target */
+                const float *z = logits + (size_t)i * V;
+                double mx = z[0], s = 0.0, ce;
+                int v;
+                for (v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
+                for (v = 0; v < V; v++) s += exp((double)z[v] - mx);
+                ce = mx + log(s) - (double)z[t->targets[i]];
+                nats[t->target_labels[i]] += ce;
+                count[t->target_labels[i]] += 1.0;
+            }
+        }
+        if ((st = moexc_router_stats_add(&t->router, t->model, t->input_labels, nb * T, err)) != MOEXC_OK) return st;
+    }
+    res->step = t->step;
+    res->n_domains = t->data->n_domains;
+    for (dom = 0; dom < t->data->n_domains; dom++) {
+        moexc_domain_eval *de = &res->domain[dom];
+        de->tokens = count[dom];
+        de->nats = count[dom] > 0 ? nats[dom] / count[dom] : 0.0;
+        de->unigram_nats = t->unigram_tokens[dom] > 0 ? t->unigram_nats[dom] / t->unigram_tokens[dom] : 0.0;
+        de->bits_per_byte = byte_level ? de->nats / MOEXC__LN2 : -1.0;
+        de->unigram_bpb = byte_level ? de->unigram_nats / MOEXC__LN2 : -1.0;
+        all_nats += nats[dom]; all_count += count[dom];
+        uni_all += t->unigram_nats[dom]; uni_n += t->unigram_tokens[dom];
+    }
+    res->all.tokens = all_count;
+    res->all.nats = all_count > 0 ? all_nats / all_count : 0.0;
+    res->all.unigram_nats = uni_n > 0 ? uni_all / uni_n : 0.0;
+    res->all.bits_per_byte = byte_level ? res->all.nats / MOEXC__LN2 : -1.0;
+    res->all.unigram_bpb = byte_level ? res->all.unigram_nats / MOEXC__LN2 : -1.0;
+    if (out) *out = res;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_run(moexc_trainer *t, moexc_train_callback cb, void *user, moexc_error *err)
+{
+    while (t->step < t->opt.total_steps) {
+        moexc_train_progress p;
+        moexc_status st = moexc_trainer_step(t, &p, err);
+        int last = t->step == t->opt.total_steps;
+        if (st) return st;
+        if (t->opt.eval_interval > 0 && t->n_eval_runs > 0 && (t->step % t->opt.eval_interval == 0 || last)) {
+            st = moexc_trainer_evaluate(t, &p.eval, err);
+            if (st) return st;
+        }
+        if (cb && cb(&p, user)) break;
+    }
+    return MOEXC_OK;
+}
+
+/* ---- training checkpoints -------------------------------------------------- */
+/* CRC-32 over parameters then moments, as little-endian float bytes. */
+static uint32_t moexc__floats_crc(uint32_t crc, const float *x, size_t n)
+{
+    unsigned char buf[4096];
+    size_t i = 0, j;
+    while (i < n) {
+        size_t chunk = MOEXC__MIN(n - i, sizeof(buf) / 4);
+        for (j = 0; j < chunk; j++) {
+            uint32_t bits;
+            memcpy(&bits, x + i + j, 4);
+            moexc__put_u32le(buf + 4 * j, bits);
+        }
+        crc = moexc__crc32(crc, buf, 4 * chunk);
+        i += chunk;
+    }
+    return crc;
+}
+
+static uint32_t moexc__trainer_state_crc(moexc_trainer *t)
+{
+    uint32_t crc = moexc__floats_crc(0, moexc_model_params(t->model), t->n_params);
+    return moexc__floats_crc(crc, t->moments, 2 * t->n_params);
+}
+
+#define MOEXC__TRAIN_FORMAT "1"
+/* metadata keys, float options as %.9g (exact round trip), integers in decimal */
+enum { MOEXC__TRAIN_NKV = 23 };
+
+MOEXC_DEF moexc_status moexc_trainer_save(const moexc_trainer *tc, const char *path, moexc_error *err)
+{
+    moexc_trainer *t = (moexc_trainer *)tc;   /* reads only: the CRC needs the params pointer */
+    const moexc_train_options *o = &t->opt;
+    int n_tensors = moexc_model_num_tensors(t->model), k, nkv = 0;
+    char vals[MOEXC__TRAIN_NKV][40];
+    moexc_st_kv kv[MOEXC__TRAIN_NKV];
+    moexc_st_entry *ext;
+    char *names;
+    size_t name_cap = 0, used = 0;
+    moexc_status st;
+
+    for (k = 0; k < n_tensors; k++) name_cap += 2 * (strlen(moexc_model_tensor(t->model, k)->name) + 10);
+    ext = (moexc_st_entry *)moexc__calloc((size_t)(2 * n_tensors), sizeof(moexc_st_entry));
+    names = (char *)moexc__malloc(name_cap);
+    if (!ext || !names) { moexc__free(ext); moexc__free(names); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); }
+    for (k = 0; k < 2 * n_tensors; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(t->model, k % n_tensors);
+        int d;
+        ext[k].name = names + used;
+        used += (size_t)sprintf(names + used, "optim.%c.%s", k < n_tensors ? 'm' : 'v', pi->name) + 1;
+        ext[k].data = t->moments + (k < n_tensors ? 0 : t->n_params) + pi->offset;
+        ext[k].ndim = pi->ndim;
+        for (d = 0; d < pi->ndim; d++) ext[k].shape[d] = pi->shape[d];
+    }
+#define MOEXC__KV(key_, fmt_, val_) do { sprintf(vals[nkv], fmt_, val_); kv[nkv].key = key_; kv[nkv].value = vals[nkv]; nkv++; } while (0)
+    MOEXC__KV("moexc.train.format", "%s", MOEXC__TRAIN_FORMAT);
+    MOEXC__KV("moexc.train.step", "%d", t->step);
+    MOEXC__KV("moexc.train.tokens", "%.17g", t->tokens);
+    MOEXC__KV("moexc.train.rng", "%llu", (unsigned long long)t->rng.state);
+    MOEXC__KV("moexc.train.seed", "%llu", (unsigned long long)o->seed);
+    MOEXC__KV("moexc.train.data_crc32", "%lu", (unsigned long)t->data_crc);
+    MOEXC__KV("moexc.train.data_tokens", "%llu", (unsigned long long)t->data->n);
+    MOEXC__KV("moexc.train.state_crc32", "%lu", (unsigned long)moexc__trainer_state_crc(t));
+    MOEXC__KV("moexc.train.lr", "%.9g", (double)o->lr);
+    MOEXC__KV("moexc.train.min_lr_ratio", "%.9g", (double)o->min_lr_ratio);
+    MOEXC__KV("moexc.train.beta1", "%.9g", (double)o->beta1);
+    MOEXC__KV("moexc.train.beta2", "%.9g", (double)o->beta2);
+    MOEXC__KV("moexc.train.eps", "%.9g", (double)o->eps);
+    MOEXC__KV("moexc.train.weight_decay", "%.9g", (double)o->weight_decay);
+    MOEXC__KV("moexc.train.grad_clip", "%.9g", (double)o->grad_clip);
+    MOEXC__KV("moexc.train.warmup_steps", "%d", o->warmup_steps);
+    MOEXC__KV("moexc.train.total_steps", "%d", o->total_steps);
+    MOEXC__KV("moexc.train.batch_size", "%d", o->batch_size);
+    MOEXC__KV("moexc.train.seq_len", "%d", o->seq_len);
+    MOEXC__KV("moexc.train.grad_accum", "%d", o->grad_accum);
+    MOEXC__KV("moexc.train.eval_interval", "%d", o->eval_interval);
+    MOEXC__KV("moexc.train.eval_batches", "%d", o->eval_batches);
+    MOEXC__KV("moexc.train.eval_fraction", "%.9g", (double)o->eval_fraction);
+#undef MOEXC__KV
+    st = moexc__model_save_with(t->model, path, ext, 2 * n_tensors, kv, nkv, err);
+    moexc__free(ext);
+    moexc__free(names);
+    return st;
+}
+
+/* Parse a metadata value of a training checkpoint. */
+static moexc_status moexc__train_meta(const moexc_st_file *f, const char *path, const char *key,
+                                      double *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
+    *out = strtod(s, &end);
+    if (end == s || *end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number", path, key, s);
+    return MOEXC_OK;
+}
+
+static moexc_status moexc__train_meta_u64(const moexc_st_file *f, const char *path, const char *key,
+                                          uint64_t *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
+    if (*s < '0' || *s > '9') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
+    *out = (uint64_t)strtoull(s, &end, 10);
+    if (*end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model **model, const char *path,
+                                            const moexc_tokens *data, moexc_error *err)
+{
+    static const char *const float_keys[] = { "lr", "min_lr_ratio", "beta1", "beta2", "eps", "weight_decay",
+                                              "grad_clip", "eval_fraction" };
+    static const char *const int_keys[] = { "warmup_steps", "total_steps", "batch_size", "seq_len",
+                                            "grad_accum", "eval_interval", "eval_batches", "step" };
+    moexc_st_file *f = NULL;
+    moexc_model *m = NULL;
+    moexc_trainer *t = NULL;
+    moexc_train_options o;
+    float *fopt[8];
+    int *iopt[8], step = 0, k, n_tensors;
+    uint64_t rng_state, data_crc, data_tokens, state_crc;
+    double val = 0.0, tokens = 0.0;
+    char key[96];
+    const char *fmt;
+    moexc_status st;
+
+    *trainer = NULL; *model = NULL;
+    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
+    fmt = moexc_st_meta(f, "moexc.train.format");
+    if (!fmt) { st = moexc__fail(err, MOEXC_ERR_MISSING, "%s: no 'moexc.train.format' metadata: a model file, not a training checkpoint", path); goto fail; }
+    if (strcmp(fmt, MOEXC__TRAIN_FORMAT) != 0) { st = moexc__fail(err, MOEXC_ERR_VERSION, "%s: training checkpoint format '%s', this build reads '%s'", path, fmt, MOEXC__TRAIN_FORMAT); goto fail; }
+    memset(&o, 0, sizeof(o));
+    fopt[0] = &o.lr; fopt[1] = &o.min_lr_ratio; fopt[2] = &o.beta1; fopt[3] = &o.beta2; fopt[4] = &o.eps;
+    fopt[5] = &o.weight_decay; fopt[6] = &o.grad_clip; fopt[7] = &o.eval_fraction;
+    iopt[0] = &o.warmup_steps; iopt[1] = &o.total_steps; iopt[2] = &o.batch_size; iopt[3] = &o.seq_len;
+    iopt[4] = &o.grad_accum; iopt[5] = &o.eval_interval; iopt[6] = &o.eval_batches; iopt[7] = &step;
+    for (k = 0; k < 8; k++) {
+        sprintf(key, "moexc.train.%s", float_keys[k]);
+        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
+        *fopt[k] = (float)val;
+        sprintf(key, "moexc.train.%s", int_keys[k]);
+        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
+        if (val != floor(val) || val < -2147483647.0 || val > 2147483647.0) {
+            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an int", path, key, val);
+            goto fail;
+        }
+        *iopt[k] = (int)val;
+    }
+    if ((st = moexc__train_meta(f, path, "moexc.train.tokens", &tokens, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.seed", &o.seed, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.data_crc32", &data_crc, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.data_tokens", &data_tokens, err)) != MOEXC_OK ||
+        (st = moexc__train_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
+        goto fail;
+    if (step < 0 || step > o.total_steps) { st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: step %d outside [0, total_steps %d]", path, step, o.total_steps); goto fail; }
+    if ((st = moexc__model_load_from(f, path, &m, err)) != MOEXC_OK) goto fail;
+    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) goto fail;
+    if (data_tokens != (uint64_t)data->n || data_crc != (uint64_t)t->data_crc) {
+        st = moexc__fail(err, MOEXC_ERR_ARG, "%s: trained on other data (%llu tokens, CRC %08lx; given %llu tokens, CRC %08lx)",
+                         path, (unsigned long long)data_tokens, (unsigned long)data_crc,
+                         (unsigned long long)data->n, (unsigned long)t->data_crc);
+        goto fail;
+    }
+    n_tensors = moexc_model_num_tensors(m);
+    for (k = 0; k < 2 * n_tensors; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(m, k % n_tensors);
+        char name[256];
+        if (strlen(pi->name) + 10 > sizeof(name)) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor name too long", path); goto fail; }
+        sprintf(name, "optim.%c.%s", k < n_tensors ? 'm' : 'v', pi->name);
+        st = moexc_st_read_f32(f, name, t->moments + (k < n_tensors ? 0 : t->n_params) + pi->offset, pi->ndim, pi->shape, err);
+        if (st) goto fail;
+    }
+    if (moexc__trainer_state_crc(t) != (uint32_t)state_crc) {
+        st = moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: parameters and optimiser moments do not match their CRC-32 (corrupted file)", path);
+        goto fail;
+    }
+    t->step = step;
+    t->tokens = tokens;
+    t->rng.state = rng_state;
+    moexc_st_close(f);
+    *trainer = t; *model = m;
+    return MOEXC_OK;
+fail:
+    moexc_trainer_free(t);
+    moexc_model_free(m);
+    moexc_st_close(f);
+    return st;
+}
+
+/* ---- sampling ------------------------------------------------------------ */
+static int moexc__cmp_float_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+MOEXC_DEF moexc_status moexc_generate(moexc_model *m, const uint16_t *prompt, int n_prompt, int n_new,
+                                      float temperature, int top_k, moexc_rng *rng, uint16_t *out,
+                                      moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(m);
+    int V = c->vocab_size, ctx = c->context, total = n_prompt + n_new, len, i, v;
+    uint16_t *seq;
+    float *prob;
+    moexc_status st = MOEXC_OK;
+    if (n_prompt < 1 || n_new < 0 || !prompt || !out || (temperature > 0 && !rng))
+        return moexc__fail(err, MOEXC_ERR_ARG, "generate: need a prompt of >= 1 token (got %d), n_new >= 0 and an rng", n_prompt);
+    for (i = 0; i < n_prompt; i++)
+        if (prompt[i] >= V) return moexc__fail(err, MOEXC_ERR_ARG, "generate: prompt token %d = %u >= vocabulary %d", i, (unsigned)prompt[i], V);
+    seq = (uint16_t *)moexc__calloc((size_t)total, sizeof(uint16_t));
+    prob = (float *)moexc__calloc((size_t)V, sizeof(float));
+    if (!seq || !prob) { moexc__free(seq); moexc__free(prob); return moexc__fail(err, MOEXC_ERR_NOMEM, "generate: out of memory"); }
+    memcpy(seq, prompt, (size_t)n_prompt * sizeof(uint16_t));
+    for (len = n_prompt; len < total; len++) {
+        int T = MOEXC__MIN(len, ctx), best = 0, keep;
+        float thresh;
+        const float *z;
+        double sum = 0.0, u;
+        if ((st = moexc_model_forward(m, seq + len - T, NULL, 1, T, NULL, err)) != MOEXC_OK) break;
+        z = moexc_model_logits(m) + (size_t)(T - 1) * V;
+        for (v = 1; v < V; v++) if (z[v] > z[best]) best = v;
+        if (temperature <= 0) { seq[len] = (uint16_t)best; continue; }
+        /* top-k: keep the logits >= the k-th largest */
+        keep = (top_k > 0 && top_k < V) ? top_k : V;
+        memcpy(prob, z, (size_t)V * sizeof(float));
+        qsort(prob, (size_t)V, sizeof(float), moexc__cmp_float_desc);
+        thresh = prob[keep - 1];
+        for (v = 0; v < V; v++) {   /* softmax(z / temperature) over the kept tokens */
+            prob[v] = z[v] >= thresh ? (float)exp(((double)z[v] - z[best]) / temperature) : 0.0f;
+            sum += prob[v];
+        }
+        u = moexc_rng_uniform(rng) * sum;
+        seq[len] = (uint16_t)best;
+        for (v = 0; v < V; v++) {
+            if (prob[v] <= 0) continue;
+            if (u < prob[v]) { seq[len] = (uint16_t)v; break; }
+            u -= prob[v];
+        }
+    }
+    if (!st) memcpy(out, seq + n_prompt, (size_t)n_new * sizeof(uint16_t));
+    moexc__free(seq);
+    moexc__free(prob);
+    return st;
+}
+/* ======================================================================== */
 /* >>harvest (implementation)                                                */
 /* ======================================================================== */
 
@@ -8168,7 +8213,8 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     }
     o.variant = strcmp(s, "l1") == 0 ? MOEXC_XC_L1 : MOEXC_XC_BATCHTOPK;
 #define MOEXC__XC_GET(key, lo, hi, dst) do { st = moexc__xc_meta_num(f, path, key, lo, hi, &v, err); \
-        if (st != MOEXC_OK) goto fail; dst; } while (0)
+        if (st != MOEXC_OK) goto fail; \
+        dst; } while (0)
     MOEXC__XC_GET("n_latents", 1, 1 << 28, F_d = v);
     MOEXC__XC_GET("d_a", 1, 1 << 20, da_d = v);
     MOEXC__XC_GET("d_b", 1, 1 << 20, db_d = v);
