@@ -57,7 +57,18 @@ TEST_SCRIPTS :=
 test: $(TEST_BINS)
 	sh tests/run_tests.sh $(TEST_BINS) $(TEST_SCRIPTS)
 
-bench:
+# `make bench` first installs what the comparisons need when it is missing
+# (OpenBLAS for GEMM, PyTorch for training and crosscoders; Debian packages,
+# root only), then rebuilds bench_gemm so that it links OpenBLAS if present.
+BENCH_PKGS := libopenblas-dev python3-torch python3-numpy
+.PHONY: bench-deps
+bench-deps:
+	@missing=; for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	elif [ -n "$$missing" ]; then echo "bench: missing$$missing (the comparisons that need them are skipped)"; fi
+bench: bench-deps
 
 clean:
 	rm -rf $(BUILD)
@@ -107,11 +118,19 @@ EXTRA_CFLAGS_bench_gemm := -DMOEXC_BENCH_OPENBLAS -isystem $(GEMM_OPENBLAS_INC)
 EXTRA_LIBS_bench_gemm   := -lopenblas
 endif
 endif
-GEMM_BENCH_ENV := $(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),OPENBLAS_CORETYPE=SkylakeX)
+# Both libraries' idle threads sleep instead of spinning (OMP_WAIT_POLICY,
+# OPENBLAS_THREAD_TIMEOUT): on 2 cores a spinning worker of one library steals
+# the core the other one is timed on.
+GEMM_BENCH_ENV := $(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),OPENBLAS_CORETYPE=SkylakeX) \
+                  OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4
 GEMM_BENCH_REPS ?= 7
 .PHONY: bench-gemm
 bench: bench-gemm
-bench-gemm: $(BUILD)/bench_gemm
+# The OpenBLAS flags are decided when make starts, so bench-deps' install
+# takes effect through a fresh make.
+bench-gemm: bench-deps
+	@rm -f $(BUILD)/bench_gemm
+	@$(MAKE) --no-print-directory $(BUILD)/bench_gemm
 	$(GEMM_BENCH_ENV) $(BUILD)/bench_gemm $(GEMM_BENCH_REPS)
 
 
@@ -132,8 +151,8 @@ model-fixtures:
 BENCH_THREADS ?= 2
 .PHONY: bench-train train-fixtures
 bench: bench-train
-bench-train: $(BUILD)/bench_train
-	$(PYTHON) tools/bench_train_torch.py --c-bench $(BUILD)/bench_train --threads $(BENCH_THREADS)
+bench-train: $(BUILD)/bench_train | bench-deps
+	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_train_torch.py --c-bench $(BUILD)/bench_train --threads $(BENCH_THREADS)
 train-fixtures:
 	$(PYTHON) tools/torch_ref_train.py tests/fixtures
 
@@ -170,8 +189,8 @@ fuzz: $(FUZZ_BINS)
 XC_BENCH_THREADS ?= $(BENCH_THREADS)
 .PHONY: bench-crosscoder
 bench: bench-crosscoder
-bench-crosscoder: $(BUILD)/bench_crosscoder
-	$(PYTHON) tools/bench_crosscoder_torch.py --c-bench $(BUILD)/bench_crosscoder $(if $(XC_BENCH_THREADS),--threads $(XC_BENCH_THREADS))
+bench-crosscoder: $(BUILD)/bench_crosscoder | bench-deps
+	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_crosscoder_torch.py --c-bench $(BUILD)/bench_crosscoder $(if $(XC_BENCH_THREADS),--threads $(XC_BENCH_THREADS))
 
 # ---- area: analysis and plots ---------------------------------------------
 # examples/plot_decoder_norms.c writes PNGs with stb_image_write (Debian:
