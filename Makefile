@@ -42,7 +42,7 @@ $(BUILD):
 $(BUILD)/moexc.o: tests/moexc_impl.c moexc.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/test_%: tests/test_%.c $(BUILD)/moexc.o tests/harness.h | $(BUILD)
+$(BUILD)/test_%: tests/test_%.c $(BUILD)/moexc.o tests/harness.h tests/counting_alloc.h moexc.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $< $(BUILD)/moexc.o -o $@ $(LDLIBS) $(EXTRA_LIBS_$*)
 
 $(BUILD)/%: tools/%.c $(BUILD)/moexc.o | $(BUILD)

@@ -7,74 +7,8 @@
    The implementation is compiled into this file (MOEXC_STATIC) with a
    counting allocator, so every test can assert that nothing leaked and can
    make the k-th allocation fail. */
-#include <stdlib.h>
-#include <stdio.h>
-#include <string.h>
-
-static long g_live_blocks;      /* allocations not yet freed        */
-static long g_alloc_calls;      /* allocations attempted            */
-static long g_fail_at = -1;     /* make allocation number g_fail_at fail */
-
-static void *test_malloc(size_t n)
-{
-    void *p;
-    if (g_alloc_calls++ == g_fail_at) return NULL;
-    p = malloc(n);
-    if (p) g_live_blocks++;
-    return p;
-}
-static void *test_realloc(void *old, size_t n)
-{
-    void *p;
-    if (g_alloc_calls++ == g_fail_at) return NULL;
-    p = realloc(old, n);
-    if (p && !old) g_live_blocks++;
-    return p;
-}
-static void test_free(void *p)
-{
-    if (p) g_live_blocks--;
-    free(p);
-}
-
-/* With MOEXC_STATIC, declarations of functions another part has not defined
-   yet would warn "declared static but never defined". */
-#if defined(__GNUC__) || defined(__clang__)
-#pragma GCC diagnostic ignored "-Wunused-function"
-#endif
-#define MOEXC_STATIC
-#define MOEXC_MALLOC(sz) test_malloc(sz)
-#define MOEXC_REALLOC(p, sz) test_realloc((p), (sz))
-#define MOEXC_FREE(p) test_free(p)
-#define MOEXC_IMPLEMENTATION
-#include "../moexc.h"
-#include "harness.h"
-
-static char g_tmpdir[1024] = ".";
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[2048];
-    snprintf(buf, sizeof(buf), "%s/%s", g_tmpdir, name);
-    return buf;
-}
-
-static unsigned char *slurp(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *buf;
-    long n;
-    *size = 0;
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = (unsigned char *)malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
+#include <math.h>
+#include "counting_alloc.h"
 
 static const char *fixture(const char *name)
 {
@@ -595,10 +529,8 @@ static void test_allocation_failures(void)
 
 int main(int argc, char **argv)
 {
-    if (argc > 0 && strrchr(argv[0], '/')) {   /* temporary files next to the binary (build/) */
-        size_t n = (size_t)(strrchr(argv[0], '/') - argv[0]);
-        if (n < sizeof(g_tmpdir)) { memcpy(g_tmpdir, argv[0], n); g_tmpdir[n] = '\0'; }
-    }
+    (void)argc;
+    tmp_dir_from_argv0(argv[0]);
     TH_RUN(test_json_valid);
     TH_RUN(test_json_invalid);
     TH_RUN(test_roundtrip);

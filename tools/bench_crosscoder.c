@@ -17,26 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "tool_clock.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static double now_seconds(void)
-{
-#if defined(CLOCK_MONOTONIC)
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-#else
-    return (double)clock() / CLOCKS_PER_SEC;
-#endif
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv)
 {
@@ -46,7 +30,7 @@ int main(int argc, char **argv)
     moexc_error err;
     moexc_rng rng;
     float *xa, *xb;
-    double *times;
+    double *times, median;
     for (i = 1; i + 1 < argc; i += 2) {
         int v = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--threads")) threads = v;
@@ -85,11 +69,11 @@ int main(int argc, char **argv)
         }
         if (s >= 3) times[s - 3] = now_seconds() - t0;
     }
-    qsort(times, (size_t)steps, sizeof(double), cmp_double);
+    median = median_in_place(times, steps);
     printf("crosscoder BatchTopK d_A = d_B = %d, F %d, k %d, shared %d, batch %d, %d threads (%s)\n",
            d, F, k, ns, batch, threads, moexc_simd_backend());
     printf("c crosscoder params %lu median_s %.6f pairs_per_s %.1f\n", (unsigned long)moexc_xc_num_params(xc),
-           times[steps / 2], batch / times[steps / 2]);
+           median, batch / median);
     moexc_xc_free(xc);
     free(xa); free(xb); free(times);
     return 0;

@@ -15,26 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "tool_clock.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-static double now_seconds(void)
-{
-#if defined(CLOCK_MONOTONIC)
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-#else
-    return (double)clock() / CLOCKS_PER_SEC;
-#endif
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static int bench(int moe, const moexc_tokens *data, int B, int T, int steps)
 {
@@ -62,9 +46,9 @@ static int bench(int moe, const moexc_tokens *data, int B, int T, int steps)
         if (s >= 2) times[s - 2] = now_seconds() - t0;
     }
     if (s == steps + 2) {
-        qsort(times, (size_t)steps, sizeof(double), cmp_double);
+        double median = median_in_place(times, steps);
         printf("c %s params %lu active %lu median_s %.6f tokens_per_s %.1f\n", moe ? "moe" : "dense",
-               (unsigned long)total, (unsigned long)active, times[steps / 2], (double)B * T / times[steps / 2]);
+               (unsigned long)total, (unsigned long)active, median, (double)B * T / median);
         fflush(stdout);
     }
     free(times);

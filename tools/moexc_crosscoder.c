@@ -5,11 +5,15 @@
                       --corpus 400000 --steps 5000 --save xc.safetensors
 
    Run with --help for every option. */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L   /* clock_gettime */
+#endif
 #include "../moexc.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "tool_clock.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -194,15 +198,6 @@ static moexc_status source_next(pair_source *p, float *x_a, float *x_b, int n, m
         p->out_pos = 0;
     }
     return MOEXC_OK;
-}
-
-static double now_seconds(void)
-{
-#ifdef _OPENMP
-    return omp_get_wtime();
-#else
-    return (double)clock() / CLOCKS_PER_SEC;
-#endif
 }
 
 static void print_eval(const char *what, const moexc_xc_eval *ev)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "tool_clock.h"
 #include <math.h>
 
 static const char *usage =
@@ -73,17 +74,6 @@ typedef struct run {
     double t0, time_limit, tokens0;
     int step0;
 } run;
-
-static double now_seconds(void)
-{
-#if defined(CLOCK_MONOTONIC)
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-#else
-    return (double)clock() / CLOCKS_PER_SEC;
-#endif
-}
 
 static void print_eval(const moexc_eval_result *ev, const moexc_tokens *data)
 {
