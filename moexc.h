@@ -4507,6 +4507,37 @@ MOEXC_DEF const char *moexc_st_meta(const moexc_st_file *f, const char *key)
     return NULL;
 }
 
+/* Required metadata values, with the file and key named on error: a finite
+   number in [lo, hi], or an unsigned decimal integer (64 bits, exact). The
+   model, training and crosscoder loaders read their metadata through these. */
+static MOEXC__UNUSED_FN moexc_status moexc__st_meta_number(const moexc_st_file *f, const char *path, const char *key,
+                                                           double lo, double hi, double *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    double x;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' is missing", path, key);
+    x = strtod(s, &end);
+    if (end == s || *end != '\0' || !(x >= lo && x <= hi))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not a number in [%g, %g]",
+                           path, key, s, lo, hi);
+    *out = x;
+    return MOEXC_OK;
+}
+static MOEXC__UNUSED_FN moexc_status moexc__st_meta_u64(const moexc_st_file *f, const char *path, const char *key,
+                                                        uint64_t *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    char *end;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' is missing", path, key);
+    if (*s < '0' || *s > '9')
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an unsigned integer", path, key, s);
+    *out = (uint64_t)strtoull(s, &end, 10);
+    if (*end != '\0')
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an unsigned integer", path, key, s);
+    return MOEXC_OK;
+}
+
 static const moexc__st_tensor *moexc__st_find(const moexc_st_file *f, const char *name)
 {
     int lo = 0, hi;
@@ -5826,29 +5857,22 @@ static void moexc__config_to_meta(const moexc_model_config *c, char vals[MOEXC__
     for (i = 0; i < MOEXC__N_CONFIG_KEYS; i++) { kv[i].key = keys[i]; kv[i].value = vals[i]; }
 }
 
+/* The config's integer and float fields, by name. */
 static moexc_status moexc__meta_int(const moexc_st_file *f, const char *path, const char *key, int *v, moexc_error *err)
 {
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    long x;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
-    x = strtol(s, &end, 10);
-    if (end == s || *end || x < INT_MIN || x > INT_MAX)
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an integer", path, key, s);
+    double x;
+    moexc_status st = moexc__st_meta_number(f, path, key, INT_MIN, INT_MAX, &x, err);
+    if (st != MOEXC_OK) return st;
+    if (x != floor(x)) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an integer", path, key, x);
     *v = (int)x;
     return MOEXC_OK;
 }
 static moexc_status moexc__meta_float(const moexc_st_file *f, const char *path, const char *key, float *v, moexc_error *err)
 {
-    const char *s = moexc_st_meta(f, key);
-    char *end;
     double x;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key '%s' is missing", path, key);
-    x = strtod(s, &end);
-    if (end == s || *end || !(x == x))
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not a number", path, key, s);
-    *v = (float)x;
-    return MOEXC_OK;
+    moexc_status st = moexc__st_meta_number(f, path, key, -FLT_MAX, FLT_MAX, &x, err);
+    if (st == MOEXC_OK) *v = (float)x;
+    return st;
 }
 
 /* Writes the model's tensors and config, plus extra tensors and metadata
@@ -6643,30 +6667,6 @@ MOEXC_DEF moexc_status moexc_trainer_save(const moexc_trainer *tc, const char *p
     return st;
 }
 
-/* Parse a metadata value of a training checkpoint. */
-static moexc_status moexc__train_meta(const moexc_st_file *f, const char *path, const char *key,
-                                      double *out, moexc_error *err)
-{
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
-    *out = strtod(s, &end);
-    if (end == s || *end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number", path, key, s);
-    return MOEXC_OK;
-}
-
-static moexc_status moexc__train_meta_u64(const moexc_st_file *f, const char *path, const char *key,
-                                          uint64_t *out, moexc_error *err)
-{
-    const char *s = moexc_st_meta(f, key);
-    char *end;
-    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing (not a training checkpoint?)", path, key);
-    if (*s < '0' || *s > '9') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
-    *out = (uint64_t)strtoull(s, &end, 10);
-    if (*end != '\0') return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an unsigned integer", path, key, s);
-    return MOEXC_OK;
-}
-
 MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model **model, const char *path,
                                             const moexc_tokens *data, moexc_error *err)
 {
@@ -6698,22 +6698,22 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
     iopt[4] = &o.grad_accum; iopt[5] = &o.eval_interval; iopt[6] = &o.eval_batches; iopt[7] = &step;
     for (k = 0; k < 8; k++) {
         sprintf(key, "moexc.train.%s", float_keys[k]);
-        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
+        if ((st = moexc__st_meta_number(f, path, key, -DBL_MAX, DBL_MAX, &val, err)) != MOEXC_OK) goto fail;
         *fopt[k] = (float)val;
         sprintf(key, "moexc.train.%s", int_keys[k]);
-        if ((st = moexc__train_meta(f, path, key, &val, err)) != MOEXC_OK) goto fail;
+        if ((st = moexc__st_meta_number(f, path, key, -DBL_MAX, DBL_MAX, &val, err)) != MOEXC_OK) goto fail;
         if (val != floor(val) || val < -2147483647.0 || val > 2147483647.0) {
             st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an int", path, key, val);
             goto fail;
         }
         *iopt[k] = (int)val;
     }
-    if ((st = moexc__train_meta(f, path, "moexc.train.tokens", &tokens, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.seed", &o.seed, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.data_crc32", &data_crc, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.data_tokens", &data_tokens, err)) != MOEXC_OK ||
-        (st = moexc__train_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
+    if ((st = moexc__st_meta_number(f, path, "moexc.train.tokens", -DBL_MAX, DBL_MAX, &tokens, err)) != MOEXC_OK ||
+        (st = moexc__st_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
+        (st = moexc__st_meta_u64(f, path, "moexc.train.seed", &o.seed, err)) != MOEXC_OK ||
+        (st = moexc__st_meta_u64(f, path, "moexc.train.data_crc32", &data_crc, err)) != MOEXC_OK ||
+        (st = moexc__st_meta_u64(f, path, "moexc.train.data_tokens", &data_tokens, err)) != MOEXC_OK ||
+        (st = moexc__st_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
         goto fail;
     if (step < 0 || step > o.total_steps) { st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: step %d outside [0, total_steps %d]", path, step, o.total_steps); goto fail; }
     if ((st = moexc__model_load_from(f, path, &m, err)) != MOEXC_OK) goto fail;
