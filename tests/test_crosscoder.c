@@ -86,6 +86,12 @@ static void test_grad_l1_unequal_widths(void)
         TH_CHECK(s.penalty > 0.0, "penalty term present (%g)", s.penalty);
         TH_CHECK(grad_check(xc, xa, xb, n, "L1, d_A 5, d_B 7") == 0, "L1 gradient");
     }
+    moexc_xc_free(xc);
+    /* the same with the uncentred encoder (it reads x^m, not x^m - b_dec^m) */
+    o.uncentred_encoder = 1;
+    xc = make_xc(da, db, &o, xa, xb, n, 3);
+    TH_CHECK(xc != NULL, "create");
+    if (xc) TH_CHECK(grad_check(xc, xa, xb, n, "L1, d_A 5, d_B 7, uncentred encoder") == 0, "L1 uncentred gradient");
     moexc_xc_free(xc); free(xa); free(xb);
 }
 
@@ -302,6 +308,7 @@ static void check_torch_fixture(const char *path)
     o.lambda_ratio = (float)atof(moexc_st_meta(sf, "lambda_ratio"));
     o.aux_k = atoi(moexc_st_meta(sf, "aux_k"));
     o.aux_alpha = (float)atof(moexc_st_meta(sf, "aux_alpha"));
+    o.uncentred_encoder = moexc_st_meta(sf, "uncentred_encoder") ? atoi(moexc_st_meta(sf, "uncentred_encoder")) : 1;
     o.lambda_warmup = -1.0f;    /* the full lambda at step 0 */
     da = atoi(moexc_st_meta(sf, "d_a")); db = atoi(moexc_st_meta(sf, "d_b"));
     n = atoi(moexc_st_meta(sf, "n"));
