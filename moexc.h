@@ -799,6 +799,13 @@ typedef struct moexc_xc_options {
     int      aux_k;         /* AuxK latents per token; 0 -> max(d_A, d_B) / 2, < 0 off;
                                BatchTopK only                                        */
     float    aux_alpha;     /* 0 -> 1/32                                             */
+    int      aux_exact_relu;/* AuxK's gradient at a selected dead latent whose pre-
+                               activation is negative (so f_aux = ReLU = 0):
+                               0 (default): straight-through, as if the ReLU were the
+                               identity there, so a latent negative on every token
+                               is still pushed up where its decoder row points along
+                               the residual; 1: the exact ReLU gradient, 0 (the
+                               references: OpenAI's TopK SAE, Bussmann et al.)     */
     int64_t  dead_tokens;   /* n_dead: dead after this many tokens without firing;
                                0 -> min(10M, steps * batch / 20)                     */
     int      steps;         /* total optimiser steps (schedules); 0 -> 10000         */
@@ -7469,6 +7476,23 @@ static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
     return a[target];
 }
 
+/* keep[i] = 1 for the k largest v[i] of any sign (1 <= k <= n), ties at the
+   boundary to the lowest index, so exactly k are kept. tmp holds n floats. */
+static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
+{
+    ptrdiff_t i, greater = 0, need;
+    float t;
+    memcpy(tmp, v, (size_t)n * sizeof(float));
+    t = moexc__kth_largest(tmp, n, k);
+    for (i = 0; i < n; i++) greater += v[i] > t;
+    need = k - greater;
+    for (i = 0; i < n; i++) {
+        if (v[i] > t) keep[i] = 1;
+        else if (v[i] == t && need > 0) { keep[i] = 1; need--; }
+        else keep[i] = 0;
+    }
+}
+
 /* keep[i] = 1 for the k largest positive v[i], 0 elsewhere; ties at the
    boundary go to the lowest index, so exactly min(k, #positive) are kept.
    Returns the smallest kept value (0 when none). tmp holds n floats.
@@ -7776,13 +7800,18 @@ static void moexc__xc_penalty_backward(moexc_xc *xc, float *df, const double *co
    e is a constant here (detached, as in the literature): aux_e, a copy of e
    taken when the selection is made (a frozen selection keeps it). Returns L_aux and
    stores 1/denominator in *inv_den (0: nothing to do).
-   The ReLU stays, as in the references (OpenAI's TopK SAE applies relu to
-   the AuxK values, Bussmann et al. take the top k_aux of ReLU activations):
-   a dead latent whose pre-activation is negative on every token gets no
-   AuxK gradient. What keeps dead latents' pre-activations near zero, so that
-   AuxK can revive them, is the centred encoder input (x - b_dec, option
-   uncentred_encoder); with the uncentred encoder, dead latents were negative
-   on all but ~0.03% of (token, dead latent) pairs and L_aux stayed at 1. */
+   SPEC: "the top k_aux pre-activations among dead latents" and "make sure
+   its gradient really flows". The references apply the ReLU (OpenAI's TopK
+   SAE relu's the AuxK values, Bussmann et al. take the top k_aux of ReLU
+   activations), so a dead latent negative on every token gets no AuxK
+   gradient; in the demo run dead latents were negative on all but ~0.1-0.3%
+   of (token, dead latent) pairs and L_aux stayed at 1. Our choice: select
+   the top k_aux of any sign and keep the ReLU in the forward pass (the loss
+   value is the references'), but by default pass the gradient straight
+   through the ReLU at the selected negative positions (option
+   aux_exact_relu), so the encoder learns to raise a dead latent where its
+   decoder row would reduce the residual. With aux_exact_relu only positive
+   pre-activations are selected, as before. */
 static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *inv_den)
 {
     int D, b, j, m, kaux = xc->opt.aux_k;
@@ -7798,9 +7827,13 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
     if (D == 0) return 0.0;
     for (b = 0; b < n; b++)
         for (j = 0; j < D; j++) xc->aux_pre[(size_t)b * D + j] = xc->pre[(size_t)b * F + (size_t)xc->aux_idx[j]];
-    if (select)
-        for (b = 0; b < n; b++)
-            moexc__select_top(xc->aux_pre + (size_t)b * D, D, MOEXC__MIN(kaux, D), xc->aux_keep + (size_t)b * D, xc->tmp);
+    /* per token the top k_aux: positive ones only (exact ReLU) or of any sign */
+    for (b = 0; select && b < n; b++) {
+        const float *v = xc->aux_pre + (size_t)b * D;
+        unsigned char *keep = xc->aux_keep + (size_t)b * D;
+        if (xc->opt.aux_exact_relu) moexc__select_top(v, D, MOEXC__MIN(kaux, D), keep, xc->tmp);
+        else moexc__select_top_any(v, D, MOEXC__MIN(kaux, D), keep, xc->tmp);
+    }
     for (b = 0; b < n * D; b++) {
         float p = xc->aux_pre[b];
         xc->aux_f[b] = xc->aux_keep[b] && p > 0.0f ? p : 0.0f;
@@ -7828,7 +7861,9 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
 
 /* AuxK backward: dê^m = -2 alpha (e^m - ê^m) / den ->
      dWg^m = f_aux^T dê^m (scattered into the dead rows of dW_dec^m),
-     df_aux = sum_m dê^m Wg^m^T, dpre += df_aux at the kept positive positions. */
+     df_aux = sum_m dê^m Wg^m^T, dpre += df_aux at the kept positions: the
+     positive ones (ReLU), and by default also the negative ones
+     (straight-through, !aux_exact_relu; see the forward). */
 static void moexc__xc_auxk_backward(moexc_xc *xc, float *dpre, int n, double inv_den)
 {
     int D = xc->n_aux, b, j, m;
@@ -7847,7 +7882,8 @@ static void moexc__xc_auxk_backward(moexc_xc *xc, float *dpre, int n, double inv
     for (b = 0; b < n; b++)
         for (j = 0; j < D; j++) {
             size_t at = (size_t)b * D + j;
-            if (xc->aux_keep[at] && xc->aux_pre[at] > 0.0f) dpre[(size_t)b * F + (size_t)xc->aux_idx[j]] += xc->aux_df[at];
+            if (xc->aux_keep[at] && (xc->aux_pre[at] > 0.0f || !xc->opt.aux_exact_relu))
+                dpre[(size_t)b * F + (size_t)xc->aux_idx[j]] += xc->aux_df[at];
         }
 }
 
@@ -8134,6 +8170,7 @@ static int moexc__xc_meta_list(const moexc_xc *xc, moexc__xc_meta *meta, int fol
     MOEXC__XC_META("lambda_ratio", "%.9g", o->lambda_ratio);
     MOEXC__XC_META("aux_k", "%d", o->aux_k);
     MOEXC__XC_META("aux_alpha", "%.9g", o->aux_alpha);
+    MOEXC__XC_META("aux_exact_relu", "%d", o->aux_exact_relu);
     MOEXC__XC_META("dead_tokens", "%lld", (long long)o->dead_tokens);
     MOEXC__XC_META("steps", "%d", o->steps);
     MOEXC__XC_META("batch", "%d", o->batch);
@@ -8294,6 +8331,9 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     MOEXC__XC_GET("lambda_ratio", -1e30, 1e30, o.lambda_ratio = (float)v);
     MOEXC__XC_GET("aux_k", -1e9, 1e9, o.aux_k = (int)v);
     MOEXC__XC_GET("aux_alpha", -1e30, 1e30, o.aux_alpha = (float)v);
+    /* files from before the option lack the key: they used the exact ReLU */
+    if (moexc_st_meta(f, "aux_exact_relu")) MOEXC__XC_GET("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)v);
+    else o.aux_exact_relu = 1;
     MOEXC__XC_GET("dead_tokens", -1e18, 1e18, o.dead_tokens = (int64_t)v);
     MOEXC__XC_GET("steps", 1, 2e9, o.steps = (int)v);
     MOEXC__XC_GET("batch", 1, 2e9, o.batch = (int)v);
