@@ -745,6 +745,10 @@ MOEXC_DEF void moexc_act_cache_abort(moexc_act_cache *c);
 /* SPEC §4. Model A (index 0) is the MoE, model B (index 1) the dense model.
      f     = ReLU( sum_m x^m W_enc^m + b_enc )           W_enc^m (d_m x F)
      x̂^m  = f W_dec^m + b_dec^m                          W_dec^m (F x d_m)
+   By default training encodes the centred input (SAE practice, Gao et al.
+   2024, Bussmann et al. 2024): f = ReLU( sum_m (x^m - b_dec^m) W_enc^m + b_enc ),
+   the same function with SPEC's bias b_enc - sum_m b_dec^m W_enc^m; the saved
+   "encoder.bias" is that SPEC-form bias (option uncentred_encoder).
    Inputs are raw activations; internally they are multiplied by the
    normalisation scalars s_m (mean ||s_m x^m|| = sqrt(d_m)), and outputs are
    returned in raw units. The first n_shared latents have ONE decoder row for
@@ -754,7 +758,8 @@ MOEXC_DEF void moexc_act_cache_abort(moexc_act_cache *c);
    libraries, normalisation folded in so it works on raw activations):
      d_A == d_B == d:
        "encoder.weight"  (2, d, F)   W_enc^m * s_m
-       "encoder.bias"    (F)
+       "encoder.bias"    (F)          SPEC's b_enc: for the centred encoder
+                                     b_enc - sum_m b_dec^m W_enc^m (unchanged by s_m)
        "decoder.weight"  (2, F, d)   W_dec^m / s_m (a shared row is stored in both
                                      slices; they differ by the factor s_A / s_B)
        "decoder.bias"    (2, d)      b_dec^m / s_m
@@ -767,9 +772,12 @@ MOEXC_DEF void moexc_act_cache_abort(moexc_act_cache *c);
      metadata: format "moexc-crosscoder", version "1", variant ("batchtopk" or
        "l1"), n_latents, k, n_shared, d_a, d_b, scale_a, scale_b (the folded
        s_m), lambda_f, lambda_ratio, aux_k, aux_alpha, folded ("1"),
-       threshold_units ("normalised"), step.
+       threshold_units ("normalised"), uncentred_encoder, step. A file
+       without uncentred_encoder is read as uncentred (1).
    A training checkpoint (moexc_xc_save_training) stores the same tensors
-   unfolded (folded "0"; multiply inputs by scale_m before using it), plus
+   unfolded (folded "0"; multiply inputs by scale_m before using it), its
+   "encoder.bias" the parameter b_enc itself (for the centred encoder the
+   encoder reads s_m x^m - b_dec^m), plus
      "train.adam_m", "train.adam_v" (P)  Adam moments over the flat internal
                        parameter vector (moexc_xc_num_params)
      "train.since_fired" (F)            tokens since each latent last fired
@@ -791,6 +799,13 @@ typedef struct moexc_xc_options {
     int      aux_k;         /* AuxK latents per token; 0 -> max(d_A, d_B) / 2, < 0 off;
                                BatchTopK only                                        */
     float    aux_alpha;     /* 0 -> 1/32                                             */
+    int      aux_exact_relu;/* AuxK's gradient at a selected dead latent whose pre-
+                               activation is negative (so f_aux = ReLU = 0):
+                               0 (default): straight-through, as if the ReLU were the
+                               identity there, so a latent negative on every token
+                               is still pushed up where its decoder row points along
+                               the residual; 1: the exact ReLU gradient, 0 (the
+                               references: OpenAI's TopK SAE, Bussmann et al.)     */
     int64_t  dead_tokens;   /* n_dead: dead after this many tokens without firing;
                                0 -> min(10M, steps * batch / 20)                     */
     int      steps;         /* total optimiser steps (schedules); 0 -> 10000         */
@@ -801,6 +816,14 @@ typedef struct moexc_xc_options {
     float    lambda_warmup; /* lambda_f ramp as a fraction of steps; 0 -> 0.05       */
     float    clip;          /* global gradient-norm clip; 0 -> 1.0, < 0 off          */
     float    init_norm;     /* decoder row norm at init; 0 -> 0.08 (L1), 1.0 (BatchTopK) */
+    int      uncentred_encoder; /* 0 (default): the encoder reads x^m - b_dec^m,
+                               f = ReLU(sum_m (x^m - b_dec^m) W_enc^m + b_enc), as TopK
+                               SAEs do; SPEC's form with its bias b_enc - sum_m b_dec^m
+                               W_enc^m (saved that way). Keeps pre-activations centred,
+                               so latents (and AuxK's dead latents) are not negative on
+                               every token. 1: the encoder reads x^m as SPEC writes it
+                               (with b_enc = 0 at init, half the latents start
+                               negative on the mean and many die)                 */
     float    threshold_beta;   /* EMA of the smallest kept score; 0 -> 0.999, scaled to
                                   the run: min(0.999, max(0.9, 1 - 10 / steps))      */
     int      threshold_start;  /* first step of the EMA; 0 -> warmup_steps           */
@@ -7186,6 +7209,7 @@ struct moexc_xc {
     float   *pre, *f, *df;                        /* (n x F)            */
     unsigned char *keep;                          /* (n x F)            */
     float   *norm[2], *w;                         /* (F)                */
+    float   *enc_bias;                            /* (F) SPEC-form encoder bias */
     float   *tmp;                                 /* (n x F) selection scratch */
     /* AuxK */
     int      n_aux;                               /* D                  */
@@ -7254,6 +7278,7 @@ MOEXC_DEF void moexc_xc_free(moexc_xc *xc)
     moexc__free_aligned(xc->adam_m); moexc__free_aligned(xc->adam_v);
     moexc__free(xc->since_fired); moexc__free(xc->dead_override); moexc__free(xc->aux_idx);
     moexc__free_aligned(xc->norm[0]); moexc__free_aligned(xc->norm[1]); moexc__free_aligned(xc->w);
+    moexc__free_aligned(xc->enc_bias);
     for (m = 0; m < 2; m++) { moexc__free_aligned(xc->aux_w[m]); moexc__free_aligned(xc->aux_dw[m]); }
     moexc__free(xc);
 }
@@ -7325,8 +7350,9 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
     xc->dead_override = (signed char *)moexc__malloc(F);
     xc->aux_idx = (int *)moexc__calloc(F, sizeof(int));
     xc->norm[0] = moexc__alloc_floats(F); xc->norm[1] = moexc__alloc_floats(F); xc->w = moexc__alloc_floats(F);
+    xc->enc_bias = moexc__alloc_floats(F);
     ok = xc->params && xc->grads && xc->adam_m && xc->adam_v && xc->since_fired && xc->dead_override &&
-         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w;
+         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w && xc->enc_bias;
     for (m = 0; m < 2; m++) {
         xc->aux_w[m] = moexc__alloc_floats(F * (size_t)xc->d[m]);
         xc->aux_dw[m] = moexc__alloc_floats(F * (size_t)xc->d[m]);
@@ -7450,6 +7476,23 @@ static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
     return a[target];
 }
 
+/* keep[i] = 1 for the k largest v[i] of any sign (1 <= k <= n), ties at the
+   boundary to the lowest index, so exactly k are kept. tmp holds n floats. */
+static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
+{
+    ptrdiff_t i, greater = 0, need;
+    float t;
+    memcpy(tmp, v, (size_t)n * sizeof(float));
+    t = moexc__kth_largest(tmp, n, k);
+    for (i = 0; i < n; i++) greater += v[i] > t;
+    need = k - greater;
+    for (i = 0; i < n; i++) {
+        if (v[i] > t) keep[i] = 1;
+        else if (v[i] == t && need > 0) { keep[i] = 1; need--; }
+        else keep[i] = 0;
+    }
+}
+
 /* keep[i] = 1 for the k largest positive v[i], 0 elsewhere; ties at the
    boundary go to the lowest index, so exactly min(k, #positive) are kept.
    Returns the smallest kept value (0 when none). tmp holds n floats.
@@ -7506,15 +7549,46 @@ static void moexc__xc_norms(moexc_xc *xc)
     for (i = 0; i < xc->F; i++) xc->w[i] = xc->norm[0][i] + xc->norm[1][i];
 }
 
+/* SPEC-form encoder bias into out (F): b_enc, or for the centred encoder
+     b_enc - sum_m b_dec^m W_enc^m   (so that pre = sum_m xs^m W_enc^m + out) */
+static void moexc__xc_spec_enc_bias(const moexc_xc *xc, float *out)
+{
+    int m, F = xc->F;
+    memcpy(out, xc->params + xc->off_benc, (size_t)F * sizeof(float));
+    if (xc->opt.uncentred_encoder) return;
+    for (m = 0; m < 2; m++)
+        moexc_sgemm(0, 0, 1, F, xc->d[m], -1.0f, xc->params + xc->off_bdec[m], xc->d[m],
+                    xc->params + xc->off_enc[m], F, 1.0f, out, F);
+}
+
 /* encoder forward: xs^m (n x d_m), W_enc^m (d_m x F), b_enc (F) -> pre (n x F)
-     pre = sum_m xs^m W_enc^m + b_enc */
+     pre = sum_m (xs^m - b_dec^m) W_enc^m + b_enc   (centred, default)
+     pre = sum_m xs^m W_enc^m + b_enc               (uncentred_encoder)
+   both computed as sum_m xs^m W_enc^m + enc_bias (moexc__xc_spec_enc_bias). */
 static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, float *const *xs, int n)
 {
-    const float *benc = MOEXC__XC_P(xc, off_benc);
+    const float *benc = xc->enc_bias;
     int b, m, F = xc->F;
+    moexc__xc_spec_enc_bias(xc, xc->enc_bias);
     for (b = 0; b < n; b++) memcpy(pre + (size_t)b * (size_t)F, benc, (size_t)F * sizeof(float));
     for (m = 0; m < 2; m++)
         moexc_sgemm(0, 0, n, F, xc->d[m], 1.0f, xs[m], xc->d[m], MOEXC__XC_P(xc, off_enc[m]), F, 1.0f, pre, F);
+}
+
+/* The centring term of the encoder backward, after db_enc = g = sum_b dpre
+   (b_enc has no other gradient, so its gradient is g here):
+     dW_enc^m -= b_dec^m^T g      (so dW_enc^m = (xs^m - b_dec^m)^T dpre)
+     db_dec^m -= W_enc^m g^T      (b_dec^m also enters through the encoder) */
+static void moexc__xc_encoder_backward_centre(moexc_xc *xc)
+{
+    const float *g = MOEXC__XC_G(xc, off_benc);
+    int m, F = xc->F;
+    if (xc->opt.uncentred_encoder) return;
+    for (m = 0; m < 2; m++) {
+        int d = xc->d[m];
+        moexc_sgemm(1, 0, d, F, 1, -1.0f, xc->params + xc->off_bdec[m], d, g, F, 1.0f, xc->grads + xc->off_enc[m], F);
+        moexc_sgemm(0, 1, 1, d, F, -1.0f, g, F, xc->params + xc->off_enc[m], F, 1.0f, xc->grads + xc->off_bdec[m], d);
+    }
 }
 
 /* encoder backward: dpre (n x F) -> dW_enc^m += xs^m^T dpre, db_enc += sum_b dpre */
@@ -7525,6 +7599,7 @@ static void moexc__xc_encoder_backward(moexc_xc *xc, const float *dpre, float *c
     for (m = 0; m < 2; m++)
         moexc_sgemm(1, 0, xc->d[m], F, n, 1.0f, xs[m], xc->d[m], dpre, F, 1.0f, MOEXC__XC_G(xc, off_enc[m]), F);
     for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * (size_t)F, (size_t)F);
+    moexc__xc_encoder_backward_centre(xc);
 }
 
 /* decoder forward: f (n x F) -> xhat^m (n x d_m) = f W_dec^m + b_dec^m (bias may be skipped).
@@ -7638,6 +7713,7 @@ static void moexc__xc_encoder_backward_sparse(moexc_xc *xc, const float *dpre, f
             for (i = 0; i < F; i++) dW[j * F + i] += acc[i * d + j];
     }
     for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * F, F);
+    moexc__xc_encoder_backward_centre(xc);
 }
 
 /* activation forward: f = keep ? ReLU(pre) : 0; L0 over the batch. */
@@ -7723,7 +7799,20 @@ static void moexc__xc_penalty_backward(moexc_xc *xc, float *df, const double *co
      L_aux = sum_m ||e^m - ê^m||^2 / sum_m ||e^m - mean_b e^m||^2
    e is a constant here (detached, as in the literature): aux_e, a copy of e
    taken when the selection is made (a frozen selection keeps it). Returns L_aux and
-   stores 1/denominator in *inv_den (0: nothing to do). */
+   stores 1/denominator in *inv_den (0: nothing to do).
+   SPEC: "the top k_aux pre-activations among dead latents" and "make sure
+   its gradient really flows". The references apply the ReLU (OpenAI's TopK
+   SAE relu's the AuxK values, Bussmann et al. take the top k_aux of ReLU
+   activations), so a dead latent negative on every token gets no AuxK
+   gradient; with the uncentred encoder, dead latents were positive on only
+   ~0.04% of (token, dead latent) pairs (steps 300-500 of the demo's
+   crosscoder) and L_aux stayed at 1. Our choice: select
+   the top k_aux of any sign and keep the ReLU in the forward pass (the loss
+   value is the references'), but by default pass the gradient straight
+   through the ReLU at the selected negative positions (option
+   aux_exact_relu), so the encoder learns to raise a dead latent where its
+   decoder row would reduce the residual. With aux_exact_relu only positive
+   pre-activations are selected, as before. */
 static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *inv_den)
 {
     int D, b, j, m, kaux = xc->opt.aux_k;
@@ -7739,9 +7828,13 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
     if (D == 0) return 0.0;
     for (b = 0; b < n; b++)
         for (j = 0; j < D; j++) xc->aux_pre[(size_t)b * D + j] = xc->pre[(size_t)b * F + (size_t)xc->aux_idx[j]];
-    if (select)
-        for (b = 0; b < n; b++)
-            moexc__select_top(xc->aux_pre + (size_t)b * D, D, MOEXC__MIN(kaux, D), xc->aux_keep + (size_t)b * D, xc->tmp);
+    /* per token the top k_aux: positive ones only (exact ReLU) or of any sign */
+    for (b = 0; select && b < n; b++) {
+        const float *v = xc->aux_pre + (size_t)b * D;
+        unsigned char *keep = xc->aux_keep + (size_t)b * D;
+        if (xc->opt.aux_exact_relu) moexc__select_top(v, D, MOEXC__MIN(kaux, D), keep, xc->tmp);
+        else moexc__select_top_any(v, D, MOEXC__MIN(kaux, D), keep, xc->tmp);
+    }
     for (b = 0; b < n * D; b++) {
         float p = xc->aux_pre[b];
         xc->aux_f[b] = xc->aux_keep[b] && p > 0.0f ? p : 0.0f;
@@ -7769,7 +7862,9 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
 
 /* AuxK backward: dê^m = -2 alpha (e^m - ê^m) / den ->
      dWg^m = f_aux^T dê^m (scattered into the dead rows of dW_dec^m),
-     df_aux = sum_m dê^m Wg^m^T, dpre += df_aux at the kept positive positions. */
+     df_aux = sum_m dê^m Wg^m^T, dpre += df_aux at the kept positions: the
+     positive ones (ReLU), and by default also the negative ones
+     (straight-through, !aux_exact_relu; see the forward). */
 static void moexc__xc_auxk_backward(moexc_xc *xc, float *dpre, int n, double inv_den)
 {
     int D = xc->n_aux, b, j, m;
@@ -7788,7 +7883,8 @@ static void moexc__xc_auxk_backward(moexc_xc *xc, float *dpre, int n, double inv
     for (b = 0; b < n; b++)
         for (j = 0; j < D; j++) {
             size_t at = (size_t)b * D + j;
-            if (xc->aux_keep[at] && xc->aux_pre[at] > 0.0f) dpre[(size_t)b * F + (size_t)xc->aux_idx[j]] += xc->aux_df[at];
+            if (xc->aux_keep[at] && (xc->aux_pre[at] > 0.0f || !xc->opt.aux_exact_relu))
+                dpre[(size_t)b * F + (size_t)xc->aux_idx[j]] += xc->aux_df[at];
         }
 }
 
@@ -8075,6 +8171,7 @@ static int moexc__xc_meta_list(const moexc_xc *xc, moexc__xc_meta *meta, int fol
     MOEXC__XC_META("lambda_ratio", "%.9g", o->lambda_ratio);
     MOEXC__XC_META("aux_k", "%d", o->aux_k);
     MOEXC__XC_META("aux_alpha", "%.9g", o->aux_alpha);
+    MOEXC__XC_META("aux_exact_relu", "%d", o->aux_exact_relu);
     MOEXC__XC_META("dead_tokens", "%lld", (long long)o->dead_tokens);
     MOEXC__XC_META("steps", "%d", o->steps);
     MOEXC__XC_META("batch", "%d", o->batch);
@@ -8084,6 +8181,7 @@ static int moexc__xc_meta_list(const moexc_xc *xc, moexc__xc_meta *meta, int fol
     MOEXC__XC_META("lambda_warmup", "%.9g", o->lambda_warmup);
     MOEXC__XC_META("clip", "%.9g", o->clip);
     MOEXC__XC_META("init_norm", "%.9g", o->init_norm);
+    MOEXC__XC_META("uncentred_encoder", "%d", o->uncentred_encoder);
     MOEXC__XC_META("threshold_beta", "%.9g", o->threshold_beta);
     MOEXC__XC_META("threshold_start", "%d", o->threshold_start);
     MOEXC__XC_META("threshold_count", "%lld", (long long)xc->threshold_count);
@@ -8099,7 +8197,7 @@ static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int tra
     moexc_st_kv kv[40];
     moexc__xc_meta meta[40];
     size_t F = (size_t)xc->F, da = (size_t)xc->d[0], db = (size_t)xc->d[1];
-    float *enc = NULL, *dec = NULL, *bdec = NULL, *since = NULL, thr = xc->threshold;
+    float *enc = NULL, *dec = NULL, *bdec = NULL, *since = NULL, *ebias = NULL, thr = xc->threshold;
     int nt = 0, nm, i, m, folded = !training;
     size_t j;
     moexc_status st;
@@ -8110,10 +8208,16 @@ static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int tra
     dec = moexc__alloc_floats((da + db) * F);
     bdec = moexc__alloc_floats(da + db);
     since = moexc__alloc_floats(F);
-    if (!enc || !dec || !bdec || !since) {
+    ebias = moexc__alloc_floats(F);
+    if (!enc || !dec || !bdec || !since || !ebias) {
         st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
+    /* the inference file holds SPEC's bias (centring folded in: b_enc - sum_m
+       b_dec^m W_enc^m, unchanged by the s_m folding); a training checkpoint
+       holds the parameter b_enc itself */
+    if (folded) moexc__xc_spec_enc_bias(xc, ebias);
+    else memcpy(ebias, xc->params + xc->off_benc, F * sizeof(float));
     /* folding: W_enc^m s_m, W_dec^m / s_m, b_dec^m / s_m */
     for (m = 0; m < 2; m++) {
         size_t d = (size_t)xc->d[m], base = m ? da : 0;
@@ -8141,7 +8245,7 @@ static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int tra
             t[nt].shape[0] = (int64_t)d; nt++;
         }
     }
-    t[nt].name = "encoder.bias"; t[nt].data = xc->params + xc->off_benc; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; nt++;
+    t[nt].name = "encoder.bias"; t[nt].data = ebias; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; nt++;
     t[nt].name = "threshold"; t[nt].data = &thr; t[nt].ndim = 1; t[nt].shape[0] = 1; nt++;
     if (training) {
         for (j = 0; j < F; j++) since[j] = (float)xc->since_fired[j];
@@ -8154,6 +8258,7 @@ static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int tra
     st = moexc_st_save(path, t, nt, kv, nm, err);
 done:
     moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    moexc__free_aligned(ebias);
     return st;
 }
 
@@ -8227,6 +8332,9 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     MOEXC__XC_GET("lambda_ratio", -1e30, 1e30, o.lambda_ratio = (float)v);
     MOEXC__XC_GET("aux_k", -1e9, 1e9, o.aux_k = (int)v);
     MOEXC__XC_GET("aux_alpha", -1e30, 1e30, o.aux_alpha = (float)v);
+    /* files from before the option lack the key: they used the exact ReLU */
+    if (moexc_st_meta(f, "aux_exact_relu")) MOEXC__XC_GET("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)v);
+    else o.aux_exact_relu = 1;
     MOEXC__XC_GET("dead_tokens", -1e18, 1e18, o.dead_tokens = (int64_t)v);
     MOEXC__XC_GET("steps", 1, 2e9, o.steps = (int)v);
     MOEXC__XC_GET("batch", 1, 2e9, o.batch = (int)v);
@@ -8236,6 +8344,9 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     MOEXC__XC_GET("lambda_warmup", -1e30, 1e30, o.lambda_warmup = (float)v);
     MOEXC__XC_GET("clip", -1e30, 1e30, o.clip = (float)v);
     MOEXC__XC_GET("init_norm", 0, 1e30, o.init_norm = (float)v);
+    /* files from before the centred encoder lack the key: they are uncentred */
+    if (moexc_st_meta(f, "uncentred_encoder")) MOEXC__XC_GET("uncentred_encoder", 0, 1, o.uncentred_encoder = (int)v);
+    else o.uncentred_encoder = 1;
     MOEXC__XC_GET("threshold_beta", 0, 1, o.threshold_beta = (float)v);
     MOEXC__XC_GET("threshold_start", -2e9, 2e9, o.threshold_start = (int)v);
     MOEXC__XC_GET("threshold_count", 0, 9e18, tc_d = v);
@@ -8311,6 +8422,11 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
             for (j = 0; j < d; j++) row[j] = src[j] * s_m;
         }
     }
+    /* an inference file holds SPEC's bias b_enc - sum_m b_dec^m W_enc^m: back to b_enc */
+    if (folded_d != 0.0 && !xc->opt.uncentred_encoder)
+        for (m = 0; m < 2; m++)
+            moexc_sgemm(0, 0, 1, xc->F, xc->d[m], 1.0f, xc->params + xc->off_bdec[m], xc->d[m],
+                        xc->params + xc->off_enc[m], xc->F, 1.0f, xc->params + xc->off_benc, xc->F);
     for (j = 0; j < xc->n_params; j++)
         if (!isfinite(xc->params[j])) {
             st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the crosscoder is not finite", path, (unsigned long)j);

@@ -86,6 +86,12 @@ static void test_grad_l1_unequal_widths(void)
         TH_CHECK(s.penalty > 0.0, "penalty term present (%g)", s.penalty);
         TH_CHECK(grad_check(xc, xa, xb, n, "L1, d_A 5, d_B 7") == 0, "L1 gradient");
     }
+    moexc_xc_free(xc);
+    /* the same with the uncentred encoder (it reads x^m, not x^m - b_dec^m) */
+    o.uncentred_encoder = 1;
+    xc = make_xc(da, db, &o, xa, xb, n, 3);
+    TH_CHECK(xc != NULL, "create");
+    if (xc) TH_CHECK(grad_check(xc, xa, xb, n, "L1, d_A 5, d_B 7, uncentred encoder") == 0, "L1 uncentred gradient");
     moexc_xc_free(xc); free(xa); free(xb);
 }
 
@@ -121,6 +127,7 @@ static void test_grad_batchtopk_shared_penalty_auxk(void)
     o.variant = MOEXC_XC_BATCHTOPK; o.n_latents = F; o.n_shared = 2; o.k = 2; o.steps = 10;
     o.lambda_f = 0.3f; o.lambda_warmup = -1.0f; o.aux_k = 3; o.aux_alpha = 0.5f; /* large so the check sees it */
     o.lr = 1e-2f; o.warmup_steps = 1; o.seed = 6;
+    o.aux_exact_relu = 1;   /* the straight-through default is not a derivative: test_auxk_straight_through */
     xc = make_xc(d, d, &o, xa, xb, n, 3);
     TH_CHECK(xc != NULL, "create");
     if (!xc) return;
@@ -175,6 +182,81 @@ static void test_auxk_reaches_encoder(void)
     TH_CHECK(found >= 1, "found %d never-kept latents whose encoder AuxK trains", found);
     free(g_off);
     moexc_xc_free(on); moexc_xc_free(off); free(xa); free(xb);
+}
+
+/* AuxK's straight-through gradient (the default): a dead latent j negative on
+   every token (b_enc[j] = -50), the only dead one, so ê = 0 and
+     dL/db_enc[j]  = sum_b c_b,   dL/dW_enc^m[:, j] = sum_b c_b (xs_b^m - b_dec^m),
+     c_b = -2 alpha / den sum_m e_b^m . d_j^m,  den = sum_m ||e^m - mean_b e^m||^2,
+   with e = x - x̂ from moexc_xc_encode/decode (BatchTopK over the batch before
+   theta exists, the training selection). With aux_exact_relu they are 0. */
+static void test_auxk_straight_through(void)
+{
+    moexc_rng rng;
+    int n = 12, d = 6, F = 16, jd = 5, b, m, q, exact;
+    float *x[2], *f, *xh[2], *bdec[2];
+    moexc_xc_options o;
+    moexc_rng_seed(&rng, 19);
+    x[0] = randn(n * d, &rng, 1.0f); x[1] = randn(n * d, &rng, 2.0f);
+    f = (float *)malloc((size_t)n * F * sizeof(float));
+    xh[0] = (float *)malloc((size_t)n * d * sizeof(float)); xh[1] = (float *)malloc((size_t)n * d * sizeof(float));
+    for (exact = 0; exact < 2; exact++) {
+        moexc_xc *xc;
+        moexc_xc_step_stats s;
+        double den = 0.0, want_b = 0.0, want_w[2][6], got_b, err_w = 0.0, scale_w = 0.0;
+        float *p, *g;
+        memset(&o, 0, sizeof(o));
+        o.n_latents = F; o.k = 3; o.steps = 10; o.seed = 20; o.aux_k = 4; o.aux_alpha = 0.5f; o.aux_exact_relu = exact;
+        xc = make_xc(d, d, &o, x[0], x[1], n, 0);
+        TH_CHECK(xc != NULL, "create");
+        if (!xc) break;
+        moexc_xc_set_scales(xc, 1.0f, 1.0f);
+        p = moexc_xc_params(xc);
+        p[2 * (size_t)d * F + jd] = -50.0f;                 /* b_enc[jd]: negative on every token */
+        moexc_xc_set_dead(xc, jd, 1);
+        TH_CHECK(moexc_xc_loss_grad(xc, x[0], x[1], n, &s, NULL) == MOEXC_OK, "loss_grad");
+        g = moexc_xc_grads(xc);
+        moexc_xc_encode(xc, x[0], x[1], n, f, NULL);
+        moexc_xc_decode(xc, f, n, xh[0], xh[1]);
+        bdec[0] = p + moexc_xc_num_params(xc) - 2 * (size_t)d; bdec[1] = bdec[0] + d;
+        for (m = 0; m < 2; m++) {
+            for (q = 0; q < d; q++) {
+                double mean = 0.0;
+                for (b = 0; b < n; b++) mean += x[m][b * d + q] - xh[m][b * d + q];
+                mean /= n;
+                for (b = 0; b < n; b++) { double e = x[m][b * d + q] - xh[m][b * d + q] - mean; den += e * e; }
+                want_w[m][q] = 0.0;
+            }
+        }
+        for (b = 0; b < n; b++) {
+            double c = 0.0;
+            for (m = 0; m < 2; m++) {
+                const float *row = moexc_xc_decoder_row(xc, m, jd);
+                for (q = 0; q < d; q++) c += (x[m][b * d + q] - xh[m][b * d + q]) * row[q];
+            }
+            c *= -2.0 * o.aux_alpha / den;
+            want_b += c;
+            for (m = 0; m < 2; m++) for (q = 0; q < d; q++) want_w[m][q] += c * (x[m][b * d + q] - bdec[m][q]);
+        }
+        got_b = g[2 * (size_t)d * F + jd];
+        for (m = 0; m < 2; m++)
+            for (q = 0; q < d; q++) {
+                double gw = g[(size_t)m * d * F + (size_t)q * F + jd];
+                err_w += fabs(gw - (exact ? 0.0 : want_w[m][q]));
+                scale_w += fabs(want_w[m][q]);
+            }
+        TH_CHECK(f[jd] == 0.0f && s.aux > 0.99, "latent %d never active (f %g), aux %g (ê = 0)", jd, f[jd], s.aux);
+        if (exact) {
+            TH_CHECK(got_b == 0.0 && err_w == 0.0, "exact ReLU: no gradient (b_enc %g, W_enc %g)", got_b, err_w);
+        } else {
+            TH_CHECK(fabs(want_b) > 1e-4 && fabs(got_b - want_b) <= 1e-4 * fabs(want_b) + 1e-7,
+                     "straight-through db_enc %g, want %g", got_b, want_b);
+            TH_CHECK(scale_w > 1e-4 && err_w <= 1e-4 * scale_w, "straight-through dW_enc off by %g of %g", err_w, scale_w);
+            printf("  straight-through: db_enc %.6g (want %.6g), |dW_enc| %.4g\n", got_b, want_b, scale_w);
+        }
+        moexc_xc_free(xc);
+    }
+    free(x[0]); free(x[1]); free(f); free(xh[0]); free(xh[1]);
 }
 
 /* Exact tying: after many steps the shared rows are one parameter (the same
@@ -302,6 +384,8 @@ static void check_torch_fixture(const char *path)
     o.lambda_ratio = (float)atof(moexc_st_meta(sf, "lambda_ratio"));
     o.aux_k = atoi(moexc_st_meta(sf, "aux_k"));
     o.aux_alpha = (float)atof(moexc_st_meta(sf, "aux_alpha"));
+    o.aux_exact_relu = moexc_st_meta(sf, "aux_exact_relu") ? atoi(moexc_st_meta(sf, "aux_exact_relu")) : 1;
+    o.uncentred_encoder = moexc_st_meta(sf, "uncentred_encoder") ? atoi(moexc_st_meta(sf, "uncentred_encoder")) : 1;
     o.lambda_warmup = -1.0f;    /* the full lambda at step 0 */
     da = atoi(moexc_st_meta(sf, "d_a")); db = atoi(moexc_st_meta(sf, "d_b"));
     n = atoi(moexc_st_meta(sf, "n"));
@@ -700,6 +784,7 @@ int main(void)
     TIMED(test_grad_l1_shared);
     TIMED(test_grad_batchtopk_shared_penalty_auxk);
     TIMED(test_auxk_reaches_encoder);
+    TIMED(test_auxk_straight_through);
     TIMED(test_tying_invariant);
     TIMED(test_batchtopk_exact_count);
     TIMED(test_sparse_matches_dense);

@@ -56,8 +56,12 @@ static void usage(FILE *out)
         "  --ratio R             lambda_s / lambda_f (default 0.15)\n"
         "  --aux-k K             AuxK latents (default max(d)/2; -1 off)\n"
         "  --aux-alpha A         AuxK weight (default 1/32)\n"
+        "  --aux-exact-relu      AuxK: no gradient at dead latents' negative pre-activations (the\n"
+        "                        references); default: straight-through there\n"
         "  --dead-tokens N       tokens without firing before a latent is dead (default min(10M, steps*batch/20))\n"
         "  --init-norm X         decoder row norm at init (default 0.08 L1, 1 BatchTopK)\n"
+        "  --uncentred-encoder   encode x^m as SPEC writes it, f = ReLU(sum W_enc x + b_enc); default:\n"
+        "                        encode x^m - b_dec^m (SAE practice; saved in SPEC's form)\n"
         "training:\n"
         "  --steps S             optimiser steps (default 5000)\n"
         "  --batch N             pairs per step (default 1024)\n"
@@ -102,6 +106,8 @@ static int parse_args(int argc, char **argv, args *a)
         if (!strcmp(o, "-h") || !strcmp(o, "--help")) { usage(stdout); exit(0); }
         if (!strcmp(o, "--keep-first")) { a->keep_first = 1; continue; }
         if (!strcmp(o, "--raw-norms")) { a->raw_norms = 1; continue; }
+        if (!strcmp(o, "--uncentred-encoder")) { a->xo.uncentred_encoder = 1; continue; }
+        if (!strcmp(o, "--aux-exact-relu")) { a->xo.aux_exact_relu = 1; continue; }
         if (!v) { fprintf(stderr, "moexc_crosscoder: %s needs a value (see --help)\n", o); return 0; }
 #define INT_OPT(name, dst) if (!strcmp(o, name)) { takes_int = 1; if (!parse_long(v, &n)) goto bad; dst = n; i++; continue; }
 #define NUM_OPT(name, dst) if (!strcmp(o, name)) { char *e_; takes_num = 1; x = strtod(v, &e_); if (e_ == v || *e_) goto bad; dst = x; i++; continue; }

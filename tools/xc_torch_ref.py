@@ -7,7 +7,11 @@ Each file holds the inputs x_a (n, d_a), x_b (n, d_b), the parameters in
 moexc's flat layout "params" (P), the dead-latent mask "dead" (F), and the
 expected "loss", "rec", "penalty", "aux" (1 each) and gradient "grads" (P).
 Metadata: variant, n_latents, k, n_shared, d_a, d_b, lambda_f, lambda_ratio,
-aux_k, aux_alpha. Inputs are in normalised units (scales 1).
+aux_k, aux_alpha, uncentred_encoder, aux_exact_relu. Inputs are in normalised units (scales 1).
+The BatchTopK file uses moexc's default centred encoder (it reads x - b_dec),
+the L1 file the uncentred one (it reads x), so both forms are covered. The
+BatchTopK file's AuxK passes the gradient straight through the ReLU at
+selected negative pre-activations (moexc's default, aux_exact_relu 0).
 
     /usr/bin/python3 tools/xc_torch_ref.py [out_dir]
 """
@@ -32,7 +36,10 @@ def crosscoder_loss(p, xa, xb, cfg, dead):
     b_dec_a = p[o:o + da]; o += da
     b_dec_b = p[o:o + db]; o += db
     dec_b = torch.cat([dec_a[:ns], dec_bx], 0) if ns else dec_bx     # shared rows: one parameter
-    pre = xa @ enc_a + xb @ enc_b + b_enc
+    if cfg["uncentred_encoder"]:
+        pre = xa @ enc_a + xb @ enc_b + b_enc                     # SPEC's f = ReLU(sum_m x^m W_enc^m + b_enc)
+    else:
+        pre = (xa - b_dec_a) @ enc_a + (xb - b_dec_b) @ enc_b + b_enc   # centred: x^m - b_dec^m
     f = torch.relu(pre)
     na, nb = dec_a.norm(dim=1), dec_b.norm(dim=1)
     if cfg["variant"] == "batchtopk":
@@ -58,7 +65,10 @@ def crosscoder_loss(p, xa, xb, cfg, dead):
         kk = min(cfg["aux_k"], len(dead_idx))
         top = torch.topk(pd.detach(), kk, dim=1).indices
         m = torch.zeros_like(pd).scatter_(1, top, 1.0)
-        fa = torch.relu(pd) * m
+        if cfg["aux_exact_relu"]:
+            fa = torch.relu(pd) * m
+        else:                                                      # value ReLU, gradient straight through
+            fa = (pd + (torch.relu(pd) - pd).detach()) * m
         eha, ehb = fa @ dec_a[dead_idx], fa @ dec_b[dead_idx]
         num = (ead - eha).pow(2).sum() + (ebd - ehb).pow(2).sum()
         den = (ead - ead.mean(0)).pow(2).sum() + (ebd - ebd.mean(0)).pow(2).sum()
@@ -107,9 +117,10 @@ def make(path, cfg, seed):
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures"
     base = dict(n=16, n_latents=24, k=3, n_shared=4, d_a=8, d_b=8, lambda_f=0.3, lambda_ratio=0.2,
-                aux_k=4, aux_alpha=0.25, variant="batchtopk")
+                aux_k=4, aux_alpha=0.25, variant="batchtopk", uncentred_encoder=0,
+                aux_exact_relu=0)
     make(os.path.join(out, "xc_ref_batchtopk.safetensors"), base, 1)
-    l1 = dict(base, variant="l1", n_shared=0, d_b=6, lambda_f=0.5, aux_k=-1)
+    l1 = dict(base, variant="l1", n_shared=0, d_b=6, lambda_f=0.5, aux_k=-1, uncentred_encoder=1)
     make(os.path.join(out, "xc_ref_l1.safetensors"), l1, 2)
 
 
