@@ -8272,21 +8272,6 @@ MOEXC_DEF moexc_status moexc_xc_save_training(const moexc_xc *xc, const char *pa
     return moexc__xc_save(xc, path, 1, err);
 }
 
-/* Metadata helpers: a required number, with the key named on error. */
-static moexc_status moexc__xc_meta_num(const moexc_st_file *f, const char *path, const char *key,
-                                       double lo, double hi, double *out, moexc_error *err)
-{
-    const char *v = moexc_st_meta(f, key);
-    char *end;
-    double x;
-    if (!v) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' missing", path, key);
-    x = strtod(v, &end);
-    if (end == v || *end != 0 || !(x >= lo && x <= hi))
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number in [%g, %g]", path, key, v, lo, hi);
-    *out = x;
-    return MOEXC_OK;
-}
-
 MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_error *err)
 {
     moexc_st_file *f = NULL;
@@ -8317,7 +8302,7 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
         goto fail;
     }
     o.variant = strcmp(s, "l1") == 0 ? MOEXC_XC_L1 : MOEXC_XC_BATCHTOPK;
-#define MOEXC__XC_GET(key, lo, hi, dst) do { st = moexc__xc_meta_num(f, path, key, lo, hi, &v, err); \
+#define MOEXC__XC_GET(key, lo, hi, dst) do { st = moexc__st_meta_number(f, path, key, lo, hi, &v, err); \
         if (st != MOEXC_OK) goto fail; \
         dst; } while (0)
     MOEXC__XC_GET("n_latents", 1, 1 << 28, F_d = v);

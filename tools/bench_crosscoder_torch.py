@@ -44,7 +44,8 @@ class CrossCoder(torch.nn.Module):
     def loss(self, x, dead_tokens):                                        # x (2, n, d)
         n = x.shape[1]
         W = self.decoders()
-        pre = torch.einsum("mnd,mdf->nf", x, self.enc) + self.b_enc
+        # the encoder reads x - b_dec (moexc's default, option uncentred_encoder)
+        pre = torch.einsum("mnd,mdf->nf", x - self.b_dec.unsqueeze(1), self.enc) + self.b_enc
         f = torch.relu(pre)
         w = W.norm(dim=-1).sum(0)                                           # (F)
         scores = (f * w).flatten()
@@ -60,7 +61,9 @@ class CrossCoder(torch.nn.Module):
             ed = e.detach()
             pre_dead = torch.where(dead, pre, torch.full_like(pre, -1e30))
             top = torch.topk(pre_dead, min(self.aux_k, int(dead.sum())), dim=-1)
-            f_aux = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(top.values))
+            # forward ReLU, gradient passed straight through (moexc's default, option aux_exact_relu)
+            v = top.values
+            f_aux = torch.zeros_like(pre).scatter_(-1, top.indices, torch.relu(v).detach() + v - v.detach())
             ehat = torch.einsum("nf,mfd->mnd", f_aux, W)
             den = (ed - ed.mean(1, keepdim=True)).pow(2).sum()
             loss = loss + (ed - ehat).pow(2).sum() / den / 32.0
