@@ -49,8 +49,8 @@
      MOEXC_NO_AVX2          do not use AVX2+FMA (implies no AVX-512)
      MOEXC_NO_SSE2          do not use SSE2 (implies none of the above)
      MOEXC_NO_NEON          do not use NEON on ARM
-     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 256/672/4096,
-                            tuned for Zen 5; see >>gemm)
+     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 256, 12 x the
+                            register tile's rows, 4096; see >>gemm)
 
    SIMD backends: AVX-512F, AVX2+FMA, SSE2, NEON (AArch64) and scalar. Every
    kernel is written once over an internal macro layer (moexc__v*), so each
@@ -2032,16 +2032,19 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #endif
 #define MOEXC__GEMM_NR (2 * MOEXC__VW)
 
-/* Cache blocking for Zen 5 (48 KiB L1d, 1 MiB L2 per core, 32 MiB L3):
-   B micro-panel KC x NR x 4 B = 32 KiB (2/3 of L1), A block MC x KC x 4 B
-   = 672 KiB (2/3 of L2), B block KC x NC x 4 B = 4 MiB (L3). KC = 256 beat
-   192, 320 and 384 by a few percent here. Override with -DMOEXC_GEMM_KC=...
-   (and _MC, _NC) to tune for another machine. */
+/* Cache blocking. B micro-panel KC x NR x 4 B = 32 KiB (2/3 of a 48 KiB
+   L1d), B block KC x NC x 4 B = 4 MiB (L3). The A block MC x KC is streamed
+   from L2 once per B micro-panel; a small one (MC = 12 tiles = 168 rows on
+   AVX-512, 168 KiB) measured 4-8% faster than 672 rows on a Xeon with 2 MiB
+   L2 (Sapphire Rapids class, tools/bench_gemm.c at 1024^3), and the AVX2 path
+   did not care. KC = 256 beat 192, 320 and 384 by a few percent on Zen 5 and
+   tied 384 and 512 on that Xeon. Override with -DMOEXC_GEMM_KC=... (and _MC,
+   _NC) to tune for another machine. */
 #ifndef MOEXC_GEMM_KC
 #  define MOEXC_GEMM_KC 256
 #endif
 #ifndef MOEXC_GEMM_MC
-#  define MOEXC_GEMM_MC (MOEXC__GEMM_MR * 48)
+#  define MOEXC_GEMM_MC (MOEXC__GEMM_MR * 12)
 #endif
 #ifndef MOEXC_GEMM_NC
 #  define MOEXC_GEMM_NC 4096
@@ -2072,12 +2075,22 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
         MOEXC__GEMM_ROWS(MOEXC__GEMM_FMA)                                        \
         a += MOEXC__GEMM_MR;                                                     \
         b += MOEXC__GEMM_NR; }
-/* fetch the C tile into cache while the loop runs (it is read or written at the end) */
+/* The C tile is read and written only at the end. Its rows are ldc floats
+   apart, and when ldc is a multiple of 1024 (4 KiB) all MR rows fall into the
+   same L1 set (12 ways here for 2 x 14 lines): lines fetched into L1 when the
+   kernel starts are evicted again before the end. So the tile is fetched in
+   two stages: into L2 at the start (PREFETCH_C_L2, read hint, locality 2),
+   and into L1 shortly before the end (PREFETCH_C_L1, write hint), while the
+   last MOEXC__GEMM_C_AHEAD steps still run. Worth 4-5% at 1024^3. */
+#define MOEXC__GEMM_C_AHEAD 24
 #if defined(__GNUC__) || defined(__clang__)
-#  define MOEXC__GEMM_PREFETCH_C(r) __builtin_prefetch(c + (size_t)(r) * ldc, 1, 3); \
-                                    __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 1, 3);
+#  define MOEXC__GEMM_PREFETCH_C_L2(r) __builtin_prefetch(c + (size_t)(r) * ldc, 0, 2); \
+                                       __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 0, 2);
+#  define MOEXC__GEMM_PREFETCH_C_L1(r) __builtin_prefetch(c + (size_t)(r) * ldc, 1, 3); \
+                                       __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 1, 3);
 #else
-#  define MOEXC__GEMM_PREFETCH_C(r)
+#  define MOEXC__GEMM_PREFETCH_C_L2(r)
+#  define MOEXC__GEMM_PREFETCH_C_L1(r)
 #endif
 
 static void moexc__gemm_kernel(int kc, const float *a, const float *b, float *c, size_t ldc,
@@ -2085,8 +2098,13 @@ static void moexc__gemm_kernel(int kc, const float *a, const float *b, float *c,
 {
     int p;
     MOEXC__GEMM_ROWS(MOEXC__GEMM_DECL)
-    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C)
-    for (p = 0; p + 2 <= kc; p += 2) {     /* unrolled by two: less loop overhead per FMA */
+    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C_L2)
+    for (p = 0; p + 2 <= kc - MOEXC__GEMM_C_AHEAD; p += 2) {   /* unrolled by two: less loop overhead per FMA */
+        MOEXC__GEMM_STEP
+        MOEXC__GEMM_STEP
+    }
+    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C_L1)
+    for (; p + 2 <= kc; p += 2) {          /* the last steps, same order */
         MOEXC__GEMM_STEP
         MOEXC__GEMM_STEP
     }
