@@ -49,7 +49,7 @@
      MOEXC_NO_AVX2          do not use AVX2+FMA (implies no AVX-512)
      MOEXC_NO_SSE2          do not use SSE2 (implies none of the above)
      MOEXC_NO_NEON          do not use NEON on ARM
-     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 256, 12 x the
+     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 512, 12 x the
                             register tile's rows, 4096; see >>gemm)
 
    SIMD backends: AVX-512F, AVX2+FMA, SSE2, NEON (AArch64) and scalar. Every
@@ -2032,16 +2032,22 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #endif
 #define MOEXC__GEMM_NR (2 * MOEXC__VW)
 
-/* Cache blocking. B micro-panel KC x NR x 4 B = 32 KiB (2/3 of a 48 KiB
-   L1d), B block KC x NC x 4 B = 4 MiB (L3). The A block MC x KC is streamed
-   from L2 once per B micro-panel; a small one (MC = 12 tiles = 168 rows on
-   AVX-512, 168 KiB) measured 4-8% faster than 672 rows on a Xeon with 2 MiB
-   L2 (Sapphire Rapids class, tools/bench_gemm.c at 1024^3), and the AVX2 path
-   did not care. KC = 256 beat 192, 320 and 384 by a few percent on Zen 5 and
-   tied 384 and 512 on that Xeon. Override with -DMOEXC_GEMM_KC=... (and _MC,
-   _NC) to tune for another machine. */
+/* Cache blocking, measured with tools/bench_gemm.c on a 2-core Xeon VM
+   (Sapphire Rapids class: 48 KiB L1d, 2 MiB L2 per core):
+   - KC: every K block reads and writes the whole C block once more, so a
+     long KC saves C traffic (it matters when C outgrows L2: 1024^3, and the
+     dW shapes whose K is the 4096 tokens). KC = 512 beat 256 by 2-5% there,
+     although the B micro-panel (KC x NR x 4 B = 64 KiB on AVX-512) then
+     outgrows L1 and is re-read from L2 (the hardware prefetcher keeps up
+     with that sequential stream). On Zen 5 an earlier tuning preferred 256.
+   - MC: the A block (MC x KC) is streamed from L2 once per B micro-panel; a
+     small one (12 tiles = 168 rows on AVX-512, 336 KiB) beat 672 rows by
+     4-8%, and the AVX2 path did not care.
+   - NC: the B block KC x NC x 4 B (8 MiB) lives in L3.
+   Override with -DMOEXC_GEMM_KC=... (and _MC, _NC) to tune for another
+   machine. */
 #ifndef MOEXC_GEMM_KC
-#  define MOEXC_GEMM_KC 256
+#  define MOEXC_GEMM_KC 512
 #endif
 #ifndef MOEXC_GEMM_MC
 #  define MOEXC_GEMM_MC (MOEXC__GEMM_MR * 12)
