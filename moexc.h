@@ -2198,7 +2198,8 @@ static void moexc__prefetch_rows16(const float *src, size_t ld, int rows)
 }
 #endif
 
-/* rows of a non-transposed operand copied per strip (see the two pack routines) */
+/* The copy layouts (op(A) = A^T, op(B) = B) are packed in strips of this many
+   source rows (see moexc__gemm_pack_a and moexc__gemm_pack_b). */
 #define MOEXC__GEMM_STRIP 8
 
 /* Pack rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into MR-tall panels:
