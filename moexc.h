@@ -49,8 +49,8 @@
      MOEXC_NO_AVX2          do not use AVX2+FMA (implies no AVX-512)
      MOEXC_NO_SSE2          do not use SSE2 (implies none of the above)
      MOEXC_NO_NEON          do not use NEON on ARM
-     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 256/672/4096,
-                            tuned for Zen 5; see >>gemm)
+     MOEXC_GEMM_KC/_MC/_NC  GEMM cache-blocking sizes (defaults 512, 12 x the
+                            register tile's rows, 4096; see >>gemm)
 
    SIMD backends: AVX-512F, AVX2+FMA, SSE2, NEON (AArch64) and scalar. Every
    kernel is written once over an internal macro layer (moexc__v*), so each
@@ -2055,16 +2055,25 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #endif
 #define MOEXC__GEMM_NR (2 * MOEXC__VW)
 
-/* Cache blocking for Zen 5 (48 KiB L1d, 1 MiB L2 per core, 32 MiB L3):
-   B micro-panel KC x NR x 4 B = 32 KiB (2/3 of L1), A block MC x KC x 4 B
-   = 672 KiB (2/3 of L2), B block KC x NC x 4 B = 4 MiB (L3). KC = 256 beat
-   192, 320 and 384 by a few percent here. Override with -DMOEXC_GEMM_KC=...
-   (and _MC, _NC) to tune for another machine. */
+/* Cache blocking, measured with tools/bench_gemm.c on a 2-core Xeon VM
+   (Sapphire Rapids class: 48 KiB L1d, 2 MiB L2 per core):
+   - KC: every K block reads and writes the whole C block once more, so a
+     long KC saves C traffic (it matters when C outgrows L2: 1024^3, and the
+     dW shapes whose K is the 4096 tokens). KC = 512 beat 256 by 2-5% there,
+     although the B micro-panel (KC x NR x 4 B = 64 KiB on AVX-512) then
+     outgrows L1 and is re-read from L2 (the hardware prefetcher keeps up
+     with that sequential stream). On Zen 5 an earlier tuning preferred 256.
+   - MC: the A block (MC x KC) is streamed from L2 once per B micro-panel; a
+     small one (12 tiles = 168 rows on AVX-512, 336 KiB) beat 672 rows by
+     4-8%, and the AVX2 path did not care.
+   - NC: the B block KC x NC x 4 B (8 MiB) lives in L3.
+   Override with -DMOEXC_GEMM_KC=... (and _MC, _NC) to tune for another
+   machine. */
 #ifndef MOEXC_GEMM_KC
-#  define MOEXC_GEMM_KC 256
+#  define MOEXC_GEMM_KC 512
 #endif
 #ifndef MOEXC_GEMM_MC
-#  define MOEXC_GEMM_MC (MOEXC__GEMM_MR * 48)
+#  define MOEXC_GEMM_MC (MOEXC__GEMM_MR * 12)
 #endif
 #ifndef MOEXC_GEMM_NC
 #  define MOEXC_GEMM_NC 4096
@@ -2095,12 +2104,23 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
         MOEXC__GEMM_ROWS(MOEXC__GEMM_FMA)                                        \
         a += MOEXC__GEMM_MR;                                                     \
         b += MOEXC__GEMM_NR; }
-/* fetch the C tile into cache while the loop runs (it is read or written at the end) */
+/* The C tile is read and written only at the end. Its rows are ldc floats
+   apart, and when ldc is a multiple of 1024 (4 KiB) all MR rows fall into the
+   same two L1 sets (14 lines each on AVX-512, in 12 ways on the Xeon
+   measured): lines fetched into L1 when the kernel starts are evicted again
+   before the end. So the tile is fetched in two stages: into L2 at the
+   start (PREFETCH_C_L2, read hint, locality 2), and into L1 shortly before
+   the end (PREFETCH_C_L1, write hint), while the last MOEXC__GEMM_C_AHEAD
+   steps still run. Worth 4-5% at 1024^3. */
+#define MOEXC__GEMM_C_AHEAD 24
 #if defined(__GNUC__) || defined(__clang__)
-#  define MOEXC__GEMM_PREFETCH_C(r) __builtin_prefetch(c + (size_t)(r) * ldc, 1, 3); \
-                                    __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 1, 3);
+#  define MOEXC__GEMM_PREFETCH_C_L2(r) __builtin_prefetch(c + (size_t)(r) * ldc, 0, 2); \
+                                       __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 0, 2);
+#  define MOEXC__GEMM_PREFETCH_C_L1(r) __builtin_prefetch(c + (size_t)(r) * ldc, 1, 3); \
+                                       __builtin_prefetch(c + (size_t)(r) * ldc + MOEXC__GEMM_NR - 1, 1, 3);
 #else
-#  define MOEXC__GEMM_PREFETCH_C(r)
+#  define MOEXC__GEMM_PREFETCH_C_L2(r)
+#  define MOEXC__GEMM_PREFETCH_C_L1(r)
 #endif
 
 static void moexc__gemm_kernel(int kc, const float *a, const float *b, float *c, size_t ldc,
@@ -2108,8 +2128,13 @@ static void moexc__gemm_kernel(int kc, const float *a, const float *b, float *c,
 {
     int p;
     MOEXC__GEMM_ROWS(MOEXC__GEMM_DECL)
-    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C)
-    for (p = 0; p + 2 <= kc; p += 2) {     /* unrolled by two: less loop overhead per FMA */
+    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C_L2)
+    for (p = 0; p + 2 <= kc - MOEXC__GEMM_C_AHEAD; p += 2) {   /* unrolled by two: less loop overhead per FMA */
+        MOEXC__GEMM_STEP
+        MOEXC__GEMM_STEP
+    }
+    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C_L1)
+    for (; p + 2 <= kc; p += 2) {          /* the last steps, same order */
         MOEXC__GEMM_STEP
         MOEXC__GEMM_STEP
     }
@@ -2197,90 +2222,130 @@ static void moexc__prefetch_rows16(const float *src, size_t ld, int rows)
 }
 #endif
 
+/* The copy layouts (op(A) = A^T, op(B) = B) are packed in strips of this many
+   source rows (see moexc__gemm_pack_a and moexc__gemm_pack_b). */
+#define MOEXC__GEMM_STRIP 8
+
 /* Pack rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) into MR-tall panels:
    panel q holds dst[q*MR*kc + p*MR + r] = op(A)[i0 + q*MR + r][p0 + p], rows
    past mc zero. */
 static void moexc__gemm_pack_a(float *dst, int trans_a, const float *A, size_t lda,
                                int i0, int mc, int p0, int kc)
 {
-    int q, r, p;
-    for (q = 0; q < mc; q += MOEXC__GEMM_MR) {
-        int mr = MOEXC__MIN(MOEXC__GEMM_MR, mc - q);
-        float *d = dst + (size_t)q * (size_t)kc;
-        if (trans_a) {              /* A is (K x M): MR contiguous floats per p */
-            for (p = 0; p < kc; p++) {
-                const float *src = A + (size_t)(p0 + p) * lda + (size_t)(i0 + q);
+    int q, r, p, strip;
+    if (trans_a) {
+        /* A is (K x M): panel q's column p is MR contiguous floats of A's row
+           p0 + p. Walking one panel down all kc rows would touch kc lines lda
+           apart; at a power-of-two lda they share a few L1 sets and evict each
+           other before the next panel reads the rest of the same lines. So
+           the rows go in strips of MOEXC__GEMM_STRIP: a strip (its lines fit
+           in the L1 ways) serves every panel before the next strip is read.
+           Packing ran 1.4-2x faster than panel by panel. */
+        for (strip = 0; strip < kc; strip += MOEXC__GEMM_STRIP) {
+            const int strip_end = MOEXC__MIN(strip + MOEXC__GEMM_STRIP, kc);
+            for (q = 0; q < mc; q += MOEXC__GEMM_MR) {
+                const int mr = MOEXC__MIN(MOEXC__GEMM_MR, mc - q);
+                float *d = dst + (size_t)q * (size_t)kc;
+                for (p = strip; p < strip_end; p++) {
+                    const float *src = A + (size_t)(p0 + p) * lda + (size_t)(i0 + q);
 #if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_MR <= 16
-                const __mmask16 rows = (__mmask16)((1u << mr) - 1u);
-                _mm512_mask_storeu_ps(d + p * MOEXC__GEMM_MR, (__mmask16)((1u << MOEXC__GEMM_MR) - 1u),
-                                      _mm512_maskz_loadu_ps(rows, src));
+                    const __mmask16 rows = (__mmask16)((1u << mr) - 1u);
+                    _mm512_mask_storeu_ps(d + p * MOEXC__GEMM_MR, (__mmask16)((1u << MOEXC__GEMM_MR) - 1u),
+                                          _mm512_maskz_loadu_ps(rows, src));
 #else
-                for (r = 0; r < mr; r++) d[p * MOEXC__GEMM_MR + r] = src[r];
-                for (; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
+                    for (r = 0; r < mr; r++) d[p * MOEXC__GEMM_MR + r] = src[r];
+                    for (; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
 #endif
+                }
             }
-        } else {                    /* A is (M x K): a transpose */
-            const float *src = A + (size_t)(i0 + q) * lda + (size_t)p0;
-            p = 0;
-#if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_MR <= 16
-            for (; p + 16 <= kc; p += 16) {
-                if (q + MOEXC__GEMM_MR < mc)
-                    moexc__prefetch_rows16(src + (size_t)MOEXC__GEMM_MR * lda + (size_t)p, lda,
-                                           MOEXC__MIN(MOEXC__GEMM_MR, mc - q - MOEXC__GEMM_MR));
-                moexc__transpose_block16(d + p * MOEXC__GEMM_MR, MOEXC__GEMM_MR, src + p, lda, mr);
-            }
-#endif
-            for (; p < kc; p++) {
-                for (r = 0; r < mr; r++) d[p * MOEXC__GEMM_MR + r] = src[(size_t)r * lda + (size_t)p];
-                for (; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
-            }
-            if (mr < MOEXC__GEMM_MR)   /* the transpose stored only mr floats per p */
-                for (p = 0; p < kc; p++)
-                    for (r = mr; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
         }
+        return;
+    }
+    for (q = 0; q < mc; q += MOEXC__GEMM_MR) {    /* A is (M x K): a transpose */
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, mc - q);
+        float *d = dst + (size_t)q * (size_t)kc;
+        const float *src = A + (size_t)(i0 + q) * lda + (size_t)p0;
+        p = 0;
+#if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_MR <= 16
+        for (; p + 16 <= kc; p += 16) {
+            if (q + MOEXC__GEMM_MR < mc)
+                moexc__prefetch_rows16(src + (size_t)MOEXC__GEMM_MR * lda + (size_t)p, lda,
+                                       MOEXC__MIN(MOEXC__GEMM_MR, mc - q - MOEXC__GEMM_MR));
+            moexc__transpose_block16(d + p * MOEXC__GEMM_MR, MOEXC__GEMM_MR, src + p, lda, mr);
+        }
+#endif
+        for (; p < kc; p++) {
+            for (r = 0; r < mr; r++) d[p * MOEXC__GEMM_MR + r] = src[(size_t)r * lda + (size_t)p];
+            for (; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
+        }
+        if (mr < MOEXC__GEMM_MR)   /* the transpose stored only mr floats per p */
+            for (p = 0; p < kc; p++)
+                for (r = mr; r < MOEXC__GEMM_MR; r++) d[p * MOEXC__GEMM_MR + r] = 0.0f;
     }
 }
 
 /* Pack the NR-wide column panel starting at column j0 (nr <= NR valid
-   columns) of rows [p0, p0+kc) of op(B): dst[p*NR + j] = op(B)[p0+p][j0+j]. */
-static void moexc__gemm_pack_b_panel(float *dst, int trans_b, const float *B, size_t ldb,
-                                     int j0, int nr, int next_nr, int p0, int kc)
+   columns) of rows [p0, p0+kc) of op(B) = B^T, B (N x K): a transpose,
+   dst[p*NR + j] = B[j0+j][p0+p]. next_nr: valid columns of the next panel. */
+static void moexc__gemm_pack_bt_panel(float *dst, const float *B, size_t ldb,
+                                      int j0, int nr, int next_nr, int p0, int kc)
 {
     int p, j;
-    if (trans_b) {                  /* B is (N x K): a transpose */
-        const float *src = B + (size_t)j0 * ldb + (size_t)p0;
-        p = 0;
+    const float *src = B + (size_t)j0 * ldb + (size_t)p0;
+    p = 0;
 #if defined(MOEXC__SIMD_AVX512) && MOEXC__GEMM_NR == 32
-        for (; p + 16 <= kc; p += 16) {
-            if (next_nr > 0)        /* rows of the next panel: (j0 + NR + j) */
-                moexc__prefetch_rows16(src + (size_t)MOEXC__GEMM_NR * ldb + (size_t)p, ldb, MOEXC__MIN(next_nr, 16));
-            moexc__transpose_block16(dst + p * MOEXC__GEMM_NR, MOEXC__GEMM_NR, src + p, ldb, MOEXC__MIN(nr, 16));
-            if (nr > 16) {
-                if (next_nr > 16)
-                    moexc__prefetch_rows16(src + (size_t)(MOEXC__GEMM_NR + 16) * ldb + (size_t)p, ldb, next_nr - 16);
-                moexc__transpose_block16(dst + p * MOEXC__GEMM_NR + 16, MOEXC__GEMM_NR,
-                                         src + 16 * ldb + p, ldb, nr - 16);
-            } else {
-                for (j = 0; j < 16; j++) memset(dst + (p + j) * MOEXC__GEMM_NR + 16, 0, 16 * sizeof(float));
-            }
+    for (; p + 16 <= kc; p += 16) {
+        if (next_nr > 0)        /* rows of the next panel: (j0 + NR + j) */
+            moexc__prefetch_rows16(src + (size_t)MOEXC__GEMM_NR * ldb + (size_t)p, ldb, MOEXC__MIN(next_nr, 16));
+        moexc__transpose_block16(dst + p * MOEXC__GEMM_NR, MOEXC__GEMM_NR, src + p, ldb, MOEXC__MIN(nr, 16));
+        if (nr > 16) {
+            if (next_nr > 16)
+                moexc__prefetch_rows16(src + (size_t)(MOEXC__GEMM_NR + 16) * ldb + (size_t)p, ldb, next_nr - 16);
+            moexc__transpose_block16(dst + p * MOEXC__GEMM_NR + 16, MOEXC__GEMM_NR,
+                                     src + 16 * ldb + p, ldb, nr - 16);
+        } else {
+            for (j = 0; j < 16; j++) memset(dst + (p + j) * MOEXC__GEMM_NR + 16, 0, 16 * sizeof(float));
         }
+    }
 #endif
-        (void)next_nr;
-        for (; p < kc; p++) {
-            for (j = 0; j < nr; j++) dst[p * MOEXC__GEMM_NR + j] = src[(size_t)j * ldb + (size_t)p];
-            for (; j < MOEXC__GEMM_NR; j++) dst[p * MOEXC__GEMM_NR + j] = 0.0f;
-        }
-    } else if (nr == MOEXC__GEMM_NR) {  /* B is (K x N): NR contiguous floats per p */
-        for (p = 0; p < kc; p++) {
-            const float *src = B + (size_t)(p0 + p) * ldb + (size_t)j0;
-            moexc__vstore(dst + p * MOEXC__GEMM_NR, moexc__vload(src));
-            moexc__vstore(dst + p * MOEXC__GEMM_NR + MOEXC__VW, moexc__vload(src + MOEXC__VW));
-        }
-    } else {
-        for (p = 0; p < kc; p++) {
-            const float *src = B + (size_t)(p0 + p) * ldb + (size_t)j0;
-            for (j = 0; j < nr; j++) dst[p * MOEXC__GEMM_NR + j] = src[j];
-            for (; j < MOEXC__GEMM_NR; j++) dst[p * MOEXC__GEMM_NR + j] = 0.0f;
+    (void)next_nr;
+    for (; p < kc; p++) {
+        for (j = 0; j < nr; j++) dst[p * MOEXC__GEMM_NR + j] = src[(size_t)j * ldb + (size_t)p];
+        for (; j < MOEXC__GEMM_NR; j++) dst[p * MOEXC__GEMM_NR + j] = 0.0f;
+    }
+}
+
+/* Pack columns [j0, j0+nc) x rows [p0, p0+kc) of op(B) into NR-wide panels:
+   panel jr holds dst[jr*kc + p*NR + j] = op(B)[p0 + p][j0 + jr + j], columns
+   past nc zero. */
+static void moexc__gemm_pack_b(float *dst, int trans_b, const float *B, size_t ldb,
+                               int j0, int nc, int p0, int kc)
+{
+    int jr, p, j, strip;
+    if (trans_b) {
+        for (jr = 0; jr < nc; jr += MOEXC__GEMM_NR)
+            moexc__gemm_pack_bt_panel(dst + (size_t)jr * (size_t)kc, B, ldb, j0 + jr,
+                                      MOEXC__MIN(MOEXC__GEMM_NR, nc - jr),
+                                      MOEXC__MAX(0, MOEXC__MIN(MOEXC__GEMM_NR, nc - jr - MOEXC__GEMM_NR)), p0, kc);
+        return;
+    }
+    /* B is (K x N): panel jr's row p is NR contiguous floats of B's row p0 + p,
+       copied in strips of rows that serve every panel (as in pack_a) */
+    for (strip = 0; strip < kc; strip += MOEXC__GEMM_STRIP) {
+        const int strip_end = MOEXC__MIN(strip + MOEXC__GEMM_STRIP, kc);
+        for (jr = 0; jr < nc; jr += MOEXC__GEMM_NR) {
+            const int nr = MOEXC__MIN(MOEXC__GEMM_NR, nc - jr);
+            float *d = dst + (size_t)jr * (size_t)kc;
+            for (p = strip; p < strip_end; p++) {
+                const float *src = B + (size_t)(p0 + p) * ldb + (size_t)(j0 + jr);
+                if (nr == MOEXC__GEMM_NR) {
+                    moexc__vstore(d + p * MOEXC__GEMM_NR, moexc__vload(src));
+                    moexc__vstore(d + p * MOEXC__GEMM_NR + MOEXC__VW, moexc__vload(src + MOEXC__VW));
+                } else {
+                    for (j = 0; j < nr; j++) d[p * MOEXC__GEMM_NR + j] = src[j];
+                    for (; j < MOEXC__GEMM_NR; j++) d[p * MOEXC__GEMM_NR + j] = 0.0f;
+                }
+            }
         }
     }
 }
@@ -2356,10 +2421,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
             const float beta_k = kb == 0 ? beta : 1.0f;
             const int beta_zero = kb == 0 && beta == 0.0f;
             int jr, ir;
-            for (jr = 0; jr < nc; jr += MOEXC__GEMM_NR)
-                moexc__gemm_pack_b_panel(bp + (size_t)jr * (size_t)kc, trans_b, B, ldb, jc + jr,
-                                         MOEXC__MIN(MOEXC__GEMM_NR, nc - jr),
-                                         MOEXC__MAX(0, MOEXC__MIN(MOEXC__GEMM_NR, nc - jr - MOEXC__GEMM_NR)), pc, kc);
+            moexc__gemm_pack_b(bp, trans_b, B, ldb, jc, nc, pc, kc);
             for (ic = 0; ic < M; ic += mc) {
                 const int mcb = MOEXC__MIN(mc, M - ic);
                 moexc__gemm_pack_a(ap, trans_a, A, lda, ic, mcb, pc, kc);
