@@ -79,7 +79,7 @@ static double best(const double *v, int n)
 }
 
 /* ---- fp32 peak: independent FMA chains, enough to cover latency x pipes --- */
-#define PEAK_CHAINS 16   /* Zen 5: 4-cycle FMA latency x 2 pipes = 8 in flight; 16 leaves margin */
+#define PEAK_CHAINS 16   /* 4-cycle FMA latency x 2 pipes = 8 in flight on current x86 cores; 16 leaves margin */
 
 static double fma_probe_one_thread(long iters, int cpu_time)
 {
