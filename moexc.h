@@ -6005,17 +6005,6 @@ MOEXC_DEF moexc_status moexc_model_save(const moexc_model *m, const char *path, 
     return moexc__model_save_with(m, path, NULL, 0, NULL, 0, err);
 }
 
-static void moexc__format_shape(char *buf, size_t cap, int ndim, const int64_t *shape)
-{
-    size_t used = 0;
-    int i;
-    buf[0] = '\0';
-    used += (size_t)snprintf(buf, cap, "[");
-    for (i = 0; i < ndim && used < cap; i++)
-        used += (size_t)snprintf(buf + used, cap - used, i ? ",%lld" : "%lld", (long long)shape[i]);
-    if (used < cap) snprintf(buf + used, cap - used, "]");
-}
-
 /* Builds a model from an opened safetensors file: reads the config from the
    metadata, then every tensor, checking its shape against the config. */
 static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *path, moexc_model **out, moexc_error *err)
@@ -6081,8 +6070,8 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
         for (j = 0; same && j < ndim; j++) same = shape[j] == pi->shape[j];
         if (!same) {
             char got[128], want[128];
-            moexc__format_shape(got, sizeof(got), ndim, shape);
-            moexc__format_shape(want, sizeof(want), pi->ndim, pi->shape);
+            moexc__shape_str(got, sizeof(got), ndim, shape);
+            moexc__shape_str(want, sizeof(want), pi->ndim, pi->shape);
             st = moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, the config expects %s",
                              path, pi->name, got, want);
             moexc_model_free(m);
