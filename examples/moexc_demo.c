@@ -109,7 +109,7 @@ static void preset(demo_config *c, const char *name)
         c->d_model = 64; c->n_heads = 4; c->context = 128;
         c->lm_steps = 1200; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
         c->xc_latents = 2048; c->xc_k = 32; c->xc_shared = 64;
-        c->xc_steps = 3000; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;  /* lr: library default */
+        c->xc_steps = 2500; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;  /* lr: library default */
         c->eval_pairs = 65536;
     }
 }
@@ -146,7 +146,7 @@ static const char *usage =
 "\n"
 "presets (d / layers / LM steps x tokens / F / k / crosscoder steps x batch):\n"
 "  tiny     32 / 5 /    30 x 256   /   512 /  8 /   150 x 256\n"
-"  default  64 / 5 /  1200 x 2048  /  2048 / 32 /  3000 x 1024\n"
+"  default  64 / 5 /  1200 x 2048  /  2048 / 32 /  2500 x 1024\n"
 "  paper   256 / 5 /  4000 x 8192  / 16384 / 64 /  6000 x 2048\n"
 "Each step is also a command-line tool: moexc_mkdata, moexc_train, moexc_crosscoder.\n";
 
