@@ -7527,14 +7527,11 @@ static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
     return a[target];
 }
 
-/* keep[i] = 1 for the k largest v[i] of any sign (1 <= k <= n), ties at the
-   boundary to the lowest index, so exactly k are kept. tmp holds n floats. */
-static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
+/* Given t, the k-th largest of v: keep[i] = 1 for every v[i] > t and for the
+   lowest-index v[i] == t until exactly k are kept. */
+static void moexc__keep_from_threshold(const float *v, ptrdiff_t n, ptrdiff_t k, float t, unsigned char *keep)
 {
     ptrdiff_t i, greater = 0, need;
-    float t;
-    memcpy(tmp, v, (size_t)n * sizeof(float));
-    t = moexc__kth_largest(tmp, n, k);
     for (i = 0; i < n; i++) greater += v[i] > t;
     need = k - greater;
     for (i = 0; i < n; i++) {
@@ -7542,6 +7539,14 @@ static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsi
         else if (v[i] == t && need > 0) { keep[i] = 1; need--; }
         else keep[i] = 0;
     }
+}
+
+/* keep[i] = 1 for the k largest v[i] of any sign (1 <= k <= n), ties at the
+   boundary to the lowest index, so exactly k are kept. tmp holds n floats. */
+static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
+{
+    memcpy(tmp, v, (size_t)n * sizeof(float));
+    moexc__keep_from_threshold(v, n, k, moexc__kth_largest(tmp, n, k), keep);
 }
 
 /* keep[i] = 1 for the k largest positive v[i], 0 elsewhere; ties at the
@@ -7554,7 +7559,7 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
 {
     enum { SHIFT = 20, BUCKETS = 1 << (32 - SHIFT) };
     ptrdiff_t hist[1 << (32 - 20)];
-    ptrdiff_t i, c = 0, above = 0, greater = 0, need;
+    ptrdiff_t i, c = 0, above = 0;
     uint32_t bucket = 0, bits;
     float t;
     int j;
@@ -7575,13 +7580,7 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
     for (i = 0; i < n; i++)
         if (v[i] > 0.0f) { memcpy(&bits, v + i, 4); if ((bits >> SHIFT) == bucket) tmp[c++] = v[i]; }
     t = moexc__kth_largest(tmp, c, k - above);
-    for (i = 0; i < n; i++) greater += v[i] > t;
-    need = k - greater;
-    for (i = 0; i < n; i++) {
-        if (v[i] > t) keep[i] = 1;
-        else if (v[i] == t && need > 0) { keep[i] = 1; need--; }
-        else keep[i] = 0;
-    }
+    moexc__keep_from_threshold(v, n, k, t, keep);
     return t;
 }
 
@@ -7600,16 +7599,22 @@ static void moexc__xc_norms(moexc_xc *xc)
     for (i = 0; i < xc->F; i++) xc->w[i] = xc->norm[0][i] + xc->norm[1][i];
 }
 
+/* bias (F) += sign * sum_m b_dec^m W_enc^m: the centring term of the encoder,
+   moved into (sign -1) or out of (sign +1) an encoder bias. */
+static void moexc__xc_add_centring(const moexc_xc *xc, float *bias, float sign)
+{
+    int m;
+    for (m = 0; m < 2; m++)
+        moexc_sgemm(0, 0, 1, xc->F, xc->d[m], sign, xc->params + xc->off_bdec[m], xc->d[m],
+                    xc->params + xc->off_enc[m], xc->F, 1.0f, bias, xc->F);
+}
+
 /* SPEC-form encoder bias into out (F): b_enc, or for the centred encoder
      b_enc - sum_m b_dec^m W_enc^m   (so that pre = sum_m xs^m W_enc^m + out) */
 static void moexc__xc_spec_enc_bias(const moexc_xc *xc, float *out)
 {
-    int m, F = xc->F;
-    memcpy(out, xc->params + xc->off_benc, (size_t)F * sizeof(float));
-    if (xc->opt.uncentred_encoder) return;
-    for (m = 0; m < 2; m++)
-        moexc_sgemm(0, 0, 1, F, xc->d[m], -1.0f, xc->params + xc->off_bdec[m], xc->d[m],
-                    xc->params + xc->off_enc[m], F, 1.0f, out, F);
+    memcpy(out, xc->params + xc->off_benc, (size_t)xc->F * sizeof(float));
+    if (!xc->opt.uncentred_encoder) moexc__xc_add_centring(xc, out, -1.0f);
 }
 
 /* encoder forward: xs^m (n x d_m), W_enc^m (d_m x F), b_enc (F) -> pre (n x F)
@@ -7650,7 +7655,6 @@ static void moexc__xc_encoder_backward(moexc_xc *xc, const float *dpre, float *c
     for (m = 0; m < 2; m++)
         moexc_sgemm(1, 0, xc->d[m], F, n, 1.0f, xs[m], xc->d[m], dpre, F, 1.0f, MOEXC__XC_G(xc, off_enc[m]), F);
     for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * (size_t)F, (size_t)F);
-    moexc__xc_encoder_backward_centre(xc);
 }
 
 /* decoder forward: f (n x F) -> xhat^m (n x d_m) = f W_dec^m + b_dec^m (bias may be skipped).
@@ -7764,7 +7768,6 @@ static void moexc__xc_encoder_backward_sparse(moexc_xc *xc, const float *dpre, f
             for (i = 0; i < F; i++) dW[j * F + i] += acc[i * d + j];
     }
     for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * F, F);
-    moexc__xc_encoder_backward_centre(xc);
 }
 
 /* activation forward: f = keep ? ReLU(pre) : 0; L0 over the batch. */
@@ -8050,6 +8053,7 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
     if (inv_den > 0.0) moexc__xc_auxk_backward(xc, xc->df, n, inv_den);
     if (sparse) moexc__xc_encoder_backward_sparse(xc, xc->df, xc->xs, n);
     else moexc__xc_encoder_backward(xc, xc->df, xc->xs, n);
+    moexc__xc_encoder_backward_centre(xc);    /* needs the finished db_enc */
     moexc__free(col_sum);
     if (stats) *stats = s;
     return MOEXC_OK;
@@ -8459,10 +8463,7 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
         }
     }
     /* an inference file holds SPEC's bias b_enc - sum_m b_dec^m W_enc^m: back to b_enc */
-    if (folded_d != 0.0 && !xc->opt.uncentred_encoder)
-        for (m = 0; m < 2; m++)
-            moexc_sgemm(0, 0, 1, xc->F, xc->d[m], 1.0f, xc->params + xc->off_bdec[m], xc->d[m],
-                        xc->params + xc->off_enc[m], xc->F, 1.0f, xc->params + xc->off_benc, xc->F);
+    if (folded_d != 0.0 && !xc->opt.uncentred_encoder) moexc__xc_add_centring(xc, xc->params + xc->off_benc, 1.0f);
     for (j = 0; j < xc->n_params; j++)
         if (!isfinite(xc->params[j])) {
             st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the crosscoder is not finite", path, (unsigned long)j);
