@@ -236,6 +236,19 @@ MOEXC_DEF void  moexc_silu_backward(float *dx, const float *x, const float *dy, 
    inv_rms (rows) receives 1/sqrt(mean(x^2)+eps) when not NULL (for backward). */
 MOEXC_DEF void  moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, const float *g,
                                    int rows, int cols, float eps);
+/* One Adam(W) step over n parameters (torch.optim.Adam / AdamW, step t >= 1),
+   with the gradient read as g * g_scale (global-norm clipping):
+     theta *= decay                        (AdamW: 1 - lr wd; 1 for none)
+     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
+     theta -= step_size m / (sqrt(v) / bc2_sqrt + eps)
+   step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t). One IEEE operation
+   at a time, no FMA: every backend gives the same bits. Callers thread it
+   over chunks. */
+typedef struct moexc_adam_coeffs {
+    float g_scale, decay, beta1, beta2, eps, step_size, bc2_sqrt;
+} moexc_adam_coeffs;
+MOEXC_DEF void  moexc_adam_update(float *theta, const float *g, float *m, float *v, size_t n,
+                                  const moexc_adam_coeffs *c);
 
 /* ---- >>gemm --------------------------------------------------------------- */
 /* General row-major single-precision GEMM:
@@ -1600,6 +1613,7 @@ typedef __m512 moexc__vf;
 #  define moexc__vsub(a, b)      _mm512_sub_ps((a), (b))
 #  define moexc__vmul(a, b)      _mm512_mul_ps((a), (b))
 #  define moexc__vdiv(a, b)      _mm512_div_ps((a), (b))
+#  define moexc__vsqrt(a)        _mm512_sqrt_ps(a)
 #  define moexc__vfmadd(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #  define moexc__vmax(a, b)      _mm512_max_ps((a), (b))
 #  define moexc__vmin(a, b)      _mm512_min_ps((a), (b))
@@ -1621,6 +1635,7 @@ typedef __m256 moexc__vf;
 #  define moexc__vsub(a, b)      _mm256_sub_ps((a), (b))
 #  define moexc__vmul(a, b)      _mm256_mul_ps((a), (b))
 #  define moexc__vdiv(a, b)      _mm256_div_ps((a), (b))
+#  define moexc__vsqrt(a)        _mm256_sqrt_ps(a)
 #  define moexc__vmax(a, b)      _mm256_max_ps((a), (b))
 #  define moexc__vmin(a, b)      _mm256_min_ps((a), (b))
 #  define moexc__vfmadd(a, b, c) _mm256_fmadd_ps((a), (b), (c))
@@ -1656,6 +1671,7 @@ typedef __m128 moexc__vf;
 #  define moexc__vsub(a, b)      _mm_sub_ps((a), (b))
 #  define moexc__vmul(a, b)      _mm_mul_ps((a), (b))
 #  define moexc__vdiv(a, b)      _mm_div_ps((a), (b))
+#  define moexc__vsqrt(a)        _mm_sqrt_ps(a)
 #  define moexc__vmax(a, b)      _mm_max_ps((a), (b))
 #  define moexc__vmin(a, b)      _mm_min_ps((a), (b))
 #  define moexc__vfmadd(a, b, c) _mm_add_ps(_mm_mul_ps((a), (b)), (c))
@@ -1689,6 +1705,7 @@ typedef float32x4_t moexc__vf;
 #  define moexc__vsub(a, b)      vsubq_f32((a), (b))
 #  define moexc__vmul(a, b)      vmulq_f32((a), (b))
 #  define moexc__vdiv(a, b)      vdivq_f32((a), (b))
+#  define moexc__vsqrt(a)        vsqrtq_f32(a)
 #  define moexc__vmax(a, b)      vmaxq_f32((a), (b))
 #  define moexc__vmin(a, b)      vminq_f32((a), (b))
 #  define moexc__vfmadd(a, b, c) vfmaq_f32((c), (a), (b))
@@ -1709,6 +1726,7 @@ typedef float moexc__vf;
 #  define moexc__vsub(a, b)      ((a) - (b))
 #  define moexc__vmul(a, b)      ((a) * (b))
 #  define moexc__vdiv(a, b)      ((a) / (b))
+#  define moexc__vsqrt(a)        sqrtf(a)
 #  define moexc__vmax(a, b)      ((a) > (b) ? (a) : (b))
 #  define moexc__vmin(a, b)      ((a) < (b) ? (a) : (b))
 #  define moexc__vfmadd(a, b, c) ((a) * (b) + (c))
@@ -1916,6 +1934,35 @@ MOEXC_DEF void moexc_mul(float *y, const float *a, const float *b, size_t n)
     for (; i + MOEXC__VW <= n; i += MOEXC__VW)
         moexc__vstore(y + i, moexc__vmul(moexc__vload(a + i), moexc__vload(b + i)));
     for (; i < n; i++) y[i] = a[i] * b[i];
+}
+
+/* Adam(W) step (declaration in >>api):
+     theta *= decay;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+     theta -= step_size m / (sqrt(v) / bc2_sqrt + eps),   g = grad * g_scale */
+MOEXC_DEF void moexc_adam_update(float *theta, const float *g, float *m, float *v, size_t n,
+                                 const moexc_adam_coeffs *c)
+{
+    float b1 = c->beta1, b2 = c->beta2, ob1 = 1.0f - c->beta1, ob2 = 1.0f - c->beta2;
+    moexc__vf vb1 = moexc__vset1(b1), vb2 = moexc__vset1(b2), vob1 = moexc__vset1(ob1), vob2 = moexc__vset1(ob2);
+    moexc__vf vgs = moexc__vset1(c->g_scale), vdecay = moexc__vset1(c->decay), vstep = moexc__vset1(c->step_size);
+    moexc__vf vbc2 = moexc__vset1(c->bc2_sqrt), veps = moexc__vset1(c->eps);
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) {
+        moexc__vf gi = moexc__vmul(moexc__vload(g + i), vgs);
+        moexc__vf mi = moexc__vadd(moexc__vmul(vb1, moexc__vload(m + i)), moexc__vmul(vob1, gi));
+        moexc__vf vi = moexc__vadd(moexc__vmul(vb2, moexc__vload(v + i)), moexc__vmul(moexc__vmul(vob2, gi), gi));
+        moexc__vf den = moexc__vadd(moexc__vdiv(moexc__vsqrt(vi), vbc2), veps);
+        moexc__vf p = moexc__vmul(moexc__vload(theta + i), vdecay);
+        moexc__vstore(m + i, mi);
+        moexc__vstore(v + i, vi);
+        moexc__vstore(theta + i, moexc__vsub(p, moexc__vmul(vstep, moexc__vdiv(mi, den))));
+    }
+    for (; i < n; i++) {
+        float gi = g[i] * c->g_scale;
+        m[i] = b1 * m[i] + ob1 * gi;
+        v[i] = b2 * v[i] + ob2 * gi * gi;
+        theta[i] = theta[i] * c->decay - c->step_size * (m[i] / (sqrtf(v[i]) / c->bc2_sqrt + c->eps));
+    }
 }
 
 /* ---- exp, silu ------------------------------------------------------------ */
@@ -7239,41 +7286,93 @@ MOEXC_DEF moexc_status moexc_act_cache_read(moexc_act_cache *c, float *x_a, floa
    latents, D dead latents taking part in AuxK. All activations inside are in
    normalised units (x^m already multiplied by s_m). */
 
+/* Positive floats order like their bit patterns: the top 12 bits (sign,
+   exponent and 3 mantissa bits) of a positive score name its bucket, an
+   eighth of an octave wide. */
+#define MOEXC__SCORE_SHIFT 20
+#define MOEXC__SCORE_BUCKETS 4096
+
 struct moexc_xc {
     moexc_xc_options opt;            /* resolved */
     int      d[2], F, ns;
+    int      d_cat;                  /* d_A + d_B: W_enc^A over W_enc^B is one (d_cat x F) matrix */
     float    scale[2];               /* s_m                                   */
     float    threshold;              /* theta; -1 until the EMA starts        */
     int64_t  threshold_count;        /* EMA updates so far                    */
     int      step;
     int      frozen;
     int      last_n;                 /* batch size of the last loss_grad */
+    float    select_t, select_ratio;  /* selection hint: the last batch's k n-th largest score, and the
+                                        fraction of it the next scan starts from (see moexc__xc_select) */
     /* parameters, gradients and Adam moments share one layout */
     size_t   n_params;
     float   *params, *grads, *adam_m, *adam_v;
     size_t   off_enc[2], off_benc, off_dec[2], off_bdec[2];
     int64_t *since_fired;            /* (F) tokens since the latent last fired */
     signed char *dead_override;      /* (F) -1 none, 0 alive, 1 dead           */
+    unsigned char *fired;            /* (F) fired in the current batch         */
+    float   *norm[2], *w;                         /* (F)                */
+    float   *enc_bias;                            /* (F) SPEC-form encoder bias */
+    int     *aux_idx;                             /* (F) the dead latents (AuxK) */
     /* workspace for up to cap rows */
     int      cap;
     float   *xs[2], *xhat[2], *e[2], *dxhat[2];   /* (n x d_m)          */
-    float   *pre, *f, *df;                        /* (n x F)            */
-    unsigned char *keep;                          /* (n x F)            */
-    float   *norm[2], *w;                         /* (F)                */
-    float   *enc_bias;                            /* (F) SPEC-form encoder bias */
-    float   *tmp;                                 /* (n x F) selection scratch */
-    /* AuxK */
-    int      n_aux;                               /* D                  */
-    int     *aux_idx;                             /* (F)                */
-    float   *aux_pre, *aux_f, *aux_df;            /* (n x F) used as (n x D) */
-    unsigned char *aux_keep;                      /* (n x F) used as (n x D) */
-    float   *aux_w[2], *aux_dw[2];                /* (F x d_m) used as (D x d_m) */
-    float   *ehat[2];                             /* (n x d_m)          */
+    float   *xcat;                                /* (n x d_cat) [xs^A | xs^B], the encoder's input */
+    float   *ehat[2];                             /* (n x d_m) AuxK's x̂, then its gradient */
     float   *aux_e[2];                            /* (n x d_m) the AuxK target e, a constant */
+    float   *pre;                                 /* (n x F) pre-activations */
+    double  *partial;                             /* (max(n, chunks, d_A, d_B)) sums and means */
+    int      cap_dense;                           /* rows of f and df, allocated on first use: */
+    float   *f, *df;                              /* (n x F) dense activations (L1, dense_only, encode) */
+    /* The batch's kept latents (BatchTopK), by row: row b's entries are
+       [row_ptr[b], row_ptr[b+1]) of ent_row (= b), ent_lat (latent),
+       ent_val (f = ReLU(pre), during selection its score) and ent_dpre. */
+    size_t  *row_ptr;                             /* (n + 1)            */
+    size_t   n_ent, cap_ent;
+    int     *ent_row, *ent_lat;
+    float   *ent_val, *ent_dpre;
+    float   *cand;                                /* selection: the scores in the threshold's bucket */
+    size_t   cap_cand;
+    /* AuxK entries, row b's at [b aux_per_row, b aux_per_row + aux_cnt[b]) */
+    int      n_aux, aux_per_row;                  /* D dead latents, min(k_aux, D) */
+    int      cap_aux;                             /* entries per row allocated */
+    int     *aux_cnt;                             /* (n)                */
+    int     *aux_lat;                             /* (n x cap_aux)      */
+    float   *aux_pre, *aux_val, *aux_dpre;        /* (n x cap_aux)      */
+    /* the same entries by latent: main entry ids, then AuxK ids + n_ent */
+    int     *col_ptr;                             /* (F + 1)            */
+    int     *col_ent;
+    size_t   cap_col;
+    /* per chunk / thread scratch */
+    int      n_threads;
+    ptrdiff_t *hist;                              /* (threads x 4097) selection histograms */
+    size_t  *chunk_pos;                           /* (2 threads) entry and candidate offsets */
+    float   *thr_buf;                             /* (threads x thr_len) */
+    unsigned char *thr_keep;                      /* (threads x F)      */
+    size_t   thr_len;
 };
 
 #define MOEXC__XC_P(xc, off) ((xc)->params + (xc)->off)
 #define MOEXC__XC_G(xc, off) ((xc)->grads + (xc)->off)
+
+/* Threads of the parallel regions that follow (1 without OpenMP), and this
+   thread's index inside one. */
+static int moexc__xc_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static int moexc__xc_thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
 
 static void moexc__xc_free_workspace(moexc_xc *xc)
 {
@@ -7284,19 +7383,52 @@ static void moexc__xc_free_workspace(moexc_xc *xc)
         moexc__free_aligned(xc->ehat[m]); moexc__free_aligned(xc->aux_e[m]);
         xc->xs[m] = xc->xhat[m] = xc->e[m] = xc->dxhat[m] = xc->ehat[m] = xc->aux_e[m] = NULL;
     }
-    moexc__free_aligned(xc->pre); moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
-    moexc__free_aligned(xc->tmp); moexc__free_aligned(xc->aux_pre); moexc__free_aligned(xc->aux_f);
-    moexc__free_aligned(xc->aux_df);
-    moexc__free(xc->keep); moexc__free(xc->aux_keep);
-    xc->pre = xc->f = xc->df = xc->tmp = xc->aux_pre = xc->aux_f = xc->aux_df = NULL;
-    xc->keep = xc->aux_keep = NULL;
-    xc->cap = 0;
+    moexc__free_aligned(xc->xcat); moexc__free_aligned(xc->pre);
+    moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
+    moexc__free(xc->partial); moexc__free(xc->row_ptr); moexc__free(xc->aux_cnt);
+    moexc__free(xc->aux_lat); moexc__free(xc->aux_pre); moexc__free(xc->aux_val); moexc__free(xc->aux_dpre);
+    xc->xcat = xc->pre = xc->f = xc->df = NULL;
+    xc->partial = NULL; xc->row_ptr = NULL; xc->aux_cnt = xc->aux_lat = NULL;
+    xc->aux_pre = xc->aux_val = xc->aux_dpre = NULL;
+    xc->cap = xc->cap_dense = xc->cap_aux = 0;
 }
 
+static void moexc__xc_free_entries(moexc_xc *xc)
+{
+    moexc__free(xc->ent_row); moexc__free(xc->ent_lat); moexc__free(xc->ent_val); moexc__free(xc->ent_dpre);
+    moexc__free(xc->cand); moexc__free(xc->col_ent);
+    xc->ent_row = xc->ent_lat = xc->col_ent = NULL;
+    xc->ent_val = xc->ent_dpre = xc->cand = NULL;
+    xc->cap_ent = xc->cap_cand = xc->cap_col = xc->n_ent = 0;
+}
+
+static void moexc__xc_free_thread_scratch(moexc_xc *xc)
+{
+    moexc__free(xc->hist); moexc__free(xc->chunk_pos); moexc__free_aligned(xc->thr_buf); moexc__free(xc->thr_keep);
+    xc->hist = NULL; xc->chunk_pos = NULL; xc->thr_buf = NULL; xc->thr_keep = NULL;
+    xc->n_threads = 0;
+}
+
+/* Buffers for batches of up to n pairs and the current thread count. */
 static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
 {
-    size_t nF = (size_t)n * (size_t)xc->F;
-    int m, ok = 1;
+    size_t nF = (size_t)n * (size_t)xc->F, F = (size_t)xc->F;
+    size_t chunks = (xc->n_params + 16383) / 16384;
+    int m, ok = 1, threads = moexc__xc_threads();
+    int ka = xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->opt.aux_k > 0 ? MOEXC__MIN(xc->opt.aux_k, xc->F) : 0;
+    if (threads > xc->n_threads) {
+        moexc__xc_free_thread_scratch(xc);
+        xc->thr_len = MOEXC__MAX(2 * F, 16 * (size_t)xc->d_cat);
+        xc->hist = (ptrdiff_t *)moexc__calloc((size_t)threads * (MOEXC__SCORE_BUCKETS + 1), sizeof(ptrdiff_t));
+        xc->chunk_pos = (size_t *)moexc__calloc(2 * (size_t)threads, sizeof(size_t));
+        xc->thr_buf = moexc__alloc_floats((size_t)threads * xc->thr_len);
+        xc->thr_keep = (unsigned char *)moexc__calloc((size_t)threads, F);
+        if (!xc->hist || !xc->chunk_pos || !xc->thr_buf || !xc->thr_keep) {
+            moexc__xc_free_thread_scratch(xc);
+            return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %d threads' scratch (F = %d)", threads, xc->F);
+        }
+        xc->n_threads = threads;
+    }
     if (n <= xc->cap) return MOEXC_OK;
     moexc__xc_free_workspace(xc);
     for (m = 0; m < 2; m++) {
@@ -7306,12 +7438,21 @@ static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
         xc->ehat[m] = moexc__alloc_floats(nd); xc->aux_e[m] = moexc__alloc_floats(nd);
         ok &= xc->xs[m] && xc->xhat[m] && xc->e[m] && xc->dxhat[m] && xc->ehat[m] && xc->aux_e[m];
     }
-    xc->pre = moexc__alloc_floats(nF); xc->f = moexc__alloc_floats(nF); xc->df = moexc__alloc_floats(nF);
-    xc->tmp = moexc__alloc_floats(nF);
-    xc->aux_pre = moexc__alloc_floats(nF); xc->aux_f = moexc__alloc_floats(nF); xc->aux_df = moexc__alloc_floats(nF);
-    xc->keep = (unsigned char *)moexc__calloc(nF, 1);
-    xc->aux_keep = (unsigned char *)moexc__calloc(nF, 1);
-    ok &= xc->pre && xc->f && xc->df && xc->tmp && xc->aux_pre && xc->aux_f && xc->aux_df && xc->keep && xc->aux_keep;
+    xc->xcat = moexc__alloc_floats((size_t)n * (size_t)xc->d_cat);
+    xc->pre = moexc__alloc_floats(nF);
+    xc->partial = (double *)moexc__calloc(MOEXC__MAX(MOEXC__MAX((size_t)n, chunks), (size_t)MOEXC__MAX(xc->d[0], xc->d[1])), sizeof(double));
+    xc->row_ptr = (size_t *)moexc__calloc((size_t)n + 1, sizeof(size_t));
+    xc->aux_cnt = (int *)moexc__calloc((size_t)n, sizeof(int));
+    ok &= xc->xcat && xc->pre && xc->partial && xc->row_ptr && xc->aux_cnt;
+    if (ka > 0) {
+        size_t na = (size_t)n * (size_t)ka;
+        xc->aux_lat = (int *)moexc__calloc(na, sizeof(int));
+        xc->aux_pre = (float *)moexc__calloc(na, sizeof(float));
+        xc->aux_val = (float *)moexc__calloc(na, sizeof(float));
+        xc->aux_dpre = (float *)moexc__calloc(na, sizeof(float));
+        ok &= xc->aux_lat && xc->aux_pre && xc->aux_val && xc->aux_dpre;
+        xc->cap_aux = ka;
+    }
     if (!ok) {
         moexc__xc_free_workspace(xc);
         return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for a batch of %d pairs (F = %d)", n, xc->F);
@@ -7320,17 +7461,65 @@ static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
     return MOEXC_OK;
 }
 
+/* The dense activations f and their gradient df for up to cap rows. */
+static moexc_status moexc__xc_dense_workspace(moexc_xc *xc, moexc_error *err)
+{
+    size_t nF = (size_t)xc->cap * (size_t)xc->F;
+    if (xc->cap_dense >= xc->cap) return MOEXC_OK;
+    moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
+    xc->f = moexc__alloc_floats(nF); xc->df = moexc__alloc_floats(nF);
+    if (!xc->f || !xc->df) {
+        moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
+        xc->f = xc->df = NULL; xc->cap_dense = 0;
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for dense activations (%d x %d)", xc->cap, xc->F);
+    }
+    xc->cap_dense = xc->cap;
+    return MOEXC_OK;
+}
+
+/* Room for n entries (and n bucket candidates when cand != 0). */
+static moexc_status moexc__xc_entry_room(moexc_xc *xc, size_t n, size_t n_cand, moexc_error *err)
+{
+    if (n > xc->cap_ent) {
+        size_t cap = MOEXC__MAX(n, xc->cap_ent + xc->cap_ent / 2);
+        int *r = (int *)moexc__realloc(xc->ent_row, moexc__mul_size(cap, sizeof(int)));
+        int *l = r ? (int *)moexc__realloc(xc->ent_lat, moexc__mul_size(cap, sizeof(int))) : NULL;
+        float *v = NULL, *g = NULL;
+        if (r) xc->ent_row = r;
+        if (l) { xc->ent_lat = l; v = (float *)moexc__realloc(xc->ent_val, moexc__mul_size(cap, sizeof(float))); }
+        if (v) { xc->ent_val = v; g = (float *)moexc__realloc(xc->ent_dpre, moexc__mul_size(cap, sizeof(float))); }
+        if (!g) {
+            moexc__xc_free_entries(xc);
+            return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %lu selected latents", (unsigned long)n);
+        }
+        xc->ent_dpre = g;
+        xc->cap_ent = cap;
+    }
+    if (n_cand > xc->cap_cand) {
+        size_t cap = MOEXC__MAX(n_cand, xc->cap_cand + xc->cap_cand / 2);
+        float *c = (float *)moexc__realloc(xc->cand, moexc__mul_size(cap, sizeof(float)));
+        if (!c) {
+            moexc__xc_free_entries(xc);
+            return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %lu selection candidates", (unsigned long)n_cand);
+        }
+        xc->cand = c;
+        xc->cap_cand = cap;
+    }
+    return MOEXC_OK;
+}
+
 MOEXC_DEF void moexc_xc_free(moexc_xc *xc)
 {
-    int m;
     if (!xc) return;
     moexc__xc_free_workspace(xc);
+    moexc__xc_free_entries(xc);
+    moexc__xc_free_thread_scratch(xc);
     moexc__free_aligned(xc->params); moexc__free_aligned(xc->grads);
     moexc__free_aligned(xc->adam_m); moexc__free_aligned(xc->adam_v);
     moexc__free(xc->since_fired); moexc__free(xc->dead_override); moexc__free(xc->aux_idx);
+    moexc__free(xc->fired); moexc__free(xc->col_ptr);
     moexc__free_aligned(xc->norm[0]); moexc__free_aligned(xc->norm[1]); moexc__free_aligned(xc->w);
     moexc__free_aligned(xc->enc_bias);
-    for (m = 0; m < 2; m++) { moexc__free_aligned(xc->aux_w[m]); moexc__free_aligned(xc->aux_dw[m]); }
     moexc__free(xc);
 }
 
@@ -7340,7 +7529,7 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
     moexc_xc_options o;
     moexc_xc *xc;
     size_t F, off = 0;
-    int m, i, ok;
+    int i, ok;
     *out = NULL;
     memset(&o, 0, sizeof(o));
     if (opt) o = *opt;
@@ -7379,10 +7568,11 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
     xc = (moexc_xc *)moexc__calloc(1, sizeof(*xc));
     if (!xc) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory");
     xc->opt = o;
-    xc->d[0] = d_a; xc->d[1] = d_b;
+    xc->d[0] = d_a; xc->d[1] = d_b; xc->d_cat = d_a + d_b;
     xc->F = o.n_latents; xc->ns = o.n_shared;
     xc->scale[0] = xc->scale[1] = 1.0f;
     xc->threshold = -1.0f;
+    xc->select_ratio = 0.9f;
     F = (size_t)xc->F;
     /* the flat layout documented in the declaration */
     xc->off_enc[0] = off; off += (size_t)d_a * F;
@@ -7402,13 +7592,10 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
     xc->aux_idx = (int *)moexc__calloc(F, sizeof(int));
     xc->norm[0] = moexc__alloc_floats(F); xc->norm[1] = moexc__alloc_floats(F); xc->w = moexc__alloc_floats(F);
     xc->enc_bias = moexc__alloc_floats(F);
+    xc->fired = (unsigned char *)moexc__calloc(F, 1);
+    xc->col_ptr = (int *)moexc__calloc(F + 1, sizeof(int));
     ok = xc->params && xc->grads && xc->adam_m && xc->adam_v && xc->since_fired && xc->dead_override &&
-         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w && xc->enc_bias;
-    for (m = 0; m < 2; m++) {
-        xc->aux_w[m] = moexc__alloc_floats(F * (size_t)xc->d[m]);
-        xc->aux_dw[m] = moexc__alloc_floats(F * (size_t)xc->d[m]);
-        ok = ok && xc->aux_w[m] && xc->aux_dw[m];
-    }
+         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w && xc->enc_bias && xc->fired && xc->col_ptr;
     if (!ok) {
         moexc_xc_free(xc);
         return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for F = %d, d = %d, %d", (int)F, d_a, d_b);
@@ -7549,39 +7736,184 @@ static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsi
     moexc__keep_from_threshold(v, n, k, moexc__kth_largest(tmp, n, k), keep);
 }
 
+static uint32_t moexc__score_bucket(float s)
+{
+    uint32_t bits;
+    memcpy(&bits, &s, 4);
+    return bits >> MOEXC__SCORE_SHIFT;
+}
+
 /* keep[i] = 1 for the k largest positive v[i], 0 elsewhere; ties at the
    boundary go to the lowest index, so exactly min(k, #positive) are kept.
    Returns the smallest kept value (0 when none). tmp holds n floats.
-   Radix pre-selection: positive floats order like their bit patterns, so a
-   histogram of the top 12 bits finds the bucket holding the k-th largest;
-   only that bucket goes through quickselect. */
+   Radix pre-selection: a histogram of the buckets finds the one holding the
+   k-th largest; only that bucket goes through quickselect. */
 static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
 {
-    enum { SHIFT = 20, BUCKETS = 1 << (32 - SHIFT) };
-    ptrdiff_t hist[1 << (32 - 20)];
+    ptrdiff_t hist[MOEXC__SCORE_BUCKETS];
     ptrdiff_t i, c = 0, above = 0;
-    uint32_t bucket = 0, bits;
+    uint32_t bucket = 0;
     float t;
     int j;
     memset(hist, 0, sizeof(hist));
     for (i = 0; i < n; i++)
-        if (v[i] > 0.0f) { memcpy(&bits, v + i, 4); hist[bits >> SHIFT]++; c++; }
+        if (v[i] > 0.0f) { hist[moexc__score_bucket(v[i])]++; c++; }
     if (c == 0 || k <= 0) { memset(keep, 0, (size_t)n); return 0.0f; }
     if (c <= k) {
         float mn = FLT_MAX;
         for (i = 0; i < n; i++) { keep[i] = v[i] > 0.0f; if (keep[i] && v[i] < mn) mn = v[i]; }
         return mn;
     }
-    for (j = BUCKETS - 1; j >= 0; j--) {
+    for (j = MOEXC__SCORE_BUCKETS - 1; j >= 0; j--) {
         if (above + hist[j] >= k) { bucket = (uint32_t)j; break; }
         above += hist[j];
     }
     c = 0;
     for (i = 0; i < n; i++)
-        if (v[i] > 0.0f) { memcpy(&bits, v + i, 4); if ((bits >> SHIFT) == bucket) tmp[c++] = v[i]; }
+        if (v[i] > 0.0f && moexc__score_bucket(v[i]) == bucket) tmp[c++] = v[i];
     t = moexc__kth_largest(tmp, c, k - above);
     moexc__keep_from_threshold(v, n, k, t, keep);
     return t;
+}
+
+/* One scan over the BatchTopK scores s_bi = ReLU(pre_bi) w_i of rows
+   [b0, b1), visiting the positive s >= floor: with collect == 0 it counts
+   them into hist (by bucket; slot MOEXC__SCORE_BUCKETS takes the rest); with
+   collect != 0 it appends those in bucket >= `bucket` as entries (row,
+   latent, score) at *pos, sets row_ptr, and copies the scores of bucket
+   `bucket` itself to cand at *cpos. Whole vectors whose largest score is
+   below floor are skipped with one compare; inside the others every element
+   is handled without a branch (a write at *pos that is kept only when the
+   element qualifies), since about one in four is taken. The entry and
+   candidate buffers need one slot of slack. */
+static void moexc__xc_scan_scores(moexc_xc *xc, const float *pre, int b0, int b1, float floor, ptrdiff_t *hist,
+                                  int collect, uint32_t bucket, size_t *pos, size_t *cpos)
+{
+    const float *w = xc->w;
+    size_t F = (size_t)xc->F, i, p = collect ? *pos : 0, cp = collect ? *cpos : 0;
+    int b;
+    for (b = b0; b < b1; b++) {
+        const float *row = pre + (size_t)b * F;
+        if (collect) xc->row_ptr[b] = p;
+        for (i = 0; i < F; i += MOEXC__VW) {
+            size_t q, end = MOEXC__MIN(i + MOEXC__VW, F);
+            if (end - i == MOEXC__VW) {
+                float mx = moexc__vhmax(moexc__vmul(moexc__vmax(moexc__vload(row + i), moexc__vzero()), moexc__vload(w + i)));
+                if (!(mx > 0.0f && mx >= floor)) continue;
+            }
+            for (q = i; q < end; q++) {
+                float s = (row[q] > 0.0f ? row[q] : 0.0f) * w[q];
+                uint32_t bk = moexc__score_bucket(s);
+                size_t hit = (size_t)((s > 0.0f) & (s >= floor));
+                if (!collect) { hist[hit ? bk : MOEXC__SCORE_BUCKETS]++; continue; }
+                xc->ent_row[p] = b; xc->ent_lat[p] = (int)q; xc->ent_val[p] = s;
+                xc->cand[cp] = s;
+                p += hit & (size_t)(bk >= bucket);
+                cp += hit & (size_t)(bk == bucket);
+            }
+        }
+    }
+    if (collect) { *pos = p; *cpos = cp; }
+}
+
+/* BatchTopK selection over the batch (SPEC §4): scores s_bi = ReLU(pre_bi) w_i,
+   keep the k n largest (ties at the boundary to the lowest row-major index,
+   so exactly min(k n, #positive) are kept). Writes the kept entries by row
+   with f = pre and returns the smallest kept score.
+   Two scans of the scores: the first histograms the buckets of the scores
+   at or above a floor, which finds the bucket holding the k n-th largest
+   score t; the second collects every score in or above that bucket;
+   quickselect over the bucket's scores gives t; a walk in row order keeps
+   s > t and the first s == t. The floor is a fraction (select_ratio, at
+   most 0.9) of the last batch's t, so the scans skip most vectors; when
+   fewer than k n scores reach it the first scan is redone with floor 0 and
+   the fraction shrinks. The floor changes the work, never the result.
+   Rows are split into one chunk per thread; chunks are concatenated in row
+   order, so the result does not depend on the thread count. With max_floor
+   > 0 (the inference threshold rule) nothing is selected: every score >=
+   max_floor is kept. */
+static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, float max_floor, float *min_kept,
+                                     moexc_error *err)
+{
+    enum { STRIDE = MOEXC__SCORE_BUCKETS + 1 };
+    ptrdiff_t hist[MOEXC__SCORE_BUCKETS], kn = (ptrdiff_t)xc->opt.k * n, above = 0, total, greater, need;
+    int T = xc->n_threads, c, j, keep_all = max_floor > 0.0f;
+    float floor = keep_all ? max_floor : xc->select_ratio * xc->select_t, t = 0.0f;
+    uint32_t bucket = 0;
+    size_t n_coll = 0, n_cand = 0, e, out, start;
+    moexc_status st;
+    for (;;) {
+#ifdef _OPENMP
+#       pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
+#endif
+        for (c = 0; c < T; c++) {
+            ptrdiff_t *h = xc->hist + (size_t)c * STRIDE;
+            memset(h, 0, STRIDE * sizeof(ptrdiff_t));
+            moexc__xc_scan_scores(xc, pre, (int)((int64_t)n * c / T), (int)((int64_t)n * (c + 1) / T), floor, h, 0, 0, NULL, NULL);
+        }
+        memset(hist, 0, sizeof(hist));
+        total = 0;
+        for (c = 0; c < T; c++)
+            for (j = 0; j < MOEXC__SCORE_BUCKETS; j++) hist[j] += xc->hist[(size_t)c * STRIDE + j];
+        for (j = 0; j < MOEXC__SCORE_BUCKETS; j++) total += hist[j];
+        if (keep_all || total >= kn || floor == 0.0f) break;
+        floor = 0.0f;
+        xc->select_ratio = MOEXC__MAX(0.25f, 0.5f * xc->select_ratio);
+    }
+    if (keep_all || total <= kn) keep_all = 1;    /* every score found is kept */
+    else
+        for (j = MOEXC__SCORE_BUCKETS - 1; j >= 0; j--) {
+            if (above + hist[j] >= kn) { bucket = (uint32_t)j; break; }
+            above += hist[j];
+        }
+    /* chunk c's entries start at chunk_pos[c], its candidates at chunk_pos[T + c] */
+    for (c = 0; c < T; c++) {
+        const ptrdiff_t *h = xc->hist + (size_t)c * STRIDE;
+        xc->chunk_pos[c] = n_coll; xc->chunk_pos[T + c] = n_cand;
+        for (j = (int)bucket; j < MOEXC__SCORE_BUCKETS; j++) n_coll += (size_t)h[j];
+        n_cand += keep_all ? 0 : (size_t)h[bucket];
+    }
+    if ((st = moexc__xc_entry_room(xc, n_coll + 1, n_cand + 1, err)) != MOEXC_OK) return st;
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
+#endif
+    for (c = 0; c < T; c++)
+        moexc__xc_scan_scores(xc, pre, (int)((int64_t)n * c / T), (int)((int64_t)n * (c + 1) / T), floor, NULL, 1,
+                              keep_all ? 0 : bucket, &xc->chunk_pos[c], &xc->chunk_pos[T + c]);
+    xc->row_ptr[n] = n_coll;
+    if (keep_all) {
+        t = FLT_MAX;
+        for (e = 0; e < n_coll; e++) t = MOEXC__MIN(t, xc->ent_val[e]);
+        if (n_coll == 0) t = 0.0f;
+        need = 0;
+    } else {
+        t = moexc__kth_largest(xc->cand, (ptrdiff_t)n_cand, kn - above);
+        greater = above;
+        for (e = 0; e < n_cand; e++) greater += xc->cand[e] > t;
+        need = kn - greater;
+    }
+    /* keep s > t and the first `need` s == t, in row order; f = pre */
+    out = 0; start = 0;
+    for (c = 0; c < n; c++) {
+        size_t end = xc->row_ptr[c + 1];
+        xc->row_ptr[c] = out;
+        for (e = start; e < end; e++) {
+            float s = xc->ent_val[e];
+            if (!keep_all && !(s > t || (s == t && need-- > 0))) continue;
+            xc->ent_row[out] = xc->ent_row[e];
+            xc->ent_lat[out] = xc->ent_lat[e];
+            xc->ent_val[out] = pre[(size_t)c * (size_t)xc->F + (size_t)xc->ent_lat[e]];
+            out++;
+        }
+        start = end;
+    }
+    xc->row_ptr[n] = xc->n_ent = out;
+    if (max_floor <= 0.0f) {
+        xc->select_t = t;
+        xc->select_ratio = MOEXC__MIN(0.9f, xc->select_ratio + 0.05f);
+    }
+    if (min_kept) *min_kept = t;
+    return MOEXC_OK;
 }
 
 /* ---- layers ----------------------------------------------------------------- */
@@ -7591,11 +7923,15 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
 static void moexc__xc_norms(moexc_xc *xc)
 {
     int i, m;
-    for (m = 0; m < 2; m++)
+    for (m = 0; m < 2; m++) {
+#ifdef _OPENMP
+#       pragma omp parallel for schedule(static) if ((double)xc->F * xc->d[m] >= 262144.0)
+#endif
         for (i = 0; i < xc->F; i++) {
             const float *row = moexc__xc_dec_row(xc, xc->params, m, i);
             xc->norm[m][i] = sqrtf(moexc_dot(row, row, (size_t)xc->d[m]));
         }
+    }
     for (i = 0; i < xc->F; i++) xc->w[i] = xc->norm[0][i] + xc->norm[1][i];
 }
 
@@ -7620,15 +7956,18 @@ static void moexc__xc_spec_enc_bias(const moexc_xc *xc, float *out)
 /* encoder forward: xs^m (n x d_m), W_enc^m (d_m x F), b_enc (F) -> pre (n x F)
      pre = sum_m (xs^m - b_dec^m) W_enc^m + b_enc   (centred, default)
      pre = sum_m xs^m W_enc^m + b_enc               (uncentred_encoder)
-   both computed as sum_m xs^m W_enc^m + enc_bias (moexc__xc_spec_enc_bias). */
-static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, float *const *xs, int n)
+   both computed as xcat W_enc + enc_bias (moexc__xc_spec_enc_bias), one GEMM
+   with xcat = [xs^A | xs^B] and W_enc = W_enc^A over W_enc^B (d_cat x F).
+   The only dense product of a BatchTopK training step. */
+static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, int n)
 {
-    const float *benc = xc->enc_bias;
-    int b, m, F = xc->F;
+    int b, F = xc->F;
     moexc__xc_spec_enc_bias(xc, xc->enc_bias);
-    for (b = 0; b < n; b++) memcpy(pre + (size_t)b * (size_t)F, benc, (size_t)F * sizeof(float));
-    for (m = 0; m < 2; m++)
-        moexc_sgemm(0, 0, n, F, xc->d[m], 1.0f, xs[m], xc->d[m], MOEXC__XC_P(xc, off_enc[m]), F, 1.0f, pre, F);
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * F >= 262144.0)
+#endif
+    for (b = 0; b < n; b++) memcpy(pre + (size_t)b * (size_t)F, xc->enc_bias, (size_t)F * sizeof(float));
+    moexc_sgemm(0, 0, n, F, xc->d_cat, 1.0f, xc->xcat, xc->d_cat, MOEXC__XC_P(xc, off_enc[0]), F, 1.0f, pre, F);
 }
 
 /* The centring term of the encoder backward, after db_enc = g = sum_b dpre
@@ -7647,17 +7986,16 @@ static void moexc__xc_encoder_backward_centre(moexc_xc *xc)
     }
 }
 
-/* encoder backward: dpre (n x F) -> dW_enc^m += xs^m^T dpre, db_enc += sum_b dpre */
-static void moexc__xc_encoder_backward(moexc_xc *xc, const float *dpre, float *const *xs, int n)
+/* dense encoder backward: dpre (n x F) -> dW_enc += xcat^T dpre, db_enc += sum_b dpre */
+static void moexc__xc_encoder_backward(moexc_xc *xc, const float *dpre, int n)
 {
     float *db = MOEXC__XC_G(xc, off_benc);
-    int b, m, F = xc->F;
-    for (m = 0; m < 2; m++)
-        moexc_sgemm(1, 0, xc->d[m], F, n, 1.0f, xs[m], xc->d[m], dpre, F, 1.0f, MOEXC__XC_G(xc, off_enc[m]), F);
+    int b, F = xc->F;
+    moexc_sgemm(1, 0, xc->d_cat, F, n, 1.0f, xc->xcat, xc->d_cat, dpre, F, 1.0f, MOEXC__XC_G(xc, off_enc[0]), F);
     for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * (size_t)F, (size_t)F);
 }
 
-/* decoder forward: f (n x F) -> xhat^m (n x d_m) = f W_dec^m + b_dec^m (bias may be skipped).
+/* dense decoder forward: f (n x F) -> xhat^m (n x d_m) = f W_dec^m + b_dec^m (bias may be skipped).
    Model B's rows 0..n_s-1 are model A's (tied), the rest its own. */
 static void moexc__xc_decoder_forward(const moexc_xc *xc, float *const *xhat, const float *f, int n, int with_bias)
 {
@@ -7675,7 +8013,7 @@ static void moexc__xc_decoder_forward(const moexc_xc *xc, float *const *xhat, co
     }
 }
 
-/* decoder backward: dxhat^m (n x d_m) ->
+/* dense decoder backward: dxhat^m (n x d_m) ->
      df += sum_m dxhat^m W_dec^m^T       (n x F)
      dW_dec^m += f^T dxhat^m             (a shared row receives both models' terms)
      db_dec^m += sum_b dxhat^m */
@@ -7697,148 +8035,91 @@ static void moexc__xc_decoder_backward(moexc_xc *xc, float *df, float *const *dx
     }
 }
 
-/* Sparse twins of the decoder and encoder-gradient products. With BatchTopK
-   only k of F latents are non-zero per token, so x̂ = f W_dec, f^T dx̂, the
-   decoder term of df (needed only where f != 0: elsewhere dpre is masked)
-   and xs^T dpre cost n k d instead of n F d. Used when at most 1/8 of f is
-   non-zero; the results equal the dense GEMMs up to summation order. */
-static void moexc__xc_decoder_forward_sparse(const moexc_xc *xc, float *const *xhat, const float *f, int n, int with_bias)
+/* Sparse decoder forward from the kept entries (BatchTopK: k of F latents
+   per token, so n k d instead of n F d):
+     xhat^m_b = b_dec^m + sum_{kept i} f_bi d_i^m   (bias may be skipped) */
+static void moexc__xc_decoder_forward_sparse(const moexc_xc *xc, float *const *xhat, int n, int with_bias)
 {
-    int b, m;
-    size_t F = (size_t)xc->F;
-    for (m = 0; m < 2; m++) {
-        size_t d = (size_t)xc->d[m];
+    int b;
 #ifdef _OPENMP
-#       pragma omp parallel for schedule(static) if ((double)n * (double)F >= 262144.0)
+#   pragma omp parallel for schedule(static) if ((double)xc->n_ent * xc->d_cat >= 131072.0)
 #endif
-        for (b = 0; b < n; b++) {
+    for (b = 0; b < n; b++) {
+        int m;
+        for (m = 0; m < 2; m++) {
+            size_t d = (size_t)xc->d[m], e;
             float *row = xhat[m] + (size_t)b * d;
-            const float *fb = f + (size_t)b * F;
-            size_t i;
             if (with_bias) memcpy(row, xc->params + xc->off_bdec[m], d * sizeof(float));
             else memset(row, 0, d * sizeof(float));
-            for (i = 0; i < F; i++)
-                if (fb[i] != 0.0f) moexc_axpy(row, fb[i], moexc__xc_dec_row(xc, xc->params, m, (int)i), d);
+            for (e = xc->row_ptr[b]; e < xc->row_ptr[b + 1]; e++)
+                if (xc->ent_val[e] != 0.0f) moexc_axpy(row, xc->ent_val[e], moexc__xc_dec_row(xc, xc->params, m, xc->ent_lat[e]), d);
         }
     }
 }
 
-static void moexc__xc_decoder_backward_sparse(moexc_xc *xc, float *df, float *const *dxhat, const float *f, int n)
+/* f at the kept entries (a frozen selection's values are re-read from pre):
+   f = ReLU(pre). Returns L0, the mean number of f > 0 per token. */
+static double moexc__xc_entry_values(moexc_xc *xc, const float *pre, int n)
 {
-    int b, m;
-    size_t F = (size_t)xc->F, i;
-#ifdef _OPENMP
-#   pragma omp parallel for schedule(static) private(i, m) if ((double)n * (double)F >= 262144.0)
-#endif
-    for (b = 0; b < n; b++)
-        for (i = 0; i < F; i++)
-            if (f[(size_t)b * F + i] != 0.0f)
-                for (m = 0; m < 2; m++)
-                    df[(size_t)b * F + i] += moexc_dot(dxhat[m] + (size_t)b * (size_t)xc->d[m],
-                                                       moexc__xc_dec_row(xc, xc->params, m, (int)i), (size_t)xc->d[m]);
-    for (m = 0; m < 2; m++) {
-        size_t d = (size_t)xc->d[m];
-        for (b = 0; b < n; b++) {
-            for (i = 0; i < F; i++) {
-                float v = f[(size_t)b * F + i];
-                if (v != 0.0f) moexc_axpy(moexc__xc_dec_row(xc, xc->grads, m, (int)i), v, dxhat[m] + (size_t)b * d, d);
-            }
-            moexc_axpy(xc->grads + xc->off_bdec[m], 1.0f, dxhat[m] + (size_t)b * d, d);
-        }
-    }
-}
-
-/* dW_enc^m += xs^m^T dpre over the non-zeros of dpre, accumulated as
-   (F x d_m) rows in scratch (aux_dw, free by now) and added transposed. */
-static void moexc__xc_encoder_backward_sparse(moexc_xc *xc, const float *dpre, float *const *xs, int n)
-{
-    float *db = MOEXC__XC_G(xc, off_benc);
-    size_t F = (size_t)xc->F, i, j;
-    int b, m;
-    for (m = 0; m < 2; m++) {
-        size_t d = (size_t)xc->d[m];
-        float *acc = xc->aux_dw[m], *dW = MOEXC__XC_G(xc, off_enc[m]);
-        memset(acc, 0, F * d * sizeof(float));
-        for (b = 0; b < n; b++)
-            for (i = 0; i < F; i++) {
-                float v = dpre[(size_t)b * F + i];
-                if (v != 0.0f) moexc_axpy(acc + i * d, v, xs[m] + (size_t)b * d, d);
-            }
-        for (j = 0; j < d; j++)
-            for (i = 0; i < F; i++) dW[j * F + i] += acc[i * d + j];
-    }
-    for (b = 0; b < n; b++) moexc_axpy(db, 1.0f, dpre + (size_t)b * F, F);
-}
-
-/* activation forward: f = keep ? ReLU(pre) : 0; L0 over the batch. */
-static double moexc__xc_activation_forward(moexc_xc *xc, float *f, const float *pre, const unsigned char *keep, int n)
-{
-    size_t i, nF = (size_t)n * (size_t)xc->F, active = 0;
-    for (i = 0; i < nF; i++) {
-        float v = keep[i] && pre[i] > 0.0f ? pre[i] : 0.0f;
-        f[i] = v;
-        active += v > 0.0f;
+    size_t e, active = 0, F = (size_t)xc->F;
+    for (e = 0; e < xc->n_ent; e++) {
+        float p = pre[(size_t)xc->ent_row[e] * F + (size_t)xc->ent_lat[e]];
+        xc->ent_val[e] = p > 0.0f ? p : 0.0f;
+        active += p > 0.0f;
     }
     return (double)active / n;
 }
 
-/* BatchTopK: scores s_{b,i} = f_{b,i} w_i; keep the k n largest over the batch. */
-static float moexc__xc_batchtopk(moexc_xc *xc, unsigned char *keep, const float *pre, int n)
+/* Dense activations: f = ReLU(pre) (L1) or the kept entries scattered into
+   zeros (BatchTopK). Returns L0. */
+static double moexc__xc_dense_activations(moexc_xc *xc, float *f, const float *pre, int n)
 {
-    size_t b, i, F = (size_t)xc->F;
-    for (b = 0; b < (size_t)n; b++)
-        for (i = 0; i < F; i++) {
-            float p = pre[b * F + i];
-            xc->tmp[b * F + i] = p > 0.0f ? p * xc->w[i] : 0.0f;
-        }
-    /* the scores move to f as scratch so that tmp can hold the quickselect copy */
-    memcpy(xc->f, xc->tmp, (size_t)n * F * sizeof(float));
-    return moexc__select_top(xc->f, (ptrdiff_t)((size_t)n * F), (ptrdiff_t)xc->opt.k * n, keep, xc->tmp);
-}
-
-/* Inference rule: keep f_i where f_i w_i > theta. */
-static void moexc__xc_threshold_keep(moexc_xc *xc, unsigned char *keep, const float *pre, int n)
-{
-    size_t b, i, F = (size_t)xc->F;
-    for (b = 0; b < (size_t)n; b++)
-        for (i = 0; i < F; i++) {
-            float p = pre[b * F + i];
-            keep[b * F + i] = p > 0.0f && p * xc->w[i] > xc->threshold;
-        }
+    size_t i, nF = (size_t)n * (size_t)xc->F, active = 0;
+    if (xc->opt.variant == MOEXC_XC_L1) {
+        for (i = 0; i < nF; i++) { f[i] = pre[i] > 0.0f ? pre[i] : 0.0f; active += pre[i] > 0.0f; }
+        return (double)active / n;
+    }
+    memset(f, 0, nF * sizeof(float));
+    for (i = 0; i < xc->n_ent; i++) {
+        f[(size_t)xc->ent_row[i] * (size_t)xc->F + (size_t)xc->ent_lat[i]] = xc->ent_val[i];
+        active += xc->ent_val[i] > 0.0f;
+    }
+    return (double)active / n;
 }
 
 /* Decoder-norm penalty (SPEC §4, L1 crosscoder):
      P = lambda/n sum_b [ sum_{i>=n_s} f_bi (||d_i^A|| + ||d_i^B||) + ratio sum_{i<n_s} f_bi ||d_i|| ]
-   forward returns P; backward adds dP/df and dP/dd_i^m = lambda c_i d_i^m / ||d_i^m||,
-   c_i = (sum_b f_bi / n) (times ratio for a shared latent). */
-static double moexc__xc_penalty_forward(const moexc_xc *xc, const float *f, int n, float lambda, double *col_sum)
+   forward returns P (col_sum_i = sum_b f_bi, from the dense f or the kept
+   entries); backward: dP/df_bi = lambda c_i / n, c_i the bracket's weight of
+   latent i (pen_coef, F), and dP/dd_i^m = lambda col_sum_i / n (times ratio
+   for a shared latent) d_i^m / ||d_i^m||. */
+static double moexc__xc_penalty_forward(moexc_xc *xc, const float *f, int n, float lambda, double *col_sum, float *pen_coef)
 {
     size_t b, i, F = (size_t)xc->F;
     double p = 0.0;
     for (i = 0; i < F; i++) col_sum[i] = 0.0;
-    for (b = 0; b < (size_t)n; b++)
-        for (i = 0; i < F; i++) col_sum[i] += f[b * F + i];
+    if (f) {
+        for (b = 0; b < (size_t)n; b++)
+            for (i = 0; i < F; i++) col_sum[i] += f[b * F + i];
+    } else {
+        for (b = 0; b < xc->n_ent; b++) col_sum[xc->ent_lat[b]] += xc->ent_val[b];
+    }
     for (i = 0; i < F; i++) {
-        double nrm = (int)i < xc->ns ? xc->opt.lambda_ratio * xc->norm[0][i] : (double)xc->norm[0][i] + xc->norm[1][i];
-        p += col_sum[i] * nrm;
+        float coef = (int)i < xc->ns ? xc->opt.lambda_ratio * xc->norm[0][i] : xc->norm[0][i] + xc->norm[1][i];
+        p += col_sum[i] * coef;
+        pen_coef[i] = lambda * coef / n;
     }
     return lambda * p / n;
 }
 
-static void moexc__xc_penalty_backward(moexc_xc *xc, float *df, const double *col_sum, int n, float lambda)
+static void moexc__xc_penalty_backward_decoder(moexc_xc *xc, const double *col_sum, int n, float lambda)
 {
-    size_t b, i, F = (size_t)xc->F;
-    int m, j;
-    for (i = 0; i < F; i++) {
-        float coef = (int)i < xc->ns ? xc->opt.lambda_ratio * xc->norm[0][i] : xc->norm[0][i] + xc->norm[1][i];
-        xc->tmp[i] = lambda * coef / n;
-    }
-    for (b = 0; b < (size_t)n; b++) moexc_axpy(df + b * F, 1.0f, xc->tmp, F);
-    for (i = 0; i < F; i++) {
-        int shared = (int)i < xc->ns;
+    int i, m, j;
+    for (i = 0; i < xc->F; i++) {
+        int shared = i < xc->ns;
         for (m = 0; m < (shared ? 1 : 2); m++) {
-            const float *row = moexc__xc_dec_row(xc, xc->params, m, (int)i);
-            float *grow = moexc__xc_dec_row(xc, xc->grads, m, (int)i);
+            const float *row = moexc__xc_dec_row(xc, xc->params, m, i);
+            float *grow = moexc__xc_dec_row(xc, xc->grads, m, i);
             float nrm = xc->norm[m][i];
             double c = lambda * col_sum[i] / n * (shared ? xc->opt.lambda_ratio : 1.0f);
             if (nrm <= 0.0f) continue;
@@ -7847,9 +8128,23 @@ static void moexc__xc_penalty_backward(moexc_xc *xc, float *df, const double *co
     }
 }
 
-/* AuxK forward (SPEC §4). Dead latents j (D of them), their pre-activations
-   aux_pre (n x D); per token keep the top k_aux, f_aux = ReLU there;
-     ê^m = f_aux Wg^m           Wg^m (D x d_m) the dead latents' decoder rows
+/* sum_b ||v_b - mean_b v||^2 over a (n x d) matrix, in double */
+static double moexc__xc_centered_ss(const float *v, int n, int d, double *mean)
+{
+    double ss = 0.0;
+    int b, j;
+    for (j = 0; j < d; j++) mean[j] = 0.0;
+    for (b = 0; b < n; b++)
+        for (j = 0; j < d; j++) mean[j] += v[(size_t)b * d + j];
+    for (j = 0; j < d; j++) mean[j] /= n;
+    for (b = 0; b < n; b++)
+        for (j = 0; j < d; j++) { double t = v[(size_t)b * d + j] - mean[j]; ss += t * t; }
+    return ss;
+}
+
+/* AuxK forward (SPEC §4). Dead latents j (D of them); per token keep the top
+   k_aux' = min(k_aux, D) of their pre-activations, f_aux = ReLU there;
+     ê^m = sum_{kept j} f_aux_j d_j^m      (the dead latents' decoder rows)
      L_aux = sum_m ||e^m - ê^m||^2 / sum_m ||e^m - mean_b e^m||^2
    e is a constant here (detached, as in the literature): aux_e, a copy of e
    taken when the selection is made (a frozen selection keeps it). Returns L_aux and
@@ -7866,10 +8161,12 @@ static void moexc__xc_penalty_backward(moexc_xc *xc, float *df, const double *co
    through the ReLU at the selected negative positions (option
    aux_exact_relu), so the encoder learns to raise a dead latent where its
    decoder row would reduce the residual. With aux_exact_relu only positive
-   pre-activations are selected, as before. */
+   pre-activations are selected, as before.
+   The kept (token, dead latent) pairs are entries like the kept latents',
+   so the AuxK terms cost n k_aux' d_m, not n D d_m. */
 static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *inv_den)
 {
-    int D, b, j, m, kaux = xc->opt.aux_k;
+    int D, b, j, m, ka;
     size_t F = (size_t)xc->F;
     double num = 0.0, den = 0.0;
     *inv_den = 0.0;
@@ -7877,83 +8174,166 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
         D = 0;
         for (j = 0; j < xc->F; j++) if (moexc__xc_is_dead(xc, j)) xc->aux_idx[D++] = j;
         xc->n_aux = D;
+        xc->aux_per_row = MOEXC__MIN(xc->opt.aux_k, D);
     }
     D = xc->n_aux;
+    ka = xc->aux_per_row;
     if (D == 0) return 0.0;
-    for (b = 0; b < n; b++)
-        for (j = 0; j < D; j++) xc->aux_pre[(size_t)b * D + j] = xc->pre[(size_t)b * F + (size_t)xc->aux_idx[j]];
-    /* per token the top k_aux: positive ones only (exact ReLU) or of any sign */
-    for (b = 0; select && b < n; b++) {
-        const float *v = xc->aux_pre + (size_t)b * D;
-        unsigned char *keep = xc->aux_keep + (size_t)b * D;
-        if (xc->opt.aux_exact_relu) moexc__select_top(v, D, MOEXC__MIN(kaux, D), keep, xc->tmp);
-        else moexc__select_top_any(v, D, MOEXC__MIN(kaux, D), keep, xc->tmp);
-    }
-    for (b = 0; b < n * D; b++) {
-        float p = xc->aux_pre[b];
-        xc->aux_f[b] = xc->aux_keep[b] && p > 0.0f ? p : 0.0f;
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * (D + ka * xc->d_cat) >= 131072.0)
+#endif
+    for (b = 0; b < n; b++) {
+        const float *pre = xc->pre + (size_t)b * F;
+        int *lat = xc->aux_lat + (size_t)b * ka, q, cnt, mm;
+        float *pv = xc->aux_pre + (size_t)b * ka, *fv = xc->aux_val + (size_t)b * ka;
+        if (select) {
+            int tid = moexc__xc_thread_id();
+            float *v = xc->thr_buf + (size_t)tid * xc->thr_len, *tmp = v + F;
+            unsigned char *keep = xc->thr_keep + (size_t)tid * F;
+            for (q = 0; q < D; q++) v[q] = pre[xc->aux_idx[q]];
+            /* per token the top k_aux': positive ones only (exact ReLU) or of any sign */
+            if (xc->opt.aux_exact_relu) moexc__select_top(v, D, ka, keep, tmp);
+            else moexc__select_top_any(v, D, ka, keep, tmp);
+            for (q = 0, cnt = 0; q < D; q++) if (keep[q]) lat[cnt++] = xc->aux_idx[q];
+            xc->aux_cnt[b] = cnt;
+        }
+        cnt = xc->aux_cnt[b];
+        for (q = 0; q < cnt; q++) { pv[q] = pre[lat[q]]; fv[q] = pv[q] > 0.0f ? pv[q] : 0.0f; }
+        for (mm = 0; mm < 2; mm++) {
+            size_t d = (size_t)xc->d[mm];
+            float *row = xc->ehat[mm] + (size_t)b * d;
+            memset(row, 0, d * sizeof(float));
+            for (q = 0; q < cnt; q++)
+                if (fv[q] != 0.0f) moexc_axpy(row, fv[q], moexc__xc_dec_row(xc, xc->params, mm, lat[q]), d);
+        }
     }
     for (m = 0; m < 2; m++) {
-        int d = xc->d[m];
-        for (j = 0; j < D; j++)
-            memcpy(xc->aux_w[m] + (size_t)j * d, moexc__xc_dec_row(xc, xc->params, m, xc->aux_idx[j]), (size_t)d * sizeof(float));
-        moexc_sgemm(0, 0, n, d, D, 1.0f, xc->aux_f, D, xc->aux_w[m], d, 0.0f, xc->ehat[m], d);
-        for (j = 0; j < d; j++) {
-            double mean = 0.0, v;
-            for (b = 0; b < n; b++) mean += xc->aux_e[m][(size_t)b * d + j];
-            mean /= n;
-            for (b = 0; b < n; b++) {
-                size_t at = (size_t)b * d + j;
-                v = xc->aux_e[m][at] - mean; den += v * v;
-                v = (double)xc->aux_e[m][at] - xc->ehat[m][at]; num += v * v;
-            }
-        }
+        size_t i, nd = (size_t)n * (size_t)xc->d[m];
+        den += moexc__xc_centered_ss(xc->aux_e[m], n, xc->d[m], xc->partial);
+        for (i = 0; i < nd; i++) { double v = (double)xc->aux_e[m][i] - xc->ehat[m][i]; num += v * v; }
     }
     if (!(den > 0.0)) return 0.0;
     *inv_den = 1.0 / den;
     return num / den;
 }
 
-/* AuxK backward: dê^m = -2 alpha (e^m - ê^m) / den ->
-     dWg^m = f_aux^T dê^m (scattered into the dead rows of dW_dec^m),
-     df_aux = sum_m dê^m Wg^m^T, dpre += df_aux at the kept positions: the
-     positive ones (ReLU), and by default also the negative ones
-     (straight-through, !aux_exact_relu; see the forward). */
-static void moexc__xc_auxk_backward(moexc_xc *xc, float *dpre, int n, double inv_den)
+/* AuxK backward: dê^m = -2 alpha (e^m - ê^m) / den (into ehat, in place).
+   The rest is taken by latent (moexc__xc_latent_grads): at each kept entry
+   dpre_aux = sum_m dê^m_b . d_j^m where the ReLU passes it: pre > 0, and by
+   default also pre <= 0 (straight-through, !aux_exact_relu; see the
+   forward); and the decoder rows' dd_j^m += f_aux dê^m_b. */
+static void moexc__xc_auxk_backward(moexc_xc *xc, int n, double inv_den)
 {
-    int D = xc->n_aux, b, j, m;
-    size_t F = (size_t)xc->F;
+    int m;
     float c = (float)(-2.0 * xc->opt.aux_alpha * inv_den);
-    if (D == 0 || inv_den == 0.0) return;
     for (m = 0; m < 2; m++) {
-        int d = xc->d[m];
-        float *dehat = xc->ehat[m];   /* overwritten in place: dê = c (e - ê) */
-        for (b = 0; b < n * d; b++) dehat[b] = c * (xc->aux_e[m][b] - dehat[b]);
-        moexc_sgemm(1, 0, D, d, n, 1.0f, xc->aux_f, D, dehat, d, 0.0f, xc->aux_dw[m], d);
-        for (j = 0; j < D; j++)
-            moexc_axpy(moexc__xc_dec_row(xc, xc->grads, m, xc->aux_idx[j]), 1.0f, xc->aux_dw[m] + (size_t)j * d, (size_t)d);
-        moexc_sgemm(0, 1, n, D, d, 1.0f, dehat, d, xc->aux_w[m], d, m ? 1.0f : 0.0f, xc->aux_df, D);
+        size_t i, nd = (size_t)n * (size_t)xc->d[m];
+        float *dehat = xc->ehat[m];
+        for (i = 0; i < nd; i++) dehat[i] = c * (xc->aux_e[m][i] - dehat[i]);
     }
-    for (b = 0; b < n; b++)
-        for (j = 0; j < D; j++) {
-            size_t at = (size_t)b * D + j;
-            if (xc->aux_keep[at] && (xc->aux_pre[at] > 0.0f || !xc->opt.aux_exact_relu))
-                dpre[(size_t)b * F + (size_t)xc->aux_idx[j]] += xc->aux_df[at];
-        }
 }
 
-/* sum_b ||v_b - mean_b v||^2 over a (n x d) matrix, in double */
-static double moexc__xc_centered_ss(const float *v, int n, int d)
+/* Group the entries by latent (counting sort, main entries before AuxK's, each
+   in row order): latent i's are col_ent[col_ptr[i] .. col_ptr[i+1]), an id
+   below n_ent naming a main entry, n_ent + b k_aux' + q AuxK's q-th of row b. */
+static moexc_status moexc__xc_group_by_latent(moexc_xc *xc, int n, int main_entries, int aux_entries, moexc_error *err)
 {
-    double ss = 0.0;
-    int b, j;
-    for (j = 0; j < d; j++) {
-        double mean = 0.0;
-        for (b = 0; b < n; b++) mean += v[(size_t)b * d + j];
-        mean /= n;
-        for (b = 0; b < n; b++) { double t = v[(size_t)b * d + j] - mean; ss += t * t; }
+    size_t total = (main_entries ? xc->n_ent : 0), e;
+    int b, q, i, ka = xc->aux_per_row;
+    if (aux_entries) for (b = 0; b < n; b++) total += (size_t)xc->aux_cnt[b];
+    if (total > (size_t)INT_MAX) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: %lu entries in one batch", (unsigned long)total);
+    if (total > xc->cap_col) {
+        int *c = (int *)moexc__realloc(xc->col_ent, moexc__mul_size(MOEXC__MAX(total, xc->cap_col + xc->cap_col / 2), sizeof(int)));
+        if (!c) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %lu entries", (unsigned long)total);
+        xc->col_ent = c;
+        xc->cap_col = MOEXC__MAX(total, xc->cap_col + xc->cap_col / 2);
     }
-    return ss;
+    memset(xc->col_ptr, 0, ((size_t)xc->F + 1) * sizeof(int));
+    if (main_entries) for (e = 0; e < xc->n_ent; e++) xc->col_ptr[xc->ent_lat[e] + 1]++;
+    if (aux_entries)
+        for (b = 0; b < n; b++)
+            for (q = 0; q < xc->aux_cnt[b]; q++) xc->col_ptr[xc->aux_lat[(size_t)b * ka + q] + 1]++;
+    for (i = 0; i < xc->F; i++) xc->col_ptr[i + 1] += xc->col_ptr[i];
+    /* col_ptr[i] now walks forward as latent i's ids are placed, and ends
+       at latent i + 1's start: shifted back below */
+    if (main_entries) for (e = 0; e < xc->n_ent; e++) xc->col_ent[xc->col_ptr[xc->ent_lat[e]]++] = (int)e;
+    if (aux_entries)
+        for (b = 0; b < n; b++)
+            for (q = 0; q < xc->aux_cnt[b]; q++)
+                xc->col_ent[xc->col_ptr[xc->aux_lat[(size_t)b * ka + q]]++] = (int)(xc->n_ent + (size_t)b * ka + (size_t)q);
+    for (i = xc->F; i > 0; i--) xc->col_ptr[i] = xc->col_ptr[i - 1];
+    xc->col_ptr[0] = 0;
+    return MOEXC_OK;
+}
+
+/* Gradients by latent, from the entries grouped by latent. At each entry
+   (b, i), kept or AuxK's, first d loss / d pre:
+     dpre_bi = sum_m dxhat^m_b . d_i^m (+ the penalty's lambda c_i / n)   kept, f_bi > 0
+     dpre_bi = sum_m dê^m_b . d_i^m                                    AuxK, where the ReLU passes it
+   (0 elsewhere; stored in ent_dpre / aux_dpre), then
+     dd_i^m   = sum_{kept (b,i)} f_bi dxhat^m_b + sum_{AuxK (b,i)} f_aux_bi dê^m_b
+                (a shared row receives both models' terms)
+     dW_enc[:, i] = sum_{(b,i)} dpre_bi xcat_b
+     db_enc_i = sum_{(b,i)} dpre_bi
+   Going by latent reads each decoder row once. Sparse path (dense == 0):
+   every element of these tensors is written, so no zeroing pass is needed;
+   latents go in blocks of 16 whose encoder columns are summed as 16 rows of
+   thread scratch and stored transposed into dW_enc (d_cat x F). Dense path
+   (dense != 0, AuxK entries only): dpre_aux and the decoder terms are added,
+   the rest comes from the GEMMs. Each latent is summed by one thread in a
+   fixed order: the bits do not depend on the thread count. */
+static void moexc__xc_latent_grads(moexc_xc *xc, int dense, const float *pen_coef)
+{
+    const int BLK = 16;
+    int blk, n_blk = (xc->F + BLK - 1) / BLK, F = xc->F, dc = xc->d_cat, ka = xc->aux_per_row;
+    float *dW = MOEXC__XC_G(xc, off_enc[0]), *db = MOEXC__XC_G(xc, off_benc);
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(dynamic, 4) if ((double)xc->F * xc->d_cat >= 131072.0)
+#endif
+    for (blk = 0; blk < n_blk; blk++) {
+        float *acc = xc->thr_buf + (size_t)moexc__xc_thread_id() * xc->thr_len;
+        int i0 = blk * BLK, i1 = MOEXC__MIN(F, i0 + BLK), i, j, m;
+        for (i = i0; i < i1; i++) {
+            int shared = i < xc->ns, p;
+            const float *row[2];
+            float *grow[2], *enc = acc + (size_t)(i - i0) * (size_t)dc, gb = 0.0f;
+            row[0] = moexc__xc_dec_row(xc, xc->params, 0, i);
+            row[1] = moexc__xc_dec_row(xc, xc->params, 1, i);
+            grow[0] = moexc__xc_dec_row(xc, xc->grads, 0, i);
+            grow[1] = moexc__xc_dec_row(xc, xc->grads, 1, i);
+            if (!dense) {
+                memset(enc, 0, (size_t)dc * sizeof(float));
+                memset(grow[0], 0, (size_t)xc->d[0] * sizeof(float));
+                if (!shared) memset(grow[1], 0, (size_t)xc->d[1] * sizeof(float));
+            }
+            for (p = xc->col_ptr[i]; p < xc->col_ptr[i + 1]; p++) {
+                size_t id = (size_t)xc->col_ent[p];
+                int b, pass;
+                float fv, dp = 0.0f, *dp_out;
+                float *const *vec;
+                if (id < xc->n_ent) {
+                    b = xc->ent_row[id]; fv = xc->ent_val[id]; vec = xc->dxhat; dp_out = xc->ent_dpre + id;
+                    pass = fv > 0.0f;
+                    if (pass && pen_coef) dp = pen_coef[i];
+                } else {
+                    id -= xc->n_ent;
+                    b = (int)(id / (size_t)ka); fv = xc->aux_val[id]; vec = xc->ehat; dp_out = xc->aux_dpre + id;
+                    pass = xc->aux_pre[id] > 0.0f || !xc->opt.aux_exact_relu;
+                }
+                for (m = 0; m < 2; m++) {
+                    const float *vb = vec[m] + (size_t)b * (size_t)xc->d[m];
+                    if (pass) dp += moexc_dot(vb, row[m], (size_t)xc->d[m]);
+                    if (fv != 0.0f) moexc_axpy(grow[shared ? 0 : m], fv, vb, (size_t)xc->d[m]);
+                }
+                *dp_out = dp;
+                if (!dense && dp != 0.0f) { moexc_axpy(enc, dp, xc->xcat + (size_t)b * (size_t)dc, (size_t)dc); gb += dp; }
+            }
+            if (!dense) db[i] = gb;
+        }
+        if (!dense)
+            for (j = 0; j < dc; j++)
+                for (i = i0; i < i1; i++) dW[(size_t)j * (size_t)F + (size_t)i] = acc[(size_t)(i - i0) * (size_t)dc + (size_t)j];
+    }
 }
 
 static float moexc__xc_lambda(const moexc_xc *xc)
@@ -7971,16 +8351,44 @@ static moexc_status moexc__xc_check_inputs(moexc_xc *xc, const float *x_a, const
     return moexc__xc_workspace(xc, n, err);
 }
 
-/* xs^m = s_m x^m */
+/* xs^m = s_m x^m, and xcat = [xs^A | xs^B] (n x d_cat), the encoder's input */
 static void moexc__xc_scale_inputs(moexc_xc *xc, const float *x_a, const float *x_b, int n)
 {
     const float *x[2];
-    int m;
+    int b;
     x[0] = x_a; x[1] = x_b;
-    for (m = 0; m < 2; m++) {
-        size_t nd = (size_t)n * (size_t)xc->d[m], i;
-        for (i = 0; i < nd; i++) xc->xs[m][i] = x[m][i] * xc->scale[m];
+    for (b = 0; b < n; b++) {
+        float *cat = xc->xcat + (size_t)b * (size_t)xc->d_cat;
+        int m;
+        for (m = 0; m < 2; m++) {
+            size_t d = (size_t)xc->d[m], j;
+            const float *src = x[m] + (size_t)b * d;
+            float *dst = xc->xs[m] + (size_t)b * d;
+            for (j = 0; j < d; j++) dst[j] = cat[j] = src[j] * xc->scale[m];
+            cat += d;
+        }
     }
+}
+
+/* The activations of a training step: BatchTopK's kept entries (selected,
+   or a frozen selection re-read) and, on the dense path, f. */
+static moexc_status moexc__xc_activations(moexc_xc *xc, int n, int select, int dense, moexc_xc_step_stats *s,
+                                          moexc_error *err)
+{
+    moexc_status st;
+    float t = 0.0f;
+    if (xc->opt.variant == MOEXC_XC_BATCHTOPK) {
+        if (select) {
+            if ((st = moexc__xc_select(xc, xc->pre, n, 0.0f, &t, err)) != MOEXC_OK) return st;
+            s->min_kept_score = t;
+        }
+        s->l0 = moexc__xc_entry_values(xc, xc->pre, n);
+    }
+    if (dense) {
+        if ((st = moexc__xc_dense_workspace(xc, err)) != MOEXC_OK) return st;
+        s->l0 = moexc__xc_dense_activations(xc, xc->f, xc->pre, n);
+    }
+    return MOEXC_OK;
 }
 
 MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const float *x_b, int n,
@@ -7989,8 +8397,9 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
     moexc_xc_step_stats s;
     size_t i, nF;
     double *col_sum = NULL, inv_den = 0.0;
-    float lambda = moexc__xc_lambda(xc);
-    int m, sparse, select = !xc->frozen;
+    float *pen_coef = NULL, lambda = moexc__xc_lambda(xc);
+    int m, b, select = !xc->frozen;
+    int dense = xc->opt.variant == MOEXC_XC_L1 || xc->opt.dense_only;
     moexc_status st = moexc__xc_check_inputs(xc, x_a, x_b, n, err);
     if (st != MOEXC_OK) return st;
     if (xc->frozen && n != xc->last_n)
@@ -7998,21 +8407,14 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
     xc->last_n = n;
     memset(&s, 0, sizeof(s));
     nF = (size_t)n * (size_t)xc->F;
-    memset(xc->grads, 0, xc->n_params * sizeof(float));
 
     /* forward */
     moexc__xc_scale_inputs(xc, x_a, x_b, n);
     moexc__xc_norms(xc);
-    moexc__xc_encoder_forward(xc, xc->pre, xc->xs, n);
-    if (xc->opt.variant == MOEXC_XC_BATCHTOPK) {
-        if (select) s.min_kept_score = moexc__xc_batchtopk(xc, xc->keep, xc->pre, n);
-    } else {
-        memset(xc->keep, 1, nF);
-    }
-    s.l0 = moexc__xc_activation_forward(xc, xc->f, xc->pre, xc->keep, n);
-    sparse = s.l0 * 8.0 <= (double)xc->F && !xc->opt.dense_only;
-    if (sparse) moexc__xc_decoder_forward_sparse(xc, xc->xhat, xc->f, n, 1);
-    else moexc__xc_decoder_forward(xc, xc->xhat, xc->f, n, 1);
+    moexc__xc_encoder_forward(xc, xc->pre, n);
+    if ((st = moexc__xc_activations(xc, n, select, dense, &s, err)) != MOEXC_OK) return st;
+    if (dense) moexc__xc_decoder_forward(xc, xc->xhat, xc->f, n, 1);
+    else moexc__xc_decoder_forward_sparse(xc, xc->xhat, n, 1);
     for (m = 0; m < 2; m++) {
         size_t nd = (size_t)n * (size_t)xc->d[m];
         double ss = 0.0;
@@ -8024,12 +8426,17 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
         }
         s.rec_m[m] = ss / n;
         s.rec += ss / n;
-        s.fve[m] = 1.0 - moexc__xc_centered_ss(xc->e[m], n, xc->d[m]) / moexc__xc_centered_ss(xc->xs[m], n, xc->d[m]);
+        s.fve[m] = 1.0 - moexc__xc_centered_ss(xc->e[m], n, xc->d[m], xc->partial) /
+                         moexc__xc_centered_ss(xc->xs[m], n, xc->d[m], xc->partial);
     }
     if (lambda > 0.0f) {
         col_sum = (double *)moexc__calloc((size_t)xc->F, sizeof(double));
-        if (!col_sum) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory");
-        s.penalty = moexc__xc_penalty_forward(xc, xc->f, n, lambda, col_sum);
+        pen_coef = (float *)moexc__calloc((size_t)xc->F, sizeof(float));
+        if (!col_sum || !pen_coef) {
+            moexc__free(col_sum); moexc__free(pen_coef);
+            return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory");
+        }
+        s.penalty = moexc__xc_penalty_forward(xc, dense ? xc->f : NULL, n, lambda, col_sum, pen_coef);
     }
     if (xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->opt.aux_k > 0) {
         if (select)
@@ -8039,24 +8446,47 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
     s.loss = s.rec + s.penalty + xc->opt.aux_alpha * s.aux;
     s.lambda = lambda;
     if (!isfinite(s.loss)) {
-        moexc__free(col_sum);
+        moexc__free(col_sum); moexc__free(pen_coef);
         return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: loss is %g at step %d", s.loss, xc->step);
     }
 
     /* backward */
-    memset(xc->df, 0, nF * sizeof(float));
-    if (sparse) moexc__xc_decoder_backward_sparse(xc, xc->df, xc->dxhat, xc->f, n);
-    else moexc__xc_decoder_backward(xc, xc->df, xc->dxhat, xc->f, n);
-    if (col_sum) moexc__xc_penalty_backward(xc, xc->df, col_sum, n, lambda);
-    /* through the selection and the ReLU: dpre = df where kept and pre > 0 (in place) */
-    for (i = 0; i < nF; i++) if (!(xc->keep[i] && xc->pre[i] > 0.0f)) xc->df[i] = 0.0f;
-    if (inv_den > 0.0) moexc__xc_auxk_backward(xc, xc->df, n, inv_den);
-    if (sparse) moexc__xc_encoder_backward_sparse(xc, xc->df, xc->xs, n);
-    else moexc__xc_encoder_backward(xc, xc->df, xc->xs, n);
-    moexc__xc_encoder_backward_centre(xc);    /* needs the finished db_enc */
-    moexc__free(col_sum);
-    if (stats) *stats = s;
-    return MOEXC_OK;
+    if (inv_den > 0.0) moexc__xc_auxk_backward(xc, n, inv_den);
+    if (dense) {
+        memset(xc->grads, 0, xc->n_params * sizeof(float));
+        memset(xc->df, 0, nF * sizeof(float));
+        moexc__xc_decoder_backward(xc, xc->df, xc->dxhat, xc->f, n);
+        if (pen_coef) for (b = 0; b < n; b++) moexc_axpy(xc->df + (size_t)b * (size_t)xc->F, 1.0f, pen_coef, (size_t)xc->F);
+        /* through the selection and the ReLU: dpre = df where f > 0 (in place) */
+        for (i = 0; i < nF; i++) if (!(xc->f[i] > 0.0f)) xc->df[i] = 0.0f;
+        if (inv_den > 0.0) {
+            int ka = xc->aux_per_row, q;
+            st = moexc__xc_group_by_latent(xc, n, 0, 1, err);
+            if (st == MOEXC_OK) moexc__xc_latent_grads(xc, 1, NULL);
+            for (b = 0; b < n; b++)
+                for (q = 0; q < xc->aux_cnt[b]; q++)
+                    xc->df[(size_t)b * (size_t)xc->F + (size_t)xc->aux_lat[(size_t)b * ka + q]] += xc->aux_dpre[(size_t)b * ka + q];
+        }
+        moexc__xc_encoder_backward(xc, xc->df, n);
+    } else {
+        st = moexc__xc_group_by_latent(xc, n, 1, inv_den > 0.0, err);
+        if (st == MOEXC_OK) {
+            moexc__xc_latent_grads(xc, 0, pen_coef);
+            for (m = 0; m < 2; m++) {
+                float *gb = xc->grads + xc->off_bdec[m];
+                size_t d = (size_t)xc->d[m];
+                memset(gb, 0, d * sizeof(float));
+                for (b = 0; b < n; b++) moexc_axpy(gb, 1.0f, xc->dxhat[m] + (size_t)b * d, d);
+            }
+        }
+    }
+    if (st == MOEXC_OK) {
+        if (col_sum) moexc__xc_penalty_backward_decoder(xc, col_sum, n, lambda);
+        moexc__xc_encoder_backward_centre(xc);    /* needs the finished db_enc */
+    }
+    moexc__free(col_sum); moexc__free(pen_coef);
+    if (st == MOEXC_OK && stats) *stats = s;
+    return st;
 }
 
 static double moexc__xc_lr(const moexc_xc *xc)
@@ -8072,10 +8502,13 @@ static double moexc__xc_lr(const moexc_xc *xc)
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
                                            moexc_xc_step_stats *stats, moexc_error *err)
 {
+    enum { CHUNK = 16384 };
     moexc_xc_step_stats s;
-    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    double gn = 0.0, lr, bc1, bc2, clip_scale = 1.0;
+    moexc_adam_coeffs ac;
+    const double b1 = 0.9, b2 = 0.999;
+    double gn = 0.0, lr;
     size_t i, j, F = (size_t)xc->F;
+    long c, n_chunks = (long)((xc->n_params + CHUNK - 1) / CHUNK);
     int dead = 0;
     moexc_status st;
     int was_frozen = xc->frozen;
@@ -8083,28 +8516,44 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     st = moexc_xc_loss_grad(xc, x_a, x_b, n, &s, err);
     xc->frozen = was_frozen;
     if (st != MOEXC_OK) return st;
-    for (i = 0; i < xc->n_params; i++) gn += (double)xc->grads[i] * xc->grads[i];
+    /* ||g||, as fixed chunks' float dot products summed in order */
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if (n_chunks > 8)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, xc->n_params - lo);
+        xc->partial[c] = moexc_dot(xc->grads + lo, xc->grads + lo, len);
+    }
+    for (c = 0; c < n_chunks; c++) gn += xc->partial[c];
     gn = sqrt(gn);
     s.grad_norm = gn;
-    /* global gradient-norm clipping */
-    if (xc->opt.clip > 0.0f && gn > xc->opt.clip) clip_scale = xc->opt.clip / gn;
-    /* Adam with bias correction; one set of moments per parameter (a shared row is one parameter) */
+    /* Adam with bias correction; one set of moments per parameter (a shared
+       row is one parameter), on the gradient clipped to global norm clip */
     lr = moexc__xc_lr(xc);
     s.lr = lr;
-    bc1 = 1.0 - pow(b1, xc->step + 1.0);
-    bc2 = 1.0 - pow(b2, xc->step + 1.0);
-    for (i = 0; i < xc->n_params; i++) {
-        float g = (float)(xc->grads[i] * clip_scale);
-        xc->adam_m[i] = (float)(b1 * xc->adam_m[i] + (1.0 - b1) * g);
-        xc->adam_v[i] = (float)(b2 * xc->adam_v[i] + (1.0 - b2) * (double)g * g);
-        xc->params[i] -= (float)(lr * (xc->adam_m[i] / bc1) / (sqrt(xc->adam_v[i] / bc2) + eps));
+    memset(&ac, 0, sizeof(ac));
+    ac.g_scale = xc->opt.clip > 0.0f && gn > xc->opt.clip ? (float)(xc->opt.clip / gn) : 1.0f;
+    ac.decay = 1.0f;
+    ac.beta1 = (float)b1; ac.beta2 = (float)b2; ac.eps = 1e-8f;
+    ac.step_size = (float)(lr / (1.0 - pow(b1, xc->step + 1.0)));
+    ac.bc2_sqrt = (float)sqrt(1.0 - pow(b2, xc->step + 1.0));
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if (n_chunks > 8)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, xc->n_params - lo);
+        moexc_adam_update(xc->params + lo, xc->grads + lo, xc->adam_m + lo, xc->adam_v + lo, len, &ac);
     }
     /* dead-latent counters: tokens since each latent last fired */
-    for (j = 0; j < F; j++) xc->tmp[j] = 0.0f;
-    for (i = 0; i < (size_t)n; i++)
-        for (j = 0; j < F; j++) if (xc->f[i * F + j] > 0.0f) xc->tmp[j] = 1.0f;
+    memset(xc->fired, 0, F);
+    if (xc->opt.variant == MOEXC_XC_BATCHTOPK && !xc->opt.dense_only) {
+        for (i = 0; i < xc->n_ent; i++) if (xc->ent_val[i] > 0.0f) xc->fired[xc->ent_lat[i]] = 1;
+    } else {
+        for (i = 0; i < (size_t)n; i++)
+            for (j = 0; j < F; j++) if (xc->f[i * F + j] > 0.0f) xc->fired[j] = 1;
+    }
     for (j = 0; j < F; j++) {
-        xc->since_fired[j] = xc->tmp[j] > 0.0f ? 0 : xc->since_fired[j] + n;
+        xc->since_fired[j] = xc->fired[j] ? 0 : xc->since_fired[j] + n;
         dead += moexc__xc_is_dead(xc, (int)j);
     }
     s.dead_fraction = (double)dead / xc->F;
@@ -8122,25 +8571,32 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
 
 /* ---- inference ---------------------------------------------------------------- */
 
-/* Latents of raw inputs into xc->f (n <= cap); xs filled. */
-static void moexc__xc_encode_ws(moexc_xc *xc, const float *x_a, const float *x_b, int n)
+/* Latents of raw inputs (n <= cap), xs filled: the L1 crosscoder's in the
+   dense f; BatchTopK's as entries, kept by the threshold rule f_i w_i > theta
+   or, before theta is estimated, by the batch's own selection. */
+static moexc_status moexc__xc_encode_ws(moexc_xc *xc, const float *x_a, const float *x_b, int n, moexc_error *err)
 {
-    size_t nF = (size_t)n * (size_t)xc->F;
+    moexc_status st;
     moexc__xc_scale_inputs(xc, x_a, x_b, n);
     moexc__xc_norms(xc);
-    moexc__xc_encoder_forward(xc, xc->pre, xc->xs, n);
-    if (xc->opt.variant == MOEXC_XC_L1) memset(xc->keep, 1, nF);
-    else if (xc->threshold >= 0.0f) moexc__xc_threshold_keep(xc, xc->keep, xc->pre, n);
-    else moexc__xc_batchtopk(xc, xc->keep, xc->pre, n);
-    moexc__xc_activation_forward(xc, xc->f, xc->pre, xc->keep, n);
+    moexc__xc_encoder_forward(xc, xc->pre, n);
+    if (xc->opt.variant == MOEXC_XC_L1) {
+        if ((st = moexc__xc_dense_workspace(xc, err)) != MOEXC_OK) return st;
+        moexc__xc_dense_activations(xc, xc->f, xc->pre, n);
+        return MOEXC_OK;
+    }
+    /* s > theta is s >= the next float above theta (theta >= 0) */
+    return moexc__xc_select(xc, xc->pre, n, xc->threshold >= 0.0f ? nextafterf(xc->threshold, FLT_MAX) : 0.0f, NULL, err);
 }
 
 MOEXC_DEF moexc_status moexc_xc_encode(moexc_xc *xc, const float *x_a, const float *x_b, int n, float *f,
                                        moexc_error *err)
 {
     moexc_status st = moexc__xc_check_inputs(xc, x_a, x_b, n, err);
+    if (st == MOEXC_OK) st = moexc__xc_encode_ws(xc, x_a, x_b, n, err);
+    if (st == MOEXC_OK) st = moexc__xc_dense_workspace(xc, err);
     if (st != MOEXC_OK) return st;
-    moexc__xc_encode_ws(xc, x_a, x_b, n);
+    if (xc->opt.variant == MOEXC_XC_BATCHTOPK) moexc__xc_dense_activations(xc, xc->f, xc->pre, n);
     memcpy(f, xc->f, (size_t)n * (size_t)xc->F * sizeof(float));
     return MOEXC_OK;
 }
@@ -8172,10 +8628,19 @@ MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const f
     if (st == MOEXC_OK) st = moexc_activation_acc_init(&act, xc->F, err);
     while (st == MOEXC_OK && done < n) {
         int c = (int)MOEXC__MIN((int64_t)chunk_max, n - done);
-        moexc__xc_encode_ws(xc, x_a + (size_t)done * (size_t)xc->d[0], x_b + (size_t)done * (size_t)xc->d[1], c);
-        if (xc->opt.variant == MOEXC_XC_BATCHTOPK && !xc->opt.dense_only)
-            moexc__xc_decoder_forward_sparse(xc, xc->xhat, xc->f, c, 1);
-        else moexc__xc_decoder_forward(xc, xc->xhat, xc->f, c, 1);
+        st = moexc__xc_encode_ws(xc, x_a + (size_t)done * (size_t)xc->d[0], x_b + (size_t)done * (size_t)xc->d[1], c, err);
+        if (st != MOEXC_OK) break;
+        if (xc->opt.variant == MOEXC_XC_BATCHTOPK) {
+            size_t e;
+            moexc__xc_decoder_forward_sparse(xc, xc->xhat, c, 1);
+            /* the activation statistics of moexc_activation_acc_add, from the entries */
+            for (e = 0; e < xc->n_ent; e++)
+                if (xc->ent_val[e] > 0.0f) { act.counts[xc->ent_lat[e]]++; act.sum_active += 1.0; }
+            act.n_tokens += c;
+        } else {
+            moexc__xc_decoder_forward(xc, xc->xhat, xc->f, c, 1);
+            moexc_activation_acc_add(&act, xc->f, c);
+        }
         for (m = 0; m < 2; m++) {
             size_t i, nd = (size_t)c * (size_t)xc->d[m];
             double ss = 0.0;
@@ -8183,7 +8648,6 @@ MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const f
             out->mse[m] += ss;
             moexc_fve_acc_add(&fve[m], xc->xs[m], xc->xhat[m], c);
         }
-        moexc_activation_acc_add(&act, xc->f, c);
         done += c;
     }
     if (st == MOEXC_OK) {

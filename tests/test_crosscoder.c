@@ -6,6 +6,9 @@
 #include "harness.h"
 #include <stdlib.h>
 #include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static float *randn(int n, moexc_rng *rng, float scale)
 {
@@ -322,6 +325,82 @@ static void test_batchtopk_exact_count(void)
     TH_CHECK(memcmp(f1, f2, (size_t)n * F * sizeof(float)) == 0, "deterministic selection");
     free(f1); free(f2);
     moexc_xc_free(xc); free(xa); free(xb);
+}
+
+/* The batch selection starts its scans from a floor taken from the last
+   batch (a speed hint): whether that floor is far too high (the scan is
+   redone), far too low, or absent, the kept set is the same. F = 200 is not
+   a whole number of vectors, so the scalar tails are crossed too. */
+static void test_selection_floor_independent(void)
+{
+    moexc_rng rng;
+    int n = 64, d = 12, F = 200, k = 5, which;
+    float *xa, *xb, *big_a, *big_b, *f_ref, *f;
+    moexc_xc_options o;
+    size_t i;
+    moexc_rng_seed(&rng, 41);
+    xa = randn(n * d, &rng, 1.0f); xb = randn(n * d, &rng, 1.0f);
+    big_a = (float *)malloc((size_t)n * d * sizeof(float)); big_b = (float *)malloc((size_t)n * d * sizeof(float));
+    f_ref = (float *)malloc((size_t)n * F * sizeof(float)); f = (float *)malloc((size_t)n * F * sizeof(float));
+    memset(&o, 0, sizeof(o));
+    o.n_latents = F; o.k = k; o.steps = 100; o.seed = 42;
+    for (which = 0; which < 3; which++) {
+        /* 0: no hint; 1: the hint from a batch with 30x larger scores (floor far
+           too high); 2: from one with 30x smaller scores (floor far too low) */
+        moexc_xc *xc = make_xc(d, d, &o, xa, xb, n, 0);
+        size_t kept = 0;
+        TH_CHECK(xc != NULL, "create");
+        if (!xc) break;
+        if (which) {
+            float s = which == 1 ? 30.0f : 1.0f / 30.0f;
+            for (i = 0; i < (size_t)n * d; i++) { big_a[i] = xa[i] * s; big_b[i] = xb[i] * s; }
+            moexc_xc_encode(xc, big_a, big_b, n, f, NULL);
+        }
+        TH_CHECK(moexc_xc_encode(xc, xa, xb, n, which ? f : f_ref, NULL) == MOEXC_OK, "encode");
+        for (i = 0; i < (size_t)n * F; i++) kept += (which ? f : f_ref)[i] > 0.0f;
+        TH_CHECK(kept == (size_t)k * n, "case %d: kept %lu, want %d", which, (unsigned long)kept, k * n);
+        if (which) TH_CHECK(memcmp(f, f_ref, (size_t)n * F * sizeof(float)) == 0, "case %d: the kept set depends on the floor", which);
+        moexc_xc_free(xc);
+    }
+    free(xa); free(xb); free(big_a); free(big_b); free(f_ref); free(f);
+}
+
+/* Training steps give the same bits at 1 and 2 threads: every threaded part
+   of a step (selection, sparse decoder, AuxK, gradients by latent, norm,
+   Adam) sums in an order that does not depend on the thread count. The
+   shapes are large enough for the parallel paths, with dead latents (AuxK). */
+static void test_thread_count_bit_identical(void)
+{
+#ifdef _OPENMP
+    moexc_rng rng;
+    int n = 256, d = 64, F = 1024, threads, s, i, saved = omp_get_max_threads();
+    float *xa, *xb, *params[2];
+    moexc_xc_options o;
+    size_t P = 0;
+    moexc_rng_seed(&rng, 43);
+    xa = randn(n * d, &rng, 1.0f); xb = randn(n * d, &rng, 1.0f);
+    memset(&o, 0, sizeof(o));
+    o.n_latents = F; o.k = 16; o.n_shared = 32; o.steps = 20; o.seed = 44;
+    for (threads = 1; threads <= 2; threads++) {
+        moexc_xc *xc;
+        omp_set_num_threads(threads);
+        xc = make_xc(d, d, &o, xa, xb, n, 0);
+        TH_CHECK(xc != NULL, "create");
+        if (!xc) { params[threads - 1] = NULL; continue; }
+        for (i = 700; i < F; i++) moexc_xc_set_dead(xc, i, 1);
+        for (s = 0; s < 6; s++) moexc_xc_train_step(xc, xa + (s % 2) * (n / 2) * d, xb + (s % 2) * (n / 2) * d, n / 2, NULL, NULL);
+        P = moexc_xc_num_params(xc);
+        params[threads - 1] = (float *)malloc(P * sizeof(float));
+        memcpy(params[threads - 1], moexc_xc_params(xc), P * sizeof(float));
+        moexc_xc_free(xc);
+    }
+    omp_set_num_threads(saved);
+    if (params[0] && params[1])
+        TH_CHECK(memcmp(params[0], params[1], P * sizeof(float)) == 0, "parameters differ between 1 and 2 threads");
+    free(params[0]); free(params[1]); free(xa); free(xb);
+#else
+    printf("  SKIPPED: built without OpenMP, one thread only\n");
+#endif
 }
 
 /* The sparse decoder path (used when at most 1/8 of f is non-zero) gives
@@ -787,6 +866,8 @@ int main(void)
     TIMED(test_auxk_straight_through);
     TIMED(test_tying_invariant);
     TIMED(test_batchtopk_exact_count);
+    TIMED(test_selection_floor_independent);
+    TIMED(test_thread_count_bit_identical);
     TIMED(test_sparse_matches_dense);
     TIMED(test_against_pytorch);
     TIMED(test_threshold_and_folding);
