@@ -1568,8 +1568,11 @@ static MOEXC__UNUSED_FN moexc_status moexc__atomic_commit(moexc__atomic_file *af
      moexc__vload(p)/vstore(p,v)  unaligned load / store
      moexc__vset1(x), moexc__vzero()
      moexc__vadd/vsub/vmul/vmax/vmin(a,b)
+     moexc__vdiv(a,b), moexc__vsqrt(a)   correctly rounded, as IEEE requires
      moexc__vfmadd(a,b,c)      a*b + c (fused where the ISA has FMA)
      moexc__vhsum(v), moexc__vhmax(v)   horizontal reductions to a float
+     moexc__vmask_ge(a,b)      unsigned bit mask of the lanes with a >= b
+                               (bit q for lane q; false for NaN)
      moexc__vround(v)          round to nearest integer (as float), |v| < 2^22
      moexc__vpow2i(n)          2^n for integer-valued n in [-126, 127]
    The scalar backend defines the same names over plain float, so every SIMD
@@ -1619,6 +1622,7 @@ typedef __m512 moexc__vf;
 #  define moexc__vmin(a, b)      _mm512_min_ps((a), (b))
 #  define moexc__vhsum(v)        _mm512_reduce_add_ps(v)
 #  define moexc__vhmax(v)        _mm512_reduce_max_ps(v)
+#  define moexc__vmask_ge(a, b)  ((unsigned)_mm512_cmp_ps_mask((a), (b), _CMP_GE_OQ))
 #  define moexc__vround(v)       _mm512_roundscale_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #  define moexc__vpow2i(n)       _mm512_castsi512_ps(_mm512_slli_epi32( \
                                      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23))
@@ -1655,6 +1659,7 @@ static MOEXC__UNUSED_FN float moexc__avx2_hmax(__m256 v)
 }
 #  define moexc__vhsum(v)        moexc__avx2_hsum(v)
 #  define moexc__vhmax(v)        moexc__avx2_hmax(v)
+#  define moexc__vmask_ge(a, b)  ((unsigned)_mm256_movemask_ps(_mm256_cmp_ps((a), (b), _CMP_GE_OQ)))
 #  define moexc__vround(v)       _mm256_round_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #  define moexc__vpow2i(n)       _mm256_castsi256_ps(_mm256_slli_epi32( \
                                      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23))
@@ -1689,6 +1694,7 @@ static MOEXC__UNUSED_FN float moexc__sse2_hmax(__m128 s)
 }
 #  define moexc__vhsum(v)        moexc__sse2_hsum(v)
 #  define moexc__vhmax(v)        moexc__sse2_hmax(v)
+#  define moexc__vmask_ge(a, b)  ((unsigned)_mm_movemask_ps(_mm_cmpge_ps((a), (b))))
 #  define moexc__vround(v)       _mm_cvtepi32_ps(_mm_cvtps_epi32(v))
 #  define moexc__vpow2i(n)       _mm_castsi128_ps(_mm_slli_epi32( \
                                      _mm_add_epi32(_mm_cvtps_epi32(n), _mm_set1_epi32(127)), 23))
@@ -1711,6 +1717,12 @@ typedef float32x4_t moexc__vf;
 #  define moexc__vfmadd(a, b, c) vfmaq_f32((c), (a), (b))
 #  define moexc__vhsum(v)        vaddvq_f32(v)
 #  define moexc__vhmax(v)        vmaxvq_f32(v)
+#  define moexc__vmask_ge(a, b)  moexc__neon_mask_ge((a), (b))
+static MOEXC__UNUSED_FN unsigned moexc__neon_mask_ge(float32x4_t a, float32x4_t b)
+{
+    static const uint32_t lane_bit[4] = { 1, 2, 4, 8 };
+    return vaddvq_u32(vandq_u32(vcgeq_f32(a, b), vld1q_u32(lane_bit)));
+}
 #  define moexc__vround(v)       vrndnq_f32(v)
 #  define moexc__vpow2i(n)       vreinterpretq_f32_s32(vshlq_n_s32( \
                                      vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23))
@@ -1732,6 +1744,7 @@ typedef float moexc__vf;
 #  define moexc__vfmadd(a, b, c) ((a) * (b) + (c))
 #  define moexc__vhsum(v)        (v)
 #  define moexc__vhmax(v)        (v)
+#  define moexc__vmask_ge(a, b)  ((unsigned)((a) >= (b)))
 /* round to nearest even by the 1.5*2^23 trick: exact for |v| < 2^22 */
 static MOEXC__UNUSED_FN float moexc__scalar_round(float v) { volatile float t = v + 12582912.0f; return t - 12582912.0f; }
 static MOEXC__UNUSED_FN float moexc__scalar_pow2i(float n)
@@ -7345,7 +7358,7 @@ struct moexc_xc {
     size_t   cap_col;
     /* per chunk / thread scratch */
     int      n_threads;
-    ptrdiff_t *hist;                              /* (threads x 4097) selection histograms */
+    ptrdiff_t *hist;                              /* (threads x 4096) selection histograms */
     size_t  *chunk_pos;                           /* (2 threads) entry and candidate offsets */
     float   *thr_buf;                             /* (threads x thr_len) */
     unsigned char *thr_keep;                      /* (threads x F)      */
@@ -7419,7 +7432,7 @@ static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
     if (threads > xc->n_threads) {
         moexc__xc_free_thread_scratch(xc);
         xc->thr_len = MOEXC__MAX(2 * F, 16 * (size_t)xc->d_cat);
-        xc->hist = (ptrdiff_t *)moexc__calloc((size_t)threads * (MOEXC__SCORE_BUCKETS + 1), sizeof(ptrdiff_t));
+        xc->hist = (ptrdiff_t *)moexc__calloc((size_t)threads * MOEXC__SCORE_BUCKETS, sizeof(ptrdiff_t));
         xc->chunk_pos = (size_t *)moexc__calloc(2 * (size_t)threads, sizeof(size_t));
         xc->thr_buf = moexc__alloc_floats((size_t)threads * xc->thr_len);
         xc->thr_keep = (unsigned char *)moexc__calloc((size_t)threads, F);
@@ -7776,40 +7789,60 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
     return t;
 }
 
+/* Index of the lowest set bit of a non-zero mask. */
+static int moexc__lowest_bit(unsigned mask)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctz(mask);
+#else
+    int q = 0;
+    while (!(mask & 1u)) { mask >>= 1; q++; }
+    return q;
+#endif
+}
+
 /* One scan over the BatchTopK scores s_bi = ReLU(pre_bi) w_i of rows
    [b0, b1), visiting the positive s >= floor: with collect == 0 it counts
-   them into hist (by bucket; slot MOEXC__SCORE_BUCKETS takes the rest); with
-   collect != 0 it appends those in bucket >= `bucket` as entries (row,
-   latent, score) at *pos, sets row_ptr, and copies the scores of bucket
-   `bucket` itself to cand at *cpos. Whole vectors whose largest score is
-   below floor are skipped with one compare; inside the others every element
-   is handled without a branch (a write at *pos that is kept only when the
-   element qualifies), since about one in four is taken. The entry and
-   candidate buffers need one slot of slack. */
+   them into hist (by bucket); with collect != 0 it appends those in bucket
+   >= `bucket` as entries (row, latent, score) at *pos, sets row_ptr, and
+   copies the scores of bucket `bucket` itself to cand at *cpos. Each vector
+   of scores is compared with the floor at once, and only the lanes at or
+   above it are visited (a few percent of them). */
 static void moexc__xc_scan_scores(moexc_xc *xc, const float *pre, int b0, int b1, float floor, ptrdiff_t *hist,
                                   int collect, uint32_t bucket, size_t *pos, size_t *cpos)
 {
     const float *w = xc->w;
+    /* s > 0 and s >= floor, as one compare: s >= the smallest positive float */
+    float lo = floor > 0.0f ? floor : nextafterf(0.0f, 1.0f), lanes[MOEXC__VW];
+    moexc__vf vlo = moexc__vset1(lo);
     size_t F = (size_t)xc->F, i, p = collect ? *pos : 0, cp = collect ? *cpos : 0;
     int b;
     for (b = b0; b < b1; b++) {
         const float *row = pre + (size_t)b * F;
         if (collect) xc->row_ptr[b] = p;
         for (i = 0; i < F; i += MOEXC__VW) {
-            size_t q, end = MOEXC__MIN(i + MOEXC__VW, F);
-            if (end - i == MOEXC__VW) {
-                float mx = moexc__vhmax(moexc__vmul(moexc__vmax(moexc__vload(row + i), moexc__vzero()), moexc__vload(w + i)));
-                if (!(mx > 0.0f && mx >= floor)) continue;
+            size_t width = MOEXC__MIN((size_t)MOEXC__VW, F - i), q;
+            unsigned mask;
+            if (width == MOEXC__VW) {
+                moexc__vf s = moexc__vmul(moexc__vmax(moexc__vload(row + i), moexc__vzero()), moexc__vload(w + i));
+                mask = moexc__vmask_ge(s, vlo);
+                if (!mask) continue;
+                moexc__vstore(lanes, s);
+            } else {
+                for (q = 0, mask = 0; q < width; q++) {
+                    lanes[q] = (row[i + q] > 0.0f ? row[i + q] : 0.0f) * w[i + q];
+                    mask |= (unsigned)(lanes[q] >= lo) << q;
+                }
             }
-            for (q = i; q < end; q++) {
-                float s = (row[q] > 0.0f ? row[q] : 0.0f) * w[q];
+            while (mask) {
+                int q = moexc__lowest_bit(mask);
+                float s = lanes[q];
                 uint32_t bk = moexc__score_bucket(s);
-                size_t hit = (size_t)((s > 0.0f) & (s >= floor));
-                if (!collect) { hist[hit ? bk : MOEXC__SCORE_BUCKETS]++; continue; }
-                xc->ent_row[p] = b; xc->ent_lat[p] = (int)q; xc->ent_val[p] = s;
-                xc->cand[cp] = s;
-                p += hit & (size_t)(bk >= bucket);
-                cp += hit & (size_t)(bk == bucket);
+                mask &= mask - 1u;
+                if (!collect) { hist[bk]++; continue; }
+                if (bk < bucket) continue;
+                xc->ent_row[p] = b; xc->ent_lat[p] = (int)(i + (size_t)q); xc->ent_val[p] = s; p++;
+                if (bk == bucket) xc->cand[cp++] = s;
             }
         }
     }
@@ -7835,7 +7868,6 @@ static void moexc__xc_scan_scores(moexc_xc *xc, const float *pre, int b0, int b1
 static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, float max_floor, float *min_kept,
                                      moexc_error *err)
 {
-    enum { STRIDE = MOEXC__SCORE_BUCKETS + 1 };
     ptrdiff_t hist[MOEXC__SCORE_BUCKETS], kn = (ptrdiff_t)xc->opt.k * n, above = 0, total, greater, need;
     int T = xc->n_threads, c, j, keep_all = max_floor > 0.0f;
     float floor = keep_all ? max_floor : xc->select_ratio * xc->select_t, t = 0.0f;
@@ -7847,14 +7879,14 @@ static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, floa
 #       pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
 #endif
         for (c = 0; c < T; c++) {
-            ptrdiff_t *h = xc->hist + (size_t)c * STRIDE;
-            memset(h, 0, STRIDE * sizeof(ptrdiff_t));
+            ptrdiff_t *h = xc->hist + (size_t)c * MOEXC__SCORE_BUCKETS;
+            memset(h, 0, MOEXC__SCORE_BUCKETS * sizeof(ptrdiff_t));
             moexc__xc_scan_scores(xc, pre, (int)((int64_t)n * c / T), (int)((int64_t)n * (c + 1) / T), floor, h, 0, 0, NULL, NULL);
         }
         memset(hist, 0, sizeof(hist));
         total = 0;
         for (c = 0; c < T; c++)
-            for (j = 0; j < MOEXC__SCORE_BUCKETS; j++) hist[j] += xc->hist[(size_t)c * STRIDE + j];
+            for (j = 0; j < MOEXC__SCORE_BUCKETS; j++) hist[j] += xc->hist[(size_t)c * MOEXC__SCORE_BUCKETS + j];
         for (j = 0; j < MOEXC__SCORE_BUCKETS; j++) total += hist[j];
         if (keep_all || total >= kn || floor == 0.0f) break;
         floor = 0.0f;
@@ -7868,12 +7900,12 @@ static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, floa
         }
     /* chunk c's entries start at chunk_pos[c], its candidates at chunk_pos[T + c] */
     for (c = 0; c < T; c++) {
-        const ptrdiff_t *h = xc->hist + (size_t)c * STRIDE;
+        const ptrdiff_t *h = xc->hist + (size_t)c * MOEXC__SCORE_BUCKETS;
         xc->chunk_pos[c] = n_coll; xc->chunk_pos[T + c] = n_cand;
         for (j = (int)bucket; j < MOEXC__SCORE_BUCKETS; j++) n_coll += (size_t)h[j];
         n_cand += keep_all ? 0 : (size_t)h[bucket];
     }
-    if ((st = moexc__xc_entry_room(xc, n_coll + 1, n_cand + 1, err)) != MOEXC_OK) return st;
+    if ((st = moexc__xc_entry_room(xc, MOEXC__MAX(n_coll, (size_t)1), MOEXC__MAX(n_cand, (size_t)1), err)) != MOEXC_OK) return st;
 #ifdef _OPENMP
 #   pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
 #endif
