@@ -1770,7 +1770,8 @@ MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
    No OpenMP here: callers run these inside their own parallel regions.
 
    What is and is not bit-identical across backends:
-   - add, mul, scale, rmsnorm's final scaling: one IEEE operation per element,
+   - add, mul, scale, adam_update, rmsnorm's final scaling: one IEEE operation
+     at a time per element (no FMA),
      so every backend gives the same bits for the same inputs.
    - axpy: fused multiply-add on AVX2/AVX-512/NEON, two roundings on SSE2 and
      scalar: results differ by at most 1 ulp of the product's rounding.

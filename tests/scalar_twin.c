@@ -25,6 +25,10 @@ void  twin_rmsnorm_rows(float *y, float *inv_rms, const float *x, const float *g
 {
     moexc_rmsnorm_rows(y, inv_rms, x, g, rows, cols, eps);
 }
+void  twin_adam_update(float *theta, const float *g, float *m, float *v, size_t n, const moexc_adam_coeffs *c)
+{
+    moexc_adam_update(theta, g, m, v, n, c);
+}
 void  twin_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc)
 {

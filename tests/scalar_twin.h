@@ -4,6 +4,7 @@
 #ifndef MOEXC_SCALAR_TWIN_H
 #define MOEXC_SCALAR_TWIN_H
 #include <stddef.h>
+#include "../moexc.h"
 
 const char *twin_backend(void);
 float twin_dot(const float *a, const float *b, size_t n);
@@ -18,6 +19,7 @@ void  twin_softmax_rows(float *y, const float *x, int rows, int cols);
 void  twin_silu(float *y, const float *x, size_t n);
 void  twin_silu_backward(float *dx, const float *x, const float *dy, size_t n);
 void  twin_rmsnorm_rows(float *y, float *inv_rms, const float *x, const float *g, int rows, int cols, float eps);
+void  twin_adam_update(float *theta, const float *g, float *m, float *v, size_t n, const moexc_adam_coeffs *c);
 void  twin_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
 #endif

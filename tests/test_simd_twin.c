@@ -113,10 +113,21 @@ static void test_elementwise(void)
             moexc_axpy(y, alpha, a, n); twin_axpy(z, alpha, a, n);
             for (i = 0; i < n; i++)
                 waxpy = worst_of(waxpy, fabs((double)y[i] - z[i]), EPS * (fabs(b[i]) + fabs((double)alpha * a[i])));
+            {   /* Adam(W): theta in y/z, g = a, moments from b (v >= 0), twice */
+                moexc_adam_coeffs ac = { 0.5f, 0.999f, 0.9f, 0.95f, 1e-8f, 0.01f, 0.3f };
+                float *m1 = alloc_f(n), *v1 = alloc_f(n), *m2 = alloc_f(n), *v2 = alloc_f(n);
+                int rep;
+                for (i = 0; i < n; i++) { m1[i] = m2[i] = 0.1f * b[i]; v1[i] = v2[i] = 0.01f * b[i] * b[i]; }
+                memcpy(y, b, n * sizeof(float)); memcpy(z, b, n * sizeof(float));
+                for (rep = 0; rep < 2; rep++) { moexc_adam_update(y, a, m1, v1, n, &ac); twin_adam_update(z, a, m2, v2, n, &ac); }
+                bits += memcmp(y, z, n * sizeof(float)) != 0 || memcmp(m1, m2, n * sizeof(float)) != 0 ||
+                        memcmp(v1, v2, n * sizeof(float)) != 0;
+                free(m1); free(v1); free(m2); free(v2);
+            }
             free(ab); free(bb); free(yb); free(zb);
         }
-    printf("     add/mul/scale: %d arrays differ; axpy: max deviation %.3g eps (|y| + |alpha x|)\n", bits, waxpy);
-    TH_CHECK(bits == 0, "add/mul/scale: %d arrays not bit-identical", bits);
+    printf("     add/mul/scale/adam_update: %d arrays differ; axpy: max deviation %.3g eps (|y| + |alpha x|)\n", bits, waxpy);
+    TH_CHECK(bits == 0, "add/mul/scale/adam_update: %d arrays not bit-identical", bits);
     TH_CHECK(waxpy <= 1, "axpy deviates %.3g", waxpy);
 }
 
