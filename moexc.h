@@ -138,7 +138,8 @@
      >>train          AdamW, schedules, clipping, router statistics
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
-     >>analysis       relative decoder norm, classes, cosines, density, FVE
+     >>analysis       relative decoder norm, classes, cosines, density, FVE;
+                      seed controls and verdicts; aligned cosines (Procrustes, SVD)
      >>plot           raster plots with a built-in bitmap font
      >>license        license
 
@@ -1022,6 +1023,84 @@ MOEXC_DEF void moexc_latent_analysis_free(moexc_latent_analysis *a);
 
 /* Median of n floats (NaNs skipped; NaN when none); does not modify x. */
 MOEXC_DEF double moexc_median(const float *x, size_t n, moexc_error *err);
+
+/* ---- seed controls: spread over seeds, latent overlap, verdicts ---------- */
+/* SPEC §5.1: a count means something only against its null, two models that
+   differ only in their seeds (dense-vs-dense, MoE-vs-MoE), and over several
+   crosscoder seeds. */
+
+/* Mean and sample standard deviation (n - 1) of n values; sd is NaN when
+   n < 2, both NaN when n < 1. NaN values are skipped. */
+MOEXC_DEF void moexc_mean_sd(const double *x, int n, double *mean, double *sd);
+
+/* Overlap of two sets of latents from two crosscoders (seeds) on the same
+   pair of models: the fraction of set 1's latents idx1 (n1 of them) that
+   match some latent of set 2 (idx2, n2), where latents i and j match when
+   cos(d_i^m, d_j^m) > min_cos in each model m that `models` names (bit 0:
+   model A, bit 1: model B). For exclusive latents pass the model that
+   carries them (A for MoE-only, B for dense-only): the other model's row is
+   near zero by construction and its direction is noise. NaN when n1 == 0. */
+MOEXC_DEF double moexc_latent_overlap(const float *dec_a1, const float *dec_b1, const int *idx1, int n1,
+                                      const float *dec_a2, const float *dec_b2, const int *idx2, int n2,
+                                      int d_a, int d_b, int models, double min_cos);
+
+typedef enum moexc_verdict {
+    MOEXC_VERDICT_HOLDS = 0,          /* same direction as the paper in every seed, beyond the controls */
+    MOEXC_VERDICT_REVERSED,           /* opposite direction in every seed, beyond the controls          */
+    MOEXC_VERDICT_NOT_DISTINGUISHABLE,/* one direction in every seed, within a control's spread         */
+    MOEXC_VERDICT_MIXED,              /* the direction changes between seeds                            */
+    MOEXC_VERDICT_NO_DATA,            /* a statistic is NaN in every seed                               */
+    MOEXC_VERDICT_COUNT
+} moexc_verdict;
+
+/* "holds", "reversed", "not distinguishable from the seed control",
+   "mixed across seeds", "no data". */
+MOEXC_DEF const char *moexc_verdict_name(int verdict);
+
+/* The verdict on one finding. main (n_main seeds) holds a signed statistic
+   of the MoE-vs-dense crosscoders that is > 0 when the paper's finding
+   holds in that seed (e.g. dense-only count - MoE-only count for "fewer
+   MoE-only than dense-only latents"); ctrl holds the same statistic for
+   n_ctrl_sets controls of n_ctrl seeds each (ctrl[c * n_ctrl + s]). The
+   difference is beyond a control when |mean_main - mean_ctrl| > 2 sd_ctrl
+   (strictly; with sd_ctrl over its seeds, 0 with one seed). No controls:
+   judged on the direction alone. NaN seeds are skipped. */
+MOEXC_DEF moexc_verdict moexc_finding_verdict(const double *main, int n_main, const double *ctrl,
+                                              int n_ctrl_sets, int n_ctrl);
+
+/* ---- aligned cosines: orthogonal Procrustes -------------------------------- */
+/* The two models' activation spaces have unrelated bases. Q (d_B x d_A) is
+   the orthogonal map (Q^T Q = I when d_B >= d_A, Q Q^T = I otherwise) that
+   best carries centred x^A onto centred x^B:
+     M = sum_b (x_b^B - mean^B)(x_b^A - mean^A)^T = U S V^T,   Q = U V^T
+   (a positive scale of either model changes nothing). The aligned cosine
+   of a latent is cos(Q d_i^A, d_i^B): moexc_procrustes_apply to the A
+   decoder, then moexc_analyze_latents. */
+typedef struct moexc_procrustes_acc {
+    int      d_a, d_b;
+    int64_t  n;
+    double  *cross;              /* (d_B x d_A) sum_b x_b^B x_b^A^T            */
+    double  *sum_a, *sum_b;      /* (d_A), (d_B)                              */
+    float   *chunk;              /* (d_B x d_A) one chunk's float product      */
+} moexc_procrustes_acc;
+
+MOEXC_DEF moexc_status moexc_procrustes_acc_init(moexc_procrustes_acc *acc, int d_a, int d_b, moexc_error *err);
+/* x_a (n x d_A), x_b (n x d_B): paired rows. */
+MOEXC_DEF moexc_status moexc_procrustes_acc_add(moexc_procrustes_acc *acc, const float *x_a, const float *x_b, int n,
+                                                moexc_error *err);
+/* Q (d_B x d_A). Needs at least 2 pairs. */
+MOEXC_DEF moexc_status moexc_procrustes_fit(const moexc_procrustes_acc *acc, float *q, moexc_error *err);
+MOEXC_DEF void moexc_procrustes_acc_free(moexc_procrustes_acc *acc);
+/* out (n x d_B) = x (n x d_A) Q^T: each row x_i mapped to Q x_i. */
+MOEXC_DEF void moexc_procrustes_apply(const float *q, int d_a, int d_b, const float *x, int n, float *out);
+
+/* Thin singular value decomposition A = U diag(s) V^T of A (m x n, m >= n,
+   row-major, double) by one-sided Jacobi rotations: U (m x n) with
+   orthonormal columns, s (n) descending and >= 0, V (n x n) orthogonal.
+   Columns of U for zero singular values are completed to an orthonormal
+   set. Accurate to a few ulps of s_max; O(sweeps m n^2), fine for n <= 1000. */
+MOEXC_DEF moexc_status moexc_svd_jacobi(const double *a, int m, int n, double *u, double *s, double *v,
+                                        moexc_error *err);
 
 /* ---- streaming evaluation accumulators ----------------------------------- */
 
@@ -9193,6 +9272,249 @@ MOEXC_DEF moexc_status moexc_analyze_latents(moexc_latent_analysis *out,
     moexc__free(scratch);
     *out = a;
     return MOEXC_OK;
+}
+
+/* ---- seed controls ---------------------------------------------------------- */
+
+MOEXC_DEF void moexc_mean_sd(const double *x, int n, double *mean, double *sd)
+{
+    double s = 0.0, ss = 0.0, m;
+    int i, k = 0;
+    for (i = 0; i < n; i++) if (!isnan(x[i])) { s += x[i]; k++; }
+    if (k < 1) { *mean = NAN; *sd = NAN; return; }
+    m = s / k;
+    for (i = 0; i < n; i++) if (!isnan(x[i])) ss += (x[i] - m) * (x[i] - m);
+    *mean = m;
+    *sd = k < 2 ? NAN : sqrt(ss / (k - 1));
+}
+
+/* cos(a, b) in double; 0 when a norm is 0 */
+static double moexc__cos_f64(const float *a, const float *b, size_t d)
+{
+    double ab = moexc__dot_f64(a, b, d), aa = moexc__dot_f64(a, a, d), bb = moexc__dot_f64(b, b, d);
+    return aa > 0.0 && bb > 0.0 ? ab / sqrt(aa * bb) : 0.0;
+}
+
+MOEXC_DEF double moexc_latent_overlap(const float *dec_a1, const float *dec_b1, const int *idx1, int n1,
+                                      const float *dec_a2, const float *dec_b2, const int *idx2, int n2,
+                                      int d_a, int d_b, int models, double min_cos)
+{
+    int i, j, matched = 0;
+    if (n1 < 1) return NAN;
+    for (i = 0; i < n1; i++)
+        for (j = 0; j < n2; j++) {
+            size_t p = (size_t)idx1[i], q = (size_t)idx2[j];
+            if ((models & 1) && !(moexc__cos_f64(dec_a1 + p * (size_t)d_a, dec_a2 + q * (size_t)d_a, (size_t)d_a) > min_cos)) continue;
+            if ((models & 2) && !(moexc__cos_f64(dec_b1 + p * (size_t)d_b, dec_b2 + q * (size_t)d_b, (size_t)d_b) > min_cos)) continue;
+            matched++;
+            break;
+        }
+    return (double)matched / n1;
+}
+
+MOEXC_DEF const char *moexc_verdict_name(int verdict)
+{
+    static const char *const names[MOEXC_VERDICT_COUNT] = {
+        "holds", "reversed", "not distinguishable from the seed control", "mixed across seeds", "no data"
+    };
+    return verdict >= 0 && verdict < MOEXC_VERDICT_COUNT ? names[verdict] : "?";
+}
+
+/* Verdict (SPEC §5.1): one direction in every seed, and beyond each control:
+     dir (mean_main - mean_ctrl) > 2 sd_ctrl    (dir = +1 or -1, sd_ctrl over the control's seeds) */
+MOEXC_DEF moexc_verdict moexc_finding_verdict(const double *main, int n_main, const double *ctrl,
+                                              int n_ctrl_sets, int n_ctrl)
+{
+    int i, c, pos = 0, neg = 0, valid = 0, dir;
+    double mm, sm, mc, sc;
+    for (i = 0; i < n_main; i++) {
+        if (isnan(main[i])) continue;
+        valid++;
+        pos += main[i] > 0.0;
+        neg += main[i] < 0.0;
+    }
+    if (valid == 0) return MOEXC_VERDICT_NO_DATA;
+    if (pos != valid && neg != valid) return MOEXC_VERDICT_MIXED;
+    dir = pos == valid ? 1 : -1;
+    moexc_mean_sd(main, n_main, &mm, &sm);
+    for (c = 0; c < n_ctrl_sets; c++) {
+        moexc_mean_sd(ctrl + (size_t)c * (size_t)n_ctrl, n_ctrl, &mc, &sc);
+        if (isnan(mc)) continue;
+        if (isnan(sc)) sc = 0.0;
+        if (!(dir * (mm - mc) > 2.0 * sc)) return MOEXC_VERDICT_NOT_DISTINGUISHABLE;
+    }
+    return dir > 0 ? MOEXC_VERDICT_HOLDS : MOEXC_VERDICT_REVERSED;
+}
+
+/* ---- orthogonal Procrustes and the Jacobi SVD ------------------------------- */
+
+MOEXC_DEF moexc_status moexc_svd_jacobi(const double *a, int m, int n, double *u, double *s, double *v,
+                                        moexc_error *err)
+{
+    double *w, *vt, *norm;
+    int *order, i, j, p, q, sweep, rotated, k;
+    if (m < 1 || n < 1 || m < n) return moexc__fail(err, MOEXC_ERR_ARG, "svd: need m >= n >= 1 (m = %d, n = %d)", m, n);
+    w = (double *)moexc__calloc((size_t)n * (size_t)m, sizeof(double));   /* columns of A as rows */
+    vt = (double *)moexc__calloc((size_t)n * (size_t)n, sizeof(double));  /* columns of V as rows */
+    norm = (double *)moexc__calloc((size_t)n, sizeof(double));
+    order = (int *)moexc__calloc((size_t)n, sizeof(int));
+    if (!w || !vt || !norm || !order) {
+        moexc__free(w); moexc__free(vt); moexc__free(norm); moexc__free(order);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "svd: no memory for %d x %d", m, n);
+    }
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++) w[(size_t)j * m + i] = a[(size_t)i * n + j];
+    for (j = 0; j < n; j++) vt[(size_t)j * n + j] = 1.0;
+    /* One-sided Jacobi (Hestenes): rotate column pairs (p, q) of W = A V until
+       all are orthogonal; then s_j = ||W_j||, U_j = W_j / s_j. For a pair
+       with alpha = ||W_p||^2, beta = ||W_q||^2, gamma = W_p . W_q:
+         zeta = (beta - alpha) / (2 gamma),  t = sign(zeta) / (|zeta| + sqrt(1 + zeta^2)),
+         c = 1 / sqrt(1 + t^2),  s = c t,  W_p <- c W_p - s W_q,  W_q <- s W_p + c W_q */
+    for (sweep = 0; sweep < 60; sweep++) {
+        rotated = 0;
+        for (p = 0; p < n - 1; p++)
+            for (q = p + 1; q < n; q++) {
+                double *wp = w + (size_t)p * m, *wq = w + (size_t)q * m, *vp = vt + (size_t)p * n, *vq = vt + (size_t)q * n;
+                double al = 0.0, be = 0.0, ga = 0.0, zeta, t, c, sn;
+                for (i = 0; i < m; i++) { al += wp[i] * wp[i]; be += wq[i] * wq[i]; ga += wp[i] * wq[i]; }
+                if (ga == 0.0 || fabs(ga) <= 1e-15 * sqrt(al * be)) continue;
+                rotated = 1;
+                zeta = (be - al) / (2.0 * ga);
+                t = (zeta >= 0.0 ? 1.0 : -1.0) / (fabs(zeta) + sqrt(1.0 + zeta * zeta));
+                c = 1.0 / sqrt(1.0 + t * t);
+                sn = c * t;
+                for (i = 0; i < m; i++) { double x = wp[i], y = wq[i]; wp[i] = c * x - sn * y; wq[i] = sn * x + c * y; }
+                for (i = 0; i < n; i++) { double x = vp[i], y = vq[i]; vp[i] = c * x - sn * y; vq[i] = sn * x + c * y; }
+            }
+        if (!rotated) break;
+    }
+    for (j = 0; j < n; j++) {
+        double ss = 0.0;
+        for (i = 0; i < m; i++) ss += w[(size_t)j * m + i] * w[(size_t)j * m + i];
+        norm[j] = sqrt(ss);
+        order[j] = j;
+    }
+    for (j = 1; j < n; j++)   /* descending singular values (insertion sort; ties keep their order) */
+        for (k = j; k > 0 && norm[order[k]] > norm[order[k - 1]]; k--) { int t = order[k]; order[k] = order[k - 1]; order[k - 1] = t; }
+    for (j = 0; j < n; j++) {
+        int src = order[j];
+        double sj = norm[src];
+        if (sj <= norm[order[0]] * (double)m * DBL_EPSILON) sj = 0.0;
+        s[j] = sj;
+        for (i = 0; i < n; i++) v[(size_t)i * n + j] = vt[(size_t)src * n + i];
+        for (i = 0; i < m; i++) u[(size_t)i * n + j] = sj > 0.0 ? w[(size_t)src * m + i] / sj : 0.0;
+    }
+    /* complete U's columns of zero singular values: the standard basis vector
+       with the largest part orthogonal to the columns so far, orthogonalised twice */
+    for (j = 0; j < n; j++) {
+        int best = 0, pass;
+        double best_res = -1.0;
+        if (s[j] > 0.0) continue;
+        for (k = 0; k < m; k++) {
+            double res = 1.0;
+            for (p = 0; p < n; p++) if (p != j && (s[p] > 0.0 || p < j)) res -= u[(size_t)k * n + p] * u[(size_t)k * n + p];
+            if (res > best_res) { best_res = res; best = k; }
+        }
+        for (i = 0; i < m; i++) u[(size_t)i * n + j] = i == best ? 1.0 : 0.0;
+        for (pass = 0; pass < 2; pass++) {
+            double nn = 0.0;
+            for (p = 0; p < n; p++) {
+                double dotp = 0.0;
+                if (p == j || !(s[p] > 0.0 || p < j)) continue;
+                for (i = 0; i < m; i++) dotp += u[(size_t)i * n + p] * u[(size_t)i * n + j];
+                for (i = 0; i < m; i++) u[(size_t)i * n + j] -= dotp * u[(size_t)i * n + p];
+            }
+            for (i = 0; i < m; i++) nn += u[(size_t)i * n + j] * u[(size_t)i * n + j];
+            nn = sqrt(nn);
+            for (i = 0; i < m; i++) u[(size_t)i * n + j] /= nn;
+        }
+    }
+    moexc__free(w); moexc__free(vt); moexc__free(norm); moexc__free(order);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_procrustes_acc_init(moexc_procrustes_acc *acc, int d_a, int d_b, moexc_error *err)
+{
+    memset(acc, 0, sizeof(*acc));
+    if (d_a < 1 || d_b < 1) return moexc__fail(err, MOEXC_ERR_ARG, "procrustes: widths %d and %d must be >= 1", d_a, d_b);
+    acc->d_a = d_a; acc->d_b = d_b;
+    acc->cross = (double *)moexc__calloc((size_t)d_a * (size_t)d_b, sizeof(double));
+    acc->sum_a = (double *)moexc__calloc((size_t)d_a, sizeof(double));
+    acc->sum_b = (double *)moexc__calloc((size_t)d_b, sizeof(double));
+    acc->chunk = moexc__alloc_floats((size_t)d_a * (size_t)d_b);
+    if (!acc->cross || !acc->sum_a || !acc->sum_b || !acc->chunk) {
+        moexc_procrustes_acc_free(acc);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "procrustes: no memory for %d x %d", d_b, d_a);
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_procrustes_acc_free(moexc_procrustes_acc *acc)
+{
+    moexc__free(acc->cross); moexc__free(acc->sum_a); moexc__free(acc->sum_b); moexc__free_aligned(acc->chunk);
+    memset(acc, 0, sizeof(*acc));
+}
+
+/* cross += x_B^T x_A, in float GEMMs of 256 rows added to double sums */
+MOEXC_DEF moexc_status moexc_procrustes_acc_add(moexc_procrustes_acc *acc, const float *x_a, const float *x_b, int n,
+                                                moexc_error *err)
+{
+    int b, j, da = acc->d_a, db = acc->d_b;
+    size_t i, dd = (size_t)da * (size_t)db;
+    if (n < 0 || (n > 0 && (!x_a || !x_b))) return moexc__fail(err, MOEXC_ERR_ARG, "procrustes: bad batch of %d pairs", n);
+    for (b = 0; b < n; b += 256) {
+        int c = MOEXC__MIN(256, n - b);
+        moexc_sgemm(1, 0, db, da, c, 1.0f, x_b + (size_t)b * db, db, x_a + (size_t)b * da, da, 0.0f, acc->chunk, da);
+        for (i = 0; i < dd; i++) acc->cross[i] += acc->chunk[i];
+    }
+    for (b = 0; b < n; b++) {
+        for (j = 0; j < da; j++) acc->sum_a[j] += x_a[(size_t)b * da + j];
+        for (j = 0; j < db; j++) acc->sum_b[j] += x_b[(size_t)b * db + j];
+    }
+    acc->n += n;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_procrustes_fit(const moexc_procrustes_acc *acc, float *q, moexc_error *err)
+{
+    int da = acc->d_a, db = acc->d_b, big = MOEXC__MAX(da, db), small = MOEXC__MIN(da, db), i, j, k;
+    double *mat, *u, *s, *v;
+    moexc_status st;
+    if (acc->n < 2) return moexc__fail(err, MOEXC_ERR_ARG, "procrustes: need at least 2 pairs, have %ld", (long)acc->n);
+    mat = (double *)moexc__calloc((size_t)da * (size_t)db, sizeof(double));
+    u = (double *)moexc__calloc((size_t)big * (size_t)small, sizeof(double));
+    s = (double *)moexc__calloc((size_t)small, sizeof(double));
+    v = (double *)moexc__calloc((size_t)small * (size_t)small, sizeof(double));
+    if (!mat || !u || !s || !v) {
+        moexc__free(mat); moexc__free(u); moexc__free(s); moexc__free(v);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "procrustes: no memory for %d x %d", db, da);
+    }
+    /* M = sum_b x^B x^A^T - n mean^B mean^A^T, stored as M (d_B x d_A) when
+       d_B >= d_A, else as M^T (the SVD wants rows >= columns) */
+    for (i = 0; i < db; i++)
+        for (j = 0; j < da; j++) {
+            double mij = acc->cross[(size_t)i * da + j] - acc->sum_b[i] * acc->sum_a[j] / (double)acc->n;
+            if (db >= da) mat[(size_t)i * da + j] = mij;
+            else mat[(size_t)j * db + i] = mij;
+        }
+    st = moexc_svd_jacobi(mat, big, small, u, s, v, err);
+    /* d_B >= d_A: M = U S V^T, Q = U V^T;  else M^T = U S V^T, Q = V U^T */
+    if (st == MOEXC_OK)
+        for (i = 0; i < db; i++)
+            for (j = 0; j < da; j++) {
+                double x = 0.0;
+                for (k = 0; k < small; k++)
+                    x += db >= da ? u[(size_t)i * small + k] * v[(size_t)j * small + k]
+                                  : v[(size_t)i * small + k] * u[(size_t)j * small + k];
+                q[(size_t)i * da + j] = (float)x;
+            }
+    moexc__free(mat); moexc__free(u); moexc__free(s); moexc__free(v);
+    return st;
+}
+
+MOEXC_DEF void moexc_procrustes_apply(const float *q, int d_a, int d_b, const float *x, int n, float *out)
+{
+    moexc_sgemm(0, 1, n, d_b, d_a, 1.0f, x, d_a, q, d_a, 0.0f, out, d_b);
 }
 
 /* ---- streaming accumulators ---------------------------------------------- */

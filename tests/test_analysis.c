@@ -491,6 +491,153 @@ static void test_median_and_npy_export(void)
     moexc_latent_analysis_free(&a);
 }
 
+/* Jacobi SVD: A = U S V^T with orthonormal U columns and orthogonal V, s
+   descending; a rank-deficient matrix gets a completed orthonormal U. */
+static void check_svd(const double *a, int m, int n, const char *what)
+{
+    double *u = (double *)calloc((size_t)m * n, sizeof(double)), *s = (double *)calloc((size_t)n, sizeof(double));
+    double *v = (double *)calloc((size_t)n * n, sizeof(double)), rec = 0.0, orth_u = 0.0, orth_v = 0.0;
+    int i, j, k;
+    TH_CHECK(moexc_svd_jacobi(a, m, n, u, s, v, NULL) == MOEXC_OK, "%s: svd", what);
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++) {
+            double x = 0.0;
+            for (k = 0; k < n; k++) x += u[i * n + k] * s[k] * v[j * n + k];
+            rec = fmax(rec, fabs(x - a[i * n + j]));
+        }
+    for (j = 0; j < n; j++)
+        for (k = 0; k < n; k++) {
+            double du = 0.0, dv = 0.0;
+            for (i = 0; i < m; i++) du += u[i * n + j] * u[i * n + k];
+            for (i = 0; i < n; i++) dv += v[i * n + j] * v[i * n + k];
+            orth_u = fmax(orth_u, fabs(du - (j == k)));
+            orth_v = fmax(orth_v, fabs(dv - (j == k)));
+        }
+    for (j = 1; j < n; j++) TH_CHECK(s[j] <= s[j - 1] && s[j] >= 0.0, "%s: s not descending at %d", what, j);
+    printf("  %s: max |U S V^T - A| %.2e, |U^T U - I| %.2e, |V^T V - I| %.2e, s_min %.3g\n", what, rec, orth_u, orth_v, s[n - 1]);
+    TH_CHECK(rec < 1e-12 && orth_u < 1e-12 && orth_v < 1e-12, "%s: not a decomposition", what);
+    free(u); free(s); free(v);
+}
+
+static void test_svd_jacobi(void)
+{
+    moexc_rng rng;
+    double a[9 * 5], r[5 * 3];
+    int i;
+    moexc_rng_seed(&rng, 91);
+    for (i = 0; i < 9 * 5; i++) a[i] = moexc_rng_normal(&rng);
+    check_svd(a, 9, 5, "random 9 x 5");
+    for (i = 0; i < 5; i++) {   /* third column = first + second: rank 2 */
+        r[i * 3] = moexc_rng_normal(&rng); r[i * 3 + 1] = moexc_rng_normal(&rng);
+        r[i * 3 + 2] = r[i * 3] + r[i * 3 + 1];
+    }
+    check_svd(r, 5, 3, "rank-2 5 x 3");
+    TH_CHECK(moexc_svd_jacobi(a, 3, 5, a, a, a, NULL) == MOEXC_ERR_ARG, "m < n is rejected");
+}
+
+/* Procrustes recovers a planted orthogonal map from paired activations with
+   different offsets and scales (d_B = d_A), and a planted isometry into a
+   wider space (d_B > d_A) and back out of it (d_B < d_A). */
+static void test_procrustes(void)
+{
+    moexc_rng rng;
+    int n = 600, shapes[3][2] = { { 6, 6 }, { 4, 7 }, { 7, 4 } }, c, i, j, k;
+    moexc_rng_seed(&rng, 92);
+    for (c = 0; c < 3; c++) {
+        int da = shapes[c][0], db = shapes[c][1], big = da > db ? da : db, small = da < db ? da : db;
+        double *g = (double *)malloc((size_t)big * small * sizeof(double)), *u = (double *)malloc((size_t)big * small * sizeof(double));
+        double *s = (double *)malloc((size_t)small * sizeof(double)), *v = (double *)malloc((size_t)small * small * sizeof(double));
+        float *q_true = (float *)malloc((size_t)db * da * sizeof(float)), *q = (float *)malloc((size_t)db * da * sizeof(float));
+        float *xa = (float *)malloc((size_t)n * da * sizeof(float)), *xb = (float *)malloc((size_t)n * db * sizeof(float));
+        float *mapped = (float *)malloc((size_t)n * db * sizeof(float));
+        moexc_procrustes_acc acc;
+        double err_q = 0.0, err_map = 0.0;
+        /* a random isometry from the SVD of a Gaussian matrix: Q = U V^T */
+        for (i = 0; i < big * small; i++) g[i] = moexc_rng_normal(&rng);
+        moexc_svd_jacobi(g, big, small, u, s, v, NULL);
+        for (i = 0; i < db; i++)
+            for (j = 0; j < da; j++) {
+                double x = 0.0;
+                for (k = 0; k < small; k++) x += db >= da ? u[i * small + k] * v[j * small + k] : v[i * small + k] * u[j * small + k];
+                q_true[i * da + j] = (float)x;
+            }
+        /* x_B = 2.5 Q x_A + offset (when d_B < d_A, Q drops directions: keep x_A in Q's row space) */
+        for (i = 0; i < n; i++) {
+            for (j = 0; j < da; j++) xa[i * da + j] = moexc_rng_normal(&rng) * (1.0f + 0.3f * j) + 3.0f;
+            if (db < da) {   /* project onto the row space of Q (Q^T Q x), then re-offset */
+                float tmp[8], back[8];
+                for (k = 0; k < da; k++) xa[i * da + k] -= 3.0f;
+                for (k = 0; k < db; k++) { tmp[k] = 0; for (j = 0; j < da; j++) tmp[k] += q_true[k * da + j] * xa[i * da + j]; }
+                for (j = 0; j < da; j++) { back[j] = 0; for (k = 0; k < db; k++) back[j] += q_true[k * da + j] * tmp[k]; }
+                for (j = 0; j < da; j++) xa[i * da + j] = back[j] + 3.0f;
+            }
+            for (k = 0; k < db; k++) {
+                double x = 0.0;
+                for (j = 0; j < da; j++) x += q_true[k * da + j] * (xa[i * da + j] - 3.0);
+                xb[i * db + k] = (float)(2.5 * x - 1.0 + 0.001 * moexc_rng_normal(&rng));
+            }
+        }
+        TH_CHECK(moexc_procrustes_acc_init(&acc, da, db, NULL) == MOEXC_OK, "init");
+        moexc_procrustes_acc_add(&acc, xa, xb, 250, NULL);
+        moexc_procrustes_acc_add(&acc, xa + 250 * da, xb + 250 * db, n - 250, NULL);
+        TH_CHECK(moexc_procrustes_fit(&acc, q, NULL) == MOEXC_OK, "fit");
+        for (i = 0; i < db * da; i++) err_q = fmax(err_q, fabs((double)q[i] - q_true[i]));
+        moexc_procrustes_apply(q, da, db, xa, n, mapped);
+        for (i = 0; i < n; i++)
+            for (k = 0; k < db; k++) {
+                double want = 0.0;
+                for (j = 0; j < da; j++) want += q_true[k * da + j] * xa[i * da + j];
+                err_map = fmax(err_map, fabs(mapped[i * db + k] - want));
+            }
+        printf("  procrustes d_A %d -> d_B %d: max |Q - Q_true| %.2e, max |apply - Q_true x| %.2e\n", da, db, err_q, err_map);
+        TH_CHECK(err_q < 2e-3, "d_A %d, d_B %d: Q off by %g", da, db, err_q);
+        TH_CHECK(err_map < 1e-3 * 10, "apply off by %g", err_map);
+        moexc_procrustes_acc_free(&acc);
+        free(g); free(u); free(s); free(v); free(q_true); free(q); free(xa); free(xb); free(mapped);
+    }
+    {
+        moexc_procrustes_acc acc;
+        float q1[4];
+        moexc_procrustes_acc_init(&acc, 2, 2, NULL);
+        TH_CHECK(moexc_procrustes_fit(&acc, q1, NULL) == MOEXC_ERR_ARG, "fit without pairs is an error");
+        moexc_procrustes_acc_free(&acc);
+    }
+}
+
+/* Seed statistics and verdicts on hand-made numbers. */
+static void test_seed_controls(void)
+{
+    const double counts[3] = { 10, 12, 14 }, one[1] = { 5 }, with_nan[3] = { NAN, 4, 6 };
+    double m, sd;
+    /* set 1's latent 0 matches set 2's latent 1 in model A only; its latent 1
+       matches set 2's latent 0 in both models */
+    const float a1[3 * 2] = { 1, 0,   0, 1,   1, 1 }, b1[3 * 2] = { 0, 1,   1, 0,   1, 1 };
+    const float a2[2 * 2] = { 0, 1,   0.99f, 0.1f }, b2[2 * 2] = { 1, 0,  -1, 0 };
+    const int i1[2] = { 0, 1 }, i2[2] = { 0, 1 };
+    const double main_holds[3] = { 5, 7, 6 }, main_rev[3] = { -5, -7, -6 }, main_small[3] = { 2, 3, 1 };
+    const double main_mixed[3] = { 1, -1, 2 }, nans[2] = { NAN, NAN };
+    const double ctrl_tight[6] = { 0, 1, -1,   1, 0, 2 }, ctrl_wide[3] = { 0, 2, -2 };
+    moexc_mean_sd(counts, 3, &m, &sd);
+    TH_CHECK(m == 12.0 && fabs(sd - 2.0) < 1e-12, "mean %g sd %g, want 12 and 2", m, sd);
+    moexc_mean_sd(one, 1, &m, &sd);
+    TH_CHECK(m == 5.0 && isnan(sd), "one value: sd is NaN");
+    moexc_mean_sd(with_nan, 3, &m, &sd);
+    TH_CHECK(m == 5.0 && fabs(sd - sqrt(2.0)) < 1e-12, "NaN skipped: mean %g sd %g", m, sd);
+    TH_CHECK(moexc_latent_overlap(a1, b1, i1, 2, a2, b2, i2, 2, 2, 2, 1, 0.9) == 1.0, "overlap in A: 2 of 2");
+    TH_CHECK(moexc_latent_overlap(a1, b1, i1, 2, a2, b2, i2, 2, 2, 2, 3, 0.9) == 0.5, "overlap in A and B: 1 of 2");
+    TH_CHECK(moexc_latent_overlap(a1, b1, i1, 2, a2, b2, i2, 2, 2, 2, 2, 0.9) == 0.5, "overlap in B: 1 of 2");
+    TH_CHECK(moexc_latent_overlap(a1, b1, i1, 2, a2, b2, i2, 2, 2, 2, 1, 0.999) == 0.5, "a stricter cosine: 1 of 2");
+    TH_CHECK(isnan(moexc_latent_overlap(a1, b1, i1, 0, a2, b2, i2, 2, 2, 2, 1, 0.9)), "empty set: NaN");
+    TH_CHECK(moexc_finding_verdict(main_holds, 3, ctrl_tight, 2, 3) == MOEXC_VERDICT_HOLDS, "holds");
+    TH_CHECK(moexc_finding_verdict(main_rev, 3, ctrl_tight, 2, 3) == MOEXC_VERDICT_REVERSED, "reversed");
+    TH_CHECK(moexc_finding_verdict(main_small, 3, ctrl_wide, 1, 3) == MOEXC_VERDICT_NOT_DISTINGUISHABLE, "2 +- 1 vs 0 +- 2");
+    TH_CHECK(moexc_finding_verdict(main_small, 3, ctrl_tight, 2, 3) == MOEXC_VERDICT_NOT_DISTINGUISHABLE, "2 vs the second control 1 +- 1");
+    TH_CHECK(moexc_finding_verdict(main_mixed, 3, ctrl_tight, 2, 3) == MOEXC_VERDICT_MIXED, "mixed");
+    TH_CHECK(moexc_finding_verdict(nans, 2, ctrl_tight, 2, 3) == MOEXC_VERDICT_NO_DATA, "no data");
+    TH_CHECK(moexc_finding_verdict(main_small, 3, NULL, 0, 0) == MOEXC_VERDICT_HOLDS, "no controls: direction only");
+    TH_CHECK(strcmp(moexc_verdict_name(MOEXC_VERDICT_NOT_DISTINGUISHABLE), "not distinguishable from the seed control") == 0, "names");
+}
+
 int main(void)
 {
     TH_RUN(test_classes_and_bands);
@@ -502,5 +649,8 @@ int main(void)
     TH_RUN(test_reports);
     TH_RUN(test_npy);
     TH_RUN(test_median_and_npy_export);
+    TH_RUN(test_svd_jacobi);
+    TH_RUN(test_procrustes);
+    TH_RUN(test_seed_controls);
     return th_summary();
 }
