@@ -208,6 +208,9 @@ plots: $(BUILD)/plot_decoder_norms
 # `make demo`: the whole study (corpus, dense + MoE LMs, crosscoder, analysis,
 # report) with the default preset into ./report (about 10 minutes on 2 quiet
 # cores). DEMO_ARGS adds options, e.g. `make demo DEMO_ARGS="--preset tiny"`.
+# It runs on two threads (the two LMs at once, then the crosscoder on both);
+# idle OpenMP threads sleep (OMP_WAIT_POLICY=passive unless set): on a shared
+# machine a busy-waiting thread steals the core its partner needs.
 # stb_image_write (Debian libstb-dev) is installed when it is missing.
 DEMO_ARGS ?=
 EXTRA_CFLAGS_moexc_demo := -isystem $(STB_DIR)
@@ -216,6 +219,6 @@ demo-stb:
 	@test -f $(STB_DIR)/stb_image_write.h || dpkg -s libstb-dev >/dev/null 2>&1 || apt-get install -y libstb-dev
 $(BUILD)/moexc_demo: | demo-stb
 demo: $(BUILD)/moexc_demo
-	$(BUILD)/moexc_demo --out report $(DEMO_ARGS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/moexc_demo --out report $(DEMO_ARGS)
 TEST_SCRIPTS += tests/test_pipeline.sh
 test: $(BUILD)/moexc_demo $(BUILD)/moexc_train
