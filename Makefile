@@ -1,11 +1,13 @@
 # moexc - build, test, bench, portability.
 #   make            build the tests, tools and examples
 #   make test       build and run the whole test suite
-#   make bench      run the benchmarks (GEMM vs OpenBLAS, training vs PyTorch, ...)
+#   make bench      run the benchmarks (GEMM vs OpenBLAS, training vs PyTorch, ...);
+#                   ends with one summary table, also in build/bench.json
 #   make portable   the portability matrix (compilers, C++, tcc, scalar, aarch64, s390x)
 #   make sanitize   the test suite under AddressSanitizer + UBSan (clang)
 # Variables: CC, CFLAGS, OPENMP=0/1 (default 1 when the compiler has it),
-# NATIVE=0/1 (default 1: -march=native when the compiler accepts it).
+# NATIVE=0/1 (default 1: -march=native when the compiler accepts it),
+# BENCH_THREADS (default 2: the thread count of every benchmark).
 
 CC      ?= cc
 OPENMP  ?= 1
@@ -124,14 +126,16 @@ endif
 GEMM_BENCH_ENV := $(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),OPENBLAS_CORETYPE=SkylakeX) \
                   OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4
 GEMM_BENCH_REPS ?= 7
+BENCH_THREADS ?= 2
 .PHONY: bench-gemm
 bench: bench-gemm
 # The OpenBLAS flags are decided when make starts, so bench-deps' install
-# takes effect through a fresh make.
+# takes effect through a fresh make. Each bench-* target writes its results
+# to $(BUILD)/bench_*.json for the summary at the end of `make bench`.
 bench-gemm: bench-deps
-	@rm -f $(BUILD)/bench_gemm
+	@rm -f $(BUILD)/bench_gemm $(BUILD)/bench_gemm.json
 	@$(MAKE) --no-print-directory $(BUILD)/bench_gemm
-	$(GEMM_BENCH_ENV) $(BUILD)/bench_gemm $(GEMM_BENCH_REPS)
+	$(GEMM_BENCH_ENV) $(BUILD)/bench_gemm $(GEMM_BENCH_REPS) --threads $(BENCH_THREADS) --json $(BUILD)/bench_gemm.json
 
 
 # ---- area: model ----------------------------------------------------------
@@ -148,11 +152,12 @@ model-fixtures:
 # bench-train: tokens/s of the default dense and MoE training steps, moexc vs
 # the PyTorch twin at the same thread count (BENCH_THREADS, default 2).
 # train-fixtures: regenerate tests/fixtures/train_* with PyTorch.
-BENCH_THREADS ?= 2
 .PHONY: bench-train train-fixtures
 bench: bench-train
 bench-train: $(BUILD)/bench_train | bench-deps
-	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_train_torch.py --c-bench $(BUILD)/bench_train --threads $(BENCH_THREADS)
+	@rm -f $(BUILD)/bench_train.json
+	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_train_torch.py --c-bench $(BUILD)/bench_train --threads $(BENCH_THREADS) \
+	    --json $(BUILD)/bench_train.json
 train-fixtures:
 	$(PYTHON) tools/torch_ref_train.py tests/fixtures
 
@@ -185,12 +190,20 @@ fuzz: $(FUZZ_BINS)
 
 # ---- area: crosscoder -----------------------------------------------------
 # bench-crosscoder: crosscoder training pairs/s, moexc vs an identical PyTorch
-# crosscoder (tools/bench_crosscoder_torch.py runs both, same threads).
+# crosscoder (tools/bench_crosscoder_torch.py runs both, same threads), at
+# d 128, F 2048, k 32, batch 1024; bench-crosscoder-paper at the paper-like
+# shape d 256, F 16384, k 64 (512 shared), batch 2048 (about 2 minutes).
 XC_BENCH_THREADS ?= $(BENCH_THREADS)
-.PHONY: bench-crosscoder
-bench: bench-crosscoder
+XC_BENCH = $(GEMM_BENCH_ENV) $(PYTHON) tools/bench_crosscoder_torch.py --c-bench $(BUILD)/bench_crosscoder \
+           $(if $(XC_BENCH_THREADS),--threads $(XC_BENCH_THREADS))
+.PHONY: bench-crosscoder bench-crosscoder-paper
+bench: bench-crosscoder bench-crosscoder-paper
 bench-crosscoder: $(BUILD)/bench_crosscoder | bench-deps
-	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_crosscoder_torch.py --c-bench $(BUILD)/bench_crosscoder $(if $(XC_BENCH_THREADS),--threads $(XC_BENCH_THREADS))
+	@rm -f $(BUILD)/bench_crosscoder.json
+	$(XC_BENCH) --json $(BUILD)/bench_crosscoder.json
+bench-crosscoder-paper: $(BUILD)/bench_crosscoder | bench-deps
+	@rm -f $(BUILD)/bench_crosscoder_paper.json
+	$(XC_BENCH) --d 256 --latents 16384 --k 64 --shared 512 --batch 2048 --steps 7 --json $(BUILD)/bench_crosscoder_paper.json
 
 # ---- area: analysis and plots ---------------------------------------------
 # examples/plot_decoder_norms.c writes PNGs with stb_image_write (Debian:
@@ -208,6 +221,9 @@ plots: $(BUILD)/plot_decoder_norms
 # `make demo`: the whole study (corpus, dense + MoE LMs, crosscoder, analysis,
 # report) with the default preset into ./report (about 10 minutes on 2 quiet
 # cores). DEMO_ARGS adds options, e.g. `make demo DEMO_ARGS="--preset tiny"`.
+# It runs on two threads (the two LMs at once, then the crosscoder on both);
+# idle OpenMP threads sleep (OMP_WAIT_POLICY=passive unless set): on a shared
+# machine a busy-waiting thread steals the core its partner needs.
 # stb_image_write (Debian libstb-dev) is installed when it is missing.
 DEMO_ARGS ?=
 EXTRA_CFLAGS_moexc_demo := -isystem $(STB_DIR)
@@ -216,6 +232,20 @@ demo-stb:
 	@test -f $(STB_DIR)/stb_image_write.h || dpkg -s libstb-dev >/dev/null 2>&1 || apt-get install -y libstb-dev
 $(BUILD)/moexc_demo: | demo-stb
 demo: $(BUILD)/moexc_demo
-	$(BUILD)/moexc_demo --out report $(DEMO_ARGS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/moexc_demo --out report $(DEMO_ARGS)
 TEST_SCRIPTS += tests/test_pipeline.sh
 test: $(BUILD)/moexc_demo $(BUILD)/moexc_train
+# bench-demo: user CPU time over wall time of the tiny demo (3 runs, median),
+# on BENCH_THREADS threads with idle OpenMP threads asleep.
+.PHONY: bench-demo
+bench: bench-demo
+bench-demo: $(BUILD)/moexc_demo
+	@rm -f $(BUILD)/bench_demo.json
+	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_demo.py --demo $(BUILD)/moexc_demo --threads $(BENCH_THREADS) \
+	    --json $(BUILD)/bench_demo.json
+
+# ---- the end of make bench: one summary ------------------------------------
+# tools/bench_summary.py gathers the bench-* results of this run into
+# $(BUILD)/bench.json (ratios, machine, threads) and prints one table.
+bench:
+	@$(PYTHON) tools/bench_summary.py --build $(BUILD) --threads $(BENCH_THREADS) --out $(BUILD)/bench.json

@@ -41,6 +41,7 @@
 #include <string.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <time.h>
 #ifdef _WIN32
 #include <direct.h>
@@ -60,7 +61,8 @@
 
 typedef struct demo_config {
     const char *preset, *out;
-    int      threads;                 /* 0: OpenMP's default                       */
+    int      threads;                 /* 0: OpenMP's default (all cores)           */
+    int      threads_given;           /* --threads on the command line             */
     uint64_t seed;
     /* 1. corpus */
     double   bytes_per_domain;
@@ -84,10 +86,11 @@ static void preset(demo_config *c, const char *name)
     c->layer = 3;  c->site = MOEXC_SITE_FFN_OUT;          /* the paper's released crosscoder */
     c->n_layers = 5; c->n_experts = 8; c->top_k = 2;       /* 5-layer models, E = 8, k = 2    */
     c->lm_evals = 10; c->xc_evals = 12;
-    /* One thread unless the models are wide: at d = 64 the GEMMs are too small
-       for two OpenMP threads to pay off (measured: 32k vs 34k tokens/s), and
-       threads spinning at barriers crawl when other processes share the cores. */
-    c->threads = 1;
+    /* Two threads (fewer on a one-core machine, see main): the two language
+       models train at the same time, one thread each (at d = 64 one model's
+       GEMMs are too small for two threads to pay off: measured 32k vs 34k
+       tokens/s), then the crosscoder runs on both. */
+    c->threads = 2;
     if (!strcmp(name, "tiny")) {           /* seconds: exercises every step, for tests */
         c->bytes_per_domain = 60e3;
         c->d_model = 32; c->n_heads = 2; c->context = 64;
@@ -101,7 +104,7 @@ static void preset(demo_config *c, const char *name)
         c->lm_steps = 4000; c->lm_batch = 32; c->lm_seq = 256; c->lm_lr = 1e-3f;
         c->xc_latents = 16384; c->xc_k = 64; c->xc_shared = 512;
         c->xc_steps = 6000; c->xc_batch = 2048; c->xc_buffer = 262144; c->xc_lr = 0;  /* lr: library default */
-        c->threads = 0;                    /* OpenMP's default: all cores */
+        c->threads = 0;                    /* OpenMP's default: all cores (the LMs one after the other) */
         c->eval_pairs = 262144;
     } else {                               /* "default": about 10 minutes on 2 quiet cores */
         c->preset = "default";
@@ -123,8 +126,10 @@ static const char *usage =
 "  --out DIR              report folder (default ./report)\n"
 "  --preset NAME          tiny (seconds), default (5-10 min on 2 cores),\n"
 "                         paper (about a day on 2 cores; the paper: 1B tokens, 24.6k latents)\n"
-"  --threads N            OpenMP threads (tiny, default: 1; paper: all cores;\n"
-"                         on a busy machine set OMP_WAIT_POLICY=passive)\n"
+"  --threads N            OpenMP threads (tiny, default: 2; paper: all cores). With 2 or\n"
+"                         3 threads the two LMs train concurrently, one thread each;\n"
+"                         the crosscoder uses all N. Same seed and N: same bits.\n"
+"                         On a busy machine set OMP_WAIT_POLICY=passive\n"
 "  --seed N               seed of corpus, models, data order, crosscoder (default 1)\n"
 "  --layer N              block to harvest, 0-based (default 3)\n"
 "  --site ffn|resid       FFN/MoE output (default) or residual stream after the block\n"
@@ -237,10 +242,42 @@ typedef struct lm_record {
     const char *name;                 /* "dense" or "moe"                          */
     const moexc_tokens *data;
     int    n_steps, n_evals, log_every;
+    int   *stop;                      /* shared by both models: raised when one fails */
     double t0;
     float *step, *loss, *ce, *lb, *lr;                /* per optimiser step         */
     float *eval_step, *eval_bpb;                      /* [eval][domain + 1 (all)]   */
 } lm_record;
+
+/* The two models may train at the same time on two threads: a failing one
+   raises a flag that the other reads after each step, and stops. */
+static int stop_requested(const int *stop)
+{
+    int v;
+#ifdef _OPENMP
+#   pragma omp atomic read
+#endif
+    v = *stop;
+    return v;
+}
+static void request_stop(int *stop)
+{
+#ifdef _OPENMP
+#   pragma omp atomic write
+#endif
+    *stop = 1;
+}
+
+/* Progress lines are built whole and written with one call, so the lines of
+   two models training at once never mix. */
+static void append(char *buf, size_t size, const char *fmt, ...)
+{
+    size_t n = strlen(buf);
+    va_list ap;
+    if (n + 1 >= size) return;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, size - n, fmt, ap);
+    va_end(ap);
+}
 
 static int on_lm_progress(const moexc_train_progress *p, void *user)
 {
@@ -259,19 +296,21 @@ static int on_lm_progress(const moexc_train_progress *p, void *user)
     }
     if (p->step % r->log_every == 0 || p->step == p->total_steps || p->eval) {
         double elapsed = now_seconds() - r->t0;
-        char eta[32];
+        char eta[32], line[512];
         format_eta(eta, sizeof(eta), elapsed / p->step * (p->total_steps - p->step));
-        fprintf(stderr, "  [%-5s] step %5d/%d  loss %.4f (ce %.4f lb %.4f)  %7.0f tok/s  ETA %s",
-                r->name, p->step, p->total_steps, p->loss, p->ce, p->lb, p->tokens / (elapsed > 0 ? elapsed : 1e-9), eta);
-        if (p->usage_max > 0) fprintf(stderr, "  routing H %.2f bits", p->usage_entropy);
-        fputc('\n', stderr);
+        line[0] = 0;
+        append(line, sizeof(line), "  [%-5s] step %5d/%d  loss %.4f (ce %.4f lb %.4f)  %7.0f tok/s  ETA %s", r->name,
+               p->step, p->total_steps, p->loss, p->ce, p->lb, p->tokens / (elapsed > 0 ? elapsed : 1e-9), eta);
+        if (p->usage_max > 0) append(line, sizeof(line), "  routing H %.2f bits", p->usage_entropy);
+        append(line, sizeof(line), "\n");
         if (p->eval) {
-            fprintf(stderr, "          held-out bits/byte:");
-            for (d = 0; d < D; d++) fprintf(stderr, " %s %.3f", r->data->domain_names[d], p->eval->domain[d].bits_per_byte);
-            fprintf(stderr, " | all %.3f\n", p->eval->all.bits_per_byte);
+            append(line, sizeof(line), "  [%-5s] held-out bits/byte:", r->name);
+            for (d = 0; d < D; d++) append(line, sizeof(line), " %s %.3f", r->data->domain_names[d], p->eval->domain[d].bits_per_byte);
+            append(line, sizeof(line), " | all %.3f\n", p->eval->all.bits_per_byte);
         }
+        fputs(line, stderr);
     }
-    return 0;
+    return stop_requested(r->stop);
 }
 
 /* Results kept from the final held-out evaluation of one LM. */
@@ -284,7 +323,9 @@ typedef struct lm_result {
     double *f, *entropy;              /* [L][E], [L]                                */
 } lm_result;
 
-/* Train one model, save its training checkpoint, keep its final evaluation. */
+/* Train one model, save its training checkpoint, keep its final evaluation.
+   On failure, raise rec->stop so that a model training alongside stops too;
+   a model stopped that way saves nothing. */
 static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_config *c, lm_record *rec,
                     lm_result *res, const char *ckpt_path)
 {
@@ -302,13 +343,18 @@ static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_con
     to.eval_interval = c->lm_steps / c->lm_evals > 0 ? c->lm_steps / c->lm_evals : 1;
     to.seed = c->seed;                            /* same data order for both models */
     to.eval_fraction = DEMO_EVAL_FRACTION;
-    if (moexc_trainer_create(&trainer, model, data, &to, &err)) return failed("trainer", &err);
+    if (moexc_trainer_create(&trainer, model, data, &to, &err)) { request_stop(rec->stop); return failed("trainer", &err); }
 
     rec->data = data;
     rec->n_steps = c->lm_steps;
     rec->log_every = c->lm_steps / 20 > 0 ? c->lm_steps / 20 : 1;
     rec->t0 = now_seconds();
     if (moexc_trainer_run(trainer, on_lm_progress, rec, &err)) { bad = failed("training", &err); goto done; }
+    if (moexc_trainer_step_count(trainer) < c->lm_steps) {          /* the other model failed */
+        fprintf(stderr, "moexc_demo: %s model stopped at step %d: the other model failed\n", rec->name,
+                moexc_trainer_step_count(trainer));
+        goto done;
+    }
     res->seconds = now_seconds() - rec->t0;
     res->tokens_per_second = (double)c->lm_steps * c->lm_batch * c->lm_seq / res->seconds;
 
@@ -333,6 +379,7 @@ static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_con
     }
     bad = 0;
 done:
+    if (bad) request_stop(rec->stop);
     moexc_trainer_free(trainer);
     return bad;
 }
@@ -900,7 +947,7 @@ static int parse_args(demo_config *c, int argc, char **argv)
         v = argv[++i];
         if (!strcmp(a, "--preset")) continue;
         else if (!strcmp(a, "--out")) c->out = v;
-        else if (!strcmp(a, "--threads")) bad = parse_int(a, v, 1, &c->threads);   /* after the preset */
+        else if (!strcmp(a, "--threads")) { bad = parse_int(a, v, 1, &c->threads); c->threads_given = 1; }
         else if (!strcmp(a, "--seed")) { bad = parse_num(a, v, 0, &x); c->seed = (uint64_t)x; }
         else if (!strcmp(a, "--layer")) bad = parse_int(a, v, 0, &c->layer);
         else if (!strcmp(a, "--site")) {
@@ -976,9 +1023,10 @@ int main(int argc, char **argv)
     float *xc_curve = NULL;           /* per step: loss, fve_a, fve_b, l0, dead, lr           */
     float *xc_eval_curve = NULL;      /* per evaluation: step, fve_a, fve_b, fve_pooled, l0, dead */
     int64_t *counts = NULL;
-    char path[4096];
+    char path[4096], ckpt[2][4096];
     double t_start = now_seconds(), t_phase;
     int m, i, D, d_model, rows, n_xc_evals = 0, status = 1, batch_fill = 0, n_eval;
+    int threads = 1, lm_concurrent, lm_stop = 0, lm_bad[2] = {0, 0};
     const int EVAL_SUBSET = 8192;     /* held-out pairs for the FVE-over-training curve */
 
     memset(&data, 0, sizeof(data)); memset(&xc_train_tokens, 0, sizeof(xc_train_tokens));
@@ -986,14 +1034,17 @@ int main(int argc, char **argv)
     memset(&shuffle, 0, sizeof(shuffle)); memset(&an, 0, sizeof(an)); memset(&an_alt, 0, sizeof(an_alt));
     if (parse_args(&c, argc, argv)) return 2;
 #ifdef _OPENMP
+    if (!c.threads_given && c.threads > omp_get_num_procs()) c.threads = omp_get_num_procs();
     if (c.threads > 0) omp_set_num_threads(c.threads);
+    threads = omp_get_max_threads();
 #endif
+    lm_concurrent = threads == 2 || threads == 3;
     if (make_dir(c.out) != 0 && errno != EEXIST) {
         fprintf(stderr, "moexc_demo: cannot create %s: %s\n", c.out, strerror(errno));
         return 1;
     }
-    printf("moexc demo, preset '%s', seed %lu, report in %s/ (SIMD %s)\n", c.preset, (unsigned long)c.seed, c.out,
-           moexc_simd_backend());
+    printf("moexc demo, preset '%s', seed %lu, report in %s/ (SIMD %s, %d thread%s)\n", c.preset, (unsigned long)c.seed,
+           c.out, moexc_simd_backend(), threads, threads > 1 ? "s" : "");
 
     /* ---- 1. The corpus: code, scientific text and stories -------------------- */
     t_phase = now_seconds();
@@ -1015,8 +1066,9 @@ int main(int argc, char **argv)
         moexc_model_config *cfg = m == 0 ? &dense_cfg : &moe_cfg;
         if (moexc_model_count_params(cfg, &res[m].params_total, &res[m].params_active, &err)) { status = failed("model config", &err); goto done; }
     }
-    printf("\n2. language models: d=%d, %d layers, %d heads, context %d; %d steps of %d x %d tokens\n",
-           c.d_model, c.n_layers, c.n_heads, c.context, c.lm_steps, c.lm_batch, c.lm_seq);
+    printf("\n2. language models: d=%d, %d layers, %d heads, context %d; %d steps of %d x %d tokens; %s\n",
+           c.d_model, c.n_layers, c.n_heads, c.context, c.lm_steps, c.lm_batch, c.lm_seq,
+           lm_concurrent ? "both at once, one thread each" : "one after the other");
     printf("  dense: h_ff=%d, %lu parameters (%lu active)\n", dense_cfg.d_ff,
            (unsigned long)res[0].params_total, (unsigned long)res[0].params_active);
     printf("  MoE:   E=%d, k=%d, h_e=%d, %lu parameters (%lu active)\n", moe_cfg.n_experts, moe_cfg.top_k,
@@ -1033,9 +1085,37 @@ int main(int argc, char **argv)
         rec[m].eval_bpb = (float *)calloc((n + 1) * (size_t)(D + 1), sizeof(float));
         if (!rec[m].step || !rec[m].eval_step || !rec[m].eval_bpb) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
         rec[m].loss = rec[m].step + n; rec[m].ce = rec[m].step + 2 * n; rec[m].lb = rec[m].step + 3 * n; rec[m].lr = rec[m].step + 4 * n;
-        snprintf(path, sizeof(path), "%s/%s.ckpt", c.out, model_names[m]);
-        if (train_lm(m == 0 ? dense : moe, &data, &c, &rec[m], &res[m], path)) goto done;
+        rec[m].stop = &lm_stop;
+        snprintf(ckpt[m], sizeof(ckpt[m]), "%s/%s.ckpt", c.out, model_names[m]);
     }
+    /* With 2 or 3 threads the two models train at the same time, one thread
+       each. At these widths one model's kernels gain little from a second
+       thread, and each model computes exactly what it computes alone on one
+       thread (same bits). Inside a section the library sees one thread: its
+       GEMM runs single-threaded inside a parallel region, and
+       omp_set_num_threads(1) holds its other loops to one thread even where
+       nested parallelism is enabled. With 1 or with 4+ threads the models
+       train one after the other on all threads. */
+    if (lm_concurrent) {
+#ifdef _OPENMP
+#       pragma omp parallel sections num_threads(2)
+        {
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                lm_bad[0] = train_lm(dense, &data, &c, &rec[0], &res[0], ckpt[0]);
+            }
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                lm_bad[1] = train_lm(moe, &data, &c, &rec[1], &res[1], ckpt[1]);
+            }
+        }
+#endif
+    } else {
+        for (m = 0; m < 2 && !lm_bad[0]; m++) lm_bad[m] = train_lm(m == 0 ? dense : moe, &data, &c, &rec[m], &res[m], ckpt[m]);
+    }
+    if (lm_bad[0] || lm_bad[1]) goto done;
 
     /* ---- 3. Harvest layer activations of both models on the same tokens ------ */
     t_phase = now_seconds();

@@ -173,5 +173,26 @@ else
 fi
 check "no temporary files left" sh -c "! ls '$OUT' | grep -q '\.tmp'"
 
+# ---- two threads: the two LMs at once (one thread each), the crosscoder on both
+# Each LM runs on one thread either way, so its checkpoint has the bits of the
+# one-thread run above; two 2-thread runs agree bit for bit. Idle OpenMP
+# threads sleep (passive), as two busy-waiting threads crawl on a shared machine.
+for r in 1 2; do
+    if OMP_WAIT_POLICY=passive "$BIN" --preset tiny --threads 2 --out "$TMP/t2_$r" > "$TMP/log2" 2> "$TMP/err2"; then
+        ok "tiny preset on 2 threads, run $r"
+    else
+        bad "tiny preset on 2 threads, run $r (exit $?)"; tail -n 20 "$TMP/err2"
+    fi
+done
+for m in dense moe; do
+    check "2 threads: $m.ckpt has the 1-thread bits" cmp "$OUT/$m.ckpt" "$TMP/t2_1/$m.ckpt"
+done
+for f in dense.ckpt moe.ckpt crosscoder.safetensors latent_r.npy; do
+    check "2 threads, twice: the same $f" cmp "$TMP/t2_1/$f" "$TMP/t2_2/$f"
+done
+check "2 threads: progress lines whole, each with its model's prefix" sh -c "
+    grep -q '^  \[dense\] step' '$TMP/err2' && grep -q '^  \[moe  \] step' '$TMP/err2' &&
+    ! grep -v '^  \[\(dense\|moe  \|xc\)\] ' '$TMP/err2'"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

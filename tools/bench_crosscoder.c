@@ -31,6 +31,12 @@ int main(int argc, char **argv)
     moexc_rng rng;
     float *xa, *xb;
     double *times, median;
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: bench_crosscoder [--threads N] [--steps N] [--batch N] [--d D] [--latents F] [--k K] [--shared S]\n"
+               "pairs/s of one BatchTopK crosscoder training step on random pairs, median of --steps [20]\n"
+               "steps (defaults: d 128, F 2048, k 32, 64 shared, batch 1024); see tools/bench_crosscoder.c\n");
+        return 0;
+    }
     for (i = 1; i + 1 < argc; i += 2) {
         int v = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "--threads")) threads = v;

@@ -8,19 +8,35 @@ AuxK when latents are dead, backward, clip_grad_norm_(1.0), Adam, dead
 counters and the threshold EMA: what moexc_xc_train_step does. Prints pairs/s
 of both and the ratio moexc / PyTorch (medians after three warm-up steps).
 
+The PyTorch crosscoder is what a PyTorch user would write: dense einsums for
+the encoder and for the decoder (the decoder multiplies the full (n x F)
+activation matrix, zeros included, as the public crosscoder implementations
+do), torch.topk for BatchTopK, autograd, clip_grad_norm_, torch.optim.Adam.
+
+Without PyTorch the C side still runs and the PyTorch figures are null (with
+the reason) in --json.
+
     /usr/bin/python3 tools/bench_crosscoder_torch.py [--c-bench build/bench_crosscoder]
         [--threads N] [--steps N] [--batch N] [--d D] [--latents F] [--k K] [--shared S]
+        [--json PATH]
 """
 import argparse
+import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 
-import torch
+try:
+    import torch
+    TORCH_REASON = None
+except ImportError as e:                                                    # the C side still runs
+    torch = None
+    TORCH_REASON = "PyTorch not available to %s: %s" % (sys.executable, e)
 
 
-class CrossCoder(torch.nn.Module):
+class CrossCoder(torch.nn.Module if torch else object):
     """BatchTopK crosscoder, two models of width d, the first ns latents tied."""
 
     def __init__(self, d, F, k, ns, aux_k):
@@ -96,7 +112,7 @@ def torch_pairs_per_s(d, F, k, ns, batch, steps):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--c-bench", default=os.path.join(os.path.dirname(__file__), "..", "build", "bench_crosscoder"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--steps", type=int, default=15)
@@ -105,6 +121,7 @@ def main():
     ap.add_argument("--latents", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--shared", type=int, default=64)
+    ap.add_argument("--json", help="also write the results here as JSON (for tools/bench_summary.py)")
     a = ap.parse_args()
     cmd = [a.c_bench, "--threads", str(a.threads), "--steps", str(a.steps), "--batch", str(a.batch), "--d", str(a.d),
            "--latents", str(a.latents), "--k", str(a.k), "--shared", str(a.shared)]
@@ -114,15 +131,31 @@ def main():
         f = line.split()
         if len(f) >= 8 and f[0] == "c" and f[1] == "crosscoder":
             c = float(f[7])
-    torch.set_num_threads(a.threads)
-    tps = torch_pairs_per_s(a.d, a.latents, a.k, a.shared, a.batch, a.steps)
+    tps = None
+    if torch:
+        torch.set_num_threads(a.threads)
+        tps = torch_pairs_per_s(a.d, a.latents, a.k, a.shared, a.batch, a.steps)
     print("crosscoder training throughput: BatchTopK, d_A = d_B = %d, F %d, k %d, %d shared, batch %d, %d threads,"
           " median of %d steps" % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps))
+    if TORCH_REASON:
+        print("(%s: no PyTorch figure)" % TORCH_REASON)
     if c is None:
         print("the C benchmark printed no result")
-        return
-    print("%16s %16s %8s" % ("moexc pairs/s", "torch pairs/s", "ratio"))
-    print("%16.0f %16.0f %7.2fx" % (c, tps, c / tps))
+    else:
+        print("%16s %16s %8s" % ("moexc pairs/s", "torch pairs/s", "ratio"))
+        print("%16.0f %16s %8s" % (c, "%.0f" % tps if tps else "-", "%.2fx" % (c / tps) if tps else "-"))
+    if a.json:
+        result = {"bench": "crosscoder", "threads": a.threads, "steps": a.steps, "d_a": a.d, "d_b": a.d,
+                  "latents": a.latents, "k": a.k, "shared": a.shared, "batch": a.batch,
+                  "torch": torch.__version__ if torch else None,
+                  "reason": TORCH_REASON if TORCH_REASON else None if c is not None else "the C benchmark printed no result",
+                  "moexc_pairs_per_s": c, "torch_pairs_per_s": tps,
+                  "ratio": c / tps if c is not None and tps else None}
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+    if c is None:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

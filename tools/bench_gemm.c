@@ -1,9 +1,10 @@
 /* tools/bench_gemm.c - GEMM throughput of moexc_sgemm in the three layouts of
    a linear layer's training step, next to OpenBLAS's cblas_sgemm (built with
    -DMOEXC_BENCH_OPENBLAS) and the machine's fp32 peak (measured by an FMA
-   throughput probe), on 1 and 2 threads.
+   throughput probe), on 1 thread and on --threads N (default 2).
 
-   usage: bench_gemm [reps] [--cpu-time]     (default 7 repetitions per entry)
+   usage: bench_gemm [reps] [--cpu-time] [--threads N] [--json PATH] [--help]
+          (default 7 repetitions per entry)
 
    Ours and OpenBLAS run interleaved, repetition by repetition, so background
    load hits both alike. Each entry reports the median and the best GFLOP/s.
@@ -11,6 +12,10 @@
    thread's CPU clock instead of the wall clock, which leaves out the time the
    thread sat descheduled on a busy machine (both libraries then run on the
    calling thread).
+   --json PATH writes the run's results for tools/bench_summary.py: the
+   worst moexc / OpenBLAS ratio over every shape and thread count (each a
+   median over repetitions) and the 1024^3 rates of the three layouts on N
+   threads (the "same-run GEMM rate" of the other benchmarks' ratios).
    `make bench-gemm` runs it with OPENBLAS_CORETYPE=SkylakeX. */
 #define _POSIX_C_SOURCE 199309L
 #include "moexc.h"
@@ -196,7 +201,7 @@ static double time_batch(void (*fn)(const bench_case *), const bench_case *b, in
 
 /* Time one shape and layout; prints a table row, returns our median and best. */
 static void bench_one(int layout, int M, int N, int K, int threads, int reps, double peak, int cpu_time,
-                      double *our_median, double *our_best)
+                      double *our_median, double *our_best, double *their_median, double *ratio_median)
 {
     bench_case b;
     size_t big = (size_t)M * (size_t)(N > K ? N : K);
@@ -248,27 +253,60 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
         fflush(stdout);
         *our_median = om;
         *our_best = ob;
+        *their_median = tm;
+        *ratio_median = median(ratio, reps);
     }
     free(b.X); free(b.W); free(b.dY); free(b.out);
 }
 
+#ifdef MOEXC_BENCH_OPENBLAS
+/* A JSON string (the OpenBLAS configuration; escapes quotes and controls). */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", (unsigned)(unsigned char)*s);
+        else fputc(*s, f);
+    }
+    fputc('"', f);
+}
+#endif
+
+static const char *const usage =
+    "usage: bench_gemm [reps] [--cpu-time] [--threads N] [--json PATH]\n"
+    "  reps         repetitions per entry (default 7, at most 31)\n"
+    "  --cpu-time   time 1-thread entries by the thread's CPU clock\n"
+    "  --threads N  the multi-threaded entries' thread count (default 2; 1: one thread only)\n"
+    "  --json PATH  also write the results as JSON (for tools/bench_summary.py)\n";
+
+#define N_MODEL_SHAPES 8
+
 int main(int argc, char **argv)
 {
     /* model shapes: K, N of the d = 128..512 models' linear layers, M = 4096 tokens */
-    static const int model_kn[][2] = { { 128, 128 }, { 128, 512 }, { 512, 128 }, { 256, 1024 },
-                                       { 1024, 256 }, { 512, 512 }, { 512, 2048 }, { 2048, 512 } };
-    int reps = 7, cpu_time = 0, threads, layout, s, a, max_threads = 1;
-    double peak[3], cube_median[3][3], cube_best[3][3], unused_median, unused_best;
+    static const int model_kn[N_MODEL_SHAPES][2] = { { 128, 128 }, { 128, 512 }, { 512, 128 }, { 256, 1024 },
+                                                     { 1024, 256 }, { 512, 512 }, { 512, 2048 }, { 2048, 512 } };
+    int reps = 7, cpu_time = 0, layout, s, a, n_counts = 1, ti, bench_threads = 2, n_cases = 0;
+    int thread_counts[2] = { 1, 2 };
+    double peak[2], cube_median[2][3], cube_best[2][3], cube_theirs[2][3], cube_ratio[2][3];
+    double unused_median, unused_best, their_median, ratio, min_ratio = 1e300;
+    char min_case[160] = "";
+    const char *json_path = NULL;
     for (a = 1; a < argc; a++) {
         if (strcmp(argv[a], "--cpu-time") == 0) cpu_time = 1;
+        else if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) { fputs(usage, stdout); return 0; }
+        else if (strcmp(argv[a], "--threads") == 0 && a + 1 < argc && atoi(argv[a + 1]) > 0) bench_threads = atoi(argv[++a]);
+        else if (strcmp(argv[a], "--json") == 0 && a + 1 < argc) json_path = argv[++a];
         else if (atoi(argv[a]) > 0) reps = atoi(argv[a]);
-        else { fprintf(stderr, "usage: %s [reps] [--cpu-time]\n", argv[0]); return 2; }
+        else { fputs(usage, stderr); return 2; }
     }
     if (reps < 1) reps = 1;
     if (reps > MAX_REPS) reps = MAX_REPS;
-#ifdef _OPENMP
-    max_threads = omp_get_max_threads() >= 2 ? 2 : 1;
+#ifndef _OPENMP
+    bench_threads = 1;   /* no OpenMP: one thread only (OpenBLAS is held to one as well) */
 #endif
+    if (bench_threads > 1) { thread_counts[1] = bench_threads; n_counts = 2; }
     printf("moexc GEMM benchmark: backend %s, %d reps, GFLOP/s (median / best)%s\n",
            moexc_simd_backend(), reps, cpu_time ? ", 1-thread rows timed by thread CPU clock" : "");
 #ifdef MOEXC_BENCH_OPENBLAS
@@ -276,9 +314,10 @@ int main(int argc, char **argv)
 #else
     printf("OpenBLAS: not compiled in (build with -DMOEXC_BENCH_OPENBLAS -lopenblas)\n");
 #endif
-    for (threads = 1; threads <= max_threads; threads++) {
-        peak[threads] = fma_peak(threads, 5, 20000000L, cpu_time && threads == 1);
-        printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s (best of 5 probes)\n", threads, threads > 1 ? "s" : "", peak[threads]);
+    for (ti = 0; ti < n_counts; ti++) {
+        int threads = thread_counts[ti];
+        peak[ti] = fma_peak(threads, 5, 20000000L, cpu_time && threads == 1);
+        printf("fp32 FMA peak, %d thread%s: %.1f GFLOP/s (best of 5 probes)\n", threads, threads > 1 ? "s" : "", peak[ti]);
         fflush(stdout);
     }
     printf("\n%-10s %5s %5s %5s %2s | %15s | %15s | %5s | %5s\n", "layout", "M", "N", "K", "th",
@@ -286,23 +325,67 @@ int main(int argc, char **argv)
     printf("(layout dims: Y=XW^T is X (M x K) W (N x K); dX=dYW gives (M x K); dW+=dY^TX gives (N x K), summed over M)\n");
     printf("(ratio = moexc / OpenBLAS and /peak = moexc / FMA peak: medians over repetitions of ratios taken\n"
            " within one repetition, the peak re-probed right after each, so host slow phases cancel)\n");
-    for (threads = 1; threads <= max_threads; threads++) {
-        for (layout = 0; layout < 3; layout++)
-            bench_one(layout, 1024, 1024, 1024, threads, reps, peak[threads], cpu_time && threads == 1,
-                      &cube_median[threads][layout], &cube_best[threads][layout]);
-        for (s = 0; s < (int)(sizeof(model_kn) / sizeof(model_kn[0])); s++)
-            for (layout = 0; layout < 3; layout++)
-                bench_one(layout, 4096, model_kn[s][1], model_kn[s][0], threads, reps, peak[threads],
-                          cpu_time && threads == 1, &unused_median, &unused_best);
+    for (ti = 0; ti < n_counts; ti++) {
+        int threads = thread_counts[ti];
+        for (layout = 0; layout < 3; layout++) {
+            bench_one(layout, 1024, 1024, 1024, threads, reps, peak[ti], cpu_time && threads == 1,
+                      &cube_median[ti][layout], &cube_best[ti][layout], &cube_theirs[ti][layout], &cube_ratio[ti][layout]);
+            if (cube_ratio[ti][layout] < min_ratio) {
+                min_ratio = cube_ratio[ti][layout];
+                snprintf(min_case, sizeof(min_case), "%s M 1024 N 1024 K 1024, %d thread%s", layout_names[layout],
+                         threads, threads > 1 ? "s" : "");
+            }
+            n_cases++;
+        }
+        for (s = 0; s < N_MODEL_SHAPES; s++)
+            for (layout = 0; layout < 3; layout++) {
+                bench_one(layout, 4096, model_kn[s][1], model_kn[s][0], threads, reps, peak[ti],
+                          cpu_time && threads == 1, &unused_median, &unused_best, &their_median, &ratio);
+                if (ratio < min_ratio) {
+                    min_ratio = ratio;
+                    snprintf(min_case, sizeof(min_case), "%s M 4096 N %d K %d, %d thread%s", layout_names[layout],
+                             model_kn[s][1], model_kn[s][0], threads, threads > 1 ? "s" : "");
+                }
+                n_cases++;
+            }
     }
-    if (max_threads >= 2 && cpu_time)
-        printf("\n(2-thread rows use the wall clock, 1-thread rows the CPU clock: no scaling ratio printed)\n");
-    else if (max_threads >= 2) {
-        printf("\n2 threads / 1 thread at 1024^3 (moexc):");
+    if (n_counts >= 2 && cpu_time)
+        printf("\n(%d-thread rows use the wall clock, 1-thread rows the CPU clock: no scaling ratio printed)\n", bench_threads);
+    else if (n_counts >= 2) {
+        printf("\n%d threads / 1 thread at 1024^3 (moexc):", bench_threads);
         for (layout = 0; layout < 3; layout++)
-            printf("  %s %.2fx (best %.2fx)", layout_names[layout], cube_median[2][layout] / cube_median[1][layout],
-                   cube_best[2][layout] / cube_best[1][layout]);
+            printf("  %s %.2fx (best %.2fx)", layout_names[layout], cube_median[1][layout] / cube_median[0][layout],
+                   cube_best[1][layout] / cube_best[0][layout]);
         printf("\n");
+    }
+    if (json_path) {
+        FILE *f = fopen(json_path, "w");
+        int last = n_counts - 1;
+        if (!f) { fprintf(stderr, "bench_gemm: cannot write %s\n", json_path); return 1; }
+        fprintf(f, "{\"bench\": \"gemm\", \"simd\": \"%s\", \"reps\": %d, \"threads\": %d, \"cpu_time\": %s,\n",
+                moexc_simd_backend(), reps, thread_counts[last], cpu_time ? "true" : "false");
+#ifdef MOEXC_BENCH_OPENBLAS
+        fprintf(f, " \"openblas\": ");
+        json_str(f, openblas_get_config());
+        fprintf(f, ", \"openblas_core\": ");
+        json_str(f, openblas_get_corename());
+        fprintf(f, ",\n \"min_ratio_vs_openblas\": %.4f, \"min_ratio_case\": ", min_ratio);
+        json_str(f, min_case);
+        fprintf(f, ", \"cases\": %d,\n", n_cases);
+#else
+        fprintf(f, " \"openblas\": null, \"min_ratio_vs_openblas\": null,"
+                   " \"reason\": \"OpenBLAS not compiled in (libopenblas-dev missing when bench_gemm was built)\",\n");
+#endif
+        fprintf(f, " \"peak_gflops\": %.2f,\n \"gemm_1024\": {", peak[last]);
+        for (layout = 0; layout < 3; layout++)
+            fprintf(f, "%s\"%s\": {\"moexc_gflops\": %.2f, \"openblas_gflops\": %.2f}", layout ? ", " : "",
+                    layout_names[layout], cube_median[last][layout], cube_theirs[last][layout]);
+        fprintf(f, "},\n \"gemm_1024_1thread\": {");
+        for (layout = 0; layout < 3; layout++)
+            fprintf(f, "%s\"%s\": {\"moexc_gflops\": %.2f, \"openblas_gflops\": %.2f}", layout ? ", " : "",
+                    layout_names[layout], cube_median[0][layout], cube_theirs[0][layout]);
+        fprintf(f, "}}\n");
+        if (fclose(f) != 0) { fprintf(stderr, "bench_gemm: cannot write %s\n", json_path); return 1; }
     }
     return 0;
 }

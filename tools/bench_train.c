@@ -6,7 +6,22 @@
      bench_train [--threads N] [--steps N] [--batch B] [--seq T]
 
    Output lines (parsed by bench_train_torch.py):
-     c <dense|moe> params <total> active <active> median_s <s> tokens_per_s <x> */
+     c <dense|moe> params <total> active <active> median_s <s> tokens_per_s <x> flops_per_token <f>
+
+   flops_per_token counts the matrix products of one training step (forward
+   and backward) per token, the usual 6 N + 6 L T d:
+     N = L (4 d^2 + FFN) + V d   weights a token multiplies by: attention's
+                                 wq, wk, wv, wo; FFN = 3 d h_ff (dense) or
+                                 E d + k 3 d h_e (router + the k experts it
+                                 runs); the LM head (embedding lookups, norms
+                                 and element-wise work are not counted);
+     6 N                         2 N forward (a multiply-add per weight),
+                                 4 N backward (input and weight gradients);
+     6 L T d                     causal attention: per layer, query t meets t+1
+                                 keys in Q K^T and in A V (2 d flop each), on
+                                 average (T+1)/2 keys, so 2 d T forward per
+                                 token, 4 d T backward: half of the 12 L T d
+                                 usually quoted for full (non-causal) attention. */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
@@ -47,8 +62,13 @@ static int bench(int moe, const moexc_tokens *data, int B, int T, int steps)
     }
     if (s == steps + 2) {
         double median = median_in_place(times, steps);
-        printf("c %s params %lu active %lu median_s %.6f tokens_per_s %.1f\n", moe ? "moe" : "dense",
-               (unsigned long)total, (unsigned long)active, median, (double)B * T / median);
+        const moexc_model_config *r = moexc_model_get_config(m);
+        double d = r->d_model, L = r->n_layers, V = r->vocab_size;
+        double ffn = moe ? r->n_experts * d + r->top_k * 3.0 * d * r->d_expert : 3.0 * d * r->d_ff;
+        double n_mm = L * (4.0 * d * d + ffn) + V * d;
+        double flops_per_token = 6.0 * n_mm + 6.0 * L * T * d;
+        printf("c %s params %lu active %lu median_s %.6f tokens_per_s %.1f flops_per_token %.0f\n", moe ? "moe" : "dense",
+               (unsigned long)total, (unsigned long)active, median, (double)B * T / median, flops_per_token);
         fflush(stdout);
     }
     free(times);
@@ -63,6 +83,12 @@ int main(int argc, char **argv)
     moexc_tokens data;
     moexc_rng rng;
     size_t n = 200000, k;
+    for (i = 1; i < argc && (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")); i++) {
+        printf("usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T]\n"
+               "tokens/s of one training step (forward, backward, clipping, AdamW) of the default dense\n"
+               "and MoE models (d 128, 5 layers), median of --steps [7] steps; see the top of tools/bench_train.c\n");
+        return 0;
+    }
     for (i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
