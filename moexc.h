@@ -7432,9 +7432,12 @@ struct moexc_xc {
     int     *aux_cnt;                             /* (n)                */
     int     *aux_lat;                             /* (n x cap_aux)      */
     float   *aux_pre, *aux_val, *aux_dpre;        /* (n x cap_aux)      */
-    /* the same entries by latent: main entry ids, then AuxK ids + n_ent */
-    int     *col_ptr;                             /* (F + 1)            */
-    int     *col_ent;
+    /* the same entries by latent, each latent's in row order: latent i's
+       kept entries are col_ent[col_ptr[i] .. col_ptr[i+1]) (ids into ent_*),
+       its AuxK entries aux_col_ent[aux_col_ptr[i] ..) (ids into aux_*) */
+    int     *col_ptr, *aux_col_ptr;               /* (F + 1)            */
+    int     *col_ent;                             /* (cap_col)          */
+    int     *aux_col_ent;                         /* (n x cap_aux)      */
     size_t   cap_col;
     /* per chunk / thread scratch */
     int      n_threads;
@@ -7480,8 +7483,9 @@ static void moexc__xc_free_workspace(moexc_xc *xc)
     moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
     moexc__free(xc->partial); moexc__free(xc->row_ptr); moexc__free(xc->aux_cnt);
     moexc__free(xc->aux_lat); moexc__free(xc->aux_pre); moexc__free(xc->aux_val); moexc__free(xc->aux_dpre);
+    moexc__free(xc->aux_col_ent);
     xc->xcat = xc->pre = xc->f = xc->df = NULL;
-    xc->partial = NULL; xc->row_ptr = NULL; xc->aux_cnt = xc->aux_lat = NULL;
+    xc->partial = NULL; xc->row_ptr = NULL; xc->aux_cnt = xc->aux_lat = xc->aux_col_ent = NULL;
     xc->aux_pre = xc->aux_val = xc->aux_dpre = NULL;
     xc->cap = xc->cap_dense = xc->cap_aux = 0;
 }
@@ -7543,7 +7547,8 @@ static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
         xc->aux_pre = (float *)moexc__calloc(na, sizeof(float));
         xc->aux_val = (float *)moexc__calloc(na, sizeof(float));
         xc->aux_dpre = (float *)moexc__calloc(na, sizeof(float));
-        ok &= xc->aux_lat && xc->aux_pre && xc->aux_val && xc->aux_dpre;
+        xc->aux_col_ent = (int *)moexc__calloc(na, sizeof(int));
+        ok &= xc->aux_lat && xc->aux_pre && xc->aux_val && xc->aux_dpre && xc->aux_col_ent;
         xc->cap_aux = ka;
     }
     if (!ok) {
@@ -7610,7 +7615,7 @@ MOEXC_DEF void moexc_xc_free(moexc_xc *xc)
     moexc__free_aligned(xc->params); moexc__free_aligned(xc->grads);
     moexc__free_aligned(xc->adam_m); moexc__free_aligned(xc->adam_v);
     moexc__free(xc->since_fired); moexc__free(xc->dead_override); moexc__free(xc->aux_idx);
-    moexc__free(xc->fired); moexc__free(xc->col_ptr);
+    moexc__free(xc->fired); moexc__free(xc->col_ptr); moexc__free(xc->aux_col_ptr);
     moexc__free_aligned(xc->norm[0]); moexc__free_aligned(xc->norm[1]); moexc__free_aligned(xc->w);
     moexc__free_aligned(xc->enc_bias);
     moexc__free(xc);
@@ -7687,8 +7692,9 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
     xc->enc_bias = moexc__alloc_floats(F);
     xc->fired = (unsigned char *)moexc__calloc(F, 1);
     xc->col_ptr = (int *)moexc__calloc(F + 1, sizeof(int));
+    xc->aux_col_ptr = (int *)moexc__calloc(F + 1, sizeof(int));
     ok = xc->params && xc->grads && xc->adam_m && xc->adam_v && xc->since_fired && xc->dead_override &&
-         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w && xc->enc_bias && xc->fired && xc->col_ptr;
+         xc->aux_idx && xc->norm[0] && xc->norm[1] && xc->w && xc->enc_bias && xc->fired && xc->col_ptr && xc->aux_col_ptr;
     if (!ok) {
         moexc_xc_free(xc);
         return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for F = %d, d = %d, %d", (int)F, d_a, d_b);
@@ -8048,13 +8054,21 @@ static void moexc__xc_norms(moexc_xc *xc)
 }
 
 /* bias (F) += sign * sum_m b_dec^m W_enc^m: the centring term of the encoder,
-   moved into (sign -1) or out of (sign +1) an encoder bias. */
+   moved into (sign -1) or out of (sign +1) an encoder bias. W_enc^A over
+   W_enc^B is one (d_cat x F) matrix and [b_dec^A | b_dec^B] is contiguous
+   too, so this is one pass over W_enc by rows, in column blocks (threads). */
 static void moexc__xc_add_centring(const moexc_xc *xc, float *bias, float sign)
 {
-    int m;
-    for (m = 0; m < 2; m++)
-        moexc_sgemm(0, 0, 1, xc->F, xc->d[m], sign, xc->params + xc->off_bdec[m], xc->d[m],
-                    xc->params + xc->off_enc[m], xc->F, 1.0f, bias, xc->F);
+    const float *w_enc = xc->params + xc->off_enc[0], *bdec = xc->params + xc->off_bdec[0];
+    int blk, n_blk = (xc->F + 1023) / 1024;
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)xc->F * xc->d_cat >= 262144.0)
+#endif
+    for (blk = 0; blk < n_blk; blk++) {
+        size_t i0 = (size_t)blk * 1024, len = MOEXC__MIN((size_t)1024, (size_t)xc->F - i0);
+        int j;
+        for (j = 0; j < xc->d_cat; j++) moexc_axpy(bias + i0, sign * bdec[j], w_enc + (size_t)j * (size_t)xc->F + i0, len);
+    }
 }
 
 /* SPEC-form encoder bias into out (F): b_enc, or for the centred encoder
@@ -8085,16 +8099,21 @@ static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, int n)
 /* The centring term of the encoder backward, after db_enc = g = sum_b dpre
    (b_enc has no other gradient, so its gradient is g here):
      dW_enc^m -= b_dec^m^T g      (so dW_enc^m = (xs^m - b_dec^m)^T dpre)
-     db_dec^m -= W_enc^m g^T      (b_dec^m also enters through the encoder) */
+     db_dec^m -= W_enc^m g^T      (b_dec^m also enters through the encoder)
+   one pass over the rows j of W_enc^A over W_enc^B (b_dec likewise stacked). */
 static void moexc__xc_encoder_backward_centre(moexc_xc *xc)
 {
-    const float *g = MOEXC__XC_G(xc, off_benc);
-    int m, F = xc->F;
+    const float *g = MOEXC__XC_G(xc, off_benc), *w_enc = xc->params + xc->off_enc[0], *bdec = xc->params + xc->off_bdec[0];
+    float *dw = xc->grads + xc->off_enc[0], *dbdec = xc->grads + xc->off_bdec[0];
+    size_t F = (size_t)xc->F;
+    int j;
     if (xc->opt.uncentred_encoder) return;
-    for (m = 0; m < 2; m++) {
-        int d = xc->d[m];
-        moexc_sgemm(1, 0, d, F, 1, -1.0f, xc->params + xc->off_bdec[m], d, g, F, 1.0f, xc->grads + xc->off_enc[m], F);
-        moexc_sgemm(0, 1, 1, d, F, -1.0f, g, F, xc->params + xc->off_enc[m], F, 1.0f, xc->grads + xc->off_bdec[m], d);
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)xc->F * xc->d_cat >= 262144.0)
+#endif
+    for (j = 0; j < xc->d_cat; j++) {
+        moexc_axpy(dw + (size_t)j * F, -bdec[j], g, F);
+        dbdec[j] -= moexc_dot(w_enc + (size_t)j * F, g, F);
     }
 }
 
@@ -8147,24 +8166,71 @@ static void moexc__xc_decoder_backward(moexc_xc *xc, float *df, float *const *dx
     }
 }
 
+/* Counting sort of items 0 .. n_items-1 by key (items with key < 0 are
+   skipped): key k's items, in increasing order, are out[ptr[k] .. ptr[k+1]). */
+static void moexc__group_by_key(const int *key, size_t n_items, int n_keys, int *ptr, int *out)
+{
+    size_t e;
+    int k;
+    memset(ptr, 0, ((size_t)n_keys + 1) * sizeof(int));
+    for (e = 0; e < n_items; e++) if (key[e] >= 0) ptr[key[e] + 1]++;
+    for (k = 0; k < n_keys; k++) ptr[k + 1] += ptr[k];
+    /* ptr[k] walks forward as key k's items are placed, ending at key k + 1's start */
+    for (e = 0; e < n_items; e++) if (key[e] >= 0) out[ptr[key[e]]++] = (int)e;
+    for (k = n_keys; k > 0; k--) ptr[k] = ptr[k - 1];
+    ptr[0] = 0;
+}
+
+/* The kept entries grouped by latent (col_ptr, col_ent). */
+static moexc_status moexc__xc_group_kept(moexc_xc *xc, moexc_error *err)
+{
+    if (xc->n_ent > (size_t)INT_MAX) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: %lu entries in one batch", (unsigned long)xc->n_ent);
+    if (xc->n_ent > xc->cap_col) {
+        size_t cap = MOEXC__MAX(xc->n_ent, xc->cap_col + xc->cap_col / 2);
+        int *c = (int *)moexc__realloc(xc->col_ent, moexc__mul_size(cap, sizeof(int)));
+        if (!c) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %lu entries", (unsigned long)xc->n_ent);
+        xc->col_ent = c;
+        xc->cap_col = cap;
+    }
+    moexc__group_by_key(xc->ent_lat, xc->n_ent, xc->F, xc->col_ptr, xc->col_ent);
+    return MOEXC_OK;
+}
+
 /* Sparse decoder forward from the kept entries (BatchTopK: k of F latents
    per token, so n k d instead of n F d):
-     xhat^m_b = b_dec^m + sum_{kept i} f_bi d_i^m   (bias may be skipped) */
+     xhat^m_b = b_dec^m + sum_{kept i} f_bi d_i^m   (bias may be skipped)
+   Each thread takes a block of rows and walks the latents in order, adding
+   each decoder row to the rows of its block that keep it: the decoder is
+   read once, in order, and each x̂_b is summed in increasing latent order
+   whatever the thread count. */
 static void moexc__xc_decoder_forward_sparse(const moexc_xc *xc, float *const *xhat, int n, int with_bias)
 {
-    int b;
+    int T = xc->n_threads, c;
 #ifdef _OPENMP
-#   pragma omp parallel for schedule(static) if ((double)xc->n_ent * xc->d_cat >= 131072.0)
+#   pragma omp parallel for schedule(static) if (T > 1 && (double)xc->n_ent * xc->d_cat >= 131072.0)
 #endif
-    for (b = 0; b < n; b++) {
-        int m;
-        for (m = 0; m < 2; m++) {
-            size_t d = (size_t)xc->d[m], e;
-            float *row = xhat[m] + (size_t)b * d;
-            if (with_bias) memcpy(row, xc->params + xc->off_bdec[m], d * sizeof(float));
-            else memset(row, 0, d * sizeof(float));
-            for (e = xc->row_ptr[b]; e < xc->row_ptr[b + 1]; e++)
-                if (xc->ent_val[e] != 0.0f) moexc_axpy(row, xc->ent_val[e], moexc__xc_dec_row(xc, xc->params, m, xc->ent_lat[e]), d);
+    for (c = 0; c < T; c++) {
+        int b0 = (int)((int64_t)n * c / T), b1 = (int)((int64_t)n * (c + 1) / T), b, i, m;
+        for (b = b0; b < b1; b++)
+            for (m = 0; m < 2; m++) {
+                size_t d = (size_t)xc->d[m];
+                if (with_bias) memcpy(xhat[m] + (size_t)b * d, xc->params + xc->off_bdec[m], d * sizeof(float));
+                else memset(xhat[m] + (size_t)b * d, 0, d * sizeof(float));
+            }
+        for (i = 0; i < xc->F; i++) {
+            int lo = xc->col_ptr[i], hi = xc->col_ptr[i + 1], p;
+            while (lo < hi) {   /* the first of latent i's entries in row b0 or later */
+                int mid = lo + (hi - lo) / 2;
+                if (xc->ent_row[xc->col_ent[mid]] < b0) lo = mid + 1; else hi = mid;
+            }
+            for (p = lo; p < xc->col_ptr[i + 1]; p++) {
+                size_t e = (size_t)xc->col_ent[p];
+                if (xc->ent_row[e] >= b1) break;
+                if (xc->ent_val[e] == 0.0f) continue;
+                for (m = 0; m < 2; m++)
+                    moexc_axpy(xhat[m] + (size_t)xc->ent_row[e] * (size_t)xc->d[m], xc->ent_val[e],
+                               moexc__xc_dec_row(xc, xc->params, m, i), (size_t)xc->d[m]);
+            }
         }
     }
 }
@@ -8307,6 +8373,7 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
             if (xc->opt.aux_exact_relu) moexc__select_top(v, D, ka, keep, tmp);
             else moexc__select_top_any(v, D, ka, keep, tmp);
             for (q = 0, cnt = 0; q < D; q++) if (keep[q]) lat[cnt++] = xc->aux_idx[q];
+            for (q = cnt; q < ka; q++) lat[q] = -1;
             xc->aux_cnt[b] = cnt;
         }
         cnt = xc->aux_cnt[b];
@@ -8319,6 +8386,7 @@ static double moexc__xc_auxk_forward(moexc_xc *xc, int n, int select, double *in
                 if (fv[q] != 0.0f) moexc_axpy(row, fv[q], moexc__xc_dec_row(xc, xc->params, mm, lat[q]), d);
         }
     }
+    moexc__group_by_key(xc->aux_lat, (size_t)n * (size_t)ka, xc->F, xc->aux_col_ptr, xc->aux_col_ent);
     for (m = 0; m < 2; m++) {
         size_t i, nd = (size_t)n * (size_t)xc->d[m];
         den += moexc__xc_centered_ss(xc->aux_e[m], n, xc->d[m], xc->partial);
@@ -8345,39 +8413,6 @@ static void moexc__xc_auxk_backward(moexc_xc *xc, int n, double inv_den)
     }
 }
 
-/* Group the entries by latent (counting sort, main entries before AuxK's, each
-   in row order): latent i's are col_ent[col_ptr[i] .. col_ptr[i+1]), an id
-   below n_ent naming a main entry, n_ent + b k_aux' + q AuxK's q-th of row b. */
-static moexc_status moexc__xc_group_by_latent(moexc_xc *xc, int n, int main_entries, int aux_entries, moexc_error *err)
-{
-    size_t total = (main_entries ? xc->n_ent : 0), e;
-    int b, q, i, ka = xc->aux_per_row;
-    if (aux_entries) for (b = 0; b < n; b++) total += (size_t)xc->aux_cnt[b];
-    if (total > (size_t)INT_MAX) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: %lu entries in one batch", (unsigned long)total);
-    if (total > xc->cap_col) {
-        int *c = (int *)moexc__realloc(xc->col_ent, moexc__mul_size(MOEXC__MAX(total, xc->cap_col + xc->cap_col / 2), sizeof(int)));
-        if (!c) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %lu entries", (unsigned long)total);
-        xc->col_ent = c;
-        xc->cap_col = MOEXC__MAX(total, xc->cap_col + xc->cap_col / 2);
-    }
-    memset(xc->col_ptr, 0, ((size_t)xc->F + 1) * sizeof(int));
-    if (main_entries) for (e = 0; e < xc->n_ent; e++) xc->col_ptr[xc->ent_lat[e] + 1]++;
-    if (aux_entries)
-        for (b = 0; b < n; b++)
-            for (q = 0; q < xc->aux_cnt[b]; q++) xc->col_ptr[xc->aux_lat[(size_t)b * ka + q] + 1]++;
-    for (i = 0; i < xc->F; i++) xc->col_ptr[i + 1] += xc->col_ptr[i];
-    /* col_ptr[i] now walks forward as latent i's ids are placed, and ends
-       at latent i + 1's start: shifted back below */
-    if (main_entries) for (e = 0; e < xc->n_ent; e++) xc->col_ent[xc->col_ptr[xc->ent_lat[e]]++] = (int)e;
-    if (aux_entries)
-        for (b = 0; b < n; b++)
-            for (q = 0; q < xc->aux_cnt[b]; q++)
-                xc->col_ent[xc->col_ptr[xc->aux_lat[(size_t)b * ka + q]]++] = (int)(xc->n_ent + (size_t)b * ka + (size_t)q);
-    for (i = xc->F; i > 0; i--) xc->col_ptr[i] = xc->col_ptr[i - 1];
-    xc->col_ptr[0] = 0;
-    return MOEXC_OK;
-}
-
 /* Gradients by latent, from the entries grouped by latent. At each entry
    (b, i), kept or AuxK's, first d loss / d pre:
      dpre_bi = sum_m dxhat^m_b . d_i^m (+ the penalty's lambda c_i / n)   kept, f_bi > 0
@@ -8391,10 +8426,11 @@ static moexc_status moexc__xc_group_by_latent(moexc_xc *xc, int n, int main_entr
    every element of these tensors is written, so no zeroing pass is needed;
    latents go in blocks of 16 whose encoder columns are summed as 16 rows of
    thread scratch and stored transposed into dW_enc (d_cat x F). Dense path
-   (dense != 0, AuxK entries only): dpre_aux and the decoder terms are added,
-   the rest comes from the GEMMs. Each latent is summed by one thread in a
-   fixed order: the bits do not depend on the thread count. */
-static void moexc__xc_latent_grads(moexc_xc *xc, int dense, const float *pen_coef)
+   (dense != 0): only the AuxK entries, whose dpre_aux and decoder terms are
+   added (the rest comes from the GEMMs). with_aux = 0 skips AuxK. Each
+   latent is summed by one thread in a fixed order: the bits do not depend
+   on the thread count. */
+static void moexc__xc_latent_grads(moexc_xc *xc, int dense, int with_aux, const float *pen_coef)
 {
     const int BLK = 16;
     int blk, n_blk = (xc->F + BLK - 1) / BLK, F = xc->F, dc = xc->d_cat, ka = xc->aux_per_row;
@@ -8406,7 +8442,7 @@ static void moexc__xc_latent_grads(moexc_xc *xc, int dense, const float *pen_coe
         float *acc = xc->thr_buf + (size_t)moexc__xc_thread_id() * xc->thr_len;
         int i0 = blk * BLK, i1 = MOEXC__MIN(F, i0 + BLK), i, j, m;
         for (i = i0; i < i1; i++) {
-            int shared = i < xc->ns, p;
+            int shared = i < xc->ns, p, aux;
             const float *row[2];
             float *grow[2], *enc = acc + (size_t)(i - i0) * (size_t)dc, gb = 0.0f;
             row[0] = moexc__xc_dec_row(xc, xc->params, 0, i);
@@ -8418,27 +8454,29 @@ static void moexc__xc_latent_grads(moexc_xc *xc, int dense, const float *pen_coe
                 memset(grow[0], 0, (size_t)xc->d[0] * sizeof(float));
                 if (!shared) memset(grow[1], 0, (size_t)xc->d[1] * sizeof(float));
             }
-            for (p = xc->col_ptr[i]; p < xc->col_ptr[i + 1]; p++) {
-                size_t id = (size_t)xc->col_ent[p];
-                int b, pass;
-                float fv, dp = 0.0f, *dp_out;
-                float *const *vec;
-                if (id < xc->n_ent) {
-                    b = xc->ent_row[id]; fv = xc->ent_val[id]; vec = xc->dxhat; dp_out = xc->ent_dpre + id;
-                    pass = fv > 0.0f;
-                    if (pass && pen_coef) dp = pen_coef[i];
-                } else {
-                    id -= xc->n_ent;
-                    b = (int)(id / (size_t)ka); fv = xc->aux_val[id]; vec = xc->ehat; dp_out = xc->aux_dpre + id;
-                    pass = xc->aux_pre[id] > 0.0f || !xc->opt.aux_exact_relu;
+            for (aux = dense; aux <= with_aux; aux++) {
+                const int *ptr = aux ? xc->aux_col_ptr : xc->col_ptr, *ids = aux ? xc->aux_col_ent : xc->col_ent;
+                for (p = ptr[i]; p < ptr[i + 1]; p++) {
+                    size_t id = (size_t)ids[p];
+                    int b, pass;
+                    float fv, dp = 0.0f;
+                    float *const *vec;
+                    if (!aux) {
+                        b = xc->ent_row[id]; fv = xc->ent_val[id]; vec = xc->dxhat;
+                        pass = fv > 0.0f;
+                        if (pass && pen_coef) dp = pen_coef[i];
+                    } else {
+                        b = (int)(id / (size_t)ka); fv = xc->aux_val[id]; vec = xc->ehat;
+                        pass = xc->aux_pre[id] > 0.0f || !xc->opt.aux_exact_relu;
+                    }
+                    for (m = 0; m < 2; m++) {
+                        const float *vb = vec[m] + (size_t)b * (size_t)xc->d[m];
+                        if (pass) dp += moexc_dot(vb, row[m], (size_t)xc->d[m]);
+                        if (fv != 0.0f) moexc_axpy(grow[shared ? 0 : m], fv, vb, (size_t)xc->d[m]);
+                    }
+                    if (aux) xc->aux_dpre[id] = dp; else xc->ent_dpre[id] = dp;
+                    if (!dense && dp != 0.0f) { moexc_axpy(enc, dp, xc->xcat + (size_t)b * (size_t)dc, (size_t)dc); gb += dp; }
                 }
-                for (m = 0; m < 2; m++) {
-                    const float *vb = vec[m] + (size_t)b * (size_t)xc->d[m];
-                    if (pass) dp += moexc_dot(vb, row[m], (size_t)xc->d[m]);
-                    if (fv != 0.0f) moexc_axpy(grow[shared ? 0 : m], fv, vb, (size_t)xc->d[m]);
-                }
-                *dp_out = dp;
-                if (!dense && dp != 0.0f) { moexc_axpy(enc, dp, xc->xcat + (size_t)b * (size_t)dc, (size_t)dc); gb += dp; }
             }
             if (!dense) db[i] = gb;
         }
@@ -8495,6 +8533,7 @@ static moexc_status moexc__xc_activations(moexc_xc *xc, int n, int select, int d
             s->min_kept_score = t;
         }
         s->l0 = moexc__xc_entry_values(xc, xc->pre, n);
+        if ((st = moexc__xc_group_kept(xc, err)) != MOEXC_OK) return st;
     }
     if (dense) {
         if ((st = moexc__xc_dense_workspace(xc, err)) != MOEXC_OK) return st;
@@ -8573,32 +8612,26 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
         for (i = 0; i < nF; i++) if (!(xc->f[i] > 0.0f)) xc->df[i] = 0.0f;
         if (inv_den > 0.0) {
             int ka = xc->aux_per_row, q;
-            st = moexc__xc_group_by_latent(xc, n, 0, 1, err);
-            if (st == MOEXC_OK) moexc__xc_latent_grads(xc, 1, NULL);
+            moexc__xc_latent_grads(xc, 1, 1, NULL);
             for (b = 0; b < n; b++)
                 for (q = 0; q < xc->aux_cnt[b]; q++)
                     xc->df[(size_t)b * (size_t)xc->F + (size_t)xc->aux_lat[(size_t)b * ka + q]] += xc->aux_dpre[(size_t)b * ka + q];
         }
         moexc__xc_encoder_backward(xc, xc->df, n);
     } else {
-        st = moexc__xc_group_by_latent(xc, n, 1, inv_den > 0.0, err);
-        if (st == MOEXC_OK) {
-            moexc__xc_latent_grads(xc, 0, pen_coef);
-            for (m = 0; m < 2; m++) {
-                float *gb = xc->grads + xc->off_bdec[m];
-                size_t d = (size_t)xc->d[m];
-                memset(gb, 0, d * sizeof(float));
-                for (b = 0; b < n; b++) moexc_axpy(gb, 1.0f, xc->dxhat[m] + (size_t)b * d, d);
-            }
+        moexc__xc_latent_grads(xc, 0, inv_den > 0.0, pen_coef);
+        for (m = 0; m < 2; m++) {
+            float *gb = xc->grads + xc->off_bdec[m];
+            size_t d = (size_t)xc->d[m];
+            memset(gb, 0, d * sizeof(float));
+            for (b = 0; b < n; b++) moexc_axpy(gb, 1.0f, xc->dxhat[m] + (size_t)b * d, d);
         }
     }
-    if (st == MOEXC_OK) {
-        if (col_sum) moexc__xc_penalty_backward_decoder(xc, col_sum, n, lambda);
-        moexc__xc_encoder_backward_centre(xc);    /* needs the finished db_enc */
-    }
+    if (col_sum) moexc__xc_penalty_backward_decoder(xc, col_sum, n, lambda);
+    moexc__xc_encoder_backward_centre(xc);    /* needs the finished db_enc */
     moexc__free(col_sum); moexc__free(pen_coef);
-    if (st == MOEXC_OK && stats) *stats = s;
-    return st;
+    if (stats) *stats = s;
+    return MOEXC_OK;
 }
 
 static double moexc__xc_lr(const moexc_xc *xc)
@@ -8698,7 +8731,8 @@ static moexc_status moexc__xc_encode_ws(moexc_xc *xc, const float *x_a, const fl
         return MOEXC_OK;
     }
     /* s > theta is s >= the next float above theta (theta >= 0) */
-    return moexc__xc_select(xc, xc->pre, n, xc->threshold >= 0.0f ? nextafterf(xc->threshold, FLT_MAX) : 0.0f, NULL, err);
+    st = moexc__xc_select(xc, xc->pre, n, xc->threshold >= 0.0f ? nextafterf(xc->threshold, FLT_MAX) : 0.0f, NULL, err);
+    return st == MOEXC_OK ? moexc__xc_group_kept(xc, err) : st;
 }
 
 MOEXC_DEF moexc_status moexc_xc_encode(moexc_xc *xc, const float *x_a, const float *x_b, int n, float *f,
