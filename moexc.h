@@ -509,9 +509,12 @@ typedef struct moexc_model_memory_info {
 MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
                                           moexc_error *err);
 /* Evaluation option (SPEC §6, perplexity with k' experts forced): route every
-   token to its k' best experts, 1 <= k' <= top_k, with the configured gate;
-   0 restores top_k. Router choices are then (B*T x k'). Not saved. */
+   token to its k' best experts, 1 <= k' <= n_experts (above top_k too; the
+   activation buffers grow), with the configured gate; 0 restores top_k.
+   Router choices are then (B*T x k'). Not saved. */
 MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moexc_error *err);
+/* Experts per token in effect: k' when forced, else top_k (0 for a dense model). */
+MOEXC_DEF int          moexc_model_active_experts(const moexc_model *m);
 
 /* ---- >>train: AdamW, schedule, clipping, batches, evaluation, routing ----- */
 /* Trains a moexc_model on a labelled token stream. One optimiser step =
@@ -553,7 +556,8 @@ MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step);
    Arrays are [layer][expert] and [layer][domain][expert], row-major. A dense
    model has n_layers = 0. */
 typedef struct moexc_router_stats {
-    int     n_layers, n_experts, top_k, n_domains;
+    int     n_layers, n_experts, n_domains;
+    int     top_k;                         /* k of the last forward added (k' if forced) */
     double  n_tokens;                      /* tokens accumulated                */
     double  domain_tokens[MOEXC_MAX_DOMAINS];
     double *slot_count;     /* [L][E]  tokens whose top-k holds e              */
@@ -563,7 +567,8 @@ typedef struct moexc_router_stats {
     double *f;              /* [L][E]  f_e = slot_count / (k N), sums to 1       */
     double *P;              /* [L][E]  P_e = prob_sum / N                        */
     double *entropy;        /* [L]     usage entropy -sum f log2 f, bits (uniform: log2 E) */
-    double *domain_share;   /* [L][D][E] share of domain D's tokens whose top-k holds e (uniform: k/E) */
+    double *domain_share;   /* [L][D][E] share of domain D's tokens whose top-k holds e (uniform: k/E;
+                               k' of moexc_model_set_active_experts while forced) */
 } moexc_router_stats;
 
 MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err);
@@ -5253,6 +5258,7 @@ struct moexc_model {
     float *rope_cos, *rope_sin;      /* (context, dh/2)                           */
     /* activations, sized for (cap_B, cap_T) */
     int cap_B, cap_T;
+    int cap_k;                       /* experts per token the MoE buffers hold    */
     float *fmem;
     int *imem;
     uint16_t *tokens, *targets;      /* (N) copies of the last forward's inputs   */
@@ -5602,6 +5608,7 @@ static void moexc__free_acts(moexc_model *m)
     m->imem = NULL;
     m->tokens = m->targets = NULL;
     m->cap_B = m->cap_T = 0;
+    m->cap_k = 0;
     m->layers_done = 0;
     m->backward_ready = 0;
 }
@@ -5611,9 +5618,11 @@ static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error
 {
     size_t nf, ni;
     int nb = MOEXC__MAX(B, m->cap_B), nt = MOEXC__MAX(T, m->cap_T);
-    if (m->fmem && B <= m->cap_B && T <= m->cap_T) return MOEXC_OK;
+    moexc_model_config sized = m->cfg;          /* k' > top_k forced: MoE buffers for k' */
+    sized.top_k = MOEXC__MAX(MOEXC__MAX(m->cfg.top_k, m->active_k), m->cap_k);
+    if (m->fmem && B <= m->cap_B && T <= m->cap_T && sized.top_k <= m->cap_k) return MOEXC_OK;
     moexc__free_acts(m);
-    moexc__carve_acts(&m->cfg, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
+    moexc__carve_acts(&sized, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
     m->fmem = moexc__alloc_floats(nf);
     m->imem = (int *)moexc__calloc(ni, sizeof(int));
     if (!m->fmem || !m->imem) {
@@ -5621,9 +5630,10 @@ static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error
         return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate activations for B %d, T %d (%.1f MiB)",
                            nb, nt, (double)(nf * sizeof(float) + ni * sizeof(int)) / 1048576.0);
     }
-    moexc__carve_acts(&m->cfg, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
+    moexc__carve_acts(&sized, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
     m->cap_B = nb;
     m->cap_T = nt;
+    m->cap_k = sized.top_k;
     return MOEXC_OK;
 }
 
@@ -5726,7 +5736,7 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
     if (!inputs) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs is NULL");
     if (B < 1 || T < 1 || T > c->context)
         return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B %d, T %d (context %d) out of range", B, T, c->context);
-    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(c->top_k, 1) / 4)
+    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(MOEXC__MAX(c->top_k, md.k), 1) / 4)
         return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B*T = %d*%d too large", B, T);
     N = B * T;
     for (t = 0; t < N; t++) {
@@ -5883,12 +5893,17 @@ MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moe
     if (k == 0) { m->active_k = 0; return MOEXC_OK; }
     if (m->cfg.ffn != MOEXC_FFN_MOE)
         return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: a dense model has no experts");
-    if (k < 0 || k > m->cfg.top_k)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, top_k = %d]", k, m->cfg.top_k);
+    if (k < 0 || k > m->cfg.n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, n_experts = %d]", k, m->cfg.n_experts);
     m->active_k = k == m->cfg.top_k ? 0 : k;
     m->backward_ready = 0;
     m->layers_done = 0;   /* the router outputs of the last forward had another k */
     return MOEXC_OK;
+}
+MOEXC_DEF int moexc_model_active_experts(const moexc_model *m)
+{
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE) return 0;
+    return m->active_k ? m->active_k : m->cfg.top_k;
 }
 
 MOEXC_DEF moexc_status moexc_model_capture(moexc_model *m, const uint16_t *tokens, int B, int T,
@@ -6190,17 +6205,19 @@ MOEXC_DEF void moexc_router_stats_free(moexc_router_stats *s)
 MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
                                               const uint8_t *domains, int n, moexc_error *err)
 {
-    int L = s->n_layers, E = s->n_experts, K = s->top_k, D = s->n_domains, l, t, j, e, d;
+    /* the choices are (n x k') with k' the experts in effect (forced or top_k) */
+    int L = s->n_layers, E = s->n_experts, K = moexc_model_active_experts(m), D = s->n_domains, l, t, j, e, d;
     for (t = 0; domains && t < n; t++)
         if (domains[t] >= D) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: domain label %d >= %d", domains[t], D);
     for (t = 0; domains && t < n; t++) s->domain_tokens[domains[t]] += 1.0;
     s->n_tokens += n;
+    if (L) s->top_k = K;
     for (l = 0; l < L; l++) {
         const float *p = moexc_model_router_probs(m, l);
         const int *choice = moexc_model_router_choices(m, l);
         double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
         double *dcount = s->domain_count + (size_t)l * D * E;
-        double h = 0.0;
+        double h = 0.0, all_slots = 0.0;
         if (!p || !choice) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d has no router output", l);
         for (t = 0; t < n; t++) {
             for (j = 0; j < K; j++) {
@@ -6211,9 +6228,11 @@ MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc
             }
             for (e = 0; e < E; e++) psum[e] += p[(size_t)t * E + e];
         }
-        /* f_e = (1/(kN)) sum_t 1{e in S(t)},  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
+        /* f_e = (1/(kN)) sum_t 1{e in S(t)} = slots_e / sum slots (k may differ
+           between the forwards added),  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
+        for (e = 0; e < E; e++) all_slots += slots[e];
         for (e = 0; e < E; e++) {
-            double f = s->n_tokens > 0 ? slots[e] / ((double)K * s->n_tokens) : 0.0;
+            double f = all_slots > 0 ? slots[e] / all_slots : 0.0;
             s->f[(size_t)l * E + e] = f;
             s->P[(size_t)l * E + e] = s->n_tokens > 0 ? psum[e] / s->n_tokens : 0.0;
             if (f > 0) h -= f * log(f) / MOEXC__LN2;
@@ -6519,7 +6538,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     const moexc_model_config *c = moexc_model_get_config(t->model);
     const moexc_train_options *o = &t->opt;
     int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
-    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = c->top_k;
+    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = moexc_model_active_experts(t->model);
     float *grad = moexc_model_grads(t->model);
     size_t i, n = t->n_params;
     double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
