@@ -219,3 +219,9 @@ demo: $(BUILD)/moexc_demo
 	$(BUILD)/moexc_demo --out report $(DEMO_ARGS)
 TEST_SCRIPTS += tests/test_pipeline.sh
 test: $(BUILD)/moexc_demo $(BUILD)/moexc_train
+
+# ---- area: lens -----------------------------------------------------------
+# tools/moexc_lens: the MoE Lens (SPEC §6) on a MoE checkpoint; PNGs with
+# stb_image_write like the demo (installed by demo-stb when missing).
+EXTRA_CFLAGS_moexc_lens := -isystem $(STB_DIR)
+$(BUILD)/moexc_lens: | demo-stb

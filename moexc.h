@@ -7663,7 +7663,7 @@ MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *d
             ser[n].x = x; ser[n].y = uni; ser[n].n = E; ser[n].label = "uniform"; n++;
             memset(&po, 0, sizeof(po));
             moexc__lens_panel(&po, &cv, d, DD, cols);
-            snprintf(title, sizeof(title), "%s: routing slots of the m most used experts", s->domain_names[d]);
+            snprintf(title, sizeof(title), "%s: top-m experts' share", s->domain_names[d]);
             po.title = title;
             po.x_label = "m (experts, most used first)";
             po.y_label = "% of routing slots";
@@ -7677,10 +7677,10 @@ MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *d
     /* early decoding: four panels, a line per domain over the layers */
     moexc_canvas_clear(&cv, 0xFFFFFFu);
     {
-        static const char *const titles[4] = { "Hidden-state cosine, single vs all top-k experts",
-                                               "FFN-output cosine, top-1 expert vs the mixture",
-                                               "Top-1 token agreement of the decodings",
-                                               "KL(full || single) of the decodings" };
+        static const char *const titles[4] = { "Hidden-state cosine, top-1 vs top-k",
+                                               "FFN-output cosine, top-1 vs top-k",
+                                               "Top-1 token agreement (LM head)",
+                                               "KL(full || single), LM head" };
         static const char *const ylab[4] = { "cosine", "cosine", "fraction", "nats" };
         const double *src[4];
         float *x = buf, *y = buf + L;
@@ -7699,7 +7699,6 @@ MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *d
             po.title = titles[i];
             po.x_label = "MoE layer";
             po.y_label = ylab[i];
-            if (i < 3) { po.y_min = i == 1 ? -0.2 : 0.0; po.y_max = 1.0; }
             st = moexc_plot_lines(&big, ser, DD, &po, err);
         }
         if (st == MOEXC_OK) st = moexc__lens_emit(&big, dir, prefix, "early_decoding.png", write, user, n_written, err);
@@ -7729,8 +7728,8 @@ MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *d
             snprintf(title, sizeof(title), i ? "Perplexity / unforced (k = %d)" : "Perplexity with k' experts forced",
                      s->top_k);
             po.title = title;
-            po.x_label = "k' (experts per token in every MoE layer)";
-            po.y_label = i ? "ratio" : "perplexity (geometric mean over sequences)";
+            po.x_label = "k' forced in every MoE layer";
+            po.y_label = i ? "ratio" : "perplexity (geometric mean)";
             st = moexc_plot_lines(&wide, ser, DD, &po, err);
         }
         if (st == MOEXC_OK) st = moexc__lens_emit(&wide, dir, prefix, "perplexity.png", write, user, n_written, err);
