@@ -225,3 +225,5 @@ test: $(BUILD)/moexc_demo $(BUILD)/moexc_train
 # stb_image_write like the demo (installed by demo-stb when missing).
 EXTRA_CFLAGS_moexc_lens := -isystem $(STB_DIR)
 $(BUILD)/moexc_lens: | demo-stb
+TEST_SCRIPTS += tests/test_lens_tool.sh
+test: $(BUILD)/moexc_lens $(BUILD)/moexc_mkdata $(BUILD)/moexc_train
