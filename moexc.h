@@ -571,8 +571,7 @@ MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step);
    Arrays are [layer][expert] and [layer][domain][expert], row-major. A dense
    model has n_layers = 0. */
 typedef struct moexc_router_stats {
-    int     n_layers, n_experts, n_domains;
-    int     top_k;                         /* k of the last forward added (k' if forced) */
+    int     n_layers, n_experts, top_k, n_domains;   /* top_k: k of the last forward added (k' if forced) */
     double  n_tokens;                      /* tokens accumulated                */
     double  domain_tokens[MOEXC_MAX_DOMAINS];
     double *slot_count;     /* [L][E]  tokens whose top-k holds e              */
