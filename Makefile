@@ -244,6 +244,14 @@ bench-demo: $(BUILD)/moexc_demo
 	$(GEMM_BENCH_ENV) $(PYTHON) tools/bench_demo.py --demo $(BUILD)/moexc_demo --threads $(BENCH_THREADS) \
 	    --json $(BUILD)/bench_demo.json
 
+# ---- area: lens -----------------------------------------------------------
+# tools/moexc_lens: the MoE Lens (SPEC §6) on a MoE checkpoint; PNGs with
+# stb_image_write like the demo (installed by demo-stb when missing).
+EXTRA_CFLAGS_moexc_lens := -isystem $(STB_DIR)
+$(BUILD)/moexc_lens: | demo-stb
+TEST_SCRIPTS += tests/test_lens_tool.sh
+test: $(BUILD)/moexc_lens $(BUILD)/moexc_mkdata $(BUILD)/moexc_train
+
 # ---- the end of make bench: one summary ------------------------------------
 # tools/bench_summary.py gathers the bench-* results of this run into
 # $(BUILD)/bench.json (ratios, machine, threads) and prints one table.

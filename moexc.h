@@ -14,7 +14,11 @@
         the paired activations;
      4. classify latents by relative decoder norm into MoE-only, shared and
         dense-only, compare decoder cosines, densities and variance explained;
-     5. draw the results into RGB buffers (write them with stb_image_write).
+     5. draw the results into RGB buffers (write them with stb_image_write);
+     6. look inside the MoE alone (MoE Lens, SPEC §6): which experts each
+        domain's tokens go to, how few experts take half the routing, how
+        close the top-weighted expert comes to the whole top-k mixture, and
+        the perplexity with k' experts forced.
 
    The math is written next to the code that computes it. The reference for
    every formula is SPEC.md (the distilled paper "Sparse Crosscoders for
@@ -89,8 +93,17 @@
        moexc_analysis_print_table(stdout, &an, NULL);
 
    The command-line face of each step is in tools/ (moexc_mkdata,
-   moexc_train, moexc_crosscoder); examples/moexc_demo.c runs the whole study
-   and writes a report folder with PNG plots (make demo).
+   moexc_train, moexc_crosscoder, moexc_lens); examples/moexc_demo.c runs the
+   whole study and writes a report folder with PNG plots (make demo).
+
+   The MoE Lens on a trained MoE (>>lens; tools/moexc_lens is its face):
+
+       moexc_lens lens;  moexc_lens_options lo = {0};   // zero = defaults
+       lo.max_k = 4;                                      // perplexity for k' = 1..4
+       moexc_lens_init(&lens, moe, corpus.n_domains, &lo, &err);
+       moexc_lens_run(&lens, moe, &corpus, &err);         // each domain's held-out tail
+       moexc_lens_print(stdout, &lens);                   // or _write_csv/_json/_plots
+       moexc_lens_free(&lens);
 
    FILE FORMATS (all little-endian, all written to a temporary file and
    renamed): token streams (>>data), model and training checkpoints in
@@ -136,6 +149,8 @@
      >>layers         embedding, RMSNorm, attention+RoPE, SwiGLU, MoE, losses
      >>model          dense and MoE transformers, parameter layout
      >>train          AdamW, schedules, clipping, router statistics
+     >>lens           MoE Lens: routing share, co-activation, concentration,
+                      single-expert early decoding, perplexity with k' experts
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
      >>analysis       relative decoder norm, classes, cosines, density, FVE;
@@ -523,9 +538,12 @@ typedef struct moexc_model_memory_info {
 MOEXC_DEF moexc_status moexc_model_memory(const moexc_model_config *cfg, int B, int T, moexc_model_memory_info *out,
                                           moexc_error *err);
 /* Evaluation option (SPEC §6, perplexity with k' experts forced): route every
-   token to its k' best experts, 1 <= k' <= top_k, with the configured gate;
-   0 restores top_k. Router choices are then (B*T x k'). Not saved. */
+   token to its k' best experts, 1 <= k' <= n_experts (above top_k too; the
+   activation buffers grow), with the configured gate; 0 restores top_k.
+   Router choices are then (B*T x k'). Not saved. */
 MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moexc_error *err);
+/* Experts per token in effect: k' when forced, else top_k (0 for a dense model). */
+MOEXC_DEF int          moexc_model_active_experts(const moexc_model *m);
 
 /* ---- >>train: AdamW, schedule, clipping, batches, evaluation, routing ----- */
 /* Trains a moexc_model on a labelled token stream. One optimiser step =
@@ -567,7 +585,7 @@ MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step);
    Arrays are [layer][expert] and [layer][domain][expert], row-major. A dense
    model has n_layers = 0. */
 typedef struct moexc_router_stats {
-    int     n_layers, n_experts, top_k, n_domains;
+    int     n_layers, n_experts, top_k, n_domains;   /* top_k: k of the last forward added (k' if forced) */
     double  n_tokens;                      /* tokens accumulated                */
     double  domain_tokens[MOEXC_MAX_DOMAINS];
     double *slot_count;     /* [L][E]  tokens whose top-k holds e              */
@@ -577,7 +595,8 @@ typedef struct moexc_router_stats {
     double *f;              /* [L][E]  f_e = slot_count / (k N), sums to 1       */
     double *P;              /* [L][E]  P_e = prob_sum / N                        */
     double *entropy;        /* [L]     usage entropy -sum f log2 f, bits (uniform: log2 E) */
-    double *domain_share;   /* [L][D][E] share of domain D's tokens whose top-k holds e (uniform: k/E) */
+    double *domain_share;   /* [L][D][E] share of domain D's tokens whose top-k holds e (uniform: k/E;
+                               k' of moexc_model_set_active_experts while forced) */
 } moexc_router_stats;
 
 MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err);
@@ -659,6 +678,112 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
 MOEXC_DEF moexc_status moexc_generate(moexc_model *m, const uint16_t *prompt, int n_prompt, int n_new,
                                       float temperature, int top_k, moexc_rng *rng, uint16_t *out,
                                       moexc_error *err);
+/* ---- >>lens: MoE Lens, how experts specialise (SPEC §6) -------------------- */
+/* The analyses of "MoE Lens - An Expert Is All You Need" for any moexc MoE,
+   per MoE layer l and domain D (index n_domains = all domains pooled):
+     routing share    % of D's tokens whose top-k holds expert e (uniform 100 k/E)
+     co-activation    C[i][j] = % of the tokens routed to i also routed to j
+     concentration    the smallest m such that the m most used experts take
+                      >= 50% of D's routing slots, and the cumulative share curve
+     early decoding   with r the residual entering the FFN, cosine between
+                      r + w_top1 Expert_top1(u) and r + sum_topk w_e Expert_e(u),
+                      and the LM head's decoding of final_norm(.) of both: top-1
+                      token agreement and KL(full || single)
+     perplexity       with k' experts forced in every MoE layer (k' = 1..max_k),
+                      geometric mean over sequences, next to the unforced model.
+   Accumulator shape: moexc_lens_init, moexc_lens_add per batch of sequences
+   (or moexc_lens_run over a token stream), moexc_lens_finish, moexc_lens_free.
+   Memory is bounded: the sums are O(L D E^2), the scratch O(64 V). */
+
+typedef void (*moexc_lens_callback)(int done, int total, void *user);
+
+/* Zero value = defaults. */
+typedef struct moexc_lens_options {
+    int      max_k;          /* largest k' of the perplexity sweep; 0 -> top_k; up to E      */
+    int      no_sweep;       /* 1: no forced-k' runs (routing and decoding only)             */
+    /* moexc_lens_run only: */
+    int      seq_len;        /* T tokens per sequence; 0 -> the model's context              */
+    int      batch_size;     /* B sequences per forward; 0 -> 8                              */
+    int      max_seqs;       /* sequences per domain; 0 -> 64                                */
+    float    eval_fraction;  /* read the last fraction of each domain's tokens (the
+                                trainer's held-out tail); 0 -> 0.05, < 0 the whole stream    */
+    moexc_lens_callback progress;  /* after each batch (may be NULL)                        */
+    void    *user;
+} moexc_lens_options;
+
+typedef struct moexc_lens {
+    int     n_layers, n_experts, top_k, vocab_size, n_domains, max_k;  /* max_k 0: no sweep */
+    int     renorm;          /* the model's gate is renormalised                              */
+    moexc_lens_options opt;  /* resolved                                                      */
+    char    domain_names[MOEXC_MAX_DOMAINS + 1][MOEXC_DOMAIN_NAME_MAX];  /* [n_domains] = "all" */
+    /* sums, moved by moexc_lens_add; DD = n_domains + 1 */
+    double  tokens[MOEXC_MAX_DOMAINS + 1];   /* positions seen (routing, decoding)            */
+    double  seqs[MOEXC_MAX_DOMAINS + 1];     /* sequences holding the domain (perplexity)     */
+    double *route;           /* [L][DD][E]     tokens whose top-k holds e                     */
+    double *coroute;         /* [L][DD][E][E]  tokens whose top-k holds both i and j          */
+    double *cos_sum;         /* [L][DD]        sum of the hidden-state cosines                */
+    double *ffn_cos_sum;     /* [L][DD]        sum of cos(w_top1 E_top1, sum w E)             */
+    double *agree_sum;       /* [L][DD]        top-1 token agreements                         */
+    double *kl_sum;          /* [L][DD]        sum of KL(full || single), nats                */
+    double *nll_sum;         /* [max_k+1][DD]  sum over sequences of their mean NLL; row 0
+                                               unforced, row k' forced                        */
+    /* results, filled by moexc_lens_finish (NaN where there is no data) */
+    double *share;           /* [L][DD][E]     routing share, %                               */
+    double *coact;           /* [L][DD][E][E]  C[i][j], % (NaN when i is never chosen)        */
+    double *curve;           /* [L][DD][E]     % of routing slots taken by the m most used
+                                               experts, m = 1..E                              */
+    int    *concentration;   /* [L][DD]        smallest m with curve >= 50% (0: no data)      */
+    double *cosine;          /* [L][DD]        mean hidden-state cosine                       */
+    double *ffn_cosine;      /* [L][DD]        mean FFN-output cosine                         */
+    double *agreement;       /* [L][DD]        top-1 agreement, fraction                      */
+    double *kl;              /* [L][DD]        mean KL, nats                                  */
+    double *ppl;             /* [max_k+1][DD]  exp(mean over sequences of mean NLL)           */
+    float  *scratch;         /* internal                                                      */
+} moexc_lens;
+
+/* Sized for model m (a MoE) and n_domains labels; domain names default to
+   "d0", "d1", ... (moexc_lens_run copies the token stream's). opt may be NULL. */
+MOEXC_DEF moexc_status moexc_lens_init(moexc_lens *lens, const moexc_model *m, int n_domains,
+                                       const moexc_lens_options *opt, moexc_error *err);
+/* B sequences of T tokens: inputs and targets (B*T, the next tokens) and the
+   domain label of each position (B*T, < n_domains). Runs the model unforced
+   (routing, early decoding, perplexity), then once per forced k'. The model's
+   own k' setting is restored afterwards. */
+MOEXC_DEF moexc_status moexc_lens_add(moexc_lens *lens, moexc_model *m, const uint16_t *inputs,
+                                      const uint16_t *targets, const uint8_t *domains, int B, int T,
+                                      moexc_error *err);
+/* Windows of T+1 tokens inside one domain's held-out tail (opt.eval_fraction),
+   up to opt.max_seqs per domain evenly spaced, added in batches of opt.batch_size. */
+MOEXC_DEF moexc_status moexc_lens_run(moexc_lens *lens, moexc_model *m, const moexc_tokens *data, moexc_error *err);
+/* Fill the results from the sums (may be called again after more adds). */
+MOEXC_DEF void         moexc_lens_finish(moexc_lens *lens);
+MOEXC_DEF void         moexc_lens_free(moexc_lens *lens);
+
+/* Tables on a stream: routing share, concentration, co-activation (pooled),
+   early decoding, perplexity against k'. */
+MOEXC_DEF void         moexc_lens_print(FILE *out, const moexc_lens *lens);
+/* Tidy CSV, header "metric,layer,domain,k,i,j,value" (empty when not
+   applicable): share (i = expert), coact (i, j), curve (i = m), concentration,
+   cosine, ffn_cosine, top1_agreement, kl, ppl (k = k', 0 unforced). Atomic. */
+MOEXC_DEF moexc_status moexc_lens_write_csv(const moexc_lens *lens, const char *path, moexc_error *err);
+/* JSON object {"name", "n_layers", "n_experts", "top_k", "gate", "domains",
+   "tokens", "sequences", "layers": [{"share", "coact", "curve", "concentration",
+   "cosine", "ffn_cosine", "top1_agreement", "kl"} per domain ...],
+   "perplexity": {"k": [...], "unforced": {...}, "forced": {...}}}; NaN -> null. Atomic. */
+MOEXC_DEF moexc_status moexc_lens_write_json(const moexc_lens *lens, const char *name, const char *path,
+                                             moexc_error *err);
+/* The plots, each drawn on a canvas and handed to write(path, canvas, user)
+   (e.g. stb_image_write's PNG writer; return 0 on success):
+     <dir>/<prefix>coact_L<l>.png     co-activation heatmaps of layer l, per domain
+     <dir>/<prefix>concentration.png  cumulative routing share per domain, a line per layer
+     <dir>/<prefix>early_decoding.png cosines, top-1 agreement, KL per layer and domain
+     <dir>/<prefix>perplexity.png     perplexity and its ratio to unforced against k'
+   prefix may be NULL. n_written (may be NULL) receives the number of plots. */
+struct moexc_canvas;   /* >>plot */
+typedef int (*moexc_png_writer)(const char *path, const struct moexc_canvas *c, void *user);
+MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *lens, const char *dir, const char *prefix,
+                                              moexc_png_writer write, void *user, int *n_written,
+                                              moexc_error *err);
 /* ---- >>harvest: paired activations, shuffle buffer, activation cache ------ */
 /* Run model A (MoE) and model B (dense) over the same token stream and read
    one layer of each (SPEC §3). Pairs (x^A, x^B) of the same token stay
@@ -5393,6 +5518,7 @@ struct moexc_model {
     float *rope_cos, *rope_sin;      /* (context, dh/2)                           */
     /* activations, sized for (cap_B, cap_T) */
     int cap_B, cap_T;
+    int cap_k;                       /* experts per token the MoE buffers hold    */
     float *fmem;
     int *imem;
     uint16_t *tokens, *targets;      /* (N) copies of the last forward's inputs   */
@@ -5742,6 +5868,7 @@ static void moexc__free_acts(moexc_model *m)
     m->imem = NULL;
     m->tokens = m->targets = NULL;
     m->cap_B = m->cap_T = 0;
+    m->cap_k = 0;
     m->layers_done = 0;
     m->backward_ready = 0;
 }
@@ -5751,9 +5878,11 @@ static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error
 {
     size_t nf, ni;
     int nb = MOEXC__MAX(B, m->cap_B), nt = MOEXC__MAX(T, m->cap_T);
-    if (m->fmem && B <= m->cap_B && T <= m->cap_T) return MOEXC_OK;
+    moexc_model_config sized = m->cfg;          /* k' > top_k forced: MoE buffers for k' */
+    sized.top_k = MOEXC__MAX(MOEXC__MAX(m->cfg.top_k, m->active_k), m->cap_k);
+    if (m->fmem && B <= m->cap_B && T <= m->cap_T && sized.top_k <= m->cap_k) return MOEXC_OK;
     moexc__free_acts(m);
-    moexc__carve_acts(&m->cfg, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
+    moexc__carve_acts(&sized, nb, nt, NULL, NULL, NULL, NULL, &nf, &ni);
     m->fmem = moexc__alloc_floats(nf);
     m->imem = (int *)moexc__calloc(ni, sizeof(int));
     if (!m->fmem || !m->imem) {
@@ -5761,9 +5890,10 @@ static moexc_status moexc__ensure_acts(moexc_model *m, int B, int T, moexc_error
         return moexc__fail(err, MOEXC_ERR_NOMEM, "model: cannot allocate activations for B %d, T %d (%.1f MiB)",
                            nb, nt, (double)(nf * sizeof(float) + ni * sizeof(int)) / 1048576.0);
     }
-    moexc__carve_acts(&m->cfg, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
+    moexc__carve_acts(&sized, nb, nt, m->fmem, m->imem, m->acts, m, &nf, &ni);
     m->cap_B = nb;
     m->cap_T = nt;
+    m->cap_k = sized.top_k;
     return MOEXC_OK;
 }
 
@@ -5866,7 +5996,7 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
     if (!inputs) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: inputs is NULL");
     if (B < 1 || T < 1 || T > c->context)
         return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B %d, T %d (context %d) out of range", B, T, c->context);
-    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(c->top_k, 1) / 4)
+    if ((size_t)B * T > (size_t)INT_MAX / (size_t)MOEXC__MAX(MOEXC__MAX(c->top_k, md.k), 1) / 4)
         return moexc__fail(err, MOEXC_ERR_ARG, "model forward: B*T = %d*%d too large", B, T);
     N = B * T;
     for (t = 0; t < N; t++) {
@@ -6023,12 +6153,17 @@ MOEXC_DEF moexc_status moexc_model_set_active_experts(moexc_model *m, int k, moe
     if (k == 0) { m->active_k = 0; return MOEXC_OK; }
     if (m->cfg.ffn != MOEXC_FFN_MOE)
         return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: a dense model has no experts");
-    if (k < 0 || k > m->cfg.top_k)
-        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, top_k = %d]", k, m->cfg.top_k);
+    if (k < 0 || k > m->cfg.n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model set_active_experts: k %d not in [0, n_experts = %d]", k, m->cfg.n_experts);
     m->active_k = k == m->cfg.top_k ? 0 : k;
     m->backward_ready = 0;
     m->layers_done = 0;   /* the router outputs of the last forward had another k */
     return MOEXC_OK;
+}
+MOEXC_DEF int moexc_model_active_experts(const moexc_model *m)
+{
+    if (!m || m->cfg.ffn != MOEXC_FFN_MOE) return 0;
+    return m->active_k ? m->active_k : m->cfg.top_k;
 }
 
 MOEXC_DEF moexc_status moexc_model_capture(moexc_model *m, const uint16_t *tokens, int B, int T,
@@ -6330,17 +6465,19 @@ MOEXC_DEF void moexc_router_stats_free(moexc_router_stats *s)
 MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
                                               const uint8_t *domains, int n, moexc_error *err)
 {
-    int L = s->n_layers, E = s->n_experts, K = s->top_k, D = s->n_domains, l, t, j, e, d;
+    /* the choices are (n x k') with k' the experts in effect (forced or top_k) */
+    int L = s->n_layers, E = s->n_experts, K = moexc_model_active_experts(m), D = s->n_domains, l, t, j, e, d;
     for (t = 0; domains && t < n; t++)
         if (domains[t] >= D) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: domain label %d >= %d", domains[t], D);
     for (t = 0; domains && t < n; t++) s->domain_tokens[domains[t]] += 1.0;
     s->n_tokens += n;
+    if (L) s->top_k = K;
     for (l = 0; l < L; l++) {
         const float *p = moexc_model_router_probs(m, l);
         const int *choice = moexc_model_router_choices(m, l);
         double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
         double *dcount = s->domain_count + (size_t)l * D * E;
-        double h = 0.0;
+        double h = 0.0, all_slots = 0.0;
         if (!p || !choice) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d has no router output", l);
         for (t = 0; t < n; t++) {
             for (j = 0; j < K; j++) {
@@ -6351,9 +6488,11 @@ MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc
             }
             for (e = 0; e < E; e++) psum[e] += p[(size_t)t * E + e];
         }
-        /* f_e = (1/(kN)) sum_t 1{e in S(t)},  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
+        /* f_e = (1/(kN)) sum_t 1{e in S(t)} = slots_e / sum slots (k may differ
+           between the forwards added),  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
+        for (e = 0; e < E; e++) all_slots += slots[e];
         for (e = 0; e < E; e++) {
-            double f = s->n_tokens > 0 ? slots[e] / ((double)K * s->n_tokens) : 0.0;
+            double f = all_slots > 0 ? slots[e] / all_slots : 0.0;
             s->f[(size_t)l * E + e] = f;
             s->P[(size_t)l * E + e] = s->n_tokens > 0 ? psum[e] / s->n_tokens : 0.0;
             if (f > 0) h -= f * log(f) / MOEXC__LN2;
@@ -6659,7 +6798,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     const moexc_model_config *c = moexc_model_get_config(t->model);
     const moexc_train_options *o = &t->opt;
     int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
-    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = c->top_k;
+    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = moexc_model_active_experts(t->model);
     float *grad = moexc_model_grads(t->model);
     size_t i, n = t->n_params;
     double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
@@ -7019,6 +7158,728 @@ MOEXC_DEF moexc_status moexc_generate(moexc_model *m, const uint16_t *prompt, in
     moexc__free(prob);
     return st;
 }
+/* ======================================================================== */
+/* >>lens: MoE Lens, how experts specialise (SPEC §6)                        */
+/* ======================================================================== */
+/* Reads the MoE layer's kept activations (moexc__moe_acts) after an
+   inference forward: the choices S(t), the gates w, the unweighted expert
+   outputs, the residual h entering the FFN and the FFN output. */
+
+#define MOEXC__LENS_CHUNK 64   /* positions decoded at once (scratch 2 x 64 x (d + V)) */
+
+MOEXC_DEF void moexc_lens_free(moexc_lens *s)
+{
+    if (!s) return;
+    moexc__free(s->route);
+    moexc__free(s->concentration);
+    moexc__free_aligned(s->scratch);
+    memset(s, 0, sizeof(*s));
+}
+
+MOEXC_DEF moexc_status moexc_lens_init(moexc_lens *s, const moexc_model *m, int n_domains,
+                                       const moexc_lens_options *opt, moexc_error *err)
+{
+    const moexc_model_config *c;
+    size_t L, E, DD, K1, n, cur = 0;
+    int d;
+    if (!s) return moexc__fail(err, MOEXC_ERR_ARG, "lens init: lens is NULL");
+    memset(s, 0, sizeof(*s));
+    if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "lens init: model is NULL");
+    c = moexc_model_get_config(m);
+    if (c->ffn != MOEXC_FFN_MOE) return moexc__fail(err, MOEXC_ERR_ARG, "lens init: the model is dense; the lens needs a MoE");
+    if (n_domains < 1 || n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens init: n_domains %d outside [1, %d]", n_domains, MOEXC_MAX_DOMAINS);
+    if (opt) s->opt = *opt;
+    if (s->opt.max_k == 0) s->opt.max_k = c->top_k;
+    if (s->opt.max_k < 1 || s->opt.max_k > c->n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens options: max_k %d not in [1, n_experts = %d]", s->opt.max_k, c->n_experts);
+    if (s->opt.seq_len == 0) s->opt.seq_len = c->context;
+    if (s->opt.batch_size == 0) s->opt.batch_size = 8;
+    if (s->opt.max_seqs == 0) s->opt.max_seqs = 64;
+    if (s->opt.eval_fraction == 0.0f) s->opt.eval_fraction = 0.05f;
+    if (s->opt.seq_len < 1 || s->opt.seq_len > c->context || s->opt.batch_size < 1 || s->opt.max_seqs < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens options: seq_len %d (context %d), batch_size %d, max_seqs %d out of range",
+                           s->opt.seq_len, c->context, s->opt.batch_size, s->opt.max_seqs);
+    if (!(s->opt.eval_fraction <= 1.0f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens options: eval_fraction %g must be <= 1", s->opt.eval_fraction);
+    s->n_layers = c->n_layers; s->n_experts = c->n_experts; s->top_k = c->top_k; s->vocab_size = c->vocab_size;
+    s->n_domains = n_domains; s->renorm = c->gate == MOEXC_GATE_RENORM;
+    s->max_k = s->opt.no_sweep ? 0 : s->opt.max_k;
+    for (d = 0; d < n_domains; d++) snprintf(s->domain_names[d], MOEXC_DOMAIN_NAME_MAX, "d%d", d);
+    snprintf(s->domain_names[n_domains], MOEXC_DOMAIN_NAME_MAX, "all");
+    L = (size_t)s->n_layers; E = (size_t)s->n_experts; DD = (size_t)n_domains + 1; K1 = (size_t)s->max_k + 1;
+    /* sums then results, one block: route, coroute, 4 x [L][DD], nll; share, coact, curve, 4 x [L][DD], ppl */
+    n = 2 * (L * DD * E + L * DD * E * E + 4 * L * DD + K1 * DD) + L * DD * E;
+    s->route = (double *)moexc__calloc(n, sizeof(double));
+    s->concentration = (int *)moexc__calloc(L * DD, sizeof(int));
+    /* scratch: two rows of V log-probabilities (double), then per chunk position
+       single, full, their norms (d each), two logit rows (V each), 1/rms */
+    s->scratch = moexc__alloc_floats(4 * (size_t)c->vocab_size +
+                                     (size_t)MOEXC__LENS_CHUNK * (4 * (size_t)c->d_model + 2 * (size_t)c->vocab_size + 1));
+    if (!s->route || !s->concentration || !s->scratch) {
+        moexc_lens_free(s);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "lens init: out of memory (%lu sums)", (unsigned long)n);
+    }
+#define MOEXC__LENS_TAKE(p, cnt) (p = s->route + cur, cur += (cnt))
+    MOEXC__LENS_TAKE(s->route, L * DD * E);
+    MOEXC__LENS_TAKE(s->coroute, L * DD * E * E);
+    MOEXC__LENS_TAKE(s->cos_sum, L * DD);
+    MOEXC__LENS_TAKE(s->ffn_cos_sum, L * DD);
+    MOEXC__LENS_TAKE(s->agree_sum, L * DD);
+    MOEXC__LENS_TAKE(s->kl_sum, L * DD);
+    MOEXC__LENS_TAKE(s->nll_sum, K1 * DD);
+    MOEXC__LENS_TAKE(s->share, L * DD * E);
+    MOEXC__LENS_TAKE(s->coact, L * DD * E * E);
+    MOEXC__LENS_TAKE(s->curve, L * DD * E);
+    MOEXC__LENS_TAKE(s->cosine, L * DD);
+    MOEXC__LENS_TAKE(s->ffn_cosine, L * DD);
+    MOEXC__LENS_TAKE(s->agreement, L * DD);
+    MOEXC__LENS_TAKE(s->kl, L * DD);
+    MOEXC__LENS_TAKE(s->ppl, K1 * DD);
+#undef MOEXC__LENS_TAKE
+    MOEXC_ASSERT(cur == n);
+    moexc_lens_finish(s);
+    return MOEXC_OK;
+}
+
+/* Per-sequence mean NLL of the last forward's logits, per domain of the
+   position (and pooled), added to row of nll_sum; counts sequences if asked. */
+static void moexc__lens_nll(moexc_lens *s, const moexc_model *m, const uint16_t *targets, const uint8_t *domains,
+                            int B, int T, int row, int count_seqs)
+{
+    const float *logits = moexc_model_logits(m);
+    int V = s->vocab_size, D = s->n_domains, DD = D + 1, b, t, v, d;
+    double *acc = s->nll_sum + (size_t)row * DD;
+    for (b = 0; b < B; b++) {
+        double sum[MOEXC_MAX_DOMAINS + 1], cnt[MOEXC_MAX_DOMAINS + 1];
+        for (d = 0; d < DD; d++) sum[d] = cnt[d] = 0.0;
+        for (t = 0; t < T; t++) {
+            size_t i = (size_t)b * T + t;
+            const float *z = logits + i * V;
+            double mx = z[0], e = 0.0, nll;
+            /* NLL_t = logsumexp(z_t) - z_t[target] */
+            for (v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
+            for (v = 0; v < V; v++) e += exp((double)z[v] - mx);
+            nll = mx + log(e) - (double)z[targets[i]];
+            sum[domains[i]] += nll; cnt[domains[i]] += 1.0;
+            sum[D] += nll; cnt[D] += 1.0;
+        }
+        /* geometric mean of per-sequence perplexities: exp(mean_s mean_t NLL) */
+        for (d = 0; d < DD; d++)
+            if (cnt[d] > 0) {
+                acc[d] += sum[d] / cnt[d];
+                if (count_seqs) s->seqs[d] += 1.0;
+            }
+    }
+}
+
+/* log-softmax of a row in double: lp = z - logsumexp(z); returns the arg-max
+   (lowest index on ties). */
+static int moexc__lens_logsoftmax(double *lp, const float *z, int V)
+{
+    double mx = z[0], e = 0.0, lse;
+    int v, best = 0;
+    for (v = 1; v < V; v++) if (z[v] > mx) { mx = z[v]; best = v; }
+    for (v = 0; v < V; v++) e += exp((double)z[v] - mx);
+    lse = mx + log(e);
+    for (v = 0; v < V; v++) lp[v] = (double)z[v] - lse;
+    return best;
+}
+
+static double moexc__lens_cos(const float *a, const float *b, int d)
+{
+    double ab = 0.0, aa = 0.0, bb = 0.0;
+    int i;
+    for (i = 0; i < d; i++) { ab += (double)a[i] * b[i]; aa += (double)a[i] * a[i]; bb += (double)b[i] * b[i]; }
+    if (aa == 0.0 || bb == 0.0) return aa == bb ? 1.0 : 0.0;
+    return ab / sqrt(aa * bb);
+}
+
+/* Routing counts and single-expert early decoding of the last (unforced) forward. */
+static void moexc__lens_layers(moexc_lens *s, moexc_model *m, const uint8_t *domains, int N)
+{
+    const moexc_model_config *c = &m->cfg;
+    int L = s->n_layers, E = s->n_experts, k = c->top_k, D = s->n_domains, DD = D + 1, V = s->vocab_size;
+    int d = c->d_model, l, t, i, j, v;
+    double *lp_s = (double *)(void *)s->scratch, *lp_f = lp_s + V;
+    float *single = s->scratch + 4 * (size_t)V, *full = single + (size_t)MOEXC__LENS_CHUNK * d;
+    float *single_n = full + (size_t)MOEXC__LENS_CHUNK * d, *full_n = single_n + (size_t)MOEXC__LENS_CHUNK * d;
+    float *z_single = full_n + (size_t)MOEXC__LENS_CHUNK * d, *z_full = z_single + (size_t)MOEXC__LENS_CHUNK * V;
+    float *rms = z_full + (size_t)MOEXC__LENS_CHUNK * V;
+    for (t = 0; t < N; t++) { s->tokens[domains[t]] += 1.0; s->tokens[D] += 1.0; }
+    for (l = 0; l < L; l++) {
+        const moexc__moe_acts *a = &m->acts[l].moe;
+        const float *r = m->acts[l].h, *ffn = m->acts[l].ffn_out;
+        int t0;
+        /* routing: route[D][e] += 1{e in S(t)},  coroute[D][i][j] += 1{i, j in S(t)} */
+        for (t = 0; t < N; t++) {
+            const int *ch = a->choice + (size_t)t * k;
+            int dd[2];
+            dd[0] = domains[t]; dd[1] = D;
+            for (v = 0; v < 2; v++) {
+                double *rt = s->route + ((size_t)l * DD + dd[v]) * E;
+                double *co = s->coroute + ((size_t)l * DD + dd[v]) * E * E;
+                for (i = 0; i < k; i++) {
+                    rt[ch[i]] += 1.0;
+                    for (j = 0; j < k; j++) co[(size_t)ch[i] * E + ch[j]] += 1.0;
+                }
+            }
+        }
+        /* early decoding, MOEXC__LENS_CHUNK positions at a time */
+        for (t0 = 0; t0 < N; t0 += MOEXC__LENS_CHUNK) {
+            int n = N - t0 < MOEXC__LENS_CHUNK ? N - t0 : MOEXC__LENS_CHUNK;
+            for (t = 0; t < n; t++) {
+                size_t tt = (size_t)(t0 + t);
+                /* the top-weighted expert's gate as the layer would run with k' = 1:
+                   w_top1 = p_top1 (raw gate) or 1 (renormalised over S' = {top1}) */
+                float w1 = s->renorm ? 1.0f : a->weight[tt * k];
+                const float *e1 = a->eo + (size_t)a->token_assign[tt * k] * d;
+                const float *rt = r + tt * d, *ft = ffn + tt * d;
+                float *st = single + (size_t)t * d, *fu = full + (size_t)t * d;
+                double cf;
+                int dom = domains[tt];
+                /* single = r + w_top1 Expert_top1(u),  full = r + sum_{S(t)} w_e Expert_e(u) */
+                for (i = 0; i < d; i++) { st[i] = rt[i] + w1 * e1[i]; fu[i] = rt[i] + ft[i]; }
+                cf = moexc__lens_cos(st, fu, d);
+                s->cos_sum[(size_t)l * DD + dom] += cf; s->cos_sum[(size_t)l * DD + D] += cf;
+                /* the FFN outputs alone: cos(w_top1 E_top1, sum w E), in single_n as scratch */
+                for (i = 0; i < d; i++) single_n[i] = w1 * e1[i];
+                cf = moexc__lens_cos(single_n, ft, d);
+                s->ffn_cos_sum[(size_t)l * DD + dom] += cf; s->ffn_cos_sum[(size_t)l * DD + D] += cf;
+            }
+            /* decode final_norm(.) of both with the LM head */
+            moexc__rmsnorm_forward(single_n, rms, single, m->w.norm, n, d);
+            moexc__rmsnorm_forward(full_n, rms, full, m->w.norm, n, d);
+            moexc_linear_forward(z_single, single_n, m->w.lm_head, NULL, n, V, d);
+            moexc_linear_forward(z_full, full_n, m->w.lm_head, NULL, n, V, d);
+            for (t = 0; t < n; t++) {
+                int dom = domains[t0 + t], a1, a2;
+                double kl = 0.0;
+                a1 = moexc__lens_logsoftmax(lp_s, z_single + (size_t)t * V, V);
+                a2 = moexc__lens_logsoftmax(lp_f, z_full + (size_t)t * V, V);
+                /* KL(full || single) = sum_v p_full (log p_full - log p_single) */
+                for (v = 0; v < V; v++) kl += exp(lp_f[v]) * (lp_f[v] - lp_s[v]);
+                s->kl_sum[(size_t)l * DD + dom] += kl; s->kl_sum[(size_t)l * DD + D] += kl;
+                s->agree_sum[(size_t)l * DD + dom] += a1 == a2; s->agree_sum[(size_t)l * DD + D] += a1 == a2;
+            }
+        }
+    }
+}
+
+MOEXC_DEF moexc_status moexc_lens_add(moexc_lens *s, moexc_model *m, const uint16_t *inputs,
+                                      const uint16_t *targets, const uint8_t *domains, int B, int T,
+                                      moexc_error *err)
+{
+    const moexc_model_config *c;
+    int saved, kk, N, t;
+    moexc_status st;
+    if (!s || !s->route || !m || !inputs || !targets || !domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens add: lens (initialised), model, inputs, targets and domains are required");
+    c = &m->cfg;
+    if (c->ffn != MOEXC_FFN_MOE || c->n_layers != s->n_layers || c->n_experts != s->n_experts ||
+        c->top_k != s->top_k || c->vocab_size != s->vocab_size)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens add: the model (L %d, E %d, k %d, V %d) is not the one the lens was sized for "
+                           "(L %d, E %d, k %d, V %d)", c->n_layers, c->n_experts, c->top_k, c->vocab_size,
+                           s->n_layers, s->n_experts, s->top_k, s->vocab_size);
+    if (B < 1 || T < 1 || T > c->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens add: B %d, T %d (context %d) out of range", B, T, c->context);
+    N = B * T;
+    for (t = 0; t < N; t++) {
+        if (domains[t] >= s->n_domains)
+            return moexc__fail(err, MOEXC_ERR_ARG, "lens add: domains[%d] = %d >= n_domains %d", t, domains[t], s->n_domains);
+        if (targets[t] >= c->vocab_size)
+            return moexc__fail(err, MOEXC_ERR_ARG, "lens add: targets[%d] = %d >= vocab_size %d", t, targets[t], c->vocab_size);
+    }
+    saved = m->active_k;
+    m->active_k = 0;                                   /* unforced: top_k */
+    st = moexc_model_forward(m, inputs, NULL, B, T, NULL, err);
+    if (st == MOEXC_OK) {
+        moexc__lens_layers(s, m, domains, N);
+        moexc__lens_nll(s, m, targets, domains, B, T, 0, 1);
+    }
+    /* perplexity with k' experts forced in every MoE layer */
+    for (kk = 1; st == MOEXC_OK && kk <= s->max_k; kk++) {
+        if ((st = moexc_model_set_active_experts(m, kk, err)) != MOEXC_OK) break;
+        if ((st = moexc_model_forward(m, inputs, NULL, B, T, NULL, err)) != MOEXC_OK) break;
+        moexc__lens_nll(s, m, targets, domains, B, T, kk, 0);
+    }
+    m->active_k = saved;
+    m->layers_done = 0;          /* the router outputs of the last forward had another k */
+    m->backward_ready = 0;
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_lens_run(moexc_lens *s, moexc_model *m, const moexc_tokens *data, moexc_error *err)
+{
+    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS] = {0};
+    size_t nwin[MOEXC_MAX_DOMAINS] = {0}, first[MOEXC_MAX_DOMAINS + 1], i, start = 0, total = 0, w, T1;
+    size_t *starts = NULL, *pick = NULL, n_pick = 0;
+    uint16_t *in = NULL, *tg = NULL;
+    uint8_t *lab = NULL;
+    int T, B, D, d, pass, held_prev = 0;
+    moexc_status st = MOEXC_OK;
+    if (!s || !s->route || !m || !data || !data->tokens || !data->domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens run: lens (initialised), model and data are required");
+    T = s->opt.seq_len; B = s->opt.batch_size; D = data->n_domains; T1 = (size_t)T + 1;
+    if (D != s->n_domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens run: the data has %d domains, the lens %d", D, s->n_domains);
+    for (d = 0; d < D; d++) snprintf(s->domain_names[d], MOEXC_DOMAIN_NAME_MAX, "%s", data->domain_names[d]);
+    for (i = 0; i < data->n; i++) {
+        if (data->domains[i] >= D)
+            return moexc__fail(err, MOEXC_ERR_ARG, "lens run: token %lu: domain %d >= %d", (unsigned long)i, data->domains[i], D);
+        count[data->domains[i]]++;
+    }
+    /* the held-out tail as the trainer cuts it: per domain, the last
+       floor(count eval_fraction) tokens in stream order */
+    for (d = 0; d < D; d++)
+        cut[d] = s->opt.eval_fraction < 0 ? 0 : count[d] - (size_t)floor((double)count[d] * s->opt.eval_fraction);
+    /* runs of held positions of one domain, cut into windows of T+1 tokens with
+       stride T; pass 0 counts them per domain, pass 1 lists their starts */
+    for (pass = 0; pass < 2; pass++) {
+        size_t fill[MOEXC_MAX_DOMAINS] = {0};
+        memset(seen, 0, sizeof(seen));
+        for (i = 0; i <= data->n; i++) {
+            int held = 0, same;
+            if (i < data->n) { d = data->domains[i]; held = seen[d]++ >= cut[d]; }
+            same = i > 0 && i < data->n && held && held_prev && data->domains[i] == data->domains[i - 1];
+            if (!same && i > 0 && held_prev) {                     /* close the run [start, i) */
+                int rd = data->domains[start];
+                size_t p;
+                for (p = start; p + T1 <= i; p += (size_t)T) {
+                    if (pass) starts[first[rd] + fill[rd]++] = p;
+                    else nwin[rd]++;
+                }
+            }
+            if (!same && held) start = i;
+            held_prev = held;
+        }
+        if (pass == 0) {
+            for (d = 0, total = 0; d < D; d++) { first[d] = total; total += nwin[d]; }
+            first[D] = total;
+            if (total == 0)
+                return moexc__fail(err, MOEXC_ERR_ARG, "lens run: no window of %d tokens inside one domain's held-out tail "
+                                   "(eval_fraction %g of %lu tokens; use a shorter seq_len or a larger eval_fraction)",
+                                   T + 1, s->opt.eval_fraction, (unsigned long)data->n);
+            starts = (size_t *)moexc__calloc(total, sizeof(size_t));
+            pick = (size_t *)moexc__calloc(total, sizeof(size_t));
+            if (!starts || !pick) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "lens run: out of memory (%lu windows)", (unsigned long)total); goto done; }
+        }
+    }
+    /* up to max_seqs windows per domain, evenly spaced (deterministic) */
+    for (d = 0; d < D; d++) {
+        size_t want = nwin[d] < (size_t)s->opt.max_seqs ? nwin[d] : (size_t)s->opt.max_seqs;
+        for (w = 0; w < want; w++) pick[n_pick++] = starts[first[d] + (size_t)((double)w * (double)nwin[d] / (double)want)];
+    }
+    in = (uint16_t *)moexc__calloc((size_t)B * T, sizeof(uint16_t));
+    tg = (uint16_t *)moexc__calloc((size_t)B * T, sizeof(uint16_t));
+    lab = (uint8_t *)moexc__calloc((size_t)B * T, 1);
+    if (!in || !tg || !lab) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "lens run: out of memory (batch)"); goto done; }
+    for (w = 0; w < n_pick && st == MOEXC_OK; ) {
+        int nb = (int)(n_pick - w < (size_t)B ? n_pick - w : (size_t)B), b, t;
+        for (b = 0; b < nb; b++, w++)
+            for (t = 0; t < T; t++) {
+                size_t p = pick[w] + (size_t)t;
+                in[b * T + t] = data->tokens[p];
+                tg[b * T + t] = data->tokens[p + 1];
+                lab[b * T + t] = data->domains[p];
+            }
+        st = moexc_lens_add(s, m, in, tg, lab, nb, T, err);
+        if (st == MOEXC_OK && s->opt.progress) s->opt.progress((int)w, (int)n_pick, s->opt.user);
+    }
+    if (st == MOEXC_OK) moexc_lens_finish(s);
+done:
+    moexc__free(starts); moexc__free(pick); moexc__free(in); moexc__free(tg); moexc__free(lab);
+    return st;
+}
+
+MOEXC_DEF void moexc_lens_finish(moexc_lens *s)
+{
+    int L = s->n_layers, E = s->n_experts, DD = s->n_domains + 1, K1 = s->max_k + 1, l, d, i, j;
+    if (!s->route) return;
+    for (l = 0; l < L; l++)
+        for (d = 0; d < DD; d++) {
+            size_t ld = (size_t)l * DD + d;
+            const double *rt = s->route + ld * E, *co = s->coroute + ld * E * E;
+            double n = s->tokens[d], slots = 0.0, cum = 0.0, *sorted = s->curve + ld * E;
+            for (i = 0; i < E; i++) {
+                /* share_e = 100 · #{t in D : e in S(t)} / #D */
+                s->share[ld * E + i] = n > 0 ? 100.0 * rt[i] / n : NAN;
+                /* C[i][j] = 100 · #{t : i, j in S(t)} / #{t : i in S(t)} */
+                for (j = 0; j < E; j++) s->coact[(ld * E + i) * E + j] = rt[i] > 0 ? 100.0 * co[(size_t)i * E + j] / rt[i] : NAN;
+                slots += rt[i];
+            }
+            /* concentration: experts by slot share, descending; the smallest m with
+               sum of the m largest shares >= 50% */
+            for (i = 0; i < E; i++) {
+                double x = rt[i];
+                for (j = i; j > 0 && sorted[j - 1] < x; j--) sorted[j] = sorted[j - 1];
+                sorted[j] = x;
+            }
+            s->concentration[ld] = 0;
+            for (i = 0; i < E; i++) {
+                cum += sorted[i];                       /* curve_m = 100 · (top-m slots) / slots */
+                if (slots > 0 && !s->concentration[ld] && 2.0 * cum >= slots) s->concentration[ld] = i + 1;
+                sorted[i] = slots > 0 ? 100.0 * cum / slots : NAN;
+            }
+            s->cosine[ld] = n > 0 ? s->cos_sum[ld] / n : NAN;
+            s->ffn_cosine[ld] = n > 0 ? s->ffn_cos_sum[ld] / n : NAN;
+            s->agreement[ld] = n > 0 ? s->agree_sum[ld] / n : NAN;
+            s->kl[ld] = n > 0 ? s->kl_sum[ld] / n : NAN;
+        }
+    /* perplexity = exp(mean over sequences of the sequence's mean NLL) */
+    for (i = 0; i < K1; i++)
+        for (d = 0; d < DD; d++)
+            s->ppl[(size_t)i * DD + d] = s->seqs[d] > 0 ? exp(s->nll_sum[(size_t)i * DD + d] / s->seqs[d]) : NAN;
+}
+
+/* ---- reports: tables, CSV, JSON, plots ----------------------------------- */
+MOEXC_DEF void moexc_lens_print(FILE *out, const moexc_lens *s)
+{
+    int L = s->n_layers, E = s->n_experts, D = s->n_domains, DD = D + 1, l, d, i, j, kk;
+    fprintf(out, "MoE Lens: %d MoE layers, E = %d experts, k = %d (%s gate); tokens:", L, E, s->top_k,
+            s->renorm ? "renormalised" : "raw");
+    for (d = 0; d < DD; d++) fprintf(out, " %s %.0f", s->domain_names[d], s->tokens[d]);
+    fprintf(out, "\n\nrouting share: %% of the domain's tokens whose top-k holds the expert (uniform %.1f);\n"
+                 "m50 = fewest experts taking >= 50%% of routing slots (uniform %d), top = their share\n",
+            100.0 * s->top_k / E, (E + 1) / 2);
+    fprintf(out, "  layer %-10s", "domain");
+    for (i = 0; i < E; i++) fprintf(out, " %5s%d", "e", i);
+    fprintf(out, "  m50   top\n");
+    for (l = 0; l < L; l++)
+        for (d = 0; d < DD; d++) {
+            size_t ld = (size_t)l * DD + d;
+            int c = s->concentration[ld];
+            fprintf(out, "  %5d %-10s", l, s->domain_names[d]);
+            for (i = 0; i < E; i++) fprintf(out, " %6.1f", s->share[ld * E + i]);
+            fprintf(out, "  %3d %5.1f\n", c, c > 0 ? s->curve[ld * E + c - 1] : NAN);
+        }
+    fprintf(out, "\nco-activation C[i][j], %% of the tokens routed to i also routed to j (all domains)\n");
+    for (l = 0; l < L; l++) {
+        size_t ld = (size_t)l * DD + D;
+        fprintf(out, "  layer %d   ", l);
+        for (j = 0; j < E; j++) fprintf(out, " %4s%d", "j=", j);
+        fprintf(out, "\n");
+        for (i = 0; i < E; i++) {
+            fprintf(out, "    i=%-5d", i);
+            for (j = 0; j < E; j++) fprintf(out, " %6.1f", s->coact[(ld * E + i) * E + j]);
+            fprintf(out, "\n");
+        }
+    }
+    fprintf(out, "\nsingle-expert early decoding: r + w_top1 E_top1(u) against r + sum_topk w_e E_e(u)\n"
+                 "  (cos: hidden states; ffn cos: the FFN outputs alone; top-1 and KL(full || single):\n"
+                 "   the LM head's decoding of final_norm of both)\n");
+    fprintf(out, "  layer %-10s %8s %8s %8s %9s\n", "domain", "cos", "ffn cos", "top-1", "KL nats");
+    for (l = 0; l < L; l++)
+        for (d = 0; d < DD; d++) {
+            size_t ld = (size_t)l * DD + d;
+            fprintf(out, "  %5d %-10s %8.4f %8.4f %8.4f %9.5f\n", l, s->domain_names[d], s->cosine[ld],
+                    s->ffn_cosine[ld], s->agreement[ld], s->kl[ld]);
+        }
+    if (s->max_k > 0) {
+        fprintf(out, "\nperplexity per domain, geometric mean over sequences, with k' experts forced in every MoE layer\n");
+        fprintf(out, "  %-10s %6s %10s", "domain", "seqs", "unforced");
+        for (kk = 1; kk <= s->max_k; kk++) fprintf(out, "  %6s%-3d", "k'=", kk);
+        fprintf(out, "  k'=1 vs unforced\n");
+        for (d = 0; d < DD; d++) {
+            double base = s->ppl[d];
+            fprintf(out, "  %-10s %6.0f %10.4f", s->domain_names[d], s->seqs[d], base);
+            for (kk = 1; kk <= s->max_k; kk++) fprintf(out, "  %9.4f", s->ppl[(size_t)kk * DD + d]);
+            fprintf(out, "  %+.2f%%\n", 100.0 * (s->ppl[(size_t)DD + d] / base - 1.0));
+        }
+    }
+}
+
+static void moexc__lens_csv_row(FILE *f, const char *metric, int layer, const char *domain, int k, int i, int j, double v)
+{
+    fprintf(f, "%s,", metric);
+    if (layer >= 0) fprintf(f, "%d", layer);
+    fprintf(f, ",%s,", domain);
+    if (k >= 0) fprintf(f, "%d", k);
+    fputc(',', f);
+    if (i >= 0) fprintf(f, "%d", i);
+    fputc(',', f);
+    if (j >= 0) fprintf(f, "%d", j);
+    fputc(',', f);
+    if (v == v) fprintf(f, "%.9g", v);
+    fputc('\n', f);
+}
+
+MOEXC_DEF moexc_status moexc_lens_write_csv(const moexc_lens *s, const char *path, moexc_error *err)
+{
+    int L = s->n_layers, E = s->n_experts, DD = s->n_domains + 1, l, d, i, j, kk;
+    moexc__atomic_file af;
+    moexc_status st = moexc__atomic_open(&af, path, err);
+    if (st != MOEXC_OK) return st;
+    fputs("metric,layer,domain,k,i,j,value\n", af.f);
+    for (l = 0; l < L; l++)
+        for (d = 0; d < DD; d++) {
+            size_t ld = (size_t)l * DD + d;
+            const char *dn = s->domain_names[d];
+            for (i = 0; i < E; i++) moexc__lens_csv_row(af.f, "share", l, dn, -1, i, -1, s->share[ld * E + i]);
+            for (i = 0; i < E; i++)
+                for (j = 0; j < E; j++) moexc__lens_csv_row(af.f, "coact", l, dn, -1, i, j, s->coact[(ld * E + i) * E + j]);
+            for (i = 0; i < E; i++) moexc__lens_csv_row(af.f, "curve", l, dn, -1, i + 1, -1, s->curve[ld * E + i]);
+            moexc__lens_csv_row(af.f, "concentration", l, dn, -1, -1, -1,
+                                s->concentration[ld] > 0 ? (double)s->concentration[ld] : NAN);
+            moexc__lens_csv_row(af.f, "cosine", l, dn, -1, -1, -1, s->cosine[ld]);
+            moexc__lens_csv_row(af.f, "ffn_cosine", l, dn, -1, -1, -1, s->ffn_cosine[ld]);
+            moexc__lens_csv_row(af.f, "top1_agreement", l, dn, -1, -1, -1, s->agreement[ld]);
+            moexc__lens_csv_row(af.f, "kl", l, dn, -1, -1, -1, s->kl[ld]);
+        }
+    for (d = 0; d < DD; d++)
+        for (kk = 0; kk <= s->max_k; kk++)
+            moexc__lens_csv_row(af.f, "ppl", -1, s->domain_names[d], kk, -1, -1, s->ppl[(size_t)kk * DD + d]);
+    return moexc__atomic_commit(&af, err);
+}
+
+static void moexc__lens_json_num(FILE *f, double v)
+{
+    if (v == v && v < HUGE_VAL && v > -HUGE_VAL) fprintf(f, "%.9g", v); else fputs("null", f);
+}
+static void moexc__lens_json_str(FILE *f, const char *str)
+{
+    moexc__sb sb;
+    memset(&sb, 0, sizeof(sb));
+    moexc__sb_json_string(&sb, str);
+    fputs(sb.oom || !sb.buf ? "null" : sb.buf, f);
+    moexc__free(sb.buf);
+}
+static void moexc__lens_json_array(FILE *f, const double *x, int n)
+{
+    int i;
+    fputc('[', f);
+    for (i = 0; i < n; i++) { if (i) fputs(", ", f); moexc__lens_json_num(f, x[i]); }
+    fputc(']', f);
+}
+
+MOEXC_DEF moexc_status moexc_lens_write_json(const moexc_lens *s, const char *name, const char *path, moexc_error *err)
+{
+    int L = s->n_layers, E = s->n_experts, DD = s->n_domains + 1, l, d, i, kk;
+    moexc__atomic_file af;
+    moexc_status st = moexc__atomic_open(&af, path, err);
+    FILE *f;
+    if (st != MOEXC_OK) return st;
+    f = af.f;
+    fputs("{\n  \"name\": ", f);
+    if (name) moexc__lens_json_str(f, name); else fputs("null", f);
+    fprintf(f, ",\n  \"n_layers\": %d,\n  \"n_experts\": %d,\n  \"top_k\": %d,\n  \"gate\": \"%s\",\n  \"domains\": [",
+            L, E, s->top_k, s->renorm ? "renorm" : "raw");
+    for (d = 0; d < DD; d++) { if (d) fputs(", ", f); moexc__lens_json_str(f, s->domain_names[d]); }
+    fputs("],\n  \"tokens\": ", f);
+    moexc__lens_json_array(f, s->tokens, DD);
+    fputs(",\n  \"sequences\": ", f);
+    moexc__lens_json_array(f, s->seqs, DD);
+    fputs(",\n  \"layers\": [", f);
+    for (l = 0; l < L; l++) {
+        fprintf(f, "%s\n    {\"layer\": %d, \"domains\": {", l ? "," : "", l);
+        for (d = 0; d < DD; d++) {
+            size_t ld = (size_t)l * DD + d;
+            fprintf(f, "%s\n      ", d ? "," : "");
+            moexc__lens_json_str(f, s->domain_names[d]);
+            fputs(": {\"share\": ", f);
+            moexc__lens_json_array(f, s->share + ld * E, E);
+            fputs(", \"coact\": [", f);
+            for (i = 0; i < E; i++) {
+                if (i) fputs(", ", f);
+                moexc__lens_json_array(f, s->coact + (ld * E + i) * E, E);
+            }
+            fputs("], \"curve\": ", f);
+            moexc__lens_json_array(f, s->curve + ld * E, E);
+            fputs(", \"concentration\": ", f);
+            if (s->concentration[ld] > 0) fprintf(f, "%d", s->concentration[ld]); else fputs("null", f);
+            fputs(", \"cosine\": ", f); moexc__lens_json_num(f, s->cosine[ld]);
+            fputs(", \"ffn_cosine\": ", f); moexc__lens_json_num(f, s->ffn_cosine[ld]);
+            fputs(", \"top1_agreement\": ", f); moexc__lens_json_num(f, s->agreement[ld]);
+            fputs(", \"kl\": ", f); moexc__lens_json_num(f, s->kl[ld]);
+            fputs("}", f);
+        }
+        fputs("}}", f);
+    }
+    fputs("\n  ],\n  \"perplexity\": {\"k\": [", f);
+    for (kk = 1; kk <= s->max_k; kk++) fprintf(f, "%s%d", kk > 1 ? ", " : "", kk);
+    fputs("], \"unforced\": {", f);
+    for (d = 0; d < DD; d++) {
+        if (d) fputs(", ", f);
+        moexc__lens_json_str(f, s->domain_names[d]);
+        fputs(": ", f);
+        moexc__lens_json_num(f, s->ppl[d]);
+    }
+    fputs("}, \"forced\": {", f);
+    for (d = 0; d < DD; d++) {
+        if (d) fputs(", ", f);
+        moexc__lens_json_str(f, s->domain_names[d]);
+        fputs(": [", f);
+        for (kk = 1; kk <= s->max_k; kk++) {
+            if (kk > 1) fputs(", ", f);
+            moexc__lens_json_num(f, s->ppl[(size_t)kk * DD + d]);
+        }
+        fputs("]", f);
+    }
+    fputs("}}\n}\n", f);
+    return moexc__atomic_commit(&af, err);
+}
+
+/* Panels of a grid of `cols` columns over the canvas. */
+static void moexc__lens_panel(moexc_plot_options *po, const moexc_canvas *c, int index, int n, int cols)
+{
+    int rows = (n + cols - 1) / cols;
+    po->width = c->width / cols;
+    po->height = c->height / rows;
+    po->x = (index % cols) * po->width;
+    po->y = (index / cols) * po->height;
+}
+
+static moexc_status moexc__lens_emit(const moexc_canvas *cv, const char *dir, const char *prefix, const char *name,
+                                     moexc_png_writer write, void *user, int *n_written, moexc_error *err)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof(path), "%s%s%s%s", dir ? dir : "", dir && *dir ? "/" : "", prefix ? prefix : "", name);
+    if (n < 0 || (size_t)n >= sizeof(path)) return moexc__fail(err, MOEXC_ERR_ARG, "lens plots: path too long (%s)", name);
+    if (write(path, cv, user) != 0) return moexc__fail(err, MOEXC_ERR_IO, "lens plots: cannot write %s", path);
+    if (n_written) (*n_written)++;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *dir, const char *prefix,
+                                              moexc_png_writer write, void *user, int *n_written,
+                                              moexc_error *err)
+{
+    int L = s->n_layers, E = s->n_experts, D = s->n_domains, DD = D + 1, l, d, i, kk, cols = DD > 1 ? 2 : 1;
+    int max_series = MOEXC__MAX(L, DD) + 1;
+    moexc_canvas cv;
+    moexc_plot_options po;
+    moexc_status st = MOEXC_OK;
+    char title[160], name[64], (*labels)[48] = NULL;
+    float *buf = NULL;
+    moexc_series *ser = NULL;
+    size_t nb = (size_t)(4 * L + 2 * E + 2 * (s->max_k + 1)) * (size_t)max_series + (size_t)E * E + 64;
+    if (n_written) *n_written = 0;
+    if (!write) return moexc__fail(err, MOEXC_ERR_ARG, "lens plots: no PNG writer given");
+    memset(&cv, 0, sizeof(cv));
+    buf = (float *)moexc__calloc(nb, sizeof(float));
+    ser = (moexc_series *)moexc__calloc((size_t)max_series, sizeof(moexc_series));
+    labels = (char (*)[48])moexc__calloc((size_t)max_series, sizeof(*labels));
+    if (!buf || !ser || !labels) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "lens plots: out of memory"); goto done; }
+    if ((st = moexc_canvas_init(&cv, 1000, DD > 2 ? 900 : 500, err)) != MOEXC_OK) goto done;
+
+    /* co-activation heatmaps: one figure per layer, a panel per domain */
+    for (l = 0; l < L; l++) {
+        moexc_canvas_clear(&cv, 0xFFFFFFu);
+        for (d = 0; d < DD && st == MOEXC_OK; d++) {
+            size_t ld = (size_t)l * DD + d;
+            for (i = 0; i < E * E; i++) buf[i] = (float)s->coact[ld * E * E + i];
+            memset(&po, 0, sizeof(po));
+            moexc__lens_panel(&po, &cv, d, DD, cols);
+            snprintf(title, sizeof(title), "Layer %d, %s: C[i][j] %%", l, s->domain_names[d]);
+            po.title = title;
+            po.x_label = "j (also routed to)";
+            po.y_label = "i (routed to)";
+            po.z_min = 0.0; po.z_max = 100.0;
+            po.annotate = E <= 12;
+            po.value_format = "%.0f";
+            po.font_scale = E <= 12 ? 2 : 1;
+            st = moexc_plot_heatmap(&cv, buf, E, E, NULL, NULL, &po, err);
+        }
+        snprintf(name, sizeof(name), "coact_L%d.png", l);
+        if (st == MOEXC_OK) st = moexc__lens_emit(&cv, dir, prefix, name, write, user, n_written, err);
+        if (st != MOEXC_OK) goto done;
+    }
+
+    /* concentration curves: a panel per domain, a line per layer, uniform for reference */
+    moexc_canvas_clear(&cv, 0xFFFFFFu);
+    {
+        float *x = buf, *y = buf + E, *uni = buf + (size_t)E * (L + 1);
+        for (i = 0; i < E; i++) { x[i] = (float)(i + 1); uni[i] = (float)(100.0 * (i + 1) / E); }
+        for (d = 0; d < DD && st == MOEXC_OK; d++) {
+            int n = 0;
+            for (l = 0; l < L; l++) {
+                size_t ld = (size_t)l * DD + d;
+                for (i = 0; i < E; i++) y[(size_t)l * E + i] = (float)s->curve[ld * E + i];
+                snprintf(labels[n], sizeof(labels[n]), "layer %d (m50 %d)", l, s->concentration[ld]);
+                ser[n].x = x; ser[n].y = y + (size_t)l * E; ser[n].n = E; ser[n].label = labels[n];
+                n++;
+            }
+            ser[n].x = x; ser[n].y = uni; ser[n].n = E; ser[n].label = "uniform"; n++;
+            memset(&po, 0, sizeof(po));
+            moexc__lens_panel(&po, &cv, d, DD, cols);
+            snprintf(title, sizeof(title), "%s: top-m experts' share", s->domain_names[d]);
+            po.title = title;
+            po.x_label = "m (experts, most used first)";
+            po.y_label = "% of routing slots";
+            po.y_min = 0.0; po.y_max = 100.0;
+            st = moexc_plot_lines(&cv, ser, n, &po, err);
+        }
+        if (st == MOEXC_OK) st = moexc__lens_emit(&cv, dir, prefix, "concentration.png", write, user, n_written, err);
+        if (st != MOEXC_OK) goto done;
+    }
+
+    /* early decoding: four panels, a line per domain over the layers */
+    moexc_canvas_clear(&cv, 0xFFFFFFu);
+    {
+        static const char *const titles[4] = { "Hidden-state cosine, top-1 vs top-k",
+                                               "FFN-output cosine, top-1 vs top-k",
+                                               "Top-1 token agreement (LM head)",
+                                               "KL(full || single), LM head" };
+        static const char *const ylab[4] = { "cosine", "cosine", "fraction", "nats" };
+        const double *src[4];
+        float *x = buf, *y = buf + L;
+        moexc_canvas big;
+        src[0] = s->cosine; src[1] = s->ffn_cosine; src[2] = s->agreement; src[3] = s->kl;
+        memset(&big, 0, sizeof(big));
+        if ((st = moexc_canvas_init(&big, 1000, 900, err)) != MOEXC_OK) goto done;
+        for (l = 0; l < L; l++) x[l] = (float)l;
+        for (i = 0; i < 4 && st == MOEXC_OK; i++) {
+            for (d = 0; d < DD; d++) {
+                for (l = 0; l < L; l++) y[((size_t)i * DD + d) * L + l] = (float)src[i][(size_t)l * DD + d];
+                ser[d].x = x; ser[d].y = y + ((size_t)i * DD + d) * L; ser[d].n = L; ser[d].label = s->domain_names[d];
+            }
+            memset(&po, 0, sizeof(po));
+            moexc__lens_panel(&po, &big, i, 4, 2);
+            po.title = titles[i];
+            po.x_label = "MoE layer";
+            po.y_label = ylab[i];
+            st = moexc_plot_lines(&big, ser, DD, &po, err);
+        }
+        if (st == MOEXC_OK) st = moexc__lens_emit(&big, dir, prefix, "early_decoding.png", write, user, n_written, err);
+        moexc_canvas_free(&big);
+        if (st != MOEXC_OK) goto done;
+    }
+
+    /* perplexity against k': absolute and relative to the unforced model */
+    if (s->max_k > 0) {
+        moexc_canvas wide;
+        float *x = buf, *y = buf + s->max_k, *rel = y + (size_t)DD * s->max_k;
+        memset(&wide, 0, sizeof(wide));
+        if ((st = moexc_canvas_init(&wide, 1000, 500, err)) != MOEXC_OK) goto done;
+        for (kk = 1; kk <= s->max_k; kk++) x[kk - 1] = (float)kk;
+        for (i = 0; i < 2 && st == MOEXC_OK; i++) {
+            for (d = 0; d < DD; d++) {
+                for (kk = 1; kk <= s->max_k; kk++) {
+                    double p = s->ppl[(size_t)kk * DD + d];
+                    y[(size_t)d * s->max_k + kk - 1] = (float)p;
+                    rel[(size_t)d * s->max_k + kk - 1] = (float)(p / s->ppl[d]);
+                }
+                ser[d].x = x; ser[d].y = (i ? rel : y) + (size_t)d * s->max_k; ser[d].n = s->max_k;
+                ser[d].label = s->domain_names[d];
+            }
+            memset(&po, 0, sizeof(po));
+            moexc__lens_panel(&po, &wide, i, 2, 2);
+            snprintf(title, sizeof(title), i ? "Perplexity / unforced (k = %d)" : "Perplexity with k' experts forced",
+                     s->top_k);
+            po.title = title;
+            po.x_label = "k' forced in every MoE layer";
+            po.y_label = i ? "ratio" : "perplexity (geometric mean)";
+            st = moexc_plot_lines(&wide, ser, DD, &po, err);
+        }
+        if (st == MOEXC_OK) st = moexc__lens_emit(&wide, dir, prefix, "perplexity.png", write, user, n_written, err);
+        moexc_canvas_free(&wide);
+    }
+done:
+    moexc_canvas_free(&cv);
+    moexc__free(buf); moexc__free(ser); moexc__free(labels);
+    return st;
+}
+
 /* ======================================================================== */
 /* >>harvest (implementation)                                                */
 /* ======================================================================== */

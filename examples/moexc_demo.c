@@ -29,6 +29,8 @@
      lm_curves.csv, lm_eval.csv   LM training loss per step, held-out bits per byte
      xc_curves.csv, xc_eval_curve.csv   crosscoder loss/FVE/L0/dead per step, held-out FVE
      routing.csv                  share of each domain's tokens per layer and expert
+     lens.csv, lens.json, lens_*.png   MoE Lens (SPEC §6): co-activation, concentration,
+                                  single-expert early decoding, perplexity with k' experts
      *.png                        r histogram, cosines, densities, curves, routing
      corpus.tok, dense.ckpt, moe.ckpt, crosscoder.safetensors
                                   inputs for moexc_train / moexc_crosscoder and Python */
@@ -898,6 +900,58 @@ static int write_plots(const report_inputs *in)
 }
 
 /* ------------------------------------------------------------------------- */
+/* Step 7: the MoE Lens (SPEC §6; tools/moexc_lens is the same analysis on    */
+/* any checkpoint): routing, concentration, single-expert early decoding and  */
+/* perplexity with k' = 1..k experts, on each domain's held-out tail.         */
+
+static int lens_png(const char *path, const struct moexc_canvas *c, void *user)
+{
+    return save_png((const char *)user, path, c);   /* path is "lens_<plot>.png" */
+}
+
+static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *data)
+{
+    moexc_lens lens;
+    moexc_lens_options lo;
+    moexc_error err;
+    char path[4096];
+    double t0 = now_seconds(), mean_m50 = 0, best_cos = -1;
+    int l, d, best_l = 0, bad = 0, L, D, DD;
+    memset(&lo, 0, sizeof(lo));
+    lo.seq_len = c->lm_seq;
+    lo.batch_size = c->lm_batch;
+    lo.max_seqs = 64;
+    lo.eval_fraction = DEMO_EVAL_FRACTION;       /* the tail the LMs never trained on */
+    printf("\n7. MoE Lens (SPEC §6) on the MoE, %d held-out sequences of %d tokens per domain\n\n", lo.max_seqs, lo.seq_len);
+    if (moexc_lens_init(&lens, moe, data->n_domains, &lo, &err)) return failed("lens", &err);
+    if (moexc_lens_run(&lens, moe, data, &err)) { moexc_lens_free(&lens); return failed("lens", &err); }
+    moexc_lens_print(stdout, &lens);
+    L = lens.n_layers; D = lens.n_domains; DD = D + 1;
+    for (l = 0; l < L; l++) {
+        for (d = 0; d < D; d++) mean_m50 += lens.concentration[l * DD + d] / (double)(L * D);
+        if (lens.cosine[l * DD + D] > best_cos) { best_cos = lens.cosine[l * DD + D]; best_l = l; }
+    }
+    printf("\nMoE Lens against the paper (DeepSeekMoE, 64 experts, top-6) at this scale (E = %d, k = %d):\n",
+           lens.n_experts, lens.top_k);
+    printf("  few experts take >= 50%% of routing slots? mean m50 %.2f of %d experts (uniform %d)\n",
+           mean_m50, lens.n_experts, (lens.n_experts + 1) / 2);
+    printf("  single-expert hidden-state cosine:         up to %.3f (layer %d; paper: up to 0.95)\n", best_cos, best_l);
+    printf("  perplexity with one expert (k' = 1):       ");
+    for (d = 0; d < DD; d++)
+        printf("%s%s %+.2f%%", d ? ", " : "", lens.domain_names[d], 100.0 * (lens.ppl[DD + d] / lens.ppl[d] - 1.0));
+    printf(" (paper: about +5%%)\n");
+    join(path, sizeof(path), c->out, "lens.csv");
+    if (moexc_lens_write_csv(&lens, path, &err)) bad = failed("lens.csv", &err);
+    join(path, sizeof(path), c->out, "lens.json");
+    if (!bad && moexc_lens_write_json(&lens, "moexc_demo MoE", path, &err)) bad = failed("lens.json", &err);
+    if (!bad && moexc_lens_write_plots(&lens, NULL, "lens_", lens_png, (void *)c->out, NULL, &err))
+        bad = failed("lens plots", &err);
+    if (!bad) printf("  MoE Lens in %.1f s\n", now_seconds() - t0);
+    moexc_lens_free(&lens);
+    return bad;
+}
+
+/* ------------------------------------------------------------------------- */
 /* Option parsing.                                                           */
 
 static int parse_int(const char *opt, const char *s, int lo, int *out)
@@ -1348,6 +1402,7 @@ int main(int argc, char **argv)
         in.seconds = now_seconds() - t_start;
         if (write_csvs(&in) || write_summary(&in) || write_plots(&in)) goto done;
     }
+    if (run_lens(&c, moe, &data)) goto done;
     printf("\ndone in %.1f s; report in %s/\n", now_seconds() - t_start, c.out);
     status = 0;
 done:

@@ -906,7 +906,7 @@ static void test_active_experts_override(void)
     TH_CHECK(moexc_model_create(&b, &c, &err) == MOEXC_OK, "create: %s", err.message);
     if (!a || !b) { moexc_model_free(a); moexc_model_free(b); return; }
     memcpy(moexc_model_params(b), moexc_model_params(a), moexc_model_num_params(a) * sizeof(float));
-    TH_CHECK(moexc_model_set_active_experts(a, 3, &err) == MOEXC_ERR_ARG, "k' > top_k refused");
+    TH_CHECK(moexc_model_set_active_experts(a, 5, &err) == MOEXC_ERR_ARG, "k' > n_experts refused");
     TH_CHECK(moexc_model_set_active_experts(a, 1, &err) == MOEXC_OK, "set: %s", err.message);
     moexc_model_forward(a, in, NULL, 2, 8, NULL, NULL);
     moexc_model_forward(b, in, NULL, 2, 8, NULL, NULL);
