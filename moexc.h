@@ -8278,10 +8278,9 @@ struct moexc_xc {
     double  *partial;                             /* (max(n, chunks, d_A, d_B)) sums and means */
     int      cap_dense;                           /* rows of f and df, allocated on first use: */
     float   *f, *df;                              /* (n x F) dense activations (L1, dense_only, encode) */
-    /* The batch's kept latents (BatchTopK), by row: row b's entries are
-       [row_ptr[b], row_ptr[b+1]) of ent_row (= b), ent_lat (latent),
-       ent_val (f = ReLU(pre), during selection its score) and ent_dpre. */
-    size_t  *row_ptr;                             /* (n + 1)            */
+    /* The batch's kept latents (BatchTopK) in row-major order: entry e is
+       ent_row (token), ent_lat (latent), ent_val (f = ReLU(pre); during
+       selection its score) and ent_dpre (d loss / d pre). */
     size_t   n_ent, cap_ent;
     int     *ent_row, *ent_lat;
     float   *ent_val, *ent_dpre;
@@ -8342,11 +8341,11 @@ static void moexc__xc_free_workspace(moexc_xc *xc)
     }
     moexc__free_aligned(xc->xcat); moexc__free_aligned(xc->pre);
     moexc__free_aligned(xc->f); moexc__free_aligned(xc->df);
-    moexc__free(xc->partial); moexc__free(xc->row_ptr); moexc__free(xc->aux_cnt);
+    moexc__free(xc->partial); moexc__free(xc->aux_cnt);
     moexc__free(xc->aux_lat); moexc__free(xc->aux_pre); moexc__free(xc->aux_val); moexc__free(xc->aux_dpre);
     moexc__free(xc->aux_col_ent);
     xc->xcat = xc->pre = xc->f = xc->df = NULL;
-    xc->partial = NULL; xc->row_ptr = NULL; xc->aux_cnt = xc->aux_lat = xc->aux_col_ent = NULL;
+    xc->partial = NULL; xc->aux_cnt = xc->aux_lat = xc->aux_col_ent = NULL;
     xc->aux_pre = xc->aux_val = xc->aux_dpre = NULL;
     xc->cap = xc->cap_dense = xc->cap_aux = 0;
 }
@@ -8399,9 +8398,8 @@ static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
     xc->xcat = moexc__alloc_floats((size_t)n * (size_t)xc->d_cat);
     xc->pre = moexc__alloc_floats(nF);
     xc->partial = (double *)moexc__calloc(MOEXC__MAX(MOEXC__MAX((size_t)n, chunks), (size_t)MOEXC__MAX(xc->d[0], xc->d[1])), sizeof(double));
-    xc->row_ptr = (size_t *)moexc__calloc((size_t)n + 1, sizeof(size_t));
     xc->aux_cnt = (int *)moexc__calloc((size_t)n, sizeof(int));
-    ok &= xc->xcat && xc->pre && xc->partial && xc->row_ptr && xc->aux_cnt;
+    ok &= xc->xcat && xc->pre && xc->partial && xc->aux_cnt;
     if (ka > 0) {
         size_t na = (size_t)n * (size_t)ka;
         xc->aux_lat = (int *)moexc__calloc(na, sizeof(int));
@@ -8751,7 +8749,7 @@ static int moexc__lowest_bit(unsigned mask)
 /* One scan over the BatchTopK scores s_bi = ReLU(pre_bi) w_i of rows
    [b0, b1), visiting the positive s >= floor: with collect == 0 it counts
    them into hist (by bucket); with collect != 0 it appends those in bucket
-   >= `bucket` as entries (row, latent, score) at *pos, sets row_ptr, and
+   >= `bucket` as entries (row, latent, score) at *pos, and
    copies the scores of bucket `bucket` itself to cand at *cpos. Each vector
    of scores is compared with the floor at once, and only the lanes at or
    above it are visited (a few percent of them). */
@@ -8766,7 +8764,6 @@ static void moexc__xc_scan_scores(moexc_xc *xc, const float *pre, int b0, int b1
     int b;
     for (b = b0; b < b1; b++) {
         const float *row = pre + (size_t)b * F;
-        if (collect) xc->row_ptr[b] = p;
         for (i = 0; i < F; i += MOEXC__VW) {
             size_t width = MOEXC__MIN((size_t)MOEXC__VW, F - i), q;
             unsigned mask;
@@ -8819,7 +8816,7 @@ static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, floa
     int T = xc->n_threads, c, j, keep_all = max_floor > 0.0f;
     float floor = keep_all ? max_floor : xc->select_ratio * xc->select_t, t = 0.0f;
     uint32_t bucket = 0;
-    size_t n_coll = 0, n_cand = 0, e, out, start;
+    size_t n_coll = 0, n_cand = 0, e, out;
     moexc_status st;
     for (;;) {
 #ifdef _OPENMP
@@ -8859,7 +8856,6 @@ static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, floa
     for (c = 0; c < T; c++)
         moexc__xc_scan_scores(xc, pre, (int)((int64_t)n * c / T), (int)((int64_t)n * (c + 1) / T), floor, NULL, 1,
                               keep_all ? 0 : bucket, &xc->chunk_pos[c], &xc->chunk_pos[T + c]);
-    xc->row_ptr[n] = n_coll;
     if (keep_all) {
         t = FLT_MAX;
         for (e = 0; e < n_coll; e++) t = MOEXC__MIN(t, xc->ent_val[e]);
@@ -8871,22 +8867,16 @@ static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, floa
         for (e = 0; e < n_cand; e++) greater += xc->cand[e] > t;
         need = kn - greater;
     }
-    /* keep s > t and the first `need` s == t, in row order; f = pre */
-    out = 0; start = 0;
-    for (c = 0; c < n; c++) {
-        size_t end = xc->row_ptr[c + 1];
-        xc->row_ptr[c] = out;
-        for (e = start; e < end; e++) {
-            float s = xc->ent_val[e];
-            if (!keep_all && !(s > t || (s == t && need-- > 0))) continue;
-            xc->ent_row[out] = xc->ent_row[e];
-            xc->ent_lat[out] = xc->ent_lat[e];
-            xc->ent_val[out] = pre[(size_t)c * (size_t)xc->F + (size_t)xc->ent_lat[e]];
-            out++;
-        }
-        start = end;
+    /* keep s > t and the first `need` s == t, in row-major order; f = pre */
+    for (e = 0, out = 0; e < n_coll; e++) {
+        float s = xc->ent_val[e];
+        if (!keep_all && !(s > t || (s == t && need-- > 0))) continue;
+        xc->ent_row[out] = xc->ent_row[e];
+        xc->ent_lat[out] = xc->ent_lat[e];
+        xc->ent_val[out] = pre[(size_t)xc->ent_row[e] * (size_t)xc->F + (size_t)xc->ent_lat[e]];
+        out++;
     }
-    xc->row_ptr[n] = xc->n_ent = out;
+    xc->n_ent = out;
     if (max_floor <= 0.0f) {
         xc->select_t = t;
         xc->select_ratio = MOEXC__MIN(0.9f, xc->select_ratio + 0.05f);
