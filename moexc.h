@@ -4885,10 +4885,19 @@ static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_t
 }
 
 /* ---- causal multi-head self-attention ------------------------------------ */
+/* Causal blocks: the T query rows of a (batch, head) are cut into blocks of at
+   most MOEXC__ATT_BLOCK rows; the block of rows r0 .. r1-1 sees keys 0 .. r1-1
+   only, so the GEMMs skip the all-zero part above the diagonal (for T = 256
+   they do 10/16 of the full T x T work). Every element is still summed over
+   the same keys in the same order (the terms left out are exact zeros), so
+   the blocks change no bit while T <= MOEXC_GEMM_KC. */
+#define MOEXC__ATT_BLOCK 64
+
 /* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
    P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
-   diagonal); y (B,T,d) = P v per head (overwritten). One GEMM for q kᵀ and
-   one for P v per (batch, head). */
+   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head) and
+   causal block of rows: S = q kᵀ / sqrt(dh) over the block's key prefix, the
+   causal softmax, y = P v. */
 static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
                                      int B, int T, int H, int dh)
 {
@@ -4901,25 +4910,32 @@ static void moexc__attention_forward(float *y, float *att, const float *q, const
 #pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
     for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, t;
+        int b = bh / H, h = bh % H, r0, t;
         size_t off = (size_t)b * T * d + (size_t)h * dh;
         float *P = att + (size_t)bh * T * T;
-        /* S = q kᵀ / sqrt(dh)  (T,T) */
-        moexc_sgemm(0, 1, T, T, dh, scale, q + off, d, k + off, d, 0.0f, P, T);
-        /* causal softmax, max subtracted: row t sees keys 0..t */
-        for (t = 0; t < T; t++) {
-            float *row = P + (size_t)t * T;
-            moexc_softmax_rows(row, row, 1, t + 1);
-            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+            float *Pb = P + (size_t)r0 * T;
+            /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
+            moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + off + (size_t)r0 * d, d, k + off, d, 0.0f, Pb, T);
+            /* causal softmax, max subtracted: row t sees keys 0..t */
+            for (t = r0; t < r1; t++) {
+                float *row = P + (size_t)t * T;
+                moexc_softmax_rows(row, row, 1, t + 1);
+                if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            }
+            /* y = P v  (rows r0..r1-1) */
+            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v + off, d, 0.0f, y + off + (size_t)r0 * d, d);
         }
-        /* y = P v  (T,dh) */
-        moexc_sgemm(0, 0, T, dh, T, 1.0f, P, T, v + off, d, 0.0f, y + off, d);
     }
 }
 /* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
    datt (B,H,T,T) is scratch.
      dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
-     dq = dS k,   dk = dSᵀ q. */
+     dq = dS k,   dk = dSᵀ q.
+   dP, dS and dq go by causal blocks of rows (rows r0..r1-1 need keys
+   0..r1-1); dv and dk by blocks of keys (keys c0..c1-1 get gradient from
+   rows c0..T-1 only). */
 static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
                                       const float *att, const float *q, const float *k, const float *v,
                                       int B, int T, int H, int dh)
@@ -4930,22 +4946,37 @@ static void moexc__attention_backward(float *dq, float *dk, float *dv, float *da
 #pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
     for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, t, j;
+        int b = bh / H, h = bh % H, r0, t, j;
         size_t off = (size_t)b * T * d + (size_t)h * dh;
         const float *P = att + (size_t)bh * T * T;
         float *dS = datt + (size_t)bh * T * T;
-        moexc_sgemm(0, 1, T, T, dh, 1.0f, dy + off, d, v + off, d, 0.0f, dS, T);   /* dP */
-        moexc_sgemm(1, 0, T, dh, T, 1.0f, P, T, dy + off, d, 0.0f, dv + off, d);
-        for (t = 0; t < T; t++) {
-            const float *p = P + (size_t)t * T;
-            float *ds = dS + (size_t)t * T;
-            double dot = 0.0;
-            for (j = 0; j <= t; j++) dot += (double)p[j] * ds[j];
-            for (j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - (float)dot) * scale;
-            for (; j < T; j++) ds[j] = 0.0f;
+        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+            /* dP (rows r0..r1-1, keys 0..r1-1) */
+            moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + off + (size_t)r0 * d, d, v + off, d, 0.0f,
+                        dS + (size_t)r0 * T, T);
+            for (t = r0; t < r1; t++) {
+                const float *p = P + (size_t)t * T;
+                float *ds = dS + (size_t)t * T;
+                double dot = 0.0;
+                for (j = 0; j <= t; j++) dot += (double)p[j] * ds[j];
+                for (j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - (float)dot) * scale;
+                for (; j < T; j++) ds[j] = 0.0f;
+            }
+            /* dq = dS k  (rows r0..r1-1) */
+            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k + off, d, 0.0f,
+                        dq + off + (size_t)r0 * d, d);
         }
-        moexc_sgemm(0, 0, T, dh, T, 1.0f, dS, T, k + off, d, 0.0f, dq + off, d);
-        moexc_sgemm(1, 0, T, dh, T, 1.0f, dS, T, q + off, d, 0.0f, dk + off, d);
+        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+            int c1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+            const float *Pc = P + (size_t)r0 * T + r0;
+            const float *dSc = dS + (size_t)r0 * T + r0;
+            /* dv = Pᵀ dy and dk = dSᵀ q (keys r0..c1-1, rows r0..T-1) */
+            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, Pc, T, dy + off + (size_t)r0 * d, d, 0.0f,
+                        dv + off + (size_t)r0 * d, d);
+            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, dSc, T, q + off + (size_t)r0 * d, d, 0.0f,
+                        dk + off + (size_t)r0 * d, d);
+        }
     }
 }
 
