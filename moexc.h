@@ -5108,7 +5108,7 @@ static void moexc__attention_forward(float *y, float *att, const float *q, const
     }
 }
 /* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
-   datt (B,H,T,T) is scratch.
+   datt (B,H,T,T) is scratch (above the diagonal blocks it is not written).
      dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
      dq = dS k,   dk = dSᵀ q.
    dP, dS and dq go by causal blocks of rows (rows r0..r1-1 need keys
@@ -5133,10 +5133,12 @@ static void moexc__attention_backward(float *dq, float *dk, float *dv, float *da
             /* dP (rows r0..r1-1, keys 0..r1-1) */
             moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + off + (size_t)r0 * d, d, v + off, d, 0.0f,
                         dS + (size_t)r0 * T, T);
+            /* zeros above the diagonal inside the block, the only ones the
+               GEMMs below read */
             for (t = r0; t < r1; t++) {
                 float *ds = dS + (size_t)t * T;
                 moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
-                if (t + 1 < T) memset(ds + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+                if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
             }
             /* dq = dS k  (rows r0..r1-1) */
             moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k + off, d, 0.0f,
@@ -5305,6 +5307,11 @@ static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, c
 #endif
     for (s = 0; s < N * k; s++)
         memcpy(a->xg + (size_t)s * d, u + (size_t)a->assign_token[s] * d, (size_t)d * sizeof(float));
+    /* the experts side by side, one thread each (their GEMMs then run on one
+       thread, and a GEMM's bits do not depend on that) */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (par && E > 1)
+#endif
     for (e = 0; e < E; e++) {
         int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
@@ -5368,6 +5375,9 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
             moexc_scale(deo, a->weight[ts], (size_t)d);
         }
     }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (par && E > 1)
+#endif
     for (e = 0; e < E; e++) {
         int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
@@ -5930,7 +5940,17 @@ MOEXC_DEF const moexc_model_config *moexc_model_get_config(const moexc_model *m)
 MOEXC_DEF size_t moexc_model_num_params(const moexc_model *m) { return m->n_params; }
 MOEXC_DEF float *moexc_model_params(moexc_model *m) { return m->params; }
 MOEXC_DEF float *moexc_model_grads(moexc_model *m) { return m->grads; }
-MOEXC_DEF void moexc_model_zero_grad(moexc_model *m) { memset(m->grads, 0, m->n_params * sizeof(float)); }
+MOEXC_DEF void moexc_model_zero_grad(moexc_model *m)
+{
+    long c, n_chunks = (long)((m->n_params + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (m->n_params >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        memset(m->grads + i, 0, MOEXC__MIN((size_t)MOEXC__CHUNK, m->n_params - i) * sizeof(float));
+    }
+}
 MOEXC_DEF int moexc_model_num_tensors(const moexc_model *m) { return m->n_tensors; }
 MOEXC_DEF const moexc_param_info *moexc_model_tensor(const moexc_model *m, int i)
 {
