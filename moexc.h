@@ -4966,6 +4966,21 @@ static void moexc__rmsnorm_forward(float *y, float *inv_rms, const float *x, con
     for (t = 0; t < N; t++)
         moexc_rmsnorm_rows(y + (size_t)t * d, inv_rms + t, x + (size_t)t * d, g, 1, d, MOEXC__RMS_EPS);
 }
+/* The residual add and the RMSNorm after it in one pass over the rows:
+   h (N,d) = a + b (h may alias a or b), y = RMSNorm(h) as above. */
+static void moexc__residual_rmsnorm_forward(float *h, const float *a, const float *b, float *y, float *inv_rms,
+                                            const float *g, int N, int d)
+{
+    int t;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * d >= MOEXC__PAR_MIN)
+#endif
+    for (t = 0; t < N; t++) {
+        size_t o = (size_t)t * d;
+        moexc_add(h + o, a + o, b + o, (size_t)d);
+        moexc_rmsnorm_rows(y + o, inv_rms + t, h + o, g, 1, d, MOEXC__RMS_EPS);
+    }
+}
 /* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
                          dg_j += Σ_t dy_j x_j r.
    dx by rows; dg by blocks of MOEXC__VW columns, each summed over t in order. */
@@ -6009,12 +6024,12 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
     memcpy(m->tokens, inputs, (size_t)N * sizeof(uint16_t));
 
     moexc__embedding_forward(m->acts[0].x, m->tokens, m->w.tok_emb, N, d);
+    moexc__rmsnorm_forward(m->acts[0].attn_in, m->acts[0].attn_rms, m->acts[0].x, m->w.layer[0].attn_norm, N, d);
     for (l = 0; l <= last_layer; l++) {
         moexc__layer_acts *a = &m->acts[l];
         const moexc__layer_weights *w = &m->w.layer[l];
         float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
-        /* h = x + Attn(RMSNorm(x)) */
-        moexc__rmsnorm_forward(a->attn_in, a->attn_rms, a->x, w->attn_norm, N, d);
+        /* h = x + Attn(RMSNorm(x)), RMSNorm(x) made by the step before */
         moexc_linear_forward(a->q, a->attn_in, w->wq, NULL, N, d, d);
         moexc_linear_forward(a->k, a->attn_in, w->wk, NULL, N, d, d);
         moexc_linear_forward(a->v, a->attn_in, w->wv, NULL, N, d, d);
@@ -6022,20 +6037,25 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
         moexc__rope_apply(a->k, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
         moexc__attention_forward(a->att_y, a->att, a->q, a->k, a->v, B, T, H, dh);
         moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
-        moexc__add_par(a->h, a->h, a->x, (size_t)N * d);
         /* y = h + FFN(RMSNorm(h)) */
-        moexc__rmsnorm_forward(a->ffn_in, a->ffn_rms, a->h, w->ffn_norm, N, d);
+        moexc__residual_rmsnorm_forward(a->h, a->h, a->x, a->ffn_in, a->ffn_rms, w->ffn_norm, N, d);
         if (c->ffn == MOEXC_FFN_MOE)
             moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
         else
             moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
                                   N, d, c->d_ff);
-        moexc__add_par(x_out, a->h, a->ffn_out, (size_t)N * d);
+        /* with the RMSNorm that reads y: the next block's, or the final one */
+        if (l < last_layer)
+            moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->acts[l + 1].attn_in, m->acts[l + 1].attn_rms,
+                                            m->w.layer[l + 1].attn_norm, N, d);
+        else if (l == c->n_layers - 1)
+            moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->xf, m->xf_rms, m->w.norm, N, d);
+        else
+            moexc__add_par(x_out, a->h, a->ffn_out, (size_t)N * d);
         m->layers_done = l + 1;
     }
     if (last_layer < c->n_layers - 1) return MOEXC_OK;
 
-    moexc__rmsnorm_forward(m->xf, m->xf_rms, m->x_final, m->w.norm, N, d);
     moexc_linear_forward(m->logits, m->xf, m->w.lm_head, NULL, N, V, d);
     memset(&m->stats, 0, sizeof(m->stats));
     if (targets) {
@@ -6088,12 +6108,13 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
         moexc__layer_acts *a = &m->acts[l];
         const moexc__layer_weights *w = &m->w.layer[l];
         moexc__layer_weights *g = &m->g.layer[l];
-        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh */
-        memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
-        if (c->ffn == MOEXC_FFN_MOE)
+        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh; the MoE adds
+           into dnorm, the dense FFN overwrites it */
+        if (c->ffn == MOEXC_FFN_MOE) {
+            memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
             moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
                                 m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
-        else
+        } else
             moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
                                    m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
                                    N, d, c->d_ff);
