@@ -5081,10 +5081,12 @@ static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_t
 /* Causal blocks: the T query rows of a (batch, head) are cut into blocks of at
    most MOEXC__ATT_BLOCK rows; the block of rows r0 .. r1-1 sees keys 0 .. r1-1
    only, so the GEMMs skip the all-zero part above the diagonal (for T = 256
-   they do 10/16 of the full T x T work). Every element is still summed over
-   the same keys in the same order (the terms left out are exact zeros), so
-   the blocks change no bit while T <= MOEXC_GEMM_KC. */
-#define MOEXC__ATT_BLOCK 64
+   and blocks of 56 rows they do 0.61 of the full T x T work). A block is the
+   whole GEMM register tiles of rows closest to 64 (56 rows on AVX-512), so
+   that no tile is a partial one. Every element is still summed over the same
+   keys in the same order (the terms left out are exact zeros), so the blocks
+   change no bit while T <= MOEXC_GEMM_KC. */
+#define MOEXC__ATT_BLOCK (64 / MOEXC__GEMM_MR * MOEXC__GEMM_MR)
 
 /* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
    P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
