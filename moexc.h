@@ -5018,10 +5018,10 @@ static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const
 #pragma omp for schedule(static)
 #endif
         for (jb = 0; jb < n_blocks; jb++) {
-            int j0 = jb * MOEXC__VW, w = MOEXC__MIN(MOEXC__VW, d - j0), j;
-            for (t = 0; t < N; t++) {
-                const float *xt = x + (size_t)t * d + j0, *dyt = dy + (size_t)t * d + j0;
-                float r = inv_rms[t];
+            int j0 = jb * MOEXC__VW, w = MOEXC__MIN(MOEXC__VW, d - j0), j, row;
+            for (row = 0; row < N; row++) {
+                const float *xt = x + (size_t)row * d + j0, *dyt = dy + (size_t)row * d + j0;
+                float r = inv_rms[row];
                 if (w == MOEXC__VW)
                     moexc__vstore(dg + j0, moexc__vadd(moexc__vload(dg + j0), moexc__vmul(moexc__vmul(
                                       moexc__vload(dyt), moexc__vload(xt)), moexc__vset1(r))));
@@ -5081,7 +5081,7 @@ static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_t
 /* Causal blocks: the T query rows of a (batch, head) are cut into blocks of at
    most MOEXC__ATT_BLOCK rows; the block of rows r0 .. r1-1 sees keys 0 .. r1-1
    only, so the GEMMs skip the all-zero part above the diagonal (for T = 256
-   and blocks of 56 rows they do 0.61 of the full T x T work). A block is the
+   and blocks of 56 rows they do 0.60 of the full T x T work). A block is the
    whole GEMM register tiles of rows closest to 64 (56 rows on AVX-512), so
    that no tile is a partial one. Every element is still summed over the same
    keys in the same order (the terms left out are exact zeros), so the blocks
