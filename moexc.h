@@ -2225,6 +2225,62 @@ MOEXC_DEF void moexc_silu_backward(float *dx, const float *x, const float *dy, s
     }
 }
 
+/* ---- fused kernels for the layers ----------------------------------------- */
+/* act = silu(gate) ⊙ up: the same operations as moexc_silu then moexc_mul,
+   in one pass. */
+static void moexc__swiglu_act(float *act, const float *gate, const float *up, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        moexc__vstore(act + i, moexc__vmul(moexc__vsilu(moexc__vload(gate + i)), moexc__vload(up + i)));
+    if (i < n) {
+        float bg[MOEXC__VW] = {0}, bu[MOEXC__VW] = {0};
+        memcpy(bg, gate + i, (n - i) * sizeof(float));
+        memcpy(bu, up + i, (n - i) * sizeof(float));
+        moexc__vstore(bg, moexc__vmul(moexc__vsilu(moexc__vload(bg)), moexc__vload(bu)));
+        memcpy(act + i, bg, (n - i) * sizeof(float));
+    }
+}
+
+/* Backward of act = silu(gate) ⊙ up, in one pass (overwrites dgate, dup):
+     dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ (dact ⊙ up). */
+static void moexc__swiglu_act_backward(float *dgate, float *dup, const float *dact, const float *gate,
+                                       const float *up, size_t n)
+{
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) {
+        moexc__vf g = moexc__vload(gate + i), da = moexc__vload(dact + i);
+        moexc__vstore(dup + i, moexc__vmul(moexc__vsilu(g), da));
+        moexc__vstore(dgate + i, moexc__vsilu_backward(g, moexc__vmul(da, moexc__vload(up + i))));
+    }
+    if (i < n) {
+        float bg[MOEXC__VW] = {0}, bda[MOEXC__VW] = {0}, bu[MOEXC__VW] = {0}, bdu[MOEXC__VW];
+        moexc__vf g, da;
+        memcpy(bg, gate + i, (n - i) * sizeof(float));
+        memcpy(bda, dact + i, (n - i) * sizeof(float));
+        memcpy(bu, up + i, (n - i) * sizeof(float));
+        g = moexc__vload(bg);
+        da = moexc__vload(bda);
+        moexc__vstore(bdu, moexc__vmul(moexc__vsilu(g), da));
+        moexc__vstore(bg, moexc__vsilu_backward(g, moexc__vmul(da, moexc__vload(bu))));
+        memcpy(dup + i, bdu, (n - i) * sizeof(float));
+        memcpy(dgate + i, bg, (n - i) * sizeof(float));
+    }
+}
+
+/* Softmax backward of one row p = softmax(x) (dx may alias dy):
+     dx = scale · p ⊙ (dy − p·dy). */
+static void moexc__softmax_backward(float *dx, const float *p, const float *dy, size_t n, float scale)
+{
+    float pd = moexc_dot(p, dy, n);
+    moexc__vf vpd = moexc__vset1(pd), vs = moexc__vset1(scale);
+    size_t i = 0;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+        moexc__vstore(dx + i, moexc__vmul(moexc__vmul(moexc__vload(p + i),
+                                                      moexc__vsub(moexc__vload(dy + i), vpd)), vs));
+    for (; i < n; i++) dx[i] = p[i] * (dy[i] - pd) * scale;
+}
+
 /* ---- row-wise: softmax, RMSNorm ------------------------------------------- */
 /* y_ij = exp(x_ij - m_i) / sum_j exp(x_ij - m_i),  m_i = max_j x_ij.
    The exponentials are stored first and then summed with moexc_sum (four
@@ -5071,45 +5127,167 @@ done:
 #define MOEXC__RMS_EPS 1e-6f
 #define MOEXC__ROPE_THETA 10000.0
 #define MOEXC__ATT_PAR_MIN 131072.0   /* multiply-adds of one attention GEMM set worth a parallel region */
+/* Threading of the passes around the GEMMs: a pass worth a parallel region
+   touches at least MOEXC__PAR_MIN floats. Element-wise passes are cut into
+   chunks of MOEXC__CHUNK floats (a multiple of every MOEXC__VW, and each
+   element's value does not depend on where a chunk starts), row-wise passes
+   into rows; every row or chunk is computed whole by one thread, and the
+   column sums (parameter gradients) are cut by columns, each summed over the
+   rows in order. So no result depends on the thread count. */
+#define MOEXC__PAR_MIN 32768
+#define MOEXC__CHUNK 4096
+
+/* y = a + b, chunked over threads */
+static void moexc__add_par(float *y, const float *a, const float *b, size_t n)
+{
+    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        moexc_add(y + i, a + i, b + i, MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
+    }
+}
+
+/* x *= alpha, chunked over threads */
+static void moexc__scale_par(float *x, float alpha, size_t n)
+{
+    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        moexc_scale(x + i, alpha, MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
+    }
+}
+
+/* Σ x_i² in double: MOEXC__SUMSQ_PARTS parts of whole chunks (their size
+   depends on n only), each the double sum of its chunks' moexc_dot in order;
+   the parts are added in order. */
+#define MOEXC__SUMSQ_PARTS 64
+static double moexc__sumsq_par(const float *x, size_t n)
+{
+    double part[MOEXC__SUMSQ_PARTS], total = 0.0;
+    size_t per = (n + MOEXC__SUMSQ_PARTS - 1) / MOEXC__SUMSQ_PARTS;
+    int q;
+    per = (per + MOEXC__CHUNK - 1) / MOEXC__CHUNK * MOEXC__CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
+#endif
+    for (q = 0; q < MOEXC__SUMSQ_PARTS; q++) {
+        size_t i = (size_t)q * per, end = MOEXC__MIN(n, i + per);
+        double sum = 0.0;
+        for (; i < end; i += MOEXC__CHUNK) {
+            size_t len = MOEXC__MIN((size_t)MOEXC__CHUNK, end - i);
+            sum += (double)moexc_dot(x + i, x + i, len);
+        }
+        part[q] = sum;
+    }
+    for (q = 0; q < MOEXC__SUMSQ_PARTS; q++) total += part[q];
+    return total;
+}
 
 /* ---- embedding ----------------------------------------------------------- */
 /* x (N,d) = tok_emb[tokens]; tokens (N), tok_emb (V,d) */
 static void moexc__embedding_forward(float *x, const uint16_t *tokens, const float *tok_emb, int N, int d)
 {
     int t;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * d >= MOEXC__PAR_MIN)
+#endif
     for (t = 0; t < N; t++)
         memcpy(x + (size_t)t * d, tok_emb + (size_t)tokens[t] * d, (size_t)d * sizeof(float));
 }
-/* dtok_emb[tokens[t]] += dx[t] */
+/* dtok_emb[tokens[t]] += dx[t], tokens in order; threads split the columns
+   (blocks of MOEXC__VW), since two tokens may hit the same row */
 static void moexc__embedding_backward(float *dtok_emb, const float *dx, const uint16_t *tokens, int N, int d)
 {
-    int t;
-    for (t = 0; t < N; t++)
-        moexc_axpy(dtok_emb + (size_t)tokens[t] * d, 1.0f, dx + (size_t)t * d, (size_t)d);
+    int jb, n_blocks = (d + MOEXC__VW - 1) / MOEXC__VW;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * d >= MOEXC__PAR_MIN)
+#endif
+    for (jb = 0; jb < n_blocks; jb++) {
+        int t, j0 = jb * MOEXC__VW, w = MOEXC__MIN(MOEXC__VW, d - j0);
+        for (t = 0; t < N; t++)
+            moexc_axpy(dtok_emb + (size_t)tokens[t] * d + j0, 1.0f, dx + (size_t)t * d + j0, (size_t)w);
+    }
 }
 
 /* ---- RMSNorm ------------------------------------------------------------- */
 /* y (N,d) = g ⊙ x / sqrt(mean(x²) + 1e-6); inv_rms (N) = r_t kept for backward */
 static void moexc__rmsnorm_forward(float *y, float *inv_rms, const float *x, const float *g, int N, int d)
 {
-    moexc_rmsnorm_rows(y, inv_rms, x, g, N, d, MOEXC__RMS_EPS);
+    int t;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * d >= MOEXC__PAR_MIN)
+#endif
+    for (t = 0; t < N; t++)
+        moexc_rmsnorm_rows(y + (size_t)t * d, inv_rms + t, x + (size_t)t * d, g, 1, d, MOEXC__RMS_EPS);
+}
+/* The residual add and the RMSNorm after it in one pass over the rows:
+   h (N,d) = a + b (h may alias a or b), y = RMSNorm(h) as above. */
+static void moexc__residual_rmsnorm_forward(float *h, const float *a, const float *b, float *y, float *inv_rms,
+                                            const float *g, int N, int d)
+{
+    int t;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * d >= MOEXC__PAR_MIN)
+#endif
+    for (t = 0; t < N; t++) {
+        size_t o = (size_t)t * d;
+        moexc_add(h + o, a + o, b + o, (size_t)d);
+        moexc_rmsnorm_rows(y + o, inv_rms + t, h + o, g, 1, d, MOEXC__RMS_EPS);
+    }
 }
 /* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
-                         dg_j += Σ_t dy_j x_j r.                          */
+                         dg_j += Σ_t dy_j x_j r.
+   dx by rows; dg by blocks of MOEXC__VW columns, each summed over t in order. */
 static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
                                     const float *inv_rms, int N, int d)
 {
-    int t, j;
-    for (t = 0; t < N; t++) {
-        const float *xt = x + (size_t)t * d, *dyt = dy + (size_t)t * d;
-        float *dxt = dx + (size_t)t * d;
-        float r = inv_rms[t], c;
-        double dot = 0.0;
-        for (j = 0; j < d; j++) dot += (double)g[j] * dyt[j] * xt[j];
-        c = (float)((double)r * r * r * dot / d);
-        for (j = 0; j < d; j++) {
-            dxt[j] += r * g[j] * dyt[j] - c * xt[j];
-            dg[j] += dyt[j] * xt[j] * r;
+    int t, jb, n_blocks = (d + MOEXC__VW - 1) / MOEXC__VW;
+#ifdef _OPENMP
+#pragma omp parallel if ((double)N * d >= MOEXC__PAR_MIN)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+        for (t = 0; t < N; t++) {
+            const float *xt = x + (size_t)t * d, *dyt = dy + (size_t)t * d;
+            float *dxt = dx + (size_t)t * d;
+            float r = inv_rms[t], c, dot;
+            moexc__vf acc = moexc__vzero(), vr, vc;
+            int j = 0;
+            for (; j + MOEXC__VW <= d; j += MOEXC__VW)
+                acc = moexc__vfmadd(moexc__vmul(moexc__vload(g + j), moexc__vload(dyt + j)), moexc__vload(xt + j), acc);
+            dot = moexc__vhsum(acc);
+            for (; j < d; j++) dot += g[j] * dyt[j] * xt[j];
+            c = (float)((double)r * r * r * dot / d);
+            vr = moexc__vset1(r);
+            vc = moexc__vset1(c);
+            for (j = 0; j + MOEXC__VW <= d; j += MOEXC__VW)
+                moexc__vstore(dxt + j, moexc__vadd(moexc__vload(dxt + j),
+                    moexc__vsub(moexc__vmul(moexc__vmul(vr, moexc__vload(g + j)), moexc__vload(dyt + j)),
+                                moexc__vmul(vc, moexc__vload(xt + j)))));
+            for (; j < d; j++) dxt[j] += r * g[j] * dyt[j] - c * xt[j];
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (jb = 0; jb < n_blocks; jb++) {
+            int j0 = jb * MOEXC__VW, w = MOEXC__MIN(MOEXC__VW, d - j0), j, row;
+            for (row = 0; row < N; row++) {
+                const float *xt = x + (size_t)row * d + j0, *dyt = dy + (size_t)row * d + j0;
+                float r = inv_rms[row];
+                if (w == MOEXC__VW)
+                    moexc__vstore(dg + j0, moexc__vadd(moexc__vload(dg + j0), moexc__vmul(moexc__vmul(
+                                      moexc__vload(dyt), moexc__vload(xt)), moexc__vset1(r))));
+                else
+                    for (j = 0; j < w; j++) dg[j0 + j] += dyt[j] * xt[j] * r;
+            }
         }
     }
 }
@@ -5133,27 +5311,48 @@ static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int 
 static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_tab,
                               int B, int T, int H, int dh, int inverse)
 {
-    int b, t, h, i, half = dh / 2, d = H * dh;
+    int bt, half = dh / 2, d = H * dh;
     float sign = inverse ? -1.0f : 1.0f;
-    for (b = 0; b < B; b++)
-        for (t = 0; t < T; t++) {
-            const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
-            for (h = 0; h < H; h++) {
-                float *v = x + ((size_t)b * T + t) * d + (size_t)h * dh;
-                for (i = 0; i < half; i++) {
-                    float x1 = v[i], x2 = v[i + half], sn = sign * s[i];
-                    v[i]        = x1 * c[i] - x2 * sn;
-                    v[i + half] = x1 * sn + x2 * c[i];
-                }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)B * T * d >= MOEXC__PAR_MIN)
+#endif
+    for (bt = 0; bt < B * T; bt++) {
+        int t = bt % T, h, i;
+        const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
+        moexc__vf vsign = moexc__vset1(sign);
+        for (h = 0; h < H; h++) {
+            float *v = x + (size_t)bt * d + (size_t)h * dh;
+            for (i = 0; i + MOEXC__VW <= half; i += MOEXC__VW) {
+                moexc__vf x1 = moexc__vload(v + i), x2 = moexc__vload(v + i + half);
+                moexc__vf vc = moexc__vload(c + i), sn = moexc__vmul(vsign, moexc__vload(s + i));
+                moexc__vstore(v + i, moexc__vsub(moexc__vmul(x1, vc), moexc__vmul(x2, sn)));
+                moexc__vstore(v + i + half, moexc__vadd(moexc__vmul(x1, sn), moexc__vmul(x2, vc)));
+            }
+            for (; i < half; i++) {
+                float x1 = v[i], x2 = v[i + half], sn = sign * s[i];
+                v[i]        = x1 * c[i] - x2 * sn;
+                v[i + half] = x1 * sn + x2 * c[i];
             }
         }
+    }
 }
 
 /* ---- causal multi-head self-attention ------------------------------------ */
+/* Causal blocks: the T query rows of a (batch, head) are cut into blocks of at
+   most MOEXC__ATT_BLOCK rows; the block of rows r0 .. r1-1 sees keys 0 .. r1-1
+   only, so the GEMMs skip the all-zero part above the diagonal (for T = 256
+   and blocks of 56 rows they do 0.60 of the full T x T work). A block is the
+   whole GEMM register tiles of rows closest to 64 (56 rows on AVX-512), so
+   that no tile is a partial one. Every element is still summed over the same
+   keys in the same order (the terms left out are exact zeros), so the blocks
+   change no bit while T <= MOEXC_GEMM_KC. */
+#define MOEXC__ATT_BLOCK (64 / MOEXC__GEMM_MR * MOEXC__GEMM_MR)
+
 /* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
    P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
-   diagonal); y (B,T,d) = P v per head (overwritten). One GEMM for q kᵀ and
-   one for P v per (batch, head). */
+   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head) and
+   causal block of rows: S = q kᵀ / sqrt(dh) over the block's key prefix, the
+   causal softmax, y = P v. */
 static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
                                      int B, int T, int H, int dh)
 {
@@ -5166,25 +5365,32 @@ static void moexc__attention_forward(float *y, float *att, const float *q, const
 #pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
     for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, t;
+        int b = bh / H, h = bh % H, r0, t;
         size_t off = (size_t)b * T * d + (size_t)h * dh;
         float *P = att + (size_t)bh * T * T;
-        /* S = q kᵀ / sqrt(dh)  (T,T) */
-        moexc_sgemm(0, 1, T, T, dh, scale, q + off, d, k + off, d, 0.0f, P, T);
-        /* causal softmax, max subtracted: row t sees keys 0..t */
-        for (t = 0; t < T; t++) {
-            float *row = P + (size_t)t * T;
-            moexc_softmax_rows(row, row, 1, t + 1);
-            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+            float *Pb = P + (size_t)r0 * T;
+            /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
+            moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + off + (size_t)r0 * d, d, k + off, d, 0.0f, Pb, T);
+            /* causal softmax, max subtracted: row t sees keys 0..t */
+            for (t = r0; t < r1; t++) {
+                float *row = P + (size_t)t * T;
+                moexc_softmax_rows(row, row, 1, t + 1);
+                if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            }
+            /* y = P v  (rows r0..r1-1) */
+            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v + off, d, 0.0f, y + off + (size_t)r0 * d, d);
         }
-        /* y = P v  (T,dh) */
-        moexc_sgemm(0, 0, T, dh, T, 1.0f, P, T, v + off, d, 0.0f, y + off, d);
     }
 }
 /* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
-   datt (B,H,T,T) is scratch.
+   datt (B,H,T,T) is scratch (above the diagonal blocks it is not written).
      dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
-     dq = dS k,   dk = dSᵀ q. */
+     dq = dS k,   dk = dSᵀ q.
+   dP, dS and dq go by causal blocks of rows (rows r0..r1-1 need keys
+   0..r1-1); dv and dk by blocks of keys (keys c0..c1-1 get gradient from
+   rows c0..T-1 only). */
 static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
                                       const float *att, const float *q, const float *k, const float *v,
                                       int B, int T, int H, int dh)
@@ -5195,22 +5401,36 @@ static void moexc__attention_backward(float *dq, float *dk, float *dv, float *da
 #pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
     for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, t, j;
+        int b = bh / H, h = bh % H, r0, t;
         size_t off = (size_t)b * T * d + (size_t)h * dh;
         const float *P = att + (size_t)bh * T * T;
         float *dS = datt + (size_t)bh * T * T;
-        moexc_sgemm(0, 1, T, T, dh, 1.0f, dy + off, d, v + off, d, 0.0f, dS, T);   /* dP */
-        moexc_sgemm(1, 0, T, dh, T, 1.0f, P, T, dy + off, d, 0.0f, dv + off, d);
-        for (t = 0; t < T; t++) {
-            const float *p = P + (size_t)t * T;
-            float *ds = dS + (size_t)t * T;
-            double dot = 0.0;
-            for (j = 0; j <= t; j++) dot += (double)p[j] * ds[j];
-            for (j = 0; j <= t; j++) ds[j] = p[j] * (ds[j] - (float)dot) * scale;
-            for (; j < T; j++) ds[j] = 0.0f;
+        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+            /* dP (rows r0..r1-1, keys 0..r1-1) */
+            moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + off + (size_t)r0 * d, d, v + off, d, 0.0f,
+                        dS + (size_t)r0 * T, T);
+            /* zeros above the diagonal inside the block, the only ones the
+               GEMMs below read */
+            for (t = r0; t < r1; t++) {
+                float *ds = dS + (size_t)t * T;
+                moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
+                if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
+            }
+            /* dq = dS k  (rows r0..r1-1) */
+            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k + off, d, 0.0f,
+                        dq + off + (size_t)r0 * d, d);
         }
-        moexc_sgemm(0, 0, T, dh, T, 1.0f, dS, T, k + off, d, 0.0f, dq + off, d);
-        moexc_sgemm(1, 0, T, dh, T, 1.0f, dS, T, q + off, d, 0.0f, dk + off, d);
+        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+            int c1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+            const float *Pc = P + (size_t)r0 * T + r0;
+            const float *dSc = dS + (size_t)r0 * T + r0;
+            /* dv = Pᵀ dy and dk = dSᵀ q (keys r0..c1-1, rows r0..T-1) */
+            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, Pc, T, dy + off + (size_t)r0 * d, d, 0.0f,
+                        dv + off + (size_t)r0 * d, d);
+            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, dSc, T, q + off + (size_t)r0 * d, d, 0.0f,
+                        dk + off + (size_t)r0 * d, d);
+        }
     }
 }
 
@@ -5223,11 +5443,17 @@ static void moexc__swiglu_forward(float *out, float *gate, float *up, float *act
                                   int M, int d, int h)
 {
     size_t n = (size_t)M * h;
+    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
     if (M <= 0) return;
     moexc_linear_forward(gate, u, w_gate, NULL, M, h, d);
     moexc_linear_forward(up, u, w_up, NULL, M, h, d);
-    moexc_silu(act, gate, n);
-    moexc_mul(act, act, up, n);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        moexc__swiglu_act(act + i, gate + i, up + i, MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
+    }
     moexc_linear_forward(out, act, w_down, NULL, M, d, h);
 }
 /* dout (M,d) -> du (M,d) (overwritten, or added when accumulate);
@@ -5242,13 +5468,18 @@ static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, fl
                                    int M, int d, int h)
 {
     size_t n = (size_t)M * h;
+    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
     if (M <= 0) return;
     moexc_linear_backward_weight(dw_down, dout, act, M, d, h);
     moexc_linear_backward_input(dact, dout, w_down, M, d, h, 0);
-    moexc_silu(dup, gate, n);
-    moexc_mul(dup, dup, dact, n);
-    moexc_mul(dact, dact, up, n);
-    moexc_silu_backward(dgate, gate, dact, n);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        moexc__swiglu_act_backward(dgate + i, dup + i, dact + i, gate + i, up + i,
+                                   MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
+    }
     moexc_linear_backward_weight(dw_gate, dgate, u, M, h, d);
     moexc_linear_backward_weight(dw_up, dup, u, M, h, d);
     moexc_linear_backward_input(du, dgate, w_gate, M, h, d, accumulate);
@@ -5300,40 +5531,46 @@ static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, c
                                int N, const moexc__moe_dims *md)
 {
     int d = md->d, E = md->E, k = md->k, h = md->h;
-    int t, s, i, e;
+    int t, s, i, e, par = (double)N * (E + d) >= MOEXC__PAR_MIN;
     double lb = 0.0, zsum = 0.0;
 
+    (void)par;
     moexc_linear_forward(a->logits, u, w_router, NULL, N, E, d);
-    moexc_softmax_rows(a->probs, a->logits, N, E);
-
-    for (i = 0; i <= E; i++) a->expert_offset[i] = 0;
+    /* per token: p = softmax(z), top-k, gates, lse */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (par)
+#endif
     for (t = 0; t < N; t++) {
-        const float *p = a->probs + (size_t)t * E, *z = a->logits + (size_t)t * E;
+        const float *z = a->logits + (size_t)t * E;
+        float *p = a->probs + (size_t)t * E;
         int *ch = a->choice + (size_t)t * k;
         float *w = a->weight + (size_t)t * k;
         double zmax = z[0], zs = 0.0, psum = 0.0;
+        int r, j, prev;
+        moexc_softmax_rows(p, z, 1, E);
         /* top-k by repeated arg-max; the strict '>' keeps the lowest index on ties */
-        for (s = 0; s < k; s++) {
-            int best = -1, prev;
-            for (i = 0; i < E; i++) {
+        for (r = 0; r < k; r++) {
+            int best = -1;
+            for (j = 0; j < E; j++) {
                 int taken = 0;
-                for (prev = 0; prev < s; prev++) taken |= ch[prev] == i;
-                if (!taken && (best < 0 || p[i] > p[best])) best = i;
+                for (prev = 0; prev < r; prev++) taken |= ch[prev] == j;
+                if (!taken && (best < 0 || p[j] > p[best])) best = j;
             }
-            ch[s] = best;
-            w[s] = p[best];
+            ch[r] = best;
+            w[r] = p[best];
             psum += p[best];
-            a->expert_offset[best + 1]++;
         }
         if (md->renorm)
-            for (s = 0; s < k; s++) w[s] = (float)(w[s] / psum);
+            for (r = 0; r < k; r++) w[r] = (float)(w[r] / psum);
         /* lse_t = max z + log Σ exp(z − max z) */
-        for (i = 1; i < E; i++) if (z[i] > zmax) zmax = z[i];
-        for (i = 0; i < E; i++) zs += exp((double)z[i] - zmax);
+        for (j = 1; j < E; j++) if (z[j] > zmax) zmax = z[j];
+        for (j = 0; j < E; j++) zs += exp((double)z[j] - zmax);
         a->lse[t] = (float)(zmax + log(zs));
-        zsum += (double)a->lse[t] * a->lse[t];
     }
+    for (t = 0; t < N; t++) zsum += (double)a->lse[t] * a->lse[t];
     /* group the N*k assignments by expert, tokens ascending within an expert */
+    for (i = 0; i <= E; i++) a->expert_offset[i] = 0;
+    for (s = 0; s < N * k; s++) a->expert_offset[a->choice[s] + 1]++;
     for (e = 0; e < E; e++) a->expert_offset[e + 1] += a->expert_offset[e];
     for (e = 0; e < E; e++) a->expert_cursor[e] = a->expert_offset[e];
     for (t = 0; t < N; t++)
@@ -5342,8 +5579,16 @@ static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, c
             a->assign_token[slot] = t;
             a->token_assign[(size_t)t * k + s] = slot;
         }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (par)
+#endif
     for (s = 0; s < N * k; s++)
         memcpy(a->xg + (size_t)s * d, u + (size_t)a->assign_token[s] * d, (size_t)d * sizeof(float));
+    /* the experts side by side, one thread each (their GEMMs then run on one
+       thread, and a GEMM's bits do not depend on that) */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (par && E > 1)
+#endif
     for (e = 0; e < E; e++) {
         int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
@@ -5352,11 +5597,15 @@ static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, c
                               n_e, d, h);
     }
     /* scatter-add: out_t = Σ_s w_ts eo[(t, s)] */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (par)
+#endif
     for (t = 0; t < N; t++) {
         float *ot = out + (size_t)t * d;
+        int r;
         memset(ot, 0, (size_t)d * sizeof(float));
-        for (s = 0; s < k; s++)
-            moexc_axpy(ot, a->weight[(size_t)t * k + s], a->eo + (size_t)a->token_assign[(size_t)t * k + s] * d,
+        for (r = 0; r < k; r++)
+            moexc_axpy(ot, a->weight[(size_t)t * k + r], a->eo + (size_t)a->token_assign[(size_t)t * k + r] * d,
                        (size_t)d);
     }
     /* Switch load balancing: f_i = count_i / (kN) (a constant), P_i = mean_t p_ti */
@@ -5387,16 +5636,25 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
                                 int N, const moexc__moe_dims *md)
 {
     int d = md->d, E = md->E, k = md->k, h = md->h;
-    int t, s, i, e;
-    for (t = 0; t < N; t++)
-        for (s = 0; s < k; s++) {
-            size_t ts = (size_t)t * k + s, slot = (size_t)a->token_assign[ts];
-            const float *dot_ = dout + (size_t)t * d;
+    int t, e, par = (double)N * (E + d) >= MOEXC__PAR_MIN;
+    (void)par;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (par)
+#endif
+    for (t = 0; t < N; t++) {
+        const float *dot_ = dout + (size_t)t * d;
+        int r;
+        for (r = 0; r < k; r++) {
+            size_t ts = (size_t)t * k + r, slot = (size_t)a->token_assign[ts];
             float *deo = sc->d_eo + slot * d;
-            int j;
             sc->dw[ts] = moexc_dot(dot_, a->eo + slot * d, (size_t)d);
-            for (j = 0; j < d; j++) deo[j] = a->weight[ts] * dot_[j];
+            memcpy(deo, dot_, (size_t)d * sizeof(float));
+            moexc_scale(deo, a->weight[ts], (size_t)d);
         }
+    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) if (par && E > 1)
+#endif
     for (e = 0; e < E; e++) {
         int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
@@ -5407,30 +5665,31 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
                                w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
                                n_e, d, h);
     }
-    for (t = 0; t < N; t++)
-        for (s = 0; s < k; s++)
-            moexc_axpy(du + (size_t)t * d, 1.0f, sc->d_xg + (size_t)a->token_assign[(size_t)t * k + s] * d,
-                       (size_t)d);
-    /* router: gate gradient -> dp -> softmax -> dz */
+    /* gather of the experts' input gradients, then the router:
+       gate gradient -> dp -> softmax -> dz; per token */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (par)
+#endif
     for (t = 0; t < N; t++) {
         const float *p = a->probs + (size_t)t * E, *w = a->weight + (size_t)t * k, *dw = sc->dw + (size_t)t * k;
         const int *ch = a->choice + (size_t)t * k;
         float *dp = sc->dp + (size_t)t * E, *dz = sc->dz + (size_t)t * E;
-        double pdp = 0.0;
+        int r, i;
+        for (r = 0; r < k; r++)
+            moexc_axpy(du + (size_t)t * d, 1.0f, sc->d_xg + (size_t)a->token_assign[(size_t)t * k + r] * d,
+                       (size_t)d);
         for (i = 0; i < E; i++)
             dp[i] = md->lb_alpha > 0.0f ? md->lb_alpha * (float)E * a->frac[i] / (float)N : 0.0f;
         if (md->renorm) {
             double psum = 0.0, c = 0.0;
-            for (s = 0; s < k; s++) { psum += p[ch[s]]; c += (double)dw[s] * w[s]; }
-            for (s = 0; s < k; s++) dp[ch[s]] += (float)((dw[s] - c) / psum);
+            for (r = 0; r < k; r++) { psum += p[ch[r]]; c += (double)dw[r] * w[r]; }
+            for (r = 0; r < k; r++) dp[ch[r]] += (float)((dw[r] - c) / psum);
         } else {
-            for (s = 0; s < k; s++) dp[ch[s]] += dw[s];
+            for (r = 0; r < k; r++) dp[ch[r]] += dw[r];
         }
-        for (i = 0; i < E; i++) pdp += (double)p[i] * dp[i];
-        for (i = 0; i < E; i++) {
-            dz[i] = p[i] * (dp[i] - (float)pdp);
-            if (md->z_weight > 0.0f) dz[i] += md->z_weight * 2.0f * a->lse[t] / (float)N * p[i];
-        }
+        moexc__softmax_backward(dz, p, dp, (size_t)E, 1.0f);
+        if (md->z_weight > 0.0f)
+            for (i = 0; i < E; i++) dz[i] += md->z_weight * 2.0f * a->lse[t] / (float)N * p[i];
     }
     moexc_linear_backward_weight(dw_router, sc->dz, u, N, E, d);
     moexc_linear_backward_input(du, sc->dz, w_router, N, E, d, 1);
@@ -5444,27 +5703,35 @@ static double moexc__crossentropy_forward(float *lse, float *scratch, const floa
                                           int N, int V)
 {
     double total = 0.0;
-    int t, j;
+    int t;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * V >= MOEXC__PAR_MIN)
+#endif
     for (t = 0; t < N; t++) {
         const float *z = logits + (size_t)t * V;
         float *e = scratch + (size_t)t * V;
         float m = moexc_max(z, (size_t)V);
+        int j;
         for (j = 0; j < V; j++) e[j] = z[j] - m;
         moexc_exp(e, e, (size_t)V);
         lse[t] = m + (float)log((double)moexc_sum(e, (size_t)V));
-        total += (double)lse[t] - z[targets[t]];
     }
+    for (t = 0; t < N; t++) total += (double)lse[t] - logits[(size_t)t * V + targets[t]];
     return total / N;
 }
 /* dlogits (N,V) overwritten = (softmax(z) − onehot(y)) / N, softmax = exp(z − lse) */
 static void moexc__crossentropy_backward(float *dlogits, const float *logits, const float *lse,
                                          const uint16_t *targets, int N, int V)
 {
-    int t, j;
+    int t;
     float inv_n = 1.0f / (float)N;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)N * V >= MOEXC__PAR_MIN)
+#endif
     for (t = 0; t < N; t++) {
         const float *z = logits + (size_t)t * V;
         float *g = dlogits + (size_t)t * V;
+        int j;
         for (j = 0; j < V; j++) g[j] = z[j] - lse[t];
         moexc_exp(g, g, (size_t)V);
         g[targets[t]] -= 1.0f;
@@ -5955,7 +6222,17 @@ MOEXC_DEF const moexc_model_config *moexc_model_get_config(const moexc_model *m)
 MOEXC_DEF size_t moexc_model_num_params(const moexc_model *m) { return m->n_params; }
 MOEXC_DEF float *moexc_model_params(moexc_model *m) { return m->params; }
 MOEXC_DEF float *moexc_model_grads(moexc_model *m) { return m->grads; }
-MOEXC_DEF void moexc_model_zero_grad(moexc_model *m) { memset(m->grads, 0, m->n_params * sizeof(float)); }
+MOEXC_DEF void moexc_model_zero_grad(moexc_model *m)
+{
+    long c, n_chunks = (long)((m->n_params + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (m->n_params >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        memset(m->grads + i, 0, MOEXC__MIN((size_t)MOEXC__CHUNK, m->n_params - i) * sizeof(float));
+    }
+}
 MOEXC_DEF int moexc_model_num_tensors(const moexc_model *m) { return m->n_tensors; }
 MOEXC_DEF const moexc_param_info *moexc_model_tensor(const moexc_model *m, int i)
 {
@@ -6014,12 +6291,12 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
     memcpy(m->tokens, inputs, (size_t)N * sizeof(uint16_t));
 
     moexc__embedding_forward(m->acts[0].x, m->tokens, m->w.tok_emb, N, d);
+    moexc__rmsnorm_forward(m->acts[0].attn_in, m->acts[0].attn_rms, m->acts[0].x, m->w.layer[0].attn_norm, N, d);
     for (l = 0; l <= last_layer; l++) {
         moexc__layer_acts *a = &m->acts[l];
         const moexc__layer_weights *w = &m->w.layer[l];
         float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
-        /* h = x + Attn(RMSNorm(x)) */
-        moexc__rmsnorm_forward(a->attn_in, a->attn_rms, a->x, w->attn_norm, N, d);
+        /* h = x + Attn(RMSNorm(x)), RMSNorm(x) made by the step before */
         moexc_linear_forward(a->q, a->attn_in, w->wq, NULL, N, d, d);
         moexc_linear_forward(a->k, a->attn_in, w->wk, NULL, N, d, d);
         moexc_linear_forward(a->v, a->attn_in, w->wv, NULL, N, d, d);
@@ -6027,20 +6304,25 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
         moexc__rope_apply(a->k, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
         moexc__attention_forward(a->att_y, a->att, a->q, a->k, a->v, B, T, H, dh);
         moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
-        moexc_add(a->h, a->h, a->x, (size_t)N * d);
         /* y = h + FFN(RMSNorm(h)) */
-        moexc__rmsnorm_forward(a->ffn_in, a->ffn_rms, a->h, w->ffn_norm, N, d);
+        moexc__residual_rmsnorm_forward(a->h, a->h, a->x, a->ffn_in, a->ffn_rms, w->ffn_norm, N, d);
         if (c->ffn == MOEXC_FFN_MOE)
             moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
         else
             moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
                                   N, d, c->d_ff);
-        moexc_add(x_out, a->h, a->ffn_out, (size_t)N * d);
+        /* with the RMSNorm that reads y: the next block's, or the final one */
+        if (l < last_layer)
+            moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->acts[l + 1].attn_in, m->acts[l + 1].attn_rms,
+                                            m->w.layer[l + 1].attn_norm, N, d);
+        else if (l == c->n_layers - 1)
+            moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->xf, m->xf_rms, m->w.norm, N, d);
+        else
+            moexc__add_par(x_out, a->h, a->ffn_out, (size_t)N * d);
         m->layers_done = l + 1;
     }
     if (last_layer < c->n_layers - 1) return MOEXC_OK;
 
-    moexc__rmsnorm_forward(m->xf, m->xf_rms, m->x_final, m->w.norm, N, d);
     moexc_linear_forward(m->logits, m->xf, m->w.lm_head, NULL, N, V, d);
     memset(&m->stats, 0, sizeof(m->stats));
     if (targets) {
@@ -6093,12 +6375,13 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
         moexc__layer_acts *a = &m->acts[l];
         const moexc__layer_weights *w = &m->w.layer[l];
         moexc__layer_weights *g = &m->g.layer[l];
-        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh */
-        memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
-        if (c->ffn == MOEXC_FFN_MOE)
+        /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh; the MoE adds
+           into dnorm, the dense FFN overwrites it */
+        if (c->ffn == MOEXC_FFN_MOE) {
+            memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
             moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
                                 m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
-        else
+        } else
             moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
                                    m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
                                    N, d, c->d_ff);
@@ -6765,30 +7048,43 @@ static void moexc__trainer_sample(moexc_trainer *t)
 /* AdamW (decoupled weight decay, as torch.optim.AdamW), step t >= 1:
      theta *= 1 - lr wd            (matrices only)
      m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
-     theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps) */
+     theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+   with moexc_adam_update (>>tensor): element by element, one IEEE operation
+   after another, so the vector and scalar paths and any chunking give the
+   same bits. All tensors in one parallel region, each cut into chunks. */
 static void moexc__adamw(moexc_trainer *t, double lr)
 {
     const moexc_train_options *o = &t->opt;
     float *theta = moexc_model_params(t->model), *grad = moexc_model_grads(t->model);
     float *mom = t->moments, *vel = t->moments + t->n_params;
-    float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
     double step = (double)(t->step + 1);
-    float step_size = (float)(lr / (1.0 - pow((double)b1, step)));
-    float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, step));
-    int n_tensors = moexc_model_num_tensors(t->model), k;
-    for (k = 0; k < n_tensors; k++) {
-        const moexc_param_info *pi = moexc_model_tensor(t->model, k);
-        float decay = (pi->decay && o->weight_decay > 0) ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
-        float *p = theta + pi->offset, *g = grad + pi->offset, *m = mom + pi->offset, *v = vel + pi->offset;
-        long i, n = (long)pi->size;
+    moexc_adam_coeffs base;
+    int n_tensors = moexc_model_num_tensors(t->model);
+    base.g_scale = 1.0f;
+    base.decay = 1.0f;
+    base.beta1 = o->beta1;
+    base.beta2 = o->beta2;
+    base.eps = o->eps;
+    base.step_size = (float)(lr / (1.0 - pow((double)o->beta1, step)));
+    base.bc2_sqrt = (float)sqrt(1.0 - pow((double)o->beta2, step));
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel if (t->n_params >= MOEXC__PAR_MIN)
 #endif
-        for (i = 0; i < n; i++) {
-            p[i] *= decay;
-            m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-            v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-            p[i] -= step_size * (m[i] / (sqrtf(v[i]) / bc2_sqrt + eps));
+    {
+        int k;
+        for (k = 0; k < n_tensors; k++) {
+            const moexc_param_info *pi = moexc_model_tensor(t->model, k);
+            moexc_adam_coeffs c = base;
+            long ch, n_chunks = (long)((pi->size + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+            c.decay = (pi->decay && o->weight_decay > 0) ? (float)(1.0 - lr * o->weight_decay) : 1.0f;
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+            for (ch = 0; ch < n_chunks; ch++) {
+                size_t i = pi->offset + (size_t)ch * MOEXC__CHUNK;
+                size_t len = MOEXC__MIN((size_t)MOEXC__CHUNK, pi->size - (size_t)ch * MOEXC__CHUNK);
+                moexc_adam_update(theta + i, grad + i, mom + i, vel + i, len, &c);
+            }
         }
     }
 }
@@ -6800,7 +7096,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
     int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = moexc_model_active_experts(t->model);
     float *grad = moexc_model_grads(t->model);
-    size_t i, n = t->n_params;
+    size_t n = t->n_params;
     double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
     moexc_train_progress p;
     moexc_status st;
@@ -6819,15 +7115,15 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
         }
     }
     /* the step's loss is the mean over micro-batches: average the gradients */
-    if (A > 1) moexc_scale(grad, 1.0f / (float)A, n);
-    for (i = 0; i < n; i++) norm2 += (double)grad[i] * (double)grad[i];
+    if (A > 1) moexc__scale_par(grad, 1.0f / (float)A, n);
+    norm2 = moexc__sumsq_par(grad, n);
     norm = sqrt(norm2);
     if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
         return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d: loss %g, gradient norm %g", t->step + 1, sum_loss / A, norm);
     /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
     if (o->grad_clip > 0) {
         double coef = (double)o->grad_clip / (norm + 1e-6);
-        if (coef < 1.0) moexc_scale(grad, (float)coef, n);
+        if (coef < 1.0) moexc__scale_par(grad, (float)coef, n);
     }
     lr = moexc_train_lr(o, t->step);
     moexc__adamw(t, lr);
