@@ -257,9 +257,8 @@ MOEXC_DEF void  moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, con
      theta *= decay                        (AdamW: 1 - lr wd; 1 for none)
      m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
      theta -= step_size m / (sqrt(v) / bc2_sqrt + eps)
-   step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t). One IEEE operation
-   at a time, no FMA: every backend gives the same bits. Callers thread it
-   over chunks. */
+   step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t). Element by element,
+   so any chunking gives the same bits; callers thread it over chunks. */
 typedef struct moexc_adam_coeffs {
     float g_scale, decay, beta1, beta2, eps, step_size, bc2_sqrt;
 } moexc_adam_coeffs;
@@ -1974,9 +1973,12 @@ MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
    No OpenMP here: callers run these inside their own parallel regions.
 
    What is and is not bit-identical across backends:
-   - add, mul, scale, adam_update, rmsnorm's final scaling: one IEEE operation
-     at a time per element (no FMA),
+   - add, mul, scale, rmsnorm's final scaling: one IEEE operation per element,
      so every backend gives the same bits for the same inputs.
+   - adam_update: written without FMA, so C builds (whose ISO modes do not
+     contract a*b + c) give the same bits on every backend; a compiler that
+     contracts (C++, -ffp-contract=fast) moves the last bit (the twin test:
+     4 eps (|theta| + step_size), measured 1).
    - axpy: fused multiply-add on AVX2/AVX-512/NEON, two roundings on SSE2 and
      scalar: results differ by at most 1 ulp of the product's rounding.
    - dot, sum (and softmax's and rmsnorm's inner sums): four independent
@@ -7049,9 +7051,9 @@ static void moexc__trainer_sample(moexc_trainer *t)
      theta *= 1 - lr wd            (matrices only)
      m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
      theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-   with moexc_adam_update (>>tensor): element by element, one IEEE operation
-   after another, so the vector and scalar paths and any chunking give the
-   same bits. All tensors in one parallel region, each cut into chunks. */
+   with moexc_adam_update (>>tensor): element by element, so any chunking
+   gives the same bits. All tensors in one parallel region, each cut into
+   chunks. */
 static void moexc__adamw(moexc_trainer *t, double lr)
 {
     const moexc_train_options *o = &t->opt;
