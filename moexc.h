@@ -1978,7 +1978,7 @@ MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
    - adam_update: written without FMA, so C builds (whose ISO modes do not
      contract a*b + c) give the same bits on every backend; a compiler that
      contracts (C++, -ffp-contract=fast) moves the last bit (the twin test:
-     4 eps (|theta| + step_size), measured 1).
+     4 eps of the terms, measured 2 in a g++ build).
    - axpy: fused multiply-add on AVX2/AVX-512/NEON, two roundings on SSE2 and
      scalar: results differ by at most 1 ulp of the product's rounding.
    - dot, sum (and softmax's and rmsnorm's inner sums): four independent
