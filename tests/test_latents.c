@@ -2,9 +2,13 @@
    bounded heap, domain and expert attribution with a shuffled baseline,
    spliced loss, the model's site replacement hook and the one-pass driver,
    on small hand-computed cases. */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L   /* tools/report_page.h lists PNGs with opendir */
+#endif
 #include "../moexc.h"
 #include "harness.h"
 #include <stdlib.h>
+#include "../tools/report_page.h"
 
 static void test_top_acts_heap(void)
 {
@@ -270,8 +274,47 @@ static void test_study_driver(void)
     moexc_xc_free(xc); moexc_model_free(a); moexc_model_free(b); moexc_tokens_free(&tok);
 }
 
+/* Every byte a corpus can hold, through the page's escaper: the output is
+   printable ASCII without a raw < > " ' (and & only as an entity), apart
+   from our own markup for escaped bytes and our UTF-8 glyphs. */
+static void test_page_escaper(void)
+{
+    FILE *f = tmpfile();
+    char buf[64];
+    unsigned t;
+    int bad_raw = 0, nul_shown = 0, ff_shown = 0;
+    if (!f) { TH_CHECK(0, "tmpfile"); return; }
+    for (t = 0; t < 256; t++) {
+        long n;
+        rewind(f);
+        page_byte(f, t);
+        n = ftell(f);
+        rewind(f);
+        memset(buf, 0, sizeof(buf));
+        if (n <= 0 || n >= (long)sizeof(buf) || fread(buf, 1, (size_t)n, f) != (size_t)n) { bad_raw++; continue; }
+        if (t == 0) nul_shown = strcmp(buf, "<span class=\"c\">\\x00</span>") == 0;
+        if (t == 0xFF) ff_shown = strcmp(buf, "<span class=\"c\">\\xFF</span>") == 0;
+        if (strncmp(buf, "<span class=\"c\">", 16) == 0) {     /* our markup around an escape: check the inside */
+            const char *in = buf + 16, *end = strstr(in, "</span>");
+            const char *q;
+            if (!end) { bad_raw++; continue; }
+            for (q = in; q < end; q++) if (*q == '<' || *q == '>' || *q == '"' || *q == 0) bad_raw++;
+        } else if (buf[0] == '&') {
+            bad_raw += !(strcmp(buf, "&lt;") == 0 || strcmp(buf, "&gt;") == 0 || strcmp(buf, "&amp;") == 0 ||
+                         strcmp(buf, "&quot;") == 0 || strcmp(buf, "&#39;") == 0);
+        } else {
+            bad_raw += !(n == 1 && buf[0] >= 0x20 && buf[0] < 0x7F && buf[0] != '<' && buf[0] != '>' && buf[0] != '"' && buf[0] != '\'');
+        }
+    }
+    fclose(f);
+    TH_CHECK(bad_raw == 0, "%d bytes escaped unsafely", bad_raw);
+    TH_CHECK(nul_shown, "NUL shown as \\x00");
+    TH_CHECK(ff_shown, "0xFF (invalid UTF-8) shown as \\xFF");
+}
+
 int main(void)
 {
+    TH_RUN(test_page_escaper);
     TH_RUN(test_top_acts_heap);
     TH_RUN(test_label_attribution);
     TH_RUN(test_splice_acc);

@@ -21,6 +21,11 @@
 #include <dirent.h>
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PAGE_FN static __attribute__((unused))
+#else
+#define PAGE_FN static
+#endif
 #define PAGE_MAX_PNGS 64
 #define PAGE_CONTEXT_BEFORE 48
 #define PAGE_CONTEXT_AFTER 8
@@ -41,7 +46,7 @@ typedef struct report_page {
 } report_page;
 
 /* ---- escaping: corpus bytes as text ------------------------------------- */
-static void page_byte(FILE *f, unsigned t)
+PAGE_FN void page_byte(FILE *f, unsigned t)
 {
     if (t == '<') fputs("&lt;", f);
     else if (t == '>') fputs("&gt;", f);
@@ -55,11 +60,11 @@ static void page_byte(FILE *f, unsigned t)
     else if (t < 256) fprintf(f, "<span class=\"c\">\\x%02X</span>", t);
     else fprintf(f, "<span class=\"c\">&lt;%u&gt;</span>", t);
 }
-static void page_text(FILE *f, const char *s)
+PAGE_FN void page_text(FILE *f, const char *s)
 {
     for (; *s; s++) page_byte(f, (unsigned char)*s);
 }
-static void page_num(FILE *f, const char *fmt, double x)
+PAGE_FN void page_num(FILE *f, const char *fmt, double x)
 {
     if (x != x) fputs("&ndash;", f);
     else fprintf(f, fmt, x);
@@ -68,7 +73,7 @@ static void page_num(FILE *f, const char *fmt, double x)
 /* ---- the expert-purity figure ------------------------------------------- */
 /* Grouped bars per class: domain purity, expert purity (top-1) and expert
    purity (top-k slots), each next to its shuffled baseline (hatched pale). */
-static int page_purity_plot(const report_page *p, moexc_canvas *cv, moexc_error *err)
+PAGE_FN int page_purity_plot(const report_page *p, moexc_canvas *cv, moexc_error *err)
 {
     const int W = 1000, H = 520, x0 = 90, y0 = 60, x1 = 980, y1 = 430;
     moexc_label_class_stats cs[3][MOEXC_CLASS_COUNT];
@@ -123,7 +128,7 @@ static int page_purity_plot(const report_page *p, moexc_canvas *cv, moexc_error 
 
 /* ---- latent selection ---------------------------------------------------- */
 typedef struct page_pick { int latent; float key; } page_pick;
-static int page_pick_cmp(const void *a, const void *b)
+PAGE_FN int page_pick_cmp(const void *a, const void *b)
 {
     const page_pick *x = (const page_pick *)a, *y = (const page_pick *)b;
     if (x->key != y->key) return x->key > y->key ? -1 : 1;
@@ -131,7 +136,7 @@ static int page_pick_cmp(const void *a, const void *b)
 }
 
 /* most exclusive (by |r - 0.5|, shared: closest to 0.5) and densest latents of cls */
-static int page_select(const report_page *p, int cls, int per_list, int *out, char *kind)
+PAGE_FN int page_select(const report_page *p, int cls, int per_list, int *out, char *kind)
 {
     const moexc_latent_analysis *an = p->an;
     int F = an->n_latents, i, n = 0, m, list, got = 0;
@@ -161,7 +166,7 @@ static int page_select(const report_page *p, int cls, int per_list, int *out, ch
 }
 
 /* ---- one card ------------------------------------------------------------- */
-static void page_shares(FILE *f, const char *title, const double *share, const double *base, int C,
+PAGE_FN void page_shares(FILE *f, const char *title, const double *share, const double *base, int C,
                         const char *const *names, int per_row)
 {
     int c;
@@ -179,7 +184,7 @@ static void page_shares(FILE *f, const char *title, const double *share, const d
     fputs("</div>", f);
 }
 
-static void page_card(FILE *f, const report_page *p, int i, char kind, int order, moexc_top_entry *ent,
+PAGE_FN void page_card(FILE *f, const report_page *p, int i, char kind, int order, moexc_top_entry *ent,
                       const char *const *dom_names)
 {
     const moexc_latent_analysis *an = p->an;
@@ -240,12 +245,12 @@ static void page_card(FILE *f, const report_page *p, int i, char kind, int order
     fputs("</div></div>\n", f);
 }
 
-static int page_png_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+PAGE_FN int page_png_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Writes expert_purity.png through write("expert_purity.png", canvas, user)
    (the name is relative to p->dir; the writer saves it there), then
    <dir>/index.html (temporary file, then rename). Returns 0 on success, else a message in msg. */
-static int report_page_write(const report_page *p, moexc_png_writer write, void *user, char *msg, size_t msg_size)
+PAGE_FN int report_page_write(const report_page *p, moexc_png_writer write, void *user, char *msg, size_t msg_size)
 {
     const moexc_latent_analysis *an = p->an;
     const moexc_latent_study *st = p->st;
@@ -385,7 +390,7 @@ static int report_page_write(const report_page *p, moexc_png_writer write, void 
     for (m = 0; m < 2; m++)
         for (d = 0; d <= st->n_domains; d++) {
             fprintf(f, "<tr><td>%s</td><td>", m == 0 ? "MoE" : "dense");
-            if (d < st->n_domains) page_text(f, dom_names[d]); else fputs("<b>all</b>", f);
+            if (d < st->n_domains) page_text(f, dom_names[d]); else fputs("<strong>all</strong>", f);
             for (k = 0; k < MOEXC_SPLICE_COUNT; k++) { fputs("</td><td>", f); page_num(f, "%.4f", moexc_splice_acc_ce(&st->splice, m, k, d)); }
             fputs("</td><td>", f); page_num(f, "%.3f", moexc_splice_acc_recovered(&st->splice, m, MOEXC_SPLICE_ZERO, d));
             fputs("</td><td>", f); page_num(f, "%.3f", moexc_splice_acc_recovered(&st->splice, m, MOEXC_SPLICE_MEAN, d));
