@@ -32,6 +32,8 @@
      lens.csv, lens.json, lens_*.png   MoE Lens (SPEC §6): co-activation, concentration,
                                   single-expert early decoding, perplexity with k' experts
      *.png                        r histogram, cosines, densities, curves, routing
+     index.html, expert_purity.png  the study as one web page (step 8, SPEC §5.2): latent
+                                  cards with top contexts, domain and expert shares, spliced loss
      corpus.tok, dense.ckpt, moe.ckpt, crosscoder.safetensors
                                   inputs for moexc_train / moexc_crosscoder and Python */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
