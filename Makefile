@@ -252,6 +252,18 @@ $(BUILD)/moexc_lens: | demo-stb
 TEST_SCRIPTS += tests/test_lens_tool.sh
 test: $(BUILD)/moexc_lens $(BUILD)/moexc_mkdata $(BUILD)/moexc_train
 
+# ---- area: report ---------------------------------------------------------
+# tools/moexc_report: the study's web page (report/index.html, SPEC §5.2) from
+# saved files, with the writer the demo uses (tools/report_page.h). The
+# browser test renders the tiny pipeline's page, and one built from a corpus
+# laced with hostile HTML, in headless Chromium (Debian: chromium); where
+# Chromium cannot run it prints SKIPPED with the reason.
+EXTRA_CFLAGS_moexc_report := -isystem $(STB_DIR)
+$(BUILD)/moexc_report: tools/report_page.h | demo-stb
+$(BUILD)/moexc_demo: tools/report_page.h
+TEST_SCRIPTS += tests/test_report_browser.sh
+test: $(BUILD)/moexc_report $(BUILD)/moexc_demo $(BUILD)/moexc_mkdata
+
 # ---- the end of make bench: one summary ------------------------------------
 # tools/bench_summary.py gathers the bench-* results of this run into
 # $(BUILD)/bench.json (ratios, machine, threads) and prints one table.

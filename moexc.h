@@ -92,6 +92,17 @@
        moexc_analyze_latents(&an, dec_a, d, dec_b, d, F, 32, active_counts, n_held, NULL, &err);
        moexc_analysis_print_table(stdout, &an, NULL);
 
+   What a latent is (SPEC §5.2; tools/moexc_report writes it as a web page):
+
+       moexc_latent_study st;  moexc_latent_study_options so = {0};
+       so.layer = 3;                                      // the harvested block
+       moexc_latent_study_run(&st, model[0], model[1], xc, &corpus, &so, &err);
+       moexc_top_acts_get(&st.top, i, entries);          // latent i's top contexts
+       moexc_label_acc_latent(&st.domain, i, 0, share, mass, &purity, &entropy);
+       moexc_label_acc_by_class(&st.expert_top1, an.cls, 1, per_class);
+       moexc_splice_acc_recovered(&st.splice, 0, MOEXC_SPLICE_ZERO, D);
+       moexc_latent_study_free(&st);
+
    The command-line face of each step is in tools/ (moexc_mkdata,
    moexc_train, moexc_crosscoder, moexc_lens); examples/moexc_demo.c runs the
    whole study and writes a report folder with PNG plots (make demo).
@@ -154,7 +165,9 @@
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
      >>analysis       relative decoder norm, classes, cosines, density, FVE;
-                      seed controls and verdicts; aligned cosines (Procrustes, SVD)
+                      seed controls and verdicts; aligned cosines (Procrustes, SVD);
+                      what a latent is: top contexts, domain and expert
+                      attribution, spliced loss (moexc_latent_study_run)
      >>plot           raster plots with a built-in bitmap font
      >>license        license
 
@@ -477,6 +490,17 @@ MOEXC_DEF const float *moexc_model_logits(const moexc_model *m);
    a dense model. */
 MOEXC_DEF const float *moexc_model_router_probs(const moexc_model *m, int layer);
 MOEXC_DEF const int   *moexc_model_router_choices(const moexc_model *m, int layer);
+
+/* Forward as moexc_model_forward, with the output of block `layer` at `site`
+   replaced by `replacement` (B*T x d_model) before the rest of the model runs
+   (spliced loss, ablations: SPEC §5.2). No backward follows it. */
+MOEXC_DEF moexc_status moexc_model_forward_replace(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                                   int B, int T, int layer, moexc_site site, const float *replacement,
+                                                   moexc_loss_stats *stats, moexc_error *err);
+/* Activations of the last forward at block `layer`, `site` (B*T x d_model;
+   what moexc_model_capture copies out), or NULL when that block did not run.
+   Valid until the next forward. */
+MOEXC_DEF const float *moexc_model_site_output(const moexc_model *m, int layer, moexc_site site);
 
 /* ---- using a model (extensions below are the model section's own) -------
        moexc_model_config cfg;  memset(&cfg, 0, sizeof cfg);   zero = SPEC defaults
@@ -1288,6 +1312,181 @@ MOEXC_DEF void moexc_latent_scaling_beta(const moexc_latent_scaling_acc *acc, fl
 MOEXC_DEF void moexc_latent_scaling_free(moexc_latent_scaling_acc *acc);
 /* nu_i = beta_a_i / beta_b_i (NaN when beta_b_i is 0 or NaN). */
 MOEXC_DEF void moexc_latent_scaling_nu(float *nu, const float *beta_a, const float *beta_b, int n);
+
+/* ---- what a latent is: contexts, domains, experts, spliced loss ---------- */
+/* SPEC §5.2. Four streaming accumulators (init, add over chunks, results,
+   free; memory independent of the number of tokens) and a driver that feeds
+   them all in one pass over held-out windows of a token stream:
+     top activations   the N strongest (latent, token) pairs of each latent,
+                       a bounded min-heap per latent (F x N entries);
+     label attribution per latent, the firings and activation mass carrying
+                       each label (domain of the token, or the expert(s) the
+                       MoE routed it to) against the labels' base rates, and a
+                       shuffled baseline (each latent's firings reassigned to
+                       random tokens of the same stream);
+     spliced loss      cross-entropy with the harvested site replaced by the
+                       crosscoder's reconstruction, by zeros and by the mean,
+                       next to the clean run, per model and domain. */
+
+/* One kept activation: where it happened and how strong it was. */
+typedef struct moexc_top_entry {
+    float   value;               /* f_i at that token                           */
+    int32_t pos;                 /* position in its sequence                    */
+    int64_t seq;                 /* the caller's sequence id (the driver: offset
+                                    of the window's first token in the stream)  */
+    int32_t label;               /* e.g. the token's domain (-1: none given)    */
+} moexc_top_entry;
+
+/* Entry a is stronger than b when a.value > b.value, or on equal values
+   when (a.seq, a.pos) comes first: the kept set does not depend on the
+   order in which tokens are added. */
+typedef struct moexc_top_acts {
+    int              n_latents, capacity;   /* F, N                              */
+    int             *count;                 /* (F) entries held, <= N            */
+    moexc_top_entry *heap;                  /* (F x N) a min-heap per latent      */
+} moexc_top_acts;
+
+/* capacity 0 -> 20. */
+MOEXC_DEF moexc_status moexc_top_acts_init(moexc_top_acts *acc, int n_latents, int capacity, moexc_error *err);
+/* f (n_rows x F); seq and pos (n_rows) say where row r sits; labels (n_rows)
+   may be NULL. Only f > 0 counts. */
+MOEXC_DEF void moexc_top_acts_add(moexc_top_acts *acc, const float *f, int n_rows, const int64_t *seq,
+                                  const int32_t *pos, const int32_t *labels);
+/* Latent i's entries, strongest first, into out (capacity entries); returns
+   how many. */
+MOEXC_DEF int  moexc_top_acts_get(const moexc_top_acts *acc, int latent, moexc_top_entry *out);
+MOEXC_DEF void moexc_top_acts_free(moexc_top_acts *acc);
+
+/* Label attribution. Each token carries per_row labels in [0, n_labels): its
+   domain (per_row 1), its top-1 expert (1) or its k routed experts (k).
+     share_{i,c}  = #{firings of i whose token carries c} / #firings of i
+                    (sums to per_row over c)
+     mass_{i,c}   = sum of f_i over those firings / sum of f_i
+     base_c       = #{tokens carrying c} / #tokens
+     purity_i     = max_c share_{i,c}   (1: every firing carries one label)
+     entropy_i    = -sum_c p log2 p, p = share_{i,c} / per_row   (bits)
+   The shuffled baseline draws each latent's #firings tokens at random (with
+   replacement) from a reservoir sample of the stream's tokens: the purity
+   a latent with as many firings but no preference would show. */
+typedef struct moexc_label_acc {
+    int      n_latents, n_labels, per_row, reservoir_size;
+    int64_t  n_rows;             /* tokens added                                 */
+    int64_t *label_rows;         /* (C) tokens carrying label c                  */
+    int64_t *fires;              /* (F) tokens on which latent i fired           */
+    int64_t *count;              /* (F x C) firings carrying label c             */
+    double  *mass;               /* (F x C) activation on those firings          */
+    double  *mass_total;         /* (F)                                          */
+    int64_t *shuffled;           /* (F x C) the baseline, filled by _finish      */
+    int32_t *reservoir;          /* (reservoir_size x per_row) sampled labels    */
+    int      reservoir_fill;
+    moexc_rng rng;
+} moexc_label_acc;
+
+/* reservoir 0 -> 8192 tokens. */
+MOEXC_DEF moexc_status moexc_label_acc_init(moexc_label_acc *acc, int n_latents, int n_labels, int per_row,
+                                            int reservoir, uint64_t seed, moexc_error *err);
+/* f (n_rows x F), labels (n_rows x per_row). A label out of range is an error. */
+MOEXC_DEF moexc_status moexc_label_acc_add(moexc_label_acc *acc, const float *f, int n_rows, const int32_t *labels,
+                                           moexc_error *err);
+/* Draw the shuffled baseline (call once after the last add). */
+MOEXC_DEF void moexc_label_acc_finish(moexc_label_acc *acc);
+/* Latent i: share, mass_share (C each, may be NULL), purity and entropy
+   (may be NULL); shuffled = 1 reads the baseline. NaN when i never fired. */
+MOEXC_DEF void moexc_label_acc_latent(const moexc_label_acc *acc, int latent, int shuffled, double *share,
+                                      double *mass_share, double *purity, double *entropy);
+/* base_c (C). */
+MOEXC_DEF void moexc_label_acc_base(const moexc_label_acc *acc, double *base);
+
+/* Per latent class: the mean purity and entropy over the class's latents
+   that fired at least min_fires times (0 -> 1), and the same of the shuffled
+   baseline. NaN for a class with no such latent. */
+typedef struct moexc_label_class_stats {
+    int64_t n;                   /* latents averaged                             */
+    double  purity, entropy;
+    double  purity_shuffled, entropy_shuffled;
+} moexc_label_class_stats;
+MOEXC_DEF void moexc_label_acc_by_class(const moexc_label_acc *acc, const uint8_t *cls, int min_fires,
+                                        moexc_label_class_stats out[MOEXC_CLASS_COUNT]);
+MOEXC_DEF void moexc_label_acc_free(moexc_label_acc *acc);
+
+/* Spliced loss. Runs: clean, the site replaced by the crosscoder's
+   reconstruction, by zeros, by the mean activation. Per model m (0 = A,
+   1 = B) and domain D (index n_domains = pooled):
+     CE_run        = mean next-token cross-entropy (nats) over D's predictions
+     recovered_abl = (CE_abl - CE_splice) / (CE_abl - CE_clean)
+                     (1: the reconstruction is as good as the site itself,
+                      0: no better than ablating it) */
+typedef enum moexc_splice_run {
+    MOEXC_SPLICE_CLEAN = 0, MOEXC_SPLICE_XC, MOEXC_SPLICE_ZERO, MOEXC_SPLICE_MEAN, MOEXC_SPLICE_COUNT
+} moexc_splice_run;
+typedef struct moexc_splice_acc {
+    int    n_domains;
+    double nll[2][MOEXC_SPLICE_COUNT][MOEXC_MAX_DOMAINS + 1];   /* sums, nats */
+    double tokens[2][MOEXC_SPLICE_COUNT][MOEXC_MAX_DOMAINS + 1];
+} moexc_splice_acc;
+
+MOEXC_DEF moexc_status moexc_splice_acc_init(moexc_splice_acc *acc, int n_domains, moexc_error *err);
+/* Per-token losses nll (n) of one run of model m; domains (n) label each
+   predicted token; a NaN loss is skipped (a position left out). */
+MOEXC_DEF void   moexc_splice_acc_add(moexc_splice_acc *acc, int model, int run, const float *nll,
+                                      const uint8_t *domains, int n);
+MOEXC_DEF double moexc_splice_acc_ce(const moexc_splice_acc *acc, int model, int run, int domain);
+/* ablation: MOEXC_SPLICE_ZERO or MOEXC_SPLICE_MEAN. NaN without data or when
+   CE_abl == CE_clean. */
+MOEXC_DEF double moexc_splice_acc_recovered(const moexc_splice_acc *acc, int model, int ablation, int domain);
+/* Per-token cross-entropy: nll[t] = logsumexp(logits_t) - logits_t[targets[t]],
+   logits (n x V). */
+MOEXC_DEF void   moexc_token_nll(const float *logits, const uint16_t *targets, int n, int V, float *nll);
+
+/* The driver: one pass over held-out windows of a token stream (per domain,
+   the last eval_fraction of its tokens, as the trainer holds them out; up
+   to max_seqs windows of seq_len + 1 tokens per domain, evenly spaced,
+   batches mixing domains). Per batch: both models clean (router choices of
+   the MoE at the layer, site outputs), the crosscoder's latents and
+   reconstructions, then each model with its site replaced by the
+   reconstruction, zeros and the mean. Position 0 of each window keeps its
+   clean activation and is left out of every statistic (keep_first = 0, the
+   harvester's default). The experts are those of the first of A, B that is
+   a MoE (n_experts 0: neither is). Zero value = defaults. */
+typedef struct moexc_latent_study_options {
+    int          top_n;          /* top activations per latent; 0 -> 20              */
+    int          layer;          /* harvested block; 0 -> 3, MOEXC_HARVEST_LAYER0 for 0 */
+    int          site;           /* moexc_site                                       */
+    int          seq_len;        /* 0 -> min(128, both contexts)                     */
+    int          batch_seqs;     /* 0 -> 8                                           */
+    int          max_seqs;       /* per domain; 0 -> 64                              */
+    float        eval_fraction;  /* 0 -> 0.05; < 0 the whole stream                  */
+    int          keep_first;     /* 1: position 0 counts too                         */
+    int          no_splice;      /* 1: skip the spliced-loss runs                    */
+    const float *mean_a, *mean_b;/* site means for mean ablation (d_A), (d_B); NULL:
+                                    measured on the same windows by a first pass of
+                                    partial forwards (blocks 0..layer)               */
+    uint64_t     seed;           /* shuffled baselines                               */
+} moexc_latent_study_options;
+
+typedef struct moexc_latent_study {
+    int      n_latents, n_domains, n_experts, top_k, layer, site, d_a, d_b, seq_len;
+    int      expert_model;       /* 0 = A, 1 = B, -1: no MoE                          */
+    int64_t  n_tokens;           /* tokens in the statistics                         */
+    int64_t  n_seqs;
+    char     domain_names[MOEXC_MAX_DOMAINS][MOEXC_DOMAIN_NAME_MAX];
+    moexc_top_acts      top;
+    moexc_label_acc     domain;        /* labels: domains                            */
+    moexc_label_acc     expert_top1;   /* labels: the top-1 expert (if a MoE)        */
+    moexc_label_acc     expert_topk;   /* labels: all k routed experts              */
+    moexc_splice_acc    splice;
+    moexc_activation_acc act;          /* densities on these tokens                  */
+    double   fve[2];             /* of the reconstructions on these tokens           */
+    float   *beta[2];            /* (F) Latent Scaling beta^m (reconstruction target) */
+    float   *nu;                 /* (F) beta^A / beta^B                              */
+    float   *aligned_cos;        /* (F) cos(Q d_i^A, d_i^B), Q fitted on these tokens
+                                    (raw-unit decoders); NULL when d_A != d_B fails    */
+} moexc_latent_study;
+
+MOEXC_DEF moexc_status moexc_latent_study_run(moexc_latent_study *s, moexc_model *model_a, moexc_model *model_b,
+                                              moexc_xc *xc, const moexc_tokens *data,
+                                              const moexc_latent_study_options *opt, moexc_error *err);
+MOEXC_DEF void moexc_latent_study_free(moexc_latent_study *s);
 
 /* ---- histograms ----------------------------------------------------------- */
 /* n_bins equal bins over [lo, hi] on a linear or log10 axis. Bin i covers
@@ -5803,6 +6002,9 @@ struct moexc_model {
     int B, T, layers_done, has_targets, backward_ready;
     int active_k;                    /* experts per token if overridden (0: cfg.top_k) */
     moexc_loss_stats stats;
+    /* moexc_model_forward_replace: overwrite this site's output, then go on */
+    const float *replace;            /* (N,d) or NULL                              */
+    int replace_layer, replace_site;
 };
 
 /* ---- configuration -------------------------------------------------------- */
@@ -6313,8 +6515,18 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
         else
             moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
                                   N, d, c->d_ff);
+        if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_FFN_OUT)
+            memcpy(a->ffn_out, m->replace, (size_t)N * d * sizeof(float));
+        if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_RESID) {
+            /* the block's output itself replaced: the RMSNorm after it reads the replacement */
+            memcpy(x_out, m->replace, (size_t)N * d * sizeof(float));
+            if (l < last_layer)
+                moexc__rmsnorm_forward(m->acts[l + 1].attn_in, m->acts[l + 1].attn_rms, x_out, m->w.layer[l + 1].attn_norm, N, d);
+            else if (l == c->n_layers - 1)
+                moexc__rmsnorm_forward(m->xf, m->xf_rms, x_out, m->w.norm, N, d);
+        }
         /* with the RMSNorm that reads y: the next block's, or the final one */
-        if (l < last_layer)
+        else if (l < last_layer)
             moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->acts[l + 1].attn_in, m->acts[l + 1].attn_rms,
                                             m->w.layer[l + 1].attn_norm, N, d);
         else if (l == c->n_layers - 1)
@@ -6351,6 +6563,31 @@ MOEXC_DEF moexc_status moexc_model_forward(moexc_model *m, const uint16_t *input
 {
     if (!m) return moexc__fail(err, MOEXC_ERR_ARG, "model forward: model is NULL");
     return moexc__forward(m, inputs, targets, B, T, m->cfg.n_layers - 1, stats, err);
+}
+
+MOEXC_DEF moexc_status moexc_model_forward_replace(moexc_model *m, const uint16_t *inputs, const uint16_t *targets,
+                                                   int B, int T, int layer, moexc_site site, const float *replacement,
+                                                   moexc_loss_stats *stats, moexc_error *err)
+{
+    moexc_status st;
+    if (!m || !replacement) return moexc__fail(err, MOEXC_ERR_ARG, "model forward_replace: model or replacement is NULL");
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model forward_replace: layer %d not in [0, %d)", layer, m->cfg.n_layers);
+    if (site != MOEXC_SITE_FFN_OUT && site != MOEXC_SITE_RESID)
+        return moexc__fail(err, MOEXC_ERR_ARG, "model forward_replace: unknown site %d", (int)site);
+    m->replace = replacement; m->replace_layer = layer; m->replace_site = (int)site;
+    st = moexc__forward(m, inputs, targets, B, T, m->cfg.n_layers - 1, stats, err);
+    m->replace = NULL;
+    m->backward_ready = 0;   /* the replaced site has no gradient path */
+    return st;
+}
+
+MOEXC_DEF const float *moexc_model_site_output(const moexc_model *m, int layer, moexc_site site)
+{
+    if (!m || !m->fmem || layer < 0 || layer >= m->layers_done) return NULL;
+    if (site == MOEXC_SITE_FFN_OUT) return m->acts[layer].ffn_out;
+    if (site == MOEXC_SITE_RESID) return layer + 1 < m->cfg.n_layers ? m->acts[layer + 1].x : m->x_final;
+    return NULL;
 }
 
 MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
@@ -10887,6 +11124,582 @@ MOEXC_DEF void moexc_latent_scaling_nu(float *nu, const float *beta_a, const flo
     int i;
     for (i = 0; i < n; i++)
         nu[i] = (beta_b[i] != 0.0f && beta_b[i] == beta_b[i]) ? beta_a[i] / beta_b[i] : NAN;
+}
+
+/* ---- what a latent is: contexts, domains, experts, spliced loss ---------- */
+/* SPEC §5.2. */
+
+/* a stronger than b: larger value; on ties the earlier (seq, pos) */
+static int moexc__top_stronger(const moexc_top_entry *a, const moexc_top_entry *b)
+{
+    if (a->value != b->value) return a->value > b->value;
+    if (a->seq != b->seq) return a->seq < b->seq;
+    return a->pos < b->pos;
+}
+
+/* restore the min-heap (weakest at the root) below node i */
+static void moexc__top_sift_down(moexc_top_entry *h, int n, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, w = i;
+        moexc_top_entry t;
+        if (l < n && moexc__top_stronger(&h[w], &h[l])) w = l;
+        if (r < n && moexc__top_stronger(&h[w], &h[r])) w = r;
+        if (w == i) return;
+        t = h[i]; h[i] = h[w]; h[w] = t;
+        i = w;
+    }
+}
+
+MOEXC_DEF moexc_status moexc_top_acts_init(moexc_top_acts *acc, int n_latents, int capacity, moexc_error *err)
+{
+    memset(acc, 0, sizeof(*acc));
+    if (capacity == 0) capacity = 20;
+    if (n_latents <= 0 || capacity < 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "top_acts: n_latents %d, capacity %d", n_latents, capacity);
+    acc->count = (int *)moexc__calloc((size_t)n_latents, sizeof(int));
+    acc->heap = (moexc_top_entry *)moexc__calloc((size_t)n_latents * (size_t)capacity + 1, sizeof(moexc_top_entry));
+    if (!acc->count || !acc->heap) {
+        moexc_top_acts_free(acc);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "top_acts: %d latents x %d entries", n_latents, capacity);
+    }
+    acc->n_latents = n_latents;
+    acc->capacity = capacity;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_top_acts_add(moexc_top_acts *acc, const float *f, int n_rows, const int64_t *seq,
+                                  const int32_t *pos, const int32_t *labels)
+{
+    int F = acc->n_latents, N = acc->capacity, b, i;
+    if (N == 0) return;
+    for (b = 0; b < n_rows; b++) {
+        const float *row = f + (size_t)b * F;
+        for (i = 0; i < F; i++) {
+            moexc_top_entry e, *h;
+            int *n;
+            if (!(row[i] > 0.0f)) continue;
+            e.value = row[i]; e.seq = seq[b]; e.pos = pos[b]; e.label = labels ? labels[b] : -1;
+            h = acc->heap + (size_t)i * N;
+            n = &acc->count[i];
+            if (*n < N) {                              /* sift the new entry up */
+                int j = (*n)++;
+                while (j > 0 && moexc__top_stronger(&h[(j - 1) / 2], &e)) { h[j] = h[(j - 1) / 2]; j = (j - 1) / 2; }
+                h[j] = e;
+            } else if (moexc__top_stronger(&e, &h[0])) {   /* replace the weakest */
+                h[0] = e;
+                moexc__top_sift_down(h, N, 0);
+            }
+        }
+    }
+}
+
+MOEXC_DEF int moexc_top_acts_get(const moexc_top_acts *acc, int latent, moexc_top_entry *out)
+{
+    int n, i, j;
+    if (!acc->heap || latent < 0 || latent >= acc->n_latents) return 0;
+    n = acc->count[latent];
+    memcpy(out, acc->heap + (size_t)latent * acc->capacity, (size_t)n * sizeof(*out));
+    for (i = 1; i < n; i++) {                          /* insertion sort, strongest first */
+        moexc_top_entry e = out[i];
+        for (j = i; j > 0 && moexc__top_stronger(&e, &out[j - 1]); j--) out[j] = out[j - 1];
+        out[j] = e;
+    }
+    return n;
+}
+
+MOEXC_DEF void moexc_top_acts_free(moexc_top_acts *acc)
+{
+    moexc__free(acc->count);
+    moexc__free(acc->heap);
+    memset(acc, 0, sizeof(*acc));
+}
+
+MOEXC_DEF moexc_status moexc_label_acc_init(moexc_label_acc *acc, int n_latents, int n_labels, int per_row,
+                                            int reservoir, uint64_t seed, moexc_error *err)
+{
+    size_t FC;
+    memset(acc, 0, sizeof(*acc));
+    if (reservoir == 0) reservoir = 8192;
+    if (n_latents <= 0 || n_labels <= 0 || per_row <= 0 || per_row > n_labels || reservoir < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "label_acc: n_latents %d, n_labels %d, per_row %d, reservoir %d",
+                           n_latents, n_labels, per_row, reservoir);
+    FC = (size_t)n_latents * (size_t)n_labels;
+    acc->label_rows = (int64_t *)moexc__calloc((size_t)n_labels, sizeof(int64_t));
+    acc->fires = (int64_t *)moexc__calloc((size_t)n_latents, sizeof(int64_t));
+    acc->count = (int64_t *)moexc__calloc(FC, sizeof(int64_t));
+    acc->shuffled = (int64_t *)moexc__calloc(FC, sizeof(int64_t));
+    acc->mass = (double *)moexc__calloc(FC, sizeof(double));
+    acc->mass_total = (double *)moexc__calloc((size_t)n_latents, sizeof(double));
+    acc->reservoir = (int32_t *)moexc__calloc((size_t)reservoir * (size_t)per_row, sizeof(int32_t));
+    if (!acc->label_rows || !acc->fires || !acc->count || !acc->shuffled || !acc->mass || !acc->mass_total || !acc->reservoir) {
+        moexc_label_acc_free(acc);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "label_acc: %d latents x %d labels", n_latents, n_labels);
+    }
+    acc->n_latents = n_latents; acc->n_labels = n_labels; acc->per_row = per_row; acc->reservoir_size = reservoir;
+    moexc_rng_seed(&acc->rng, seed);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_label_acc_add(moexc_label_acc *acc, const float *f, int n_rows, const int32_t *labels,
+                                           moexc_error *err)
+{
+    int F = acc->n_latents, C = acc->n_labels, K = acc->per_row, b, i, j;
+    for (b = 0; b < n_rows * K; b++)
+        if (labels[b] < 0 || labels[b] >= C)
+            return moexc__fail(err, MOEXC_ERR_ARG, "label_acc add: row %d: label %d not in [0, %d)", b / K, labels[b], C);
+    for (b = 0; b < n_rows; b++) {
+        const float *row = f + (size_t)b * F;
+        const int32_t *lab = labels + (size_t)b * K;
+        uint64_t slot;
+        for (j = 0; j < K; j++) acc->label_rows[lab[j]]++;
+        /* reservoir sampling (Vitter's R): every token so far is held with equal probability */
+        if (acc->reservoir_fill < acc->reservoir_size) slot = (uint64_t)acc->reservoir_fill++;
+        else slot = moexc_rng_u64(&acc->rng) % (uint64_t)(acc->n_rows + 1);
+        if (slot < (uint64_t)acc->reservoir_size) memcpy(acc->reservoir + slot * (uint64_t)K, lab, (size_t)K * sizeof(int32_t));
+        acc->n_rows++;
+        for (i = 0; i < F; i++) {
+            float v = row[i];
+            if (!(v > 0.0f)) continue;
+            acc->fires[i]++;
+            acc->mass_total[i] += v;
+            for (j = 0; j < K; j++) {
+                acc->count[(size_t)i * C + lab[j]]++;
+                acc->mass[(size_t)i * C + lab[j]] += v;
+            }
+        }
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_label_acc_finish(moexc_label_acc *acc)
+{
+    int F = acc->n_latents, C = acc->n_labels, K = acc->per_row, i, j;
+    moexc_rng rng;
+    memset(acc->shuffled, 0, (size_t)F * C * sizeof(int64_t));
+    if (acc->reservoir_fill == 0) return;
+    moexc_rng_seed(&rng, moexc_rng_u64(&acc->rng) ^ UINT64_C(0x5eed5eed));
+    for (i = 0; i < F; i++) {
+        int64_t t;
+        for (t = 0; t < acc->fires[i]; t++) {
+            const int32_t *lab = acc->reservoir + (size_t)moexc_rng_below(&rng, (uint32_t)acc->reservoir_fill) * K;
+            for (j = 0; j < K; j++) acc->shuffled[(size_t)i * C + lab[j]]++;
+        }
+    }
+}
+
+MOEXC_DEF void moexc_label_acc_latent(const moexc_label_acc *acc, int latent, int shuffled, double *share,
+                                      double *mass_share, double *purity, double *entropy)
+{
+    int C = acc->n_labels, c;
+    double n = latent >= 0 && latent < acc->n_latents ? (double)acc->fires[latent] : 0.0, best = 0.0, h = 0.0;
+    const int64_t *cnt = (shuffled ? acc->shuffled : acc->count) + (size_t)(latent < 0 ? 0 : latent) * C;
+    for (c = 0; c < C; c++) {
+        double s = n > 0 ? (double)cnt[c] / n : NAN, p = s / acc->per_row;
+        if (share) share[c] = s;
+        if (mass_share)
+            mass_share[c] = n > 0 && acc->mass_total[latent] > 0 && !shuffled
+                          ? acc->mass[(size_t)latent * C + c] / acc->mass_total[latent] : NAN;
+        if (n > 0 && s > best) best = s;
+        if (n > 0 && p > 0) h -= p * log2(p);
+    }
+    if (purity) *purity = n > 0 ? best : NAN;
+    if (entropy) *entropy = n > 0 ? h : NAN;
+}
+
+MOEXC_DEF void moexc_label_acc_base(const moexc_label_acc *acc, double *base)
+{
+    int c;
+    for (c = 0; c < acc->n_labels; c++)
+        base[c] = acc->n_rows > 0 ? (double)acc->label_rows[c] / (double)acc->n_rows : NAN;
+}
+
+MOEXC_DEF void moexc_label_acc_by_class(const moexc_label_acc *acc, const uint8_t *cls, int min_fires,
+                                        moexc_label_class_stats out[MOEXC_CLASS_COUNT])
+{
+    double sum[MOEXC_CLASS_COUNT][4];
+    int i, c, k;
+    if (min_fires <= 0) min_fires = 1;
+    memset(sum, 0, sizeof(sum));
+    memset(out, 0, sizeof(*out) * MOEXC_CLASS_COUNT);
+    for (i = 0; i < acc->n_latents; i++) {
+        double v[4];
+        c = cls[i];
+        if (c >= MOEXC_CLASS_COUNT || acc->fires[i] < min_fires) continue;
+        moexc_label_acc_latent(acc, i, 0, NULL, NULL, &v[0], &v[1]);
+        moexc_label_acc_latent(acc, i, 1, NULL, NULL, &v[2], &v[3]);
+        for (k = 0; k < 4; k++) sum[c][k] += v[k];
+        out[c].n++;
+    }
+    for (c = 0; c < MOEXC_CLASS_COUNT; c++) {
+        double n = (double)out[c].n;
+        out[c].purity = n > 0 ? sum[c][0] / n : NAN;
+        out[c].entropy = n > 0 ? sum[c][1] / n : NAN;
+        out[c].purity_shuffled = n > 0 ? sum[c][2] / n : NAN;
+        out[c].entropy_shuffled = n > 0 ? sum[c][3] / n : NAN;
+    }
+}
+
+MOEXC_DEF void moexc_label_acc_free(moexc_label_acc *acc)
+{
+    moexc__free(acc->label_rows); moexc__free(acc->fires); moexc__free(acc->count); moexc__free(acc->shuffled);
+    moexc__free(acc->mass); moexc__free(acc->mass_total); moexc__free(acc->reservoir);
+    memset(acc, 0, sizeof(*acc));
+}
+
+MOEXC_DEF moexc_status moexc_splice_acc_init(moexc_splice_acc *acc, int n_domains, moexc_error *err)
+{
+    memset(acc, 0, sizeof(*acc));
+    if (n_domains < 1 || n_domains > MOEXC_MAX_DOMAINS)
+        return moexc__fail(err, MOEXC_ERR_ARG, "splice_acc: n_domains %d not in [1, %d]", n_domains, MOEXC_MAX_DOMAINS);
+    acc->n_domains = n_domains;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_splice_acc_add(moexc_splice_acc *acc, int model, int run, const float *nll,
+                                    const uint8_t *domains, int n)
+{
+    int t, D = acc->n_domains;
+    if (model < 0 || model > 1 || run < 0 || run >= MOEXC_SPLICE_COUNT) return;
+    for (t = 0; t < n; t++) {
+        int d = domains[t] < D ? domains[t] : -1;
+        if (nll[t] != nll[t]) continue;
+        acc->nll[model][run][D] += nll[t]; acc->tokens[model][run][D] += 1.0;
+        if (d >= 0) { acc->nll[model][run][d] += nll[t]; acc->tokens[model][run][d] += 1.0; }
+    }
+}
+
+MOEXC_DEF double moexc_splice_acc_ce(const moexc_splice_acc *acc, int model, int run, int domain)
+{
+    if (model < 0 || model > 1 || run < 0 || run >= MOEXC_SPLICE_COUNT || domain < 0 || domain > acc->n_domains) return NAN;
+    return acc->tokens[model][run][domain] > 0 ? acc->nll[model][run][domain] / acc->tokens[model][run][domain] : NAN;
+}
+
+MOEXC_DEF double moexc_splice_acc_recovered(const moexc_splice_acc *acc, int model, int ablation, int domain)
+{
+    /* (CE_ablate - CE_splice) / (CE_ablate - CE_clean) */
+    double clean = moexc_splice_acc_ce(acc, model, MOEXC_SPLICE_CLEAN, domain);
+    double splice = moexc_splice_acc_ce(acc, model, MOEXC_SPLICE_XC, domain);
+    double abl = (ablation == MOEXC_SPLICE_ZERO || ablation == MOEXC_SPLICE_MEAN)
+               ? moexc_splice_acc_ce(acc, model, ablation, domain) : NAN;
+    if (!(abl - clean != 0.0)) return NAN;
+    return (abl - splice) / (abl - clean);
+}
+
+MOEXC_DEF void moexc_token_nll(const float *logits, const uint16_t *targets, int n, int V, float *nll)
+{
+    int t, v;
+    for (t = 0; t < n; t++) {
+        const float *z = logits + (size_t)t * V;
+        double mx = z[0], s = 0.0;
+        for (v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
+        for (v = 0; v < V; v++) s += exp((double)z[v] - mx);
+        nll[t] = (float)(mx + log(s) - (double)z[targets[t]]);
+    }
+}
+
+/* Held-out windows of T+1 tokens inside one domain's tail (the trainer's
+   split), up to max_seqs per domain evenly spaced, interleaved by domain
+   (round robin) so that batches mix domains. *starts is freed by the caller. */
+static moexc_status moexc__heldout_windows(const moexc_tokens *data, int T, float eval_fraction, int max_seqs,
+                                           size_t **starts_out, size_t *n_out, moexc_error *err)
+{
+    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS];
+    size_t nwin[MOEXC_MAX_DOMAINS] = {0}, first[MOEXC_MAX_DOMAINS + 1], total = 0, i, start = 0, T1 = (size_t)T + 1, n = 0, w;
+    size_t *all = NULL, *pick = NULL;
+    int D = data->n_domains, d, pass, held_prev = 0, more;
+    *starts_out = NULL; *n_out = 0;
+    for (i = 0; i < data->n; i++) {
+        if (data->domains[i] >= D)
+            return moexc__fail(err, MOEXC_ERR_ARG, "latent study: token %lu: domain %d >= %d", (unsigned long)i, data->domains[i], D);
+        count[data->domains[i]]++;
+    }
+    for (d = 0; d < D; d++)
+        cut[d] = eval_fraction < 0 ? 0 : count[d] - (size_t)floor((double)count[d] * eval_fraction);
+    for (pass = 0; pass < 2; pass++) {
+        size_t fill[MOEXC_MAX_DOMAINS] = {0};
+        memset(seen, 0, sizeof(seen));
+        held_prev = 0;
+        for (i = 0; i <= data->n; i++) {
+            int held = 0, same;
+            if (i < data->n) { d = data->domains[i]; held = seen[d]++ >= cut[d]; }
+            same = i > 0 && i < data->n && held && held_prev && data->domains[i] == data->domains[i - 1];
+            if (!same && i > 0 && held_prev) {
+                int rd = data->domains[start];
+                size_t p;
+                for (p = start; p + T1 <= i; p += (size_t)T) {
+                    if (pass) all[first[rd] + fill[rd]++] = p;
+                    else nwin[rd]++;
+                }
+            }
+            if (!same && held) start = i;
+            held_prev = held;
+        }
+        if (pass == 0) {
+            for (d = 0; d < D; d++) { first[d] = total; total += nwin[d]; }
+            if (total == 0)
+                return moexc__fail(err, MOEXC_ERR_ARG, "latent study: no window of %d tokens inside one domain's held-out tail "
+                                   "(eval_fraction %g of %lu tokens)", T + 1, eval_fraction, (unsigned long)data->n);
+            all = (size_t *)moexc__calloc(total, sizeof(size_t));
+            pick = (size_t *)moexc__calloc(total, sizeof(size_t));
+            if (!all || !pick) { moexc__free(all); moexc__free(pick); return moexc__fail(err, MOEXC_ERR_NOMEM, "latent study: windows"); }
+        }
+    }
+    for (w = 0, more = 1; more; w++) {       /* round robin over domains, evenly spaced within each */
+        more = 0;
+        for (d = 0; d < D; d++) {
+            size_t want = nwin[d] < (size_t)max_seqs ? nwin[d] : (size_t)max_seqs;
+            if (w < want) { pick[n++] = all[first[d] + (size_t)((double)w * (double)nwin[d] / (double)want)]; more = 1; }
+        }
+    }
+    moexc__free(all);
+    *starts_out = pick; *n_out = n;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_latent_study_free(moexc_latent_study *s)
+{
+    moexc_top_acts_free(&s->top);
+    moexc_label_acc_free(&s->domain);
+    moexc_label_acc_free(&s->expert_top1);
+    moexc_label_acc_free(&s->expert_topk);
+    moexc_activation_acc_free(&s->act);
+    moexc__free(s->beta[0]); moexc__free(s->beta[1]); moexc__free(s->nu); moexc__free(s->aligned_cos);
+    memset(s, 0, sizeof(*s));
+}
+
+MOEXC_DEF moexc_status moexc_latent_study_run(moexc_latent_study *s, moexc_model *model_a, moexc_model *model_b,
+                                              moexc_xc *xc, const moexc_tokens *data,
+                                              const moexc_latent_study_options *opt_in, moexc_error *err)
+{
+    moexc_latent_study_options o;
+    moexc_model *mod[2];
+    moexc_latent_scaling_acc ls[2];
+    moexc_fve_acc fve[2];
+    moexc_procrustes_acc pro;
+    size_t *starts = NULL, n_win = 0, w;
+    int F, D, dm[2], T, B, N, m, k = 0, E = 0, i, t, pass, layer;
+    uint16_t *in = NULL, *tg = NULL;
+    uint8_t *dom = NULL;
+    int32_t *lab = NULL, *pos = NULL, *dl = NULL;
+    int64_t *seq = NULL;
+    float *x[2] = {NULL, NULL}, *xh[2] = {NULL, NULL}, *full[2] = {NULL, NULL}, *f = NULL, *nll = NULL;
+    float *mean_f[2] = {NULL, NULL}, *dec[2] = {NULL, NULL};
+    double *mean_d[2] = {NULL, NULL};
+    moexc_status st = MOEXC_OK;
+
+    memset(s, 0, sizeof(*s));
+    s->expert_model = -1;
+    memset(ls, 0, sizeof(ls)); memset(fve, 0, sizeof(fve)); memset(&pro, 0, sizeof(pro));
+    if (!model_a || !model_b || !xc || !data || !data->tokens || !data->domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "latent study: models, crosscoder and data are required");
+    if (opt_in) o = *opt_in; else memset(&o, 0, sizeof(o));
+    mod[0] = model_a; mod[1] = model_b;
+    layer = o.layer == 0 ? 3 : o.layer == MOEXC_HARVEST_LAYER0 ? 0 : o.layer;
+    if (o.top_n == 0) o.top_n = 20;
+    if (o.batch_seqs == 0) o.batch_seqs = 8;
+    if (o.max_seqs == 0) o.max_seqs = 64;
+    if (o.eval_fraction == 0) o.eval_fraction = 0.05f;
+    if (o.seq_len == 0) {
+        o.seq_len = 128;
+        for (m = 0; m < 2; m++) if (moexc_model_get_config(mod[m])->context < o.seq_len) o.seq_len = moexc_model_get_config(mod[m])->context;
+    }
+    T = o.seq_len; B = o.batch_seqs; D = data->n_domains; F = moexc_xc_get_options(xc)->n_latents;
+    for (m = 0; m < 2; m++) {
+        const moexc_model_config *c = moexc_model_get_config(mod[m]);
+        dm[m] = c->d_model;
+        if (layer < 0 || layer >= c->n_layers)
+            return moexc__fail(err, MOEXC_ERR_ARG, "latent study: layer %d not in [0, %d) of model %c", layer, c->n_layers, "AB"[m]);
+        if (T < 2 || T > c->context)
+            return moexc__fail(err, MOEXC_ERR_ARG, "latent study: seq_len %d not in [2, context %d] of model %c", T, c->context, "AB"[m]);
+        if (dm[m] != moexc_xc_dim(xc, m))
+            return moexc__fail(err, MOEXC_ERR_SHAPE, "latent study: model %c has d_model %d, the crosscoder expects %d", "AB"[m], dm[m], moexc_xc_dim(xc, m));
+        if (c->vocab_size < data->vocab_size)
+            return moexc__fail(err, MOEXC_ERR_ARG, "latent study: data vocabulary %d > model %c's %d", data->vocab_size, "AB"[m], c->vocab_size);
+        if (!E && c->ffn == MOEXC_FFN_MOE) { s->expert_model = m; E = c->n_experts; k = moexc_model_active_experts(mod[m]); }
+    }
+    if (!E) s->expert_model = -1;
+    if (B < 1 || o.max_seqs < 1 || o.top_n < 0 || D < 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "latent study: batch_seqs %d, max_seqs %d, top_n %d, %d domains", B, o.max_seqs, o.top_n, D);
+    N = B * T;
+    s->n_latents = F; s->n_domains = D; s->n_experts = E; s->top_k = k; s->layer = layer; s->site = o.site;
+    s->d_a = dm[0]; s->d_b = dm[1]; s->seq_len = T;
+    for (i = 0; i < D; i++) snprintf(s->domain_names[i], MOEXC_DOMAIN_NAME_MAX, "%s", data->domain_names[i]);
+    if ((st = moexc__heldout_windows(data, T, o.eval_fraction, o.max_seqs, &starts, &n_win, err)) != MOEXC_OK) return st;
+
+    in = (uint16_t *)moexc__calloc((size_t)N, sizeof(uint16_t));
+    tg = (uint16_t *)moexc__calloc((size_t)N, sizeof(uint16_t));
+    dom = (uint8_t *)moexc__calloc((size_t)N, 1);
+    lab = (int32_t *)moexc__calloc((size_t)N * (size_t)(k > 0 ? k : 1), sizeof(int32_t));
+    pos = (int32_t *)moexc__calloc((size_t)N, sizeof(int32_t));
+    seq = (int64_t *)moexc__calloc((size_t)N, sizeof(int64_t));
+    f = (float *)moexc__calloc((size_t)N * F, sizeof(float));
+    nll = (float *)moexc__calloc((size_t)N, sizeof(float));
+    dl = (int32_t *)moexc__calloc((size_t)N, sizeof(int32_t));
+    for (m = 0; m < 2; m++) {
+        x[m] = (float *)moexc__calloc((size_t)N * dm[m], sizeof(float));
+        xh[m] = (float *)moexc__calloc((size_t)N * dm[m], sizeof(float));
+        full[m] = (float *)moexc__calloc((size_t)N * dm[m], sizeof(float));
+        mean_f[m] = (float *)moexc__calloc((size_t)dm[m], sizeof(float));
+        mean_d[m] = (double *)moexc__calloc((size_t)dm[m], sizeof(double));
+        dec[m] = (float *)moexc__calloc((size_t)F * dm[m], sizeof(float));
+        s->beta[m] = (float *)moexc__calloc((size_t)F, sizeof(float));
+    }
+    s->nu = (float *)moexc__calloc((size_t)F, sizeof(float));
+    if (!in || !tg || !dom || !lab || !pos || !seq || !f || !nll || !dl || !s->nu ||
+        !x[0] || !x[1] || !xh[0] || !xh[1] || !full[0] || !full[1] || !mean_f[0] || !mean_f[1] || !mean_d[0] || !mean_d[1] ||
+        !dec[0] || !dec[1] || !s->beta[0] || !s->beta[1]) {
+        st = moexc__fail(err, MOEXC_ERR_NOMEM, "latent study: out of memory (batch of %d x %d tokens, %d latents)", B, T, F);
+        goto done;
+    }
+    if ((st = moexc_top_acts_init(&s->top, F, o.top_n, err)) != MOEXC_OK ||
+        (st = moexc_label_acc_init(&s->domain, F, D, 1, 0, o.seed ^ 1u, err)) != MOEXC_OK ||
+        (st = moexc_splice_acc_init(&s->splice, D, err)) != MOEXC_OK ||
+        (st = moexc_activation_acc_init(&s->act, F, err)) != MOEXC_OK) goto done;
+    if (E && ((st = moexc_label_acc_init(&s->expert_top1, F, E, 1, 0, o.seed ^ 2u, err)) != MOEXC_OK ||
+              (st = moexc_label_acc_init(&s->expert_topk, F, E, k, 0, o.seed ^ 3u, err)) != MOEXC_OK)) goto done;
+    for (m = 0; m < 2; m++) {
+        moexc_xc_decoder(xc, m, 1, dec[m]);                       /* raw units, as the site */
+        if ((st = moexc_latent_scaling_init(&ls[m], dec[m], F, dm[m], MOEXC_LS_RECONSTRUCTION, err)) != MOEXC_OK ||
+            (st = moexc_fve_acc_init(&fve[m], dm[m], err)) != MOEXC_OK) goto done;
+    }
+    if ((st = moexc_procrustes_acc_init(&pro, dm[0], dm[1], err)) != MOEXC_OK) goto done;
+    if (o.mean_a && o.mean_b) {
+        memcpy(mean_f[0], o.mean_a, (size_t)dm[0] * sizeof(float));
+        memcpy(mean_f[1], o.mean_b, (size_t)dm[1] * sizeof(float));
+    }
+
+    /* pass 0 (only without given means): the site's mean over the same tokens */
+    for (pass = (o.mean_a && o.mean_b) || o.no_splice ? 1 : 0; pass < 2 && st == MOEXC_OK; pass++) {
+        int64_t n_mean = 0;
+        for (w = 0; w < n_win && st == MOEXC_OK; ) {
+            int nb = (int)(n_win - w < (size_t)B ? n_win - w : (size_t)B), b, nt, t0 = o.keep_first ? 0 : 1;
+            for (b = 0; b < nb; b++, w++)
+                for (t = 0; t < T; t++) {
+                    size_t p = starts[w] + (size_t)t;
+                    in[b * T + t] = data->tokens[p];
+                    tg[b * T + t] = data->tokens[p + 1];
+                    dom[b * T + t] = data->domains[p + 1];      /* the predicted token's domain */
+                    seq[b * T + t] = (int64_t)starts[w];
+                    pos[b * T + t] = t;
+                }
+            nt = nb * T;
+            if (pass == 0) {
+                for (m = 0; m < 2 && st == MOEXC_OK; m++) {
+                    if ((st = moexc_model_capture(mod[m], in, nb, T, layer, (moexc_site)o.site, x[m], err)) != MOEXC_OK) break;
+                    for (b = 0; b < nb; b++)
+                        for (t = t0; t < T; t++)
+                            for (i = 0; i < dm[m]; i++) mean_d[m][i] += x[m][((size_t)b * T + t) * dm[m] + i];
+                }
+                n_mean += (int64_t)nb * (T - t0);
+                continue;
+            }
+            /* clean runs: losses, site outputs, routing */
+            for (m = 0; m < 2 && st == MOEXC_OK; m++) {
+                const float *site;
+                if ((st = moexc_model_forward(mod[m], in, tg, nb, T, NULL, err)) != MOEXC_OK) break;
+                site = moexc_model_site_output(mod[m], layer, (moexc_site)o.site);
+                memcpy(x[m], site, (size_t)nt * dm[m] * sizeof(float));
+                memcpy(full[m], site, (size_t)nt * dm[m] * sizeof(float));
+                moexc_token_nll(moexc_model_logits(mod[m]), tg, nt, moexc_model_get_config(mod[m])->vocab_size, nll);
+                for (b = 0; b < nb; b++) for (t = 0; t < t0; t++) nll[b * T + t] = NAN;
+                moexc_splice_acc_add(&s->splice, m, MOEXC_SPLICE_CLEAN, nll, dom, nt);
+                if (m == s->expert_model) {
+                    const int *ch = moexc_model_router_choices(mod[m], layer);
+                    for (i = 0; i < nt * k; i++) lab[i] = ch[i];
+                }
+            }
+            if (st != MOEXC_OK) break;
+            if ((st = moexc_xc_encode(xc, x[0], x[1], nt, f, err)) != MOEXC_OK) break;
+            moexc_xc_decode(xc, f, nt, xh[0], xh[1]);
+            /* the statistics, on positions t0..T-1 of each window (rows compacted) */
+            {
+                int r = 0, b2;
+                for (b2 = 0; b2 < nb; b2++)
+                    for (t = t0; t < T; t++, r++) {
+                        int src = b2 * T + t;
+                        if (r != src) {
+                            memmove(f + (size_t)r * F, f + (size_t)src * F, (size_t)F * sizeof(float));
+                            for (m = 0; m < 2; m++) {
+                                memmove(x[m] + (size_t)r * dm[m], x[m] + (size_t)src * dm[m], (size_t)dm[m] * sizeof(float));
+                                memmove(xh[m] + (size_t)r * dm[m], xh[m] + (size_t)src * dm[m], (size_t)dm[m] * sizeof(float));
+                            }
+                            if (k) memmove(lab + (size_t)r * k, lab + (size_t)src * k, (size_t)k * sizeof(int32_t));
+                            seq[r] = seq[src]; pos[r] = pos[src];
+                        }
+                        dl[r] = data->domains[(size_t)seq[r] + (size_t)pos[r]];   /* the token's domain */
+                    }
+                moexc_top_acts_add(&s->top, f, r, seq, pos, dl);
+                if ((st = moexc_label_acc_add(&s->domain, f, r, dl, err)) != MOEXC_OK) break;
+                if (E) {
+                    if ((st = moexc_label_acc_add(&s->expert_topk, f, r, lab, err)) != MOEXC_OK) break;
+                    for (i = 0; i < r; i++) lab[i] = lab[(size_t)i * k];     /* top-1: the first (largest) choice */
+                    if ((st = moexc_label_acc_add(&s->expert_top1, f, r, lab, err)) != MOEXC_OK) break;
+                }
+                moexc_activation_acc_add(&s->act, f, r);
+                for (m = 0; m < 2; m++) {
+                    moexc_latent_scaling_add(&ls[m], f, xh[m], r);
+                    moexc_fve_acc_add(&fve[m], x[m], xh[m], r);
+                }
+                if ((st = moexc_procrustes_acc_add(&pro, x[0], x[1], r, err)) != MOEXC_OK) break;
+                s->n_tokens += r;
+                s->n_seqs += nb;
+            }
+            if (o.no_splice) continue;
+            /* spliced runs: the site replaced (position 0 of each window keeps its clean value) */
+            for (m = 0; m < 2 && st == MOEXC_OK; m++) {
+                int run, d = dm[m];
+                for (run = MOEXC_SPLICE_XC; run < MOEXC_SPLICE_COUNT && st == MOEXC_OK; run++) {
+                    int r = 0;
+                    for (b = 0; b < nb; b++)
+                        for (t = t0; t < T; t++, r++) {
+                            float *dst = full[m] + ((size_t)b * T + t) * d;
+                            if (run == MOEXC_SPLICE_XC) memcpy(dst, xh[m] + (size_t)r * d, (size_t)d * sizeof(float));
+                            else if (run == MOEXC_SPLICE_ZERO) memset(dst, 0, (size_t)d * sizeof(float));
+                            else memcpy(dst, mean_f[m], (size_t)d * sizeof(float));
+                        }
+                    if ((st = moexc_model_forward_replace(mod[m], in, tg, nb, T, layer, (moexc_site)o.site, full[m], NULL, err)) != MOEXC_OK) break;
+                    moexc_token_nll(moexc_model_logits(mod[m]), tg, nt, moexc_model_get_config(mod[m])->vocab_size, nll);
+                    for (b = 0; b < nb; b++) for (t = 0; t < t0; t++) nll[b * T + t] = NAN;
+                    moexc_splice_acc_add(&s->splice, m, run, nll, dom, nt);
+                }
+            }
+        }
+        if (pass == 0 && st == MOEXC_OK)
+            for (m = 0; m < 2; m++)
+                for (i = 0; i < dm[m]; i++) mean_f[m][i] = n_mean > 0 ? (float)(mean_d[m][i] / (double)n_mean) : 0.0f;
+    }
+    if (st != MOEXC_OK) goto done;
+    /* results */
+    moexc_label_acc_finish(&s->domain);
+    if (E) { moexc_label_acc_finish(&s->expert_top1); moexc_label_acc_finish(&s->expert_topk); }
+    for (m = 0; m < 2; m++) { moexc_latent_scaling_beta(&ls[m], s->beta[m]); s->fve[m] = moexc_fve_acc_value(&fve[m]); }
+    moexc_latent_scaling_nu(s->nu, s->beta[0], s->beta[1], F);
+    if (pro.n >= 2) {
+        float *q = (float *)moexc__calloc((size_t)dm[0] * dm[1], sizeof(float));
+        float *qa = (float *)moexc__calloc((size_t)F * dm[1], sizeof(float));
+        s->aligned_cos = (float *)moexc__calloc((size_t)F, sizeof(float));
+        if (!q || !qa || !s->aligned_cos) st = moexc__fail(err, MOEXC_ERR_NOMEM, "latent study: aligned cosines");
+        else if ((st = moexc_procrustes_fit(&pro, q, err)) == MOEXC_OK) {
+            moexc_procrustes_apply(q, dm[0], dm[1], dec[0], F, qa);
+            for (i = 0; i < F; i++) {
+                const float *a = qa + (size_t)i * dm[1], *bb = dec[1] + (size_t)i * dm[1];
+                double na = moexc_dot(a, a, (size_t)dm[1]), nb2 = moexc_dot(bb, bb, (size_t)dm[1]);
+                s->aligned_cos[i] = na > 0 && nb2 > 0 ? (float)(moexc_dot(a, bb, (size_t)dm[1]) / sqrt(na * nb2)) : NAN;
+            }
+        }
+        moexc__free(q); moexc__free(qa);
+    }
+done:
+    for (m = 0; m < 2; m++) {
+        moexc_latent_scaling_free(&ls[m]); moexc_fve_acc_free(&fve[m]);
+        moexc__free(x[m]); moexc__free(xh[m]); moexc__free(full[m]); moexc__free(mean_f[m]); moexc__free(mean_d[m]); moexc__free(dec[m]);
+    }
+    moexc_procrustes_acc_free(&pro);
+    moexc__free(starts); moexc__free(in); moexc__free(tg); moexc__free(dom); moexc__free(lab); moexc__free(pos);
+    moexc__free(seq); moexc__free(f); moexc__free(nll); moexc__free(dl);
+    if (st != MOEXC_OK) moexc_latent_study_free(s);
+    return st;
 }
 
 /* ---- histograms ----------------------------------------------------------- */

@@ -32,6 +32,8 @@
      lens.csv, lens.json, lens_*.png   MoE Lens (SPEC §6): co-activation, concentration,
                                   single-expert early decoding, perplexity with k' experts
      *.png                        r histogram, cosines, densities, curves, routing
+     index.html, expert_purity.png  the study as one web page (step 8, SPEC §5.2): latent
+                                  cards with top contexts, domain and expert shares, spliced loss
      corpus.tok, dense.ckpt, moe.ckpt, crosscoder.safetensors
                                   inputs for moexc_train / moexc_crosscoder and Python */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
@@ -952,6 +954,90 @@ static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *
 }
 
 /* ------------------------------------------------------------------------- */
+/* Step 8: what a latent is (SPEC §5.2), the study as a web page. One pass    */
+/* over held-out windows (moexc_latent_study_run): top contexts, domain and   */
+/* expert attribution, spliced loss; then report/index.html and               */
+/* expert_purity.png through tools/report_page.h, the writer that             */
+/* tools/moexc_report shares.                                                 */
+
+#include "../tools/report_page.h"
+
+static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
+                             const moexc_tokens *data, const moexc_latent_analysis *an, const float *eval_a,
+                             const float *eval_b, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
+                             const float *beta_b, const float *nu)
+{
+    moexc_latent_study st;
+    moexc_latent_study_options so;
+    moexc_error err;
+    report_page pg;
+    char title[160], v[8][96], msg[600];
+    const char *keys[8], *vals[8];
+    double t0 = now_seconds(), *sum = NULL;
+    float *mean = NULL;
+    int d = moexc_xc_dim(xc, 0), m, i, j, bad = 0, D = data->n_domains;
+    /* the site's mean over the held-out pairs (mean ablation) */
+    sum = (double *)calloc((size_t)2 * d, sizeof(double));
+    mean = (float *)calloc((size_t)2 * d, sizeof(float));
+    if (!sum || !mean) { free(sum); free(mean); fprintf(stderr, "moexc_demo: out of memory\n"); return 1; }
+    for (i = 0; i < n_eval; i++)
+        for (j = 0; j < d; j++) { sum[j] += eval_a[(size_t)i * d + j]; sum[d + j] += eval_b[(size_t)i * d + j]; }
+    for (j = 0; j < 2 * d; j++) mean[j] = (float)(sum[j] / (n_eval > 0 ? n_eval : 1));
+    free(sum);
+    memset(&so, 0, sizeof(so));
+    so.layer = c->layer == 0 ? MOEXC_HARVEST_LAYER0 : c->layer;
+    so.site = c->site;
+    so.seq_len = c->context < 128 ? c->context : 128;
+    so.max_seqs = !strcmp(c->preset, "tiny") ? 24 : 96;
+    so.eval_fraction = DEMO_EVAL_FRACTION;
+    so.mean_a = mean; so.mean_b = mean + d;
+    so.seed = c->seed + 11;
+    if (moexc_latent_study_run(&st, moe, dense, xc, data, &so, &err)) { free(mean); return failed("latent study", &err); }
+    free(mean);
+    printf("\n8. what a latent is (SPEC §5.2): %ld held-out tokens in %ld windows (%.1f s)\n",
+           (long)st.n_tokens, (long)st.n_seqs, now_seconds() - t0);
+    printf("  spliced loss, fraction of loss recovered vs zero / mean ablation (CE clean -> spliced, nats):\n");
+    for (m = 0; m < 2; m++)
+        for (i = 0; i <= D; i++)
+            printf("    %-5s %-8s %.3f / %.3f   (%.4f -> %.4f; zero %.4f, mean %.4f)\n", m ? "dense" : "MoE",
+                   i < D ? data->domain_names[i] : "all", moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_ZERO, i),
+                   moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_MEAN, i),
+                   moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_CLEAN, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_XC, i),
+                   moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_ZERO, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_MEAN, i));
+    {
+        moexc_label_class_stats dc[MOEXC_CLASS_COUNT], ec[MOEXC_CLASS_COUNT];
+        int cl;
+        moexc_label_acc_by_class(&st.domain, an->cls, 1, dc);
+        if (st.n_experts) moexc_label_acc_by_class(&st.expert_top1, an->cls, 1, ec);
+        printf("  mean purity per class (shuffled baseline): domain%s\n", st.n_experts ? "; top-1 expert; top-1 expert entropy, bits" : "");
+        for (cl = 0; cl < MOEXC_CLASS_DEAD; cl++) {
+            printf("    %-10s n %4ld  %.3f (%.3f)", moexc_latent_class_name(cl), (long)dc[cl].n, dc[cl].purity, dc[cl].purity_shuffled);
+            if (st.n_experts) printf("; %.3f (%.3f); %.2f (%.2f)", ec[cl].purity, ec[cl].purity_shuffled, ec[cl].entropy, ec[cl].entropy_shuffled);
+            printf("\n");
+        }
+    }
+    snprintf(title, sizeof(title), "moexc study: MoE vs dense through a crosscoder (preset %s)", c->preset);
+    keys[0] = "preset, seed";                snprintf(v[0], sizeof(v[0]), "%s, %lu", c->preset, (unsigned long)c->seed);
+    keys[1] = "models";                      snprintf(v[1], sizeof(v[1]), "d %d, %d layers, MoE E %d k %d", c->d_model, c->n_layers, c->n_experts, c->top_k);
+    keys[2] = "crosscoder";                  snprintf(v[2], sizeof(v[2]), "F %d (%d designated shared), BatchTopK k %d, %d steps",
+                                                      c->xc_latents, c->xc_shared, c->xc_k, c->xc_steps);
+    keys[3] = "held-out FVE (MoE, dense, pooled)"; snprintf(v[3], sizeof(v[3]), "%.3f, %.3f, %.3f", ev->fve[0], ev->fve[1], ev->fve_pooled);
+    keys[4] = "L0, dead fraction";           snprintf(v[4], sizeof(v[4]), "%.1f, %.3f", ev->l0, ev->dead_fraction);
+    keys[5] = "class counts (MoE-only, shared, dense-only)";
+    snprintf(v[5], sizeof(v[5]), "%ld, %ld, %ld", (long)an->classes[MOEXC_CLASS_MOE_ONLY].count,
+             (long)an->classes[MOEXC_CLASS_SHARED].count, (long)an->classes[MOEXC_CLASS_DENSE_ONLY].count);
+    keys[6] = "evaluation pairs (classes, densities)"; snprintf(v[6], sizeof(v[6]), "%d", n_eval);
+    for (i = 0; i < 7; i++) vals[i] = v[i];
+    memset(&pg, 0, sizeof(pg));
+    pg.dir = c->out; pg.title = title; pg.summary_keys = keys; pg.summary_values = vals; pg.n_summary = 7;
+    pg.an = an; pg.st = &st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
+    if (report_page_write(&pg, lens_png, (void *)c->out, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
+    else printf("  wrote %s/index.html and expert_purity.png\n", c->out);
+    moexc_latent_study_free(&st);
+    return bad;
+}
+
+/* ------------------------------------------------------------------------- */
 /* Option parsing.                                                           */
 
 static int parse_int(const char *opt, const char *s, int lo, int *out)
@@ -1403,6 +1489,8 @@ int main(int argc, char **argv)
         if (write_csvs(&in) || write_summary(&in) || write_plots(&in)) goto done;
     }
     if (run_lens(&c, moe, &data)) goto done;
+    if (write_latent_page(&c, moe, dense, xc, &data, &an, eval_a, eval_b, n_eval, &final_eval, beta[0][0], beta[1][0], nu[0]))
+        goto done;
     printf("\ndone in %.1f s; report in %s/\n", now_seconds() - t_start, c.out);
     status = 0;
 done:
