@@ -8425,27 +8425,6 @@ MOEXC_DEF moexc_status moexc_toy_train_many(moexc_toy *models, int n_models, int
     return MOEXC_OK;
 }
 
-MOEXC_DEF void moexc_toy_gram(const moexc_toy *t, int e, float *out)
-{
-    int n = t->n, m = t->m, i, j;
-    const float *We = t->W + (size_t)e * n * m;
-    for (i = 0; i < n; i++)
-        for (j = 0; j < n; j++) {
-            double a = 0.0;
-            int c;
-            for (c = 0; c < m; c++) a += (double)We[(size_t)i * m + c] * We[(size_t)j * m + c];
-            out[(size_t)i * n + j] = (float)a;
-        }
-}
-
-MOEXC_DEF void moexc_toy_metrics_free(moexc_toy_metrics *mt)
-{
-    if (!mt) return;
-    moexc__free(mt->norm);
-    moexc__free(mt->n_mono_expert);
-    memset(mt, 0, sizeof(*mt));
-}
-
 MOEXC_DEF moexc_status moexc_toy_measure(moexc_toy *t, const moexc_toy_metric_options *opt_in,
                                          moexc_toy_metrics *mt, moexc_error *err)
 {
@@ -8585,6 +8564,27 @@ done:
     moexc__free(usage);
     if (st != MOEXC_OK) moexc_toy_metrics_free(mt);
     return st;
+}
+
+MOEXC_DEF void moexc_toy_metrics_free(moexc_toy_metrics *mt)
+{
+    if (!mt) return;
+    moexc__free(mt->norm);
+    moexc__free(mt->n_mono_expert);
+    memset(mt, 0, sizeof(*mt));
+}
+
+MOEXC_DEF void moexc_toy_gram(const moexc_toy *t, int e, float *out)
+{
+    int n = t->n, m = t->m, i, j;
+    const float *We = t->W + (size_t)e * n * m;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) {
+            double a = 0.0;
+            int c;
+            for (c = 0; c < m; c++) a += (double)We[(size_t)i * m + c] * We[(size_t)j * m + c];
+            out[(size_t)i * n + j] = (float)a;
+        }
 }
 
 static void moexc__toy_num(FILE *f, double v)
