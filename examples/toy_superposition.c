@@ -180,7 +180,7 @@ int main(int argc, char **argv)
     /* ---- 0. options, and the output folder before any work ------------- */
     memset(&cfg, 0, sizeof(cfg));
     cfg.out = "toy_report"; cfg.steps = 1600; cfg.batch = 256; cfg.lr = 5e-3f; cfg.seed = 1;
-    for (i = 1; i < argc; i++) {
+    for (i = 1; i < argc; i += 2) {   /* every option takes a value, except --help */
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(o, "--help") || !strcmp(o, "-h")) { usage(stdout); return 0; }
         if (!v) { fprintf(stderr, "toy_superposition: %s needs a value\n", o); usage(stderr); return 2; }
@@ -191,7 +191,6 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "--threads")) cfg.threads = atoi(v);
         else if (!strcmp(o, "--seed")) cfg.seed = (uint64_t)strtoull(v, NULL, 10);
         else { fprintf(stderr, "toy_superposition: unknown option %s\n", o); usage(stderr); return 2; }
-        i++;
     }
     if (cfg.steps < 1 || cfg.batch < 1 || !(cfg.lr > 0.0f) || cfg.threads < 0) {
         fprintf(stderr, "toy_superposition: --steps %d, --batch %d, --lr %g, --threads %d out of range\n",
