@@ -269,3 +269,16 @@ test: $(BUILD)/moexc_report $(BUILD)/moexc_demo $(BUILD)/moexc_mkdata
 # $(BUILD)/bench.json (ratios, machine, threads) and prints one table.
 bench:
 	@$(PYTHON) tools/bench_summary.py --build $(BUILD) --threads $(BENCH_THREADS) --out $(BUILD)/bench.json
+
+# ---- area: toy ------------------------------------------------------------
+# `make toy`: superposition in toy MoEs (SPEC §7) into ./toy_report: phase
+# diagrams over feature sparsity x k/E next to the dense baseline, the n = 2,
+# m = 1 phase change, expert specialisation under K-hot and Xavier router
+# init, Elhage-style expert pictures (under 2 minutes on 2 cores). TOY_ARGS
+# adds options (build/toy_superposition --help). PNGs via stb_image_write.
+TOY_ARGS ?=
+EXTRA_CFLAGS_toy_superposition := -isystem $(STB_DIR)
+$(BUILD)/toy_superposition: | demo-stb
+.PHONY: toy
+toy: $(BUILD)/toy_superposition
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/toy_superposition --out toy_report $(TOY_ARGS)

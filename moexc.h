@@ -18,7 +18,10 @@
      6. look inside the MoE alone (MoE Lens, SPEC §6): which experts each
         domain's tokens go to, how few experts take half the routing, how
         close the top-weighted expert comes to the whole top-k mixture, and
-        the perplexity with k' experts forced.
+        the perplexity with k' experts forced;
+     7. train toy MoEs on synthetic sparse features, many configurations side
+        by side, and measure superposition (SPEC §7): feature dimensionality,
+        features per dimension, monosemantic fraction, expert specialisation.
 
    The math is written next to the code that computes it. The reference for
    every formula is SPEC.md (the distilled paper "Sparse Crosscoders for
@@ -116,6 +119,17 @@
        moexc_lens_print(stdout, &lens);                   // or _write_csv/_json/_plots
        moexc_lens_free(&lens);
 
+   Toy models of superposition in MoEs (>>toy; examples/toy_superposition.c
+   draws the phase diagrams, make toy):
+
+       moexc_toy toys[2];  moexc_toy_config tc = {0};   // zero = seed defaults
+       moexc_toy_metrics mt;                            // n 32, m 8, E 4, k 1, S 0.9
+       moexc_toy_create(&toys[0], &tc, &err);
+       tc.n_experts = tc.top_k = 1;                     // the dense baseline
+       moexc_toy_create(&toys[1], &tc, &err);
+       moexc_toy_train_many(toys, 2, 3000, 0, NULL, NULL, &err);  // threads over models
+       moexc_toy_measure(&toys[0], NULL, &mt, &err);    // mt.mono_fraction, ...
+
    FILE FORMATS (all little-endian, all written to a temporary file and
    renamed): token streams (>>data), model and training checkpoints in
    safetensors (>>model, >>train), crosscoders in safetensors with the public
@@ -162,6 +176,8 @@
      >>train          AdamW, schedules, clipping, router statistics
      >>lens           MoE Lens: routing share, co-activation, concentration,
                       single-expert early decoding, perplexity with k' experts
+     >>toy            superposition in toy MoEs: sparse synthetic features,
+                      tied-weight experts, sweeps, dimensionality, monosemanticity
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
      >>analysis       relative decoder norm, classes, cosines, density, FVE;
@@ -807,6 +823,138 @@ typedef int (*moexc_png_writer)(const char *path, const struct moexc_canvas *c, 
 MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *lens, const char *dir, const char *prefix,
                                               moexc_png_writer write, void *user, int *n_written,
                                               moexc_error *err);
+/* ---- >>toy: superposition in toy MoEs (SPEC §7) ---------------------------- */
+/* The toy models of "Sparsity and Superposition in Mixture of Experts": n
+   sparse features squeezed through m hidden dimensions by each of E experts,
+   a router choosing k of them. E = k = 1 is the dense baseline, the ReLU-output
+   model of "Toy Models of Superposition". Everything here is small enough to
+   train hundreds of configurations side by side in seconds.
+     data      x in R^n, x_i = 0 with probability S, else uniform in [0, 1]
+     expert    h = W_e^T x (m),  out_e = ReLU(W_e h + b_e) (n),  W_e (n x m) tied
+     router    p = softmax(G x) (E), top-k of p, gates w_e = p_e / sum_topk p
+     output    x^ = sum_{e in top-k} w_e out_e
+     loss      (1/B) sum_b sum_i I_i (x_i - x^_i)^2  +  alpha E sum_e f_e P_e
+   Parameters live in one allocation (W, then b, then G), and so do the
+   gradient and the two AdamW moments, so the optimiser is one flat call. */
+
+enum { MOEXC_TOY_INIT_XAVIER = 0,   /* router rows Xavier-normal, like W and b         */
+       MOEXC_TOY_INIT_KHOT   = 1 }; /* router row e is 1 on a random disjoint block of
+                                       about n/E features, 0 elsewhere ("K-hot")        */
+
+/* One configuration. Zero value = the seed code's defaults (SPEC §7). */
+typedef struct moexc_toy_config {
+    int      n_features;       /* n; 0 -> 32                                           */
+    int      n_hidden;         /* m per expert; 0 -> 8                                 */
+    int      n_experts;        /* E; 0 -> 4 (1 with top_k 1 = the dense baseline)      */
+    int      top_k;            /* k; 0 -> 1                                            */
+    float    feature_prob;     /* 1 - S, the probability that a feature is non-zero;
+                                  0 -> 0.1 (S = 0.9); 1 -> dense data (S = 0)          */
+    float    importance_decay; /* I_i = decay^i; 0 -> 1 (all features equally important) */
+    const float *importance;   /* (n) explicit I_i instead of the decay (copied), or NULL */
+    int      router_init;      /* MOEXC_TOY_INIT_XAVIER (0) or MOEXC_TOY_INIT_KHOT      */
+    int      no_load_balance;  /* 1: no load-balancing loss (it is on by default)      */
+    float    lb_alpha;         /* alpha of alpha E sum_e f_e P_e; 0 -> 0.01            */
+    int      batch_size;       /* B per step; 0 -> 1024                                */
+    float    lr;               /* AdamW; 0 -> 1e-3 (constant)                          */
+    float    weight_decay;     /* AdamW; 0 -> 0.01 (PyTorch's default), < 0 -> none   */
+    uint64_t seed;             /* weights, K-hot blocks and the data stream            */
+} moexc_toy_config;
+
+typedef struct moexc_toy {
+    moexc_toy_config cfg;      /* resolved (cfg.importance points at .importance)      */
+    int       n, m, E, k;
+    size_t    n_params;        /* E n m + E n + E n                                    */
+    float    *params;          /* W (E x n x m), b (E x n), G (E x n)                  */
+    float    *grad, *adam_m, *adam_v;   /* the same layout                             */
+    float    *W, *b, *G;       /* views into params                                    */
+    float    *importance;      /* (n) I_i                                              */
+    int      *block;           /* (n) K-hot: the expert whose router row starts at 1 on
+                                  feature i; -1 everywhere under Xavier init           */
+    int       step;            /* AdamW steps taken                                    */
+    moexc_rng rng;             /* the data stream                                      */
+    float     loss, recon, lb; /* of the last step: total, reconstruction, balance     */
+    void     *scratch;         /* internal, sized for cfg.batch_size                   */
+} moexc_toy;
+
+/* Resolve cfg (NULL = all defaults), check it (errors name the field), allocate
+   and initialise: W, b and (Xavier init) G Xavier-normal with PyTorch's fans
+   (W as an (E, n, m) tensor: std sqrt(2 / (n m + E m)); b and G as (E, n):
+   std sqrt(2 / (n + E))). */
+MOEXC_DEF moexc_status moexc_toy_create(moexc_toy *t, const moexc_toy_config *cfg, moexc_error *err);
+MOEXC_DEF void         moexc_toy_free(moexc_toy *t);
+/* B samples of n features into x (B x n): 0 with probability 1 - feature_prob,
+   else uniform in [0, 1). Two draws per feature, whatever the outcome. */
+MOEXC_DEF void  moexc_toy_sample(float *x, int B, int n, float feature_prob, moexc_rng *rng);
+/* x^ (B x n) for x (B x n), B <= cfg.batch_size. gates (B x E, may be NULL)
+   receives the renormalised top-k gates w_e (0 off the top-k). */
+MOEXC_DEF void  moexc_toy_forward(moexc_toy *t, const float *x, int B, float *out, float *gates);
+/* The loss of x (B x n) and its gradient, written (not added) to t->grad.
+   recon and lb (may be NULL) receive the two terms; returns their sum. */
+MOEXC_DEF float moexc_toy_loss_grad(moexc_toy *t, const float *x, int B, float *recon, float *lb);
+/* Loss only (no gradient): what finite differences compare against. */
+MOEXC_DEF float moexc_toy_loss(moexc_toy *t, const float *x, int B);
+/* One training step: a fresh batch from t->rng, moexc_toy_loss_grad, one
+   AdamW update (moexc_adam_update). Returns the loss; sets t->loss/recon/lb. */
+MOEXC_DEF float moexc_toy_step(moexc_toy *t);
+
+/* Train many configurations side by side: `steps` steps of each model, the
+   models shared out over threads (OpenMP, one model per thread at a time).
+   A model's steps depend only on its own seed, so the bits do not depend on
+   the thread count at all. threads 0 -> all; progress (may be NULL) is
+   called on the calling thread after each model finishes. */
+typedef void (*moexc_toy_callback)(int done, int total, void *user);
+MOEXC_DEF moexc_status moexc_toy_train_many(moexc_toy *models, int n_models, int steps, int threads,
+                                            moexc_toy_callback progress, void *user, moexc_error *err);
+
+/* The metrics of one trained model (SPEC §7). Zero options = defaults. */
+typedef struct moexc_toy_metric_options {
+    int      n_samples;        /* data samples for usage, specialisation, loss; 0 -> 8192 */
+    float    mono_threshold;   /* monosemantic: score below this; 0 -> 0.2              */
+    float    norm_threshold;   /* represented: ||W_{e,i}|| at least this; 0 -> 0.5      */
+    uint64_t seed;             /* of the metric samples (not the training stream)      */
+} moexc_toy_metric_options;
+
+typedef struct moexc_toy_metrics {
+    int    n, E;
+    float *norm;               /* (E x n) ||W_{e,i}||                                  */
+    float *dim;                /* (E x n) D_i^e = ||W_{e,i}||^2 / sum_j (W^_{e,i}.W_{e,j})^2 */
+    float *score;              /* (E x n) s_{e,i} = sqrt(sum_{j!=i} (W^_{e,i}.W_{e,j})^2)    */
+    float *usage;              /* (E) p_e, mean gate of expert e over the samples      */
+    float *special;            /* (E) how often e is the top-1 choice with its
+                                  monosemantic features clamped to 1; NaN if it has none */
+    float *block_match;        /* (E) fraction of e's monosemantic features inside its
+                                  K-hot block; NaN without K-hot init or without any   */
+    int   *n_mono_expert;      /* (E) monosemantic features of expert e                */
+    float  features_per_dim;   /* (1/k) sum_e p_e ||W_e||_F^2 / m                      */
+    float  mono_fraction;      /* monosemantic / represented (e, i) pairs; NaN if none */
+    int    n_represented, n_mono;
+    float  specialisation;     /* mean of special over experts that have a value; NaN  */
+    float  block_coherence;    /* mean of block_match over experts that have a value   */
+    float  loss;               /* reconstruction loss on the samples                   */
+} moexc_toy_metrics;
+
+MOEXC_DEF moexc_status moexc_toy_measure(moexc_toy *t, const moexc_toy_metric_options *opt,
+                                         moexc_toy_metrics *out, moexc_error *err);
+MOEXC_DEF void         moexc_toy_metrics_free(moexc_toy_metrics *mt);
+/* W_e W_e^T (n x n) of expert e, the picture of "Toy Models of Superposition". */
+MOEXC_DEF void         moexc_toy_gram(const moexc_toy *t, int e, float *out);
+
+/* A sweep's table, one row per model: its configuration and its metrics.
+   CSV header "model,n,m,E,k,k_over_E,S,importance_decay,init,load_balance,
+   loss,features_per_dim,mono_fraction,n_represented,n_mono,specialisation,
+   block_coherence". JSON: {"name", "models": [{config, metrics, "experts":
+   [{"usage", "special", "block_match", "norm", "dim", "score"}]}]}; NaN -> null.
+   Both atomic (temporary file, then rename). */
+MOEXC_DEF moexc_status moexc_toy_write_csv(const moexc_toy *models, const moexc_toy_metrics *mt, int n_models,
+                                           const char *path, moexc_error *err);
+MOEXC_DEF moexc_status moexc_toy_write_json(const moexc_toy *models, const moexc_toy_metrics *mt, int n_models,
+                                            const char *name, const char *path, moexc_error *err);
+/* The Elhage-style picture of one model on canvas c (whole canvas): a row per
+   expert, left the feature norms ||W_{e,i}|| as bars coloured by the
+   superposition score s_{e,i} (viridis, 0 to 1 and above), right W_e W_e^T. */
+struct moexc_canvas;   /* >>plot */
+MOEXC_DEF moexc_status moexc_toy_plot_experts(struct moexc_canvas *c, const moexc_toy *t, const moexc_toy_metrics *mt,
+                                              const char *title, moexc_error *err);
 /* ---- >>harvest: paired activations, shuffle buffer, activation cache ------ */
 /* Run model A (MoE) and model B (dense) over the same token stream and read
    one layer of each (SPEC §3). Pairs (x^A, x^B) of the same token stay
@@ -8412,6 +8560,717 @@ MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *d
 done:
     moexc_canvas_free(&cv);
     moexc__free(buf); moexc__free(ser); moexc__free(labels);
+    return st;
+}
+
+/* ======================================================================== */
+/* >>toy: superposition in toy MoEs (SPEC §7)                                */
+/* ======================================================================== */
+/* Shapes: x (B x n), W (E x n x m) row-major so W_{e,i} is the m-vector of
+   feature i in expert e, b and G (E x n). One sample at a time: the models
+   are tiny (n m of a few hundred) and the data sparse, so a sample's work is
+   a few loops that skip its zero features; a sweep runs one model per thread. */
+
+/* Per-model scratch: the gradient pass keeps each sample's router
+   probabilities and their gradient (B x E) for the router backward, which
+   must wait for the batch's load-balancing fractions f_e. */
+typedef struct moexc__toy_scratch {
+    float *x;          /* (B x n) the step's batch                              */
+    float *p, *dp;     /* (B x E) router probabilities, dL/dp                   */
+    float *h;          /* (k x m) hidden of each active expert                  */
+    float *pre;        /* (k x n) pre-activation of each active expert          */
+    float *out, *dout; /* (n)                                                   */
+    float *dh;         /* (m)                                                   */
+    float *w, *dw;     /* (E) gates, dL/dgate                                   */
+    float *fsum, *psum;/* (E) dispatch counts and summed probabilities          */
+    int   *sel;        /* (k) the top-k experts, best first                     */
+} moexc__toy_scratch;
+
+static float moexc__toy_normal(moexc_rng *rng, float std) { return std * moexc_rng_normal(rng); }
+
+MOEXC_DEF moexc_status moexc_toy_create(moexc_toy *t, const moexc_toy_config *cfg_in, moexc_error *err)
+{
+    moexc_toy_config c;
+    moexc__toy_scratch *s;
+    size_t n, m, E, k, B, nW, nf;
+    float *f;
+    moexc_rng init;
+    int i, e;
+    if (!t) return moexc__fail(err, MOEXC_ERR_ARG, "moexc_toy_create: NULL model");
+    memset(t, 0, sizeof(*t));
+    memset(&c, 0, sizeof(c));
+    if (cfg_in) c = *cfg_in;
+    if (c.n_features == 0) c.n_features = 32;
+    if (c.n_hidden == 0) c.n_hidden = 8;
+    if (c.n_experts == 0) c.n_experts = 4;
+    if (c.top_k == 0) c.top_k = 1;
+    if (c.feature_prob == 0.0f) c.feature_prob = 0.1f;
+    if (c.importance_decay == 0.0f) c.importance_decay = 1.0f;
+    if (c.lb_alpha == 0.0f) c.lb_alpha = 0.01f;
+    if (c.batch_size == 0) c.batch_size = 1024;
+    if (c.lr == 0.0f) c.lr = 1e-3f;
+    if (c.weight_decay == 0.0f) c.weight_decay = 0.01f;
+    if (c.weight_decay < 0.0f) c.weight_decay = 0.0f;
+    if (c.n_features < 1 || c.n_features > 4096)
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: n_features %d outside 1..4096", c.n_features);
+    if (c.n_hidden < 1 || c.n_hidden > 4096)
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: n_hidden %d outside 1..4096", c.n_hidden);
+    if (c.n_experts < 1 || c.n_experts > 256)
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: n_experts %d outside 1..256", c.n_experts);
+    if (c.top_k < 1 || c.top_k > c.n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: top_k %d outside 1..n_experts (%d)", c.top_k, c.n_experts);
+    if (!(c.feature_prob > 0.0f && c.feature_prob <= 1.0f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: feature_prob %g outside (0, 1]", (double)c.feature_prob);
+    if (!(c.importance_decay > 0.0f && c.importance_decay < 1e6f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: importance_decay %g must be positive", (double)c.importance_decay);
+    if (c.router_init != MOEXC_TOY_INIT_XAVIER && c.router_init != MOEXC_TOY_INIT_KHOT)
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: router_init %d is neither XAVIER (0) nor KHOT (1)", c.router_init);
+    if (!(c.lb_alpha >= 0.0f && c.lb_alpha < 1e6f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: lb_alpha %g must be >= 0", (double)c.lb_alpha);
+    if (c.batch_size < 1 || c.batch_size > (1 << 20))
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: batch_size %d outside 1..1048576", c.batch_size);
+    if (!(c.lr > 0.0f && c.lr < 1e3f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: lr %g must be positive", (double)c.lr);
+    if (!(c.weight_decay * c.lr < 1.0f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy config: weight_decay %g too large for lr %g",
+                           (double)c.weight_decay, (double)c.lr);
+    if (c.importance)
+        for (i = 0; i < c.n_features; i++)
+            if (!(c.importance[i] >= 0.0f && c.importance[i] < 1e30f))
+                return moexc__fail(err, MOEXC_ERR_ARG, "toy config: importance[%d] = %g must be finite and >= 0",
+                                   i, (double)c.importance[i]);
+
+    n = (size_t)c.n_features; m = (size_t)c.n_hidden; E = (size_t)c.n_experts; k = (size_t)c.top_k;
+    B = (size_t)c.batch_size;
+    t->n = c.n_features; t->m = c.n_hidden; t->E = c.n_experts; t->k = c.top_k;
+    nW = E * n * m;
+    t->n_params = nW + 2 * E * n;
+    /* one allocation for params, grad, m, v, importance; one for the scratch */
+    nf = 4 * t->n_params + n;
+    t->params = (float *)moexc__calloc(nf, sizeof(float));
+    t->block = (int *)moexc__calloc(n, sizeof(int));
+    s = (moexc__toy_scratch *)moexc__calloc(1, sizeof(moexc__toy_scratch));
+    t->scratch = s;
+    if (s) {
+        size_t ns = B * n + 2 * B * E + k * m + k * n + 2 * n + m + 4 * E;
+        s->x = (float *)moexc__calloc(ns, sizeof(float));
+        s->sel = (int *)moexc__calloc(k, sizeof(int));
+    }
+    if (!t->params || !t->block || !s || !s->x || !s->sel) {
+        moexc_toy_free(t);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "toy model (n %d, m %d, E %d, batch %d): out of memory",
+                           c.n_features, c.n_hidden, c.n_experts, c.batch_size);
+    }
+    f = s->x + B * n;
+    s->p = f; f += B * E;
+    s->dp = f; f += B * E;
+    s->h = f; f += k * m;
+    s->pre = f; f += k * n;
+    s->out = f; f += n;
+    s->dout = f; f += n;
+    s->dh = f; f += m;
+    s->w = f; f += E;
+    s->dw = f; f += E;
+    s->fsum = f; f += E;
+    s->psum = f;
+    t->grad = t->params + t->n_params;
+    t->adam_m = t->grad + t->n_params;
+    t->adam_v = t->adam_m + t->n_params;
+    t->importance = t->adam_v + t->n_params;
+    t->W = t->params;
+    t->b = t->W + nW;
+    t->G = t->b + E * n;
+    for (i = 0; i < c.n_features; i++)
+        t->importance[i] = c.importance ? c.importance[i] : (float)pow((double)c.importance_decay, (double)i);
+    c.importance = t->importance;
+    t->cfg = c;
+
+    /* Xavier-normal with PyTorch's fans: std = sqrt(2 / (fan_in + fan_out)),
+       W as (E, n, m): fan_in = n m, fan_out = E m; b and G as (E, n). */
+    moexc_rng_seed(&init, c.seed * UINT64_C(0x9E3779B97F4A7C15) + UINT64_C(0x746F79));
+    {
+        float sw = (float)sqrt(2.0 / (double)(n * m + E * m)), sb = (float)sqrt(2.0 / (double)(n + E));
+        size_t j;
+        for (j = 0; j < nW; j++) t->W[j] = moexc__toy_normal(&init, sw);
+        for (j = 0; j < E * n; j++) t->b[j] = moexc__toy_normal(&init, sb);
+        for (j = 0; j < E * n; j++) t->G[j] = moexc__toy_normal(&init, sb);
+    }
+    for (i = 0; i < c.n_features; i++) t->block[i] = -1;
+    if (c.router_init == MOEXC_TOY_INIT_KHOT) {
+        /* K-hot: a random permutation of the features cut into E consecutive
+           blocks (sizes differ by at most one); G[e][i] = 1 on e's block. */
+        int *perm = t->block;
+        for (i = 0; i < c.n_features; i++) perm[i] = i;
+        for (i = c.n_features - 1; i > 0; i--) {
+            int j = (int)moexc_rng_below(&init, (uint32_t)(i + 1)), tmp = perm[i];
+            perm[i] = perm[j]; perm[j] = tmp;
+        }
+        memset(t->G, 0, E * n * sizeof(float));
+        for (i = 0; i < c.n_features; i++) {   /* position i of the permutation: expert i E / n */
+            int feat = perm[i];
+            e = (int)(((size_t)i * E) / n);
+            t->G[(size_t)e * n + (size_t)feat] = 1.0f;
+        }
+        for (i = 0; i < c.n_features; i++) {
+            t->block[i] = -1;
+            for (e = 0; e < c.n_experts; e++)
+                if (t->G[(size_t)e * n + (size_t)i] == 1.0f) t->block[i] = e;
+        }
+    }
+    moexc_rng_seed(&t->rng, c.seed ^ UINT64_C(0xD1B54A32D192ED03));
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_toy_free(moexc_toy *t)
+{
+    moexc__toy_scratch *s;
+    if (!t) return;
+    s = (moexc__toy_scratch *)t->scratch;
+    if (s) { moexc__free(s->x); moexc__free(s->sel); moexc__free(s); }
+    moexc__free(t->params);
+    moexc__free(t->block);
+    memset(t, 0, sizeof(*t));
+}
+
+/* x_i = 0 with probability S = 1 - feature_prob, else uniform in [0, 1). */
+MOEXC_DEF void moexc_toy_sample(float *x, int B, int n, float feature_prob, moexc_rng *rng)
+{
+    size_t j, total = (size_t)B * (size_t)n;
+    for (j = 0; j < total; j++) {
+        float u = moexc_rng_uniform(rng), keep = moexc_rng_uniform(rng);
+        x[j] = keep < feature_prob ? u : 0.0f;
+    }
+}
+
+/* Router of one sample: p = softmax(G x) (E), the top-k of p in sel (best
+   first, ties to the lower index), gates w_e = p_e / sum_{j in top-k} p_j on
+   the top-k and 0 elsewhere. E = 1: p = w = 1. Returns sum_{top-k} p. */
+static float moexc__toy_route(const moexc_toy *t, const float *x, float *p, int *sel, float *w)
+{
+    int E = t->E, n = t->n, e, i, j;
+    float mx, sum = 0.0f, s = 0.0f;
+    if (E == 1) { p[0] = 1.0f; w[0] = 1.0f; sel[0] = 0; return 1.0f; }
+    for (e = 0; e < E; e++) {
+        const float *g = t->G + (size_t)e * n;
+        float z = 0.0f;
+        for (i = 0; i < n; i++) if (x[i] != 0.0f) z += g[i] * x[i];
+        p[e] = z;
+    }
+    mx = p[0];
+    for (e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+    for (e = 0; e < E; e++) { p[e] = expf(p[e] - mx); sum += p[e]; }
+    for (e = 0; e < E; e++) { p[e] /= sum; w[e] = 0.0f; }
+    for (j = 0; j < t->k; j++) {          /* k rounds of "best not yet taken" */
+        int best = -1;
+        for (e = 0; e < E; e++) {
+            if (w[e] != 0.0f) continue;
+            if (best < 0 || p[e] > p[best]) best = e;
+        }
+        sel[j] = best;
+        w[best] = 1.0f;                   /* mark taken; the gate comes below */
+        s += p[best];
+    }
+    for (e = 0; e < E; e++) w[e] = 0.0f;
+    for (j = 0; j < t->k; j++) w[sel[j]] = p[sel[j]] / s;
+    return s;
+}
+
+/* Expert e on one sample: h = W_e^T x (m), pre = W_e h + b_e (n). */
+static void moexc__toy_expert(const moexc_toy *t, int e, const float *x, float *h, float *pre)
+{
+    int n = t->n, m = t->m, i, c;
+    const float *We = t->W + (size_t)e * n * m, *be = t->b + (size_t)e * n;
+    for (c = 0; c < m; c++) h[c] = 0.0f;
+    for (i = 0; i < n; i++) {
+        const float *wi = We + (size_t)i * m;
+        float xi = x[i];
+        if (xi == 0.0f) continue;
+        for (c = 0; c < m; c++) h[c] += wi[c] * xi;
+    }
+    for (i = 0; i < n; i++) {
+        const float *wi = We + (size_t)i * m;
+        float a = be[i];
+        for (c = 0; c < m; c++) a += wi[c] * h[c];
+        pre[i] = a;
+    }
+}
+
+/* The whole batch: the loss, and with want_grad its gradient into t->grad.
+   out (B x n) and gates (B x E) may be NULL. Returns recon + lb. */
+static float moexc__toy_run(moexc_toy *t, const float *x, int B, float *out_all, float *gates, int want_grad,
+                            float *recon_out, float *lb_out)
+{
+    moexc__toy_scratch *s = (moexc__toy_scratch *)t->scratch;
+    int n = t->n, m = t->m, E = t->E, k = t->k, b, i, c, j, e;
+    float *gW = t->grad, *gb = t->grad + (size_t)E * n * m, *gG = gb + (size_t)E * n;
+    float inv_b = 1.0f / (float)B, lb = 0.0f;
+    int use_lb = E > 1 && !t->cfg.no_load_balance;
+    double rsum = 0.0;
+    MOEXC_ASSERT(!want_grad || B <= t->cfg.batch_size);
+    if (want_grad) memset(t->grad, 0, t->n_params * sizeof(float));
+    for (e = 0; e < E; e++) { s->fsum[e] = 0.0f; s->psum[e] = 0.0f; }
+    for (b = 0; b < B; b++) {
+        const float *xb = x + (size_t)b * n;
+        float *p = want_grad ? s->p + (size_t)b * E : s->dp;   /* dp: free when no gradient */
+        float *out = out_all ? out_all + (size_t)b * n : s->out;
+        float psel = moexc__toy_route(t, xb, p, s->sel, s->w);
+        for (e = 0; e < E; e++) s->psum[e] += p[e];
+        for (j = 0; j < k; j++) s->fsum[s->sel[j]] += 1.0f;
+        if (gates) memcpy(gates + (size_t)b * E, s->w, (size_t)E * sizeof(float));
+        /* x^ = sum_{e in top-k} w_e ReLU(W_e W_e^T x + b_e) */
+        for (i = 0; i < n; i++) out[i] = 0.0f;
+        for (j = 0; j < k; j++) {
+            float *h = s->h + (size_t)j * m, *pre = s->pre + (size_t)j * n, we = s->w[s->sel[j]];
+            moexc__toy_expert(t, s->sel[j], xb, h, pre);
+            for (i = 0; i < n; i++) if (pre[i] > 0.0f) out[i] += we * pre[i];
+        }
+        /* recon = (1/B) sum_b sum_i I_i (x_i - x^_i)^2;  dL/dx^_i = (2/B) I_i (x^_i - x_i) */
+        for (i = 0; i < n; i++) {
+            float d = out[i] - xb[i];
+            rsum += (double)(t->importance[i] * d * d);
+            s->dout[i] = 2.0f * inv_b * t->importance[i] * d;
+        }
+        if (!want_grad) continue;
+        for (j = 0; j < k; j++) {
+            int ej = s->sel[j];
+            float *h = s->h + (size_t)j * m, *pre = s->pre + (size_t)j * n, we = s->w[ej], dwe = 0.0f;
+            float *gWe = gW + (size_t)ej * n * m, *gbe = gb + (size_t)ej * n;
+            const float *We = t->W + (size_t)ej * n * m;
+            for (c = 0; c < m; c++) s->dh[c] = 0.0f;
+            for (i = 0; i < n; i++) {
+                float dpre;
+                if (pre[i] <= 0.0f) { pre[i] = 0.0f; continue; }   /* ReLU' = 0: pre becomes dpre */
+                dwe += s->dout[i] * pre[i];                         /* dL/dw_e = dL/dx^ . out_e */
+                dpre = we * s->dout[i];
+                pre[i] = dpre;
+                gbe[i] += dpre;                                     /* db_e = dpre */
+                for (c = 0; c < m; c++) s->dh[c] += dpre * We[(size_t)i * m + c];  /* dh = W_e^T dpre */
+            }
+            /* pre = W_e h + b_e and h = W_e^T x, W tied:
+               dW_e[i][c] = dpre_i h_c + x_i dh_c */
+            for (i = 0; i < n; i++) {
+                float dpi = pre[i], xi = xb[i];
+                float *g = gWe + (size_t)i * m;
+                if (dpi != 0.0f) for (c = 0; c < m; c++) g[c] += dpi * h[c];
+                if (xi != 0.0f) for (c = 0; c < m; c++) g[c] += xi * s->dh[c];
+            }
+            s->dw[j] = dwe;
+        }
+        if (E > 1) {
+            /* w_e = p_e / s over the top-k A:  dL/dp_e = (dL/dw_e - sum_{j in A} w_j dL/dw_j) / s
+               for e in A, 0 elsewhere (the top-k choice itself has no gradient). */
+            float *dp = s->dp + (size_t)b * E, avg = 0.0f;
+            for (e = 0; e < E; e++) dp[e] = 0.0f;
+            for (j = 0; j < k; j++) avg += s->w[s->sel[j]] * s->dw[j];
+            for (j = 0; j < k; j++) dp[s->sel[j]] = (s->dw[j] - avg) / psel;
+        }
+    }
+    /* Switch load balancing, the seed code's form: lb = alpha E sum_e f_e P_e,
+       f_e = fraction of samples whose top-k holds e (sums to k, no gradient),
+       P_e = mean_b p_{b,e};  dlb/dp_{b,e} = alpha E f_e / B. */
+    if (use_lb) {
+        double acc = 0.0;
+        for (e = 0; e < E; e++) acc += (double)(s->fsum[e] * inv_b) * (double)(s->psum[e] * inv_b);
+        lb = (float)((double)t->cfg.lb_alpha * E * acc);
+    }
+    if (want_grad && E > 1) {
+        float coef = use_lb ? t->cfg.lb_alpha * (float)E * inv_b * inv_b : 0.0f;   /* alpha E (fsum/B) / B */
+        for (b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * n, *p = s->p + (size_t)b * E;
+            float *dp = s->dp + (size_t)b * E, dot = 0.0f;
+            for (e = 0; e < E; e++) { dp[e] += coef * s->fsum[e]; dot += p[e] * dp[e]; }
+            /* softmax: dz_e = p_e (dp_e - sum_j p_j dp_j);  z = G x: dG_e += dz_e x */
+            for (e = 0; e < E; e++) {
+                float dz = p[e] * (dp[e] - dot);
+                float *g = gG + (size_t)e * n;
+                if (dz == 0.0f) continue;
+                for (i = 0; i < n; i++) if (xb[i] != 0.0f) g[i] += dz * xb[i];
+            }
+        }
+    }
+    if (recon_out) *recon_out = (float)(rsum / B);
+    if (lb_out) *lb_out = lb;
+    return (float)(rsum / B) + lb;
+}
+
+MOEXC_DEF void moexc_toy_forward(moexc_toy *t, const float *x, int B, float *out, float *gates)
+{
+    moexc__toy_run(t, x, B, out, gates, 0, NULL, NULL);
+}
+
+MOEXC_DEF float moexc_toy_loss_grad(moexc_toy *t, const float *x, int B, float *recon, float *lb)
+{
+    return moexc__toy_run(t, x, B, NULL, NULL, 1, recon, lb);
+}
+
+MOEXC_DEF float moexc_toy_loss(moexc_toy *t, const float *x, int B)
+{
+    return moexc__toy_run(t, x, B, NULL, NULL, 0, NULL, NULL);
+}
+
+MOEXC_DEF float moexc_toy_step(moexc_toy *t)
+{
+    moexc__toy_scratch *s = (moexc__toy_scratch *)t->scratch;
+    moexc_adam_coeffs ac;
+    double st;
+    moexc_toy_sample(s->x, t->cfg.batch_size, t->n, t->cfg.feature_prob, &t->rng);
+    t->loss = moexc_toy_loss_grad(t, s->x, t->cfg.batch_size, &t->recon, &t->lb);
+    /* AdamW as torch.optim.AdamW: betas (0.9, 0.999), eps 1e-8, constant lr */
+    t->step++;
+    st = (double)t->step;
+    ac.g_scale = 1.0f;
+    ac.decay = 1.0f - t->cfg.lr * t->cfg.weight_decay;
+    ac.beta1 = 0.9f; ac.beta2 = 0.999f; ac.eps = 1e-8f;
+    ac.step_size = (float)((double)t->cfg.lr / (1.0 - pow(0.9, st)));
+    ac.bc2_sqrt = (float)sqrt(1.0 - pow(0.999, st));
+    moexc_adam_update(t->params, t->grad, t->adam_m, t->adam_v, t->n_params, &ac);
+    return t->loss;
+}
+
+MOEXC_DEF moexc_status moexc_toy_train_many(moexc_toy *models, int n_models, int steps, int threads,
+                                            moexc_toy_callback progress, void *user, moexc_error *err)
+{
+    int i, done = 0;
+    if (!models || n_models < 0) return moexc__fail(err, MOEXC_ERR_ARG, "toy_train_many: no models (n_models %d)", n_models);
+    if (steps < 0) return moexc__fail(err, MOEXC_ERR_ARG, "toy_train_many: steps %d < 0", steps);
+    for (i = 0; i < n_models; i++)
+        if (!models[i].params) return moexc__fail(err, MOEXC_ERR_ARG, "toy_train_many: model %d is not created", i);
+#ifdef _OPENMP
+    if (threads <= 0) threads = omp_get_max_threads();
+#   pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#else
+    (void)threads;
+#endif
+    for (i = 0; i < n_models; i++) {
+        int st;
+        for (st = 0; st < steps; st++) moexc_toy_step(&models[i]);
+#ifdef _OPENMP
+#       pragma omp critical (moexc__toy_progress)
+#endif
+        {
+            done++;
+            if (progress) progress(done, n_models, user);
+        }
+    }
+    for (i = 0; i < n_models; i++)
+        if (steps > 0 && !(models[i].loss == models[i].loss && models[i].loss < HUGE_VALF))
+            return moexc__fail(err, MOEXC_ERR_NUMERIC, "toy model %d (E %d, k %d, feature_prob %g): loss is %g after %d steps",
+                               i, models[i].E, models[i].k, (double)models[i].cfg.feature_prob, (double)models[i].loss,
+                               models[i].step);
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_toy_measure(moexc_toy *t, const moexc_toy_metric_options *opt_in,
+                                         moexc_toy_metrics *mt, moexc_error *err)
+{
+    moexc_toy_metric_options o;
+    int n, m, E, e, i, j, c, chunk, done;
+    float *x = NULL, *gates = NULL, *row = NULL;
+    double *usage = NULL, loss_sum = 0.0, fpd = 0.0;
+    moexc_rng rng;
+    moexc_status st = MOEXC_OK;
+    if (!t || !t->params || !mt) return moexc__fail(err, MOEXC_ERR_ARG, "toy_measure: NULL model or metrics");
+    memset(mt, 0, sizeof(*mt));
+    memset(&o, 0, sizeof(o));
+    if (opt_in) o = *opt_in;
+    if (o.n_samples == 0) o.n_samples = 8192;
+    if (o.mono_threshold == 0.0f) o.mono_threshold = 0.2f;
+    if (o.norm_threshold == 0.0f) o.norm_threshold = 0.5f;
+    if (o.n_samples < 1) return moexc__fail(err, MOEXC_ERR_ARG, "toy_measure: n_samples %d < 1", o.n_samples);
+    if (!(o.mono_threshold > 0.0f)) return moexc__fail(err, MOEXC_ERR_ARG, "toy_measure: mono_threshold %g <= 0", (double)o.mono_threshold);
+    if (!(o.norm_threshold >= 0.0f)) return moexc__fail(err, MOEXC_ERR_ARG, "toy_measure: norm_threshold %g < 0", (double)o.norm_threshold);
+    n = t->n; m = t->m; E = t->E;
+    mt->n = n; mt->E = E;
+    chunk = o.n_samples < 1024 ? o.n_samples : 1024;
+    mt->norm = (float *)moexc__calloc((size_t)3 * E * n + 3 * (size_t)E, sizeof(float));
+    mt->n_mono_expert = (int *)moexc__calloc((size_t)E, sizeof(int));
+    x = (float *)moexc__calloc((size_t)chunk * n + (size_t)chunk * E + (size_t)n, sizeof(float));
+    usage = (double *)moexc__calloc((size_t)E, sizeof(double));
+    if (!mt->norm || !mt->n_mono_expert || !x || !usage) {
+        st = moexc__fail(err, MOEXC_ERR_NOMEM, "toy_measure: out of memory (n %d, E %d)", n, E);
+        goto done;
+    }
+    gates = x + (size_t)chunk * n;
+    row = gates + (size_t)chunk * E;
+    mt->dim = mt->norm + (size_t)E * n;
+    mt->score = mt->dim + (size_t)E * n;
+    mt->usage = mt->score + (size_t)E * n;
+    mt->special = mt->usage + E;
+    mt->block_match = mt->special + E;
+
+    /* Per expert and feature, with W^_{e,i} = W_{e,i} / ||W_{e,i}||:
+         D_i^e   = ||W_{e,i}||^2 / sum_j (W^_{e,i} . W_{e,j})^2        (dimensionality)
+         s_{e,i} = sqrt(sum_{j != i} (W^_{e,i} . W_{e,j})^2)            (superposition)
+       A zero row has D = 0 and s = 0 (and is not represented). */
+    for (e = 0; e < E; e++) {
+        const float *We = t->W + (size_t)e * n * m;
+        for (i = 0; i < n; i++) {
+            const float *wi = We + (size_t)i * m;
+            double nn = 0.0, tot = 0.0, other = 0.0, inv;
+            for (c = 0; c < m; c++) nn += (double)wi[c] * wi[c];
+            mt->norm[(size_t)e * n + i] = (float)sqrt(nn);
+            if (nn <= 0.0) { mt->dim[(size_t)e * n + i] = 0.0f; mt->score[(size_t)e * n + i] = 0.0f; continue; }
+            inv = 1.0 / sqrt(nn);
+            for (j = 0; j < n; j++) {
+                const float *wj = We + (size_t)j * m;
+                double d = 0.0;
+                for (c = 0; c < m; c++) d += (double)wi[c] * wj[c];
+                d *= inv;
+                tot += d * d;
+                if (j != i) other += d * d;
+            }
+            mt->dim[(size_t)e * n + i] = (float)(nn / tot);
+            mt->score[(size_t)e * n + i] = (float)sqrt(other);
+        }
+    }
+    /* monosemantic: represented (||W_{e,i}|| >= norm_threshold) and s_{e,i} < 0.2 */
+    for (e = 0; e < E; e++)
+        for (i = 0; i < n; i++) {
+            size_t ei = (size_t)e * n + i;
+            if (mt->norm[ei] < o.norm_threshold) continue;
+            mt->n_represented++;
+            if (mt->score[ei] < o.mono_threshold) { mt->n_mono++; mt->n_mono_expert[e]++; }
+        }
+    mt->mono_fraction = mt->n_represented ? (float)mt->n_mono / (float)mt->n_represented : NAN;
+
+    /* usage p_e = mean over samples of the gate w_e; the held-out loss */
+    moexc_rng_seed(&rng, o.seed ^ (t->cfg.seed * UINT64_C(0x2545F4914F6CDD1D)) ^ UINT64_C(0x6D657472));
+    for (done = 0; done < o.n_samples; done += chunk) {
+        int bsz = MOEXC__MIN(chunk, o.n_samples - done);
+        float rec;
+        moexc_toy_sample(x, bsz, n, t->cfg.feature_prob, &rng);
+        moexc__toy_run(t, x, bsz, NULL, gates, 0, &rec, NULL);
+        loss_sum += (double)rec * bsz;
+        for (i = 0; i < bsz; i++)
+            for (e = 0; e < E; e++) usage[e] += gates[(size_t)i * E + e];
+    }
+    mt->loss = (float)(loss_sum / o.n_samples);
+    /* features per dimension = (1/k) sum_e p_e ||W_e||_F^2 / m */
+    for (e = 0; e < E; e++) {
+        double fro = 0.0;
+        size_t q;
+        mt->usage[e] = (float)(usage[e] / o.n_samples);
+        for (q = 0; q < (size_t)n * m; q++) fro += (double)t->W[(size_t)e * n * m + q] * t->W[(size_t)e * n * m + q];
+        fpd += (double)mt->usage[e] * fro / m;
+    }
+    mt->features_per_dim = (float)(fpd / t->k);
+
+    /* specialisation: samples from the data, expert e's monosemantic features
+       clamped to 1; how often is e the router's top-1 choice? (NaN for E = 1
+       or an expert without monosemantic features.) block_match: the share of
+       e's monosemantic features inside its K-hot block. */
+    {
+        moexc__toy_scratch *s = (moexc__toy_scratch *)t->scratch;
+        double sp_sum = 0.0, bm_sum = 0.0;
+        int sp_n = 0, bm_n = 0;
+        for (e = 0; e < E; e++) {
+            int hits = 0, inside = 0;
+            mt->special[e] = NAN;
+            mt->block_match[e] = NAN;
+            if (mt->n_mono_expert[e] == 0) continue;
+            for (i = 0; i < n; i++) {
+                size_t ei = (size_t)e * n + i;
+                row[i] = (mt->norm[ei] >= o.norm_threshold && mt->score[ei] < o.mono_threshold) ? 1.0f : 0.0f;
+                if (row[i] != 0.0f && t->block[i] == e) inside++;
+            }
+            if (t->cfg.router_init == MOEXC_TOY_INIT_KHOT) {
+                mt->block_match[e] = (float)inside / (float)mt->n_mono_expert[e];
+                bm_sum += mt->block_match[e]; bm_n++;
+            }
+            if (E == 1) continue;
+            for (done = 0; done < o.n_samples; done += chunk) {
+                int bsz = MOEXC__MIN(chunk, o.n_samples - done);
+                moexc_toy_sample(x, bsz, n, t->cfg.feature_prob, &rng);
+                for (j = 0; j < bsz; j++) {
+                    float *xb = x + (size_t)j * n;
+                    for (i = 0; i < n; i++) if (row[i] != 0.0f) xb[i] = 1.0f;
+                    moexc__toy_route(t, xb, s->dp, s->sel, s->w);
+                    hits += s->sel[0] == e;
+                }
+            }
+            mt->special[e] = (float)hits / (float)o.n_samples;
+            sp_sum += mt->special[e]; sp_n++;
+        }
+        mt->specialisation = sp_n ? (float)(sp_sum / sp_n) : NAN;
+        mt->block_coherence = bm_n ? (float)(bm_sum / bm_n) : NAN;
+    }
+done:
+    moexc__free(x);
+    moexc__free(usage);
+    if (st != MOEXC_OK) moexc_toy_metrics_free(mt);
+    return st;
+}
+
+MOEXC_DEF void moexc_toy_metrics_free(moexc_toy_metrics *mt)
+{
+    if (!mt) return;
+    moexc__free(mt->norm);
+    moexc__free(mt->n_mono_expert);
+    memset(mt, 0, sizeof(*mt));
+}
+
+MOEXC_DEF void moexc_toy_gram(const moexc_toy *t, int e, float *out)
+{
+    int n = t->n, m = t->m, i, j;
+    const float *We = t->W + (size_t)e * n * m;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) {
+            double a = 0.0;
+            int c;
+            for (c = 0; c < m; c++) a += (double)We[(size_t)i * m + c] * We[(size_t)j * m + c];
+            out[(size_t)i * n + j] = (float)a;
+        }
+}
+
+static void moexc__toy_num(FILE *f, double v)
+{
+    if (v == v && v < HUGE_VAL && v > -HUGE_VAL) fprintf(f, "%.6g", v); else fputs("null", f);
+}
+static void moexc__toy_csv_num(FILE *f, double v)
+{
+    if (v == v && v < HUGE_VAL && v > -HUGE_VAL) fprintf(f, "%.6g", v);
+}
+
+MOEXC_DEF moexc_status moexc_toy_write_csv(const moexc_toy *models, const moexc_toy_metrics *mt, int n_models,
+                                           const char *path, moexc_error *err)
+{
+    moexc__atomic_file af;
+    moexc_status st;
+    int i;
+    if (!models || !mt || n_models < 0 || !path) return moexc__fail(err, MOEXC_ERR_ARG, "toy_write_csv: NULL argument");
+    if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) return st;
+    fputs("model,n,m,E,k,k_over_E,S,importance_decay,init,load_balance,loss,features_per_dim,"
+          "mono_fraction,n_represented,n_mono,specialisation,block_coherence\n", af.f);
+    for (i = 0; i < n_models; i++) {
+        const moexc_toy *t = models + i;
+        const moexc_toy_metrics *q = mt + i;
+        fprintf(af.f, "%d,%d,%d,%d,%d,%.6g,%.6g,%.6g,%s,%d,", i, t->n, t->m, t->E, t->k, (double)t->k / t->E,
+                1.0 - (double)t->cfg.feature_prob, (double)t->cfg.importance_decay,
+                t->cfg.router_init == MOEXC_TOY_INIT_KHOT ? "khot" : "xavier", t->E > 1 && !t->cfg.no_load_balance);
+        moexc__toy_csv_num(af.f, q->loss); fputc(',', af.f);
+        moexc__toy_csv_num(af.f, q->features_per_dim); fputc(',', af.f);
+        moexc__toy_csv_num(af.f, q->mono_fraction);
+        fprintf(af.f, ",%d,%d,", q->n_represented, q->n_mono);
+        moexc__toy_csv_num(af.f, q->specialisation); fputc(',', af.f);
+        moexc__toy_csv_num(af.f, q->block_coherence); fputc('\n', af.f);
+    }
+    return moexc__atomic_commit(&af, err);
+}
+
+static void moexc__toy_json_floats(FILE *f, const float *x, int n)
+{
+    int i;
+    fputc('[', f);
+    for (i = 0; i < n; i++) { if (i) fputc(',', f); moexc__toy_num(f, x[i]); }
+    fputc(']', f);
+}
+
+MOEXC_DEF moexc_status moexc_toy_write_json(const moexc_toy *models, const moexc_toy_metrics *mt, int n_models,
+                                            const char *name, const char *path, moexc_error *err)
+{
+    moexc__atomic_file af;
+    moexc_status st;
+    moexc__sb sb;
+    int i, e;
+    FILE *f;
+    if (!models || !mt || n_models < 0 || !path) return moexc__fail(err, MOEXC_ERR_ARG, "toy_write_json: NULL argument");
+    if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) return st;
+    f = af.f;
+    memset(&sb, 0, sizeof(sb));
+    moexc__sb_json_string(&sb, name ? name : "toy");
+    fprintf(f, "{\"name\": %s, \"models\": [\n", sb.oom || !sb.buf ? "\"toy\"" : sb.buf);
+    moexc__free(sb.buf);
+    for (i = 0; i < n_models; i++) {
+        const moexc_toy *t = models + i;
+        const moexc_toy_metrics *q = mt + i;
+        fprintf(f, " {\"model\": %d, \"n\": %d, \"m\": %d, \"E\": %d, \"k\": %d, \"S\": %.6g, \"importance_decay\": %.6g, "
+                "\"init\": \"%s\", \"load_balance\": %s, \"steps\": %d, \"seed\": %.0f,\n  \"loss\": ",
+                i, t->n, t->m, t->E, t->k, 1.0 - (double)t->cfg.feature_prob, (double)t->cfg.importance_decay,
+                t->cfg.router_init == MOEXC_TOY_INIT_KHOT ? "khot" : "xavier",
+                t->E > 1 && !t->cfg.no_load_balance ? "true" : "false", t->step, (double)t->cfg.seed);
+        moexc__toy_num(f, q->loss);
+        fputs(", \"features_per_dim\": ", f); moexc__toy_num(f, q->features_per_dim);
+        fputs(", \"mono_fraction\": ", f); moexc__toy_num(f, q->mono_fraction);
+        fprintf(f, ", \"n_represented\": %d, \"n_mono\": %d, \"specialisation\": ", q->n_represented, q->n_mono);
+        moexc__toy_num(f, q->specialisation);
+        fputs(", \"block_coherence\": ", f); moexc__toy_num(f, q->block_coherence);
+        fputs(",\n  \"experts\": [", f);
+        for (e = 0; e < t->E; e++) {
+            fputs(e ? ",\n   {\"usage\": " : "\n   {\"usage\": ", f); moexc__toy_num(f, q->usage[e]);
+            fputs(", \"special\": ", f); moexc__toy_num(f, q->special[e]);
+            fputs(", \"block_match\": ", f); moexc__toy_num(f, q->block_match[e]);
+            fputs(", \"norm\": ", f); moexc__toy_json_floats(f, q->norm + (size_t)e * t->n, t->n);
+            fputs(", \"dim\": ", f); moexc__toy_json_floats(f, q->dim + (size_t)e * t->n, t->n);
+            fputs(", \"score\": ", f); moexc__toy_json_floats(f, q->score + (size_t)e * t->n, t->n);
+            fputc('}', f);
+        }
+        fprintf(f, "]}%s\n", i + 1 < n_models ? "," : "");
+    }
+    fputs("]}\n", f);
+    return moexc__atomic_commit(&af, err);
+}
+
+MOEXC_DEF moexc_status moexc_toy_plot_experts(moexc_canvas *cv, const moexc_toy *t, const moexc_toy_metrics *mt,
+                                              const char *title, moexc_error *err)
+{
+    int E, n, e, i, W, H, top, rh, fs = 2, th;
+    float *gram = NULL;
+    moexc_status st = MOEXC_OK;
+    char buf[128];
+    if (!cv || !cv->rgb || !t || !t->params || !mt || !mt->norm)
+        return moexc__fail(err, MOEXC_ERR_ARG, "toy_plot_experts: need a canvas, a model and its metrics");
+    E = t->E; n = t->n; W = cv->width; H = cv->height;
+    th = moexc_text_height(fs);
+    top = 2 * th + 24;
+    rh = (H - top) / E;
+    if (rh < 60 || W < 400) return moexc__fail(err, MOEXC_ERR_ARG, "toy_plot_experts: canvas %dx%d too small for %d experts", W, H, E);
+    gram = (float *)moexc__calloc((size_t)n * n, sizeof(float));
+    if (!gram) return moexc__fail(err, MOEXC_ERR_NOMEM, "toy_plot_experts: out of memory");
+    moexc_canvas_clear(cv, 0xFFFFFFu);
+    moexc_draw_text(cv, 10, 6, title ? title : "toy model", fs + 1, 0x000000u);
+    /* colour key of the bars: viridis over the superposition score 0..1 */
+    {
+        int kx = 10, ky = 10 + moexc_text_height(fs + 1), kw = 200, q;
+        kx += moexc_draw_text(cv, kx, ky, "bar colour = superposition score  0 ", fs, 0x333333u);
+        for (q = 0; q < kw; q++) moexc_draw_rect(cv, kx + q, ky, kx + q + 1, ky + th, moexc_colormap_viridis((double)q / (kw - 1)));
+        moexc_draw_text(cv, kx + kw + 4, ky, "1+   (mono if < 0.2)", fs, 0x333333u);
+    }
+    for (e = 0; e < E && st == MOEXC_OK; e++) {
+        int y0 = top + e * rh, lx0 = 60, lx1 = W / 2 - 20, py0 = y0 + th + 8, py1 = y0 + rh - 14;
+        double ymax = 1.2;
+        moexc_plot_options po;
+        for (i = 0; i < n; i++) ymax = MOEXC__MAX(ymax, (double)mt->norm[(size_t)e * n + i] * 1.05);
+        if (E > 1) snprintf(buf, sizeof(buf), "expert %d  usage %.2f  mono %d", e, (double)mt->usage[e], mt->n_mono_expert[e]);
+        else snprintf(buf, sizeof(buf), "dense  mono %d of %d represented", mt->n_mono, mt->n_represented);
+        moexc_draw_text(cv, lx0, y0 + 2, buf, fs, 0x000000u);
+        /* axes: y = ||W_i|| from 0 to ymax, a grey line at 1 */
+        moexc_draw_line(cv, lx0, py0, lx0, py1, 1, 0x000000u);
+        moexc_draw_line(cv, lx0, py1, lx1, py1, 1, 0x000000u);
+        {
+            int y1 = py1 - (int)((py1 - py0) * (1.0 / ymax));
+            moexc_draw_line(cv, lx0, y1, lx1, y1, 1, 0xBBBBBBu);
+            moexc_draw_text(cv, lx0 - moexc_text_width("1", fs) - 6, y1 - th / 2, "1", fs, 0x333333u);
+            moexc_draw_text(cv, lx0 - moexc_text_width("0", fs) - 6, py1 - th / 2, "0", fs, 0x333333u);
+            moexc_draw_text_vertical(cv, 4, py0, "||W_i||", fs, 0x333333u);
+        }
+        for (i = 0; i < n; i++) {
+            size_t ei = (size_t)e * n + i;
+            int bx0 = lx0 + 2 + (int)((double)(lx1 - lx0 - 2) * i / n);
+            int bx1 = lx0 + 2 + (int)((double)(lx1 - lx0 - 2) * (i + 1) / n) - 1;
+            int by = py1 - (int)((py1 - py0) * ((double)mt->norm[ei] / ymax));
+            double sc = mt->score[ei];
+            moexc_draw_rect(cv, bx0, by, MOEXC__MAX(bx1, bx0 + 1), py1, moexc_colormap_viridis(sc > 1.0 ? 1.0 : sc));
+            if (t->block[i] == e) moexc_draw_rect(cv, bx0, py1 + 2, MOEXC__MAX(bx1, bx0 + 1), py1 + 6, 0xD55E00u);
+        }
+        moexc_toy_gram(t, e, gram);
+        memset(&po, 0, sizeof(po));
+        po.x = W / 2; po.y = y0; po.width = W / 2; po.height = rh;
+        po.font_scale = 1;
+        po.title = E > 1 ? "W_e W_e^T" : "W W^T";
+        po.z_min = -1.0; po.z_max = 1.0;
+        st = moexc_plot_heatmap(cv, gram, n, n, NULL, NULL, &po, err);
+    }
+    moexc__free(gram);
     return st;
 }
 
