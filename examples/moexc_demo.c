@@ -916,7 +916,10 @@ static int report_controls(const controls *ct, const demo_config *c)
     }
     printf("\nthe paper's findings against the seed controls (statistic > 0 when the finding holds; per seed, then mean +- sd):\n");
     for (f = 0; f < CTRL_FINDINGS; f++) {
-        printf("  %s: %s\n", finding_text[f], moexc_verdict_name(ct->verdict[f]));
+        int valid = 0;
+        for (s = 0; s < n; s++) valid += ct->stat[f][0][s] == ct->stat[f][0][s];
+        printf("  %s: %s (MoE vs dense: %d of %d seeds with data; beyond a control means |mean - control mean| > 2 control sd)\n",
+               finding_text[f], moexc_verdict_name(ct->verdict[f]), valid, n);
         for (p = 0; p < CTRL_PAIRS; p++) {
             printf("    %-15s %s:", ct->pair[p].name, finding_stat_text[f]);
             for (s = 0; s < n; s++) printf(" %.3g", ct->stat[f][p][s]);
@@ -1550,7 +1553,7 @@ static int load_corpus(moexc_tokens *data, const demo_config *c)
     moexc_error err;
     int d, T = c->context < 128 ? c->context : 128;
     if (moexc_tokens_load(data, c->data_path, &err)) {
-        fprintf(stderr, "moexc_demo: --data %s: %s (%s)\n", c->data_path, err.message, moexc_status_name(err.code));
+        fprintf(stderr, "moexc_demo: --data: %s (%s)\n", err.message, moexc_status_name(err.code));
         return 1;
     }
     if (data->n_domains < 1 || data->n == 0) {
