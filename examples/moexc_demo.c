@@ -1081,7 +1081,7 @@ static int plot_controls(const char *dir, const controls *ct, moexc_canvas *cv)
         bands[1] = class_band(MOEXC_CLASS_SHARED, ct->moe_max, ct->dense_min, "shared");
         bands[2] = class_band(MOEXC_CLASS_DENSE_ONLY, ct->dense_min, 1.0, "B-only (dense-only)");
         memset(&po, 0, sizeof(po));
-        snprintf(title, sizeof(title), "Relative decoder norm, the study and its seed controls (%d crosscoder seeds pooled)", ct->n_seeds);
+        snprintf(title, sizeof(title), "r of the study and its seed controls (%d crosscoder seeds pooled)", ct->n_seeds);
         po.title = title;
         po.x_label = "r = |d_B| / (|d_A| + |d_B|)   (A, B: MoE, dense | dense, dense' | MoE, MoE')";
         po.y_label = "fraction of live latents";
