@@ -235,6 +235,13 @@ demo: $(BUILD)/moexc_demo
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/moexc_demo --out report $(DEMO_ARGS)
 TEST_SCRIPTS += tests/test_pipeline.sh
 test: $(BUILD)/moexc_demo $(BUILD)/moexc_train
+# `make study`: the study with its seed controls (SPEC 5.1): besides MoE vs
+# dense, dense vs dense' and MoE vs MoE' (twins that differ only in their
+# seed), 3 crosscoder seeds per pair, verdicts on the paper's findings; into
+# ./report_study. See the README for its measured time.
+.PHONY: study
+study: $(BUILD)/moexc_demo
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/moexc_demo --preset study --out report_study $(DEMO_ARGS)
 # bench-demo: user CPU time over wall time of the tiny demo (3 runs, median),
 # on BENCH_THREADS threads with idle OpenMP threads asleep.
 .PHONY: bench-demo

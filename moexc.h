@@ -9360,7 +9360,6 @@ MOEXC_DEF moexc_status moexc_harvester_next(moexc_harvester *h, float *x_a, floa
 {
     int B = h->opt.batch_seqs, T = h->opt.seq_len, b, t, m, first = h->opt.keep_first ? 0 : 1;
     float *dst[2];
-    moexc_status st;
     dst[0] = x_a; dst[1] = x_b;
     *rows = 0;
     /* windows of T tokens: consecutive (wrapping) or at uniform random offsets */
@@ -9376,9 +9375,51 @@ MOEXC_DEF moexc_status moexc_harvester_next(moexc_harvester *h, float *x_a, floa
         }
         memcpy(h->window + (size_t)b * (size_t)T, h->tokens->tokens + start, (size_t)T * sizeof(uint16_t));
     }
-    for (m = 0; m < 2; m++) {
-        st = moexc_model_capture(h->model[m], h->window, B, T, h->layer, (moexc_site)h->opt.site, h->act[m], err);
-        if (st != MOEXC_OK) return st;
+    /* The two captures. With 2 or 3 OpenMP threads (and outside any parallel
+       region) they run at the same time, one thread each: each model then
+       computes exactly what it computes alone (GEMM results do not depend on
+       the thread count; every other loop of a forward pass gives each output
+       to one thread), so the pairs have the same bits as one after the other.
+       With 1 or 4+ threads, or one model passed twice, they run one after the
+       other on all threads. On failure the first model's error is reported. */
+    {
+        moexc_status cst[2];
+        moexc_error cerr[2];
+        int concurrent = 0;
+#ifdef _OPENMP
+        concurrent = h->model[0] != h->model[1] && !omp_in_parallel() &&
+                     omp_get_max_threads() >= 2 && omp_get_max_threads() <= 3;
+        if (concurrent) {
+#           pragma omp parallel sections num_threads(2)
+            {
+#               pragma omp section
+                {
+                    omp_set_num_threads(1);   /* this thread's nested regions: one thread */
+                    cst[0] = moexc_model_capture(h->model[0], h->window, B, T, h->layer, (moexc_site)h->opt.site,
+                                                 h->act[0], &cerr[0]);
+                }
+#               pragma omp section
+                {
+                    omp_set_num_threads(1);
+                    cst[1] = moexc_model_capture(h->model[1], h->window, B, T, h->layer, (moexc_site)h->opt.site,
+                                                 h->act[1], &cerr[1]);
+                }
+            }
+        }
+#endif
+        if (!concurrent) {
+            cst[1] = MOEXC_OK;
+            for (m = 0; m < 2; m++) {
+                cst[m] = moexc_model_capture(h->model[m], h->window, B, T, h->layer, (moexc_site)h->opt.site,
+                                             h->act[m], &cerr[m]);
+                if (cst[m] != MOEXC_OK) break;
+            }
+        }
+        for (m = 0; m < 2; m++)
+            if (cst[m] != MOEXC_OK) {
+                if (err) *err = cerr[m];
+                return cst[m];
+            }
     }
     for (m = 0; m < 2; m++) {
         size_t d = (size_t)h->d[m], r = 0;

@@ -82,6 +82,9 @@ typedef struct demo_config {
     float    xc_lr;
     /* 5. held-out evaluation */
     int      eval_pairs;
+    /* corpus file (--data) and seed controls (--controls, --seeds) */
+    const char *data_path;            /* NULL: the built-in corpus                  */
+    int      controls, n_seeds;       /* controls on; crosscoder seeds per pair     */
 } demo_config;
 
 static void preset(demo_config *c, const char *name)
@@ -110,6 +113,14 @@ static void preset(demo_config *c, const char *name)
         c->xc_steps = 6000; c->xc_batch = 2048; c->xc_buffer = 262144; c->xc_lr = 0;  /* lr: library default */
         c->threads = 0;                    /* OpenMP's default: all cores (the LMs one after the other) */
         c->eval_pairs = 262144;
+    } else if (!strcmp(name, "study")) {   /* controls + 3 seeds; see README for its time */
+        c->bytes_per_domain = 3e6;
+        c->d_model = 64; c->n_heads = 4; c->context = 128;
+        c->lm_steps = 1600; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
+        c->xc_latents = 2048; c->xc_k = 32; c->xc_shared = 64;
+        c->xc_steps = 1500; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;
+        c->eval_pairs = 65536;
+        c->controls = 1; c->n_seeds = 3;
     } else {                               /* "default": about 10 minutes on 2 quiet cores */
         c->preset = "default";
         c->bytes_per_domain = 2e6;
@@ -128,7 +139,8 @@ static const char *usage =
 "latents on layer activations of both, and write the paper-style report.\n"
 "\n"
 "  --out DIR              report folder (default ./report)\n"
-"  --preset NAME          tiny (seconds), default (5-10 min on 2 cores),\n"
+"  --preset NAME          tiny (seconds), default (5-10 min on 2 cores), study\n"
+"                         (controls and 3 seeds, see the README for its time),\n"
 "                         paper (about a day on 2 cores; the paper: 1B tokens, 24.6k latents)\n"
 "  --threads N            OpenMP threads (tiny, default: 2; paper: all cores). With 2 or\n"
 "                         3 threads the two LMs train concurrently, one thread each;\n"
@@ -149,6 +161,13 @@ static const char *usage =
 "  --xc-steps N --xc-batch N --xc-lr X (0 = library default)\n"
 "  --xc-buffer N          shuffle-buffer capacity in token pairs\n"
 "  --eval-pairs N         held-out token pairs for the final evaluation\n"
+"corpus file and seed controls (SPEC 5.1)\n"
+"  --data FILE.tok        run on a token file from moexc_mkdata (its domains) instead\n"
+"                         of the built-in corpus; the last 5% of each domain is held out\n"
+"  --controls             also diff two dense models and two MoE models that differ\n"
+"                         only in their seeds, with --seeds crosscoders per pair, and\n"
+"                         judge the paper's findings against them (on in 'study')\n"
+"  --seeds N              crosscoder seeds per pair (default 3; implies --controls)\n"
 "  --r-units normalised|raw  decoder units for r (default normalised: each model's\n"
 "                         activations scaled to mean norm sqrt(d), as the crosscoder\n"
 "                         saw them; raw: W_dec / s_m as saved)\n"
@@ -156,6 +175,7 @@ static const char *usage =
 "presets (d / layers / LM steps x tokens / F / k / crosscoder steps x batch):\n"
 "  tiny     32 / 5 /    30 x 256   /   512 /  8 /   150 x 256\n"
 "  default  64 / 5 /  1200 x 2048  /  2048 / 32 /  2500 x 1024\n"
+"  study    64 / 5 /  1600 x 2048  /  2048 / 32 /  1500 x 1024, controls, 3 seeds\n"
 "  paper   256 / 5 /  4000 x 8192  / 16384 / 64 /  6000 x 2048\n"
 "Each step is also a command-line tool: moexc_mkdata, moexc_train, moexc_crosscoder.\n";
 
@@ -556,6 +576,614 @@ static void smooth(float *y, const float *x, int n)
 }
 
 /* ------------------------------------------------------------------------- */
+/* Controls (SPEC.md §5.1, --controls): is a MoE-vs-dense difference real?     */
+/* Three pairs of models, each diffed by n crosscoders that differ only in     */
+/* their seed (--seeds): MoE vs dense (the study), dense vs dense and MoE vs   */
+/* MoE (two models of one kind that differ only in their initialisation seed:  */
+/* same data, same data order, same crosscoder settings). The controls' counts */
+/* are what chance and training noise alone produce. Model A of a control is   */
+/* the study's model, B its twin; "A-only" and "B-only" play the roles of      */
+/* MoE-only and dense-only. Per crosscoder seed, also the aligned cosine       */
+/* cos(Q d_i^A, d_i^B), Q the orthogonal Procrustes map fitted on the pair's    */
+/* held-out activations.                                                        */
+
+#define CTRL_PAIRS     3
+#define CTRL_FINDINGS  3
+#define CTRL_MAX_SEEDS 16
+
+typedef struct seed_stats {
+    uint64_t seed;
+    double   count[MOEXC_CLASS_COUNT], density_median[MOEXC_CLASS_COUNT];
+    double   cos_raw[MOEXC_CLASS_COUNT], cos_aligned[MOEXC_CLASS_COUNT];   /* class means   */
+    double   random_raw, random_aligned;          /* mean cosine of random latent pairs    */
+    double   fve[2], l0, dead_fraction;
+    float   *dec_a, *dec_b;                       /* (F x d) decoders, r's units           */
+    float   *r;                                   /* (F)                                   */
+    uint8_t *cls;                                 /* (F)                                   */
+} seed_stats;
+
+typedef struct pair_stats {
+    const char *name;                             /* "moe-vs-dense", ...                   */
+    const char *a_only, *b_only;                  /* "MoE-only" / "A-only (MoE)", ...      */
+    int         n_seeds;
+    seed_stats  seed[CTRL_MAX_SEEDS];
+    double      overlap[2];                       /* A-only, B-only latents across seeds   */
+    double      seconds;
+} pair_stats;
+
+typedef struct controls {
+    int        n_seeds, n_latents, d;
+    double     moe_max, dense_min;                /* the r bands                           */
+    pair_stats pair[CTRL_PAIRS];
+    /* per finding, pair and seed: a statistic > 0 when the paper's finding holds */
+    double     stat[CTRL_FINDINGS][CTRL_PAIRS][CTRL_MAX_SEEDS];
+    int        verdict[CTRL_FINDINGS];
+    double     seconds;
+} controls;
+
+static const char *const finding_keys[CTRL_FINDINGS] = {
+    "fewer_moe_only_than_dense_only", "moe_only_denser_than_shared", "dense_only_sparser_than_shared"
+};
+static const char *const finding_text[CTRL_FINDINGS] = {
+    "fewer MoE-only than dense-only latents", "MoE-only denser than shared", "dense-only sparser than shared"
+};
+static const char *const finding_stat_text[CTRL_FINDINGS] = {
+    "count(B-only) - count(A-only)", "median density A-only - shared", "median density shared - B-only"
+};
+
+static void controls_free(controls *ct)
+{
+    int p, s;
+    for (p = 0; p < CTRL_PAIRS; p++)
+        for (s = 0; s < CTRL_MAX_SEEDS; s++) {
+            seed_stats *st = &ct->pair[p].seed[s];
+            free(st->dec_a); free(st->r); free(st->cls);
+            st->dec_a = st->dec_b = st->r = NULL; st->cls = NULL;
+        }
+}
+
+/* Mean of x over the latents of class cls (NaN when none or all NaN). */
+static double class_mean(const float *x, const uint8_t *cls, int n, int c)
+{
+    double s = 0;
+    int i, k = 0;
+    for (i = 0; i < n; i++) if (cls[i] == c && x[i] == x[i]) { s += x[i]; k++; }
+    return k ? s / k : NAN;
+}
+
+/* Evaluate one crosscoder on the pair's held-out set: classes, densities, raw
+   and aligned cosines (q: the pair's Procrustes map, d x d). */
+static int seed_stats_fill(seed_stats *s, moexc_xc *xc, const float *eval_a, const float *eval_b, int n_eval,
+                           const float *q, int d, const demo_config *c, controls *ct)
+{
+    int F = c->xc_latents, k, bad = 1;
+    int64_t *counts = (int64_t *)calloc((size_t)F, sizeof(int64_t));
+    float *qa = (float *)malloc((size_t)F * d * sizeof(float));
+    moexc_latent_analysis an, al;
+    moexc_analysis_options ao;
+    moexc_xc_eval ev;
+    moexc_error err;
+    memset(&an, 0, sizeof(an)); memset(&al, 0, sizeof(al));
+    s->dec_a = (float *)malloc((size_t)F * d * 2 * sizeof(float));
+    s->cls = (uint8_t *)malloc((size_t)F);
+    if (!counts || !qa || !s->dec_a || !s->cls) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    s->dec_b = s->dec_a + (size_t)F * d;
+    s->r = NULL;
+    if (moexc_xc_evaluate(xc, eval_a, eval_b, n_eval, &ev, counts, &err)) { failed("controls: evaluation", &err); goto done; }
+    moexc_xc_decoder(xc, 0, c->raw_units, s->dec_a);
+    moexc_xc_decoder(xc, 1, c->raw_units, s->dec_b);
+    moexc_procrustes_apply(q, d, d, s->dec_a, F, qa);            /* Q d_i^A */
+    memset(&ao, 0, sizeof(ao));
+    ao.seed = c->seed;
+    if (moexc_analyze_latents(&an, s->dec_a, d, s->dec_b, d, F, c->xc_shared, counts, n_eval, &ao, &err) ||
+        moexc_analyze_latents(&al, qa, d, s->dec_b, d, F, c->xc_shared, counts, n_eval, &ao, &err)) {
+        failed("controls: analysis", &err);
+        goto done;
+    }
+    for (k = 0; k < MOEXC_CLASS_COUNT; k++) {          /* classes of the raw analysis */
+        s->count[k] = (double)an.classes[k].count;
+        s->density_median[k] = an.classes[k].density_median;
+        s->cos_raw[k] = an.classes[k].cos_mean;
+        s->cos_aligned[k] = class_mean(al.cosine, an.cls, F, k);
+    }
+    s->random_raw = an.random_cos_mean;
+    s->random_aligned = al.random_cos_mean;
+    s->fve[0] = ev.fve[0]; s->fve[1] = ev.fve[1]; s->l0 = ev.l0; s->dead_fraction = ev.dead_fraction;
+    s->r = (float *)malloc((size_t)F * sizeof(float));
+    if (!s->r) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    memcpy(s->r, an.r, (size_t)F * sizeof(float));
+    memcpy(s->cls, an.cls, (size_t)F);
+    ct->moe_max = an.moe_max; ct->dense_min = an.dense_min;
+    bad = 0;
+done:
+    moexc_latent_analysis_free(&an);
+    moexc_latent_analysis_free(&al);
+    free(counts); free(qa);
+    return bad;
+}
+
+/* The harvesting options of the study (the same for every pair). */
+static void study_harvest_options(const demo_config *c, moexc_harvest_options *ho)
+{
+    memset(ho, 0, sizeof(*ho));
+    ho->layer = c->layer == 0 ? MOEXC_HARVEST_LAYER0 : c->layer;
+    ho->site = c->site;
+    ho->seq_len = c->context < 128 ? c->context : 128;
+}
+
+/* One pair of models: harvest its held-out set, fit the Procrustes map on it,
+   then train the pair's crosscoders on one shared stream of harvested pairs
+   (the same data pipeline as the study's crosscoder: shuffle buffer seeded
+   seed + 7, the same init sample), one optimiser step of each per batch, and
+   evaluate each. have (may be NULL) is the study's already-trained crosscoder
+   for this pair: it becomes seed 0 and is not trained again. */
+static int run_pair(pair_stats *p, moexc_model *model_a, moexc_model *model_b, const moexc_tokens *train_tokens,
+                    const moexc_tokens *eval_tokens, const demo_config *c, moexc_xc *have, controls *ct)
+{
+    moexc_harvest_options ho;
+    moexc_harvester *harvest = NULL, *harvest_eval = NULL;
+    moexc_shuffle_buffer shuffle;
+    moexc_procrustes_acc pacc;
+    moexc_xc *xc[CTRL_MAX_SEEDS];
+    moexc_error err;
+    float *eval_a = NULL, *eval_b = NULL, *harvest_a = NULL, *harvest_b = NULL, *batch_a = NULL, *batch_b = NULL, *q = NULL;
+    int d, rows, i, s, n_eval = c->eval_pairs, first = have ? 1 : 0, n_seeds = ct->n_seeds, batch_fill = 0, bad = 1;
+    double t0 = now_seconds();
+    memset(xc, 0, sizeof(xc));
+    memset(&shuffle, 0, sizeof(shuffle));
+    memset(&pacc, 0, sizeof(pacc));
+    p->n_seeds = n_seeds;
+    study_harvest_options(c, &ho);
+    if (moexc_harvester_create(&harvest, model_a, model_b, train_tokens, &ho, &err) ||
+        moexc_harvester_create(&harvest_eval, model_a, model_b, eval_tokens, &ho, &err)) { failed("controls: harvester", &err); goto done; }
+    d = moexc_harvester_dim(harvest, 0);
+    rows = moexc_harvester_rows_per_call(harvest);
+    eval_a = (float *)malloc((size_t)(n_eval + rows) * d * sizeof(float));
+    eval_b = (float *)malloc((size_t)(n_eval + rows) * d * sizeof(float));
+    harvest_a = (float *)malloc((size_t)rows * d * sizeof(float));
+    harvest_b = (float *)malloc((size_t)rows * d * sizeof(float));
+    batch_a = (float *)malloc((size_t)(c->xc_batch + rows) * d * sizeof(float));
+    batch_b = (float *)malloc((size_t)(c->xc_batch + rows) * d * sizeof(float));
+    q = (float *)malloc((size_t)d * d * sizeof(float));
+    if (!eval_a || !eval_b || !harvest_a || !harvest_b || !batch_a || !batch_b || !q) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    for (i = 0; i < n_eval; i += rows) {
+        int got;
+        if (moexc_harvester_next(harvest_eval, eval_a + (size_t)i * d, eval_b + (size_t)i * d, &got, &err)) { failed("controls: harvest", &err); goto done; }
+    }
+    /* Q (d x d) from the held-out pairs: Q = U V^T, U S V^T = sum_b x_b^B x_b^A^T (centred) */
+    if (moexc_procrustes_acc_init(&pacc, d, d, &err) || moexc_procrustes_acc_add(&pacc, eval_a, eval_b, n_eval, &err) ||
+        moexc_procrustes_fit(&pacc, q, &err)) { failed("controls: Procrustes", &err); goto done; }
+    if (first < n_seeds) {
+        moexc_xc_options xo;
+        int n_init, step, log_every = c->xc_steps / 10 > 0 ? c->xc_steps / 10 : 1;
+        float *ia, *ib;
+        if (moexc_shuffle_init(&shuffle, d, d, c->xc_buffer, c->seed + 7, &err)) { failed("controls: shuffle buffer", &err); goto done; }
+        while (shuffle.count < shuffle.capacity) {
+            int got, emitted;
+            if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { failed("controls: harvest", &err); goto done; }
+            moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a, batch_b, &emitted);
+            batch_fill += emitted;
+        }
+        n_init = shuffle.count < 16384 ? shuffle.count : 16384;
+        ia = (float *)malloc((size_t)n_init * d * sizeof(float));
+        ib = (float *)malloc((size_t)n_init * d * sizeof(float));
+        if (!ia || !ib) { free(ia); free(ib); fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        for (i = 0; i < n_init; i++) {
+            memcpy(ia + (size_t)i * d, shuffle.rows + (size_t)i * 2 * d, (size_t)d * sizeof(float));
+            memcpy(ib + (size_t)i * d, shuffle.rows + ((size_t)i * 2 + 1) * d, (size_t)d * sizeof(float));
+        }
+        memset(&xo, 0, sizeof(xo));
+        xo.variant = MOEXC_XC_BATCHTOPK;
+        xo.n_latents = c->xc_latents; xo.k = c->xc_k; xo.n_shared = c->xc_shared;
+        xo.steps = c->xc_steps; xo.batch = c->xc_batch; xo.lr = c->xc_lr;
+        for (s = first; s < n_seeds; s++) {
+            xo.seed = c->seed + (uint64_t)s;                 /* crosscoder seed s */
+            if (moexc_xc_create(&xc[s], d, d, &xo, &err) || moexc_xc_init_from_data(xc[s], ia, ib, n_init, &err)) {
+                free(ia); free(ib); failed("controls: crosscoder", &err); goto done;
+            }
+        }
+        free(ia); free(ib);
+        for (step = 1; step <= c->xc_steps; step++) {
+            moexc_xc_step_stats ss;
+            while (batch_fill < c->xc_batch) {
+                int got, emitted;
+                if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { failed("controls: harvest", &err); goto done; }
+                moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a + (size_t)batch_fill * d,
+                                   batch_b + (size_t)batch_fill * d, &emitted);
+                batch_fill += emitted;
+            }
+            for (s = first; s < n_seeds; s++)
+                if (moexc_xc_train_step(xc[s], batch_a, batch_b, c->xc_batch, &ss, &err)) { failed("controls: crosscoder step", &err); goto done; }
+            batch_fill -= c->xc_batch;
+            memmove(batch_a, batch_a + (size_t)c->xc_batch * d, (size_t)batch_fill * d * sizeof(float));
+            memmove(batch_b, batch_b + (size_t)c->xc_batch * d, (size_t)batch_fill * d * sizeof(float));
+            if (step % log_every == 0 || step == c->xc_steps) {
+                double el = now_seconds() - t0;
+                char eta[32];
+                format_eta(eta, sizeof(eta), el / step * (c->xc_steps - step));
+                fprintf(stderr, "  [%s] step %5d/%d, %d crosscoder%s  last: loss %.4f FVE A %.3f B %.3f  ETA %s\n", p->name,
+                        step, c->xc_steps, n_seeds - first, n_seeds - first > 1 ? "s" : "", ss.loss, ss.fve[0], ss.fve[1], eta);
+            }
+        }
+    }
+    for (s = 0; s < n_seeds; s++) {
+        p->seed[s].seed = c->seed + (uint64_t)s;
+        if (seed_stats_fill(&p->seed[s], s < first ? have : xc[s], eval_a, eval_b, n_eval, q, d, c, ct)) goto done;
+    }
+    {   /* overlap of exclusive latents across seeds: mean over ordered seed pairs */
+        int cls2[2] = {MOEXC_CLASS_MOE_ONLY, MOEXC_CLASS_DENSE_ONLY}, e, a, b, F = c->xc_latents;
+        int *idx = (int *)malloc((size_t)F * 2 * sizeof(int));
+        if (!idx) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        for (e = 0; e < 2; e++) {
+            double sum = 0;
+            int n = 0;
+            for (a = 0; a < n_seeds; a++)
+                for (b = 0; b < n_seeds; b++) {
+                    int n1 = 0, n2 = 0;
+                    double o;
+                    if (a == b) continue;
+                    for (i = 0; i < F; i++) {
+                        if (p->seed[a].cls[i] == cls2[e]) idx[n1++] = i;
+                        if (p->seed[b].cls[i] == cls2[e]) idx[F + n2++] = i;
+                    }
+                    /* an exclusive latent lives in the model that carries it (A for A-only, B for B-only) */
+                    o = moexc_latent_overlap(p->seed[a].dec_a, p->seed[a].dec_b, idx, n1, p->seed[b].dec_a, p->seed[b].dec_b,
+                                             idx + F, n2, d, d, e == 0 ? 1 : 2, 0.9);
+                    if (o == o) { sum += o; n++; }
+                }
+            p->overlap[e] = n ? sum / n : NAN;
+        }
+        free(idx);
+    }
+    p->seconds = now_seconds() - t0;
+    ct->d = d;
+    bad = 0;
+done:
+    for (s = 0; s < CTRL_MAX_SEEDS; s++) moexc_xc_free(xc[s]);
+    moexc_procrustes_acc_free(&pacc);
+    moexc_shuffle_free(&shuffle);
+    moexc_harvester_free(harvest);
+    moexc_harvester_free(harvest_eval);
+    free(eval_a); free(eval_b); free(harvest_a); free(harvest_b); free(batch_a); free(batch_b); free(q);
+    return bad;
+}
+
+/* The three findings' per-seed statistics and verdicts. */
+static void controls_verdicts(controls *ct)
+{
+    int f, p, s, n = ct->n_seeds;
+    double ctrl[2 * CTRL_MAX_SEEDS];
+    for (p = 0; p < CTRL_PAIRS; p++)
+        for (s = 0; s < n; s++) {
+            const seed_stats *st = &ct->pair[p].seed[s];
+            ct->stat[0][p][s] = st->count[MOEXC_CLASS_DENSE_ONLY] - st->count[MOEXC_CLASS_MOE_ONLY];
+            ct->stat[1][p][s] = st->density_median[MOEXC_CLASS_MOE_ONLY] - st->density_median[MOEXC_CLASS_SHARED];
+            ct->stat[2][p][s] = st->density_median[MOEXC_CLASS_SHARED] - st->density_median[MOEXC_CLASS_DENSE_ONLY];
+        }
+    for (f = 0; f < CTRL_FINDINGS; f++) {
+        for (p = 1; p < CTRL_PAIRS; p++)
+            for (s = 0; s < n; s++) ctrl[(p - 1) * n + s] = ct->stat[f][p][s];
+        ct->verdict[f] = moexc_finding_verdict(ct->stat[f][0], n, ctrl, CTRL_PAIRS - 1, n);
+    }
+}
+
+/* mean and sd over the seeds of one field of seed_stats, picked by a getter */
+static void seeds_mean_sd(const pair_stats *p, const double *field0, double *mean, double *sd)
+{
+    double x[CTRL_MAX_SEEDS];
+    int s;
+    size_t off = (size_t)((const char *)field0 - (const char *)&p->seed[0]);
+    for (s = 0; s < p->n_seeds; s++) x[s] = *(const double *)((const char *)&p->seed[s] + off);
+    moexc_mean_sd(x, p->n_seeds, mean, sd);
+}
+
+/* "12.3 ± 4.5" (or "12.3" with one seed); fmt for one number */
+static const char *pm(char *buf, size_t size, const char *fmt, double m, double s)
+{
+    char a[32], b[32];
+    if (m != m) { snprintf(buf, size, "-"); return buf; }
+    snprintf(a, sizeof(a), fmt, m);
+    if (s == s) { snprintf(b, sizeof(b), fmt, s); snprintf(buf, size, "%s +- %s", a, b); }
+    else snprintf(buf, size, "%s", a);
+    return buf;
+}
+
+static const int ctrl_classes[3] = {MOEXC_CLASS_MOE_ONLY, MOEXC_CLASS_SHARED, MOEXC_CLASS_DENSE_ONLY};
+
+/* The printed controls report and controls.csv (one row per pair, class and seed, then mean/sd rows). */
+static int report_controls(const controls *ct, const demo_config *c)
+{
+    char path[4096], b1[80], b2[80], b3[80], b4[80];
+    int p, k, f, s, n = ct->n_seeds;
+    double m, sd, m2, sd2;
+    FILE *fo;
+    printf("seed controls (SPEC 5.1): %d crosscoder seeds per pair; mean +- sd over seeds\n", n);
+    printf("%-15s %-11s %16s %16s %18s %18s\n", "pair", "class", "count", "median density", "cosine raw", "cosine aligned");
+    for (p = 0; p < CTRL_PAIRS; p++) {
+        const pair_stats *ps = &ct->pair[p];
+        for (k = 0; k < 3; k++) {
+            int cl = ctrl_classes[k];
+            const char *name = cl == MOEXC_CLASS_MOE_ONLY ? ps->a_only : cl == MOEXC_CLASS_DENSE_ONLY ? ps->b_only : "shared";
+            seeds_mean_sd(ps, &ps->seed[0].count[cl], &m, &sd);
+            printf("%-15s %-11s %16s", k == 0 ? ps->name : "", name, pm(b1, sizeof(b1), "%.1f", m, sd));
+            seeds_mean_sd(ps, &ps->seed[0].density_median[cl], &m, &sd);
+            printf(" %16s", pm(b2, sizeof(b2), "%.2g", m, sd));
+            seeds_mean_sd(ps, &ps->seed[0].cos_raw[cl], &m, &sd);
+            seeds_mean_sd(ps, &ps->seed[0].cos_aligned[cl], &m2, &sd2);
+            printf(" %18s %18s\n", pm(b3, sizeof(b3), "%.3f", m, sd), pm(b4, sizeof(b4), "%.3f", m2, sd2));
+        }
+        seeds_mean_sd(ps, &ps->seed[0].random_raw, &m, &sd);
+        seeds_mean_sd(ps, &ps->seed[0].random_aligned, &m2, &sd2);
+        printf("%-15s %-11s %16s %16s %18s %18s\n", "", "random", "", "", pm(b3, sizeof(b3), "%.3f", m, sd), pm(b4, sizeof(b4), "%.3f", m2, sd2));
+        printf("%-15s overlap across seeds (cos > 0.9 in the carrying model): %s %.2f, %s %.2f; %.0f s\n", "",
+               ps->a_only, ps->overlap[0], ps->b_only, ps->overlap[1], ps->seconds);
+    }
+    printf("\nthe paper's findings against the seed controls (statistic > 0 when the finding holds; per seed, then mean +- sd):\n");
+    for (f = 0; f < CTRL_FINDINGS; f++) {
+        int valid = 0;
+        for (s = 0; s < n; s++) valid += ct->stat[f][0][s] == ct->stat[f][0][s];
+        printf("  %s: %s (MoE vs dense: %d of %d seeds with data; beyond a control means |mean - control mean| > 2 control sd)\n",
+               finding_text[f], moexc_verdict_name(ct->verdict[f]), valid, n);
+        for (p = 0; p < CTRL_PAIRS; p++) {
+            printf("    %-15s %s:", ct->pair[p].name, finding_stat_text[f]);
+            for (s = 0; s < n; s++) printf(" %.3g", ct->stat[f][p][s]);
+            moexc_mean_sd(ct->stat[f][p], n, &m, &sd);
+            printf("  -> %s\n", pm(b1, sizeof(b1), "%.3g", m, sd));
+        }
+    }
+    printf("\n");
+    join(path, sizeof(path), c->out, "controls.csv");
+    if (!(fo = open_tmp(path))) return 1;
+    fprintf(fo, "pair,seed,class,count,density_median,cos_raw,cos_aligned\n");
+    for (p = 0; p < CTRL_PAIRS; p++)
+        for (s = 0; s < n; s++) {
+            const seed_stats *st = &ct->pair[p].seed[s];
+            for (k = 0; k < MOEXC_CLASS_COUNT; k++)
+                fprintf(fo, "%s,%lu,%s,%.0f,%.6g,%.6g,%.6g\n", ct->pair[p].name, (unsigned long)st->seed, moexc_latent_class_name(k),
+                        st->count[k], st->density_median[k], st->cos_raw[k], st->cos_aligned[k]);
+            fprintf(fo, "%s,%lu,random_pairs,,,%.6g,%.6g\n", ct->pair[p].name, (unsigned long)st->seed, st->random_raw, st->random_aligned);
+        }
+    return commit_tmp(fo, path);
+}
+
+static void json_mean_sd(FILE *f, const pair_stats *ps, const double *field0)
+{
+    double m, sd;
+    seeds_mean_sd(ps, field0, &m, &sd);
+    fprintf(f, "{\"mean\": "); json_num(f, m);
+    fprintf(f, ", \"sd\": "); json_num(f, sd);
+    fprintf(f, "}");
+}
+
+/* The "controls" member of summary.json. */
+static void write_controls_json(FILE *f, const controls *ct)
+{
+    int p, k, s, fi, n = ct->n_seeds;
+    double m, sd;
+    fprintf(f, "  \"controls\": {\n    \"n_seeds\": %d, \"overlap_min_cos\": 0.9, \"seconds\": ", n);
+    json_num(f, ct->seconds);
+    fprintf(f, ",\n    \"pairs\": {");
+    for (p = 0; p < CTRL_PAIRS; p++) {
+        const pair_stats *ps = &ct->pair[p];
+        fprintf(f, "%s\n      \"%s\": {\"a_only\": \"%s\", \"b_only\": \"%s\", \"seeds\": [", p ? "," : "", ps->name, ps->a_only, ps->b_only);
+        for (s = 0; s < n; s++) fprintf(f, "%s%lu", s ? ", " : "", (unsigned long)ps->seed[s].seed);
+        fprintf(f, "],\n        \"classes\": {");
+        for (k = 0; k < MOEXC_CLASS_COUNT; k++) {
+            fprintf(f, "%s\n          \"%s\": {\"count\": [", k ? "," : "", moexc_latent_class_name(k));
+            for (s = 0; s < n; s++) { fprintf(f, "%s", s ? ", " : ""); json_num(f, ps->seed[s].count[k]); }
+            fprintf(f, "], \"count_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].count[k]);
+            fprintf(f, ", \"density_median\": [");
+            for (s = 0; s < n; s++) { fprintf(f, "%s", s ? ", " : ""); json_num(f, ps->seed[s].density_median[k]); }
+            fprintf(f, "], \"density_median_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].density_median[k]);
+            fprintf(f, ", \"cos_raw_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].cos_raw[k]);
+            fprintf(f, ", \"cos_aligned_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].cos_aligned[k]);
+            fprintf(f, "}");
+        }
+        fprintf(f, "},\n        \"random_pairs\": {\"cos_raw_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].random_raw);
+        fprintf(f, ", \"cos_aligned_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].random_aligned);
+        fprintf(f, "},\n        \"fve_a_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].fve[0]);
+        fprintf(f, ", \"fve_b_mean_sd\": "); json_mean_sd(f, ps, &ps->seed[0].fve[1]);
+        fprintf(f, ",\n        \"overlap_exclusive\": {\"a_only\": "); json_num(f, ps->overlap[0]);
+        fprintf(f, ", \"b_only\": "); json_num(f, ps->overlap[1]);
+        fprintf(f, "}, \"seconds\": "); json_num(f, ps->seconds);
+        fprintf(f, "}");
+    }
+    fprintf(f, "\n    },\n    \"verdicts\": {");
+    for (fi = 0; fi < CTRL_FINDINGS; fi++) {
+        fprintf(f, "%s\n      \"%s\": {\"verdict\": \"%s\", \"statistic\": \"%s\"", fi ? "," : "", finding_keys[fi],
+                moexc_verdict_name(ct->verdict[fi]), finding_stat_text[fi]);
+        for (p = 0; p < CTRL_PAIRS; p++) {
+            fprintf(f, ",\n        \"%s\": {\"per_seed\": [", ct->pair[p].name);
+            for (s = 0; s < n; s++) { fprintf(f, "%s", s ? ", " : ""); json_num(f, ct->stat[fi][p][s]); }
+            moexc_mean_sd(ct->stat[fi][p], n, &m, &sd);
+            fprintf(f, "], \"mean\": "); json_num(f, m);
+            fprintf(f, ", \"sd\": "); json_num(f, sd);
+            fprintf(f, "}");
+        }
+        fprintf(f, "}");
+    }
+    fprintf(f, "\n    }\n  },\n");
+}
+
+/* Points with error bars as one line series per group: for each x a vertical
+   bar mean - sd .. mean + sd and a short horizontal tick at the mean, each
+   drawn apart (NaN breaks the line). buf holds 6 floats x 2 per point. */
+static void errorbar_series(moexc_series *s, float *buf, const double *x, const double *mean, const double *sd, int n,
+                            int log_y, const char *label)
+{
+    float *px = buf, *py = buf + 6 * (size_t)n;
+    int i, k = 0;
+    const float nan = NAN;
+    for (i = 0; i < n; i++) {
+        double lo = mean[i] - (sd[i] == sd[i] ? sd[i] : 0), hi = mean[i] + (sd[i] == sd[i] ? sd[i] : 0);
+        if (log_y && !(lo > 0)) lo = mean[i] * 0.1;
+        px[k] = (float)x[i]; py[k++] = (float)lo;
+        px[k] = (float)x[i]; py[k++] = (float)hi;
+        px[k] = nan; py[k++] = nan;
+        px[k] = (float)(x[i] - 0.08); py[k++] = (float)mean[i];
+        px[k] = (float)(x[i] + 0.08); py[k++] = (float)mean[i];
+        px[k] = nan; py[k++] = nan;
+    }
+    s->x = px; s->y = py; s->n = k; s->label = label;
+}
+
+/* One panel: per pair, a quantity at n_x positions (x = position + pair offset)
+   as mean +- sd over seeds; get(pair, seed, position) picks the value. */
+typedef double (*ctrl_getter)(const controls *ct, int p, int s, int k);
+static double get_count(const controls *ct, int p, int s, int k) { return ct->pair[p].seed[s].count[k == 0 ? MOEXC_CLASS_MOE_ONLY : MOEXC_CLASS_DENSE_ONLY]; }
+static double get_density(const controls *ct, int p, int s, int k) { return ct->pair[p].seed[s].density_median[ctrl_classes[k]]; }
+static double get_cos_raw(const controls *ct, int p, int s, int k) { return k < 3 ? ct->pair[p].seed[s].cos_raw[ctrl_classes[k]] : ct->pair[p].seed[s].random_raw; }
+static double get_cos_aligned(const controls *ct, int p, int s, int k) { return k < 3 ? ct->pair[p].seed[s].cos_aligned[ctrl_classes[k]] : ct->pair[p].seed[s].random_aligned; }
+
+static int errorbar_panel(moexc_canvas *cv, const controls *ct, ctrl_getter get, int n_x, const moexc_plot_options *po)
+{
+    moexc_series s[CTRL_PAIRS];
+    float *buf = (float *)malloc((size_t)CTRL_PAIRS * 12 * n_x * sizeof(float));
+    double x[8], mean[8], sd[8], v[CTRL_MAX_SEEDS];
+    moexc_error err;
+    int p, k, i, bad, finite = 0;
+    if (!buf || n_x > 8) { free(buf); return 1; }
+    for (p = 0; p < CTRL_PAIRS; p++) {
+        for (k = 0; k < n_x; k++) {
+            for (i = 0; i < ct->n_seeds; i++) v[i] = get(ct, p, i, k);
+            moexc_mean_sd(v, ct->n_seeds, &mean[k], &sd[k]);
+            x[k] = k + 0.2 * (p - 1);
+            finite += mean[k] == mean[k] && (!po->log_y || mean[k] > 0);
+        }
+        errorbar_series(&s[p], buf + (size_t)p * 12 * n_x, x, mean, sd, n_x, po->log_y, ct->pair[p].name);
+    }
+    if (!finite) {                               /* e.g. every class empty: say so */
+        moexc_draw_text(cv, po->x + 40, po->y + po->height / 2, "no data in any seed", 2, 0x000000u);
+        free(buf);
+        return 0;
+    }
+    bad = moexc_plot_lines(cv, s, CTRL_PAIRS, po, &err) != MOEXC_OK;
+    if (bad) fprintf(stderr, "moexc_demo: plot: %s\n", err.message);
+    free(buf);
+    return bad;
+}
+
+static int plot_controls(const char *dir, const controls *ct, moexc_canvas *cv)
+{
+    moexc_plot_options po;
+    char title[200];
+    int p, s, bad = 0;
+    {   /* r histograms of the three pairs, all seeds pooled, fractions of live latents */
+        moexc_histogram h[CTRL_PAIRS];
+        const char *labels[CTRL_PAIRS];
+        moexc_band bands[3];
+        for (p = 0; p < CTRL_PAIRS; p++) {
+            if (moexc_histogram_init(&h[p], 50, 0.0, 1.0, 0, NULL)) return 1;
+            for (s = 0; s < ct->n_seeds; s++) {
+                int c;
+                for (c = MOEXC_CLASS_MOE_ONLY; c <= MOEXC_CLASS_DENSE_ONLY; c++)
+                    moexc_histogram_add_where(&h[p], ct->pair[p].seed[s].r, ct->pair[p].seed[s].cls, (uint8_t)c, (size_t)ct->n_latents);
+            }
+            labels[p] = ct->pair[p].name;
+        }
+        bands[0] = class_band(MOEXC_CLASS_MOE_ONLY, 0.0, ct->moe_max, "A-only (MoE-only)");
+        bands[1] = class_band(MOEXC_CLASS_SHARED, ct->moe_max, ct->dense_min, "shared");
+        bands[2] = class_band(MOEXC_CLASS_DENSE_ONLY, ct->dense_min, 1.0, "B-only (dense-only)");
+        memset(&po, 0, sizeof(po));
+        snprintf(title, sizeof(title), "r of the study and its seed controls (%d crosscoder seeds pooled)", ct->n_seeds);
+        po.title = title;
+        po.x_label = "r = |d_B| / (|d_A| + |d_B|)   (A, B: MoE, dense | dense, dense' | MoE, MoE')";
+        po.y_label = "fraction of live latents";
+        po.log_y = 1; po.normalize = 1;
+        moexc_canvas_clear(cv, 0xFFFFFFu);
+        bad = moexc_plot_histograms(cv, h, CTRL_PAIRS, labels, NULL, bands, 3, &po, NULL) != MOEXC_OK;
+        for (p = 0; p < CTRL_PAIRS; p++) moexc_histogram_free(&h[p]);
+        if (bad || save_png(dir, "r_hist_controls.png", cv)) return 1;
+    }
+    /* class counts and median densities, mean +- sd over crosscoder seeds */
+    moexc_canvas_clear(cv, 0xFFFFFFu);
+    memset(&po, 0, sizeof(po));
+    po.x = 0; po.y = 0; po.width = 500; po.height = 640;
+    po.title = "Exclusive latents";
+    po.x_label = "0 A-only (MoE)  1 B-only (dense)";
+    po.y_label = "latents, mean +- sd over seeds";
+    po.x_min = -0.5; po.x_max = 1.5;
+    if (errorbar_panel(cv, ct, get_count, 2, &po)) return 1;
+    memset(&po, 0, sizeof(po));
+    po.x = 500; po.y = 0; po.width = 500; po.height = 640;
+    po.title = "Median density per class";
+    po.x_label = "0 A-only  1 shared  2 B-only";
+    po.y_label = "median fraction of tokens (log10)";
+    po.x_min = -0.5; po.x_max = 2.5; po.log_y = 1;
+    if (errorbar_panel(cv, ct, get_density, 3, &po)) return 1;
+    if (save_png(dir, "class_counts_controls.png", cv)) return 1;
+    /* raw and aligned decoder cosines per class, against random pairs */
+    moexc_canvas_clear(cv, 0xFFFFFFu);
+    memset(&po, 0, sizeof(po));
+    po.x = 0; po.y = 0; po.width = 500; po.height = 640;
+    po.title = "Raw cos(d_A, d_B)";
+    po.x_label = "0 A-only 1 shared 2 B-only 3 random";
+    po.y_label = "mean cosine per class, mean +- sd over seeds";
+    po.x_min = -0.5; po.x_max = 3.5; po.y_min = -0.6; po.y_max = 1.0;
+    if (errorbar_panel(cv, ct, get_cos_raw, 4, &po)) return 1;
+    po.x = 500;
+    po.title = "Aligned cos(Q d_A, d_B)";
+    po.y_label = "mean aligned cosine per class (Procrustes Q)";
+    if (errorbar_panel(cv, ct, get_cos_aligned, 4, &po)) return 1;
+    return save_png(dir, "cosine_aligned.png", cv);
+}
+
+/* The controls' twin models: a dense and a MoE model like the study's, whose
+   initialisation seed is seed + 1 (same corpus, same data order, same
+   training settings). Trained like the study's pair, at the same time with
+   2 or 3 threads; checkpoints dense_twin.ckpt and moe_twin.ckpt. */
+static int train_twins(moexc_model *twin[2], const moexc_tokens *data, const demo_config *c, int concurrent)
+{
+    static const char *const names[2] = {"dense'", "moe'"};
+    moexc_model_config base, cfg[2];
+    lm_record rec[2];
+    lm_result res[2];
+    moexc_error err;
+    char ckpt[2][4096];
+    int m, stop = 0, bad[2] = {1, 1};
+    size_t n = (size_t)c->lm_steps;
+    memset(rec, 0, sizeof(rec)); memset(res, 0, sizeof(res));
+    memset(&base, 0, sizeof(base));
+    base.d_model = c->d_model; base.n_layers = c->n_layers; base.n_heads = c->n_heads; base.context = c->context;
+    base.n_experts = c->n_experts; base.top_k = c->top_k; base.seed = c->seed + 1;
+    base.vocab_size = data->vocab_size;
+    if (moexc_model_config_pair(&base, &cfg[0], &cfg[1], &err)) return failed("twin model config", &err);
+    for (m = 0; m < 2; m++) {
+        if (moexc_model_create(&twin[m], &cfg[m], &err)) return failed("twin model", &err);
+        rec[m].name = names[m];
+        rec[m].step = (float *)calloc(5 * n, sizeof(float));
+        rec[m].eval_step = (float *)calloc(n + 1, sizeof(float));
+        rec[m].eval_bpb = (float *)calloc((n + 1) * (size_t)(data->n_domains + 1), sizeof(float));
+        if (!rec[m].step || !rec[m].eval_step || !rec[m].eval_bpb) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+        rec[m].loss = rec[m].step + n; rec[m].ce = rec[m].step + 2 * n; rec[m].lb = rec[m].step + 3 * n; rec[m].lr = rec[m].step + 4 * n;
+        rec[m].stop = &stop;
+        snprintf(ckpt[m], sizeof(ckpt[m]), "%s/%s_twin.ckpt", c->out, m == 0 ? "dense" : "moe");
+    }
+    if (concurrent) {
+#ifdef _OPENMP
+#       pragma omp parallel sections num_threads(2)
+        {
+#           pragma omp section
+            { omp_set_num_threads(1); bad[0] = train_lm(twin[0], data, c, &rec[0], &res[0], ckpt[0]); }
+#           pragma omp section
+            { omp_set_num_threads(1); bad[1] = train_lm(twin[1], data, c, &rec[1], &res[1], ckpt[1]); }
+        }
+#endif
+    } else {
+        bad[1] = 0;
+        for (m = 0; m < 2 && !bad[0]; m++) bad[m] = train_lm(twin[m], data, c, &rec[m], &res[m], ckpt[m]);
+    }
+    if (!bad[0] && !bad[1])
+        printf("  twins' held-out bits per byte: dense' %.3f, MoE' %.3f\n", res[0].bpb[data->n_domains], res[1].bpb[data->n_domains]);
+done:
+    for (m = 0; m < 2; m++) {
+        free(rec[m].step); free(rec[m].eval_step); free(rec[m].eval_bpb);
+        free(res[m].domain_share); free(res[m].f); free(res[m].entropy);
+    }
+    return bad[0] || bad[1];
+}
+
+/* ------------------------------------------------------------------------- */
 /* Step 6: the report. Everything the run measured, gathered for the writers. */
 
 typedef struct report_inputs {
@@ -570,6 +1198,7 @@ typedef struct report_inputs {
     const float *xc_curve, *xc_eval_curve;
     int n_xc_evals, n_eval;
     double seconds;
+    const controls *ctl;                          /* NULL without --controls    */
 } report_inputs;
 
 static const char *const model_names[2] = {"dense", "moe"};
@@ -746,7 +1375,9 @@ static int write_summary(const report_inputs *in)
                 (de_den == de_den && sh_den == sh_den) ? json_bool(de_den < sh_den) : "null");
         json_num(f, de_den);
         fprintf(f, ", \"shared_median_density\": "); json_num(f, sh_den);
-        fprintf(f, "}\n  },\n  \"paper\": {\"fve\": 0.87, \"moe_only\": 910, \"dense_only\": 3226, \"shared\": 18940}\n}\n");
+        fprintf(f, "}\n  },\n");
+        if (in->ctl) write_controls_json(f, in->ctl);
+        fprintf(f, "  \"paper\": {\"fve\": 0.87, \"moe_only\": 910, \"dense_only\": 3226, \"shared\": 18940}\n}\n");
         if (commit_tmp(f, path)) return 1;
         printf("paper's findings at this scale:\n");
         printf("  fewer MoE-only than dense-only latents?   %s (%lld vs %lld; paper: 910 vs 3,226)\n",
@@ -886,6 +1517,7 @@ static int draw_plots(const report_inputs *in, moexc_canvas *cv)
         if (save_png(c->out, "fve_curve.png", cv)) return 1;
     }
     if (res[1].router_layers > 0 && plot_routing(c->out, &res[1], data, &err)) return 1;
+    if (in->ctl && plot_controls(c->out, in->ctl, cv)) return 1;
 
     return 0;
 }
@@ -899,6 +1531,52 @@ static int write_plots(const report_inputs *in)
     bad = draw_plots(in, &cv);
     moexc_canvas_free(&cv);
     return bad;
+}
+
+/* Fail fast: the report folder must take a file before hours of work. */
+static int check_writable(const char *dir)
+{
+    char path[4096];
+    FILE *f;
+    join(path, sizeof(path), dir, ".moexc_write_test");
+    f = fopen(path, "wb");
+    if (!f || fputs("ok\n", f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "moexc_demo: cannot write to the report folder %s: %s\n", dir, strerror(errno));
+        if (f) remove(path);
+        return 1;
+    }
+    remove(path);
+    return 0;
+}
+
+/* --data FILE.tok: a token file from moexc_mkdata. Each domain must hold
+   enough tokens for training windows and for at least one held-out window
+   (the last 5% of each domain). */
+static int load_corpus(moexc_tokens *data, const demo_config *c)
+{
+    moexc_error err;
+    int d, T = c->context < 128 ? c->context : 128;
+    if (moexc_tokens_load(data, c->data_path, &err)) {
+        fprintf(stderr, "moexc_demo: --data: %s (%s)\n", err.message, moexc_status_name(err.code));
+        return 1;
+    }
+    if (data->n_domains < 1 || data->n == 0) {
+        fprintf(stderr, "moexc_demo: --data %s: no tokens\n", c->data_path);
+        return 1;
+    }
+    for (d = 0; d < data->n_domains; d++) {
+        size_t count = moexc_tokens_domain_count(data, d);
+        size_t held = (size_t)floor((double)count * DEMO_EVAL_FRACTION);
+        if (held < (size_t)T || count - held < (size_t)c->lm_seq + 1) {
+            fprintf(stderr, "moexc_demo: --data %s: domain '%s' has %lu tokens; it needs at least %lu "
+                            "(5%% held out must fill one window of %d tokens)\n", c->data_path, data->domain_names[d],
+                    (unsigned long)count, (unsigned long)((size_t)T * 20 + 20), T);
+            return 1;
+        }
+    }
+    for (d = 0; d < data->n_domains; d++)
+        printf("  %s: %lu tokens\n", data->domain_names[d], (unsigned long)moexc_tokens_domain_count(data, d));
+    return 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1072,8 +1750,8 @@ static int parse_args(demo_config *c, int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(usage, stdout); exit(0); }
         if (!strcmp(argv[i], "--preset") && i + 1 < argc) name = argv[i + 1];
     }
-    if (strcmp(name, "tiny") && strcmp(name, "default") && strcmp(name, "paper")) {
-        fprintf(stderr, "moexc_demo: --preset must be tiny, default or paper, not '%s'\n", name);
+    if (strcmp(name, "tiny") && strcmp(name, "default") && strcmp(name, "paper") && strcmp(name, "study")) {
+        fprintf(stderr, "moexc_demo: --preset must be tiny, default, study or paper, not '%s'\n", name);
         return 1;
     }
     memset(c, 0, sizeof(*c));
@@ -1083,6 +1761,7 @@ static int parse_args(demo_config *c, int argc, char **argv)
     for (i = 1; i < argc && !bad; i++) {
         const char *a = argv[i], *v;
         if (a[0] != '-' || a[1] != '-') { fprintf(stderr, "moexc_demo: unexpected argument '%s' (see --help)\n", a); return 1; }
+        if (!strcmp(a, "--controls")) { c->controls = 1; continue; }       /* the one option without a value */
         if (i + 1 >= argc) { fprintf(stderr, "moexc_demo: %s needs a value (see --help)\n", a); return 1; }
         v = argv[++i];
         if (!strcmp(a, "--preset")) continue;
@@ -1119,6 +1798,8 @@ static int parse_args(demo_config *c, int argc, char **argv)
         else if (!strcmp(a, "--xc-lr")) { bad = parse_num(a, v, 0, &x); c->xc_lr = (float)x; }
         else if (!strcmp(a, "--xc-buffer")) bad = parse_int(a, v, 1, &c->xc_buffer);
         else if (!strcmp(a, "--eval-pairs")) bad = parse_int(a, v, 1, &c->eval_pairs);
+        else if (!strcmp(a, "--data")) c->data_path = v;
+        else if (!strcmp(a, "--seeds")) { bad = parse_int(a, v, 1, &c->n_seeds); if (!bad) c->controls = 1; }
         else { fprintf(stderr, "moexc_demo: unknown option '%s' (see --help)\n", a); return 1; }
     }
     if (bad) return 1;
@@ -1135,6 +1816,11 @@ static int parse_args(demo_config *c, int argc, char **argv)
         return 1;
     }
     if (c->xc_buffer < c->xc_batch) c->xc_buffer = c->xc_batch;
+    if (c->controls && c->n_seeds == 0) c->n_seeds = 3;
+    if (c->n_seeds > CTRL_MAX_SEEDS) {
+        fprintf(stderr, "moexc_demo: --seeds %d: at most %d crosscoder seeds per pair\n", c->n_seeds, CTRL_MAX_SEEDS);
+        return 1;
+    }
     return 0;
 }
 
@@ -1146,7 +1832,8 @@ int main(int argc, char **argv)
     moexc_error err;
     moexc_tokens data, xc_train_tokens, xc_eval_tokens;
     moexc_model_config base, dense_cfg, moe_cfg;
-    moexc_model *dense = NULL, *moe = NULL;
+    moexc_model *dense = NULL, *moe = NULL, *twin[2] = {NULL, NULL};   /* twins: --controls */
+    controls ctl;
     lm_record rec[2];
     lm_result res[2];
     moexc_harvester *harvest = NULL, *harvest_eval = NULL;
@@ -1172,6 +1859,7 @@ int main(int argc, char **argv)
     memset(&data, 0, sizeof(data)); memset(&xc_train_tokens, 0, sizeof(xc_train_tokens));
     memset(&xc_eval_tokens, 0, sizeof(xc_eval_tokens)); memset(rec, 0, sizeof(rec)); memset(res, 0, sizeof(res));
     memset(&shuffle, 0, sizeof(shuffle)); memset(&an, 0, sizeof(an)); memset(&an_alt, 0, sizeof(an_alt));
+    memset(&ctl, 0, sizeof(ctl));
     if (parse_args(&c, argc, argv)) return 2;
 #ifdef _OPENMP
     if (!c.threads_given && c.threads > omp_get_num_procs()) c.threads = omp_get_num_procs();
@@ -1183,13 +1871,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "moexc_demo: cannot create %s: %s\n", c.out, strerror(errno));
         return 1;
     }
+    if (check_writable(c.out)) return 1;                 /* fail before the long work */
     printf("moexc demo, preset '%s', seed %lu, report in %s/ (SIMD %s, %d thread%s)\n", c.preset, (unsigned long)c.seed,
            c.out, moexc_simd_backend(), threads, threads > 1 ? "s" : "");
 
     /* ---- 1. The corpus: code, scientific text and stories -------------------- */
     t_phase = now_seconds();
-    printf("\n1. corpus: %.0f bytes per domain\n", c.bytes_per_domain);
-    if (moexc_corpus_builtin(&data, (size_t)c.bytes_per_domain, c.seed, &err)) return failed("corpus", &err);
+    if (c.data_path) printf("\n1. corpus: %s\n", c.data_path);
+    else printf("\n1. corpus: %.0f bytes per domain\n", c.bytes_per_domain);
+    if (c.data_path) {
+        if (load_corpus(&data, &c)) return 1;
+    } else if (moexc_corpus_builtin(&data, (size_t)c.bytes_per_domain, c.seed, &err)) return failed("corpus", &err);
     D = data.n_domains;
     join(path, sizeof(path), c.out, "corpus.tok");
     if (moexc_tokens_save(&data, path, &err)) { status = failed("corpus", &err); goto done; }
@@ -1201,6 +1893,7 @@ int main(int argc, char **argv)
     memset(&base, 0, sizeof(base));
     base.d_model = c.d_model; base.n_layers = c.n_layers; base.n_heads = c.n_heads; base.context = c.context;
     base.n_experts = c.n_experts; base.top_k = c.top_k; base.seed = c.seed;
+    base.vocab_size = data.vocab_size;
     if (moexc_model_config_pair(&base, &dense_cfg, &moe_cfg, &err)) { status = failed("model config", &err); goto done; }
     for (m = 0; m < 2; m++) {
         moexc_model_config *cfg = m == 0 ? &dense_cfg : &moe_cfg;
@@ -1256,6 +1949,10 @@ int main(int argc, char **argv)
         for (m = 0; m < 2 && !lm_bad[0]; m++) lm_bad[m] = train_lm(m == 0 ? dense : moe, &data, &c, &rec[m], &res[m], ckpt[m]);
     }
     if (lm_bad[0] || lm_bad[1]) goto done;
+    if (c.controls) {
+        printf("\n2b. the controls' twin models (initialisation seed %lu, same data and data order)\n", (unsigned long)(c.seed + 1));
+        if (train_twins(twin, &data, &c, lm_concurrent)) goto done;
+    }
 
     /* ---- 3. Harvest layer activations of both models on the same tokens ------ */
     t_phase = now_seconds();
@@ -1448,6 +2145,23 @@ int main(int argc, char **argv)
     printf("  FVE MoE %.4f, dense %.4f, pooled %.4f; L0 %.2f; dead fraction %.4f\n",
            final_eval.fve[0], final_eval.fve[1], final_eval.fve_pooled, final_eval.l0, final_eval.dead_fraction);
 
+    /* ---- 5b. Seed controls (--controls) ---------------------------------------- */
+    if (c.controls) {
+        t_phase = now_seconds();
+        ctl.n_seeds = c.n_seeds; ctl.n_latents = c.xc_latents;
+        ctl.pair[0].name = "moe-vs-dense";   ctl.pair[0].a_only = "MoE-only"; ctl.pair[0].b_only = "dense-only";
+        ctl.pair[1].name = "dense-vs-dense"; ctl.pair[1].a_only = "A-only";   ctl.pair[1].b_only = "B-only";
+        ctl.pair[2].name = "moe-vs-moe";     ctl.pair[2].a_only = "A-only";   ctl.pair[2].b_only = "B-only";
+        printf("\n5b. seed controls: %d crosscoder seeds for each of MoE vs dense (seed %lu is the one above), "
+               "dense vs dense', MoE vs MoE'\n", c.n_seeds, (unsigned long)c.seed);
+        if (run_pair(&ctl.pair[0], moe, dense, &xc_train_tokens, &xc_eval_tokens, &c, xc, &ctl) ||
+            run_pair(&ctl.pair[1], dense, twin[0], &xc_train_tokens, &xc_eval_tokens, &c, NULL, &ctl) ||
+            run_pair(&ctl.pair[2], moe, twin[1], &xc_train_tokens, &xc_eval_tokens, &c, NULL, &ctl)) goto done;
+        controls_verdicts(&ctl);
+        ctl.seconds = now_seconds() - t_phase;
+        printf("  %d crosscoders in %.1f s\n", 3 * c.n_seeds - 1, ctl.seconds);
+    }
+
     /* ---- 6. The report ------------------------------------------------------- */
     printf("\n6. report\n\n");
     memset(&summary, 0, sizeof(summary));
@@ -1459,6 +2173,7 @@ int main(int argc, char **argv)
            c.raw_units ? "raw" : "normalised", c.raw_units ? "normalised" : "raw", moexc_xc_scale(xc, 0), moexc_xc_scale(xc, 1),
            (long long)an_alt.classes[MOEXC_CLASS_MOE_ONLY].count, (long long)an_alt.classes[MOEXC_CLASS_SHARED].count,
            (long long)an_alt.classes[MOEXC_CLASS_DENSE_ONLY].count);
+    if (c.controls && report_controls(&ctl, &c)) goto done;
     join(path, sizeof(path), c.out, "table.csv");
     if (moexc_analysis_write_csv(&an, path, &err)) { status = failed("table.csv", &err); goto done; }
     join(path, sizeof(path), c.out, "analysis.json");
@@ -1486,6 +2201,7 @@ int main(int argc, char **argv)
         in.an = &an; in.an_alt = &an_alt; in.nu_err = nu[1];
         in.xc_curve = xc_curve; in.xc_eval_curve = xc_eval_curve; in.n_xc_evals = n_xc_evals; in.n_eval = n_eval;
         in.seconds = now_seconds() - t_start;
+        in.ctl = c.controls ? &ctl : NULL;
         if (write_csvs(&in) || write_summary(&in) || write_plots(&in)) goto done;
     }
     if (run_lens(&c, moe, &data)) goto done;
@@ -1509,6 +2225,9 @@ done:
     moexc_harvester_free(harvest_eval);
     moexc_model_free(dense);
     moexc_model_free(moe);
+    moexc_model_free(twin[0]);
+    moexc_model_free(twin[1]);
+    controls_free(&ctl);
     moexc_tokens_free(&xc_eval_tokens);
     moexc_tokens_free(&xc_train_tokens);
     moexc_tokens_free(&data);

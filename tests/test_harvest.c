@@ -3,6 +3,9 @@
 #include "../moexc.h"
 #include "harness.h"
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static moexc_model *tiny_model(int ffn, int d, uint64_t seed)
 {
@@ -204,10 +207,58 @@ static void test_activation_cache(void)
     free(xa); free(xb);
 }
 
+/* With 2 threads the two models' captures run at the same time, one thread
+   each; the pairs must have the bits of a one-thread harvest. The models are
+   wide enough (d 64, 8 x 64 tokens) for their GEMMs to thread when alone. */
+static void test_harvester_concurrent_bits(void)
+{
+    moexc_model *a = tiny_model(MOEXC_FFN_MOE, 64, 3), *b = tiny_model(MOEXC_FFN_DENSE, 48, 4);
+    moexc_tokens tok;
+    moexc_harvest_options o;
+    moexc_error err;
+    float *x[2][2];
+    int run, rows = 0, call, ok = 1, saved = 1;
+    size_t i, n;
+    memset(&tok, 0, sizeof(tok));
+    TH_CHECK(a && b, "models");
+    TH_CHECK(moexc_corpus_builtin(&tok, 20000, 7, &err) == MOEXC_OK, "corpus: %s", err.message);
+    if (!a || !b) return;
+    memset(&o, 0, sizeof(o));
+    o.seq_len = 32; o.batch_seqs = 8; o.seed = 5;
+    n = (size_t)8 * 31;
+    for (run = 0; run < 2; run++) { x[run][0] = (float *)malloc(n * 64 * sizeof(float)); x[run][1] = (float *)malloc(n * 48 * sizeof(float)); }
+#ifdef _OPENMP
+    saved = omp_get_max_threads();
+#endif
+    for (run = 0; run < 2; run++) {
+        moexc_harvester *h = NULL;
+#ifdef _OPENMP
+        omp_set_num_threads(run == 0 ? 1 : 2);
+#endif
+        TH_CHECK(moexc_harvester_create(&h, a, b, &tok, &o, &err) == MOEXC_OK, "create: %s", err.message);
+        if (!h) break;
+        for (call = 0; call < 3; call++)   /* the third call's pairs are compared */
+            TH_CHECK(moexc_harvester_next(h, x[run][0], x[run][1], &rows, &err) == MOEXC_OK, "next: %s", err.message);
+        moexc_harvester_free(h);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+    for (i = 0; i < n * 64; i++) ok &= memcmp(&x[0][0][i], &x[1][0][i], sizeof(float)) == 0;
+    for (i = 0; i < n * 48; i++) ok &= memcmp(&x[0][1][i], &x[1][1][i], sizeof(float)) == 0;
+    TH_CHECK(rows == (int)n, "rows %d", rows);
+    TH_CHECK(ok, "1-thread and 2-thread (concurrent) harvests give the same bits");
+    for (run = 0; run < 2; run++) { free(x[run][0]); free(x[run][1]); }
+    (void)saved;
+    moexc_tokens_free(&tok);
+    moexc_model_free(a); moexc_model_free(b);
+}
+
 int main(void)
 {
     TH_RUN(test_harvester_matches_capture);
     TH_RUN(test_harvester_random_windows);
+    TH_RUN(test_harvester_concurrent_bits);
     TH_RUN(test_shuffle_buffer);
     TH_RUN(test_activation_cache);
     return th_summary();

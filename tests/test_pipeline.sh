@@ -4,7 +4,8 @@
 # every report file exists and parses: PNG signature and IHDR size, JSON
 # syntax and keys (a small JSON checker in awk), CSV row and column counts,
 # .npy magic, header and size; the checkpoints load in the moexc_train tool;
-# bad options give clear errors. Run from the repository root after
+# bad options give clear errors; the seed controls (--controls) and a
+# corpus of our own (--data).  Run from the repository root after
 # `make build/moexc_demo build/moexc_train`. No Python needed.
 BUILD=${BUILD:-build}
 BIN=$BUILD/moexc_demo
@@ -193,6 +194,63 @@ done
 check "2 threads: progress lines whole, each with its model's prefix" sh -c "
     grep -q '^  \[dense\] step' '$TMP/err2' && grep -q '^  \[moe  \] step' '$TMP/err2' &&
     ! grep -v '^  \[\(dense\|moe  \|xc\)\] ' '$TMP/err2'"
+
+# ---- seed controls (--controls): dense vs dense', MoE vs MoE', 2 crosscoder seeds
+C=$TMP/ctl
+start=$(date +%s)
+if OMP_WAIT_POLICY=passive "$BIN" --preset tiny --threads 2 --controls --seeds 2 --out "$C" > "$TMP/logc" 2> "$TMP/errc"; then
+    ok "tiny preset with controls, 2 seeds ($(($(date +%s) - start)) s)"
+else
+    bad "tiny preset with controls (exit $?)"; tail -n 20 "$TMP/errc"
+fi
+check "controls: table printed for the three pairs" sh -c "
+    grep -q '^moe-vs-dense ' '$TMP/logc' && grep -q '^dense-vs-dense ' '$TMP/logc' && grep -q '^moe-vs-moe ' '$TMP/logc'"
+for f in 'fewer MoE-only than dense-only latents' 'MoE-only denser than shared' 'dense-only sparser than shared'; do
+    check "controls: verdict printed: $f" sh -c "grep '^  $f: ' '$TMP/logc' |
+        grep -q -e 'holds' -e 'reversed' -e 'not distinguishable' -e 'mixed across seeds' -e 'no data'"
+done
+check "controls: summary.json parses" json_ok "$C/summary.json"
+check "controls: summary.json keys" json_has "$C/summary.json" controls n_seeds pairs moe-vs-dense dense-vs-dense \
+    moe-vs-moe count_mean_sd density_median_mean_sd cos_raw_mean_sd cos_aligned_mean_sd overlap_exclusive verdicts \
+    verdict per_seed
+check "controls: each pair's class counts add up to F in every seed" sh -c "
+    awk -F, 'NR > 1 && \$3 != \"random_pairs\" { s[\$1 \",\" \$2] += \$4 }
+             END { n = 0; for (k in s) { n++; if (s[k] != $F) exit 1 } exit n != 6 }' '$C/controls.csv'"
+check "controls.csv: 3 pairs x 2 seeds x (5 classes + random)" csv_ok "$C/controls.csv" 36 "pair,seed,class,count"
+for p in r_hist_controls class_counts_controls cosine_aligned; do
+    check "$p.png: PNG with a plausible size" png_ok "$C/$p.png" 600 400
+done
+for m in dense moe; do check "controls: ${m}_twin.ckpt written" test -s "$C/${m}_twin.ckpt"; done
+check "controls leave the study's own crosscoder unchanged (same bits as without)" \
+    cmp "$TMP/t2_1/crosscoder.safetensors" "$C/crosscoder.safetensors"
+check "controls: progress lines whole, with their pair's prefix" sh -c "
+    grep -q '^  \[dense-vs-dense\] step' '$TMP/errc' && ! grep -v '^  \[\(dense\|moe  \|dense.\|moe. \|xc\|moe-vs-dense\|dense-vs-dense\|moe-vs-moe\)\] ' '$TMP/errc'"
+
+# ---- --data: a corpus built by moexc_mkdata from files and directories -----
+if [ -x "$BUILD/moexc_mkdata" ]; then
+    "$BUILD/moexc_mkdata" --domain code=tools --domain prose=README.md --out "$TMP/own.tok" > /dev/null 2>&1
+    if OMP_WAIT_POLICY=passive "$BIN" --preset tiny --threads 2 --data "$TMP/own.tok" --out "$TMP/own" > "$TMP/logd" 2>&1; then
+        ok "--data: the tiny study on a moexc_mkdata corpus of two domains"
+    else
+        bad "--data runs (exit $?)"; tail -n 20 "$TMP/logd"
+    fi
+    check "--data: summary.json names the file's domains" sh -c "
+        grep -q '\"prose\"' '$TMP/own/summary.json' && grep -q '\"code\"' '$TMP/own/summary.json' &&
+        ! grep -q '\"stories\"' '$TMP/own/summary.json'"
+    check "--data: routing.csv has 5 layers x 2 domains x 8 experts" csv_ok "$TMP/own/routing.csv" 80 "layer,domain,expert,share"
+else
+    bad "$BUILD/moexc_mkdata not built"
+fi
+fails "--data: a missing file" "$BIN" --preset tiny --data "$TMP/none.tok" --out "$TMP/x"
+check "--data: the message names the missing file" grep -q "none.tok" "$TMP/err"
+printf 'not a token file at all, just text' > "$TMP/junk.tok"
+fails "--data: a file that is not a token file" "$BIN" --preset tiny --data "$TMP/junk.tok" --out "$TMP/x"
+check "--data: the message names the bad file" grep -q "junk.tok" "$TMP/err"
+printf 'int main(void) { return 0; }\n' > "$TMP/small.c"
+"$BUILD/moexc_mkdata" --domain tiny="$TMP/small.c" --out "$TMP/small.tok" > /dev/null 2>&1
+fails "--data: a domain too small to hold out a window" "$BIN" --preset tiny --data "$TMP/small.tok" --out "$TMP/x"
+fails "an unwritable report folder fails before the work" "$BIN" --preset tiny --out /proc
+fails "--seeds 0" "$BIN" --preset tiny --seeds 0 --out "$TMP/x"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
