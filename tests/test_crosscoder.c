@@ -368,39 +368,43 @@ static void test_selection_floor_independent(void)
 /* Training steps give the same bits at 1 and 2 threads: every threaded part
    of a step (selection, sparse decoder, AuxK, gradients by latent, norm,
    Adam) sums in an order that does not depend on the thread count. The
-   shapes are large enough for the parallel paths, with dead latents (AuxK). */
+   shapes are large enough for the parallel paths, with dead latents (AuxK).
+   Without OpenMP both runs use one thread (the same-seed promise). */
 static void test_thread_count_bit_identical(void)
 {
-#ifdef _OPENMP
     moexc_rng rng;
-    int n = 256, d = 64, F = 1024, threads, s, i, saved = omp_get_max_threads();
+    int n = 256, d = 64, F = 1024, run, s, i;
     float *xa, *xb, *params[2];
     moexc_xc_options o;
     size_t P = 0;
+#ifdef _OPENMP
+    int saved = omp_get_max_threads();
+#endif
     moexc_rng_seed(&rng, 43);
     xa = randn(n * d, &rng, 1.0f); xb = randn(n * d, &rng, 1.0f);
     memset(&o, 0, sizeof(o));
     o.n_latents = F; o.k = 16; o.n_shared = 32; o.steps = 20; o.seed = 44;
-    for (threads = 1; threads <= 2; threads++) {
+    for (run = 0; run < 2; run++) {
         moexc_xc *xc;
-        omp_set_num_threads(threads);
+#ifdef _OPENMP
+        omp_set_num_threads(run + 1);
+#endif
         xc = make_xc(d, d, &o, xa, xb, n, 0);
         TH_CHECK(xc != NULL, "create");
-        if (!xc) { params[threads - 1] = NULL; continue; }
+        if (!xc) { params[run] = NULL; continue; }
         for (i = 700; i < F; i++) moexc_xc_set_dead(xc, i, 1);
         for (s = 0; s < 6; s++) moexc_xc_train_step(xc, xa + (s % 2) * (n / 2) * d, xb + (s % 2) * (n / 2) * d, n / 2, NULL, NULL);
         P = moexc_xc_num_params(xc);
-        params[threads - 1] = (float *)malloc(P * sizeof(float));
-        memcpy(params[threads - 1], moexc_xc_params(xc), P * sizeof(float));
+        params[run] = (float *)malloc(P * sizeof(float));
+        memcpy(params[run], moexc_xc_params(xc), P * sizeof(float));
         moexc_xc_free(xc);
     }
+#ifdef _OPENMP
     omp_set_num_threads(saved);
-    if (params[0] && params[1])
-        TH_CHECK(memcmp(params[0], params[1], P * sizeof(float)) == 0, "parameters differ between 1 and 2 threads");
-    free(params[0]); free(params[1]); free(xa); free(xb);
-#else
-    printf("  SKIPPED: built without OpenMP, one thread only\n");
 #endif
+    if (params[0] && params[1])
+        TH_CHECK(memcmp(params[0], params[1], P * sizeof(float)) == 0, "parameters differ between the two runs (1 and 2 threads)");
+    free(params[0]); free(params[1]); free(xa); free(xb);
 }
 
 /* The sparse decoder path (used when at most 1/8 of f is non-zero) gives
