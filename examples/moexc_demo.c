@@ -116,17 +116,17 @@ static void preset(demo_config *c, const char *name)
     } else if (!strcmp(name, "study")) {   /* controls + 3 seeds; see README for its time */
         c->bytes_per_domain = 3e6;
         c->d_model = 64; c->n_heads = 4; c->context = 128;
-        c->lm_steps = 1600; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
-        c->xc_latents = 2048; c->xc_k = 32; c->xc_shared = 64;
-        c->xc_steps = 1500; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;
+        c->lm_steps = 2400; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
+        c->xc_latents = 4096; c->xc_k = 32; c->xc_shared = 64;
+        c->xc_steps = 2500; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;
         c->eval_pairs = 65536;
         c->controls = 1; c->n_seeds = 3;
     } else {                               /* "default": about 10 minutes on 2 quiet cores */
         c->preset = "default";
         c->bytes_per_domain = 2e6;
         c->d_model = 64; c->n_heads = 4; c->context = 128;
-        c->lm_steps = 1200; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
-        c->xc_latents = 2048; c->xc_k = 32; c->xc_shared = 64;
+        c->lm_steps = 2000; c->lm_batch = 16; c->lm_seq = 128; c->lm_lr = 2e-3f;
+        c->xc_latents = 4096; c->xc_k = 32; c->xc_shared = 64;
         c->xc_steps = 2500; c->xc_batch = 1024; c->xc_buffer = 65536; c->xc_lr = 0;  /* lr: library default */
         c->eval_pairs = 65536;
     }
