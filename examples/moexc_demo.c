@@ -174,8 +174,8 @@ static const char *usage =
 "\n"
 "presets (d / layers / LM steps x tokens / F / k / crosscoder steps x batch):\n"
 "  tiny     32 / 5 /    30 x 256   /   512 /  8 /   150 x 256\n"
-"  default  64 / 5 /  1200 x 2048  /  2048 / 32 /  2500 x 1024\n"
-"  study    64 / 5 /  1600 x 2048  /  2048 / 32 /  1500 x 1024, controls, 3 seeds\n"
+"  default  64 / 5 /  2000 x 2048  /  4096 / 32 /  2500 x 1024\n"
+"  study    64 / 5 /  2400 x 2048  /  4096 / 32 /  2500 x 1024, controls, 3 seeds\n"
 "  paper   256 / 5 /  4000 x 8192  / 16384 / 64 /  6000 x 2048\n"
 "Each step is also a command-line tool: moexc_mkdata, moexc_train, moexc_crosscoder.\n";
 
