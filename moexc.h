@@ -8092,44 +8092,38 @@ MOEXC_DEF moexc_status moexc_lens_add(moexc_lens *s, moexc_model *m, const uint1
     return st;
 }
 
-MOEXC_DEF moexc_status moexc_lens_run(moexc_lens *s, moexc_model *m, const moexc_tokens *data, moexc_error *err)
+/* Held-out windows of T+1 tokens inside one domain's tail (the trainer's
+   split: per domain, the last floor(count eval_fraction) tokens in stream
+   order; runs of one domain's held positions cut with stride T), up to max_seqs per domain evenly spaced, interleaved by domain
+   (round robin) so that batches mix domains. *starts is freed by the caller. */
+static moexc_status moexc__heldout_windows(const moexc_tokens *data, int T, float eval_fraction, int max_seqs,
+                                           const char *what, size_t **starts_out, size_t *n_out, moexc_error *err)
 {
-    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS] = {0};
-    size_t nwin[MOEXC_MAX_DOMAINS] = {0}, first[MOEXC_MAX_DOMAINS + 1], i, start = 0, total = 0, w, T1;
-    size_t *starts = NULL, *pick = NULL, n_pick = 0;
-    uint16_t *in = NULL, *tg = NULL;
-    uint8_t *lab = NULL;
-    int T, B, D, d, pass, held_prev = 0;
-    moexc_status st = MOEXC_OK;
-    if (!s || !s->route || !m || !data || !data->tokens || !data->domains)
-        return moexc__fail(err, MOEXC_ERR_ARG, "lens run: lens (initialised), model and data are required");
-    T = s->opt.seq_len; B = s->opt.batch_size; D = data->n_domains; T1 = (size_t)T + 1;
-    if (D != s->n_domains)
-        return moexc__fail(err, MOEXC_ERR_ARG, "lens run: the data has %d domains, the lens %d", D, s->n_domains);
-    for (d = 0; d < D; d++) snprintf(s->domain_names[d], MOEXC_DOMAIN_NAME_MAX, "%s", data->domain_names[d]);
+    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS];
+    size_t nwin[MOEXC_MAX_DOMAINS] = {0}, first[MOEXC_MAX_DOMAINS + 1], total = 0, i, start = 0, T1 = (size_t)T + 1, n = 0, w;
+    size_t *all = NULL, *pick = NULL;
+    int D = data->n_domains, d, pass, held_prev = 0, more;
+    *starts_out = NULL; *n_out = 0;
     for (i = 0; i < data->n; i++) {
         if (data->domains[i] >= D)
-            return moexc__fail(err, MOEXC_ERR_ARG, "lens run: token %lu: domain %d >= %d", (unsigned long)i, data->domains[i], D);
+            return moexc__fail(err, MOEXC_ERR_ARG, "%s: token %lu: domain %d >= %d", what, (unsigned long)i, data->domains[i], D);
         count[data->domains[i]]++;
     }
-    /* the held-out tail as the trainer cuts it: per domain, the last
-       floor(count eval_fraction) tokens in stream order */
     for (d = 0; d < D; d++)
-        cut[d] = s->opt.eval_fraction < 0 ? 0 : count[d] - (size_t)floor((double)count[d] * s->opt.eval_fraction);
-    /* runs of held positions of one domain, cut into windows of T+1 tokens with
-       stride T; pass 0 counts them per domain, pass 1 lists their starts */
+        cut[d] = eval_fraction < 0 ? 0 : count[d] - (size_t)floor((double)count[d] * eval_fraction);
     for (pass = 0; pass < 2; pass++) {
         size_t fill[MOEXC_MAX_DOMAINS] = {0};
         memset(seen, 0, sizeof(seen));
+        held_prev = 0;
         for (i = 0; i <= data->n; i++) {
             int held = 0, same;
             if (i < data->n) { d = data->domains[i]; held = seen[d]++ >= cut[d]; }
             same = i > 0 && i < data->n && held && held_prev && data->domains[i] == data->domains[i - 1];
-            if (!same && i > 0 && held_prev) {                     /* close the run [start, i) */
+            if (!same && i > 0 && held_prev) {
                 int rd = data->domains[start];
                 size_t p;
                 for (p = start; p + T1 <= i; p += (size_t)T) {
-                    if (pass) starts[first[rd] + fill[rd]++] = p;
+                    if (pass) all[first[rd] + fill[rd]++] = p;
                     else nwin[rd]++;
                 }
             }
@@ -8137,22 +8131,44 @@ MOEXC_DEF moexc_status moexc_lens_run(moexc_lens *s, moexc_model *m, const moexc
             held_prev = held;
         }
         if (pass == 0) {
-            for (d = 0, total = 0; d < D; d++) { first[d] = total; total += nwin[d]; }
-            first[D] = total;
+            for (d = 0; d < D; d++) { first[d] = total; total += nwin[d]; }
             if (total == 0)
-                return moexc__fail(err, MOEXC_ERR_ARG, "lens run: no window of %d tokens inside one domain's held-out tail "
+                return moexc__fail(err, MOEXC_ERR_ARG, "%s: no window of %d tokens inside one domain's held-out tail "
                                    "(eval_fraction %g of %lu tokens; use a shorter seq_len or a larger eval_fraction)",
-                                   T + 1, s->opt.eval_fraction, (unsigned long)data->n);
-            starts = (size_t *)moexc__calloc(total, sizeof(size_t));
+                                   what, T + 1, eval_fraction, (unsigned long)data->n);
+            all = (size_t *)moexc__calloc(total, sizeof(size_t));
             pick = (size_t *)moexc__calloc(total, sizeof(size_t));
-            if (!starts || !pick) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "lens run: out of memory (%lu windows)", (unsigned long)total); goto done; }
+            if (!all || !pick) { moexc__free(all); moexc__free(pick); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory (%lu windows)", what, (unsigned long)total); }
         }
     }
-    /* up to max_seqs windows per domain, evenly spaced (deterministic) */
-    for (d = 0; d < D; d++) {
-        size_t want = nwin[d] < (size_t)s->opt.max_seqs ? nwin[d] : (size_t)s->opt.max_seqs;
-        for (w = 0; w < want; w++) pick[n_pick++] = starts[first[d] + (size_t)((double)w * (double)nwin[d] / (double)want)];
+    for (w = 0, more = 1; more; w++) {       /* round robin over domains, evenly spaced within each */
+        more = 0;
+        for (d = 0; d < D; d++) {
+            size_t want = nwin[d] < (size_t)max_seqs ? nwin[d] : (size_t)max_seqs;
+            if (w < want) { pick[n++] = all[first[d] + (size_t)((double)w * (double)nwin[d] / (double)want)]; more = 1; }
+        }
     }
+    moexc__free(all);
+    *starts_out = pick; *n_out = n;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_lens_run(moexc_lens *s, moexc_model *m, const moexc_tokens *data, moexc_error *err)
+{
+    size_t *pick = NULL, n_pick = 0, w;
+    uint16_t *in = NULL, *tg = NULL;
+    uint8_t *lab = NULL;
+    int T, B, D, d;
+    moexc_status st = MOEXC_OK;
+    if (!s || !s->route || !m || !data || !data->tokens || !data->domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens run: lens (initialised), model and data are required");
+    T = s->opt.seq_len; B = s->opt.batch_size; D = data->n_domains;
+    if (D != s->n_domains)
+        return moexc__fail(err, MOEXC_ERR_ARG, "lens run: the data has %d domains, the lens %d", D, s->n_domains);
+    for (d = 0; d < D; d++) snprintf(s->domain_names[d], MOEXC_DOMAIN_NAME_MAX, "%s", data->domain_names[d]);
+    /* up to max_seqs held-out windows per domain, evenly spaced (deterministic) */
+    if ((st = moexc__heldout_windows(data, T, s->opt.eval_fraction, s->opt.max_seqs, "lens run", &pick, &n_pick, err)) != MOEXC_OK)
+        return st;
     in = (uint16_t *)moexc__calloc((size_t)B * T, sizeof(uint16_t));
     tg = (uint16_t *)moexc__calloc((size_t)B * T, sizeof(uint16_t));
     lab = (uint8_t *)moexc__calloc((size_t)B * T, 1);
@@ -8171,7 +8187,7 @@ MOEXC_DEF moexc_status moexc_lens_run(moexc_lens *s, moexc_model *m, const moexc
     }
     if (st == MOEXC_OK) moexc_lens_finish(s);
 done:
-    moexc__free(starts); moexc__free(pick); moexc__free(in); moexc__free(tg); moexc__free(lab);
+    moexc__free(pick); moexc__free(in); moexc__free(tg); moexc__free(lab);
     return st;
 }
 
@@ -12298,65 +12314,6 @@ MOEXC_DEF void moexc_token_nll(const float *logits, const uint16_t *targets, int
     }
 }
 
-/* Held-out windows of T+1 tokens inside one domain's tail (the trainer's
-   split), up to max_seqs per domain evenly spaced, interleaved by domain
-   (round robin) so that batches mix domains. *starts is freed by the caller. */
-static moexc_status moexc__heldout_windows(const moexc_tokens *data, int T, float eval_fraction, int max_seqs,
-                                           size_t **starts_out, size_t *n_out, moexc_error *err)
-{
-    size_t count[MOEXC_MAX_DOMAINS] = {0}, cut[MOEXC_MAX_DOMAINS], seen[MOEXC_MAX_DOMAINS];
-    size_t nwin[MOEXC_MAX_DOMAINS] = {0}, first[MOEXC_MAX_DOMAINS + 1], total = 0, i, start = 0, T1 = (size_t)T + 1, n = 0, w;
-    size_t *all = NULL, *pick = NULL;
-    int D = data->n_domains, d, pass, held_prev = 0, more;
-    *starts_out = NULL; *n_out = 0;
-    for (i = 0; i < data->n; i++) {
-        if (data->domains[i] >= D)
-            return moexc__fail(err, MOEXC_ERR_ARG, "latent study: token %lu: domain %d >= %d", (unsigned long)i, data->domains[i], D);
-        count[data->domains[i]]++;
-    }
-    for (d = 0; d < D; d++)
-        cut[d] = eval_fraction < 0 ? 0 : count[d] - (size_t)floor((double)count[d] * eval_fraction);
-    for (pass = 0; pass < 2; pass++) {
-        size_t fill[MOEXC_MAX_DOMAINS] = {0};
-        memset(seen, 0, sizeof(seen));
-        held_prev = 0;
-        for (i = 0; i <= data->n; i++) {
-            int held = 0, same;
-            if (i < data->n) { d = data->domains[i]; held = seen[d]++ >= cut[d]; }
-            same = i > 0 && i < data->n && held && held_prev && data->domains[i] == data->domains[i - 1];
-            if (!same && i > 0 && held_prev) {
-                int rd = data->domains[start];
-                size_t p;
-                for (p = start; p + T1 <= i; p += (size_t)T) {
-                    if (pass) all[first[rd] + fill[rd]++] = p;
-                    else nwin[rd]++;
-                }
-            }
-            if (!same && held) start = i;
-            held_prev = held;
-        }
-        if (pass == 0) {
-            for (d = 0; d < D; d++) { first[d] = total; total += nwin[d]; }
-            if (total == 0)
-                return moexc__fail(err, MOEXC_ERR_ARG, "latent study: no window of %d tokens inside one domain's held-out tail "
-                                   "(eval_fraction %g of %lu tokens)", T + 1, eval_fraction, (unsigned long)data->n);
-            all = (size_t *)moexc__calloc(total, sizeof(size_t));
-            pick = (size_t *)moexc__calloc(total, sizeof(size_t));
-            if (!all || !pick) { moexc__free(all); moexc__free(pick); return moexc__fail(err, MOEXC_ERR_NOMEM, "latent study: windows"); }
-        }
-    }
-    for (w = 0, more = 1; more; w++) {       /* round robin over domains, evenly spaced within each */
-        more = 0;
-        for (d = 0; d < D; d++) {
-            size_t want = nwin[d] < (size_t)max_seqs ? nwin[d] : (size_t)max_seqs;
-            if (w < want) { pick[n++] = all[first[d] + (size_t)((double)w * (double)nwin[d] / (double)want)]; more = 1; }
-        }
-    }
-    moexc__free(all);
-    *starts_out = pick; *n_out = n;
-    return MOEXC_OK;
-}
-
 MOEXC_DEF void moexc_latent_study_free(moexc_latent_study *s)
 {
     moexc_top_acts_free(&s->top);
@@ -12425,7 +12382,7 @@ MOEXC_DEF moexc_status moexc_latent_study_run(moexc_latent_study *s, moexc_model
     s->n_latents = F; s->n_domains = D; s->n_experts = E; s->top_k = k; s->layer = layer; s->site = o.site;
     s->d_a = dm[0]; s->d_b = dm[1]; s->seq_len = T;
     for (i = 0; i < D; i++) snprintf(s->domain_names[i], MOEXC_DOMAIN_NAME_MAX, "%s", data->domain_names[i]);
-    if ((st = moexc__heldout_windows(data, T, o.eval_fraction, o.max_seqs, &starts, &n_win, err)) != MOEXC_OK) return st;
+    if ((st = moexc__heldout_windows(data, T, o.eval_fraction, o.max_seqs, "latent study", &starts, &n_win, err)) != MOEXC_OK) return st;
 
     in = (uint16_t *)moexc__calloc((size_t)N, sizeof(uint16_t));
     tg = (uint16_t *)moexc__calloc((size_t)N, sizeof(uint16_t));
