@@ -199,8 +199,10 @@ static void test_config_errors(void)
     /* defaults resolve to the seed code's */
     memset(&c, 0, sizeof(c));
     TH_CHECK(moexc_toy_create(&t, &c, &err) == MOEXC_OK, "%s", err.message);
-    TH_CHECK(t.n == 32 && t.m == 8 && t.E == 4 && t.k == 1 && t.cfg.feature_prob == 0.1f && t.cfg.batch_size == 1024
-             && t.cfg.lb_alpha == 0.01f, "defaults n %d m %d E %d k %d", t.n, t.m, t.E, t.k);
+    /* (float) casts: with FLT_EVAL_METHOD 1 (s390x) a float constant keeps double precision */
+    TH_CHECK(t.n == 32 && t.m == 8 && t.E == 4 && t.k == 1 && t.cfg.feature_prob == (float)0.1f && t.cfg.batch_size == 1024
+             && t.cfg.lb_alpha == (float)0.01f, "defaults n %d m %d E %d k %d, feature_prob %.9g, lb_alpha %.9g, batch %d",
+             t.n, t.m, t.E, t.k, (double)t.cfg.feature_prob, (double)t.cfg.lb_alpha, t.cfg.batch_size);
     moexc_toy_free(&t);
 }
 
