@@ -9731,24 +9731,23 @@ struct moexc_xc {
     float   *f, *df;                              /* (n x F) dense activations (L1, dense_only, encode) */
     /* The batch's kept latents (BatchTopK) in row-major order: entry e is
        ent_row (token), ent_lat (latent), ent_val (f = ReLU(pre); during
-       selection its score) and ent_dpre (d loss / d pre). */
+       selection its score). */
     size_t   n_ent, cap_ent;
     int     *ent_row, *ent_lat;
-    float   *ent_val, *ent_dpre;
+    float   *ent_val;
     float   *cand;                                /* selection: the scores in the threshold's bucket */
     size_t   cap_cand;
     /* AuxK entries, row b's at [b aux_per_row, b aux_per_row + aux_cnt[b]) */
     int      n_aux, aux_per_row;                  /* D dead latents, min(k_aux, D) */
-    int      cap_aux;                             /* entries per row allocated */
     int     *aux_cnt;                             /* (n)                */
-    int     *aux_lat;                             /* (n x cap_aux)      */
-    float   *aux_pre, *aux_val, *aux_dpre;        /* (n x cap_aux)      */
+    int     *aux_lat;                             /* (n x min(k_aux, F)) */
+    float   *aux_pre, *aux_val, *aux_dpre;        /* (n x min(k_aux, F)) */
     /* the same entries by latent, each latent's in row order: latent i's
        kept entries are col_ent[col_ptr[i] .. col_ptr[i+1]) (ids into ent_*),
        its AuxK entries aux_col_ent[aux_col_ptr[i] ..) (ids into aux_*) */
     int     *col_ptr, *aux_col_ptr;               /* (F + 1)            */
     int     *col_ent;                             /* (cap_col)          */
-    int     *aux_col_ent;                         /* (n x cap_aux)      */
+    int     *aux_col_ent;                         /* (n x min(k_aux, F)) */
     size_t   cap_col;
     /* per chunk / thread scratch */
     int      n_threads;
@@ -9798,15 +9797,15 @@ static void moexc__xc_free_workspace(moexc_xc *xc)
     xc->xcat = xc->pre = xc->f = xc->df = NULL;
     xc->partial = NULL; xc->aux_cnt = xc->aux_lat = xc->aux_col_ent = NULL;
     xc->aux_pre = xc->aux_val = xc->aux_dpre = NULL;
-    xc->cap = xc->cap_dense = xc->cap_aux = 0;
+    xc->cap = xc->cap_dense = 0;
 }
 
 static void moexc__xc_free_entries(moexc_xc *xc)
 {
-    moexc__free(xc->ent_row); moexc__free(xc->ent_lat); moexc__free(xc->ent_val); moexc__free(xc->ent_dpre);
+    moexc__free(xc->ent_row); moexc__free(xc->ent_lat); moexc__free(xc->ent_val);
     moexc__free(xc->cand); moexc__free(xc->col_ent);
     xc->ent_row = xc->ent_lat = xc->col_ent = NULL;
-    xc->ent_val = xc->ent_dpre = xc->cand = NULL;
+    xc->ent_val = xc->cand = NULL;
     xc->cap_ent = xc->cap_cand = xc->cap_col = xc->n_ent = 0;
 }
 
@@ -9859,7 +9858,6 @@ static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
         xc->aux_dpre = (float *)moexc__calloc(na, sizeof(float));
         xc->aux_col_ent = (int *)moexc__calloc(na, sizeof(int));
         ok &= xc->aux_lat && xc->aux_pre && xc->aux_val && xc->aux_dpre && xc->aux_col_ent;
-        xc->cap_aux = ka;
     }
     if (!ok) {
         moexc__xc_free_workspace(xc);
@@ -9885,22 +9883,21 @@ static moexc_status moexc__xc_dense_workspace(moexc_xc *xc, moexc_error *err)
     return MOEXC_OK;
 }
 
-/* Room for n entries (and n bucket candidates when cand != 0). */
+/* Room for n entries and n_cand bucket candidates. */
 static moexc_status moexc__xc_entry_room(moexc_xc *xc, size_t n, size_t n_cand, moexc_error *err)
 {
     if (n > xc->cap_ent) {
         size_t cap = MOEXC__MAX(n, xc->cap_ent + xc->cap_ent / 2);
         int *r = (int *)moexc__realloc(xc->ent_row, moexc__mul_size(cap, sizeof(int)));
         int *l = r ? (int *)moexc__realloc(xc->ent_lat, moexc__mul_size(cap, sizeof(int))) : NULL;
-        float *v = NULL, *g = NULL;
+        float *v = NULL;
         if (r) xc->ent_row = r;
         if (l) { xc->ent_lat = l; v = (float *)moexc__realloc(xc->ent_val, moexc__mul_size(cap, sizeof(float))); }
-        if (v) { xc->ent_val = v; g = (float *)moexc__realloc(xc->ent_dpre, moexc__mul_size(cap, sizeof(float))); }
-        if (!g) {
+        if (!v) {
             moexc__xc_free_entries(xc);
             return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: no memory for %lu selected latents", (unsigned long)n);
         }
-        xc->ent_dpre = g;
+        xc->ent_val = v;
         xc->cap_ent = cap;
     }
     if (n_cand > xc->cap_cand) {
@@ -10719,7 +10716,7 @@ static void moexc__xc_auxk_backward(moexc_xc *xc, int n, double inv_den)
    (b, i), kept or AuxK's, first d loss / d pre:
      dpre_bi = sum_m dxhat^m_b . d_i^m (+ the penalty's lambda c_i / n)   kept, f_bi > 0
      dpre_bi = sum_m dê^m_b . d_i^m                                    AuxK, where the ReLU passes it
-   (0 elsewhere; stored in ent_dpre / aux_dpre), then
+   (0 elsewhere; AuxK's kept in aux_dpre for the dense path), then
      dd_i^m   = sum_{kept (b,i)} f_bi dxhat^m_b + sum_{AuxK (b,i)} f_aux_bi dê^m_b
                 (a shared row receives both models' terms)
      dW_enc[:, i] = sum_{(b,i)} dpre_bi xcat_b
@@ -10776,7 +10773,7 @@ static void moexc__xc_latent_grads(moexc_xc *xc, int dense, int with_aux, const 
                         if (pass) dp += moexc_dot(vb, row[m], (size_t)xc->d[m]);
                         if (fv != 0.0f) moexc_axpy(grow[shared ? 0 : m], fv, vb, (size_t)xc->d[m]);
                     }
-                    if (aux) xc->aux_dpre[id] = dp; else xc->ent_dpre[id] = dp;
+                    if (aux) xc->aux_dpre[id] = dp;
                     if (!dense && dp != 0.0f) { moexc_axpy(enc, dp, xc->xcat + (size_t)b * (size_t)dc, (size_t)dc); gb += dp; }
                 }
             }
