@@ -1346,11 +1346,12 @@ typedef enum moexc_verdict {
     MOEXC_VERDICT_NOT_DISTINGUISHABLE,/* one direction in every seed, within a control's spread         */
     MOEXC_VERDICT_MIXED,              /* the direction changes between seeds                            */
     MOEXC_VERDICT_NO_DATA,            /* a statistic is NaN in every seed                               */
+    MOEXC_VERDICT_TOO_FEW_SEEDS,      /* a control has no spread to compare with (fewer than 2 seeds)   */
     MOEXC_VERDICT_COUNT
 } moexc_verdict;
 
 /* "holds", "reversed", "not distinguishable from the seed control",
-   "mixed across seeds", "no data". */
+   "mixed across seeds", "no data", "too few seeds to judge". */
 MOEXC_DEF const char *moexc_verdict_name(int verdict);
 
 /* The verdict on one finding. main (n_main seeds) holds a signed statistic
@@ -1358,9 +1359,12 @@ MOEXC_DEF const char *moexc_verdict_name(int verdict);
    holds in that seed (e.g. dense-only count - MoE-only count for "fewer
    MoE-only than dense-only latents"); ctrl holds the same statistic for
    n_ctrl_sets controls of n_ctrl seeds each (ctrl[c * n_ctrl + s]). The
-   difference is beyond a control when |mean_main - mean_ctrl| > 2 sd_ctrl
-   (strictly; with sd_ctrl over its seeds, 0 with one seed). No controls:
-   judged on the direction alone. NaN seeds are skipped. */
+   difference is beyond a control when |mean_main - mean_ctrl| > 2 sd
+   (strictly), sd the control's over its seeds; when fewer than 2 of the
+   control's seeds are valid, the main statistic's sd over its seeds (both
+   measure the seed-to-seed noise of one pair); when neither has 2 valid
+   seeds, TOO_FEW_SEEDS. No controls: judged on the direction alone. NaN
+   seeds are skipped. */
 MOEXC_DEF moexc_verdict moexc_finding_verdict(const double *main, int n_main, const double *ctrl,
                                               int n_ctrl_sets, int n_ctrl);
 
@@ -11648,13 +11652,15 @@ MOEXC_DEF double moexc_latent_overlap(const float *dec_a1, const float *dec_b1, 
 MOEXC_DEF const char *moexc_verdict_name(int verdict)
 {
     static const char *const names[MOEXC_VERDICT_COUNT] = {
-        "holds", "reversed", "not distinguishable from the seed control", "mixed across seeds", "no data"
+        "holds", "reversed", "not distinguishable from the seed control", "mixed across seeds", "no data",
+        "too few seeds to judge"
     };
     return verdict >= 0 && verdict < MOEXC_VERDICT_COUNT ? names[verdict] : "?";
 }
 
 /* Verdict (SPEC §5.1): one direction in every seed, and beyond each control:
-     dir (mean_main - mean_ctrl) > 2 sd_ctrl    (dir = +1 or -1, sd_ctrl over the control's seeds) */
+     dir (mean_main - mean_ctrl) > 2 sd    (dir = +1 or -1; sd over the control's seeds, or over
+                                            the main seeds when the control has fewer than 2) */
 MOEXC_DEF moexc_verdict moexc_finding_verdict(const double *main, int n_main, const double *ctrl,
                                               int n_ctrl_sets, int n_ctrl)
 {
@@ -11673,7 +11679,8 @@ MOEXC_DEF moexc_verdict moexc_finding_verdict(const double *main, int n_main, co
     for (c = 0; c < n_ctrl_sets; c++) {
         moexc_mean_sd(ctrl + (size_t)c * (size_t)n_ctrl, n_ctrl, &mc, &sc);
         if (isnan(mc)) continue;
-        if (isnan(sc)) sc = 0.0;
+        if (isnan(sc)) sc = sm;
+        if (isnan(sc)) return MOEXC_VERDICT_TOO_FEW_SEEDS;
         if (!(dir * (mm - mc) > 2.0 * sc)) return MOEXC_VERDICT_NOT_DISTINGUISHABLE;
     }
     return dir > 0 ? MOEXC_VERDICT_HOLDS : MOEXC_VERDICT_REVERSED;

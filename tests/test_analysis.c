@@ -617,6 +617,7 @@ static void test_seed_controls(void)
     const double main_holds[3] = { 5, 7, 6 }, main_rev[3] = { -5, -7, -6 }, main_small[3] = { 2, 3, 1 };
     const double main_mixed[3] = { 1, -1, 2 }, nans[2] = { NAN, NAN };
     const double ctrl_tight[6] = { 0, 1, -1,   1, 0, 2 }, ctrl_wide[3] = { 0, 2, -2 };
+    const double ctrl_one_seed[6] = { NAN, 5.5, NAN,   0, NAN, NAN };
     moexc_mean_sd(counts, 3, &m, &sd);
     TH_CHECK(m == 12.0 && fabs(sd - 2.0) < 1e-12, "mean %g sd %g, want 12 and 2", m, sd);
     moexc_mean_sd(one, 1, &m, &sd);
@@ -635,6 +636,15 @@ static void test_seed_controls(void)
     TH_CHECK(moexc_finding_verdict(main_mixed, 3, ctrl_tight, 2, 3) == MOEXC_VERDICT_MIXED, "mixed");
     TH_CHECK(moexc_finding_verdict(nans, 2, ctrl_tight, 2, 3) == MOEXC_VERDICT_NO_DATA, "no data");
     TH_CHECK(moexc_finding_verdict(main_small, 3, NULL, 0, 0) == MOEXC_VERDICT_HOLDS, "no controls: direction only");
+    /* a control with one valid seed borrows the main seeds' spread: 6 +- 1 vs 5.5 is within it,
+       vs 0 beyond it; one main seed and one control seed: nothing to judge by */
+    TH_CHECK(moexc_finding_verdict(main_holds, 3, ctrl_one_seed, 1, 3) == MOEXC_VERDICT_NOT_DISTINGUISHABLE,
+             "6 +- 1 vs a one-seed control at 5.5");
+    TH_CHECK(moexc_finding_verdict(main_holds, 3, ctrl_one_seed + 3, 1, 3) == MOEXC_VERDICT_HOLDS,
+             "6 +- 1 vs a one-seed control at 0");
+    TH_CHECK(moexc_finding_verdict(main_holds, 1, ctrl_one_seed + 3, 1, 3) == MOEXC_VERDICT_TOO_FEW_SEEDS,
+             "one seed each: too few seeds");
+    TH_CHECK(strcmp(moexc_verdict_name(MOEXC_VERDICT_TOO_FEW_SEEDS), "too few seeds to judge") == 0, "name: too few");
     TH_CHECK(strcmp(moexc_verdict_name(MOEXC_VERDICT_NOT_DISTINGUISHABLE), "not distinguishable from the seed control") == 0, "names");
 }
 
