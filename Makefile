@@ -289,3 +289,8 @@ $(BUILD)/toy_superposition: | demo-stb
 .PHONY: toy
 toy: $(BUILD)/toy_superposition
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/toy_superposition --out toy_report $(TOY_ARGS)
+
+# ---- area: data parallelism (SPEC §9) ------------------------------------
+# tests/test_dp.c: the reduce hook without MPI (workers are threads of one
+# process, the hook an in-process sum), part of `make test`.
+EXTRA_LIBS_dp = -lpthread
