@@ -242,6 +242,7 @@ typedef struct xc_job {
     fake_member me;
     int world;          /* 0: no hook */
     int k, force_dead;  /* force_dead: latents 8..15 marked dead (AuxK runs) */
+    int variant;
     moexc_status st;
     char msg[600];
     float *params;
@@ -264,6 +265,7 @@ static void *xc_worker(void *arg)
     memset(&o, 0, sizeof(o));
     memset(&s, 0, sizeof(s));
     o.n_latents = 64; o.k = j->k; o.n_shared = 4; o.aux_k = 8; o.dead_tokens = 3 * XBATCH;
+    o.variant = j->variant;
     o.steps = XSTEPS; o.batch = XBATCH; o.lr = 5e-3f; o.warmup_steps = 1; o.threshold_start = 2; o.seed = 5;
     if (j->world) { o.reduce.sum = fake_sum; o.reduce.user = &j->me; o.reduce.rank = j->me.rank; o.reduce.world = j->world; }
     j->st = moexc_xc_create(&xc, XD, XD, &o, &err);
@@ -296,13 +298,13 @@ static void xc_run(xc_job *jobs, int workers, const xc_job *tmpl, fake_world *w)
     for (r = 0; r < workers; r++) pthread_join(th_[r], NULL);
 }
 
-static void xc_case(int k, int force_dead)
+static void xc_case(int k, int force_dead, int variant)
 {
     xc_job one[1], two[2], four[4], tmpl;
     fake_world w1, w2, w4;
     int r;
     memset(&tmpl, 0, sizeof(tmpl));
-    tmpl.k = k; tmpl.force_dead = force_dead;
+    tmpl.k = k; tmpl.force_dead = force_dead; tmpl.variant = variant;
     world_init(&w1, 1); world_init(&w2, 2); world_init(&w4, 4);
     xc_run(one, 1, &tmpl, &w1);
     tmpl.world = 2; xc_run(two, 2, &tmpl, &w2);
@@ -315,12 +317,14 @@ static void xc_case(int k, int force_dead)
         double d2 = max_diff(one[0].params, two[0].params, n), d4 = max_diff(one[0].params, four[0].params, n);
         for (r = 1; r < 4; r++) TH_CHECK(memcmp(four[0].params, four[r].params, n * sizeof(float)) == 0, "4 workers: worker %d's bits", r);
         TH_CHECK(memcmp(two[0].params, two[1].params, n * sizeof(float)) == 0, "the two workers hold the same bits");
-        printf("  crosscoder k %d, %d steps, batch %d: max |param(1) - param(2 workers)| = %.3g, (4 workers) %.3g\n",
-               k, XSTEPS, XBATCH, d2, d4);
+        printf("  crosscoder %s k %d, %d steps, batch %d: max |param(1) - param(2 workers)| = %.3g, (4 workers) %.3g\n",
+               variant == MOEXC_XC_L1 ? "L1" : "BatchTopK", k, XSTEPS, XBATCH, d2, d4);
         TH_CHECK(d2 <= 1e-5 && d4 <= 1e-5, "parameters within 1e-5 of one worker: %.3g, %.3g", d2, d4);
-        TH_CHECK(one[0].dead_last > 0.0, "some latents died (AuxK ran): dead %.3f", one[0].dead_last);
-        TH_CHECK(one[0].aux_last > 0.0, "AuxK loss %.4f", one[0].aux_last);
-        TH_CHECK(one[0].threshold > 0.0f, "threshold EMA ran: %g", one[0].threshold);
+        if (variant == MOEXC_XC_BATCHTOPK) {
+            TH_CHECK(one[0].dead_last > 0.0, "some latents died (AuxK ran): dead %.3f", one[0].dead_last);
+            TH_CHECK(one[0].aux_last > 0.0, "AuxK loss %.4f", one[0].aux_last);
+            TH_CHECK(one[0].threshold > 0.0f, "threshold EMA ran: %g", one[0].threshold);
+        }
         TH_CHECK(two[0].dead_last == one[0].dead_last && four[3].dead_last == one[0].dead_last,
                  "dead fraction %.4f, %.4f vs one worker %.4f", two[0].dead_last, four[3].dead_last, one[0].dead_last);
         TH_CHECK_NEAR(two[1].aux_last, one[0].aux_last, 1e-6, 1e-4, "AuxK loss, 2 workers");
@@ -339,10 +343,12 @@ static void xc_case(int k, int force_dead)
     world_free(&w1); world_free(&w2); world_free(&w4);
 }
 
-static void test_xc_batchtopk(void)     { xc_case(4, 1); }
+static void test_xc_batchtopk(void)     { xc_case(4, 1, MOEXC_XC_BATCHTOPK); }
 /* k 1: the boundary is a single score, so ties and the per-worker counts of
    the threshold bins matter most */
-static void test_xc_batchtopk_k1(void)  { xc_case(1, 0); }
+static void test_xc_batchtopk_k1(void)  { xc_case(1, 0, MOEXC_XC_BATCHTOPK); }
+/* L1: dense activations, the decoder-norm penalty with its lambda ramp */
+static void test_xc_l1(void)            { xc_case(4, 0, MOEXC_XC_L1); }
 
 /* Ties at the selection boundary: equal scores across the two halves of the
    batch (the same pairs twice) are kept lowest global row first, so two
@@ -406,6 +412,7 @@ int main(void)
     TH_RUN(test_xc_batchtopk);
     TH_RUN(test_xc_batchtopk_k1);
     TH_RUN(test_xc_ties);
+    TH_RUN(test_xc_l1);
     moexc_tokens_free(&g_data);
     free(g_xa); free(g_xb);
     return th_summary();
