@@ -10025,6 +10025,9 @@ struct moexc_xc {
     unsigned char *thr_keep;                      /* (threads x F)      */
     size_t   thr_len;
     int      dp_checked;                          /* the workers of opt.reduce agreed */
+    float    dp_select_t, dp_select_ratio;        /* select_t / select_ratio of the global selection
+                                                     (moexc__xc_select_dp): moved only by training
+                                                     steps, so the same on every worker */
 };
 
 #define MOEXC__XC_P(xc, off) ((xc)->params + (xc)->off)
@@ -10637,10 +10640,11 @@ static int moexc__dp_bin(const double *h, int n, double target, double *above)
    the next 10 and of the last 10 bits of the scores in that bucket pin
    t's bits; then the workers' counts of s == t, in rank order, say how many
    of the ties each keeps (the first `need` of the global batch). The scans'
-   floor is the smallest of the workers' floors (it changes the work, never
-   the result, and inference selections move it per worker). Six sums:
-   floors (W), 4096 + 1024 + 1024 bin counts, ties (W). Writes the kept
-   entries by row with f = pre; *min_kept = t, the smallest kept score. */
+   floor (it changes the work, never the result) follows dp_select_t and
+   dp_select_ratio as moexc__xc_select's follows select_t: only global
+   selections move them, so every worker scans with the same floor. Four
+   sums: 4096 + 1024 + 1024 bin counts, ties (W). Writes the kept entries
+   by row with f = pre; *min_kept = t, the smallest kept score. */
 static moexc_status moexc__xc_select_dp(moexc_xc *xc, const float *pre, int n, float *min_kept, moexc_error *err)
 {
     const moexc_reduce *r = &xc->opt.reduce;
@@ -10652,11 +10656,8 @@ static moexc_status moexc__xc_select_dp(moexc_xc *xc, const float *pre, int n, f
     float floor, t = 0.0f;
     moexc_status st;
     if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory (reduce)");
-    /* the floor: the smallest of the workers' */
-    buf[rank] = (double)(xc->select_ratio * xc->select_t);
-    if ((st = moexc__dp_sum(r, buf, (size_t)W, MOEXC_REDUCE_F64, "crosscoder selection", err)) != MOEXC_OK) goto done;
-    floor = (float)buf[0];
-    for (c = 1; c < W; c++) floor = MOEXC__MIN(floor, (float)buf[c]);
+    if (xc->dp_select_ratio == 0.0f) xc->dp_select_ratio = 0.9f;   /* as select_ratio's start */
+    floor = xc->dp_select_ratio * xc->dp_select_t;
     for (;;) {   /* level 1: the summed histogram of the scores >= floor */
 #ifdef _OPENMP
 #       pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
@@ -10673,7 +10674,7 @@ static moexc_status moexc__xc_select_dp(moexc_xc *xc, const float *pre, int n, f
         for (total = 0.0, j = 0; j < MOEXC__SCORE_BUCKETS; j++) total += buf[j];
         if (total >= kn || floor == 0.0f) break;
         floor = 0.0f;
-        xc->select_ratio = MOEXC__MAX(0.25f, 0.5f * xc->select_ratio);
+        xc->dp_select_ratio = MOEXC__MAX(0.25f, 0.5f * xc->dp_select_ratio);
     }
     target = MOEXC__MIN(kn, total);     /* keep the `target` largest scores */
     if (target > 0.0) j1 = moexc__dp_bin(buf, MOEXC__SCORE_BUCKETS, target, &above);
@@ -10726,8 +10727,8 @@ static moexc_status moexc__xc_select_dp(moexc_xc *xc, const float *pre, int n, f
         out++;
     }
     xc->n_ent = out;
-    xc->select_t = t;
-    xc->select_ratio = MOEXC__MIN(0.9f, xc->select_ratio + 0.05f);
+    xc->dp_select_t = t;
+    xc->dp_select_ratio = MOEXC__MIN(0.9f, xc->dp_select_ratio + 0.05f);
     if (min_kept) *min_kept = t;
 done:
     moexc__free(buf);

@@ -19,7 +19,9 @@ if [ "${1:-}" = "--bench" ]; then BENCH=1; shift; fi
 B=${1:?usage: test_mpi.sh [--bench] MPI_BUILD [DEFAULT_BUILD]}
 DEF=${2:-}
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-MPIRUN="mpirun --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive"
+# idle ranks yield the CPU (mpi_yield_when_idle) and float over the cores (--bind-to none): the machine
+# may be shared, and a rank spinning in a sum steals the core its partner computes on
+MPIRUN="mpirun --oversubscribe --allow-run-as-root --bind-to none --mca mpi_yield_when_idle 1 -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY=passive"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/moexc_mpi.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 passed=0 failed=0
@@ -45,31 +47,36 @@ MOE_ARGS="--ffn moe --experts 4 --moe-k 2"
 
 if [ $BENCH = 1 ]; then
     # ---- bench: throughput of 2 ranks x 1 thread against 1 rank x 1 thread ----
-    echo "bench-mpi: machine load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (1-minute, 5, 15)"
+    echo "bench-mpi: machine load $(cut -d' ' -f1-3 /proc/loadavg) on $(getconf _NPROCESSORS_ONLN) CPUs (1-minute, 5, 15)"
     BL="--builtin 100000 --d-model 64 --heads 4 --layers 4 --context 64 --batch 16 --steps 30 --eval-interval -1 --log-every 1000"
     $MPIRUN -np 1 "$B/moexc_train" $BL --export "$WORK/d.st" > /dev/null 2>&1
     $MPIRUN -np 1 "$B/moexc_train" $BL --ffn moe --export "$WORK/m.st" > /dev/null 2>&1
     XA="--model-a $WORK/m.st --model-b $WORK/d.st --corpus 100000 --layer 2 --seq-len 64 --latents 2048 --k 32
         --batch 1024 --init-pairs 4096 --eval-pairs 1024 --shuffle 8192 --log-every 1000"
     $MPIRUN -np 1 "$B/moexc_crosscoder" $XA --steps 30 --cache-write "$WORK/c.cache" > /dev/null 2>&1
+    # CPU seconds (user + sys of all ranks, start-up included) by /usr/bin/time when present
+    TIMER=""; [ -x /usr/bin/time ] && TIMER="/usr/bin/time -f %U+%S -o $WORK/cpu"
+    cpu() { if [ -f "$WORK/cpu" ]; then awk -F+ 'NR == 1 { printf "%.1f", $1 + $2 }' "$WORK/cpu"; else echo "?"; fi; }
     for rep in 1 2; do   # interleaved: 1 rank, 2 ranks, 1 rank, 2 ranks
         for np in 1 2; do
-            lm=$($MPIRUN -np $np "$B/moexc_train" $BL 2>/dev/null | sed -n 's/^trained \([0-9]*\) steps in \([0-9.]*\) s$/\2/p')
-            xc0=$(date +%s.%N)
-            $MPIRUN -np $np "$B/moexc_crosscoder" $XA --cache "$WORK/c.cache" --steps 40 > "$WORK/xc$np.log" 2>&1
-            xc1=$(date +%s.%N)
+            rm -f "$WORK/cpu"
+            lm=$($TIMER $MPIRUN -np $np "$B/moexc_train" $BL 2>/dev/null | sed -n 's/^trained \([0-9]*\) steps in \([0-9.]*\) s$/\2/p')
+            lc=$(cpu); rm -f "$WORK/cpu"
+            $TIMER $MPIRUN -np $np "$B/moexc_crosscoder" $XA --cache "$WORK/c.cache" --steps 40 > "$WORK/xc$np.log" 2>&1
+            xc=$(cpu)
             xr=$(sed -n 's/.* \([0-9]*\) samples\/s.*/\1/p' "$WORK/xc$np.log" | tail -n 1)
             echo "  run $rep, $np rank(s) x 1 thread: LM dense d 64 (30 steps of 16 x 64 tokens) $lm s," \
-                 "$(awk -v t="$lm" 'BEGIN { printf "%.0f", 30 * 16 * 64 / t }') tok/s; crosscoder F 2048 k 32 batch 1024: $xr pairs/s" \
-                 "($(awk -v a="$xc0" -v b="$xc1" 'BEGIN { printf "%.1f", b - a }') s wall with start-up)"
+                 "$(awk -v t="$lm" 'BEGIN { printf "%.0f", 30 * 16 * 64 / t }') tok/s, $lc CPU s;" \
+                 "crosscoder F 2048 k 32 batch 1024 (40 steps): $xr pairs/s, $xc CPU s"
             eval "lm$np=\"\${lm$np:-} $lm\"; xr$np=\"\${xr$np:-} $xr\""
         done
     done
     # best of the two runs of each
     best_lm1=$(echo $lm1 | tr ' ' '\n' | sort -g | head -n 1); best_lm2=$(echo $lm2 | tr ' ' '\n' | sort -g | head -n 1)
     best_x1=$(echo $xr1 | tr ' ' '\n' | sort -g | tail -n 1); best_x2=$(echo $xr2 | tr ' ' '\n' | sort -g | tail -n 1)
-    echo "bench-mpi: LM speed-up of 2 ranks x 1 thread over 1 x 1: $(awk -v a="$best_lm1" -v b="$best_lm2" 'BEGIN { printf "%.2f", a / b }')x;" \
-         "crosscoder: $(awk -v a="$best_x1" -v b="$best_x2" 'BEGIN { printf "%.2f", b / a }')x (best of 2 each)"
+    echo "bench-mpi: speed-up of 2 ranks x 1 thread over 1 rank x 1 thread (best of 2 each): LM" \
+         "$(awk -v a="$best_lm1" -v b="$best_lm2" 'BEGIN { printf "%.2f", a / b }')x, crosscoder" \
+         "$(awk -v a="$best_x1" -v b="$best_x2" 'BEGIN { printf "%.2f", b / a }')x"
     echo "bench-mpi: machine load after $(cut -d' ' -f1-3 /proc/loadavg)"
     exit 0
 fi
