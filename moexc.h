@@ -173,7 +173,8 @@
      >>checkpoint     JSON reader, safetensors writer and validating reader
      >>layers         embedding, RMSNorm, attention+RoPE, SwiGLU, MoE, losses
      >>model          dense and MoE transformers, parameter layout
-     >>train          AdamW, schedules, clipping, router statistics
+     >>train          AdamW, schedules, clipping, router statistics;
+                      the data-parallel hook moexc_reduce (SPEC §9, MPI)
      >>lens           MoE Lens: routing share, co-activation, concentration,
                       single-expert early decoding, perplexity with k' experts
      >>toy            superposition in toy MoEs: sparse synthetic features,
@@ -1183,8 +1184,10 @@ typedef struct moexc_xc_options {
                                to the lowest global row; the dead-latent counters,
                                AuxK's normaliser, the step statistics and
                                moexc_xc_evaluate (each worker scores its share of
-                               the set it is given) are global. init_from_data is
-                               not reduced: give every worker the same sample.
+                               the set it is given) are global; moexc_xc_loss_grad
+                               leaves the gradient this worker's part (train_step
+                               sums it). init_from_data and encode are not
+                               reduced: give every worker the same init sample.
                                Not saved: see moexc_xc_set_reduce.                  */
 } moexc_xc_options;
 
