@@ -20,6 +20,8 @@
 #include <string.h>
 #include <limits.h>
 #ifdef MOEXC_MPI
+#define OMPI_SKIP_MPICXX 1     /* the C API only, also when compiled as C++ */
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #endif
 
