@@ -141,6 +141,12 @@ if [ -f "$WORK/moe.st" ] && [ -f "$WORK/dense.st" ]; then
         if grep -q "dead 0\.[0-9]*[1-9]" "$WORK/xc.$src.1.log"; then pass "crosscoder ($src): some latents died, AuxK took part"
         else fail "crosscoder ($src): no dead latents, AuxK untested" "$WORK/xc.$src.1.log"; fi
     done
+    # --resume of a crosscoder checkpoint on 2 ranks (at its last step: loads, attaches the hook, evaluates)
+    if run "$WORK/xc.res.log" $MPIRUN -np 2 "$B/moexc_crosscoder" $XC_ARGS --cache "$WORK/xc.cache" --resume "$WORK/xc.cache.2.st" &&
+       grep -q "^resumed .* at step 20 of 20" "$WORK/xc.res.log" &&
+       [ "$(grep '^held-out' "$WORK/xc.res.log")" = "$(grep '^held-out' "$WORK/xc.cache.2.log")" ]; then
+        pass "crosscoder: --resume on 2 ranks (same held-out figures as the run that wrote the checkpoint)"
+    else fail "crosscoder: --resume on 2 ranks" "$WORK/xc.res.log"; fi
 else fail "crosscoder: no LM files from part 1"; fi
 
 # ---- 4. errors, not hangs ---------------------------------------------------------
