@@ -87,7 +87,7 @@ typedef struct lm_job {
     fake_member me;
     int world;          /* 0: no hook */
     int hook_world;     /* the world the hook claims (default: world) */
-    int ffn, steps, batch;
+    int ffn, steps, batch, accum;
     float lr;
     /* results */
     moexc_status st_create, st_run;
@@ -118,7 +118,7 @@ static void *lm_worker(void *arg)
     err.message[0] = 0;
     mc.d_model = 32; mc.n_heads = 2; mc.n_layers = 2; mc.context = 32; mc.ffn = j->ffn;
     mc.n_experts = 4; mc.top_k = 2; mc.seed = 7;
-    to.total_steps = j->steps; to.batch_size = j->batch; to.seq_len = 32; to.lr = j->lr;
+    to.total_steps = j->steps; to.batch_size = j->batch; to.seq_len = 32; to.lr = j->lr; to.grad_accum = j->accum;
     to.warmup_steps = 1; to.eval_interval = 2; to.eval_batches = 2; to.seed = 3;
     if (j->world) {
         to.reduce.sum = fake_sum; to.reduce.user = &j->me;
@@ -169,6 +169,7 @@ static void lm_case(int ffn)
     double d;
     memset(&tmpl, 0, sizeof(tmpl));
     tmpl.ffn = ffn; tmpl.steps = 4; tmpl.batch = 4; tmpl.lr = 3e-3f;
+    tmpl.accum = ffn == MOEXC_FFN_MOE ? 2 : 1;   /* the MoE with 2 micro-batches per step */
     world_init(&w1, 1); world_init(&w2, 2);
     lm_run(one, 1, &tmpl, &w1);                    /* no hook, batch 4 */
     tmpl.world = 1; lm_run(hook1, 1, &tmpl, &w1);  /* a hook, one worker */
@@ -183,8 +184,8 @@ static void lm_case(int ffn)
                  "one worker with a hook is bit-identical to no hook");
         TH_CHECK(memcmp(two[0].params, two[1].params, n * sizeof(float)) == 0, "the two workers hold the same bits");
         d = max_diff(one[0].params, two[0].params, n);
-        printf("  %s LM, 4 steps, batch 4: max |param(1 worker) - param(2 workers)| = %.3g\n",
-               ffn == MOEXC_FFN_MOE ? "MoE" : "dense", d);
+        printf("  %s LM, 4 steps of %d x batch 4: max |param(1 worker) - param(2 workers)| = %.3g\n",
+               ffn == MOEXC_FFN_MOE ? "MoE" : "dense", tmpl.accum, d);
         TH_CHECK(d <= 2e-5, "parameters within 2e-5 of one worker: %.3g", d);
         TH_CHECK_NEAR(two[0].eval_nats, one[0].eval_nats, 1e-5, 1e-5, "held-out nats");
         TH_CHECK(two[0].eval_nats == two[1].eval_nats, "the workers' evaluations agree");
