@@ -5,6 +5,8 @@
 #                   ends with one summary table, also in build/bench.json
 #   make portable   the portability matrix (compilers, C++, tcc, scalar, aarch64, s390x)
 #   make sanitize   the test suite under AddressSanitizer + UBSan (clang)
+#   make MPI=1      the same with data-parallel tools over MPI (build/mpi; mpicc)
+#   make mpitest    the tools on 2 MPI ranks against 1 (skipped without MPI)
 # Variables: CC, CFLAGS, OPENMP=0/1 (default 1 when the compiler has it),
 # NATIVE=0/1 (default 1: -march=native when the compiler accepts it),
 # BENCH_THREADS (default 2: the thread count of every benchmark).
@@ -12,6 +14,13 @@
 CC      ?= cc
 OPENMP  ?= 1
 NATIVE  ?= 1
+# MPI=1: the tools moexc_train and moexc_crosscoder train data-parallel over
+# MPI (mpicc, Debian libopenmpi-dev), everything built into build/mpi.
+MPI     ?= 0
+ifeq ($(MPI),1)
+CC      := mpicc
+BUILD   ?= build/mpi
+endif
 BUILD   ?= build
 PYTHON  ?= /usr/bin/python3
 
@@ -289,3 +298,39 @@ $(BUILD)/toy_superposition: | demo-stb
 .PHONY: toy
 toy: $(BUILD)/toy_superposition
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/toy_superposition --out toy_report $(TOY_ARGS)
+
+# ---- area: data parallelism (SPEC §9) ------------------------------------
+# tests/test_dp.c: the reduce hook without MPI (workers are threads of one
+# process, the hook an in-process sum), part of `make test`.
+EXTRA_LIBS_dp = -lpthread
+
+# MPI=1: the two training tools call MPI through tools/mpi_reduce.h.
+ifeq ($(MPI),1)
+EXTRA_CFLAGS_moexc_train      += -DMOEXC_MPI
+EXTRA_CFLAGS_moexc_crosscoder += -DMOEXC_MPI
+endif
+$(BUILD)/moexc_train $(BUILD)/moexc_crosscoder: tools/mpi_reduce.h
+
+# `make mpitest`: tests/test_mpi.sh trains the dense and the MoE LM and the
+# crosscoder on 2 ranks (mpirun --oversubscribe, one thread each) and on 1,
+# compares the parameters, and checks the errors of a bad rank count and of
+# mismatched options. Without mpicc/mpirun it says SKIPPED and succeeds.
+MPI_BUILD ?= build/mpi
+.PHONY: mpitest bench-mpi
+mpitest: $(BUILD)/moexc_train
+	@if command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory MPI=1 BUILD=$(MPI_BUILD) $(MPI_BUILD)/moexc_train $(MPI_BUILD)/moexc_crosscoder \
+	        $(MPI_BUILD)/st_maxdiff && \
+	    sh tests/test_mpi.sh $(MPI_BUILD) $(BUILD); \
+	else echo "mpitest: SKIPPED (no mpicc/mpirun: apt-get install openmpi-bin libopenmpi-dev)"; fi
+$(BUILD)/st_maxdiff: tests/st_maxdiff.c $(BUILD)/moexc.o | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $< $(BUILD)/moexc.o -o $@ $(LDLIBS)
+
+# bench-mpi: crosscoder training pairs/s and LM tokens/s, 2 ranks x 1 thread
+# against 1 rank x 1 thread (skipped without MPI).
+bench: bench-mpi
+bench-mpi:
+	@if command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory MPI=1 BUILD=$(MPI_BUILD) $(MPI_BUILD)/moexc_train $(MPI_BUILD)/moexc_crosscoder && \
+	    sh tests/test_mpi.sh --bench $(MPI_BUILD); \
+	else echo "bench-mpi: SKIPPED (no mpicc/mpirun: apt-get install openmpi-bin libopenmpi-dev)"; fi

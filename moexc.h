@@ -173,7 +173,8 @@
      >>checkpoint     JSON reader, safetensors writer and validating reader
      >>layers         embedding, RMSNorm, attention+RoPE, SwiGLU, MoE, losses
      >>model          dense and MoE transformers, parameter layout
-     >>train          AdamW, schedules, clipping, router statistics
+     >>train          AdamW, schedules, clipping, router statistics;
+                      the data-parallel hook moexc_reduce (SPEC §9, MPI)
      >>lens           MoE Lens: routing share, co-activation, concentration,
                       single-expert early decoding, perplexity with k' experts
      >>toy            superposition in toy MoEs: sparse synthetic features,
@@ -593,6 +594,29 @@ MOEXC_DEF int          moexc_model_active_experts(const moexc_model *m);
    reproduces the uninterrupted run bit for bit. The library never prints:
    progress goes through a callback. */
 
+/* Data-parallel training (SPEC §9): W workers (processes, machines) each
+   hold the whole model or crosscoder, train on their own shard of every
+   global batch, and sum through this hook, so W workers with batch B/W
+   compute the update of one worker with batch B (up to the order of float
+   sums). The library stays free of dependencies: the caller provides the
+   sum (tools/mpi_reduce.h wraps MPI_Allreduce). Zero value (sum NULL) = one
+   worker, nothing changes.
+   sum: replace buf (n elements of moexc_reduce_type `type`) in place by
+   its element-wise sum over all workers; return 0 on success (non-zero
+   fails the step with MOEXC_ERR_IO). Every worker calls it the same number
+   of times with the same n and type, so a worker whose call fails should
+   end the whole job (MPI_Abort). Before its first step, a trainer or
+   crosscoder checks through the hook that `world` workers answer and that
+   their options, data fingerprint, step and state agree; a mismatch is an
+   error on every worker, not a hang. */
+typedef enum moexc_reduce_type { MOEXC_REDUCE_F32 = 0, MOEXC_REDUCE_F64 = 1 } moexc_reduce_type;
+typedef struct moexc_reduce {
+    int  (*sum)(void *buf, size_t n, int type, void *user);
+    void  *user;
+    int    rank;    /* this worker, 0 <= rank < world                         */
+    int    world;   /* number of workers W (the global batch is divisible by W) */
+} moexc_reduce;
+
 /* Zero value = defaults. Fields marked "< 0 off" accept a negative value to
    disable the feature (0 would mean "the default"). */
 typedef struct moexc_train_options {
@@ -612,6 +636,14 @@ typedef struct moexc_train_options {
     int      eval_batches;   /* held-out batches of B x T per evaluation; 0 -> 8     */
     float    eval_fraction;  /* held-out tail of each domain; 0 -> 0.05, < 0 none    */
     uint64_t seed;           /* data-sampling seed                                   */
+    moexc_reduce reduce;     /* data-parallel hook (zero: one worker). batch_size stays
+                                the global B: worker r trains on sequences
+                                [r B/W, (r+1) B/W) of every batch drawn (all workers
+                                draw the same windows), and evaluates its share of the
+                                held-out windows; losses, gradients, routing counts
+                                (the Switch loss's f_i) and evaluations are summed, so
+                                every worker holds the same state. Not saved in
+                                checkpoints: see moexc_trainer_set_reduce.           */
 } moexc_train_options;
 
 /* Learning rate of optimiser step `step` (0-based), defaults resolved:
@@ -709,6 +741,9 @@ MOEXC_DEF moexc_status moexc_trainer_save(const moexc_trainer *t, const char *pa
    its fingerprint differs). The caller frees *trainer, then *model. */
 MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model **model, const char *path,
                                             const moexc_tokens *data, moexc_error *err);
+/* Attach (or with NULL / sum NULL detach) the data-parallel hook, e.g. to a
+   resumed trainer; checks that W divides batch_size. */
+MOEXC_DEF moexc_status moexc_trainer_set_reduce(moexc_trainer *t, const moexc_reduce *r, moexc_error *err);
 
 /* Autoregressive sampling: appends n_new tokens to out after the prompt
    (n_prompt >= 1), each drawn from softmax(logits / temperature) restricted
@@ -1141,6 +1176,19 @@ typedef struct moexc_xc_options {
                                when at most 1/8 of f is non-zero; same results up to
                                summation order)                                      */
     uint64_t seed;
+    moexc_reduce reduce;    /* data-parallel hook (zero: one worker; see moexc_reduce).
+                               Each worker passes its own n pairs to train_step (the
+                               same n on every worker, global batch W n: worker r's
+                               rows are rows [r n, (r+1) n) of it). BatchTopK keeps
+                               the k W n largest scores of the global batch, ties
+                               to the lowest global row; the dead-latent counters,
+                               AuxK's normaliser, the step statistics and
+                               moexc_xc_evaluate (each worker scores its share of
+                               the set it is given) are global; moexc_xc_loss_grad
+                               leaves the gradient this worker's part (train_step
+                               sums it). init_from_data and encode are not
+                               reduced: give every worker the same init sample.
+                               Not saved: see moexc_xc_set_reduce.                  */
 } moexc_xc_options;
 
 typedef struct moexc_xc moexc_xc;
@@ -1243,6 +1291,9 @@ MOEXC_DEF moexc_status moexc_xc_save_training(const moexc_xc *xc, const char *pa
    that training can continue in normalised units; Adam state is restored
    when present. */
 MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_error *err);
+/* Attach (or with NULL / sum NULL detach) the data-parallel hook, e.g. to a
+   loaded crosscoder. */
+MOEXC_DEF moexc_status moexc_xc_set_reduce(moexc_xc *xc, const moexc_reduce *r, moexc_error *err);
 /* ---- >>analysis: relative decoder norm, classes, cosines, density, FVE ---- */
 /* Everything here takes plain arrays, so it works on any crosscoder:
    W_dec^A (F x d_A) and W_dec^B (F x d_B) row-major (A = MoE, B = dense),
@@ -7095,6 +7146,66 @@ MOEXC_DEF double moexc_train_lr(const moexc_train_options *opt, int step)
     return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + cos(3.14159265358979323846 * s / span));
 }
 
+/* ---- data parallelism (SPEC §9): helpers shared with >>crosscoder --------- */
+static int moexc__dp_world(const moexc_reduce *r) { return r->sum ? r->world : 1; }
+static int moexc__dp_rank(const moexc_reduce *r)  { return r->sum ? r->rank : 0; }
+
+static moexc_status moexc__dp_valid(const moexc_reduce *r, const char *who, moexc_error *err)
+{
+    if (r->sum && (r->world < 1 || r->rank < 0 || r->rank >= r->world))
+        return moexc__fail(err, MOEXC_ERR_ARG, "%s: reduce hook with rank %d, world %d (need 0 <= rank < world)",
+                           who, r->rank, r->world);
+    return MOEXC_OK;
+}
+
+/* buf (n elements of type) := its sum over the workers */
+static moexc_status moexc__dp_sum(const moexc_reduce *r, void *buf, size_t n, int type, const char *who, moexc_error *err)
+{
+    int rc;
+    if (!r->sum || n == 0) return MOEXC_OK;
+    rc = r->sum(buf, n, type, r->user);
+    if (rc != 0)
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: the reduce hook failed (code %d) on worker %d of %d",
+                           who, rc, r->rank, r->world);
+    return MOEXC_OK;
+}
+
+/* FNV-1a, 64 bits, over n bytes */
+static uint64_t moexc__fnv64(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    size_t i;
+    for (i = 0; i < n; i++) { h ^= b[i]; h *= UINT64_C(0x100000001B3); }
+    return h;
+}
+
+/* Do `world` workers answer, and do they hold the same fingerprint? One sum
+   of (1, x_j, x_j^2) over the fingerprint's four 16-bit pieces x_j: all
+   workers agree iff W sum x^2 = (sum x)^2 for every piece (Cauchy-Schwarz;
+   exact in double for W < 2^10), and every worker reaches the same verdict. */
+static moexc_status moexc__dp_agree(const moexc_reduce *r, uint64_t print, const char *who, moexc_error *err)
+{
+    double buf[9];
+    int j;
+    moexc_status st;
+    buf[0] = 1.0;
+    for (j = 0; j < 4; j++) {
+        double x = (double)((print >> (16 * j)) & 0xFFFF);
+        buf[1 + 2 * j] = x;
+        buf[2 + 2 * j] = x * x;
+    }
+    if ((st = moexc__dp_sum(r, buf, 9, MOEXC_REDUCE_F64, who, err)) != MOEXC_OK) return st;
+    if (buf[0] != (double)r->world)
+        return moexc__fail(err, MOEXC_ERR_ARG, "%s: %g workers answered the reduce hook, but its world is %d "
+                           "(start as many workers as the hook's world)", who, buf[0], r->world);
+    for (j = 0; j < 4; j++)
+        if (buf[2 + 2 * j] * r->world != buf[1 + 2 * j] * buf[1 + 2 * j])
+            return moexc__fail(err, MOEXC_ERR_ARG, "%s: the %d workers differ in their options, data or state "
+                               "(worker %d's fingerprint %016llx): start every worker with the same options, data "
+                               "and checkpoint", who, r->world, r->rank, (unsigned long long)print);
+    return MOEXC_OK;
+}
+
 /* ---- router statistics ---------------------------------------------------- */
 MOEXC_DEF moexc_status moexc_router_stats_init(moexc_router_stats *s, const moexc_model *m, int n_domains, moexc_error *err)
 {
@@ -7136,11 +7247,12 @@ MOEXC_DEF void moexc_router_stats_free(moexc_router_stats *s)
     memset(s, 0, sizeof(*s));
 }
 
+static void moexc__router_stats_derive(moexc_router_stats *s);
 MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc_model *m,
                                               const uint8_t *domains, int n, moexc_error *err)
 {
     /* the choices are (n x k') with k' the experts in effect (forced or top_k) */
-    int L = s->n_layers, E = s->n_experts, K = moexc_model_active_experts(m), D = s->n_domains, l, t, j, e, d;
+    int L = s->n_layers, E = s->n_experts, K = moexc_model_active_experts(m), D = s->n_domains, l, t, j, e;
     for (t = 0; domains && t < n; t++)
         if (domains[t] >= D) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: domain label %d >= %d", domains[t], D);
     for (t = 0; domains && t < n; t++) s->domain_tokens[domains[t]] += 1.0;
@@ -7151,7 +7263,6 @@ MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc
         const int *choice = moexc_model_router_choices(m, l);
         double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
         double *dcount = s->domain_count + (size_t)l * D * E;
-        double h = 0.0, all_slots = 0.0;
         if (!p || !choice) return moexc__fail(err, MOEXC_ERR_ARG, "router stats: layer %d has no router output", l);
         for (t = 0; t < n; t++) {
             for (j = 0; j < K; j++) {
@@ -7162,6 +7273,19 @@ MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc
             }
             for (e = 0; e < E; e++) psum[e] += p[(size_t)t * E + e];
         }
+    }
+    moexc__router_stats_derive(s);
+    return MOEXC_OK;
+}
+
+/* The derived statistics (f, P, entropy, domain_share) from the sums. */
+static void moexc__router_stats_derive(moexc_router_stats *s)
+{
+    int L = s->n_layers, E = s->n_experts, D = s->n_domains, l, e, d;
+    for (l = 0; l < L; l++) {
+        double *slots = s->slot_count + (size_t)l * E, *psum = s->prob_sum + (size_t)l * E;
+        double *dcount = s->domain_count + (size_t)l * D * E;
+        double h = 0.0, all_slots = 0.0;
         /* f_e = (1/(kN)) sum_t 1{e in S(t)} = slots_e / sum slots (k may differ
            between the forwards added),  P_e = (1/N) sum_t p_{t,e},  H = -sum f log2 f */
         for (e = 0; e < E; e++) all_slots += slots[e];
@@ -7177,7 +7301,6 @@ MOEXC_DEF moexc_status moexc_router_stats_add(moexc_router_stats *s, const moexc
                 s->domain_share[((size_t)l * D + d) * E + e] =
                     s->domain_tokens[d] > 0 ? dcount[(size_t)d * E + e] / s->domain_tokens[d] : 0.0;
     }
-    return MOEXC_OK;
 }
 
 /* ---- the trainer ------------------------------------------------------------ */
@@ -7208,6 +7331,7 @@ struct moexc_trainer {
     double                  *step_slots;  /* [L][E] routing counts of the current step */
     moexc_router_stats       router;
     moexc_eval_result        eval;
+    int                      dp_checked;  /* the workers of opt.reduce agreed (moexc__trainer_dp_check) */
 };
 
 MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t) { return &t->opt; }
@@ -7345,6 +7469,10 @@ static moexc_status moexc__trainer_check(const moexc_trainer *t, moexc_error *er
         return moexc__fail(err, MOEXC_ERR_ARG, "train options: seq_len %d outside [1, context %d]", o->seq_len, c->context);
     if (!(o->eval_fraction < 0.5f))
         return moexc__fail(err, MOEXC_ERR_ARG, "train options: eval_fraction %g must be < 0.5", o->eval_fraction);
+    if (moexc__dp_valid(&o->reduce, "train options", err) != MOEXC_OK) return MOEXC_ERR_ARG;
+    if (o->batch_size % moexc__dp_world(&o->reduce) != 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "train options: batch_size %d is not divisible by the %d workers of the "
+                           "reduce hook (batch_size is the global batch)", o->batch_size, o->reduce.world);
     if (!d || d->n == 0 || d->n_domains < 1 || d->n_domains > MOEXC_MAX_DOMAINS)
         return moexc__fail(err, MOEXC_ERR_ARG, "trainer: empty token stream or bad domain count");
     if (d->vocab_size > c->vocab_size)
@@ -7420,10 +7548,11 @@ static void moexc__trainer_fill(moexc_trainer *t, int b, size_t s)
     }
 }
 
-/* B random training windows: a start uniform over all valid starts. */
+/* B random training windows: a start uniform over all valid starts. With a
+   reduce hook every worker draws all B and keeps its share [lo, lo + B/W). */
 static void moexc__trainer_sample(moexc_trainer *t)
 {
-    int b;
+    int b, share = t->opt.batch_size / moexc__dp_world(&t->opt.reduce), first = moexc__dp_rank(&t->opt.reduce) * share;
     for (b = 0; b < t->opt.batch_size; b++) {
         size_t u = (size_t)(moexc_rng_u64(&t->rng) % (uint64_t)t->n_train_starts);  /* bias < n/2^64 */
         size_t lo = 0, hi = t->n_train_runs - 1, prev;
@@ -7432,8 +7561,142 @@ static void moexc__trainer_sample(moexc_trainer *t)
             if (t->train_cum[mid] > u) hi = mid; else lo = mid + 1;
         }
         prev = lo ? t->train_cum[lo - 1] : 0;
-        moexc__trainer_fill(t, b, t->train_runs[lo].start + (u - prev));
+        if (b >= first && b < first + share) moexc__trainer_fill(t, b - first, t->train_runs[lo].start + (u - prev));
     }
+}
+
+/* ---- data-parallel steps (SPEC §9; see moexc_reduce) ----------------------- */
+static uint32_t moexc__trainer_state_crc(moexc_trainer *t);
+
+/* Before the first step with a hook: the workers' options, data, step,
+   sampling state, parameters and moments must agree. */
+static moexc_status moexc__trainer_dp_check(moexc_trainer *t, moexc_error *err)
+{
+    const moexc_train_options *o = &t->opt;
+    uint64_t h = UINT64_C(0xCBF29CE484222325), n_params = (uint64_t)t->n_params;
+    uint32_t crc = moexc__trainer_state_crc(t);
+    moexc_status st;
+    h = moexc__fnv64(h, &o->lr, sizeof(float));           h = moexc__fnv64(h, &o->min_lr_ratio, sizeof(float));
+    h = moexc__fnv64(h, &o->beta1, sizeof(float));        h = moexc__fnv64(h, &o->beta2, sizeof(float));
+    h = moexc__fnv64(h, &o->eps, sizeof(float));          h = moexc__fnv64(h, &o->weight_decay, sizeof(float));
+    h = moexc__fnv64(h, &o->grad_clip, sizeof(float));    h = moexc__fnv64(h, &o->warmup_steps, sizeof(int));
+    h = moexc__fnv64(h, &o->total_steps, sizeof(int));    h = moexc__fnv64(h, &o->batch_size, sizeof(int));
+    h = moexc__fnv64(h, &o->seq_len, sizeof(int));        h = moexc__fnv64(h, &o->grad_accum, sizeof(int));
+    h = moexc__fnv64(h, &o->eval_interval, sizeof(int));  h = moexc__fnv64(h, &o->eval_batches, sizeof(int));
+    h = moexc__fnv64(h, &o->eval_fraction, sizeof(float)); h = moexc__fnv64(h, &o->seed, sizeof(uint64_t));
+    h = moexc__fnv64(h, &t->step, sizeof(int));           h = moexc__fnv64(h, &t->rng.state, sizeof(uint64_t));
+    h = moexc__fnv64(h, &t->data_crc, sizeof(uint32_t));  h = moexc__fnv64(h, &n_params, sizeof(uint64_t));
+    h = moexc__fnv64(h, &crc, sizeof(uint32_t));
+    if ((st = moexc__dp_agree(&o->reduce, h, "trainer", err)) != MOEXC_OK) return st;
+    t->dp_checked = 1;
+    return MOEXC_OK;
+}
+
+/* Between a micro-batch's forward and backward. The Switch loss's
+   f_i = (1/(kN)) sum_t 1{i in S(t)} counts the global batch's N = W n
+   tokens: the workers sum their routing counts and P_i sums, and each MoE
+   layer's f_i becomes the global one before the backward reads it
+   (dp_ti += alpha E f_i / n, summed over workers then / W: alpha E f_i / N).
+   The loss figures become the global batch's: ce and z are means over
+   equal shards, L_lb = alpha E sum_i f_i P_i with the global f and P. */
+static moexc_status moexc__trainer_dp_router(moexc_trainer *t, moexc_loss_stats *ls, int n_tok, moexc_error *err)
+{
+    moexc_model *m = t->model;
+    const moexc_model_config *c = moexc_model_get_config(m);
+    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = moexc_model_active_experts(m);
+    int W = moexc__dp_world(&t->opt.reduce), l, e, i;
+    size_t LE = (size_t)L * (size_t)E;
+    double *buf = (double *)moexc__calloc(2 * LE + 2, sizeof(double)), N = (double)n_tok * W, lb = 0.0;
+    moexc_status st;
+    if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (reduce)");
+    for (l = 0; l < L; l++) {
+        const moexc__moe_acts *a = &m->acts[l].moe;
+        for (e = 0; e < E; e++) {
+            double ps = 0.0;
+            for (i = 0; i < n_tok; i++) ps += a->probs[(size_t)i * E + e];
+            buf[(size_t)l * E + e] = (double)(a->expert_offset[e + 1] - a->expert_offset[e]);
+            buf[LE + (size_t)l * E + e] = ps;
+        }
+    }
+    buf[2 * LE] = ls->ce;
+    buf[2 * LE + 1] = ls->z;
+    if ((st = moexc__dp_sum(&t->opt.reduce, buf, 2 * LE + 2, MOEXC_REDUCE_F64, "trainer", err)) != MOEXC_OK) {
+        moexc__free(buf);
+        return st;
+    }
+    for (l = 0; l < L; l++) {
+        moexc__moe_acts *a = &m->acts[l].moe;
+        for (e = 0; e < E; e++) {   /* f_i = count_i / (kN), P_i = psum_i / N */
+            a->frac[e] = (float)(buf[(size_t)l * E + e] / ((double)K * N));
+            a->pmean[e] = (float)(buf[LE + (size_t)l * E + e] / N);
+            lb += (double)a->frac[e] * buf[LE + (size_t)l * E + e] / N;
+        }
+    }
+    ls->lb = c->lb_alpha > 0.0f ? c->lb_alpha * (double)E * lb : 0.0;
+    ls->ce = buf[2 * LE] / W;
+    ls->z = buf[2 * LE + 1] / W;
+    ls->loss = ls->ce + ls->lb + ls->z;
+    moexc__free(buf);
+    return MOEXC_OK;
+}
+
+/* After the micro-batches: the gradient (each worker's the mean over its
+   n tokens) summed over the W workers and divided by W is the gradient of
+   the mean over the global batch; the step's routing counts are summed. */
+static moexc_status moexc__trainer_dp_grads(moexc_trainer *t, moexc_error *err)
+{
+    const moexc_model_config *c = moexc_model_get_config(t->model);
+    int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, W = moexc__dp_world(&t->opt.reduce);
+    float *grad = moexc_model_grads(t->model);
+    moexc_status st = moexc__dp_sum(&t->opt.reduce, grad, t->n_params, MOEXC_REDUCE_F32, "trainer", err);
+    if (st != MOEXC_OK) return st;
+    if (W > 1) moexc__scale_par(grad, 1.0f / (float)W, t->n_params);
+    return moexc__dp_sum(&t->opt.reduce, t->step_slots, (size_t)L * (size_t)c->n_experts, MOEXC_REDUCE_F64, "trainer", err);
+}
+
+/* After an evaluation: per-domain sums and the routing statistics summed,
+   then the derived statistics refreshed. */
+static moexc_status moexc__trainer_dp_eval(moexc_trainer *t, double *nats, double *count, moexc_error *err)
+{
+    moexc_router_stats *rs = &t->router;
+    size_t D = MOEXC_MAX_DOMAINS, L = (size_t)rs->n_layers, E = (size_t)rs->n_experts, i;
+    size_t n_sums = 2 * L * E + L * (size_t)rs->n_domains * E, n = 3 * D + 1 + n_sums;
+    double *buf = (double *)moexc__calloc(n, sizeof(double));
+    moexc_status st;
+    if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "trainer: out of memory (reduce)");
+    memcpy(buf, nats, D * sizeof(double));
+    memcpy(buf + D, count, D * sizeof(double));
+    memcpy(buf + 2 * D, rs->domain_tokens, D * sizeof(double));
+    buf[3 * D] = rs->n_tokens;
+    for (i = 0; i < 2 * L * E; i++) buf[3 * D + 1 + i] = i < L * E ? rs->slot_count[i] : rs->prob_sum[i - L * E];
+    for (i = 0; i < n_sums - 2 * L * E; i++) buf[3 * D + 1 + 2 * L * E + i] = rs->domain_count[i];
+    st = moexc__dp_sum(&t->opt.reduce, buf, n, MOEXC_REDUCE_F64, "trainer evaluation", err);
+    if (st == MOEXC_OK) {
+        memcpy(nats, buf, D * sizeof(double));
+        memcpy(count, buf + D, D * sizeof(double));
+        memcpy(rs->domain_tokens, buf + 2 * D, D * sizeof(double));
+        rs->n_tokens = buf[3 * D];
+        for (i = 0; i < 2 * L * E; i++) *(i < L * E ? &rs->slot_count[i] : &rs->prob_sum[i - L * E]) = buf[3 * D + 1 + i];
+        for (i = 0; i < n_sums - 2 * L * E; i++) rs->domain_count[i] = buf[3 * D + 1 + 2 * L * E + i];
+        moexc__router_stats_derive(rs);
+    }
+    moexc__free(buf);
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_trainer_set_reduce(moexc_trainer *t, const moexc_reduce *r, moexc_error *err)
+{
+    moexc_reduce none;
+    memset(&none, 0, sizeof(none));
+    if (!t) return moexc__fail(err, MOEXC_ERR_ARG, "trainer set_reduce: trainer is NULL");
+    if (!r) r = &none;
+    if (moexc__dp_valid(r, "trainer set_reduce", err) != MOEXC_OK) return MOEXC_ERR_ARG;
+    if (t->opt.batch_size % moexc__dp_world(r) != 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "trainer set_reduce: batch_size %d is not divisible by the %d workers "
+                           "(batch_size is the global batch)", t->opt.batch_size, r->world);
+    t->opt.reduce = *r;
+    t->dp_checked = 0;
+    return MOEXC_OK;
 }
 
 /* AdamW (decoupled weight decay, as torch.optim.AdamW), step t >= 1:
@@ -7484,7 +7747,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
 {
     const moexc_model_config *c = moexc_model_get_config(t->model);
     const moexc_train_options *o = &t->opt;
-    int B = o->batch_size, T = o->seq_len, A = o->grad_accum, a, l, e, j;
+    int B = o->batch_size / moexc__dp_world(&o->reduce), T = o->seq_len, A = o->grad_accum, a, l, e, j;   /* B: this worker's */
     int L = c->ffn == MOEXC_FFN_MOE ? c->n_layers : 0, E = c->n_experts, K = moexc_model_active_experts(t->model);
     float *grad = moexc_model_grads(t->model);
     size_t n = t->n_params;
@@ -7492,12 +7755,14 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     moexc_train_progress p;
     moexc_status st;
 
+    if (o->reduce.sum && !t->dp_checked && (st = moexc__trainer_dp_check(t, err)) != MOEXC_OK) return st;
     moexc_model_zero_grad(t->model);
     if (L) memset(t->step_slots, 0, (size_t)L * (size_t)E * sizeof(double));
     for (a = 0; a < A; a++) {
         moexc_loss_stats ls;
         moexc__trainer_sample(t);
         if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK) return st;
+        if (o->reduce.sum && (st = moexc__trainer_dp_router(t, &ls, B * T, err)) != MOEXC_OK) return st;
         if ((st = moexc_model_backward(t->model, err)) != MOEXC_OK) return st;
         sum_loss += ls.loss; sum_ce += ls.ce; sum_lb += ls.lb; sum_z += ls.z;
         for (l = 0; l < L; l++) {
@@ -7505,6 +7770,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
             for (j = 0; choice && j < B * T * K; j++) t->step_slots[(size_t)l * E + choice[j]] += 1.0;
         }
     }
+    if (o->reduce.sum && (st = moexc__trainer_dp_grads(t, err)) != MOEXC_OK) return st;   /* sum / W */
     /* the step's loss is the mean over micro-batches: average the gradients */
     if (A > 1) moexc__scale_par(grad, 1.0f / (float)A, n);
     norm2 = moexc__sumsq_par(grad, n);
@@ -7519,14 +7785,14 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     lr = moexc_train_lr(o, t->step);
     moexc__adamw(t, lr);
     t->step++;
-    t->tokens += (double)A * B * T;
+    t->tokens += (double)A * o->batch_size * T;
 
     memset(&p, 0, sizeof(p));
     p.step = t->step; p.total_steps = o->total_steps; p.tokens = t->tokens;
     p.loss = sum_loss / A; p.ce = sum_ce / A; p.lb = sum_lb / A; p.z = sum_z / A;
     p.lr = lr; p.grad_norm = norm;
     if (L) {
-        double slots = (double)A * B * T * K;
+        double slots = (double)A * o->batch_size * T * K;
         p.usage_min = 1.0;
         for (l = 0; l < L; l++)
             for (e = 0; e < E; e++) {
@@ -7561,14 +7827,18 @@ MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval
     moexc_router_stats_reset(&t->router);
     for (w = 0; w < want; ) {
         int nb = (int)MOEXC__MIN((size_t)B, want - w), i;
+        /* with a reduce hook this worker scores windows [lo, hi) of each batch */
+        int lo = nb * moexc__dp_rank(&o->reduce) / moexc__dp_world(&o->reduce);
+        int hi = nb * (moexc__dp_rank(&o->reduce) + 1) / moexc__dp_world(&o->reduce);
         for (b = 0; b < nb; b++, w++) {
             size_t idx = (size_t)((double)w * (double)total / (double)want), k = idx;  /* evenly spaced */
-            for (r = 0; r < t->n_eval_runs; r++) {
+            for (r = 0; b >= lo && b < hi && r < t->n_eval_runs; r++) {
                 size_t cnt = t->eval_runs[r].len > (size_t)T ? (t->eval_runs[r].len - 1) / (size_t)T : 0;
-                if (k < cnt) { moexc__trainer_fill(t, b, t->eval_runs[r].start + k * (size_t)T); break; }
+                if (k < cnt) { moexc__trainer_fill(t, b - lo, t->eval_runs[r].start + k * (size_t)T); break; }
                 k -= cnt;
             }
         }
+        if ((nb = hi - lo) == 0) continue;
         if ((st = moexc_model_forward(t->model, t->inputs, NULL, nb, T, NULL, err)) != MOEXC_OK) return st;
         {
             const float *logits = moexc_model_logits(t->model);
@@ -7585,6 +7855,7 @@ MOEXC_DEF moexc_status moexc_trainer_evaluate(moexc_trainer *t, const moexc_eval
         }
         if ((st = moexc_router_stats_add(&t->router, t->model, t->input_labels, nb * T, err)) != MOEXC_OK) return st;
     }
+    if (o->reduce.sum && (st = moexc__trainer_dp_eval(t, nats, count, err)) != MOEXC_OK) return st;
     res->step = t->step;
     res->n_domains = t->data->n_domains;
     for (dom = 0; dom < t->data->n_domains; dom++) {
@@ -9760,6 +10031,10 @@ struct moexc_xc {
     float   *thr_buf;                             /* (threads x thr_len) */
     unsigned char *thr_keep;                      /* (threads x F)      */
     size_t   thr_len;
+    int      dp_checked;                          /* the workers of opt.reduce agreed */
+    float    dp_select_t, dp_select_ratio;        /* select_t / select_ratio of the global selection
+                                                     (moexc__xc_select_dp): moved only by training
+                                                     steps, so the same on every worker */
 };
 
 #define MOEXC__XC_P(xc, off) ((xc)->params + (xc)->off)
@@ -9973,6 +10248,7 @@ MOEXC_DEF moexc_status moexc_xc_create(moexc_xc **out, int d_a, int d_b, const m
         !(o.threshold_beta > 0.0f && o.threshold_beta < 1.0f) || !(o.init_norm > 0.0f))
         return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: lr %g, decay_frac %g, threshold_beta %g or init_norm %g out of range",
                            o.lr, o.decay_frac, o.threshold_beta, o.init_norm);
+    if (moexc__dp_valid(&o.reduce, "crosscoder", err) != MOEXC_OK) return MOEXC_ERR_ARG;
 
     xc = (moexc_xc *)moexc__calloc(1, sizeof(*xc));
     if (!xc) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory");
@@ -10334,6 +10610,312 @@ static moexc_status moexc__xc_select(moexc_xc *xc, const float *pre, int n, floa
         xc->select_ratio = MOEXC__MIN(0.9f, xc->select_ratio + 0.05f);
     }
     if (min_kept) *min_kept = t;
+    return MOEXC_OK;
+}
+
+/* ---- data parallelism (SPEC §9; see moexc_reduce) ------------------------------ */
+
+/* Bits of a positive float, which order like the floats. */
+static uint32_t moexc__xc_bits(float s)
+{
+    uint32_t bits;
+    memcpy(&bits, &s, 4);
+    return bits;
+}
+
+/* i in [0, n) of the largest j with above + sum_{j' > j} h[j'] < target <=
+   above + sum_{j' >= j} h[j']; *above becomes the count of values in the
+   higher bins. */
+static int moexc__dp_bin(const double *h, int n, double target, double *above)
+{
+    int j;
+    for (j = n - 1; j > 0; j--) {
+        if (*above + h[j] >= target) return j;
+        *above += h[j];
+    }
+    return 0;
+}
+
+/* BatchTopK selection over the global batch of W workers (SPEC §4 under
+   SPEC §9): worker r holds rows [r n, (r+1) n) of the W n rows, and the
+   k W n largest scores of all of them are kept (all positive ones if fewer),
+   ties at the boundary to the lowest global row-major index: exactly what
+   moexc__xc_select keeps for one worker holding the whole batch. The
+   (k W n)-th largest score t is found by its bits (positive floats order
+   like their bit patterns): the summed histogram of the top 12 bits
+   (moexc__xc_scan_scores' buckets) gives t's bucket, summed histograms of
+   the next 10 and of the last 10 bits of the scores in that bucket pin
+   t's bits; then the workers' counts of s == t, in rank order, say how many
+   of the ties each keeps (the first `need` of the global batch). The scans'
+   floor (it changes the work, never the result) follows dp_select_t and
+   dp_select_ratio as moexc__xc_select's follows select_t: only global
+   selections move them, so every worker scans with the same floor. Four
+   sums: 4096 + 1024 + 1024 bin counts, ties (W). Writes the kept entries
+   by row with f = pre; *min_kept = t, the smallest kept score. */
+static moexc_status moexc__xc_select_dp(moexc_xc *xc, const float *pre, int n, float *min_kept, moexc_error *err)
+{
+    const moexc_reduce *r = &xc->opt.reduce;
+    int W = moexc__dp_world(r), rank = moexc__dp_rank(r), T = xc->n_threads, c, j, j1 = 0, j2 = 0, j3 = 0;
+    double kn = (double)xc->opt.k * n * W, total = 0.0, above = 0.0, target, need, prior = 0.0, eq = 0.0;
+    double *buf = (double *)moexc__calloc(MOEXC__SCORE_BUCKETS + (size_t)W, sizeof(double));
+    size_t n_coll = 0, n_cand = 0, e, out;
+    uint32_t tbits;
+    float floor, t = 0.0f;
+    moexc_status st;
+    if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory (reduce)");
+    if (xc->dp_select_ratio == 0.0f) xc->dp_select_ratio = 0.9f;   /* as select_ratio's start */
+    floor = xc->dp_select_ratio * xc->dp_select_t;
+    for (;;) {   /* level 1: the summed histogram of the scores >= floor */
+#ifdef _OPENMP
+#       pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
+#endif
+        for (c = 0; c < T; c++) {
+            ptrdiff_t *h = xc->hist + (size_t)c * MOEXC__SCORE_BUCKETS;
+            memset(h, 0, MOEXC__SCORE_BUCKETS * sizeof(ptrdiff_t));
+            moexc__xc_scan_scores(xc, pre, (int)((int64_t)n * c / T), (int)((int64_t)n * (c + 1) / T), floor, h, 0, 0, NULL, NULL);
+        }
+        memset(buf, 0, MOEXC__SCORE_BUCKETS * sizeof(double));
+        for (c = 0; c < T; c++)
+            for (j = 0; j < MOEXC__SCORE_BUCKETS; j++) buf[j] += (double)xc->hist[(size_t)c * MOEXC__SCORE_BUCKETS + j];
+        if ((st = moexc__dp_sum(r, buf, MOEXC__SCORE_BUCKETS, MOEXC_REDUCE_F64, "crosscoder selection", err)) != MOEXC_OK) goto done;
+        for (total = 0.0, j = 0; j < MOEXC__SCORE_BUCKETS; j++) total += buf[j];
+        if (total >= kn || floor == 0.0f) break;
+        floor = 0.0f;
+        xc->dp_select_ratio = MOEXC__MAX(0.25f, 0.5f * xc->dp_select_ratio);
+    }
+    target = MOEXC__MIN(kn, total);     /* keep the `target` largest scores */
+    if (target > 0.0) j1 = moexc__dp_bin(buf, MOEXC__SCORE_BUCKETS, target, &above);
+    /* collect this worker's scores in bucket >= j1 (its entries) and in j1 (candidates) */
+    for (c = 0; c < T; c++) {
+        const ptrdiff_t *h = xc->hist + (size_t)c * MOEXC__SCORE_BUCKETS;
+        xc->chunk_pos[c] = n_coll; xc->chunk_pos[T + c] = n_cand;
+        for (j = target > 0.0 ? j1 : MOEXC__SCORE_BUCKETS; j < MOEXC__SCORE_BUCKETS; j++) n_coll += (size_t)h[j];
+        n_cand += target > 0.0 ? (size_t)h[j1] : 0;
+    }
+    if ((st = moexc__xc_entry_room(xc, MOEXC__MAX(n_coll, (size_t)1), MOEXC__MAX(n_cand, (size_t)1), err)) != MOEXC_OK) goto done;
+    if (target > 0.0) {
+#ifdef _OPENMP
+#       pragma omp parallel for schedule(static) if (T > 1 && (double)n * xc->F >= 262144.0)
+#endif
+        for (c = 0; c < T; c++)
+            moexc__xc_scan_scores(xc, pre, (int)((int64_t)n * c / T), (int)((int64_t)n * (c + 1) / T), floor, NULL, 1,
+                                  (uint32_t)j1, &xc->chunk_pos[c], &xc->chunk_pos[T + c]);
+        /* level 2: bits 10..19 of the candidates; level 3: bits 0..9 of those in bin j2 */
+        memset(buf, 0, 1024 * sizeof(double));
+        for (e = 0; e < n_cand; e++) buf[(moexc__xc_bits(xc->cand[e]) >> 10) & 0x3FF] += 1.0;
+        if ((st = moexc__dp_sum(r, buf, 1024, MOEXC_REDUCE_F64, "crosscoder selection", err)) != MOEXC_OK) goto done;
+        j2 = moexc__dp_bin(buf, 1024, target, &above);
+        memset(buf, 0, 1024 * sizeof(double));
+        for (e = 0; e < n_cand; e++) {
+            uint32_t b = moexc__xc_bits(xc->cand[e]);
+            if ((int)((b >> 10) & 0x3FF) == j2) buf[b & 0x3FF] += 1.0;
+        }
+        if ((st = moexc__dp_sum(r, buf, 1024, MOEXC_REDUCE_F64, "crosscoder selection", err)) != MOEXC_OK) goto done;
+        j3 = moexc__dp_bin(buf, 1024, target, &above);
+        tbits = ((uint32_t)j1 << MOEXC__SCORE_SHIFT) | ((uint32_t)j2 << 10) | (uint32_t)j3;
+        memcpy(&t, &tbits, 4);
+    }
+    /* ties: above scores > t were kept; `need` of the s == t, lowest global index first */
+    need = target - above;
+    for (e = 0; e < n_cand; e++) eq += xc->cand[e] == t;
+    memset(buf, 0, (size_t)W * sizeof(double));
+    buf[rank] = eq;
+    if ((st = moexc__dp_sum(r, buf, (size_t)W, MOEXC_REDUCE_F64, "crosscoder selection", err)) != MOEXC_OK) goto done;
+    for (c = 0; c < rank; c++) prior += buf[c];
+    need = MOEXC__MAX(0.0, MOEXC__MIN(eq, need - prior));
+    /* keep s > t and the first `need` s == t, in row-major order; f = pre */
+    for (e = 0, out = 0; e < n_coll; e++) {
+        float s = xc->ent_val[e];
+        if (!(s > t || (s == t && need > 0.0))) continue;
+        if (s == t) need -= 1.0;
+        xc->ent_row[out] = xc->ent_row[e];
+        xc->ent_lat[out] = xc->ent_lat[e];
+        xc->ent_val[out] = pre[(size_t)xc->ent_row[e] * (size_t)xc->F + (size_t)xc->ent_lat[e]];
+        out++;
+    }
+    xc->n_ent = out;
+    xc->dp_select_t = t;
+    xc->dp_select_ratio = MOEXC__MIN(0.9f, xc->dp_select_ratio + 0.05f);
+    if (min_kept) *min_kept = t;
+done:
+    moexc__free(buf);
+    return st;
+}
+
+/* After the AuxK forward of a step: the figures of the global batch of the
+   W workers' n pairs each. Sums of n, of e^m, x^m and AuxK's target e^m
+   give the global means; then the centred sums of squares about them give
+   FVE^m = 1 - sum Var(e^m) / sum Var(x^m) and AuxK's normaliser
+   sum_m ||e^m - mean(e^m)||^2 over the global batch, so
+   L_aux = sum_m ||e^m - ê^m||^2 (summed) / that. The local AuxK gradient
+   uses *inv_den = W / den: it is summed over the workers and divided by W
+   with the rest of the gradient (whose terms are means over n). */
+static moexc_status moexc__xc_dp_stats(moexc_xc *xc, int n, moexc_xc_step_stats *s, double *inv_den, moexc_error *err)
+{
+    const moexc_reduce *r = &xc->opt.reduce;
+    int W = moexc__dp_world(r), dc = xc->d_cat, aux = xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->opt.aux_k > 0 && xc->n_aux > 0;
+    int m, b, j, off;
+    size_t n1 = 6 + 3 * (size_t)dc;
+    double *buf = (double *)moexc__calloc(n1 + 6, sizeof(double)), *sum2, N;
+    moexc_status st;
+    if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory (reduce)");
+    /* [n, n^2, rec_m n (2), penalty n, l0 n, sum_b e (d_cat), sum_b x (d_cat), sum_b aux_e (d_cat)] */
+    buf[0] = n; buf[1] = (double)n * n;
+    buf[2] = s->rec_m[0] * n; buf[3] = s->rec_m[1] * n; buf[4] = s->penalty * n; buf[5] = s->l0 * n;
+    for (m = 0, off = 0; m < 2; off += xc->d[m], m++)
+        for (b = 0; b < n; b++)
+            for (j = 0; j < xc->d[m]; j++) {
+                size_t i = (size_t)b * (size_t)xc->d[m] + (size_t)j;
+                buf[6 + off + j] += xc->e[m][i];
+                buf[6 + dc + off + j] += xc->xs[m][i];
+                if (aux) buf[6 + 2 * dc + off + j] += xc->aux_e[m][i];
+            }
+    if ((st = moexc__dp_sum(r, buf, n1, MOEXC_REDUCE_F64, "crosscoder", err)) != MOEXC_OK) goto done;
+    if (buf[1] * W != buf[0] * buf[0]) {
+        st = moexc__fail(err, MOEXC_ERR_ARG, "crosscoder: the %d workers' batches differ in size (this worker: %d pairs); "
+                         "every worker needs the same n", W, n);
+        goto done;
+    }
+    N = buf[0];
+    s->rec_m[0] = buf[2] / N; s->rec_m[1] = buf[3] / N; s->rec = s->rec_m[0] + s->rec_m[1];
+    s->penalty = buf[4] / N; s->l0 = buf[5] / N;
+    for (j = 0; j < 3 * dc; j++) buf[6 + j] /= N;   /* the means */
+    /* [css(e^A), css(e^B), css(x^A), css(x^B), css(aux_e), ||aux_e - ê||^2] about the global means */
+    sum2 = buf + n1;
+    for (m = 0, off = 0; m < 2; off += xc->d[m], m++)
+        for (b = 0; b < n; b++)
+            for (j = 0; j < xc->d[m]; j++) {
+                size_t i = (size_t)b * (size_t)xc->d[m] + (size_t)j;
+                double de = xc->e[m][i] - buf[6 + off + j], dx = xc->xs[m][i] - buf[6 + dc + off + j];
+                sum2[m] += de * de;
+                sum2[2 + m] += dx * dx;
+                if (aux) {
+                    double da = xc->aux_e[m][i] - buf[6 + 2 * dc + off + j], dr = (double)xc->aux_e[m][i] - xc->ehat[m][i];
+                    sum2[4] += da * da;
+                    sum2[5] += dr * dr;
+                }
+            }
+    if ((st = moexc__dp_sum(r, sum2, 6, MOEXC_REDUCE_F64, "crosscoder", err)) != MOEXC_OK) goto done;
+    for (m = 0; m < 2; m++) s->fve[m] = 1.0 - sum2[m] / sum2[2 + m];
+    s->aux = 0.0;
+    *inv_den = 0.0;
+    if (aux && sum2[4] > 0.0) {
+        s->aux = sum2[5] / sum2[4];
+        *inv_den = (double)W / sum2[4];
+    }
+done:
+    moexc__free(buf);
+    return st;
+}
+
+/* The gradient (each worker's, of means over its n pairs) summed over the
+   workers and divided by W: the gradient of the global batch's mean. */
+static moexc_status moexc__xc_dp_grads(moexc_xc *xc, moexc_error *err)
+{
+    int W = moexc__dp_world(&xc->opt.reduce);
+    size_t i;
+    moexc_status st = moexc__dp_sum(&xc->opt.reduce, xc->grads, xc->n_params, MOEXC_REDUCE_F32, "crosscoder", err);
+    if (st != MOEXC_OK || W == 1) return st;
+    for (i = 0; i < xc->n_params; i++) xc->grads[i] *= 1.0f / (float)W;
+    return MOEXC_OK;
+}
+
+/* A latent fired in the global batch if it fired on any worker. */
+static moexc_status moexc__xc_dp_fired(moexc_xc *xc, moexc_error *err)
+{
+    size_t F = (size_t)xc->F, j;
+    float *buf = (float *)moexc__malloc(F * sizeof(float));
+    moexc_status st;
+    if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder: out of memory (reduce)");
+    for (j = 0; j < F; j++) buf[j] = xc->fired[j] ? 1.0f : 0.0f;
+    st = moexc__dp_sum(&xc->opt.reduce, buf, F, MOEXC_REDUCE_F32, "crosscoder", err);
+    for (j = 0; st == MOEXC_OK && j < F; j++) xc->fired[j] = buf[j] > 0.0f;
+    moexc__free(buf);
+    return st;
+}
+
+/* Before the first step with a hook: options, widths, scales, threshold,
+   step, batch size, parameters, moments and dead counters must agree. */
+static moexc_status moexc__xc_dp_check(moexc_xc *xc, int n, moexc_error *err)
+{
+    const moexc_xc_options *o = &xc->opt;
+    uint64_t h = UINT64_C(0xCBF29CE484222325);
+    uint32_t crc;
+    moexc_status st;
+    crc = moexc__floats_crc(0, xc->params, xc->n_params);
+    crc = moexc__floats_crc(crc, xc->adam_m, xc->n_params);
+    crc = moexc__floats_crc(crc, xc->adam_v, xc->n_params);
+    h = moexc__fnv64(h, &o->n_latents, sizeof(int));     h = moexc__fnv64(h, &o->variant, sizeof(int));
+    h = moexc__fnv64(h, &o->k, sizeof(int));             h = moexc__fnv64(h, &o->n_shared, sizeof(int));
+    h = moexc__fnv64(h, &o->lambda_f, sizeof(float));    h = moexc__fnv64(h, &o->lambda_ratio, sizeof(float));
+    h = moexc__fnv64(h, &o->aux_k, sizeof(int));         h = moexc__fnv64(h, &o->aux_alpha, sizeof(float));
+    h = moexc__fnv64(h, &o->aux_exact_relu, sizeof(int)); h = moexc__fnv64(h, &o->dead_tokens, sizeof(int64_t));
+    h = moexc__fnv64(h, &o->steps, sizeof(int));         h = moexc__fnv64(h, &o->batch, sizeof(int));
+    h = moexc__fnv64(h, &o->lr, sizeof(float));          h = moexc__fnv64(h, &o->warmup_steps, sizeof(int));
+    h = moexc__fnv64(h, &o->decay_frac, sizeof(float));  h = moexc__fnv64(h, &o->lambda_warmup, sizeof(float));
+    h = moexc__fnv64(h, &o->clip, sizeof(float));        h = moexc__fnv64(h, &o->init_norm, sizeof(float));
+    h = moexc__fnv64(h, &o->uncentred_encoder, sizeof(int)); h = moexc__fnv64(h, &o->threshold_beta, sizeof(float));
+    h = moexc__fnv64(h, &o->threshold_start, sizeof(int)); h = moexc__fnv64(h, &o->dense_only, sizeof(int));
+    h = moexc__fnv64(h, &o->seed, sizeof(uint64_t));
+    h = moexc__fnv64(h, xc->d, sizeof(xc->d));           h = moexc__fnv64(h, xc->scale, sizeof(xc->scale));
+    h = moexc__fnv64(h, &xc->threshold, sizeof(float));  h = moexc__fnv64(h, &xc->threshold_count, sizeof(int64_t));
+    h = moexc__fnv64(h, &xc->step, sizeof(int));         h = moexc__fnv64(h, &n, sizeof(int));
+    h = moexc__fnv64(h, &crc, sizeof(uint32_t));
+    h = moexc__fnv64(h, xc->since_fired, (size_t)xc->F * sizeof(int64_t));
+    if ((st = moexc__dp_agree(&o->reduce, h, "crosscoder", err)) != MOEXC_OK) return st;
+    xc->dp_checked = 1;
+    return MOEXC_OK;
+}
+
+/* After an evaluation over this worker's share: activation counts, squared
+   errors and the FVE accumulators summed. The Welford accumulators (n_r,
+   mean_r, m2_r) merge in two sums: the global mean, then
+   m2 = sum_r m2_r + n_r (mean_r - mean)^2. */
+static moexc_status moexc__xc_dp_eval(moexc_xc *xc, moexc_fve_acc *fve, moexc_activation_acc *act, double *mse,
+                                      moexc_error *err)
+{
+    const moexc_reduce *r = &xc->opt.reduce;
+    size_t F = (size_t)xc->F, dc = (size_t)xc->d_cat, i, n = F + 4 + 2 * dc;
+    double *buf = (double *)moexc__calloc(n, sizeof(double)), *p;
+    int m, j;
+    moexc_status st;
+    if (!buf) return moexc__fail(err, MOEXC_ERR_NOMEM, "crosscoder eval: out of memory (reduce)");
+    /* [counts (F), sum_active, n, mse (2), n mean_x, n mean_e (d_cat each)] */
+    for (i = 0; i < F; i++) buf[i] = (double)act->counts[i];
+    buf[F] = act->sum_active; buf[F + 1] = (double)act->n_tokens; buf[F + 2] = mse[0]; buf[F + 3] = mse[1];
+    for (m = 0, p = buf + F + 4; m < 2; p += fve[m].dim, m++)
+        for (j = 0; j < fve[m].dim; j++) { p[j] = (double)fve[m].n * fve[m].mean_x[j]; p[dc + j] = (double)fve[m].n * fve[m].mean_e[j]; }
+    if ((st = moexc__dp_sum(r, buf, n, MOEXC_REDUCE_F64, "crosscoder eval", err)) != MOEXC_OK) goto done;
+    for (i = 0; i < F; i++) act->counts[i] = (int64_t)buf[i];
+    act->sum_active = buf[F]; act->n_tokens = (int64_t)buf[F + 1]; mse[0] = buf[F + 2]; mse[1] = buf[F + 3];
+    /* second sum: m2_r + n_r (mean_r - mean)^2 per dimension, about the global mean */
+    for (m = 0, p = buf + F + 4; m < 2; p += fve[m].dim, m++)
+        for (j = 0; j < fve[m].dim; j++) {
+            double gx = act->n_tokens ? p[j] / (double)act->n_tokens : 0.0, ge = act->n_tokens ? p[dc + j] / (double)act->n_tokens : 0.0;
+            double dx = fve[m].mean_x[j] - gx, de = fve[m].mean_e[j] - ge;
+            p[j] = fve[m].m2_x[j] + (double)fve[m].n * dx * dx;
+            p[dc + j] = fve[m].m2_e[j] + (double)fve[m].n * de * de;
+            fve[m].mean_x[j] = gx; fve[m].mean_e[j] = ge;
+        }
+    if ((st = moexc__dp_sum(r, buf + F + 4, 2 * dc, MOEXC_REDUCE_F64, "crosscoder eval", err)) != MOEXC_OK) goto done;
+    for (m = 0, p = buf + F + 4; m < 2; p += fve[m].dim, m++) {
+        fve[m].n = act->n_tokens;
+        for (j = 0; j < fve[m].dim; j++) { fve[m].m2_x[j] = p[j]; fve[m].m2_e[j] = p[dc + j]; }
+    }
+done:
+    moexc__free(buf);
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_xc_set_reduce(moexc_xc *xc, const moexc_reduce *r, moexc_error *err)
+{
+    moexc_reduce none;
+    memset(&none, 0, sizeof(none));
+    if (!xc) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder set_reduce: crosscoder is NULL");
+    if (!r) r = &none;
+    if (moexc__dp_valid(r, "crosscoder set_reduce", err) != MOEXC_OK) return MOEXC_ERR_ARG;
+    xc->opt.reduce = *r;
+    xc->dp_checked = 0;
     return MOEXC_OK;
 }
 
@@ -10832,7 +11414,8 @@ static moexc_status moexc__xc_activations(moexc_xc *xc, int n, int select, int d
     float t = 0.0f;
     if (xc->opt.variant == MOEXC_XC_BATCHTOPK) {
         if (select) {
-            if ((st = moexc__xc_select(xc, xc->pre, n, 0.0f, &t, err)) != MOEXC_OK) return st;
+            st = xc->opt.reduce.sum ? moexc__xc_select_dp(xc, xc->pre, n, &t, err) : moexc__xc_select(xc, xc->pre, n, 0.0f, &t, err);
+            if (st != MOEXC_OK) return st;
             s->min_kept_score = t;
         }
         s->l0 = moexc__xc_entry_values(xc, xc->pre, n);
@@ -10897,6 +11480,10 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
             for (m = 0; m < 2; m++) memcpy(xc->aux_e[m], xc->e[m], (size_t)n * (size_t)xc->d[m] * sizeof(float));
         s.aux = moexc__xc_auxk_forward(xc, n, select, &inv_den);
     }
+    if (xc->opt.reduce.sum && (st = moexc__xc_dp_stats(xc, n, &s, &inv_den, err)) != MOEXC_OK) {
+        moexc__free(col_sum); moexc__free(pen_coef);
+        return st;
+    }
     s.loss = s.rec + s.penalty + xc->opt.aux_alpha * s.aux;
     s.lambda = lambda;
     if (!isfinite(s.loss)) {
@@ -10960,10 +11547,12 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     int dead = 0;
     moexc_status st;
     int was_frozen = xc->frozen;
+    if (xc->opt.reduce.sum && !xc->dp_checked && (st = moexc__xc_dp_check(xc, n, err)) != MOEXC_OK) return st;
     xc->frozen = 0;
     st = moexc_xc_loss_grad(xc, x_a, x_b, n, &s, err);
     xc->frozen = was_frozen;
     if (st != MOEXC_OK) return st;
+    if (xc->opt.reduce.sum && (st = moexc__xc_dp_grads(xc, err)) != MOEXC_OK) return st;   /* sum / W */
     /* ||g||, as fixed chunks' float dot products summed in order */
 #ifdef _OPENMP
 #   pragma omp parallel for schedule(static) if (n_chunks > 8)
@@ -11000,8 +11589,9 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
         for (i = 0; i < (size_t)n; i++)
             for (j = 0; j < F; j++) if (xc->f[i * F + j] > 0.0f) xc->fired[j] = 1;
     }
+    if (xc->opt.reduce.sum && (st = moexc__xc_dp_fired(xc, err)) != MOEXC_OK) return st;   /* fired anywhere */
     for (j = 0; j < F; j++) {
-        xc->since_fired[j] = xc->fired[j] ? 0 : xc->since_fired[j] + n;
+        xc->since_fired[j] = xc->fired[j] ? 0 : xc->since_fired[j] + (int64_t)n * moexc__dp_world(&xc->opt.reduce);
         dead += moexc__xc_is_dead(xc, (int)j);
     }
     s.dead_fraction = (double)dead / xc->F;
@@ -11064,13 +11654,19 @@ MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const f
 {
     moexc_fve_acc fve[2];
     moexc_activation_acc act;
-    int64_t done = 0;
-    int m, chunk_max = (int)MOEXC__MIN(n, (int64_t)1024);
+    int64_t done = 0, n_all = n, lo;
+    int m, chunk_max;
     moexc_status st;
     memset(out, 0, sizeof(*out));
     memset(fve, 0, sizeof(fve));
     memset(&act, 0, sizeof(act));
     if (n < 1) return moexc__fail(err, MOEXC_ERR_ARG, "crosscoder eval: empty set");
+    /* with a reduce hook this worker scores pairs [lo, lo + n) of the set */
+    lo = n_all * moexc__dp_rank(&xc->opt.reduce) / moexc__dp_world(&xc->opt.reduce);
+    n = n_all * (moexc__dp_rank(&xc->opt.reduce) + 1) / moexc__dp_world(&xc->opt.reduce) - lo;
+    x_a += (size_t)lo * (size_t)xc->d[0];
+    x_b += (size_t)lo * (size_t)xc->d[1];
+    chunk_max = (int)MOEXC__MAX(1, MOEXC__MIN(n, (int64_t)1024));
     st = moexc__xc_check_inputs(xc, x_a, x_b, chunk_max, err);
     if (st == MOEXC_OK) st = moexc_fve_acc_init(&fve[0], xc->d[0], err);
     if (st == MOEXC_OK) st = moexc_fve_acc_init(&fve[1], xc->d[1], err);
@@ -11099,9 +11695,10 @@ MOEXC_DEF moexc_status moexc_xc_evaluate(moexc_xc *xc, const float *x_a, const f
         }
         done += c;
     }
+    if (st == MOEXC_OK && xc->opt.reduce.sum) st = moexc__xc_dp_eval(xc, fve, &act, out->mse, err);
     if (st == MOEXC_OK) {
-        out->n = n;
-        for (m = 0; m < 2; m++) { out->fve[m] = moexc_fve_acc_value(&fve[m]); out->mse[m] /= (double)n; }
+        out->n = n_all;
+        for (m = 0; m < 2; m++) { out->fve[m] = moexc_fve_acc_value(&fve[m]); out->mse[m] /= (double)n_all; }
         out->fve_pooled = moexc_fve_acc_pooled(fve, 2);
         out->l0 = moexc_activation_acc_l0(&act);
         out->dead_fraction = moexc_activation_acc_dead_fraction(&act);

@@ -159,7 +159,8 @@ header_modes() {
 # - not under qemu at all: compute only, no files. GEMM on NEON is compared
 #   with the scalar GEMM by test_simd_twin; the scalar GEMM runs in the
 #   MOEXC_NO_SIMD leg.
-QEMU_EXCLUDE="test_gemm"
+#   test_dp (threads as data-parallel workers, no files) takes 3 minutes under qemu-s390x.
+QEMU_EXCLUDE="test_gemm test_dp"
 # - big-endian leg only: they read/write files (checkpoints, caches, token
 #   files, crosscoders), which is what s390x checks, but are training-heavy;
 #   aarch64 adds nothing there that test_kernels/test_simd_twin do not cover.

@@ -4,7 +4,10 @@
      moexc_crosscoder --model-a moe.safetensors --model-b dense.safetensors \
                       --corpus 400000 --steps 5000 --save xc.safetensors
 
-   Run with --help for every option. */
+   Run with --help for every option.
+   Data-parallel over MPI (make MPI=1): mpirun -np W build/mpi/moexc_crosscoder
+   ... trains the same crosscoder on W ranks, each on 1/W of every batch
+   (tools/mpi_reduce.h; SPEC §9). */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L   /* clock_gettime */
 #endif
@@ -14,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 #include "tool_clock.h"
+#include "mpi_reduce.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -79,7 +83,12 @@ static void usage(FILE *out)
         "  --log-every N         progress line every N steps (default 100)\n"
         "  --raw-norms           classify latents by decoder norms in raw units (folded, W_dec / s_m)\n"
         "                        instead of the normalised units the crosscoder trains in (default)\n"
-        "  -h, --help            this text\n");
+        "  -h, --help            this text\n"
+        "ranks (built with make MPI=1): mpirun -np W moexc_crosscoder ... trains data-parallel:\n"
+        "  --batch stays the global batch (W must divide it); every rank reads the same pair\n"
+        "  stream and trains on its share of each batch, the gradients and the BatchTopK\n"
+        "  selection are global (SPEC 9); only rank 0 prints and writes files. Harvesting\n"
+        "  runs on every rank: train from an activation cache (--cache) to share the work.\n");
 }
 
 static int parse_long(const char *s, long *out)
@@ -103,7 +112,7 @@ static int parse_args(int argc, char **argv, args *a)
         long n = 0;
         double x = 0.0;
         int takes_int = 0, takes_num = 0;
-        if (!strcmp(o, "-h") || !strcmp(o, "--help")) { usage(stdout); exit(0); }
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) { usage(stdout); return -1; }
         if (!strcmp(o, "--keep-first")) { a->keep_first = 1; continue; }
         if (!strcmp(o, "--raw-norms")) { a->raw_norms = 1; continue; }
         if (!strcmp(o, "--uncentred-encoder")) { a->xo.uncentred_encoder = 1; continue; }
@@ -238,7 +247,16 @@ static void print_classes(moexc_xc *xc, const int64_t *counts, int64_t n_tokens,
     free(dec_a); free(dec_b);
 }
 
+static int xc_main(int argc, char **argv, tool_dp *dp);
+
 int main(int argc, char **argv)
+{
+    tool_dp dp;
+    tool_dp_init(&dp, &argc, &argv);
+    return tool_dp_exit(&dp, xc_main(argc, argv, &dp));
+}
+
+static int xc_main(int argc, char **argv, tool_dp *dp)
 {
     args a;
     moexc_error err;
@@ -256,7 +274,8 @@ int main(int argc, char **argv)
     double t0;
     memset(&tok, 0, sizeof(tok)); memset(&train_tok, 0, sizeof(train_tok)); memset(&eval_tok, 0, sizeof(eval_tok));
     memset(&src, 0, sizeof(src)); memset(&writer, 0, sizeof(writer));
-    if (!parse_args(argc, argv, &a)) return 2;
+    if ((rc = parse_args(argc, argv, &a)) <= 0) return rc < 0 ? 0 : 2;   /* --help, or an error */
+    rc = 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
 #ifdef _OPENMP
     if (a.threads > 0) omp_set_num_threads(a.threads);
@@ -328,6 +347,7 @@ int main(int argc, char **argv)
 
     if (a.eval_only) {
         CHECK(moexc_xc_load(&xc, a.eval_only, &err));
+        CHECK(moexc_xc_set_reduce(xc, &dp->reduce, &err));   /* each rank scores its share */
         if (moexc_xc_dim(xc, 0) != src.d[0] || moexc_xc_dim(xc, 1) != src.d[1]) {
             fprintf(stderr, "moexc_crosscoder: %s has widths %d, %d; the models give %d, %d\n", a.eval_only,
                     moexc_xc_dim(xc, 0), moexc_xc_dim(xc, 1), src.d[0], src.d[1]);
@@ -355,7 +375,7 @@ int main(int argc, char **argv)
     } else {
         CHECK(moexc_harvester_create(&src.h, ma, mb, &train_tok, &ho, &err));
         src.chunk = moexc_harvester_rows_per_call(src.h);
-        if (a.cache_write) { CHECK(moexc_act_cache_create(&writer, a.cache_write, src.d[0], src.d[1], &err)); src.writer = &writer; }
+        if (a.cache_write && dp->rank == 0) { CHECK(moexc_act_cache_create(&writer, a.cache_write, src.d[0], src.d[1], &err)); src.writer = &writer; }
     }
     CHECK(moexc_shuffle_init(&src.sb, src.d[0], src.d[1], a.shuffle, a.xo.seed, &err));
     for (m = 0; m < 2; m++) {
@@ -367,10 +387,12 @@ int main(int argc, char **argv)
     /* ---- the crosscoder ---- */
     if (a.resume) {
         CHECK(moexc_xc_load(&xc, a.resume, &err));
+        CHECK(moexc_xc_set_reduce(xc, &dp->reduce, &err));
         printf("resumed %s at step %d of %d (the checkpoint's options apply)\n", a.resume, moexc_xc_step(xc),
                moexc_xc_get_options(xc)->steps);
     } else {
         int n_init = a.init_pairs;
+        a.xo.reduce = dp->reduce;   /* zero with one process */
         CHECK(moexc_xc_create(&xc, src.d[0], src.d[1], &a.xo, &err));
         xa = (float *)malloc((size_t)n_init * src.d[0] * sizeof(float));
         xb = (float *)malloc((size_t)n_init * src.d[1] * sizeof(float));
@@ -381,6 +403,15 @@ int main(int argc, char **argv)
     }
     {
         const moexc_xc_options *o = moexc_xc_get_options(xc);
+        int share = o->batch / dp->world;   /* this rank's pairs of each batch: rows [rank share, (rank+1) share) */
+        if (o->batch % dp->world != 0) {
+            fprintf(stderr, "moexc_crosscoder: --batch %d is not divisible by the %d ranks (--batch is the global batch)\n",
+                    o->batch, dp->world);
+            goto done;
+        }
+        if (dp->world > 1)
+            printf("data-parallel: %d ranks x %d pairs of each batch%s\n", dp->world, share,
+                   src.from_cache ? "" : " (every rank harvests the whole stream: --cache shares that work)");
         printf("crosscoder: %s, F %d, k %d, shared %d, lambda_f %g, ratio %g, aux_k %d, dead after %lld tokens; "
                "steps %d x batch %d, lr %g; scales %.4g %.4g; %lu parameters\n",
                o->variant == MOEXC_XC_L1 ? "L1" : "BatchTopK", o->n_latents, o->k, o->n_shared, o->lambda_f,
@@ -393,7 +424,8 @@ int main(int argc, char **argv)
         for (step = moexc_xc_step(xc); step < o->steps; step++) {
             moexc_xc_step_stats s;
             CHECK(source_next(&src, xa, xb, o->batch, &err));
-            CHECK(moexc_xc_train_step(xc, xa, xb, o->batch, &s, &err));
+            CHECK(moexc_xc_train_step(xc, xa + (size_t)dp->rank * share * src.d[0], xb + (size_t)dp->rank * share * src.d[1],
+                                      share, &s, &err));
             if ((step + 1) % a.log_every == 0 || step + 1 == o->steps) {
                 double el = now_seconds() - t0, done_steps = step + 1 - (a.resume ? 0 : 0);
                 double rate = (double)o->batch * (step + 1 - 0) / (el > 0 ? el : 1e-9);
@@ -404,11 +436,20 @@ int main(int argc, char **argv)
                        (o->steps - step - 1) * (double)o->batch / (rate > 0 ? rate : 1));
                 fflush(stdout);
             }
-            if (a.checkpoint && (step + 1) % a.save_every == 0) CHECK(moexc_xc_save_training(xc, a.checkpoint, &err));
+            if (a.checkpoint && (step + 1) % a.save_every == 0 && dp->rank == 0) CHECK(moexc_xc_save_training(xc, a.checkpoint, &err));
         }
     }
-    if (a.checkpoint) CHECK(moexc_xc_save_training(xc, a.checkpoint, &err));
-    if (a.save) CHECK(moexc_xc_save(xc, a.save, &err));
+    if (dp->world > 1) {   /* every rank must end with the same bits */
+        unsigned long long print = 0;
+        if (!tool_dp_same(dp, moexc_xc_params(xc), moexc_xc_num_params(xc) * sizeof(float), &print)) {
+            fprintf(stderr, "moexc_crosscoder: the %d ranks ended with different parameters (rank %d: %016llx)\n",
+                    dp->world, dp->rank, print);
+            goto done;
+        }
+        printf("ranks: all %d hold identical parameters (fingerprint %016llx)\n", dp->world, print);
+    }
+    if (a.checkpoint && dp->rank == 0) CHECK(moexc_xc_save_training(xc, a.checkpoint, &err));
+    if (a.save && dp->rank == 0) CHECK(moexc_xc_save(xc, a.save, &err));
     if (src.writer) { CHECK(moexc_act_cache_close(&writer, &err)); src.writer = NULL; }
     if (ea) {
         counts = (int64_t *)calloc((size_t)moexc_xc_get_options(xc)->n_latents, sizeof(int64_t));

@@ -4,6 +4,10 @@
      moexc_train --resume moe.ckpt --builtin 2000000
      moexc_train --sample moe.ckpt --prompt "int main(" --length 200
 
+   Data-parallel over MPI (make MPI=1): mpirun -np 4 build/mpi/moexc_train
+   ... trains the same run on 4 ranks, each with a quarter of every batch
+   (tools/mpi_reduce.h; SPEC §9).
+
    Run with --help for every option. */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L   /* clock_gettime */
@@ -14,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 #include "tool_clock.h"
+#include "mpi_reduce.h"
 #include <math.h>
 
 static const char *usage =
@@ -64,9 +69,13 @@ static const char *usage =
 "  --top-k N              keep the N most likely tokens (default 40; 0 = all)\n"
 "  --length N             tokens to generate (default 300)\n"
 "  --seed N               sampling seed\n"
-"threads: OMP_NUM_THREADS (results are identical for the same seed and thread count)\n";
+"threads: OMP_NUM_THREADS (results are identical for the same seed and thread count)\n"
+"ranks (built with make MPI=1): mpirun -np W moexc_train ... runs data-parallel: --batch\n"
+"  stays the global batch (W must divide it), each rank trains on its share and the\n"
+"  gradients are summed (SPEC 9); only rank 0 prints and writes files\n";
 
 typedef struct run {
+    tool_dp *dp;
     moexc_trainer *trainer;
     const moexc_tokens *data;
     const char *save_path;
@@ -91,6 +100,11 @@ static int on_progress(const moexc_train_progress *p, void *user)
     double tps = (p->tokens - r->tokens0) / (elapsed > 0 ? elapsed : 1e-9);
     double eta = elapsed / (p->step - r->step0) * (p->total_steps - p->step);
     int stop = r->time_limit > 0 && elapsed >= r->time_limit;
+#ifdef MOEXC_MPI
+    if (r->time_limit > 0 && r->dp->world > 1) {   /* stop together: rank 0's clock decides */
+        MPI_Bcast(&stop, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    }
+#endif
     if (p->step % r->log_every == 0 || p->step == p->total_steps || p->eval || stop) {
         printf("step %5d/%d  loss %.4f (ce %.4f lb %.4f)  lr %.2e  |g| %.3f  %6.0f tok/s  ETA %dm%02ds",
                p->step, p->total_steps, p->loss, p->ce, p->lb, p->lr, p->grad_norm, tps,
@@ -100,7 +114,7 @@ static int on_progress(const moexc_train_progress *p, void *user)
         if (p->eval) print_eval(p->eval, r->data);
         fflush(stdout);
     }
-    if (r->save_path && r->save_every > 0 && p->step % r->save_every == 0) {
+    if (r->save_path && r->save_every > 0 && p->step % r->save_every == 0 && r->dp->rank == 0) {
         moexc_error err;
         if (moexc_trainer_save(r->trainer, r->save_path, &err)) fprintf(stderr, "warning: %s\n", err.message);
     }
@@ -183,7 +197,16 @@ static int integer(const char *opt, const char *s)
     return (int)v;
 }
 
+static int train_main(int argc, char **argv, tool_dp *dp);
+
 int main(int argc, char **argv)
+{
+    tool_dp dp;
+    tool_dp_init(&dp, &argc, &argv);
+    return tool_dp_exit(&dp, train_main(argc, argv, &dp));
+}
+
+static int train_main(int argc, char **argv, tool_dp *dp)
 {
     moexc_model_config mc;
     moexc_train_options to;
@@ -268,7 +291,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "error: %s\n", err.message);
         return 1;
     }
-    if (resume ? moexc_trainer_resume(&trainer, &model, resume, &data, &err) != MOEXC_OK
+    to.reduce = dp->reduce;   /* zero with one process */
+    if (resume ? (moexc_trainer_resume(&trainer, &model, resume, &data, &err) != MOEXC_OK ||
+                  moexc_trainer_set_reduce(trainer, &dp->reduce, &err) != MOEXC_OK)
                : (moexc_model_create(&model, &mc, &err) || moexc_trainer_create(&trainer, model, &data, &to, &err))) {
         fprintf(stderr, "error: %s\n", err.message);
         goto done;
@@ -283,17 +308,26 @@ int main(int argc, char **argv)
                (unsigned long)moexc_model_num_params(model), (unsigned long)data.n, data.n_domains, o->lr, o->total_steps,
                o->warmup_steps, o->grad_accum, o->batch_size, o->seq_len);
         if (resume) printf("resumed from %s at step %d\n", resume, moexc_trainer_step_count(trainer));
+        if (dp->world > 1) printf("data-parallel: %d ranks x %d sequences of each batch\n", dp->world, o->batch_size / dp->world);
     }
-    r.trainer = trainer; r.data = &data; r.time_limit = time_limit;
+    r.dp = dp; r.trainer = trainer; r.data = &data; r.time_limit = time_limit;
     r.t0 = now_seconds(); r.step0 = moexc_trainer_step_count(trainer);
     r.tokens0 = (double)r.step0 * moexc_trainer_options(trainer)->grad_accum * moexc_trainer_options(trainer)->batch_size * moexc_trainer_options(trainer)->seq_len;
     if (moexc_trainer_run(trainer, on_progress, &r, &err)) { fprintf(stderr, "error: %s\n", err.message); goto done; }
     printf("trained %d steps in %.1f s\n", moexc_trainer_step_count(trainer) - r.step0, now_seconds() - r.t0);
-    if (r.save_path) {
+    if (dp->world > 1) {   /* every rank must end with the same bits */
+        unsigned long long print = 0;
+        if (!tool_dp_same(dp, moexc_model_params(model), moexc_model_num_params(model) * sizeof(float), &print)) {
+            fprintf(stderr, "error: the %d ranks ended with different parameters (rank %d: %016llx)\n", dp->world, dp->rank, print);
+            goto done;
+        }
+        printf("ranks: all %d hold identical parameters (fingerprint %016llx)\n", dp->world, print);
+    }
+    if (r.save_path && dp->rank == 0) {
         if (moexc_trainer_save(trainer, r.save_path, &err)) { fprintf(stderr, "error: %s\n", err.message); goto done; }
         printf("saved training checkpoint %s\n", r.save_path);
     }
-    if (export_path) {
+    if (export_path && dp->rank == 0) {
         if (moexc_model_save(model, export_path, &err)) { fprintf(stderr, "error: %s\n", err.message); goto done; }
         printf("saved model %s\n", export_path);
     }
