@@ -11659,7 +11659,8 @@ static void moexc__sae_free_workspace(moexc_sae *s)
     moexc__free_aligned(s->xs); moexc__free_aligned(s->xc); moexc__free_aligned(s->xhat);
     moexc__free_aligned(s->e); moexc__free_aligned(s->dxhat); moexc__free_aligned(s->dxc);
     moexc__free_aligned(s->aux_e); moexc__free_aligned(s->ehat);
-    moexc__free_aligned(s->pre); moexc__free_aligned(s->P);
+    if (s->P != s->pre) moexc__free_aligned(s->P);   /* P is pre except in the Scale SAE */
+    moexc__free_aligned(s->pre);
     moexc__free_aligned(s->logits); moexc__free_aligned(s->prob); moexc__free_aligned(s->dlog);
     moexc__free_aligned(s->cdot); moexc__free_aligned(s->dc);
     moexc__free(s->route); moexc__free(s->gate); moexc__free(s->dgate);
@@ -11706,7 +11707,6 @@ static moexc_status moexc__sae_workspace(moexc_sae *s, int n, moexc_error *err)
          s->kslot && s->kcnt && s->kval && s->kdp && s->aux_lat && s->aux_cnt && s->aux_val && s->aux_pre &&
          s->aux_dp && s->thr_buf && s->thr_keep;
     if (!ok) {
-        if (s->P == s->pre) s->P = NULL;
         moexc__sae_free_workspace(s);
         return moexc__fail(err, MOEXC_ERR_NOMEM, "sae: no memory for a batch of %d rows (F = %d)", n, s->F);
     }
@@ -11718,7 +11718,6 @@ static moexc_status moexc__sae_workspace(moexc_sae *s, int n, moexc_error *err)
 MOEXC_DEF void moexc_sae_free(moexc_sae *s)
 {
     if (!s) return;
-    if (s->P == s->pre) s->P = NULL;
     moexc__sae_free_workspace(s);
     moexc__free_aligned(s->params); moexc__free_aligned(s->grads);
     moexc__free_aligned(s->adam_m); moexc__free_aligned(s->adam_v);
