@@ -130,10 +130,27 @@
        moexc_toy_train_many(toys, 2, 3000, 0, NULL, NULL, &err);  // threads over models
        moexc_toy_measure(&toys[0], NULL, &mt, &err);    // mt.mono_fraction, ...
 
+   Sparse autoencoders made of experts on one model's activations (>>sae;
+   tools/moexc_sae is its face, make sae compares the three variants):
+
+       moexc_sae *sae;  moexc_sae_options sa = {0};    // zero = defaults
+       moexc_sae_eval ev;  double redund, mean_max;
+       sa.variant = MOEXC_SAE_SCALE;                    // or _TOPK, _SWITCH
+       sa.n_latents = 2048; sa.k = 32; sa.n_experts = 8; sa.active_experts = 2;
+       moexc_sae_create(&sae, d, &sa, &err);
+       moexc_sae_init_from_data(sae, x, n, &err);       // x: one side of the pairs
+       moexc_sae_train_step(sae, x + i * d, batch, &step_stats, &err);
+       moexc_sae_evaluate(sae, held, n_held, &ev, NULL, &err);   // FVE, L0, dead
+       moexc_sae_decoder(sae, 0, dec);                  // (F x d)
+       moexc_redundancy(dec, F, d, 0.9f, &redund, &mean_max, NULL, &err);
+       moexc_sae_encoder_flops(sae);                    // per token
+       moexc_sae_save(sae, "sae.safetensors", &err);  moexc_sae_free(sae);
+
    FILE FORMATS (all little-endian, all written to a temporary file and
    renamed): token streams (>>data), model and training checkpoints in
    safetensors (>>model, >>train), crosscoders in safetensors with the public
-   PyTorch crosscoder layout (>>crosscoder), activation caches (>>harvest),
+   PyTorch crosscoder layout (>>crosscoder), SAEs in safetensors (>>sae),
+   activation caches (>>harvest),
    .npy arrays (>>analysis).
 
    ===========================================================================
@@ -180,6 +197,8 @@
                       tied-weight experts, sweeps, dimensionality, monosemanticity
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
+     >>sae            sparse autoencoders made of experts (SPEC §8): TopK,
+                      Switch and Scale SAEs, redundancy, encoder FLOPs
      >>analysis       relative decoder norm, classes, cosines, density, FVE;
                       seed controls and verdicts; aligned cosines (Procrustes, SVD);
                       what a latent is: top contexts, domain and expert
@@ -1270,9 +1289,10 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
    and the Switch Transformer's load-balancing loss on the router
      L_lb = E sum_e f_e P_e,  f_e = share of the batch's routing slots that
             went to e (a constant), P_e = mean_b p_be
-   (1 when balanced). Training computes every latent's pre-activation (one
-   GEMM; AuxK needs the dead ones); moexc_sae_encoder_flops counts what an
-   encoder that evaluates only the router and the selected experts costs.
+   (1 when balanced). The encoder evaluates the router and the selected
+   experts' latents only (per expert one GEMM over the rows routed to it),
+   plus in training the dead latents on every row (AuxK); the dead latents'
+   cost is not in moexc_sae_encoder_flops.
 
    Saved SAE (safetensors, normalisation folded in, works on raw activations):
      "encoder.weight" (F, d)   s W_enc (the M_e blocks stacked; Scale: before
@@ -1300,7 +1320,10 @@ typedef struct moexc_sae_options {
     int      k;              /* active latents per token; 0 -> min(32, F_e e)       */
     int      n_experts;      /* E; 0 -> 1 (TopK), 8 (Switch, Scale); TopK needs 1   */
     int      active_experts; /* experts per token; 0 -> 1 (Switch, TopK), 2 (Scale) */
-    float    lb_alpha;       /* load-balancing weight; 0 -> 0.01, < 0 off           */
+    float    lb_alpha;       /* load-balancing weight; 0 -> 1, < 0 off. L_lb is 1 when
+                                balanced, the reconstruction loss about d (1 - FVE);
+                                the LMs' 0.01 let a Switch SAE on the demo's MoE
+                                send 87% of its tokens to one expert              */
     int      aux_k;          /* AuxK latents per token; 0 -> d / 2, < 0 off          */
     float    aux_alpha;      /* 0 -> 1/32                                           */
     int      aux_exact_relu; /* as the crosscoder's: 0 (default) AuxK's gradient passes
@@ -1391,8 +1414,8 @@ MOEXC_DEF moexc_status moexc_sae_encode(moexc_sae *sae, const float *x, int n, f
    may be NULL) receives per-latent active-token counts. */
 MOEXC_DEF moexc_status moexc_sae_evaluate(moexc_sae *sae, const float *x, int64_t n, moexc_sae_eval *out,
                                           int64_t *active_counts, moexc_error *err);
-/* Encoder FLOPs per token (2 per multiply-add) of an encoder that evaluates
-   the router and the selected experts only:
+/* Encoder FLOPs per token (2 per multiply-add) at inference, where the
+   router and the selected experts are evaluated:
      TopK    2 F d
      Switch  2 E d + 2 F_e d
      Scale   2 E d + e (2 F_e d + 2 d + 2 F_e)   (a_e . x_c, then scale and shift)
@@ -11629,6 +11652,9 @@ struct moexc_sae {
     float   *aux_e, *ehat;                        /* (n x d) AuxK's target (a constant) and ê, then dê */
     float   *pre, *P;                             /* (n x F) pre-activations; Scale: M x_c before scaling */
     float   *logits, *prob, *dlog, *cdot, *dc;    /* (n x E) */
+    float   *xg;                                  /* (max(n, F) x d) rows gathered for an expert's GEMM */
+    float   *pg;                                  /* (n x max(F_e, F)) that GEMM's output */
+    int     *grow;                                /* (n) the rows gathered */
     int     *route;                               /* (n x act) experts, by decreasing probability */
     float   *gate, *dgate;                        /* (n x act) */
     int     *kept, *kslot, *kcnt;                 /* (n x k) latents, their slot; (n) how many */
@@ -11663,6 +11689,7 @@ static void moexc__sae_free_workspace(moexc_sae *s)
     moexc__free_aligned(s->pre);
     moexc__free_aligned(s->logits); moexc__free_aligned(s->prob); moexc__free_aligned(s->dlog);
     moexc__free_aligned(s->cdot); moexc__free_aligned(s->dc);
+    moexc__free_aligned(s->xg); moexc__free_aligned(s->pg); moexc__free(s->grow);
     moexc__free(s->route); moexc__free(s->gate); moexc__free(s->dgate);
     moexc__free(s->kept); moexc__free(s->kslot); moexc__free(s->kcnt); moexc__free(s->kval); moexc__free(s->kdp);
     moexc__free(s->aux_lat); moexc__free(s->aux_cnt); moexc__free(s->aux_val); moexc__free(s->aux_pre);
@@ -11670,7 +11697,8 @@ static void moexc__sae_free_workspace(moexc_sae *s)
     moexc__free_aligned(s->thr_buf); moexc__free(s->thr_keep);
     s->xs = s->xc = s->xhat = s->e = s->dxhat = s->dxc = s->aux_e = s->ehat = s->pre = s->P = NULL;
     s->logits = s->prob = s->dlog = s->cdot = s->dc = s->gate = s->dgate = s->kval = s->kdp = NULL;
-    s->aux_val = s->aux_pre = s->aux_dp = s->thr_buf = NULL;
+    s->aux_val = s->aux_pre = s->aux_dp = s->thr_buf = s->xg = s->pg = NULL;
+    s->grow = NULL;
     s->route = s->kept = s->kslot = s->kcnt = s->aux_lat = s->aux_cnt = NULL;
     s->thr_keep = NULL;
     s->cap = 0; s->n_threads = 0;
@@ -11691,6 +11719,9 @@ static moexc_status moexc__sae_workspace(moexc_sae *s, int n, moexc_error *err)
     s->P = s->opt.variant == MOEXC_SAE_SCALE ? moexc__alloc_floats(nF) : s->pre;
     s->logits = moexc__alloc_floats(nE); s->prob = moexc__alloc_floats(nE); s->dlog = moexc__alloc_floats(nE);
     s->cdot = moexc__alloc_floats(nE); s->dc = moexc__alloc_floats(nE);
+    s->xg = moexc__alloc_floats((size_t)MOEXC__MAX(n, s->F) * (size_t)s->d);
+    s->pg = s->E > 1 ? moexc__alloc_floats(nF) : moexc__alloc_floats(1);
+    s->grow = (int *)moexc__calloc((size_t)n, sizeof(int));
     s->route = (int *)moexc__calloc(na, sizeof(int));
     s->gate = (float *)moexc__calloc(na, sizeof(float)); s->dgate = (float *)moexc__calloc(na, sizeof(float));
     s->kept = (int *)moexc__calloc(nk, sizeof(int)); s->kslot = (int *)moexc__calloc(nk, sizeof(int));
@@ -11705,7 +11736,7 @@ static moexc_status moexc__sae_workspace(moexc_sae *s, int n, moexc_error *err)
     ok = s->xs && s->xc && s->xhat && s->e && s->dxhat && s->dxc && s->aux_e && s->ehat && s->pre && s->P &&
          s->logits && s->prob && s->dlog && s->cdot && s->dc && s->route && s->gate && s->dgate && s->kept &&
          s->kslot && s->kcnt && s->kval && s->kdp && s->aux_lat && s->aux_cnt && s->aux_val && s->aux_pre &&
-         s->aux_dp && s->thr_buf && s->thr_keep;
+         s->aux_dp && s->thr_buf && s->thr_keep && s->xg && s->pg && s->grow;
     if (!ok) {
         moexc__sae_free_workspace(s);
         return moexc__fail(err, MOEXC_ERR_NOMEM, "sae: no memory for a batch of %d rows (F = %d)", n, s->F);
@@ -11756,7 +11787,7 @@ MOEXC_DEF moexc_status moexc_sae_create(moexc_sae **out, int d, const moexc_sae_
     if (o.k == 0) o.k = MOEXC__MIN(32, o.n_latents / o.n_experts * o.active_experts);
     if (o.k < 1 || o.k > o.n_latents / o.n_experts * o.active_experts)
         return moexc__fail(err, MOEXC_ERR_ARG, "sae: k %d outside [1, F_e a = %d]", o.k, o.n_latents / o.n_experts * o.active_experts);
-    if (o.lb_alpha == 0.0f) o.lb_alpha = 0.01f;
+    if (o.lb_alpha == 0.0f) o.lb_alpha = 1.0f;
     if (o.aux_k == 0) o.aux_k = MOEXC__MAX(1, d / 2);
     if (o.aux_alpha == 0.0f) o.aux_alpha = 1.0f / 32.0f;
     if (o.steps == 0) o.steps = 5000;
@@ -11923,28 +11954,6 @@ static void moexc__sae_forward(moexc_sae *s, const float *x, int n, int select, 
         for (b = 0; b < n; b++) moexc_axpy(s->logits + (size_t)b * (size_t)E, 1.0f, MOEXC__SAE_P(s, off_br), (size_t)E);
         moexc_softmax_rows(s->prob, s->logits, n, E);
     }
-    /* pre = M x_c + b_enc; Scale: pre = (1 + w_e) M x_c - w_e a_e . x_c + b_enc */
-    moexc_sgemm(0, 1, n, F, d, 1.0f, s->xc, d, MOEXC__SAE_P(s, off_enc), d, 0.0f, s->P, F);
-    if (scale_sae) {
-        moexc__sae_scale_vectors(s);
-        moexc_sgemm(0, 1, n, E, d, 1.0f, s->xc, d, s->amat, d, 0.0f, s->cdot, E);
-    }
-#ifdef _OPENMP
-#   pragma omp parallel for schedule(static) if ((double)n * F >= 262144.0)
-#endif
-    for (b = 0; b < n; b++) {
-        float *pre = s->pre + (size_t)b * (size_t)F;
-        const float *P = s->P + (size_t)b * (size_t)F;
-        int ii;
-        if (scale_sae) {
-            for (ii = 0; ii < F; ii++) {
-                int e = ii / Fe;
-                pre[ii] = (1.0f + om[e]) * P[ii] - om[e] * s->cdot[(size_t)b * E + e] + benc[ii];
-            }
-        } else {
-            for (ii = 0; ii < F; ii++) pre[ii] += benc[ii];
-        }
-    }
     /* routing: the top-a experts by p (ties to the lower index) and their gates */
     if (select) {
         for (b = 0; b < n; b++) {
@@ -11963,6 +11972,67 @@ static void moexc__sae_forward(moexc_sae *s, const float *x, int n, int select, 
         /* f_e: share of the routing slots (a constant of the step) */
         for (j = 0; j < E; j++) s->lb_f[j] = 0.0f;
         for (i = 0; i < (size_t)n * (size_t)A; i++) s->lb_f[s->route[i]] += 1.0f / (float)((size_t)n * (size_t)A);
+    }
+    /* the dead latents of AuxK are chosen with the routing */
+    if (with_aux && select) {
+        int D = 0;
+        for (j = 0; j < F; j++) if (moexc__sae_is_dead(s, j)) s->aux_idx[D++] = j;
+        s->n_aux = D;
+        s->aux_per_row = MOEXC__MIN(ka, D);
+    }
+    /* P = M x_c where it is needed: E = 1, one GEMM; else per expert e a GEMM
+       over the rows routed to it (gathered), scattered into P's block e; then,
+       for AuxK, the dead latents on every row (one GEMM over their rows) */
+    if (E == 1) {
+        moexc_sgemm(0, 1, n, F, d, 1.0f, s->xc, d, MOEXC__SAE_P(s, off_enc), d, 0.0f, s->P, F);
+    } else {
+        int e, q;
+        for (e = 0; e < E; e++) {
+            int cnt = 0, r;
+            for (b = 0; b < n; b++)
+                for (q = 0; q < A; q++)
+                    if (s->route[(size_t)b * A + q] == e) {
+                        s->grow[cnt] = b;
+                        memcpy(s->xg + (size_t)cnt * d, s->xc + (size_t)b * d, (size_t)d * sizeof(float));
+                        cnt++;
+                    }
+            if (cnt == 0) continue;
+            moexc_sgemm(0, 1, cnt, Fe, d, 1.0f, s->xg, d, MOEXC__SAE_P(s, off_enc) + (size_t)e * Fe * d, d, 0.0f, s->pg, Fe);
+            for (r = 0; r < cnt; r++)
+                memcpy(s->P + (size_t)s->grow[r] * F + (size_t)e * Fe, s->pg + (size_t)r * Fe, (size_t)Fe * sizeof(float));
+        }
+    }
+    if (with_aux && s->n_aux > 0 && E > 1) {
+        int D = s->n_aux, q;
+        for (q = 0; q < D; q++)
+            memcpy(s->xg + (size_t)q * d, MOEXC__SAE_P(s, off_enc) + (size_t)s->aux_idx[q] * d, (size_t)d * sizeof(float));
+        moexc_sgemm(0, 1, n, D, d, 1.0f, s->xc, d, s->xg, d, 0.0f, s->pg, D);
+        for (b = 0; b < n; b++)
+            for (q = 0; q < D; q++) s->P[(size_t)b * F + s->aux_idx[q]] = s->pg[(size_t)b * D + q];
+    }
+    if (scale_sae) {
+        moexc__sae_scale_vectors(s);
+        moexc_sgemm(0, 1, n, E, d, 1.0f, s->xc, d, s->amat, d, 0.0f, s->cdot, E);
+    }
+    /* pre = P + b_enc; Scale: pre = (1 + w_e) P - w_e a_e . x_c + b_enc, at the
+       selected experts' latents and the dead ones (each entry once) */
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * A * Fe >= 262144.0)
+#endif
+    for (b = 0; b < n; b++) {
+        float *pre = s->pre + (size_t)b * (size_t)F;
+        const float *P = s->P + (size_t)b * (size_t)F, *cd = s->cdot + (size_t)b * E;
+        const int *r = s->route + (size_t)b * (size_t)A;
+        int q, t, e;
+        for (q = 0; q <= A; q++) {
+            int n_lat = q < A ? Fe : (with_aux ? s->n_aux : 0);
+            for (t = 0; t < n_lat; t++) {
+                int ii = q < A ? r[q] * Fe + t : s->aux_idx[t], sel = 0, u;
+                if (q == A) { for (u = 0; u < A; u++) sel |= r[u] == ii / Fe; if (sel) continue; }
+                e = ii / Fe;
+                pre[ii] = scale_sae ? (1.0f + om[e]) * P[ii] - om[e] * cd[e] + benc[ii] : P[ii] + benc[ii];
+            }
+        }
     }
     for (b = 0; b < n; b++) {
         const int *r = s->route + (size_t)b * (size_t)A;
@@ -12030,13 +12100,7 @@ static void moexc__sae_forward(moexc_sae *s, const float *x, int n, int select, 
        ReLU at the negative ones; aux_exact_relu: positive ones only, the
        exact gradient), ê = sum f_aux d_j, f_aux = ReLU(pre),
        L_aux = ||e - ê||^2 / sum_b ||e_b - mean e||^2 with e a constant */
-    if (select) {
-        int D = 0;
-        for (j = 0; j < F; j++) if (moexc__sae_is_dead(s, j)) s->aux_idx[D++] = j;
-        s->n_aux = D;
-        s->aux_per_row = MOEXC__MIN(ka, D);
-        memcpy(s->aux_e, s->e, nd * sizeof(float));
-    }
+    if (select) memcpy(s->aux_e, s->e, nd * sizeof(float));
     if (s->n_aux == 0) return;
     ka = s->aux_per_row;
 #ifdef _OPENMP

@@ -66,7 +66,7 @@ static void usage(FILE *out)
         "  --k K                 active latents per token (default 32)\n"
         "  --experts E           experts (Switch, Scale; default 8)\n"
         "  --active A            experts per token (Scale; default 2)\n"
-        "  --lb-alpha X          router load-balancing weight (default 0.01; negative = off)\n"
+        "  --lb-alpha X          router load-balancing weight (default 1; negative = off)\n"
         "  --aux-k K             AuxK latents (default d/2; -1 off)\n"
         "  --aux-alpha A         AuxK weight (default 1/32)\n"
         "  --dead-tokens N       tokens without firing before a latent is dead (default min(10M, steps*batch/20))\n"
