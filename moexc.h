@@ -144,6 +144,8 @@
        moexc_sae_decoder(sae, 0, dec);                  // (F x d)
        moexc_redundancy(dec, F, d, 0.9f, &redund, &mean_max, NULL, &err);
        moexc_sae_encoder_flops(sae);                    // per token
+       moexc_sae_splice(sae, model[1], &corpus, 3, MOEXC_SITE_FFN_OUT, 128, 32,
+                        0.05f, 0, &splice, 0, &err);    // spliced loss (SPEC §5.2)
        moexc_sae_save(sae, "sae.safetensors", &err);  moexc_sae_free(sae);
 
    FILE FORMATS (all little-endian, all written to a temporary file and

@@ -8,6 +8,9 @@
 #include "harness.h"
 #include <stdlib.h>
 #include <stdio.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static float *randn(int n, moexc_rng *rng, float scale)
 {
@@ -471,6 +474,20 @@ static void test_train_determinism(void)
     }
     for (i = 0; i < (int)moexc_sae_num_params(s[0]); i++) same &= moexc_sae_params(s[0])[i] == moexc_sae_params(s[1])[i];
     TH_CHECK(same, "two runs with one seed have the same bits");
+#ifdef _OPENMP
+    {   /* and the same bits on one thread (row loops in threads, sums in row order) */
+        moexc_sae *one;
+        int threads = omp_get_max_threads();
+        omp_set_num_threads(1);
+        moexc_sae_create(&one, d, &o, NULL);
+        moexc_sae_init_from_data(one, x, n, NULL);
+        for (i = 0; i < o.steps; i++) moexc_sae_train_step(one, x, n, NULL, NULL);
+        omp_set_num_threads(threads);
+        for (i = 0, same = 1; i < (int)moexc_sae_num_params(one); i++) same &= moexc_sae_params(one)[i] == moexc_sae_params(s[0])[i];
+        TH_CHECK(same, "1 thread and %d threads give the same bits", threads);
+        moexc_sae_free(one);
+    }
+#endif
     TH_CHECK(last.rec < 0.7 * first.rec, "training lowers the reconstruction loss (%g -> %g)", first.rec, last.rec);
     TH_CHECK(last.lb > 0.99 && last.lb < 1.5, "L_lb %g near 1", last.lb);
     TH_CHECK(moexc_sae_evaluate(s[0], x, n, &ev, NULL, NULL) == MOEXC_OK, "evaluate");
