@@ -10360,22 +10360,34 @@ static uint32_t moexc__score_bucket(float s)
    boundary go to the lowest index, so exactly min(k, #positive) are kept.
    Returns the smallest kept value (0 when none). tmp holds n floats.
    Radix pre-selection: a histogram of the buckets finds the one holding the
-   k-th largest; only that bucket goes through quickselect. */
+   k-th largest; only that bucket goes through quickselect. Short rows
+   (n < 8192, e.g. one token's latents in an SAE) skip the histogram, whose
+   4096 buckets cost more than they save there, and quickselect the positive
+   values; the k-th largest, and so the result, is the same either way. */
 static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
 {
     ptrdiff_t hist[MOEXC__SCORE_BUCKETS];
     ptrdiff_t i, c = 0, above = 0;
     uint32_t bucket = 0;
     float t;
-    int j;
-    memset(hist, 0, sizeof(hist));
-    for (i = 0; i < n; i++)
-        if (v[i] > 0.0f) { hist[moexc__score_bucket(v[i])]++; c++; }
+    int j, short_row = n < 8192;
+    if (short_row) {
+        for (i = 0; i < n; i++) if (v[i] > 0.0f) tmp[c++] = v[i];
+    } else {
+        memset(hist, 0, sizeof(hist));
+        for (i = 0; i < n; i++)
+            if (v[i] > 0.0f) { hist[moexc__score_bucket(v[i])]++; c++; }
+    }
     if (c == 0 || k <= 0) { memset(keep, 0, (size_t)n); return 0.0f; }
     if (c <= k) {
         float mn = FLT_MAX;
         for (i = 0; i < n; i++) { keep[i] = v[i] > 0.0f; if (keep[i] && v[i] < mn) mn = v[i]; }
         return mn;
+    }
+    if (short_row) {
+        t = moexc__kth_largest(tmp, c, k);
+        moexc__keep_from_threshold(v, n, k, t, keep);
+        return t;
     }
     for (j = MOEXC__SCORE_BUCKETS - 1; j >= 0; j--) {
         if (above + hist[j] >= k) { bucket = (uint32_t)j; break; }
