@@ -298,9 +298,9 @@ toy: $(BUILD)/toy_superposition
 # three exist; otherwise it makes the demo's corpus and trains both language
 # models at the demo's size with fewer steps (SAE_LM_STEPS) into
 # $(BUILD)/sae_lm/. SAE_ARGS adds options (build/moexc_sae --help).
-SAE_LM_STEPS ?= 600
+SAE_LM_STEPS ?= 500
 SAE_ARGS ?=
-SAE_OPTS := --latents 1024 --k 32 --experts 8 --active 2 --steps 1000 --batch 1024 --train-rows 262144 \
+SAE_OPTS := --latents 1024 --k 32 --experts 8 --active 2 --steps 800 --batch 1024 --train-rows 262144 \
             --eval-rows 32768 --splice --splice-seqs 24 --log-every 500
 SAE_LM := --d-model 64 --heads 4 --layers 5 --context 128 --steps $(SAE_LM_STEPS) --batch 16 --seq-len 128 --lr 2e-3 \
           --log-every 250 --eval-interval 1000
