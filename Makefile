@@ -306,6 +306,8 @@ SAE_LM := --d-model 64 --heads 4 --layers 5 --context 128 --steps $(SAE_LM_STEPS
           --log-every 250 --eval-interval 1000
 EXTRA_CFLAGS_moexc_sae := -isystem $(STB_DIR)
 $(BUILD)/moexc_sae: | demo-stb
+TEST_SCRIPTS += tests/test_sae_tool.sh
+test: $(BUILD)/moexc_sae $(BUILD)/moexc_mkdata $(BUILD)/moexc_train $(BUILD)/moexc_crosscoder
 .PHONY: sae
 sae: $(BUILD)/moexc_sae $(BUILD)/moexc_train $(BUILD)/moexc_mkdata
 	@if [ -f report/corpus.tok ] && [ -f report/moe.ckpt ] && [ -f report/dense.ckpt ]; then \

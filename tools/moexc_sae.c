@@ -64,8 +64,8 @@ static void usage(FILE *out)
         "  --variant topk|switch|scale   (default topk)\n"
         "  --latents F           latents (default 16 d)\n"
         "  --k K                 active latents per token (default 32)\n"
-        "  --experts E           experts (Switch, Scale; default 8)\n"
-        "  --active A            experts per token (Scale; default 2)\n"
+        "  --experts E           experts (Switch, Scale; default 8; ignored by topk)\n"
+        "  --active A            experts per token (Scale; default 2; ignored by topk)\n"
         "  --lb-alpha X          router load-balancing weight (default 1; negative = off)\n"
         "  --aux-k K             AuxK latents (default d/2; -1 off)\n"
         "  --aux-alpha A         AuxK weight (default 1/32)\n"
@@ -175,6 +175,7 @@ static int parse_args(int argc, char **argv, args *a)
     if (a->model && (a->model_a || a->model_b)) { fprintf(stderr, "moexc_sae: give --model or --model-a/--model-b, not both\n"); return 0; }
     if ((a->model_a != NULL) != (a->model_b != NULL)) { fprintf(stderr, "moexc_sae: --model-a and --model-b go together\n"); return 0; }
     if (a->compare && !a->model_a) { fprintf(stderr, "moexc_sae: --compare needs --model-a and --model-b\n"); return 0; }
+    if (a->so.variant == MOEXC_SAE_TOPK) a->so.n_experts = a->so.active_experts = 0;   /* --experts, --active: routed SAEs only */
     if (!a->model && !a->model_a && !a->cache) { fprintf(stderr, "moexc_sae: give --model, --model-a/--model-b or --cache (see --help)\n"); return 0; }
     if (a->splice && !a->model && !a->model_a) { fprintf(stderr, "moexc_sae: --splice needs a model\n"); return 0; }
     return 1;
