@@ -52,6 +52,8 @@ for p in sae_fve_flops sae_redundancy sae_expert_usage; do
     if png_ok "$TMP/cmp/$p.png"; then ok "$p.png"; else bad "$p.png"; fi
 done
 if [ -s "$TMP/cmp/sae_scale_moe.safetensors" ] && [ -s "$TMP/cmp/sae_topk_dense.safetensors" ]; then ok "the six SAEs"; else bad "the six SAEs"; fi
+if grep -q '^dense,scale,64,4,4,2,' "$TMP/cmp/sae_table.csv" && grep -q '^moe,switch,64,4,4,1,' "$TMP/cmp/sae_table.csv" &&
+   grep -q '^moe,topk,64,4,1,1,' "$TMP/cmp/sae_table.csv"; then ok "--experts 4 --active 2 reach the routed SAEs"; else bad "--experts/--active in --compare"; fi
 if ls "$TMP/cmp" | grep -q '\.tmp$'; then bad "no temporary files left"; else ok "no temporary files left"; fi
 fails "no data" "give --model" "$BUILD/moexc_sae" --variant topk
 fails "bad --variant" "--variant must be" "$BUILD/moexc_sae" --model "$TMP/dense.st" --variant moe

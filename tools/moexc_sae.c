@@ -175,7 +175,8 @@ static int parse_args(int argc, char **argv, args *a)
     if (a->model && (a->model_a || a->model_b)) { fprintf(stderr, "moexc_sae: give --model or --model-a/--model-b, not both\n"); return 0; }
     if ((a->model_a != NULL) != (a->model_b != NULL)) { fprintf(stderr, "moexc_sae: --model-a and --model-b go together\n"); return 0; }
     if (a->compare && !a->model_a) { fprintf(stderr, "moexc_sae: --compare needs --model-a and --model-b\n"); return 0; }
-    if (a->so.variant == MOEXC_SAE_TOPK) a->so.n_experts = a->so.active_experts = 0;   /* --experts, --active: routed SAEs only */
+    if (a->so.variant == MOEXC_SAE_TOPK && !a->compare)   /* --experts, --active: routed SAEs only */
+        a->so.n_experts = a->so.active_experts = 0;
     if (!a->model && !a->model_a && !a->cache) { fprintf(stderr, "moexc_sae: give --model, --model-a/--model-b or --cache (see --help)\n"); return 0; }
     if (a->splice && !a->model && !a->model_a) { fprintf(stderr, "moexc_sae: --splice needs a model\n"); return 0; }
     return 1;
