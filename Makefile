@@ -334,3 +334,40 @@ bench-mpi:
 	    $(MAKE) --no-print-directory MPI=1 BUILD=$(MPI_BUILD) $(MPI_BUILD)/moexc_train $(MPI_BUILD)/moexc_crosscoder && \
 	    sh tests/test_mpi.sh --bench $(MPI_BUILD); \
 	else echo "bench-mpi: SKIPPED (no mpicc/mpirun: apt-get install openmpi-bin libopenmpi-dev)"; fi
+# ---- area: sae ------------------------------------------------------------
+# `make sae`: TopK, Switch and Scale SAEs (SPEC §8) trained at equal F and k
+# on the demo's dense and MoE activations (block 3, FFN output, as the demo's
+# crosscoder) into ./sae_report: table (markdown, CSV), PNGs, the six SAEs.
+# It reuses report/{corpus.tok,moe.ckpt,dense.ckpt} from `make demo` when all
+# three exist; otherwise it makes the demo's corpus and trains both language
+# models at the demo's size with fewer steps (SAE_LM_STEPS) into
+# $(BUILD)/sae_lm/. SAE_ARGS adds options (build/moexc_sae --help).
+SAE_LM_STEPS ?= 500
+SAE_ARGS ?=
+SAE_OPTS := --latents 1024 --k 32 --experts 8 --active 2 --steps 800 --batch 1024 --train-rows 262144 \
+            --eval-rows 32768 --splice --splice-seqs 24 --log-every 500
+SAE_LM := --d-model 64 --heads 4 --layers 5 --context 128 --steps $(SAE_LM_STEPS) --batch 16 --seq-len 128 --lr 2e-3 \
+          --log-every 250 --eval-interval 1000
+EXTRA_CFLAGS_moexc_sae := -isystem $(STB_DIR)
+$(BUILD)/moexc_sae: | demo-stb
+TEST_SCRIPTS += tests/test_sae_tool.sh
+test: $(BUILD)/moexc_sae $(BUILD)/moexc_mkdata $(BUILD)/moexc_train $(BUILD)/moexc_crosscoder
+.PHONY: sae
+sae: $(BUILD)/moexc_sae $(BUILD)/moexc_train $(BUILD)/moexc_mkdata
+	@if [ -f report/corpus.tok ] && [ -f report/moe.ckpt ] && [ -f report/dense.ckpt ]; then \
+	    echo "sae: using the demo's models in report/"; d=report; \
+	else \
+	    d=$(BUILD)/sae_lm; mkdir -p $$d; \
+	    if [ ! -f $$d/moe.ckpt ] || [ ! -f $$d/dense.ckpt ]; then \
+	        echo "sae: no demo models in report/; training both at the demo's size, $(SAE_LM_STEPS) steps, into $$d/"; \
+	        $(BUILD)/moexc_mkdata --builtin 2000000 --out $$d/corpus.tok || exit 1; \
+	        OMP_NUM_THREADS=1 $(BUILD)/moexc_train --data $$d/corpus.tok --ffn moe --experts 8 --moe-k 2 $(SAE_LM) \
+	            --export $$d/moe.ckpt > $$d/moe.log 2>&1 & p1=$$!; \
+	        OMP_NUM_THREADS=1 $(BUILD)/moexc_train --data $$d/corpus.tok --ffn dense $(SAE_LM) \
+	            --export $$d/dense.ckpt > $$d/dense.log 2>&1 & p2=$$!; \
+	        wait $$p1 || { tail -n 5 $$d/moe.log; exit 1; }; wait $$p2 || { tail -n 5 $$d/dense.log; exit 1; }; \
+	        tail -n 2 $$d/moe.log; tail -n 2 $$d/dense.log; \
+	    fi; \
+	fi; \
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/moexc_sae --model-a $$d/moe.ckpt --model-b $$d/dense.ckpt \
+	    --tokens $$d/corpus.tok --layer 3 --compare sae_report $(SAE_OPTS) $(SAE_ARGS)

@@ -130,10 +130,29 @@
        moexc_toy_train_many(toys, 2, 3000, 0, NULL, NULL, &err);  // threads over models
        moexc_toy_measure(&toys[0], NULL, &mt, &err);    // mt.mono_fraction, ...
 
+   Sparse autoencoders made of experts on one model's activations (>>sae;
+   tools/moexc_sae is its face, make sae compares the three variants):
+
+       moexc_sae *sae;  moexc_sae_options sa = {0};    // zero = defaults
+       moexc_sae_eval ev;  double redund, mean_max;
+       sa.variant = MOEXC_SAE_SCALE;                    // or _TOPK, _SWITCH
+       sa.n_latents = 2048; sa.k = 32; sa.n_experts = 8; sa.active_experts = 2;
+       moexc_sae_create(&sae, d, &sa, &err);
+       moexc_sae_init_from_data(sae, x, n, &err);       // x: one side of the pairs
+       moexc_sae_train_step(sae, x + i * d, batch, &step_stats, &err);
+       moexc_sae_evaluate(sae, held, n_held, &ev, NULL, &err);   // FVE, L0, dead
+       moexc_sae_decoder(sae, 0, dec);                  // (F x d)
+       moexc_redundancy(dec, F, d, 0.9f, &redund, &mean_max, NULL, &err);
+       moexc_sae_encoder_flops(sae);                    // per token
+       moexc_sae_splice(sae, model[1], &corpus, 3, MOEXC_SITE_FFN_OUT, 128, 32,
+                        0.05f, 0, &splice, 0, &err);    // spliced loss (SPEC §5.2)
+       moexc_sae_save(sae, "sae.safetensors", &err);  moexc_sae_free(sae);
+
    FILE FORMATS (all little-endian, all written to a temporary file and
    renamed): token streams (>>data), model and training checkpoints in
    safetensors (>>model, >>train), crosscoders in safetensors with the public
-   PyTorch crosscoder layout (>>crosscoder), activation caches (>>harvest),
+   PyTorch crosscoder layout (>>crosscoder), SAEs in safetensors (>>sae),
+   activation caches (>>harvest),
    .npy arrays (>>analysis).
 
    ===========================================================================
@@ -181,6 +200,8 @@
                       tied-weight experts, sweeps, dimensionality, monosemanticity
      >>harvest        paired activations, shuffle buffer, activation cache
      >>crosscoder     L1 and BatchTopK crosscoders with shared latents
+     >>sae            sparse autoencoders made of experts (SPEC §8): TopK,
+                      Switch and Scale SAEs, redundancy, encoder FLOPs
      >>analysis       relative decoder norm, classes, cosines, density, FVE;
                       seed controls and verdicts; aligned cosines (Procrustes, SVD);
                       what a latent is: top contexts, domain and expert
@@ -1294,6 +1315,192 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
 /* Attach (or with NULL / sum NULL detach) the data-parallel hook, e.g. to a
    loaded crosscoder. */
 MOEXC_DEF moexc_status moexc_xc_set_reduce(moexc_xc *xc, const moexc_reduce *r, moexc_error *err);
+/* ---- >>sae: TopK, Switch and Scale sparse autoencoders made of experts ----- */
+/* SPEC §8. One model's activations x (d wide; one side of a harvested pair or
+   one model's cache), normalised like the crosscoder's (mean ||s x|| =
+   sqrt(d), folded into the weights on save). F latents in E experts of
+   F_e = F / E latents each (expert e owns latents e F_e .. (e+1) F_e - 1).
+   With x_c = s x - b_dec (the centred input, as the crosscoder's default):
+     router (E > 1)  p = softmax(x_c W_r^T + b_r)                 W_r (E x d)
+     pre_i           = M_i . x_c + b_enc_i                         M = W_enc (F x d)
+     Scale SAE       pre_i = M̂_i . x_c + b_enc_i with the feature scaling
+                     M̂_e = A_e + (1 + w_e)(M_e - A_e), A_e = Λ mean_rows(M_e)
+                     (every row of A_e is the vector a_e = Λ μ_e), that is
+                     pre_i = (1 + w_e) M_i . x_c - w_e a_e . x_c + b_enc_i;
+                     Λ (d x d) starts at the identity, w_e at 0
+     variants        TopK   E = 1, gate g = 1 (the baseline)
+                     Switch the top-1 expert e*, g = p_e*
+                     Scale  the top-e experts by p, g_e = p_e / sum_{selected} p
+                            (the softmax over their logits)
+     z_i             = g_e ReLU(pre_i) for the latents of the selected experts
+     TopK            keep the k largest z_i of each token (one global TopK over
+                     the selected experts' latents), zero the rest
+     x̂             = sum_{kept i} z_i d_i + b_dec                 d_i row i of W_dec (F x d)
+   Loss (normalised units): mean_b ||s x_b - x̂_b||^2 + aux_alpha L_aux
+   + lb_alpha L_lb, with AuxK over dead latents as the crosscoder's (the top
+   aux_k pre-activations of the dead latents, ungated, whatever the routing)
+   and the Switch Transformer's load-balancing loss on the router
+     L_lb = E sum_e f_e P_e,  f_e = share of the batch's routing slots that
+            went to e (a constant), P_e = mean_b p_be
+   (1 when balanced). The encoder evaluates the router and the selected
+   experts' latents only (per expert one GEMM over the rows routed to it),
+   plus in training the dead latents on every row (AuxK); the dead latents'
+   cost is not in moexc_sae_encoder_flops.
+
+   Saved SAE (safetensors, normalisation folded in, works on raw activations):
+     "encoder.weight" (F, d)   s W_enc (the M_e blocks stacked; Scale: before
+                               the feature scaling)
+     "encoder.bias"   (F)      b_enc; the encoder reads x - "decoder.bias"
+     "decoder.weight" (F, d)   W_dec / s
+     "decoder.bias"   (d)      b_dec / s
+     "router.weight"  (E, d)   s W_r, "router.bias" (E)      (E > 1)
+     "scale.lambda"   (d, d)   Λ, "scale.omega" (E)           (Scale SAE)
+     metadata: format "moexc-sae", version "1", variant (topk, switch,
+       scale), n_latents, k, n_experts, active_experts, d, scale (the folded
+       s), folded, lb_alpha, aux_k, aux_alpha, aux_exact_relu, dead_tokens, steps, batch, lr,
+       warmup_steps, decay_frac, clip, init_norm, seed, step.
+   A training checkpoint (moexc_sae_save_training) holds the same tensors
+   unfolded (folded "0") plus "train.adam_m", "train.adam_v" (P) and
+   "train.since_fired" (F). Loading checks every shape, metadata value and
+   parameter (finite), then unfolds. */
+
+typedef enum moexc_sae_variant { MOEXC_SAE_TOPK = 0, MOEXC_SAE_SWITCH = 1, MOEXC_SAE_SCALE = 2 } moexc_sae_variant;
+
+/* Zero value = defaults. "off" values are negative. */
+typedef struct moexc_sae_options {
+    int      variant;        /* moexc_sae_variant; 0 = TopK                          */
+    int      n_latents;      /* F; 0 -> 16 d                                        */
+    int      k;              /* active latents per token; 0 -> min(32, F_e e)       */
+    int      n_experts;      /* E; 0 -> 1 (TopK), 8 (Switch, Scale); TopK needs 1   */
+    int      active_experts; /* experts per token; 0 -> 1 (Switch, TopK), 2 (Scale) */
+    float    lb_alpha;       /* load-balancing weight; 0 -> 1, < 0 off. L_lb is 1 when
+                                balanced, the reconstruction loss about d (1 - FVE);
+                                the LMs' 0.01 let a Switch SAE on the demo's MoE
+                                send 87% of its tokens to one expert              */
+    int      aux_k;          /* AuxK latents per token; 0 -> d / 2, < 0 off          */
+    float    aux_alpha;      /* 0 -> 1/32                                           */
+    int      aux_exact_relu; /* as the crosscoder's: 0 (default) AuxK's gradient passes
+                                straight through the ReLU at a selected dead latent's
+                                negative pre-activation; 1 only positive ones are
+                                selected and the gradient is the exact one      */
+    int64_t  dead_tokens;    /* dead after this many tokens without firing;
+                                0 -> min(10M, steps * batch / 20)                    */
+    int      steps;          /* optimiser steps (schedule); 0 -> 5000                */
+    int      batch;          /* tokens per step (only for defaults above); 0 -> 1024 */
+    float    lr;             /* 0 -> min(1e-3, 2e-4 / sqrt(F / 2^14))                */
+    int      warmup_steps;   /* 0 -> min(1000, steps / 20)                           */
+    float    decay_frac;     /* linear decay over the last fraction; 0 -> 0.2        */
+    float    clip;           /* global gradient-norm clip; 0 -> 1.0, < 0 off         */
+    float    init_norm;      /* decoder row norm at init; 0 -> 1                     */
+    uint64_t seed;
+} moexc_sae_options;
+
+typedef struct moexc_sae moexc_sae;
+
+/* What one training step measured (on the batch, before the update). */
+typedef struct moexc_sae_step_stats {
+    double loss;             /* rec + aux_alpha aux + lb_alpha lb                     */
+    double rec;              /* mean_b ||s x - x̂||^2 (normalised units)               */
+    double aux;              /* L_aux (before alpha); 0 when no latent is dead        */
+    double lb;               /* L_lb (before alpha); 0 without a router               */
+    double fve;              /* on this batch                                         */
+    double l0;               /* mean active latents per token                         */
+    double dead_fraction;    /* latents not fired for dead_tokens tokens              */
+    double grad_norm;        /* before clipping                                       */
+    double lr;
+} moexc_sae_step_stats;
+
+/* Held-out evaluation: FVE = 1 - sum_dims Var(x - x̂) / sum_dims Var(x), L0,
+   the fraction of latents never active on the set, the MSE (normalised units),
+   and the share of routing slots per expert. */
+typedef struct moexc_sae_eval {
+    int64_t n;
+    double  fve, l0, dead_fraction, mse;
+    double  expert_share[64];  /* first min(E, 64) experts; sums to 1          */
+} moexc_sae_eval;
+
+MOEXC_DEF moexc_status moexc_sae_create(moexc_sae **out, int d, const moexc_sae_options *opt, moexc_error *err);
+MOEXC_DEF void moexc_sae_free(moexc_sae *sae);
+MOEXC_DEF const moexc_sae_options *moexc_sae_get_options(const moexc_sae *sae);  /* resolved */
+MOEXC_DEF int   moexc_sae_dim(const moexc_sae *sae);
+MOEXC_DEF float moexc_sae_scale(const moexc_sae *sae);                          /* s        */
+MOEXC_DEF int   moexc_sae_step(const moexc_sae *sae);
+MOEXC_DEF const char *moexc_sae_variant_name(int variant);   /* "topk", "switch", "scale" */
+
+/* From a sample of n raw rows: s, b_dec = mean of s x, decoder rows random
+   directions of norm init_norm, W_enc = W_dec, b_enc = 0, router rows
+   normal with standard deviation 1/d, Λ = I, w = 0. */
+MOEXC_DEF moexc_status moexc_sae_init_from_data(moexc_sae *sae, const float *x, int n, moexc_error *err);
+MOEXC_DEF void moexc_sae_set_scale(moexc_sae *sae, float s);
+
+/* One optimiser step on n raw rows: forward, backward, clip, Adam (shared
+   with the crosscoder), then the dead-latent counters. */
+MOEXC_DEF moexc_status moexc_sae_train_step(moexc_sae *sae, const float *x, int n, moexc_sae_step_stats *stats,
+                                            moexc_error *err);
+/* Loss and gradient without an update. */
+MOEXC_DEF moexc_status moexc_sae_loss_grad(moexc_sae *sae, const float *x, int n, moexc_sae_step_stats *stats,
+                                           moexc_error *err);
+/* Gradient checks: 1 = reuse the last loss_grad's routing (experts per
+   token), kept latents, AuxK latents, AuxK target and load-balancing counts
+   (same n): the loss is then a smooth function of every parameter, gates and
+   feature scaling included. */
+MOEXC_DEF void moexc_sae_freeze_selection(moexc_sae *sae, int frozen);
+MOEXC_DEF void moexc_sae_set_dead(moexc_sae *sae, int latent, int dead);
+
+/* Flat parameter vector (normalised units), gradients and Adam moments alike:
+     W_enc (F x d) | b_enc (F) | W_dec (F x d) | b_dec (d) |
+     W_r (E x d) | b_r (E)          (E > 1; empty otherwise) |
+     Λ (d x d) | w (E)              (Scale SAE; empty otherwise) */
+MOEXC_DEF size_t moexc_sae_num_params(const moexc_sae *sae);
+MOEXC_DEF float *moexc_sae_params(moexc_sae *sae);
+MOEXC_DEF float *moexc_sae_grads(moexc_sae *sae);
+/* W_dec (F x d) in normalised units (folded = 0) or raw units (W_dec / s). */
+MOEXC_DEF void moexc_sae_decoder(const moexc_sae *sae, int folded, float *out);
+
+/* Inference on raw rows (n of any size; processed in chunks): latents z
+   (n x F, dense, zeros outside the kept set; may be NULL), the experts each
+   token used (n x active_experts; may be NULL) and the reconstruction x̂ in
+   raw units (n x d; may be NULL). */
+MOEXC_DEF moexc_status moexc_sae_encode(moexc_sae *sae, const float *x, int n, float *z, int *experts, float *xhat,
+                                        moexc_error *err);
+/* FVE, L0, dead fraction, expert shares on held-out rows. active_counts (F,
+   may be NULL) receives per-latent active-token counts. */
+MOEXC_DEF moexc_status moexc_sae_evaluate(moexc_sae *sae, const float *x, int64_t n, moexc_sae_eval *out,
+                                          int64_t *active_counts, moexc_error *err);
+/* Encoder FLOPs per token (2 per multiply-add) at inference, where the
+   router and the selected experts are evaluated:
+     TopK    2 F d
+     Switch  2 E d + 2 F_e d
+     Scale   2 E d + e (2 F_e d + 2 d + 2 F_e)   (a_e . x_c, then scale and shift)
+   (biases, softmax and the TopK itself are not counted). */
+MOEXC_DEF double moexc_sae_encoder_flops(const moexc_sae *sae);
+
+/* Redundancy of a dictionary (SPEC §8): rows (F x d) are normalised, their
+   Gram matrix is computed in blocks of GEMMs, and each row's largest cosine
+   with another row is taken. *frac = share of rows whose largest cosine
+   exceeds thresh (0.9 in SPEC), *mean_max = the mean largest cosine; zero
+   rows count as cosine 0. max_cos (F, may be NULL) receives each row's. */
+MOEXC_DEF moexc_status moexc_redundancy(const float *rows, int F, int d, float thresh, double *frac, double *mean_max,
+                                        float *max_cos, moexc_error *err);
+
+/* Spliced loss of an SAE (SPEC §5.2), into one model slot of a splice
+   accumulator (moexc_splice_acc, >>analysis): over up to max_seqs held-out
+   windows per domain (the trainer's split, eval_fraction), model `model` runs
+   clean, with block `layer`'s `site` replaced by the SAE's reconstruction, by
+   zeros and by the site's mean over the same tokens; moexc_splice_acc_recovered
+   (acc, slot, ...) is then the fraction of loss recovered. Position 0 of each
+   window keeps its clean value unless keep_first. */
+struct moexc_splice_acc;
+MOEXC_DEF moexc_status moexc_sae_splice(moexc_sae *sae, moexc_model *model, const moexc_tokens *data, int layer,
+                                        moexc_site site, int seq_len, int max_seqs, float eval_fraction, int keep_first,
+                                        struct moexc_splice_acc *acc, int slot, moexc_error *err);
+
+/* Save the inference SAE (folded), or everything needed to resume training;
+   load either kind (validated). */
+MOEXC_DEF moexc_status moexc_sae_save(const moexc_sae *sae, const char *path, moexc_error *err);
+MOEXC_DEF moexc_status moexc_sae_save_training(const moexc_sae *sae, const char *path, moexc_error *err);
+MOEXC_DEF moexc_status moexc_sae_load(moexc_sae **out, const char *path, moexc_error *err);
+
 /* ---- >>analysis: relative decoder norm, classes, cosines, density, FVE ---- */
 /* Everything here takes plain arrays, so it works on any crosscoder:
    W_dec^A (F x d_A) and W_dec^B (F x d_B) row-major (A = MoE, B = dense),
@@ -10433,22 +10640,34 @@ static uint32_t moexc__score_bucket(float s)
    boundary go to the lowest index, so exactly min(k, #positive) are kept.
    Returns the smallest kept value (0 when none). tmp holds n floats.
    Radix pre-selection: a histogram of the buckets finds the one holding the
-   k-th largest; only that bucket goes through quickselect. */
+   k-th largest; only that bucket goes through quickselect. Short rows
+   (n < 8192, e.g. one token's latents in an SAE) skip the histogram, whose
+   4096 buckets cost more than they save there, and quickselect the positive
+   values; the k-th largest, and so the result, is the same either way. */
 static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
 {
     ptrdiff_t hist[MOEXC__SCORE_BUCKETS];
     ptrdiff_t i, c = 0, above = 0;
     uint32_t bucket = 0;
     float t;
-    int j;
-    memset(hist, 0, sizeof(hist));
-    for (i = 0; i < n; i++)
-        if (v[i] > 0.0f) { hist[moexc__score_bucket(v[i])]++; c++; }
+    int j, short_row = n < 8192;
+    if (short_row) {
+        for (i = 0; i < n; i++) if (v[i] > 0.0f) tmp[c++] = v[i];
+    } else {
+        memset(hist, 0, sizeof(hist));
+        for (i = 0; i < n; i++)
+            if (v[i] > 0.0f) { hist[moexc__score_bucket(v[i])]++; c++; }
+    }
     if (c == 0 || k <= 0) { memset(keep, 0, (size_t)n); return 0.0f; }
     if (c <= k) {
         float mn = FLT_MAX;
         for (i = 0; i < n; i++) { keep[i] = v[i] > 0.0f; if (keep[i] && v[i] < mn) mn = v[i]; }
         return mn;
+    }
+    if (short_row) {
+        t = moexc__kth_largest(tmp, c, k);
+        moexc__keep_from_threshold(v, n, k, t, keep);
+        return t;
     }
     for (j = MOEXC__SCORE_BUCKETS - 1; j >= 0; j--) {
         if (above + hist[j] >= k) { bucket = (uint32_t)j; break; }
@@ -11524,26 +11743,68 @@ MOEXC_DEF moexc_status moexc_xc_loss_grad(moexc_xc *xc, const float *x_a, const 
     return MOEXC_OK;
 }
 
+/* Learning rate at a step: linear warm-up over warmup steps, then constant,
+   then linear decay to 0 over the last decay_frac of the steps (the
+   crosscoder's and the SAEs' schedule, SPEC §4). */
+static double moexc__lr_schedule(double lr, int step, int steps, int warmup, float decay_frac)
+{
+    double decay_start = (1.0 - decay_frac) * steps;
+    if (step < warmup) lr *= (step + 1.0) / warmup;
+    if (decay_frac > 0.0f && step >= decay_start)
+        lr *= MOEXC__MAX(0.0, (steps - step) / (steps - decay_start));
+    return lr;
+}
+
 static double moexc__xc_lr(const moexc_xc *xc)
 {
     const moexc_xc_options *o = &xc->opt;
-    double lr = o->lr, decay_start = (1.0 - o->decay_frac) * o->steps;
-    if (xc->step < o->warmup_steps) lr *= (xc->step + 1.0) / o->warmup_steps;
-    if (o->decay_frac > 0.0f && xc->step >= decay_start)
-        lr *= MOEXC__MAX(0.0, (o->steps - xc->step) / (o->steps - decay_start));
-    return lr;
+    return moexc__lr_schedule(o->lr, xc->step, o->steps, o->warmup_steps, o->decay_frac);
+}
+
+/* One optimiser step over a flat parameter vector (the crosscoder's and the
+   SAEs'): ||g|| as fixed chunks' float dot products summed in order
+   (partial holds one double per chunk of 16384), then Adam with bias
+   correction (beta 0.9, 0.999, eps 1e-8) on the gradient clipped to global
+   norm clip (clip <= 0: no clipping), with moexc_adam_update. step counts
+   from 0. Returns ||g|| before clipping. */
+static double moexc__clipped_adam(float *params, const float *grads, float *adam_m, float *adam_v, size_t n_params,
+                                  double lr, int step, float clip, double *partial)
+{
+    enum { CHUNK = 16384 };
+    moexc_adam_coeffs ac;
+    const double b1 = 0.9, b2 = 0.999;
+    double gn = 0.0;
+    long c, n_chunks = (long)((n_params + CHUNK - 1) / CHUNK);
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if (n_chunks > 8)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, n_params - lo);
+        partial[c] = moexc_dot(grads + lo, grads + lo, len);
+    }
+    for (c = 0; c < n_chunks; c++) gn += partial[c];
+    gn = sqrt(gn);
+    memset(&ac, 0, sizeof(ac));
+    ac.g_scale = clip > 0.0f && gn > clip ? (float)(clip / gn) : 1.0f;
+    ac.decay = 1.0f;
+    ac.beta1 = (float)b1; ac.beta2 = (float)b2; ac.eps = 1e-8f;
+    ac.step_size = (float)(lr / (1.0 - pow(b1, step + 1.0)));
+    ac.bc2_sqrt = (float)sqrt(1.0 - pow(b2, step + 1.0));
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if (n_chunks > 8)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, n_params - lo);
+        moexc_adam_update(params + lo, grads + lo, adam_m + lo, adam_v + lo, len, &ac);
+    }
+    return gn;
 }
 
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
                                            moexc_xc_step_stats *stats, moexc_error *err)
 {
-    enum { CHUNK = 16384 };
     moexc_xc_step_stats s;
-    moexc_adam_coeffs ac;
-    const double b1 = 0.9, b2 = 0.999;
-    double gn = 0.0, lr;
     size_t i, j, F = (size_t)xc->F;
-    long c, n_chunks = (long)((xc->n_params + CHUNK - 1) / CHUNK);
     int dead = 0;
     moexc_status st;
     int was_frozen = xc->frozen;
@@ -11553,34 +11814,11 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     xc->frozen = was_frozen;
     if (st != MOEXC_OK) return st;
     if (xc->opt.reduce.sum && (st = moexc__xc_dp_grads(xc, err)) != MOEXC_OK) return st;   /* sum / W */
-    /* ||g||, as fixed chunks' float dot products summed in order */
-#ifdef _OPENMP
-#   pragma omp parallel for schedule(static) if (n_chunks > 8)
-#endif
-    for (c = 0; c < n_chunks; c++) {
-        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, xc->n_params - lo);
-        xc->partial[c] = moexc_dot(xc->grads + lo, xc->grads + lo, len);
-    }
-    for (c = 0; c < n_chunks; c++) gn += xc->partial[c];
-    gn = sqrt(gn);
-    s.grad_norm = gn;
     /* Adam with bias correction; one set of moments per parameter (a shared
        row is one parameter), on the gradient clipped to global norm clip */
-    lr = moexc__xc_lr(xc);
-    s.lr = lr;
-    memset(&ac, 0, sizeof(ac));
-    ac.g_scale = xc->opt.clip > 0.0f && gn > xc->opt.clip ? (float)(xc->opt.clip / gn) : 1.0f;
-    ac.decay = 1.0f;
-    ac.beta1 = (float)b1; ac.beta2 = (float)b2; ac.eps = 1e-8f;
-    ac.step_size = (float)(lr / (1.0 - pow(b1, xc->step + 1.0)));
-    ac.bc2_sqrt = (float)sqrt(1.0 - pow(b2, xc->step + 1.0));
-#ifdef _OPENMP
-#   pragma omp parallel for schedule(static) if (n_chunks > 8)
-#endif
-    for (c = 0; c < n_chunks; c++) {
-        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, xc->n_params - lo);
-        moexc_adam_update(xc->params + lo, xc->grads + lo, xc->adam_m + lo, xc->adam_v + lo, len, &ac);
-    }
+    s.lr = moexc__xc_lr(xc);
+    s.grad_norm = moexc__clipped_adam(xc->params, xc->grads, xc->adam_m, xc->adam_v, xc->n_params, s.lr, xc->step,
+                                      xc->opt.clip, xc->partial);
     /* dead-latent counters: tokens since each latent last fired */
     memset(xc->fired, 0, F);
     if (xc->opt.variant == MOEXC_XC_BATCHTOPK && !xc->opt.dense_only) {
@@ -11995,6 +12233,1103 @@ fail:
     moexc_st_close(f);
     moexc_xc_free(xc);
     moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    return st;
+}
+/* ======================================================================== */
+/* >>sae (implementation)                                                    */
+/* ======================================================================== */
+/* Letters: n rows in a batch, d width, F latents, E experts of F_e latents,
+   a active experts per token (act), k kept latents per token, D dead latents.
+   Everything inside is in normalised units (x already multiplied by s). The
+   selection helpers (moexc__select_top, moexc__select_top_any), the centred
+   sum of squares, the learning-rate schedule, clipping + Adam and the
+   safetensors metadata reader are the crosscoder's. */
+
+struct moexc_sae {
+    moexc_sae_options opt;           /* resolved */
+    int      d, F, E, Fe, act;
+    float    scale;                  /* s */
+    int      step, frozen, last_n;
+    size_t   n_params;
+    float   *params, *grads, *adam_m, *adam_v;
+    size_t   off_enc, off_benc, off_dec, off_bdec, off_wr, off_br, off_lam, off_om;
+    int64_t *since_fired;            /* (F) tokens since the latent last fired */
+    signed char *dead_override;      /* (F) -1 none, 0 alive, 1 dead */
+    unsigned char *fired;            /* (F) */
+    int     *aux_idx;                /* (F) dead latents */
+    int      n_aux, aux_per_row;     /* D, min(aux_k, D) */
+    float   *mu, *amat, *dmat;       /* (E x d) Scale: mu_e, a_e = Λ mu_e, scratch for da_e / dmu_e */
+    float   *lb_f;                   /* (E) share of the routing slots per expert (a constant) */
+    double  *partial;                /* chunk sums for the gradient norm */
+    /* workspace for up to cap rows */
+    int      cap;
+    float   *xs, *xc, *xhat, *e, *dxhat, *dxc;    /* (n x d) */
+    float   *aux_e, *ehat;                        /* (n x d) AuxK's target (a constant) and ê, then dê */
+    float   *pre, *P;                             /* (n x F) pre-activations; Scale: M x_c before scaling */
+    float   *logits, *prob, *dlog, *cdot, *dc;    /* (n x E) */
+    float   *xg;                                  /* (max(n, F) x d) rows gathered for an expert's GEMM */
+    float   *pg;                                  /* (n x max(F_e, F)) that GEMM's output */
+    int     *grow;                                /* (n) the rows gathered */
+    int     *route;                               /* (n x act) experts, by decreasing probability */
+    float   *gate, *dgate;                        /* (n x act) */
+    int     *kept, *kslot, *kcnt;                 /* (n x k) latents, their slot; (n) how many */
+    float   *kval, *kdp;                          /* (n x k) z and d loss / d pre */
+    int     *aux_lat, *aux_cnt;                   /* (n x ka), (n) */
+    float   *aux_val, *aux_pre, *aux_dp;          /* (n x ka) */
+    int      n_threads;
+    size_t   thr_len;
+    float   *thr_buf;                             /* (threads x 2F) */
+    unsigned char *thr_keep;                      /* (threads x F) */
+};
+
+#define MOEXC__SAE_P(s, off) ((s)->params + (s)->off)
+#define MOEXC__SAE_G(s, off) ((s)->grads + (s)->off)
+
+MOEXC_DEF const char *moexc_sae_variant_name(int variant)
+{
+    switch (variant) {
+    case MOEXC_SAE_TOPK:   return "topk";
+    case MOEXC_SAE_SWITCH: return "switch";
+    case MOEXC_SAE_SCALE:  return "scale";
+    default:               return "unknown";
+    }
+}
+
+static void moexc__sae_free_workspace(moexc_sae *s)
+{
+    moexc__free_aligned(s->xs); moexc__free_aligned(s->xc); moexc__free_aligned(s->xhat);
+    moexc__free_aligned(s->e); moexc__free_aligned(s->dxhat); moexc__free_aligned(s->dxc);
+    moexc__free_aligned(s->aux_e); moexc__free_aligned(s->ehat);
+    if (s->P != s->pre) moexc__free_aligned(s->P);   /* P is pre except in the Scale SAE */
+    moexc__free_aligned(s->pre);
+    moexc__free_aligned(s->logits); moexc__free_aligned(s->prob); moexc__free_aligned(s->dlog);
+    moexc__free_aligned(s->cdot); moexc__free_aligned(s->dc);
+    moexc__free_aligned(s->xg); moexc__free_aligned(s->pg); moexc__free(s->grow);
+    moexc__free(s->route); moexc__free(s->gate); moexc__free(s->dgate);
+    moexc__free(s->kept); moexc__free(s->kslot); moexc__free(s->kcnt); moexc__free(s->kval); moexc__free(s->kdp);
+    moexc__free(s->aux_lat); moexc__free(s->aux_cnt); moexc__free(s->aux_val); moexc__free(s->aux_pre);
+    moexc__free(s->aux_dp);
+    moexc__free_aligned(s->thr_buf); moexc__free(s->thr_keep);
+    s->xs = s->xc = s->xhat = s->e = s->dxhat = s->dxc = s->aux_e = s->ehat = s->pre = s->P = NULL;
+    s->logits = s->prob = s->dlog = s->cdot = s->dc = s->gate = s->dgate = s->kval = s->kdp = NULL;
+    s->aux_val = s->aux_pre = s->aux_dp = s->thr_buf = s->xg = s->pg = NULL;
+    s->grow = NULL;
+    s->route = s->kept = s->kslot = s->kcnt = s->aux_lat = s->aux_cnt = NULL;
+    s->thr_keep = NULL;
+    s->cap = 0; s->n_threads = 0;
+}
+
+static moexc_status moexc__sae_workspace(moexc_sae *s, int n, moexc_error *err)
+{
+    size_t nd = (size_t)n * (size_t)s->d, nF = (size_t)n * (size_t)s->F, nE = (size_t)n * (size_t)s->E;
+    size_t na = (size_t)n * (size_t)s->act, nk = (size_t)n * (size_t)s->opt.k;
+    size_t nka = (size_t)n * (size_t)MOEXC__MAX(1, MOEXC__MIN(s->opt.aux_k, s->F));
+    int threads = moexc__xc_threads(), ok = 1;
+    if (n <= s->cap && threads <= s->n_threads) return MOEXC_OK;
+    moexc__sae_free_workspace(s);
+    s->xs = moexc__alloc_floats(nd); s->xc = moexc__alloc_floats(nd); s->xhat = moexc__alloc_floats(nd);
+    s->e = moexc__alloc_floats(nd); s->dxhat = moexc__alloc_floats(nd); s->dxc = moexc__alloc_floats(nd);
+    s->aux_e = moexc__alloc_floats(nd); s->ehat = moexc__alloc_floats(nd);
+    s->pre = moexc__alloc_floats(nF);
+    s->P = s->opt.variant == MOEXC_SAE_SCALE ? moexc__alloc_floats(nF) : s->pre;
+    s->logits = moexc__alloc_floats(nE); s->prob = moexc__alloc_floats(nE); s->dlog = moexc__alloc_floats(nE);
+    s->cdot = moexc__alloc_floats(nE); s->dc = moexc__alloc_floats(nE);
+    s->xg = moexc__alloc_floats((size_t)MOEXC__MAX(n, s->F) * (size_t)s->d);
+    s->pg = s->E > 1 ? moexc__alloc_floats(nF) : moexc__alloc_floats(1);
+    s->grow = (int *)moexc__calloc((size_t)n, sizeof(int));
+    s->route = (int *)moexc__calloc(na, sizeof(int));
+    s->gate = (float *)moexc__calloc(na, sizeof(float)); s->dgate = (float *)moexc__calloc(na, sizeof(float));
+    s->kept = (int *)moexc__calloc(nk, sizeof(int)); s->kslot = (int *)moexc__calloc(nk, sizeof(int));
+    s->kcnt = (int *)moexc__calloc((size_t)n, sizeof(int));
+    s->kval = (float *)moexc__calloc(nk, sizeof(float)); s->kdp = (float *)moexc__calloc(nk, sizeof(float));
+    s->aux_lat = (int *)moexc__calloc(nka, sizeof(int)); s->aux_cnt = (int *)moexc__calloc((size_t)n, sizeof(int));
+    s->aux_val = (float *)moexc__calloc(nka, sizeof(float)); s->aux_pre = (float *)moexc__calloc(nka, sizeof(float));
+    s->aux_dp = (float *)moexc__calloc(nka, sizeof(float));
+    s->thr_len = 2 * (size_t)s->F;
+    s->thr_buf = moexc__alloc_floats((size_t)threads * s->thr_len);
+    s->thr_keep = (unsigned char *)moexc__calloc((size_t)threads, (size_t)s->F);
+    ok = s->xs && s->xc && s->xhat && s->e && s->dxhat && s->dxc && s->aux_e && s->ehat && s->pre && s->P &&
+         s->logits && s->prob && s->dlog && s->cdot && s->dc && s->route && s->gate && s->dgate && s->kept &&
+         s->kslot && s->kcnt && s->kval && s->kdp && s->aux_lat && s->aux_cnt && s->aux_val && s->aux_pre &&
+         s->aux_dp && s->thr_buf && s->thr_keep && s->xg && s->pg && s->grow;
+    if (!ok) {
+        moexc__sae_free_workspace(s);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "sae: no memory for a batch of %d rows (F = %d)", n, s->F);
+    }
+    s->cap = n;
+    s->n_threads = threads;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF void moexc_sae_free(moexc_sae *s)
+{
+    if (!s) return;
+    moexc__sae_free_workspace(s);
+    moexc__free_aligned(s->params); moexc__free_aligned(s->grads);
+    moexc__free_aligned(s->adam_m); moexc__free_aligned(s->adam_v);
+    moexc__free(s->since_fired); moexc__free(s->dead_override); moexc__free(s->fired); moexc__free(s->aux_idx);
+    moexc__free_aligned(s->mu); moexc__free_aligned(s->amat); moexc__free_aligned(s->dmat);
+    moexc__free(s->lb_f); moexc__free(s->partial);
+    moexc__free(s);
+}
+
+MOEXC_DEF moexc_status moexc_sae_create(moexc_sae **out, int d, const moexc_sae_options *opt, moexc_error *err)
+{
+    moexc_sae_options o;
+    moexc_sae *s;
+    size_t F, E, off = 0;
+    int i, ok;
+    *out = NULL;
+    memset(&o, 0, sizeof(o));
+    if (opt) o = *opt;
+    if (d <= 0) return moexc__fail(err, MOEXC_ERR_ARG, "sae: width d %d must be > 0", d);
+    if (o.variant != MOEXC_SAE_TOPK && o.variant != MOEXC_SAE_SWITCH && o.variant != MOEXC_SAE_SCALE)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: unknown variant %d", o.variant);
+    if (o.n_latents == 0) o.n_latents = 16 * d;
+    if (o.n_experts == 0) o.n_experts = o.variant == MOEXC_SAE_TOPK ? 1 : 8;
+    if (o.active_experts == 0) o.active_experts = o.variant == MOEXC_SAE_SCALE ? 2 : 1;
+    if (o.n_latents < 1) return moexc__fail(err, MOEXC_ERR_ARG, "sae: n_latents %d < 1", o.n_latents);
+    if (o.n_experts < 1 || o.n_experts > 64)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: n_experts %d outside [1, 64]", o.n_experts);
+    if (o.variant == MOEXC_SAE_TOPK && (o.n_experts != 1 || o.active_experts != 1))
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: the TopK SAE has one expert (n_experts %d, active %d)", o.n_experts, o.active_experts);
+    if (o.variant == MOEXC_SAE_SWITCH && o.active_experts != 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: the Switch SAE routes to one expert (active_experts %d)", o.active_experts);
+    if (o.n_latents % o.n_experts != 0)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: n_latents %d is not a multiple of n_experts %d", o.n_latents, o.n_experts);
+    if (o.active_experts < 1 || o.active_experts > o.n_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: active_experts %d outside [1, n_experts = %d]", o.active_experts, o.n_experts);
+    if (o.k == 0) o.k = MOEXC__MIN(32, o.n_latents / o.n_experts * o.active_experts);
+    if (o.k < 1 || o.k > o.n_latents / o.n_experts * o.active_experts)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: k %d outside [1, F_e a = %d]", o.k, o.n_latents / o.n_experts * o.active_experts);
+    if (o.lb_alpha == 0.0f) o.lb_alpha = 1.0f;
+    if (o.aux_k == 0) o.aux_k = MOEXC__MAX(1, d / 2);
+    if (o.aux_alpha == 0.0f) o.aux_alpha = 1.0f / 32.0f;
+    if (o.steps == 0) o.steps = 5000;
+    if (o.batch == 0) o.batch = 1024;
+    if (o.steps < 1 || o.batch < 1) return moexc__fail(err, MOEXC_ERR_ARG, "sae: steps %d and batch %d must be >= 1", o.steps, o.batch);
+    if (o.dead_tokens == 0) o.dead_tokens = MOEXC__MAX(1, MOEXC__MIN((int64_t)10000000, (int64_t)o.steps * o.batch / 20));
+    if (o.lr == 0.0f) o.lr = (float)MOEXC__MIN(1e-3, 2e-4 / sqrt((double)o.n_latents / 16384.0));
+    if (o.warmup_steps == 0) o.warmup_steps = MOEXC__MIN(1000, o.steps / 20);
+    if (o.decay_frac == 0.0f) o.decay_frac = 0.2f;
+    if (o.clip == 0.0f) o.clip = 1.0f;
+    if (o.init_norm == 0.0f) o.init_norm = 1.0f;
+    if (!(o.lr > 0.0f) || o.decay_frac < 0.0f || o.decay_frac > 1.0f || !(o.init_norm > 0.0f))
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: lr %g, decay_frac %g or init_norm %g out of range", o.lr, o.decay_frac, o.init_norm);
+
+    s = (moexc_sae *)moexc__calloc(1, sizeof(*s));
+    if (!s) return moexc__fail(err, MOEXC_ERR_NOMEM, "sae: out of memory");
+    s->opt = o;
+    s->d = d; s->F = o.n_latents; s->E = o.n_experts; s->Fe = s->F / s->E; s->act = o.active_experts;
+    s->scale = 1.0f;
+    F = (size_t)s->F; E = (size_t)s->E;
+    /* the flat layout documented in the declaration */
+    s->off_enc = off;  off += F * (size_t)d;
+    s->off_benc = off; off += F;
+    s->off_dec = off;  off += F * (size_t)d;
+    s->off_bdec = off; off += (size_t)d;
+    s->off_wr = off;   off += E > 1 ? E * (size_t)d : 0;
+    s->off_br = off;   off += E > 1 ? E : 0;
+    s->off_lam = off;  off += o.variant == MOEXC_SAE_SCALE ? (size_t)d * (size_t)d : 0;
+    s->off_om = off;   off += o.variant == MOEXC_SAE_SCALE ? E : 0;
+    s->n_params = off;
+    s->params = moexc__alloc_floats(off); s->grads = moexc__alloc_floats(off);
+    s->adam_m = moexc__alloc_floats(off); s->adam_v = moexc__alloc_floats(off);
+    s->since_fired = (int64_t *)moexc__calloc(F, sizeof(int64_t));
+    s->dead_override = (signed char *)moexc__malloc(F);
+    s->fired = (unsigned char *)moexc__calloc(F, 1);
+    s->aux_idx = (int *)moexc__calloc(F, sizeof(int));
+    s->mu = moexc__alloc_floats(E * (size_t)d); s->amat = moexc__alloc_floats(E * (size_t)d);
+    s->dmat = moexc__alloc_floats(E * (size_t)d);
+    s->lb_f = (float *)moexc__calloc(E, sizeof(float));
+    s->partial = (double *)moexc__calloc(MOEXC__MAX((off + 16383) / 16384 + 1, (size_t)d), sizeof(double));
+    ok = s->params && s->grads && s->adam_m && s->adam_v && s->since_fired && s->dead_override && s->fired &&
+         s->aux_idx && s->mu && s->amat && s->dmat && s->lb_f && s->partial;
+    if (!ok) {
+        moexc_sae_free(s);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "sae: no memory for F = %d, d = %d", (int)F, d);
+    }
+    for (i = 0; i < s->F; i++) s->dead_override[i] = -1;
+    if (o.variant == MOEXC_SAE_SCALE)                     /* Λ = I, w = 0 */
+        for (i = 0; i < d; i++) s->params[s->off_lam + (size_t)i * (size_t)d + (size_t)i] = 1.0f;
+    *out = s;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF const moexc_sae_options *moexc_sae_get_options(const moexc_sae *s) { return &s->opt; }
+MOEXC_DEF int    moexc_sae_dim(const moexc_sae *s) { return s->d; }
+MOEXC_DEF float  moexc_sae_scale(const moexc_sae *s) { return s->scale; }
+MOEXC_DEF int    moexc_sae_step(const moexc_sae *s) { return s->step; }
+MOEXC_DEF size_t moexc_sae_num_params(const moexc_sae *s) { return s->n_params; }
+MOEXC_DEF float *moexc_sae_params(moexc_sae *s) { return s->params; }
+MOEXC_DEF float *moexc_sae_grads(moexc_sae *s) { return s->grads; }
+MOEXC_DEF void   moexc_sae_set_scale(moexc_sae *s, float scale) { s->scale = scale; }
+MOEXC_DEF void   moexc_sae_freeze_selection(moexc_sae *s, int frozen) { s->frozen = frozen != 0; }
+MOEXC_DEF void   moexc_sae_set_dead(moexc_sae *s, int latent, int dead)
+{
+    if (latent >= 0 && latent < s->F) s->dead_override[latent] = (signed char)(dead ? 1 : 0);
+}
+
+MOEXC_DEF void moexc_sae_decoder(const moexc_sae *s, int folded, float *out)
+{
+    size_t i, n = (size_t)s->F * (size_t)s->d;
+    for (i = 0; i < n; i++) out[i] = folded ? s->params[s->off_dec + i] / s->scale : s->params[s->off_dec + i];
+}
+
+static int moexc__sae_is_dead(const moexc_sae *s, int i)
+{
+    if (s->dead_override[i] >= 0) return s->dead_override[i];
+    return s->since_fired[i] >= s->opt.dead_tokens;
+}
+
+MOEXC_DEF double moexc_sae_encoder_flops(const moexc_sae *s)
+{
+    double d = s->d, Fe = s->Fe, E = s->E, a = s->act;
+    if (s->opt.variant == MOEXC_SAE_TOPK) return 2.0 * s->F * d;
+    if (s->opt.variant == MOEXC_SAE_SWITCH) return 2.0 * E * d + 2.0 * Fe * d;
+    return 2.0 * E * d + a * (2.0 * Fe * d + 2.0 * d + 2.0 * Fe);
+}
+
+MOEXC_DEF moexc_status moexc_sae_init_from_data(moexc_sae *s, const float *x, int n, moexc_error *err)
+{
+    moexc_rng rng;
+    size_t d = (size_t)s->d;
+    double norm_sum = 0.0;
+    float *bdec = MOEXC__SAE_P(s, off_bdec), *dec = MOEXC__SAE_P(s, off_dec), *enc = MOEXC__SAE_P(s, off_enc);
+    int i, j, b;
+    if (n < 1 || !x) return moexc__fail(err, MOEXC_ERR_ARG, "sae init: need at least one row, got %d", n);
+    for (b = 0; b < n; b++) norm_sum += sqrt((double)moexc_dot(x + (size_t)b * d, x + (size_t)b * d, d));
+    /* s: mean ||s x|| = sqrt(d) on the sample (SPEC §4) */
+    if (!(norm_sum > 0.0) || !isfinite(norm_sum))
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "sae init: activations have mean norm %g", norm_sum / n);
+    s->scale = (float)(sqrt((double)d) * n / norm_sum);
+    for (j = 0; j < (int)d; j++) {                /* b_dec = mean of s x */
+        double sum = 0.0;
+        for (b = 0; b < n; b++) sum += x[(size_t)b * d + (size_t)j];
+        bdec[j] = (float)(sum / n * s->scale);
+    }
+    moexc_rng_seed(&rng, s->opt.seed ^ UINT64_C(0x5AE5AE5AE));
+    for (i = 0; i < s->F; i++) {                  /* decoder rows: random directions; W_enc = W_dec */
+        float *row = dec + (size_t)i * d;
+        double nn = 0.0;
+        for (j = 0; j < (int)d; j++) { row[j] = moexc_rng_normal(&rng); nn += (double)row[j] * row[j]; }
+        nn = sqrt(nn);
+        for (j = 0; j < (int)d; j++) row[j] = (float)(row[j] * s->opt.init_norm / nn);
+        memcpy(enc + (size_t)i * d, row, d * sizeof(float));
+    }
+    memset(MOEXC__SAE_P(s, off_benc), 0, (size_t)s->F * sizeof(float));
+    if (s->E > 1) {                               /* router: N(0, 1/d^2), b_r = 0 */
+        float *wr = MOEXC__SAE_P(s, off_wr);
+        for (i = 0; i < s->E * (int)d; i++) wr[i] = moexc_rng_normal(&rng) / (float)d;
+        memset(MOEXC__SAE_P(s, off_br), 0, (size_t)s->E * sizeof(float));
+    }
+    return MOEXC_OK;
+}
+
+/* Scale SAE: mu_e = mean_rows(M_e), a_e = Λ mu_e (E x d each) */
+static void moexc__sae_scale_vectors(moexc_sae *s)
+{
+    int e, i, d = s->d;
+    const float *enc = MOEXC__SAE_P(s, off_enc);
+    for (e = 0; e < s->E; e++) {
+        float *mu = s->mu + (size_t)e * (size_t)d;
+        memset(mu, 0, (size_t)d * sizeof(float));
+        for (i = 0; i < s->Fe; i++) moexc_axpy(mu, 1.0f, enc + ((size_t)e * s->Fe + (size_t)i) * (size_t)d, (size_t)d);
+        moexc_scale(mu, 1.0f / (float)s->Fe, (size_t)d);
+    }
+    /* amat = mu Λ^T: a_e[r] = sum_c Λ[r][c] mu_e[c] */
+    moexc_sgemm(0, 1, s->E, d, d, 1.0f, s->mu, d, MOEXC__SAE_P(s, off_lam), d, 0.0f, s->amat, d);
+}
+
+/* Forward over n rows (n <= cap) of raw x, up to x̂ and e = s x - x̂.
+   select = 0 reuses the routing, kept latents and AuxK choices (frozen).
+   Fills the stats' rec, aux, lb, fve, l0; returns the loss's AuxK
+   1/denominator in *inv_den (0: no AuxK term). */
+static void moexc__sae_forward(moexc_sae *s, const float *x, int n, int select, int with_aux,
+                               moexc_sae_step_stats *st, double *inv_den)
+{
+    int d = s->d, F = s->F, E = s->E, A = s->act, K = s->opt.k, Fe = s->Fe, b, j;
+    int scale_sae = s->opt.variant == MOEXC_SAE_SCALE;
+    int ka = with_aux ? MOEXC__MAX(1, MOEXC__MIN(s->opt.aux_k, F)) : 1;
+    const float *bdec = MOEXC__SAE_P(s, off_bdec), *benc = MOEXC__SAE_P(s, off_benc), *dec = MOEXC__SAE_P(s, off_dec);
+    const float *om = MOEXC__SAE_P(s, off_om);
+    size_t nd = (size_t)n * (size_t)d, i;
+    double rec = 0.0, active = 0.0, num = 0.0, den = 0.0;
+    *inv_den = 0.0;
+    /* xs = s x, x_c = xs - b_dec */
+    for (b = 0; b < n; b++)
+        for (j = 0; j < d; j++) {
+            size_t q = (size_t)b * (size_t)d + (size_t)j;
+            s->xs[q] = x[q] * s->scale;
+            s->xc[q] = s->xs[q] - bdec[j];
+        }
+    /* router: p = softmax(x_c W_r^T + b_r) */
+    if (E > 1) {
+        moexc_sgemm(0, 1, n, E, d, 1.0f, s->xc, d, MOEXC__SAE_P(s, off_wr), d, 0.0f, s->logits, E);
+        for (b = 0; b < n; b++) moexc_axpy(s->logits + (size_t)b * (size_t)E, 1.0f, MOEXC__SAE_P(s, off_br), (size_t)E);
+        moexc_softmax_rows(s->prob, s->logits, n, E);
+    }
+    /* routing: the top-a experts by p (ties to the lower index) and their gates */
+    if (select) {
+        for (b = 0; b < n; b++) {
+            int *r = s->route + (size_t)b * (size_t)A, q, e;
+            const float *p = s->prob + (size_t)b * (size_t)E;
+            for (q = 0; q < A; q++) {
+                int best = -1;
+                for (e = 0; e < E; e++) {
+                    int taken = 0, t;
+                    for (t = 0; t < q; t++) taken |= r[t] == e;
+                    if (!taken && (best < 0 || p[e] > p[best])) best = e;
+                }
+                r[q] = E > 1 ? best : 0;
+            }
+        }
+        /* f_e: share of the routing slots (a constant of the step) */
+        for (j = 0; j < E; j++) s->lb_f[j] = 0.0f;
+        for (i = 0; i < (size_t)n * (size_t)A; i++) s->lb_f[s->route[i]] += 1.0f / (float)((size_t)n * (size_t)A);
+    }
+    /* the dead latents of AuxK are chosen with the routing */
+    if (with_aux && select) {
+        int D = 0;
+        for (j = 0; j < F; j++) if (moexc__sae_is_dead(s, j)) s->aux_idx[D++] = j;
+        s->n_aux = D;
+        s->aux_per_row = MOEXC__MIN(ka, D);
+    }
+    /* P = M x_c where it is needed: E = 1, one GEMM; else per expert e a GEMM
+       over the rows routed to it (gathered), scattered into P's block e; then,
+       for AuxK, the dead latents on every row (one GEMM over their rows) */
+    if (E == 1) {
+        moexc_sgemm(0, 1, n, F, d, 1.0f, s->xc, d, MOEXC__SAE_P(s, off_enc), d, 0.0f, s->P, F);
+    } else {
+        int e, q;
+        for (e = 0; e < E; e++) {
+            int cnt = 0, r;
+            for (b = 0; b < n; b++)
+                for (q = 0; q < A; q++)
+                    if (s->route[(size_t)b * A + q] == e) {
+                        s->grow[cnt] = b;
+                        memcpy(s->xg + (size_t)cnt * d, s->xc + (size_t)b * d, (size_t)d * sizeof(float));
+                        cnt++;
+                    }
+            if (cnt == 0) continue;
+            moexc_sgemm(0, 1, cnt, Fe, d, 1.0f, s->xg, d, MOEXC__SAE_P(s, off_enc) + (size_t)e * Fe * d, d, 0.0f, s->pg, Fe);
+            for (r = 0; r < cnt; r++)
+                memcpy(s->P + (size_t)s->grow[r] * F + (size_t)e * Fe, s->pg + (size_t)r * Fe, (size_t)Fe * sizeof(float));
+        }
+    }
+    if (with_aux && s->n_aux > 0 && E > 1) {
+        int D = s->n_aux, q;
+        for (q = 0; q < D; q++)
+            memcpy(s->xg + (size_t)q * d, MOEXC__SAE_P(s, off_enc) + (size_t)s->aux_idx[q] * d, (size_t)d * sizeof(float));
+        moexc_sgemm(0, 1, n, D, d, 1.0f, s->xc, d, s->xg, d, 0.0f, s->pg, D);
+        for (b = 0; b < n; b++)
+            for (q = 0; q < D; q++) s->P[(size_t)b * F + s->aux_idx[q]] = s->pg[(size_t)b * D + q];
+    }
+    if (scale_sae) {
+        moexc__sae_scale_vectors(s);
+        moexc_sgemm(0, 1, n, E, d, 1.0f, s->xc, d, s->amat, d, 0.0f, s->cdot, E);
+    }
+    /* pre = P + b_enc; Scale: pre = (1 + w_e) P - w_e a_e . x_c + b_enc, at the
+       selected experts' latents and the dead ones (each entry once) */
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * A * Fe >= 262144.0)
+#endif
+    for (b = 0; b < n; b++) {
+        float *pre = s->pre + (size_t)b * (size_t)F;
+        const float *P = s->P + (size_t)b * (size_t)F, *cd = s->cdot + (size_t)b * E;
+        const int *r = s->route + (size_t)b * (size_t)A;
+        int q, t, e;
+        for (q = 0; q <= A; q++) {
+            int n_lat = q < A ? Fe : (with_aux ? s->n_aux : 0);
+            for (t = 0; t < n_lat; t++) {
+                int ii = q < A ? r[q] * Fe + t : s->aux_idx[t], sel = 0, u;
+                if (q == A) { for (u = 0; u < A; u++) sel |= r[u] == ii / Fe; if (sel) continue; }
+                e = ii / Fe;
+                pre[ii] = scale_sae ? (1.0f + om[e]) * P[ii] - om[e] * cd[e] + benc[ii] : P[ii] + benc[ii];
+            }
+        }
+    }
+    for (b = 0; b < n; b++) {
+        const int *r = s->route + (size_t)b * (size_t)A;
+        float *g = s->gate + (size_t)b * (size_t)A, tot = 0.0f;
+        int q;
+        if (E == 1) { g[0] = 1.0f; continue; }
+        /* Switch: g = p_e*; Scale: g_e = p_e / sum_selected p (softmax over the selected logits) */
+        for (q = 0; q < A; q++) { g[q] = s->prob[(size_t)b * E + r[q]]; tot += g[q]; }
+        if (scale_sae) for (q = 0; q < A; q++) g[q] /= tot;
+    }
+    /* load balancing: L_lb = E sum_e f_e P_e, P_e = mean_b p_be */
+    st->lb = 0.0;
+    if (E > 1)
+        for (j = 0; j < E; j++) {
+            double pm = 0.0;
+            for (b = 0; b < n; b++) pm += s->prob[(size_t)b * E + j];
+            st->lb += (double)E * s->lb_f[j] * pm / n;
+        }
+    /* TopK over the selected experts' z = g ReLU(pre), then x̂ and e */
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * F >= 65536.0)
+#endif
+    for (b = 0; b < n; b++) {
+        const float *pre = s->pre + (size_t)b * (size_t)F, *g = s->gate + (size_t)b * (size_t)A;
+        const int *r = s->route + (size_t)b * (size_t)A;
+        int *kept = s->kept + (size_t)b * (size_t)K, *ksl = s->kslot + (size_t)b * (size_t)K, q, c, t;
+        float *kval = s->kval + (size_t)b * (size_t)K, *xh = s->xhat + (size_t)b * (size_t)d;
+        if (select) {
+            int tid = moexc__xc_thread_id();
+            float *v = s->thr_buf + (size_t)tid * s->thr_len, *tmp = v + F;
+            unsigned char *keep = s->thr_keep + (size_t)tid * (size_t)F;
+            for (q = 0; q < A; q++)
+                for (t = 0; t < Fe; t++) {
+                    float p = pre[(size_t)r[q] * Fe + t];
+                    v[q * Fe + t] = g[q] * (p > 0.0f ? p : 0.0f);
+                }
+            moexc__select_top(v, (ptrdiff_t)A * Fe, K, keep, tmp);
+            for (q = 0, c = 0; q < A * Fe; q++)
+                if (keep[q]) { kept[c] = r[q / Fe] * Fe + q % Fe; ksl[c] = q / Fe; c++; }
+            s->kcnt[b] = c;
+        }
+        memcpy(xh, bdec, (size_t)d * sizeof(float));
+        for (c = 0; c < s->kcnt[b]; c++) {
+            float p = pre[kept[c]];
+            kval[c] = g[ksl[c]] * (p > 0.0f ? p : 0.0f);
+            if (kval[c] != 0.0f) moexc_axpy(xh, kval[c], dec + (size_t)kept[c] * (size_t)d, (size_t)d);
+        }
+    }
+    for (b = 0; b < n; b++) {
+        for (j = 0; j < s->kcnt[b]; j++) active += s->kval[(size_t)b * K + j] > 0.0f;
+    }
+    for (i = 0; i < nd; i++) {
+        float ev = s->xs[i] - s->xhat[i];
+        s->e[i] = ev;
+        rec += (double)ev * ev;
+        s->dxhat[i] = -2.0f * ev / (float)n;                /* d rec / d x̂ */
+    }
+    st->rec = rec / n;
+    st->l0 = active / n;
+    st->fve = 1.0 - moexc__xc_centered_ss(s->e, n, d, s->partial) / moexc__xc_centered_ss(s->xs, n, d, s->partial);
+    st->aux = 0.0;
+    if (!with_aux) return;
+    /* AuxK (SPEC §4, as the crosscoder's): the top aux_k pre-activations of
+       the dead latents (any sign, the gradient passing straight through the
+       ReLU at the negative ones; aux_exact_relu: positive ones only, the
+       exact gradient), ê = sum f_aux d_j, f_aux = ReLU(pre),
+       L_aux = ||e - ê||^2 / sum_b ||e_b - mean e||^2 with e a constant */
+    if (select) memcpy(s->aux_e, s->e, nd * sizeof(float));
+    if (s->n_aux == 0) return;
+    ka = s->aux_per_row;
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * s->n_aux >= 65536.0)
+#endif
+    for (b = 0; b < n; b++) {
+        const float *pre = s->pre + (size_t)b * (size_t)F;
+        int *lat = s->aux_lat + (size_t)b * (size_t)ka, q, c;
+        float *pv = s->aux_pre + (size_t)b * (size_t)ka, *fv = s->aux_val + (size_t)b * (size_t)ka;
+        float *eh = s->ehat + (size_t)b * (size_t)d;
+        if (select) {
+            int tid = moexc__xc_thread_id();
+            float *v = s->thr_buf + (size_t)tid * s->thr_len, *tmp = v + F;
+            unsigned char *keep = s->thr_keep + (size_t)tid * (size_t)F;
+            for (q = 0; q < s->n_aux; q++) v[q] = pre[s->aux_idx[q]];
+            if (s->opt.aux_exact_relu) moexc__select_top(v, s->n_aux, ka, keep, tmp);
+            else moexc__select_top_any(v, s->n_aux, ka, keep, tmp);
+            for (q = 0, c = 0; q < s->n_aux; q++) if (keep[q]) lat[c++] = s->aux_idx[q];
+            s->aux_cnt[b] = c;
+        }
+        memset(eh, 0, (size_t)d * sizeof(float));
+        for (c = 0; c < s->aux_cnt[b]; c++) {
+            pv[c] = pre[lat[c]];
+            fv[c] = pv[c] > 0.0f ? pv[c] : 0.0f;
+            if (fv[c] != 0.0f) moexc_axpy(eh, fv[c], dec + (size_t)lat[c] * (size_t)d, (size_t)d);
+        }
+    }
+    den = moexc__xc_centered_ss(s->aux_e, n, d, s->partial);
+    for (i = 0; i < nd; i++) { double v = (double)s->aux_e[i] - s->ehat[i]; num += v * v; }
+    if (!(den > 0.0)) return;
+    *inv_den = 1.0 / den;
+    st->aux = num / den;
+}
+
+/* d loss / d pre_bi = dp at latent i of row b, into the encoder's gradients:
+     dP_bi = (1 + w_e) dp (Scale) or dp;  dM_i += dP_bi x_c_b;  db_enc_i += dp;
+     dx_c_b += dP_bi M_i   (row b's own buffer)
+     Scale: dw_e += dp (P_bi - a_e . x_c_b),  dc_be -= w_e dp */
+static void moexc__sae_pre_backward(moexc_sae *s, int b, int i, float dp)
+{
+    size_t d = (size_t)s->d;
+    float dP = dp;
+    if (dp == 0.0f) return;
+    if (s->opt.variant == MOEXC_SAE_SCALE) {
+        int e = i / s->Fe;
+        float w = s->params[s->off_om + (size_t)e];
+        dP = (1.0f + w) * dp;
+        s->grads[s->off_om + (size_t)e] += dp * (s->P[(size_t)b * (size_t)s->F + (size_t)i] - s->cdot[(size_t)b * s->E + e]);
+        s->dc[(size_t)b * s->E + e] -= w * dp;
+    }
+    moexc_axpy(s->grads + s->off_enc + (size_t)i * d, dP, s->xc + (size_t)b * d, d);
+    s->grads[s->off_benc + (size_t)i] += dp;
+    moexc_axpy(s->dxc + (size_t)b * d, dP, s->params + s->off_enc + (size_t)i * d, d);
+}
+
+MOEXC_DEF moexc_status moexc_sae_loss_grad(moexc_sae *s, const float *x, int n, moexc_sae_step_stats *stats,
+                                           moexc_error *err)
+{
+    moexc_sae_step_stats st;
+    double inv_den = 0.0;
+    int d = s->d, F = s->F, E = s->E, A = s->act, K = s->opt.k, b, j, q;
+    int with_aux = s->opt.aux_k > 0, scale_sae = s->opt.variant == MOEXC_SAE_SCALE;
+    const float *dec = MOEXC__SAE_P(s, off_dec);
+    float *gdec = MOEXC__SAE_G(s, off_dec), *gbdec = MOEXC__SAE_G(s, off_bdec);
+    size_t nd = (size_t)n * (size_t)d, i;
+    moexc_status rc;
+    (void)F;
+    if (!x || n < 1) return moexc__fail(err, MOEXC_ERR_ARG, "sae: need n >= 1 rows (n = %d)", n);
+    if (s->frozen && n != s->last_n)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae: frozen selection needs the same batch size (%d, was %d)", n, s->last_n);
+    if ((rc = moexc__sae_workspace(s, n, err)) != MOEXC_OK) return rc;
+    s->last_n = n;
+    memset(&st, 0, sizeof(st));
+    moexc__sae_forward(s, x, n, !s->frozen, with_aux, &st, &inv_den);
+    st.loss = st.rec + s->opt.aux_alpha * st.aux + (s->opt.lb_alpha > 0.0f ? s->opt.lb_alpha * st.lb : 0.0);
+    if (!isfinite(st.loss)) return moexc__fail(err, MOEXC_ERR_NUMERIC, "sae: loss is %g at step %d", st.loss, s->step);
+
+    /* backward */
+    memset(s->grads, 0, s->n_params * sizeof(float));
+    memset(s->dxc, 0, nd * sizeof(float));
+    memset(s->dgate, 0, (size_t)n * (size_t)A * sizeof(float));
+    memset(s->dc, 0, (size_t)n * (size_t)E * sizeof(float));
+    /* AuxK: dê = -2 alpha (e - ê) / den (into ehat) */
+    if (inv_den > 0.0) {
+        float c = (float)(-2.0 * s->opt.aux_alpha * inv_den);
+        for (i = 0; i < nd; i++) s->ehat[i] = c * (s->aux_e[i] - s->ehat[i]);
+    }
+    /* per row: at kept latent i of slot q, dz = dx̂_b . d_i,
+       d pre = g_q dz where pre > 0, d g_q += ReLU(pre) dz; at AuxK latent j,
+       d pre = dê_b . d_j (straight through the ReLU unless aux_exact_relu) */
+#ifdef _OPENMP
+#   pragma omp parallel for schedule(static) if ((double)n * K * d >= 65536.0)
+#endif
+    for (b = 0; b < n; b++) {
+        const float *pre = s->pre + (size_t)b * (size_t)s->F, *g = s->gate + (size_t)b * (size_t)A;
+        const float *dxh = s->dxhat + (size_t)b * (size_t)d;
+        float *dg = s->dgate + (size_t)b * (size_t)A;
+        int c;
+        for (c = 0; c < s->kcnt[b]; c++) {
+            size_t id = (size_t)b * (size_t)K + (size_t)c;
+            int lat = s->kept[id], sl = s->kslot[id];
+            float p = pre[lat], dz = moexc_dot(dxh, dec + (size_t)lat * (size_t)d, (size_t)d);
+            s->kdp[id] = p > 0.0f ? g[sl] * dz : 0.0f;
+            if (p > 0.0f) dg[sl] += p * dz;
+        }
+        if (inv_den > 0.0) {
+            int ka = s->aux_per_row;
+            for (c = 0; c < s->aux_cnt[b]; c++) {
+                size_t id = (size_t)b * (size_t)ka + (size_t)c;
+                s->aux_dp[id] = s->aux_pre[id] > 0.0f || !s->opt.aux_exact_relu
+                              ? moexc_dot(s->ehat + (size_t)b * (size_t)d, dec + (size_t)s->aux_lat[id] * (size_t)d, (size_t)d) : 0.0f;
+            }
+        }
+    }
+    /* decoder: dd_i += z dx̂_b (kept), f_aux dê_b (AuxK); db_dec += sum_b dx̂_b;
+       encoder from d pre (rows in order, so the sums do not depend on threads) */
+    for (b = 0; b < n; b++) {
+        const float *dxh = s->dxhat + (size_t)b * (size_t)d;
+        int c;
+        moexc_axpy(gbdec, 1.0f, dxh, (size_t)d);
+        for (c = 0; c < s->kcnt[b]; c++) {
+            size_t id = (size_t)b * (size_t)K + (size_t)c;
+            if (s->kval[id] != 0.0f) moexc_axpy(gdec + (size_t)s->kept[id] * (size_t)d, s->kval[id], dxh, (size_t)d);
+            moexc__sae_pre_backward(s, b, s->kept[id], s->kdp[id]);
+        }
+        if (inv_den > 0.0) {
+            int ka = s->aux_per_row;
+            for (c = 0; c < s->aux_cnt[b]; c++) {
+                size_t id = (size_t)b * (size_t)ka + (size_t)c;
+                if (s->aux_val[id] != 0.0f)
+                    moexc_axpy(gdec + (size_t)s->aux_lat[id] * (size_t)d, s->aux_val[id], s->ehat + (size_t)b * (size_t)d, (size_t)d);
+                moexc__sae_pre_backward(s, b, s->aux_lat[id], s->aux_dp[id]);
+            }
+        }
+    }
+    /* router: d logits from the gates and the load-balancing loss
+       (dL_lb / dp_be = lb_alpha E f_e / n), through the softmaxes:
+       full softmax dl = p (dp - sum p dp); Scale's renormalised gates
+       g = softmax over the selected logits: dl_q += g_q (dg_q - sum g dg) */
+    if (E > 1) {
+        float lbc = s->opt.lb_alpha > 0.0f ? s->opt.lb_alpha * (float)E / (float)n : 0.0f;
+        for (b = 0; b < n; b++) {
+            const float *p = s->prob + (size_t)b * E, *g = s->gate + (size_t)b * (size_t)A, *dg = s->dgate + (size_t)b * (size_t)A;
+            const int *r = s->route + (size_t)b * (size_t)A;
+            float *dl = s->dlog + (size_t)b * E, dp[64], dot = 0.0f;
+            for (j = 0; j < E; j++) dp[j] = lbc * s->lb_f[j];
+            if (!scale_sae) dp[r[0]] += dg[0];             /* Switch: g = p_e* */
+            for (j = 0; j < E; j++) dot += p[j] * dp[j];
+            for (j = 0; j < E; j++) dl[j] = p[j] * (dp[j] - dot);
+            if (scale_sae) {
+                float gdot = 0.0f;
+                for (q = 0; q < A; q++) gdot += g[q] * dg[q];
+                for (q = 0; q < A; q++) dl[r[q]] += g[q] * (dg[q] - gdot);
+            }
+        }
+        /* logits = x_c W_r^T + b_r */
+        moexc_sgemm(1, 0, E, d, n, 1.0f, s->dlog, E, s->xc, d, 1.0f, MOEXC__SAE_G(s, off_wr), d);
+        for (b = 0; b < n; b++) moexc_axpy(MOEXC__SAE_G(s, off_br), 1.0f, s->dlog + (size_t)b * E, (size_t)E);
+        moexc_sgemm(0, 0, n, d, E, 1.0f, s->dlog, E, MOEXC__SAE_P(s, off_wr), d, 1.0f, s->dxc, d);
+    }
+    /* Scale: c_be = a_e . x_c_b with a_e = Λ mu_e, mu_e = mean_rows(M_e):
+         da_e = sum_b dc_be x_c_b,  dx_c_b += sum_e dc_be a_e,
+         dΛ += sum_e da_e mu_e^T,   dmu_e = Λ^T da_e,  dM_i += dmu_e / F_e */
+    if (scale_sae) {
+        moexc_sgemm(1, 0, E, d, n, 1.0f, s->dc, E, s->xc, d, 0.0f, s->dmat, d);
+        moexc_sgemm(0, 0, n, d, E, 1.0f, s->dc, E, s->amat, d, 1.0f, s->dxc, d);
+        moexc_sgemm(1, 0, d, d, E, 1.0f, s->dmat, d, s->mu, d, 1.0f, MOEXC__SAE_G(s, off_lam), d);
+        moexc_sgemm(0, 0, E, d, d, 1.0f, s->dmat, d, MOEXC__SAE_P(s, off_lam), d, 0.0f, s->amat, d);   /* amat := dmu */
+        for (j = 0; j < s->F; j++)
+            moexc_axpy(MOEXC__SAE_G(s, off_enc) + (size_t)j * (size_t)d, 1.0f / (float)s->Fe,
+                       s->amat + (size_t)(j / s->Fe) * (size_t)d, (size_t)d);
+    }
+    /* centring: x_c = xs - b_dec, so db_dec -= sum_b dx_c_b */
+    for (b = 0; b < n; b++) moexc_axpy(gbdec, -1.0f, s->dxc + (size_t)b * (size_t)d, (size_t)d);
+    if (stats) *stats = st;
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_sae_train_step(moexc_sae *s, const float *x, int n, moexc_sae_step_stats *stats,
+                                            moexc_error *err)
+{
+    moexc_sae_step_stats st;
+    size_t i;
+    int j, c, dead = 0, was_frozen = s->frozen, K = s->opt.k;
+    moexc_status rc;
+    s->frozen = 0;
+    rc = moexc_sae_loss_grad(s, x, n, &st, err);
+    s->frozen = was_frozen;
+    if (rc != MOEXC_OK) return rc;
+    st.lr = moexc__lr_schedule(s->opt.lr, s->step, s->opt.steps, s->opt.warmup_steps, s->opt.decay_frac);
+    st.grad_norm = moexc__clipped_adam(s->params, s->grads, s->adam_m, s->adam_v, s->n_params, st.lr, s->step,
+                                       s->opt.clip, s->partial);
+    /* dead-latent counters: tokens since each latent last fired */
+    memset(s->fired, 0, (size_t)s->F);
+    for (j = 0; j < n; j++)
+        for (c = 0; c < s->kcnt[j]; c++) {
+            i = (size_t)j * (size_t)K + (size_t)c;
+            if (s->kval[i] > 0.0f) s->fired[s->kept[i]] = 1;
+        }
+    for (j = 0; j < s->F; j++) {
+        s->since_fired[j] = s->fired[j] ? 0 : s->since_fired[j] + n;
+        dead += moexc__sae_is_dead(s, j);
+    }
+    st.dead_fraction = (double)dead / s->F;
+    s->step++;
+    if (stats) *stats = st;
+    return MOEXC_OK;
+}
+
+/* ---- inference and evaluation ------------------------------------------------ */
+
+MOEXC_DEF moexc_status moexc_sae_encode(moexc_sae *s, const float *x, int n, float *z, int *experts, float *xhat,
+                                        moexc_error *err)
+{
+    int done = 0, chunk = MOEXC__MIN(n, 1024), d = s->d, K = s->opt.k, A = s->act;
+    moexc_status rc;
+    if (!x || n < 1) return moexc__fail(err, MOEXC_ERR_ARG, "sae encode: need n >= 1 rows (n = %d)", n);
+    if ((rc = moexc__sae_workspace(s, chunk, err)) != MOEXC_OK) return rc;
+    while (done < n) {
+        moexc_sae_step_stats st;
+        double inv_den;
+        int c = MOEXC__MIN(chunk, n - done), b, q;
+        memset(&st, 0, sizeof(st));
+        moexc__sae_forward(s, x + (size_t)done * (size_t)d, c, 1, 0, &st, &inv_den);
+        s->last_n = -1;                          /* a frozen selection is gone */
+        for (b = 0; b < c; b++) {
+            size_t row = (size_t)(done + b);
+            if (z) {
+                float *zr = z + row * (size_t)s->F;
+                memset(zr, 0, (size_t)s->F * sizeof(float));
+                for (q = 0; q < s->kcnt[b]; q++) zr[s->kept[(size_t)b * K + q]] = s->kval[(size_t)b * K + q];
+            }
+            if (experts) memcpy(experts + row * (size_t)A, s->route + (size_t)b * A, (size_t)A * sizeof(int));
+            if (xhat) {
+                size_t j;
+                for (j = 0; j < (size_t)d; j++) xhat[row * (size_t)d + j] = s->xhat[(size_t)b * (size_t)d + j] / s->scale;
+            }
+        }
+        done += c;
+    }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_sae_evaluate(moexc_sae *s, const float *x, int64_t n, moexc_sae_eval *out,
+                                          int64_t *active_counts, moexc_error *err)
+{
+    moexc_fve_acc fve;
+    int64_t done = 0, *counts = NULL, slots[64];
+    double active = 0.0, sse = 0.0;
+    int d = s->d, K = s->opt.k, chunk = (int)MOEXC__MIN(n, (int64_t)1024), j;
+    moexc_status rc;
+    memset(out, 0, sizeof(*out));
+    memset(&fve, 0, sizeof(fve));
+    memset(slots, 0, sizeof(slots));
+    if (n < 1 || !x) return moexc__fail(err, MOEXC_ERR_ARG, "sae eval: empty set");
+    counts = (int64_t *)moexc__calloc((size_t)s->F, sizeof(int64_t));
+    if (!counts) return moexc__fail(err, MOEXC_ERR_NOMEM, "sae eval: out of memory");
+    rc = moexc__sae_workspace(s, chunk, err);
+    if (rc == MOEXC_OK) rc = moexc_fve_acc_init(&fve, d, err);
+    while (rc == MOEXC_OK && done < n) {
+        moexc_sae_step_stats st;
+        double inv_den;
+        int c = (int)MOEXC__MIN((int64_t)chunk, n - done), b, q;
+        size_t i;
+        memset(&st, 0, sizeof(st));
+        moexc__sae_forward(s, x + (size_t)done * (size_t)d, c, 1, 0, &st, &inv_den);
+        s->last_n = -1;
+        for (b = 0; b < c; b++) {
+            for (q = 0; q < s->kcnt[b]; q++)
+                if (s->kval[(size_t)b * K + q] > 0.0f) { counts[s->kept[(size_t)b * K + q]]++; active += 1.0; }
+            for (q = 0; q < s->act; q++) slots[s->route[(size_t)b * s->act + q]]++;
+        }
+        for (i = 0; i < (size_t)c * (size_t)d; i++) sse += (double)s->e[i] * s->e[i];
+        moexc_fve_acc_add(&fve, s->xs, s->xhat, c);
+        done += c;
+    }
+    if (rc == MOEXC_OK) {
+        int dead = 0;
+        out->n = n;
+        out->fve = moexc_fve_acc_value(&fve);
+        out->mse = sse / (double)n;
+        out->l0 = active / (double)n;
+        for (j = 0; j < s->F; j++) dead += counts[j] == 0;
+        out->dead_fraction = (double)dead / s->F;
+        for (j = 0; j < s->E; j++) out->expert_share[j] = (double)slots[j] / ((double)n * s->act);
+        if (active_counts) memcpy(active_counts, counts, (size_t)s->F * sizeof(int64_t));
+    }
+    moexc_fve_acc_free(&fve);
+    moexc__free(counts);
+    return rc;
+}
+
+/* ---- redundancy ----------------------------------------------------------------- */
+
+MOEXC_DEF moexc_status moexc_redundancy(const float *rows, int F, int d, float thresh, double *frac, double *mean_max,
+                                        float *max_cos, moexc_error *err)
+{
+    enum { BLK = 256 };
+    float *u, *g, *mx;
+    int i, j, i0, over = 0;
+    double sum = 0.0;
+    if (!rows || F < 2 || d < 1) return moexc__fail(err, MOEXC_ERR_ARG, "redundancy: need F >= 2 rows of d >= 1 (F %d, d %d)", F, d);
+    u = moexc__alloc_floats((size_t)F * (size_t)d);
+    g = moexc__alloc_floats((size_t)BLK * (size_t)F);
+    mx = moexc__alloc_floats((size_t)F);
+    if (!u || !g || !mx) {
+        moexc__free_aligned(u); moexc__free_aligned(g); moexc__free_aligned(mx);
+        return moexc__fail(err, MOEXC_ERR_NOMEM, "redundancy: no memory for %d x %d", F, d);
+    }
+    /* u_i = d_i / ||d_i|| (a zero row stays zero: cosine 0 with every row) */
+    for (i = 0; i < F; i++) {
+        const float *r = rows + (size_t)i * (size_t)d;
+        double nn = sqrt((double)moexc_dot(r, r, (size_t)d));
+        for (j = 0; j < d; j++) u[(size_t)i * d + j] = nn > 0.0 ? (float)(r[j] / nn) : 0.0f;
+    }
+    /* max_{j != i} u_i . u_j, a block of rows at a time: G = U_blk U^T */
+    for (i0 = 0; i0 < F; i0 += BLK) {
+        int nb = MOEXC__MIN(BLK, F - i0);
+        moexc_sgemm(0, 1, nb, F, d, 1.0f, u + (size_t)i0 * d, d, u, d, 0.0f, g, F);
+        for (i = 0; i < nb; i++) {
+            const float *gr = g + (size_t)i * F;
+            float m = -FLT_MAX;
+            for (j = 0; j < F; j++) if (j != i0 + i && gr[j] > m) m = gr[j];
+            mx[i0 + i] = m;
+        }
+    }
+    for (i = 0; i < F; i++) { sum += mx[i]; over += mx[i] > thresh; }
+    if (frac) *frac = (double)over / F;
+    if (mean_max) *mean_max = sum / F;
+    if (max_cos) memcpy(max_cos, mx, (size_t)F * sizeof(float));
+    moexc__free_aligned(u); moexc__free_aligned(g); moexc__free_aligned(mx);
+    return MOEXC_OK;
+}
+
+/* ---- spliced loss ----------------------------------------------------------------- */
+
+MOEXC_DEF moexc_status moexc_sae_splice(moexc_sae *sae, moexc_model *model, const moexc_tokens *data, int layer,
+                                        moexc_site site, int seq_len, int max_seqs, float eval_fraction, int keep_first,
+                                        struct moexc_splice_acc *acc, int slot, moexc_error *err)
+{
+    enum { B = 8 };
+    size_t *starts = NULL, n_win = 0, w;
+    int T = seq_len, d = sae->d, t0 = keep_first ? 0 : 1, pass, b, t, run, V;
+    uint16_t *in = NULL, *tg = NULL;
+    uint8_t *dom = NULL;
+    float *x = NULL, *full = NULL, *xh = NULL, *nll = NULL, *mean_f = NULL;
+    double *mean_d = NULL;
+    int64_t n_mean = 0;
+    moexc_status st;
+    if (!sae || !model || !data || !acc || slot < 0 || slot > 1)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae splice: NULL argument or slot %d not 0 or 1", slot);
+    if (moexc_model_get_config(model)->d_model != d)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae splice: model width %d, SAE width %d", moexc_model_get_config(model)->d_model, d);
+    if (T < 2 || T > moexc_model_get_config(model)->context)
+        return moexc__fail(err, MOEXC_ERR_ARG, "sae splice: seq_len %d not in [2, context %d]", T, moexc_model_get_config(model)->context);
+    V = moexc_model_get_config(model)->vocab_size;
+    if ((st = moexc__heldout_windows(data, T, eval_fraction > 0.0f ? eval_fraction : 0.05f, max_seqs > 0 ? max_seqs : 64,
+                                     "sae splice", &starts, &n_win, err)) != MOEXC_OK) return st;
+    in = (uint16_t *)moexc__calloc((size_t)B * T, sizeof(uint16_t));
+    tg = (uint16_t *)moexc__calloc((size_t)B * T, sizeof(uint16_t));
+    dom = (uint8_t *)moexc__calloc((size_t)B * T, 1);
+    x = moexc__alloc_floats((size_t)B * T * d); full = moexc__alloc_floats((size_t)B * T * d);
+    xh = moexc__alloc_floats((size_t)B * T * d); nll = moexc__alloc_floats((size_t)B * T);
+    mean_f = moexc__alloc_floats((size_t)d);
+    mean_d = (double *)moexc__calloc((size_t)d, sizeof(double));
+    if (!in || !tg || !dom || !x || !full || !xh || !nll || !mean_f || !mean_d) {
+        st = moexc__fail(err, MOEXC_ERR_NOMEM, "sae splice: out of memory");
+        goto done;
+    }
+    /* pass 0: the site's mean over the same positions; pass 1: the runs */
+    for (pass = 0; pass < 2 && st == MOEXC_OK; pass++) {
+        for (w = 0; w < n_win && st == MOEXC_OK; ) {
+            int nb = (int)MOEXC__MIN((size_t)B, n_win - w), nt = nb * T, i;
+            for (b = 0; b < nb; b++, w++)
+                for (t = 0; t < T; t++) {
+                    size_t p = starts[w] + (size_t)t;
+                    in[b * T + t] = data->tokens[p];
+                    tg[b * T + t] = data->tokens[p + 1];
+                    dom[b * T + t] = data->domains[p + 1];         /* the predicted token's domain */
+                }
+            if (pass == 0) {
+                if ((st = moexc_model_capture(model, in, nb, T, layer, site, x, err)) != MOEXC_OK) break;
+                for (b = 0; b < nb; b++)
+                    for (t = t0; t < T; t++)
+                        for (i = 0; i < d; i++) mean_d[i] += x[((size_t)b * T + t) * d + i];
+                n_mean += (int64_t)nb * (T - t0);
+                continue;
+            }
+            if ((st = moexc_model_forward(model, in, tg, nb, T, NULL, err)) != MOEXC_OK) break;
+            memcpy(x, moexc_model_site_output(model, layer, site), (size_t)nt * d * sizeof(float));
+            moexc_token_nll(moexc_model_logits(model), tg, nt, V, nll);
+            for (b = 0; b < nb; b++) for (t = 0; t < t0; t++) nll[b * T + t] = NAN;
+            moexc_splice_acc_add(acc, slot, MOEXC_SPLICE_CLEAN, nll, dom, nt);
+            if ((st = moexc_sae_encode(sae, x, nt, NULL, NULL, xh, err)) != MOEXC_OK) break;
+            for (run = MOEXC_SPLICE_XC; run < MOEXC_SPLICE_COUNT && st == MOEXC_OK; run++) {
+                memcpy(full, x, (size_t)nt * d * sizeof(float));
+                for (b = 0; b < nb; b++)
+                    for (t = t0; t < T; t++) {
+                        float *dst = full + ((size_t)b * T + t) * d;
+                        if (run == MOEXC_SPLICE_XC) memcpy(dst, xh + ((size_t)b * T + t) * d, (size_t)d * sizeof(float));
+                        else if (run == MOEXC_SPLICE_ZERO) memset(dst, 0, (size_t)d * sizeof(float));
+                        else memcpy(dst, mean_f, (size_t)d * sizeof(float));
+                    }
+                if ((st = moexc_model_forward_replace(model, in, tg, nb, T, layer, site, full, NULL, err)) != MOEXC_OK) break;
+                moexc_token_nll(moexc_model_logits(model), tg, nt, V, nll);
+                for (b = 0; b < nb; b++) for (t = 0; t < t0; t++) nll[b * T + t] = NAN;
+                moexc_splice_acc_add(acc, slot, run, nll, dom, nt);
+            }
+        }
+        if (pass == 0) for (t = 0; t < d; t++) mean_f[t] = n_mean > 0 ? (float)(mean_d[t] / (double)n_mean) : 0.0f;
+    }
+done:
+    moexc__free(starts); moexc__free(in); moexc__free(tg); moexc__free(dom);
+    moexc__free_aligned(x); moexc__free_aligned(full); moexc__free_aligned(xh); moexc__free_aligned(nll);
+    moexc__free_aligned(mean_f); moexc__free(mean_d);
+    return st;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------ */
+
+static moexc_status moexc__sae_save(const moexc_sae *s, const char *path, int training, moexc_error *err)
+{
+    moexc_st_entry t[12];
+    moexc_st_kv kv[32];
+    moexc__xc_meta meta[32];
+    const moexc_sae_options *o = &s->opt;
+    size_t F = (size_t)s->F, d = (size_t)s->d, E = (size_t)s->E, j;
+    float *enc = NULL, *dec = NULL, *bdec = NULL, *wr = NULL, *since = NULL;
+    float fs = training ? 1.0f : s->scale;
+    int nt = 0, nm = 0, i;
+    moexc_status st;
+    enc = moexc__alloc_floats(F * d); dec = moexc__alloc_floats(F * d); bdec = moexc__alloc_floats(d);
+    wr = moexc__alloc_floats(E * d + 1); since = moexc__alloc_floats(F);
+    if (!enc || !dec || !bdec || !wr || !since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto done; }
+    /* folding: W_enc s, W_dec / s, b_dec / s, W_r s (Λ, w, b_enc, b_r unchanged) */
+    for (j = 0; j < F * d; j++) { enc[j] = s->params[s->off_enc + j] * fs; dec[j] = s->params[s->off_dec + j] / fs; }
+    for (j = 0; j < d; j++) bdec[j] = s->params[s->off_bdec + j] / fs;
+    if (E > 1) for (j = 0; j < E * d; j++) wr[j] = s->params[s->off_wr + j] * fs;
+#define MOEXC__SAE_T(nm_, ptr, nd, s0, s1) do { t[nt].name = nm_; t[nt].data = ptr; t[nt].ndim = nd; \
+        t[nt].shape[0] = (int64_t)(s0); t[nt].shape[1] = (int64_t)(s1); nt++; } while (0)
+    MOEXC__SAE_T("encoder.weight", enc, 2, F, d);
+    MOEXC__SAE_T("encoder.bias", s->params + s->off_benc, 1, F, 0);
+    MOEXC__SAE_T("decoder.weight", dec, 2, F, d);
+    MOEXC__SAE_T("decoder.bias", bdec, 1, d, 0);
+    if (E > 1) {
+        MOEXC__SAE_T("router.weight", wr, 2, E, d);
+        MOEXC__SAE_T("router.bias", s->params + s->off_br, 1, E, 0);
+    }
+    if (o->variant == MOEXC_SAE_SCALE) {
+        MOEXC__SAE_T("scale.lambda", s->params + s->off_lam, 2, d, d);
+        MOEXC__SAE_T("scale.omega", s->params + s->off_om, 1, E, 0);
+    }
+    if (training) {
+        for (j = 0; j < F; j++) since[j] = (float)s->since_fired[j];
+        MOEXC__SAE_T("train.adam_m", s->adam_m, 1, s->n_params, 0);
+        MOEXC__SAE_T("train.adam_v", s->adam_v, 1, s->n_params, 0);
+        MOEXC__SAE_T("train.since_fired", since, 1, F, 0);
+    }
+#undef MOEXC__SAE_T
+#define MOEXC__SAE_META(k, ...) do { snprintf(meta[nm].key, sizeof(meta[nm].key), "%s", k); \
+        snprintf(meta[nm].value, sizeof(meta[nm].value), __VA_ARGS__); nm++; } while (0)
+    MOEXC__SAE_META("format", "moexc-sae");
+    MOEXC__SAE_META("version", "1");
+    MOEXC__SAE_META("variant", "%s", moexc_sae_variant_name(o->variant));
+    MOEXC__SAE_META("n_latents", "%d", s->F);
+    MOEXC__SAE_META("k", "%d", o->k);
+    MOEXC__SAE_META("n_experts", "%d", s->E);
+    MOEXC__SAE_META("active_experts", "%d", s->act);
+    MOEXC__SAE_META("d", "%d", s->d);
+    MOEXC__SAE_META("scale", "%.9g", s->scale);
+    MOEXC__SAE_META("folded", "%d", !training);
+    MOEXC__SAE_META("lb_alpha", "%.9g", o->lb_alpha);
+    MOEXC__SAE_META("aux_k", "%d", o->aux_k);
+    MOEXC__SAE_META("aux_alpha", "%.9g", o->aux_alpha);
+    MOEXC__SAE_META("aux_exact_relu", "%d", o->aux_exact_relu);
+    MOEXC__SAE_META("dead_tokens", "%lld", (long long)o->dead_tokens);
+    MOEXC__SAE_META("steps", "%d", o->steps);
+    MOEXC__SAE_META("batch", "%d", o->batch);
+    MOEXC__SAE_META("lr", "%.9g", o->lr);
+    MOEXC__SAE_META("warmup_steps", "%d", o->warmup_steps);
+    MOEXC__SAE_META("decay_frac", "%.9g", o->decay_frac);
+    MOEXC__SAE_META("clip", "%.9g", o->clip);
+    MOEXC__SAE_META("init_norm", "%.9g", o->init_norm);
+    MOEXC__SAE_META("seed", "%llu", (unsigned long long)o->seed);
+    MOEXC__SAE_META("step", "%d", s->step);
+#undef MOEXC__SAE_META
+    for (i = 0; i < nm; i++) { kv[i].key = meta[i].key; kv[i].value = meta[i].value; }
+    st = moexc_st_save(path, t, nt, kv, nm, err);
+done:
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec);
+    moexc__free_aligned(wr); moexc__free_aligned(since);
+    return st;
+}
+
+MOEXC_DEF moexc_status moexc_sae_save(const moexc_sae *s, const char *path, moexc_error *err)
+{
+    return moexc__sae_save(s, path, 0, err);
+}
+
+MOEXC_DEF moexc_status moexc_sae_save_training(const moexc_sae *s, const char *path, moexc_error *err)
+{
+    return moexc__sae_save(s, path, 1, err);
+}
+
+MOEXC_DEF moexc_status moexc_sae_load(moexc_sae **out, const char *path, moexc_error *err)
+{
+    moexc_st_file *f = NULL;
+    moexc_sae_options o;
+    moexc_sae *s = NULL;
+    moexc_status st;
+    double v, d_d = 0, sc = 1, folded = 1, step_d = 0;
+    const char *str;
+    float *since = NULL;
+    int64_t shape[8];
+    size_t F, d, E, j;
+    int vi, nd;
+    *out = NULL;
+    if ((st = moexc_st_open(&f, path, err)) != MOEXC_OK) return st;
+    memset(&o, 0, sizeof(o));
+    str = moexc_st_meta(f, "format");
+    if (!str || strcmp(str, "moexc-sae") != 0) {
+        st = moexc__fail(err, str ? MOEXC_ERR_FORMAT : MOEXC_ERR_MISSING, "%s: metadata 'format' is %s, expected \"moexc-sae\"",
+                         path, str ? str : "missing");
+        goto fail;
+    }
+    str = moexc_st_meta(f, "version");
+    if (!str || strcmp(str, "1") != 0) { st = moexc__fail(err, MOEXC_ERR_VERSION, "%s: SAE version %s, expected 1", path, str ? str : "missing"); goto fail; }
+    str = moexc_st_meta(f, "variant");
+    for (vi = 0; vi < 3; vi++) if (str && strcmp(str, moexc_sae_variant_name(vi)) == 0) break;
+    if (vi == 3) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata 'variant' is %s, expected topk, switch or scale", path, str ? str : "missing");
+        goto fail;
+    }
+    o.variant = vi;
+#define MOEXC__SAE_GET(key, lo, hi, dst) do { st = moexc__st_meta_number(f, path, key, lo, hi, &v, err); \
+        if (st != MOEXC_OK) goto fail; \
+        dst; } while (0)
+    MOEXC__SAE_GET("n_latents", 1, 1 << 28, o.n_latents = (int)v);
+    MOEXC__SAE_GET("k", 1, 1 << 28, o.k = (int)v);
+    MOEXC__SAE_GET("n_experts", 1, 64, o.n_experts = (int)v);
+    MOEXC__SAE_GET("active_experts", 1, 64, o.active_experts = (int)v);
+    MOEXC__SAE_GET("d", 1, 1 << 20, d_d = v);
+    MOEXC__SAE_GET("scale", 1e-30, 1e30, sc = v);
+    MOEXC__SAE_GET("folded", 0, 1, folded = v);
+    MOEXC__SAE_GET("lb_alpha", -1e30, 1e30, o.lb_alpha = (float)v);
+    MOEXC__SAE_GET("aux_k", -1e9, 1e9, o.aux_k = (int)v);
+    MOEXC__SAE_GET("aux_alpha", -1e30, 1e30, o.aux_alpha = (float)v);
+    MOEXC__SAE_GET("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)v);
+    MOEXC__SAE_GET("dead_tokens", 1, 1e18, o.dead_tokens = (int64_t)v);
+    MOEXC__SAE_GET("steps", 1, 2e9, o.steps = (int)v);
+    MOEXC__SAE_GET("batch", 1, 2e9, o.batch = (int)v);
+    MOEXC__SAE_GET("lr", 1e-30, 1e30, o.lr = (float)v);
+    MOEXC__SAE_GET("warmup_steps", -2e9, 2e9, o.warmup_steps = (int)v);
+    MOEXC__SAE_GET("decay_frac", 0, 1, o.decay_frac = (float)v);
+    MOEXC__SAE_GET("clip", -1e30, 1e30, o.clip = (float)v);
+    MOEXC__SAE_GET("init_norm", 1e-30, 1e30, o.init_norm = (float)v);
+    MOEXC__SAE_GET("step", 0, 2e9, step_d = v);
+    MOEXC__SAE_GET("seed", 0, 1.9e19, (void)v);
+#undef MOEXC__SAE_GET
+    o.seed = (uint64_t)strtoull(moexc_st_meta(f, "seed"), NULL, 10);   /* exact, validated above */
+    if ((st = moexc_sae_create(&s, (int)d_d, &o, err)) != MOEXC_OK) goto fail;
+    s->scale = (float)sc;
+    s->step = (int)step_d;
+    F = (size_t)s->F; d = (size_t)s->d; E = (size_t)s->E;
+#define MOEXC__SAE_READ(name, off, ndim, s0, s1) do { shape[0] = (int64_t)(s0); shape[1] = (int64_t)(s1); \
+        if ((st = moexc_st_read_f32(f, name, s->params + (off), ndim, shape, err)) != MOEXC_OK) goto fail; } while (0)
+    MOEXC__SAE_READ("encoder.weight", s->off_enc, 2, F, d);
+    MOEXC__SAE_READ("encoder.bias", s->off_benc, 1, F, 0);
+    MOEXC__SAE_READ("decoder.weight", s->off_dec, 2, F, d);
+    MOEXC__SAE_READ("decoder.bias", s->off_bdec, 1, d, 0);
+    if (E > 1) {
+        MOEXC__SAE_READ("router.weight", s->off_wr, 2, E, d);
+        MOEXC__SAE_READ("router.bias", s->off_br, 1, E, 0);
+    }
+    if (o.variant == MOEXC_SAE_SCALE) {
+        MOEXC__SAE_READ("scale.lambda", s->off_lam, 2, d, d);
+        MOEXC__SAE_READ("scale.omega", s->off_om, 1, E, 0);
+    }
+#undef MOEXC__SAE_READ
+    /* unfold: W_enc / s, W_dec s, b_dec s, W_r / s */
+    if (folded != 0.0) {
+        for (j = 0; j < F * d; j++) { s->params[s->off_enc + j] /= s->scale; s->params[s->off_dec + j] *= s->scale; }
+        for (j = 0; j < d; j++) s->params[s->off_bdec + j] *= s->scale;
+        if (E > 1) for (j = 0; j < E * d; j++) s->params[s->off_wr + j] /= s->scale;
+    }
+    for (j = 0; j < s->n_params; j++)
+        if (!isfinite(s->params[j])) {
+            st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the SAE is not finite", path, (unsigned long)j);
+            goto fail;
+        }
+    if (moexc_st_shape(f, "train.adam_m", &nd, shape, NULL) == MOEXC_OK) {
+        since = moexc__alloc_floats(F);
+        if (!since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
+        shape[0] = (int64_t)s->n_params;
+        if ((st = moexc_st_read_f32(f, "train.adam_m", s->adam_m, 1, shape, err)) != MOEXC_OK) goto fail;
+        if ((st = moexc_st_read_f32(f, "train.adam_v", s->adam_v, 1, shape, err)) != MOEXC_OK) goto fail;
+        shape[0] = (int64_t)F;
+        if ((st = moexc_st_read_f32(f, "train.since_fired", since, 1, shape, err)) != MOEXC_OK) goto fail;
+        for (j = 0; j < F; j++) {
+            if (!(since[j] >= 0.0f) || !isfinite(since[j])) {
+                st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: train.since_fired[%lu] is %g", path, (unsigned long)j, since[j]);
+                goto fail;
+            }
+            s->since_fired[j] = (int64_t)since[j];
+        }
+    }
+    moexc_st_close(f);
+    moexc__free_aligned(since);
+    *out = s;
+    return MOEXC_OK;
+fail:
+    moexc_st_close(f);
+    moexc_sae_free(s);
+    moexc__free_aligned(since);
     return st;
 }
 /* ======================================================================== */
