@@ -256,6 +256,14 @@ MOEXC_DEF float    moexc_rng_normal(moexc_rng *rng);              /* standard no
    this, which goes through MOEXC_FREE. */
 MOEXC_DEF void moexc_free(void *ptr);
 
+/* Can a file be written at path? Creates "<path>.tmp" (the temporary file
+   every writer of moexc renames into place) in path's directory, then
+   removes it; an existing directory at path is refused. For programs to
+   check each output before a long run instead of failing at its end.
+   MOEXC_ERR_IO with a message naming path and, where the C library gives
+   one, the reason. Leaves an existing file at path untouched. */
+MOEXC_DEF moexc_status moexc_check_writable(const char *path, moexc_error *err);
+
 /* ---- >>tensor: vector kernels -------------------------------------------- */
 /* All take float32 arrays of length n; pointers need no particular alignment.
    Outputs may alias inputs element for element (y == x is fine). */
@@ -1807,6 +1815,7 @@ MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, 
 #include <math.h>
 #include <float.h>
 #include <limits.h>
+#include <errno.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -1831,7 +1840,12 @@ MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, 
 #  define MOEXC_ASSERT(x) assert(x)
 #endif
 
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(__MINGW32__) && defined(__MINGW_PRINTF_FORMAT)
+/* mingw-w64: "printf" would mean MSVCRT's formats (no %zu, %lld); its stdio.h
+   names the formats of the printf this build links (C99's under -std=c99) */
+#  define MOEXC__PRINTF_LIKE(fmt_index, first_arg) __attribute__((format(__MINGW_PRINTF_FORMAT, fmt_index, first_arg)))
+#  define MOEXC__UNUSED_FN __attribute__((unused))
+#elif defined(__GNUC__) || defined(__clang__)
 #  define MOEXC__PRINTF_LIKE(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))
 #  define MOEXC__UNUSED_FN __attribute__((unused))
 #else
@@ -2066,6 +2080,14 @@ static MOEXC__UNUSED_FN uint32_t moexc__crc32(uint32_t crc, const void *data, si
 }
 
 /* ---- atomic file replacement --------------------------------------------- */
+#ifdef _WIN32
+/* kernel32's MoveFileExA, declared as <windows.h> does (BOOL = int, LPCSTR =
+   const char *, DWORD = unsigned long) without pulling in its macros */
+#  ifdef __cplusplus
+extern "C"
+#  endif
+__declspec(dllimport) int __stdcall MoveFileExA(const char *existing, const char *target, unsigned long flags);
+#endif
 /* Open "<path>.tmp" for writing; the caller writes, then calls
    moexc__atomic_commit (fclose + rename over path) or moexc__atomic_abort.
    A crash mid-write leaves the old file untouched. */
@@ -2101,12 +2123,43 @@ static MOEXC__UNUSED_FN moexc_status moexc__atomic_commit(moexc__atomic_file *af
         return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed (disk full?)", af->tmp_path);
     }
 #ifdef _WIN32
-    remove(af->path);   /* rename() does not replace on Windows */
-#endif
+    /* rename() does not replace on Windows; MoveFileEx does, in one step, so
+       a crash leaves either the old file or the new one */
+    if (!MoveFileExA(af->tmp_path, af->path, 0x1 | 0x8)) {   /* MOVEFILE_REPLACE_EXISTING | _WRITE_THROUGH */
+#else
     if (rename(af->tmp_path, af->path) != 0) {
+#endif
         remove(af->tmp_path);
         return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot rename %s into place", af->path, af->tmp_path);
     }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_check_writable(const char *path, moexc_error *err)
+{
+    moexc__atomic_file af;
+    FILE *f;
+    moexc_status st;
+    int bad;
+    if (!path || !*path) return moexc__fail(err, MOEXC_ERR_ARG, "check writable: empty path");
+    /* a directory opens for reading on POSIX but cannot be read (nor renamed over) */
+    if ((f = fopen(path, "rb")) != NULL) {
+        int is_dir = fgetc(f) == EOF && ferror(f);
+        fclose(f);
+        if (is_dir) return moexc__fail(err, MOEXC_ERR_IO, "%s: is a directory, not a file", path);
+    }
+    errno = 0;
+    if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) {
+        if (st == MOEXC_ERR_IO)
+            moexc__fail(err, st, "%s: cannot be written: cannot create %s%s%s%s", path, af.tmp_path,
+                        errno ? " (" : "", errno ? strerror(errno) : "", errno ? ")" : "");
+        return st;
+    }
+    bad = fputc(0, af.f) == EOF;
+    bad |= fclose(af.f) != 0;
+    af.f = NULL;
+    bad |= remove(af.tmp_path) != 0;
+    if (bad) return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot be written: writing or removing %s failed", path, af.tmp_path);
     return MOEXC_OK;
 }
 
@@ -12575,7 +12628,18 @@ MOEXC_DEF double moexc_histogram_edge(const moexc_histogram *h, int i)
     double t = (double)i / (double)h->n_bins;
     if (i <= 0) return h->lo;
     if (i >= h->n_bins) return h->hi;
-    if (h->log10_axis) return pow(10.0, log10(h->lo) + t * (log10(h->hi) - log10(h->lo)));
+    if (h->log10_axis) {
+        double e = log10(h->lo) + t * (log10(h->hi) - log10(h->lo)), k = floor(e + 0.5);
+        /* a decade edge 10^k exactly (|k| <= 22: 10^|k| is exact, 1/10^|k| correctly
+           rounded), not pow's result: mingw-w64's pow(10, -3) is 1 ulp above 0.001 */
+        if (fabs(e - k) < 1e-9 && fabs(k) <= 22) {
+            double p = 1.0;
+            int j;
+            for (j = 0; j < (int)fabs(k); j++) p *= 10.0;
+            return k < 0 ? 1.0 / p : p;
+        }
+        return pow(10.0, e);
+    }
     return h->lo + t * (h->hi - h->lo);
 }
 

@@ -258,6 +258,16 @@ int main(int argc, char **argv)
     memset(&src, 0, sizeof(src)); memset(&writer, 0, sizeof(writer));
     if (!parse_args(argc, argv, &a)) return 2;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* before any work: can every output be written? */
+    if (!a.eval_only) {
+        const char *opt[3] = { "--save", "--checkpoint", "--cache-write" }, *path[3];
+        path[0] = a.save; path[1] = a.checkpoint; path[2] = a.cache_read ? NULL : a.cache_write;
+        for (m = 0; m < 3; m++)
+            if (path[m] && moexc_check_writable(path[m], &err) != MOEXC_OK) {
+                fprintf(stderr, "moexc_crosscoder: %s: %s\n", opt[m], err.message);
+                return 1;
+            }
+    }
 #ifdef _OPENMP
     if (a.threads > 0) omp_set_num_threads(a.threads);
 #endif
