@@ -699,7 +699,10 @@ MOEXC_DEF void         moexc_trainer_free(moexc_trainer *t);
 MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t);  /* resolved */
 MOEXC_DEF int          moexc_trainer_step_count(const moexc_trainer *t);
 MOEXC_DEF moexc_model *moexc_trainer_model(moexc_trainer *t);
-/* One optimiser step; progress (may be NULL) receives its figures. */
+/* One optimiser step; progress (may be NULL) receives its figures. A step
+   whose loss, gradients or updated parameters are not finite fails with
+   MOEXC_ERR_NUMERIC naming the step and the first such tensor; the step is
+   not counted and the parameters may hold its update (reload a checkpoint). */
 MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err);
 /* Held-out loss per domain and routing statistics; the result is owned by
    the trainer and valid until the next evaluation. */
@@ -1198,7 +1201,10 @@ MOEXC_DEF moexc_status moexc_xc_init_from_data(moexc_xc *xc, const float *x_a, c
 MOEXC_DEF void moexc_xc_set_scales(moexc_xc *xc, float s_a, float s_b);
 
 /* One optimiser step on n pairs: forward, backward, clip, Adam, then the
-   dead-latent counters and the threshold EMA. */
+   dead-latent counters and the threshold EMA. A non-finite loss, gradient or
+   updated parameter fails with MOEXC_ERR_NUMERIC naming the step and the
+   first such tensor; the step is not counted and the parameters may hold its
+   update (reload a checkpoint). */
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
                                            moexc_xc_step_stats *stats, moexc_error *err);
 
@@ -7529,6 +7535,69 @@ static void moexc__adamw(moexc_trainer *t, double lr)
     }
 }
 
+/* Divergence: the first tensor (model order) whose values in x (parameters
+   or gradients, the model's flat layout) hold a NaN or an Inf, or -1;
+   *elem receives the element's index inside it. x * 0 is NaN exactly for
+   NaN and +-Inf, so one sum per tensor finds it. */
+static int moexc__train_nonfinite(const moexc_model *m, const float *x, size_t *elem)
+{
+    int k, n = moexc_model_num_tensors(m);
+    for (k = 0; k < n; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(m, k);
+        const float *v = x + pi->offset;
+        float z = 0.0f;
+        size_t i;
+        for (i = 0; i < pi->size; i++) z += v[i] * 0.0f;
+        if (z != z) {
+            for (i = 0; i < pi->size && v[i] * 0.0f == 0.0f; i++) {}
+            *elem = i;
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* The error of a step that went non-finite: names the step and the tensor
+   (a non-finite parameter first, else the first non-finite gradient). when:
+   "" before the update, " after the AdamW update" after it. */
+static moexc_status moexc__train_diverged(moexc_trainer *t, const char *when, double loss, double norm, double lr,
+                                          moexc_error *err)
+{
+    moexc_model *m = t->model;
+    size_t at = 0;
+    int k = moexc__train_nonfinite(m, moexc_model_params(m), &at), param = k >= 0;
+    const float *x = param ? moexc_model_params(m) : moexc_model_grads(m);
+    const moexc_param_info *pi;
+    if (!param) k = moexc__train_nonfinite(m, x, &at);
+    if (k < 0)
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d diverged: loss %g, gradient norm %g with every "
+                           "parameter and gradient finite (lr %g)", t->step + 1, loss, norm, lr);
+    pi = moexc_model_tensor(m, k);
+    return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d diverged: %s '%s' is not finite%s (element %lu = %g); "
+                       "loss %g, gradient norm %g, lr %g", t->step + 1, param ? "parameter" : "the gradient of",
+                       pi->name, param ? when : "", (unsigned long)at, (double)x[pi->offset + at], loss, norm, lr);
+}
+
+/* A forward or backward that met a non-finite value: its message, with the
+   step and the parameter tensor of the largest magnitude (the one that blew up). */
+static moexc_status moexc__train_pass_failed(moexc_trainer *t, moexc_status st, moexc_error *err)
+{
+    char msg[sizeof(err->message)];
+    const float *x = moexc_model_params(t->model);
+    double big = -1.0;
+    int k, n = moexc_model_num_tensors(t->model), at = 0;
+    if (st != MOEXC_ERR_NUMERIC || !err) return st;
+    memcpy(msg, err->message, sizeof(msg));
+    for (k = 0; k < n; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(t->model, k);
+        size_t i;
+        for (i = 0; i < pi->size; i++)
+            if (fabs((double)x[pi->offset + i]) > big) { big = fabs((double)x[pi->offset + i]); at = k; }
+    }
+    return moexc__fail(err, st, "trainer: step %d diverged: %s; the largest parameter is %g in '%s' (lr %g)", t->step + 1,
+                       msg, big, moexc_model_tensor(t->model, at)->name, moexc_train_lr(&t->opt, t->step));
+}
+
 MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err)
 {
     const moexc_model_config *c = moexc_model_get_config(t->model);
@@ -7546,8 +7615,8 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     for (a = 0; a < A; a++) {
         moexc_loss_stats ls;
         moexc__trainer_sample(t);
-        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK) return st;
-        if ((st = moexc_model_backward(t->model, err)) != MOEXC_OK) return st;
+        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK ||
+            (st = moexc_model_backward(t->model, err)) != MOEXC_OK) return moexc__train_pass_failed(t, st, err);
         sum_loss += ls.loss; sum_ce += ls.ce; sum_lb += ls.lb; sum_z += ls.z;
         for (l = 0; l < L; l++) {
             const int *choice = moexc_model_router_choices(t->model, l);
@@ -7559,7 +7628,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     norm2 = moexc__sumsq_par(grad, n);
     norm = sqrt(norm2);
     if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
-        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d: loss %g, gradient norm %g", t->step + 1, sum_loss / A, norm);
+        return moexc__train_diverged(t, "", sum_loss / A, norm, moexc_train_lr(o, t->step), err);
     /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
     if (o->grad_clip > 0) {
         double coef = (double)o->grad_clip / (norm + 1e-6);
@@ -7567,6 +7636,11 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     }
     lr = moexc_train_lr(o, t->step);
     moexc__adamw(t, lr);
+    {   /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+        size_t at;
+        if (moexc__train_nonfinite(t->model, moexc_model_params(t->model), &at) >= 0)
+            return moexc__train_diverged(t, " after the AdamW update", sum_loss / A, norm, lr, err);
+    }
     t->step++;
     t->tokens += (double)A * B * T;
 
@@ -10996,6 +11070,47 @@ static double moexc__xc_lr(const moexc_xc *xc)
     return lr;
 }
 
+/* Divergence: the first block of the flat layout whose values in x (the
+   parameters or the gradients) hold a NaN or an Inf, or -1; *elem receives
+   the element's index inside it (x * 0 is NaN exactly for NaN and +-Inf). */
+static const char *const moexc__xc_block_names[7] = {
+    "W_enc^A (encoder.weight[0])", "W_enc^B (encoder.weight[1])", "b_enc (encoder.bias)",
+    "W_dec^A (decoder.weight[0])", "W_dec^B (decoder.weight[1], exclusive rows)",
+    "b_dec^A (decoder.bias[0])", "b_dec^B (decoder.bias[1])" };
+static int moexc__xc_nonfinite(const moexc_xc *xc, const float *x, size_t *elem)
+{
+    size_t start[8], i;
+    int b;
+    start[0] = xc->off_enc[0]; start[1] = xc->off_enc[1]; start[2] = xc->off_benc; start[3] = xc->off_dec[0];
+    start[4] = xc->off_dec[1]; start[5] = xc->off_bdec[0]; start[6] = xc->off_bdec[1]; start[7] = xc->n_params;
+    for (b = 0; b < 7; b++) {
+        float z = 0.0f;
+        for (i = start[b]; i < start[b + 1]; i++) z += x[i] * 0.0f;
+        if (z != z) {
+            for (i = start[b]; i < start[b + 1] && x[i] * 0.0f == 0.0f; i++) {}
+            *elem = i - start[b];
+            return b;
+        }
+    }
+    return -1;
+}
+
+/* The error of a step that went non-finite: the step and the block (a
+   non-finite parameter first, else the first non-finite gradient). */
+static moexc_status moexc__xc_diverged(const moexc_xc *xc, const char *when, double loss, double gn, double lr,
+                                       moexc_error *err)
+{
+    size_t at = 0;
+    int b = moexc__xc_nonfinite(xc, xc->params, &at), param = b >= 0;
+    if (!param) b = moexc__xc_nonfinite(xc, xc->grads, &at);
+    if (b < 0)
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: loss %g, gradient norm %g with every "
+                           "parameter and gradient finite (lr %g)", xc->step + 1, loss, gn, lr);
+    return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: %s %s is not finite%s (element %lu); "
+                       "loss %g, gradient norm %g, lr %g", xc->step + 1, param ? "parameter" : "the gradient of",
+                       moexc__xc_block_names[b], param ? when : "", (unsigned long)at, loss, gn, lr);
+}
+
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
                                            moexc_xc_step_stats *stats, moexc_error *err)
 {
@@ -11028,6 +11143,7 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
        row is one parameter), on the gradient clipped to global norm clip */
     lr = moexc__xc_lr(xc);
     s.lr = lr;
+    if (!(gn < HUGE_VAL) || !(s.loss < HUGE_VAL)) return moexc__xc_diverged(xc, "", s.loss, gn, lr, err);
     memset(&ac, 0, sizeof(ac));
     ac.g_scale = xc->opt.clip > 0.0f && gn > xc->opt.clip ? (float)(xc->opt.clip / gn) : 1.0f;
     ac.decay = 1.0f;
@@ -11040,6 +11156,11 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     for (c = 0; c < n_chunks; c++) {
         size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, xc->n_params - lo);
         moexc_adam_update(xc->params + lo, xc->grads + lo, xc->adam_m + lo, xc->adam_v + lo, len, &ac);
+    }
+    {   /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+        size_t at;
+        if (moexc__xc_nonfinite(xc, xc->params, &at) >= 0)
+            return moexc__xc_diverged(xc, " after the Adam update", s.loss, gn, lr, err);
     }
     /* dead-latent counters: tokens since each latent last fired */
     memset(xc->fired, 0, F);

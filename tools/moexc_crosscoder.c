@@ -74,7 +74,10 @@ static void usage(FILE *out)
         "  --save PATH           write the inference crosscoder (safetensors, folded) at the end\n"
         "  --checkpoint PATH     write a training checkpoint every --save-every steps and at the end\n"
         "  --save-every N        (default 1000)\n"
-        "  --resume PATH         continue from a training checkpoint (its options win)\n"
+        "  --resume PATH         continue from a training checkpoint (its options win); with the first\n"
+        "                        run's data options (models, --tokens/--corpus/--cache, --layer, --site,\n"
+        "                        --seq-len, --keep-first, --shuffle, --eval-frac, --init-pairs) it replays\n"
+        "                        the data stream and ends bit for bit where the uninterrupted run would\n"
         "  --eval PATH           only evaluate a saved crosscoder on the held-out pairs\n"
         "  --log-every N         progress line every N steps (default 100)\n"
         "  --raw-norms           classify latents by decoder norms in raw units (folded, W_dec / s_m)\n"
@@ -273,6 +276,12 @@ int main(int argc, char **argv)
 #endif
 #define CHECK(call) do { if ((call) != MOEXC_OK) { fprintf(stderr, "moexc_crosscoder: %s\n", err.message); goto done; } } while (0)
 
+    /* a resumed run takes the checkpoint's seed, which seeds the data stream too */
+    if (a.resume) {
+        CHECK(moexc_xc_load(&xc, a.resume, &err));
+        a.xo.seed = moexc_xc_get_options(xc)->seed;
+    }
+
     /* ---- data: models and the held-out pairs ---- */
     if (a.eval_only && (!a.model_a || !a.model_b)) {
         fprintf(stderr, "moexc_crosscoder: --eval needs --model-a and --model-b\n");
@@ -376,9 +385,24 @@ int main(int argc, char **argv)
 
     /* ---- the crosscoder ---- */
     if (a.resume) {
-        CHECK(moexc_xc_load(&xc, a.resume, &err));
-        printf("resumed %s at step %d of %d (the checkpoint's options apply)\n", a.resume, moexc_xc_step(xc),
-               moexc_xc_get_options(xc)->steps);
+        /* Replay the data stream to where the checkpoint left it: the pairs
+           of the initialisation, then those of every step taken. The stream
+           (random windows, shuffle buffer) is a pure function of the seed and
+           the data options, so with the same options as the first run the
+           resumed run sees the same pairs, and ends with the same bits. */
+        const moexc_xc_options *o = moexc_xc_get_options(xc);
+        double skip = (double)a.init_pairs + (double)moexc_xc_step(xc) * o->batch;
+        printf("resumed %s at step %d of %d (the checkpoint's options apply); replaying %.0f pairs of the data stream\n",
+               a.resume, moexc_xc_step(xc), o->steps, skip);
+        xa = (float *)malloc((size_t)o->batch * src.d[0] * sizeof(float));
+        xb = (float *)malloc((size_t)o->batch * src.d[1] * sizeof(float));
+        if (!xa || !xb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }
+        while (skip > 0) {
+            int take = skip < o->batch ? (int)skip : o->batch;
+            CHECK(source_next(&src, xa, xb, take, &err));
+            skip -= take;
+        }
+        free(xa); free(xb); xa = xb = NULL;
     } else {
         int n_init = a.init_pairs;
         CHECK(moexc_xc_create(&xc, src.d[0], src.d[1], &a.xo, &err));
