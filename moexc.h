@@ -11070,19 +11070,25 @@ static double moexc__xc_lr(const moexc_xc *xc)
     return lr;
 }
 
-/* Divergence: the first block of the flat layout whose values in x (the
-   parameters or the gradients) hold a NaN or an Inf, or -1; *elem receives
-   the element's index inside it (x * 0 is NaN exactly for NaN and +-Inf). */
+/* Divergence diagnostics over the blocks of the flat layout, in order:
+   block b is [start[b], start[b + 1]). */
 static const char *const moexc__xc_block_names[7] = {
     "W_enc^A (encoder.weight[0])", "W_enc^B (encoder.weight[1])", "b_enc (encoder.bias)",
     "W_dec^A (decoder.weight[0])", "W_dec^B (decoder.weight[1], exclusive rows)",
     "b_dec^A (decoder.bias[0])", "b_dec^B (decoder.bias[1])" };
+static void moexc__xc_block_starts(const moexc_xc *xc, size_t start[8])
+{
+    start[0] = xc->off_enc[0]; start[1] = xc->off_enc[1]; start[2] = xc->off_benc; start[3] = xc->off_dec[0];
+    start[4] = xc->off_dec[1]; start[5] = xc->off_bdec[0]; start[6] = xc->off_bdec[1]; start[7] = xc->n_params;
+}
+/* The first block whose values in x (parameters or gradients) hold a NaN or
+   an Inf, or -1; *elem receives the element's index inside it (x * 0 is NaN
+   exactly for NaN and +-Inf). */
 static int moexc__xc_nonfinite(const moexc_xc *xc, const float *x, size_t *elem)
 {
     size_t start[8], i;
     int b;
-    start[0] = xc->off_enc[0]; start[1] = xc->off_enc[1]; start[2] = xc->off_benc; start[3] = xc->off_dec[0];
-    start[4] = xc->off_dec[1]; start[5] = xc->off_bdec[0]; start[6] = xc->off_bdec[1]; start[7] = xc->n_params;
+    moexc__xc_block_starts(xc, start);
     for (b = 0; b < 7; b++) {
         float z = 0.0f;
         for (i = start[b]; i < start[b + 1]; i++) z += x[i] * 0.0f;
@@ -11095,20 +11101,51 @@ static int moexc__xc_nonfinite(const moexc_xc *xc, const float *x, size_t *elem)
     return -1;
 }
 
+/* The parameter block of the largest magnitude (the one that blew up) and that magnitude. */
+static int moexc__xc_largest_block(const moexc_xc *xc, double *big)
+{
+    size_t start[8], i;
+    int b, at = 0;
+    moexc__xc_block_starts(xc, start);
+    *big = -1.0;
+    for (b = 0; b < 7; b++)
+        for (i = start[b]; i < start[b + 1]; i++)
+            if (fabs((double)xc->params[i]) > *big) { *big = fabs((double)xc->params[i]); at = b; }
+    return at;
+}
+
 /* The error of a step that went non-finite: the step and the block (a
-   non-finite parameter first, else the first non-finite gradient). */
+   non-finite parameter first, else the first non-finite gradient, else the
+   largest parameter block). */
 static moexc_status moexc__xc_diverged(const moexc_xc *xc, const char *when, double loss, double gn, double lr,
                                        moexc_error *err)
 {
     size_t at = 0;
     int b = moexc__xc_nonfinite(xc, xc->params, &at), param = b >= 0;
+    double big;
     if (!param) b = moexc__xc_nonfinite(xc, xc->grads, &at);
-    if (b < 0)
-        return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: loss %g, gradient norm %g with every "
-                           "parameter and gradient finite (lr %g)", xc->step + 1, loss, gn, lr);
+    if (b < 0) {
+        b = moexc__xc_largest_block(xc, &big);
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: loss %g, gradient norm %g; the largest "
+                           "parameter is %g in %s (lr %g)", xc->step + 1, loss, gn, big, moexc__xc_block_names[b], lr);
+    }
     return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: %s %s is not finite%s (element %lu); "
                        "loss %g, gradient norm %g, lr %g", xc->step + 1, param ? "parameter" : "the gradient of",
                        moexc__xc_block_names[b], param ? when : "", (unsigned long)at, loss, gn, lr);
+}
+
+/* A loss that came out non-finite (moexc_xc_loss_grad's message): with the
+   step and the parameter block of the largest magnitude. */
+static moexc_status moexc__xc_loss_failed(const moexc_xc *xc, moexc_status st, moexc_error *err)
+{
+    char msg[sizeof(err->message)];
+    double big;
+    int b;
+    if (st != MOEXC_ERR_NUMERIC || !err) return st;
+    memcpy(msg, err->message, sizeof(msg));
+    b = moexc__xc_largest_block(xc, &big);
+    return moexc__fail(err, st, "crosscoder: step %d diverged: %s; the largest parameter is %g in %s (lr %g)", xc->step + 1,
+                       msg, big, moexc__xc_block_names[b], moexc__xc_lr(xc));
 }
 
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
@@ -11127,7 +11164,7 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     xc->frozen = 0;
     st = moexc_xc_loss_grad(xc, x_a, x_b, n, &s, err);
     xc->frozen = was_frozen;
-    if (st != MOEXC_OK) return st;
+    if (st != MOEXC_OK) return moexc__xc_loss_failed(xc, st, err);
     /* ||g||, as fixed chunks' float dot products summed in order */
 #ifdef _OPENMP
 #   pragma omp parallel for schedule(static) if (n_chunks > 8)
