@@ -289,3 +289,14 @@ $(BUILD)/toy_superposition: | demo-stb
 .PHONY: toy
 toy: $(BUILD)/toy_superposition
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/toy_superposition --out toy_report $(TOY_ARGS)
+
+# ---- area: hardening: crash safety, fail-fast outputs, Windows, valgrind ----
+# tests/test_crashsafe.sh: moexc_train and moexc_crosscoder killed (SIGKILL)
+# at random moments and inside saves, resumed bit for bit; diverging runs;
+# outputs that cannot be written (part of make test; `make crashtest` alone).
+TEST_SCRIPTS += tests/test_crashsafe.sh
+CRASH_BINS := $(addprefix $(BUILD)/,moexc_train moexc_crosscoder moexc_mkdata moexc_lens moexc_report moexc_demo)
+test: $(CRASH_BINS)
+.PHONY: crashtest
+crashtest: $(CRASH_BINS)
+	BUILD=$(BUILD) sh tests/test_crashsafe.sh

@@ -283,6 +283,7 @@ int main(int argc, char **argv)
     }
 
     /* ---- data: models and the held-out pairs ---- */
+    if (a.eval_only && a.resume) { fprintf(stderr, "moexc_crosscoder: give --eval or --resume, not both\n"); goto done; }
     if (a.eval_only && (!a.model_a || !a.model_b)) {
         fprintf(stderr, "moexc_crosscoder: --eval needs --model-a and --model-b\n");
         goto done;
@@ -347,6 +348,7 @@ int main(int argc, char **argv)
 
     if (a.eval_only) {
         CHECK(moexc_xc_load(&xc, a.eval_only, &err));
+        printf("evaluating %s at step %d of %d\n", a.eval_only, moexc_xc_step(xc), moexc_xc_get_options(xc)->steps);
         if (moexc_xc_dim(xc, 0) != src.d[0] || moexc_xc_dim(xc, 1) != src.d[1]) {
             fprintf(stderr, "moexc_crosscoder: %s has widths %d, %d; the models give %d, %d\n", a.eval_only,
                     moexc_xc_dim(xc, 0), moexc_xc_dim(xc, 1), src.d[0], src.d[1]);
