@@ -3,7 +3,10 @@
 #   make test       build and run the whole test suite
 #   make bench      run the benchmarks (GEMM vs OpenBLAS, training vs PyTorch, ...);
 #                   ends with one summary table, also in build/bench.json
-#   make portable   the portability matrix (compilers, C++, tcc, scalar, aarch64, s390x)
+#   make portable   the portability matrix (compilers, C++, tcc, scalar, aarch64, s390x,
+#                   Windows: mingw-w64 + wine)
+#   make crashtest  kill -9 / resume / divergence / fail-fast outputs (also in make test)
+#   make valgrind   memcheck of the tiny demo pipeline (a NATIVE=0 build in build/valgrind)
 #   make sanitize   the test suite under AddressSanitizer + UBSan (clang)
 # Variables: CC, CFLAGS, OPENMP=0/1 (default 1 when the compiler has it),
 # NATIVE=0/1 (default 1: -march=native when the compiler accepts it),
