@@ -303,3 +303,16 @@ test: $(CRASH_BINS)
 .PHONY: crashtest
 crashtest: $(CRASH_BINS)
 	BUILD=$(BUILD) sh tests/test_crashsafe.sh
+# make valgrind: memcheck of the tiny demo pipeline (corpus, both LMs,
+# harvest, crosscoder, analysis, lens, plots, report page). valgrind cannot
+# execute AVX-512, so the demo is built again without -march=native (the
+# baseline x86-64 SSE2 backend) in $(BUILD)/valgrind, and runs on one thread.
+# Fails on any memcheck error and on definite or indirect leaks.
+VALGRIND_FLAGS := --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+                  --errors-for-leak-kinds=definite,indirect
+.PHONY: valgrind
+valgrind:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/valgrind NATIVE=0 $(BUILD)/valgrind/moexc_demo
+	rm -rf $(BUILD)/valgrind/report
+	OMP_WAIT_POLICY=passive valgrind $(VALGRIND_FLAGS) $(BUILD)/valgrind/moexc_demo --preset tiny --threads 1 \
+	    --out $(BUILD)/valgrind/report
