@@ -235,9 +235,9 @@ cross_leg() {   # arch, cross compiler, qemu, expected backend
 
 # Windows: the test suite, tools and examples cross-compiled with mingw-w64
 # (x86_64-w64-mingw32-gcc, Debian gcc-mingw-w64-x86-64; no OpenMP, the SSE2
-# backend of baseline x86-64), the tests run under wine in a fresh prefix
-# (WINEPREFIX in build/port/win64, WINEDEBUG=-all; wineboot first, which takes
-# a while on a first run), and a short moexc_train run saved twice to one path
+# backend of baseline x86-64), the tests run under wine in a prefix of its own
+# (WINEPREFIX=build/port/win64/wineprefix, WINEDEBUG=-all; wineboot first, which
+# takes about 10 s when it creates the prefix), and a short moexc_train run saved twice to one path
 # (the MoveFileEx replacement) and resumed. wine prints CRLF: stripped.
 win_leg() {
     cc=x86_64-w64-mingw32-gcc dir=build/port/win64
