@@ -3,7 +3,10 @@
 #   make test       build and run the whole test suite
 #   make bench      run the benchmarks (GEMM vs OpenBLAS, training vs PyTorch, ...);
 #                   ends with one summary table, also in build/bench.json
-#   make portable   the portability matrix (compilers, C++, tcc, scalar, aarch64, s390x)
+#   make portable   the portability matrix (compilers, C++, tcc, scalar, aarch64, s390x,
+#                   Windows: mingw-w64 + wine)
+#   make crashtest  kill -9 / resume / divergence / fail-fast outputs (also in make test)
+#   make valgrind   memcheck of the tiny demo pipeline (a NATIVE=0 build in build/valgrind)
 #   make sanitize   the test suite under AddressSanitizer + UBSan (clang)
 #   make MPI=1      the same with data-parallel tools over MPI (build/mpi; mpicc)
 #   make mpitest    the tools on 2 MPI ranks against 1 (skipped without MPI)
@@ -371,3 +374,26 @@ sae: $(BUILD)/moexc_sae $(BUILD)/moexc_train $(BUILD)/moexc_mkdata
 	fi; \
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/moexc_sae --model-a $$d/moe.ckpt --model-b $$d/dense.ckpt \
 	    --tokens $$d/corpus.tok --layer 3 --compare sae_report $(SAE_OPTS) $(SAE_ARGS)
+# ---- area: hardening: crash safety, fail-fast outputs, Windows, valgrind ----
+# tests/test_crashsafe.sh: moexc_train and moexc_crosscoder killed (SIGKILL)
+# at random moments and inside saves, resumed bit for bit; diverging runs;
+# outputs that cannot be written (part of make test; `make crashtest` alone).
+TEST_SCRIPTS += tests/test_crashsafe.sh
+CRASH_BINS := $(addprefix $(BUILD)/,moexc_train moexc_crosscoder moexc_mkdata moexc_lens moexc_report moexc_demo)
+test: $(CRASH_BINS)
+.PHONY: crashtest
+crashtest: $(CRASH_BINS)
+	BUILD=$(BUILD) sh tests/test_crashsafe.sh
+# make valgrind: memcheck of the tiny demo pipeline (corpus, both LMs,
+# harvest, crosscoder, analysis, lens, plots, report page). valgrind cannot
+# execute AVX-512, so the demo is built again without -march=native (the
+# baseline x86-64 SSE2 backend) in $(BUILD)/valgrind, and runs on one thread.
+# Fails on any memcheck error and on definite or indirect leaks.
+VALGRIND_FLAGS := --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+                  --errors-for-leak-kinds=definite,indirect
+.PHONY: valgrind
+valgrind:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/valgrind NATIVE=0 $(BUILD)/valgrind/moexc_demo
+	rm -rf $(BUILD)/valgrind/report
+	OMP_WAIT_POLICY=passive valgrind $(VALGRIND_FLAGS) $(BUILD)/valgrind/moexc_demo --preset tiny --threads 1 \
+	    --out $(BUILD)/valgrind/report

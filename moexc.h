@@ -278,6 +278,14 @@ MOEXC_DEF float    moexc_rng_normal(moexc_rng *rng);              /* standard no
    this, which goes through MOEXC_FREE. */
 MOEXC_DEF void moexc_free(void *ptr);
 
+/* Can a file be written at path? Creates "<path>.tmp" (the temporary file
+   every writer of moexc renames into place) in path's directory, then
+   removes it; an existing directory at path is refused. For programs to
+   check each output before a long run instead of failing at its end.
+   MOEXC_ERR_IO with a message naming path and, where the C library gives
+   one, the reason. Leaves an existing file at path untouched. */
+MOEXC_DEF moexc_status moexc_check_writable(const char *path, moexc_error *err);
+
 /* ---- >>tensor: vector kernels -------------------------------------------- */
 /* All take float32 arrays of length n; pointers need no particular alignment.
    Outputs may alias inputs element for element (y == x is fine). */
@@ -744,7 +752,10 @@ MOEXC_DEF void         moexc_trainer_free(moexc_trainer *t);
 MOEXC_DEF const moexc_train_options *moexc_trainer_options(const moexc_trainer *t);  /* resolved */
 MOEXC_DEF int          moexc_trainer_step_count(const moexc_trainer *t);
 MOEXC_DEF moexc_model *moexc_trainer_model(moexc_trainer *t);
-/* One optimiser step; progress (may be NULL) receives its figures. */
+/* One optimiser step; progress (may be NULL) receives its figures. A step
+   whose loss, gradients or updated parameters are not finite fails with
+   MOEXC_ERR_NUMERIC naming the step and the first such tensor; the step is
+   not counted and the parameters may hold its update (reload a checkpoint). */
 MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err);
 /* Held-out loss per domain and routing statistics; the result is owned by
    the trainer and valid until the next evaluation. */
@@ -1259,7 +1270,10 @@ MOEXC_DEF moexc_status moexc_xc_init_from_data(moexc_xc *xc, const float *x_a, c
 MOEXC_DEF void moexc_xc_set_scales(moexc_xc *xc, float s_a, float s_b);
 
 /* One optimiser step on n pairs: forward, backward, clip, Adam, then the
-   dead-latent counters and the threshold EMA. */
+   dead-latent counters and the threshold EMA. A non-finite loss, gradient or
+   updated parameter fails with MOEXC_ERR_NUMERIC naming the step and the
+   first such tensor; the step is not counted and the parameters may hold its
+   update (reload a checkpoint). */
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
                                            moexc_xc_step_stats *stats, moexc_error *err);
 
@@ -2069,6 +2083,7 @@ MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, 
 #include <math.h>
 #include <float.h>
 #include <limits.h>
+#include <errno.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -2093,7 +2108,12 @@ MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, 
 #  define MOEXC_ASSERT(x) assert(x)
 #endif
 
-#if defined(__GNUC__) || defined(__clang__)
+#if defined(__MINGW32__) && defined(__MINGW_PRINTF_FORMAT)
+/* mingw-w64: "printf" would mean MSVCRT's formats (no %zu, %lld); its stdio.h
+   names the formats of the printf this build links (C99's under -std=c99) */
+#  define MOEXC__PRINTF_LIKE(fmt_index, first_arg) __attribute__((format(__MINGW_PRINTF_FORMAT, fmt_index, first_arg)))
+#  define MOEXC__UNUSED_FN __attribute__((unused))
+#elif defined(__GNUC__) || defined(__clang__)
 #  define MOEXC__PRINTF_LIKE(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))
 #  define MOEXC__UNUSED_FN __attribute__((unused))
 #else
@@ -2328,6 +2348,14 @@ static MOEXC__UNUSED_FN uint32_t moexc__crc32(uint32_t crc, const void *data, si
 }
 
 /* ---- atomic file replacement --------------------------------------------- */
+#ifdef _WIN32
+/* kernel32's MoveFileExA, declared as <windows.h> does (BOOL = int, LPCSTR =
+   const char *, DWORD = unsigned long) without pulling in its macros */
+#  ifdef __cplusplus
+extern "C"
+#  endif
+__declspec(dllimport) int __stdcall MoveFileExA(const char *existing, const char *target, unsigned long flags);
+#endif
 /* Open "<path>.tmp" for writing; the caller writes, then calls
    moexc__atomic_commit (fclose + rename over path) or moexc__atomic_abort.
    A crash mid-write leaves the old file untouched. */
@@ -2363,12 +2391,43 @@ static MOEXC__UNUSED_FN moexc_status moexc__atomic_commit(moexc__atomic_file *af
         return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed (disk full?)", af->tmp_path);
     }
 #ifdef _WIN32
-    remove(af->path);   /* rename() does not replace on Windows */
-#endif
+    /* rename() does not replace on Windows; MoveFileEx does, in one step, so
+       a crash leaves either the old file or the new one */
+    if (!MoveFileExA(af->tmp_path, af->path, 0x1 | 0x8)) {   /* MOVEFILE_REPLACE_EXISTING | _WRITE_THROUGH */
+#else
     if (rename(af->tmp_path, af->path) != 0) {
+#endif
         remove(af->tmp_path);
         return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot rename %s into place", af->path, af->tmp_path);
     }
+    return MOEXC_OK;
+}
+
+MOEXC_DEF moexc_status moexc_check_writable(const char *path, moexc_error *err)
+{
+    moexc__atomic_file af;
+    FILE *f;
+    moexc_status st;
+    int bad;
+    if (!path || !*path) return moexc__fail(err, MOEXC_ERR_ARG, "check writable: empty path");
+    /* a directory opens for reading on POSIX but cannot be read (nor renamed over) */
+    if ((f = fopen(path, "rb")) != NULL) {
+        int is_dir = fgetc(f) == EOF && ferror(f);
+        fclose(f);
+        if (is_dir) return moexc__fail(err, MOEXC_ERR_IO, "%s: is a directory, not a file", path);
+    }
+    errno = 0;
+    if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) {
+        if (st == MOEXC_ERR_IO)
+            moexc__fail(err, st, "%s: cannot be written: cannot create %s%s%s%s", path, af.tmp_path,
+                        errno ? " (" : "", errno ? strerror(errno) : "", errno ? ")" : "");
+        return st;
+    }
+    bad = fputc(0, af.f) == EOF;
+    bad |= fclose(af.f) != 0;
+    af.f = NULL;
+    bad |= remove(af.tmp_path) != 0;
+    if (bad) return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot be written: writing or removing %s failed", path, af.tmp_path);
     return MOEXC_OK;
 }
 
@@ -7950,6 +8009,69 @@ static void moexc__adamw(moexc_trainer *t, double lr)
     }
 }
 
+/* Divergence: the first tensor (model order) whose values in x (parameters
+   or gradients, the model's flat layout) hold a NaN or an Inf, or -1;
+   *elem receives the element's index inside it. x * 0 is NaN exactly for
+   NaN and +-Inf, so one sum per tensor finds it. */
+static int moexc__train_nonfinite(const moexc_model *m, const float *x, size_t *elem)
+{
+    int k, n = moexc_model_num_tensors(m);
+    for (k = 0; k < n; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(m, k);
+        const float *v = x + pi->offset;
+        float z = 0.0f;
+        size_t i;
+        for (i = 0; i < pi->size; i++) z += v[i] * 0.0f;
+        if (z != z) {
+            for (i = 0; i < pi->size && v[i] * 0.0f == 0.0f; i++) {}
+            *elem = i;
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* The error of a step that went non-finite: names the step and the tensor
+   (a non-finite parameter first, else the first non-finite gradient). when:
+   "" before the update, " after the AdamW update" after it. */
+static moexc_status moexc__train_diverged(moexc_trainer *t, const char *when, double loss, double norm, double lr,
+                                          moexc_error *err)
+{
+    moexc_model *m = t->model;
+    size_t at = 0;
+    int k = moexc__train_nonfinite(m, moexc_model_params(m), &at), param = k >= 0;
+    const float *x = param ? moexc_model_params(m) : moexc_model_grads(m);
+    const moexc_param_info *pi;
+    if (!param) k = moexc__train_nonfinite(m, x, &at);
+    if (k < 0)
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d diverged: loss %g, gradient norm %g with every "
+                           "parameter and gradient finite (lr %g)", t->step + 1, loss, norm, lr);
+    pi = moexc_model_tensor(m, k);
+    return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d diverged: %s '%s' is not finite%s (element %lu = %g); "
+                       "loss %g, gradient norm %g, lr %g", t->step + 1, param ? "parameter" : "the gradient of",
+                       pi->name, param ? when : "", (unsigned long)at, (double)x[pi->offset + at], loss, norm, lr);
+}
+
+/* A forward or backward that met a non-finite value: its message, with the
+   step and the parameter tensor of the largest magnitude (the one that blew up). */
+static moexc_status moexc__train_pass_failed(moexc_trainer *t, moexc_status st, moexc_error *err)
+{
+    char msg[sizeof(err->message)];
+    const float *x = moexc_model_params(t->model);
+    double big = -1.0;
+    int k, n = moexc_model_num_tensors(t->model), at = 0;
+    if (st != MOEXC_ERR_NUMERIC || !err) return st;
+    memcpy(msg, err->message, sizeof(msg));
+    for (k = 0; k < n; k++) {
+        const moexc_param_info *pi = moexc_model_tensor(t->model, k);
+        size_t i;
+        for (i = 0; i < pi->size; i++)
+            if (fabs((double)x[pi->offset + i]) > big) { big = fabs((double)x[pi->offset + i]); at = k; }
+    }
+    return moexc__fail(err, st, "trainer: step %d diverged: %s; the largest parameter is %g in '%s' (lr %g)", t->step + 1,
+                       msg, big, moexc_model_tensor(t->model, at)->name, moexc_train_lr(&t->opt, t->step));
+}
+
 MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress *progress, moexc_error *err)
 {
     const moexc_model_config *c = moexc_model_get_config(t->model);
@@ -7968,9 +8090,9 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     for (a = 0; a < A; a++) {
         moexc_loss_stats ls;
         moexc__trainer_sample(t);
-        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK) return st;
-        if (o->reduce.sum && (st = moexc__trainer_dp_router(t, &ls, B * T, err)) != MOEXC_OK) return st;
-        if ((st = moexc_model_backward(t->model, err)) != MOEXC_OK) return st;
+        if ((st = moexc_model_forward(t->model, t->inputs, t->targets, B, T, &ls, err)) != MOEXC_OK ||
+            (o->reduce.sum && (st = moexc__trainer_dp_router(t, &ls, B * T, err)) != MOEXC_OK) ||
+            (st = moexc_model_backward(t->model, err)) != MOEXC_OK) return moexc__train_pass_failed(t, st, err);
         sum_loss += ls.loss; sum_ce += ls.ce; sum_lb += ls.lb; sum_z += ls.z;
         for (l = 0; l < L; l++) {
             const int *choice = moexc_model_router_choices(t->model, l);
@@ -7983,7 +8105,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     norm2 = moexc__sumsq_par(grad, n);
     norm = sqrt(norm2);
     if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
-        return moexc__fail(err, MOEXC_ERR_NUMERIC, "trainer: step %d: loss %g, gradient norm %g", t->step + 1, sum_loss / A, norm);
+        return moexc__train_diverged(t, "", sum_loss / A, norm, moexc_train_lr(o, t->step), err);
     /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
     if (o->grad_clip > 0) {
         double coef = (double)o->grad_clip / (norm + 1e-6);
@@ -7991,6 +8113,11 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     }
     lr = moexc_train_lr(o, t->step);
     moexc__adamw(t, lr);
+    {   /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+        size_t at;
+        if (moexc__train_nonfinite(t->model, moexc_model_params(t->model), &at) >= 0)
+            return moexc__train_diverged(t, " after the AdamW update", sum_loss / A, norm, lr, err);
+    }
     t->step++;
     t->tokens += (double)A * o->batch_size * T;
 
@@ -11761,29 +11888,35 @@ static double moexc__xc_lr(const moexc_xc *xc)
     return moexc__lr_schedule(o->lr, xc->step, o->steps, o->warmup_steps, o->decay_frac);
 }
 
-/* One optimiser step over a flat parameter vector (the crosscoder's and the
-   SAEs'): ||g|| as fixed chunks' float dot products summed in order
-   (partial holds one double per chunk of 16384), then Adam with bias
-   correction (beta 0.9, 0.999, eps 1e-8) on the gradient clipped to global
-   norm clip (clip <= 0: no clipping), with moexc_adam_update. step counts
-   from 0. Returns ||g|| before clipping. */
-static double moexc__clipped_adam(float *params, const float *grads, float *adam_m, float *adam_v, size_t n_params,
-                                  double lr, int step, float clip, double *partial)
+/* The optimiser step over a flat parameter vector (the crosscoder's and the
+   SAEs'), in two calls so that a caller can stop on a non-finite norm before
+   anything moves. moexc__grad_norm: ||g|| as fixed chunks' float dot
+   products summed in order (partial holds one double per chunk of
+   MOEXC__OPT_CHUNK). moexc__adam_step: Adam with bias correction (beta 0.9,
+   0.999, eps 1e-8) on the gradient clipped to global norm clip (clip <= 0:
+   no clipping), with moexc_adam_update; step counts from 0, gn is ||g||. */
+#define MOEXC__OPT_CHUNK 16384
+static double moexc__grad_norm(const float *grads, size_t n_params, double *partial)
 {
-    enum { CHUNK = 16384 };
-    moexc_adam_coeffs ac;
-    const double b1 = 0.9, b2 = 0.999;
     double gn = 0.0;
-    long c, n_chunks = (long)((n_params + CHUNK - 1) / CHUNK);
+    long c, n_chunks = (long)((n_params + MOEXC__OPT_CHUNK - 1) / MOEXC__OPT_CHUNK);
 #ifdef _OPENMP
 #   pragma omp parallel for schedule(static) if (n_chunks > 8)
 #endif
     for (c = 0; c < n_chunks; c++) {
-        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, n_params - lo);
+        size_t lo = (size_t)c * MOEXC__OPT_CHUNK, len = MOEXC__MIN((size_t)MOEXC__OPT_CHUNK, n_params - lo);
         partial[c] = moexc_dot(grads + lo, grads + lo, len);
     }
     for (c = 0; c < n_chunks; c++) gn += partial[c];
-    gn = sqrt(gn);
+    return sqrt(gn);
+}
+
+static void moexc__adam_step(float *params, const float *grads, float *adam_m, float *adam_v, size_t n_params,
+                             double lr, int step, float clip, double gn)
+{
+    moexc_adam_coeffs ac;
+    const double b1 = 0.9, b2 = 0.999;
+    long c, n_chunks = (long)((n_params + MOEXC__OPT_CHUNK - 1) / MOEXC__OPT_CHUNK);
     memset(&ac, 0, sizeof(ac));
     ac.g_scale = clip > 0.0f && gn > clip ? (float)(clip / gn) : 1.0f;
     ac.decay = 1.0f;
@@ -11794,10 +11927,87 @@ static double moexc__clipped_adam(float *params, const float *grads, float *adam
 #   pragma omp parallel for schedule(static) if (n_chunks > 8)
 #endif
     for (c = 0; c < n_chunks; c++) {
-        size_t lo = (size_t)c * CHUNK, len = MOEXC__MIN((size_t)CHUNK, n_params - lo);
+        size_t lo = (size_t)c * MOEXC__OPT_CHUNK, len = MOEXC__MIN((size_t)MOEXC__OPT_CHUNK, n_params - lo);
         moexc_adam_update(params + lo, grads + lo, adam_m + lo, adam_v + lo, len, &ac);
     }
-    return gn;
+}
+
+/* Divergence diagnostics over the blocks of the flat layout, in order:
+   block b is [start[b], start[b + 1]). */
+static const char *const moexc__xc_block_names[7] = {
+    "W_enc^A (encoder.weight[0])", "W_enc^B (encoder.weight[1])", "b_enc (encoder.bias)",
+    "W_dec^A (decoder.weight[0])", "W_dec^B (decoder.weight[1], exclusive rows)",
+    "b_dec^A (decoder.bias[0])", "b_dec^B (decoder.bias[1])" };
+static void moexc__xc_block_starts(const moexc_xc *xc, size_t start[8])
+{
+    start[0] = xc->off_enc[0]; start[1] = xc->off_enc[1]; start[2] = xc->off_benc; start[3] = xc->off_dec[0];
+    start[4] = xc->off_dec[1]; start[5] = xc->off_bdec[0]; start[6] = xc->off_bdec[1]; start[7] = xc->n_params;
+}
+/* The first block whose values in x (parameters or gradients) hold a NaN or
+   an Inf, or -1; *elem receives the element's index inside it (x * 0 is NaN
+   exactly for NaN and +-Inf). */
+static int moexc__xc_nonfinite(const moexc_xc *xc, const float *x, size_t *elem)
+{
+    size_t start[8], i;
+    int b;
+    moexc__xc_block_starts(xc, start);
+    for (b = 0; b < 7; b++) {
+        float z = 0.0f;
+        for (i = start[b]; i < start[b + 1]; i++) z += x[i] * 0.0f;
+        if (z != z) {
+            for (i = start[b]; i < start[b + 1] && x[i] * 0.0f == 0.0f; i++) {}
+            *elem = i - start[b];
+            return b;
+        }
+    }
+    return -1;
+}
+
+/* The parameter block of the largest magnitude (the one that blew up) and that magnitude. */
+static int moexc__xc_largest_block(const moexc_xc *xc, double *big)
+{
+    size_t start[8], i;
+    int b, at = 0;
+    moexc__xc_block_starts(xc, start);
+    *big = -1.0;
+    for (b = 0; b < 7; b++)
+        for (i = start[b]; i < start[b + 1]; i++)
+            if (fabs((double)xc->params[i]) > *big) { *big = fabs((double)xc->params[i]); at = b; }
+    return at;
+}
+
+/* The error of a step that went non-finite: the step and the block (a
+   non-finite parameter first, else the first non-finite gradient, else the
+   largest parameter block). */
+static moexc_status moexc__xc_diverged(const moexc_xc *xc, const char *when, double loss, double gn, double lr,
+                                       moexc_error *err)
+{
+    size_t at = 0;
+    int b = moexc__xc_nonfinite(xc, xc->params, &at), param = b >= 0;
+    double big;
+    if (!param) b = moexc__xc_nonfinite(xc, xc->grads, &at);
+    if (b < 0) {
+        b = moexc__xc_largest_block(xc, &big);
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: loss %g, gradient norm %g; the largest "
+                           "parameter is %g in %s (lr %g)", xc->step + 1, loss, gn, big, moexc__xc_block_names[b], lr);
+    }
+    return moexc__fail(err, MOEXC_ERR_NUMERIC, "crosscoder: step %d diverged: %s %s is not finite%s (element %lu); "
+                       "loss %g, gradient norm %g, lr %g", xc->step + 1, param ? "parameter" : "the gradient of",
+                       moexc__xc_block_names[b], param ? when : "", (unsigned long)at, loss, gn, lr);
+}
+
+/* A loss that came out non-finite (moexc_xc_loss_grad's message): with the
+   step and the parameter block of the largest magnitude. */
+static moexc_status moexc__xc_loss_failed(const moexc_xc *xc, moexc_status st, moexc_error *err)
+{
+    char msg[sizeof(err->message)];
+    double big;
+    int b;
+    if (st != MOEXC_ERR_NUMERIC || !err) return st;
+    memcpy(msg, err->message, sizeof(msg));
+    b = moexc__xc_largest_block(xc, &big);
+    return moexc__fail(err, st, "crosscoder: step %d diverged: %s; the largest parameter is %g in %s (lr %g)", xc->step + 1,
+                       msg, big, moexc__xc_block_names[b], moexc__xc_lr(xc));
 }
 
 MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const float *x_b, int n,
@@ -11812,13 +12022,21 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     xc->frozen = 0;
     st = moexc_xc_loss_grad(xc, x_a, x_b, n, &s, err);
     xc->frozen = was_frozen;
-    if (st != MOEXC_OK) return st;
+    if (st != MOEXC_OK) return moexc__xc_loss_failed(xc, st, err);
     if (xc->opt.reduce.sum && (st = moexc__xc_dp_grads(xc, err)) != MOEXC_OK) return st;   /* sum / W */
     /* Adam with bias correction; one set of moments per parameter (a shared
        row is one parameter), on the gradient clipped to global norm clip */
     s.lr = moexc__xc_lr(xc);
-    s.grad_norm = moexc__clipped_adam(xc->params, xc->grads, xc->adam_m, xc->adam_v, xc->n_params, s.lr, xc->step,
-                                      xc->opt.clip, xc->partial);
+    s.grad_norm = moexc__grad_norm(xc->grads, xc->n_params, xc->partial);
+    if (!(s.grad_norm < HUGE_VAL) || !(s.loss < HUGE_VAL))
+        return moexc__xc_diverged(xc, "", s.loss, s.grad_norm, s.lr, err);
+    moexc__adam_step(xc->params, xc->grads, xc->adam_m, xc->adam_v, xc->n_params, s.lr, xc->step, xc->opt.clip,
+                     s.grad_norm);
+    {   /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+        size_t at;
+        if (moexc__xc_nonfinite(xc, xc->params, &at) >= 0)
+            return moexc__xc_diverged(xc, " after the Adam update", s.loss, s.grad_norm, s.lr, err);
+    }
     /* dead-latent counters: tokens since each latent last fired */
     memset(xc->fired, 0, F);
     if (xc->opt.variant == MOEXC_XC_BATCHTOPK && !xc->opt.dense_only) {
@@ -12906,8 +13124,11 @@ MOEXC_DEF moexc_status moexc_sae_train_step(moexc_sae *s, const float *x, int n,
     s->frozen = was_frozen;
     if (rc != MOEXC_OK) return rc;
     st.lr = moexc__lr_schedule(s->opt.lr, s->step, s->opt.steps, s->opt.warmup_steps, s->opt.decay_frac);
-    st.grad_norm = moexc__clipped_adam(s->params, s->grads, s->adam_m, s->adam_v, s->n_params, st.lr, s->step,
-                                       s->opt.clip, s->partial);
+    st.grad_norm = moexc__grad_norm(s->grads, s->n_params, s->partial);
+    if (!(st.grad_norm < HUGE_VAL) || !(st.loss < HUGE_VAL))
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "sae: step %d diverged: loss %g, gradient norm %g (lr %g); "
+                           "the parameters are those of step %d", s->step + 1, st.loss, st.grad_norm, st.lr, s->step);
+    moexc__adam_step(s->params, s->grads, s->adam_m, s->adam_v, s->n_params, st.lr, s->step, s->opt.clip, st.grad_norm);
     /* dead-latent counters: tokens since each latent last fired */
     memset(s->fired, 0, (size_t)s->F);
     for (j = 0; j < n; j++)
@@ -14514,7 +14735,18 @@ MOEXC_DEF double moexc_histogram_edge(const moexc_histogram *h, int i)
     double t = (double)i / (double)h->n_bins;
     if (i <= 0) return h->lo;
     if (i >= h->n_bins) return h->hi;
-    if (h->log10_axis) return pow(10.0, log10(h->lo) + t * (log10(h->hi) - log10(h->lo)));
+    if (h->log10_axis) {
+        double e = log10(h->lo) + t * (log10(h->hi) - log10(h->lo)), k = floor(e + 0.5);
+        /* a decade edge 10^k exactly (|k| <= 22: 10^|k| is exact, 1/10^|k| correctly
+           rounded), not pow's result: mingw-w64's pow(10, -3) is 1 ulp above 0.001 */
+        if (fabs(e - k) < 1e-9 && fabs(k) <= 22) {
+            double p = 1.0;
+            int j;
+            for (j = 0; j < (int)fabs(k); j++) p *= 10.0;
+            return k < 0 ? 1.0 / p : p;
+        }
+        return pow(10.0, e);
+    }
     return h->lo + t * (h->hi - h->lo);
 }
 

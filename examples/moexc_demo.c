@@ -184,7 +184,7 @@ static const char *usage =
 
 static double now_seconds(void)
 {
-#if defined(CLOCK_MONOTONIC)
+#if defined(CLOCK_MONOTONIC) && !defined(_WIN32)   /* Windows: clock() is wall time */
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -1533,19 +1533,22 @@ static int write_plots(const report_inputs *in)
     return bad;
 }
 
-/* Fail fast: the report folder must take a file before hours of work. */
-static int check_writable(const char *dir)
+/* Fail fast: every file the study saves in the report folder can be written
+   (moexc_check_writable: a temporary file made and removed next to it). */
+static int check_outputs(const char *dir)
 {
+    static const char *const names[] = { "corpus.tok", "dense.ckpt", "moe.ckpt", "crosscoder.safetensors",
+                                         "summary.json", "table.csv", "index.html" };
     char path[4096];
-    FILE *f;
-    join(path, sizeof(path), dir, ".moexc_write_test");
-    f = fopen(path, "wb");
-    if (!f || fputs("ok\n", f) < 0 || fclose(f) != 0) {
-        fprintf(stderr, "moexc_demo: cannot write to the report folder %s: %s\n", dir, strerror(errno));
-        if (f) remove(path);
-        return 1;
+    moexc_error err;
+    size_t i;
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        join(path, sizeof(path), dir, names[i]);
+        if (moexc_check_writable(path, &err) != MOEXC_OK) {
+            fprintf(stderr, "moexc_demo: --out %s: %s\n", dir, err.message);
+            return 1;
+        }
     }
-    remove(path);
     return 0;
 }
 
@@ -1871,7 +1874,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "moexc_demo: cannot create %s: %s\n", c.out, strerror(errno));
         return 1;
     }
-    if (check_writable(c.out)) return 1;                 /* fail before the long work */
+    if (check_outputs(c.out)) return 1;                  /* fail before the long work */
     printf("moexc demo, preset '%s', seed %lu, report in %s/ (SIMD %s, %d thread%s)\n", c.preset, (unsigned long)c.seed,
            c.out, moexc_simd_backend(), threads, threads > 1 ? "s" : "");
 

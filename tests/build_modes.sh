@@ -13,7 +13,10 @@
 #       MOEXC_NO_SIMD build running the test suite; the test suite cross-compiled
 #       for aarch64 (NEON) and s390x (big-endian) and run under qemu-user
 #       (see QEMU_EXCLUDE / QEMU_S390X_ONLY below; QEMU_SKIP="test_x ..." in the
-#       environment skips more, reported as SKIPPED, for quick local runs).
+#       environment skips more, reported as SKIPPED, for quick local runs);
+#       the test suite, tools and examples cross-compiled for Windows with
+#       mingw-w64, the tests and moexc_train run under wine (see win_leg).
+#   sh tests/build_modes.sh windows    the Windows leg alone.
 # Run from the repository root. Prints "N passed, N failed" last; a leg that
 # cannot run prints "SKIPPED: <why>" and counts as neither.
 cd "$(dirname "$0")/.." || exit 1
@@ -231,6 +234,74 @@ cross_leg() {   # arch, cross compiler, qemu, expected backend
     fi
 }
 
+# Windows: the test suite, tools and examples cross-compiled with mingw-w64
+# (x86_64-w64-mingw32-gcc, Debian gcc-mingw-w64-x86-64; no OpenMP, the SSE2
+# backend of baseline x86-64), the tests run under wine in a prefix of its own
+# (WINEPREFIX=build/port/win64/wineprefix, WINEDEBUG=-all; wineboot first, which
+# takes about 10 s when it creates the prefix), and a short moexc_train run saved twice to one path
+# (the MoveFileEx replacement) and resumed. wine prints CRLF: stripped.
+win_leg() {
+    cc=x86_64-w64-mingw32-gcc dir=build/port/win64
+    if ! have $cc; then skip "windows: $cc not installed (apt-get install gcc-mingw-w64-x86-64)"; return; fi
+    WINE=$(command -v wine64 || command -v wine)
+    if [ -z "$WINE" ]; then skip "windows: wine not installed (apt-get install wine wine64)"; return; fi
+    mkdir -p "$dir"
+    t0=$(date +%s)
+    log="$dir/build.log"
+    : > "$log"
+    if ! $cc $STRICT -O2 -I. -c tests/moexc_impl.c -o "$dir/moexc.o" >> "$log" 2>&1; then
+        fail "windows: library does not build" "$log"; return
+    fi
+    bins=""
+    for src in tests/test_*.c; do
+        name=$(basename "$src" .c)
+        if grep -q '^#define MOEXC_IMPLEMENTATION' "$src"; then
+            cmd="$cc $STRICT -O2 -I. $src -o $dir/$name.exe -lm"
+        elif [ $name = test_simd_twin ]; then
+            cmd="$cc $STRICT -O2 -I. -c tests/scalar_twin.c -o $dir/scalar_twin.o &&
+                 $cc $STRICT -O2 -I. $src $dir/moexc.o $dir/scalar_twin.o -o $dir/$name.exe -lm"
+        else
+            cmd="$cc $STRICT -O2 -I. $src $dir/moexc.o -o $dir/$name.exe -lm"
+        fi
+        if sh -c "$cmd" >> "$log" 2>&1; then bins="$bins $dir/$name"
+        else fail "windows: $name does not build" "$log"; fi
+    done
+    nt=0
+    for src in tools/moexc_*.c examples/*.c; do
+        name=$(basename "$src" .c)
+        if $cc $STRICT -O2 -I. -isystem /usr/include/stb "$src" "$dir/moexc.o" -o "$dir/$name.exe" -lm >> "$log" 2>&1; then nt=$((nt + 1))
+        else fail "windows: $src does not build" "$log"; fi
+    done
+    pass "windows: library, $(echo $bins | wc -w) tests and $nt tools/examples build with $cc $STRICT"
+    export WINEPREFIX="$PWD/$dir/wineprefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
+    tb=$(date +%s)
+    if ! wineboot -i > "$dir/wineboot.log" 2>&1; then fail "windows: wineboot" "$dir/wineboot.log"; return; fi
+    echo "     windows: wine prefix ready in $(( $(date +%s) - tb )) s ($("$WINE" --version 2>/dev/null))"
+    for b in $bins; do
+        printf '#!/bin/sh\n%s %s.exe "$@" > %s.out 2>&1\nrc=$?\ntr -d "\\r" < %s.out\nexit $rc\n' "$WINE" "$b" "$b" "$b" > "$b.wine"
+        chmod +x "$b.wine"
+    done
+    runners=""
+    for b in $bins; do runners="$runners $b.wine"; done
+    slog="$dir/suite.log"
+    sh tests/run_tests.sh $runners > "$slog" 2>&1
+    total=$(tail -n 1 "$slog")
+    backend=$(sed -n 's/^ *backend \([a-z0-9]*\), width.*/\1/p' "$slog" | head -n 1)
+    if tail -n 1 "$slog" | grep -q ' passed, 0 failed$'; then pass "windows under wine: $total ($(( $(date +%s) - t0 )) s with the build; backend $backend)"
+    else grep -E '^(FAIL|!!|  FAIL|==)' "$slog" > "$slog.fail"; fail "windows under wine: $total" "$slog.fail"; fi
+    # a tool: train, save over the same file again (--save-every), export, resume
+    tl="$dir/tool.log"
+    rm -f "$dir/w.ckpt" "$dir/w.st"
+    if "$WINE" "$dir/moexc_train.exe" --builtin 20000 --d-model 16 --heads 2 --layers 1 --context 16 --batch 2 --steps 6 \
+           --eval-interval -1 --save "$dir/w.ckpt" --save-every 2 --export "$dir/w.st" > "$tl" 2>&1 &&
+       "$WINE" "$dir/moexc_train.exe" --resume "$dir/w.ckpt" --builtin 20000 --time-limit 1e-9 >> "$tl" 2>&1 &&
+       tr -d '\r' < "$tl" | grep -q 'resumed from .* at step 6' && [ -f "$dir/w.st" ] && [ ! -f "$dir/w.ckpt.tmp" ] &&
+       ! "$WINE" "$dir/moexc_train.exe" --builtin 20000 --save 'Z:\no\such\dir\x.ckpt' >> "$tl" 2>&1; then
+        pass "windows: moexc_train.exe trains, replaces its checkpoint, resumes; refuses an unwritable --save"
+    else fail "windows: moexc_train.exe" "$tl"; fi
+    wineserver -k 2>/dev/null
+}
+
 portable() {
     port_t0=$(date +%s)
     # 1. gcc and clang: the whole tree (library, tests, tools, examples), strict C99
@@ -270,7 +341,8 @@ portable() {
         run_suite "MOEXC_NO_SIMD suite" build/port/nosimd/test_*
     else fail "MOEXC_NO_SIMD: build" "$log"; fi
     # 5. cross: aarch64 (NEON), s390x (big-endian, scalar), in parallel
-    cross_leg aarch64 aarch64-linux-gnu-gcc qemu-aarch64 neon > "$WORK/aarch64.leg" 2>&1 &
+    # (the Windows leg follows aarch64, so that two legs run at a time)
+    { cross_leg aarch64 aarch64-linux-gnu-gcc qemu-aarch64 neon; win_leg; } > "$WORK/aarch64.leg" 2>&1 &
     cross_leg s390x s390x-linux-gnu-gcc qemu-s390x scalar > "$WORK/s390x.leg" 2>&1
     wait
     cat "$WORK/aarch64.leg" "$WORK/s390x.leg"
@@ -279,6 +351,7 @@ portable() {
 
 case "$1" in
     portable) portable ;;
+    windows)  win_leg ;;
     *)        header_modes ;;
 esac
 passed=$(grep -c '^ok' "$RESULTS")

@@ -78,7 +78,10 @@ static void usage(FILE *out)
         "  --save PATH           write the inference crosscoder (safetensors, folded) at the end\n"
         "  --checkpoint PATH     write a training checkpoint every --save-every steps and at the end\n"
         "  --save-every N        (default 1000)\n"
-        "  --resume PATH         continue from a training checkpoint (its options win)\n"
+        "  --resume PATH         continue from a training checkpoint (its options win); with the first\n"
+        "                        run's data options (models, --tokens/--corpus/--cache, --layer, --site,\n"
+        "                        --seq-len, --keep-first, --shuffle, --eval-frac, --init-pairs) it replays\n"
+        "                        the data stream and ends bit for bit where the uninterrupted run would\n"
         "  --eval PATH           only evaluate a saved crosscoder on the held-out pairs\n"
         "  --log-every N         progress line every N steps (default 100)\n"
         "  --raw-norms           classify latents by decoder norms in raw units (folded, W_dec / s_m)\n"
@@ -277,12 +280,29 @@ static int xc_main(int argc, char **argv, tool_dp *dp)
     if ((rc = parse_args(argc, argv, &a)) <= 0) return rc < 0 ? 0 : 2;   /* --help, or an error */
     rc = 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* before any work: can every output be written? */
+    if (!a.eval_only) {
+        const char *opt[3] = { "--save", "--checkpoint", "--cache-write" }, *path[3];
+        path[0] = a.save; path[1] = a.checkpoint; path[2] = a.cache_read ? NULL : a.cache_write;
+        for (m = 0; m < 3; m++)
+            if (path[m] && moexc_check_writable(path[m], &err) != MOEXC_OK) {
+                fprintf(stderr, "moexc_crosscoder: %s: %s\n", opt[m], err.message);
+                return 1;
+            }
+    }
 #ifdef _OPENMP
     if (a.threads > 0) omp_set_num_threads(a.threads);
 #endif
 #define CHECK(call) do { if ((call) != MOEXC_OK) { fprintf(stderr, "moexc_crosscoder: %s\n", err.message); goto done; } } while (0)
 
+    /* a resumed run takes the checkpoint's seed, which seeds the data stream too */
+    if (a.resume) {
+        CHECK(moexc_xc_load(&xc, a.resume, &err));
+        a.xo.seed = moexc_xc_get_options(xc)->seed;
+    }
+
     /* ---- data: models and the held-out pairs ---- */
+    if (a.eval_only && a.resume) { fprintf(stderr, "moexc_crosscoder: give --eval or --resume, not both\n"); goto done; }
     if (a.eval_only && (!a.model_a || !a.model_b)) {
         fprintf(stderr, "moexc_crosscoder: --eval needs --model-a and --model-b\n");
         goto done;
@@ -347,6 +367,7 @@ static int xc_main(int argc, char **argv, tool_dp *dp)
 
     if (a.eval_only) {
         CHECK(moexc_xc_load(&xc, a.eval_only, &err));
+        printf("evaluating %s at step %d of %d\n", a.eval_only, moexc_xc_step(xc), moexc_xc_get_options(xc)->steps);
         CHECK(moexc_xc_set_reduce(xc, &dp->reduce, &err));   /* each rank scores its share */
         if (moexc_xc_dim(xc, 0) != src.d[0] || moexc_xc_dim(xc, 1) != src.d[1]) {
             fprintf(stderr, "moexc_crosscoder: %s has widths %d, %d; the models give %d, %d\n", a.eval_only,
@@ -386,10 +407,25 @@ static int xc_main(int argc, char **argv, tool_dp *dp)
 
     /* ---- the crosscoder ---- */
     if (a.resume) {
-        CHECK(moexc_xc_load(&xc, a.resume, &err));
+        /* Replay the data stream to where the checkpoint left it: the pairs
+           of the initialisation, then those of every step taken. The stream
+           (random windows, shuffle buffer) is a pure function of the seed and
+           the data options, so with the same options as the first run the
+           resumed run sees the same pairs, and ends with the same bits. */
+        const moexc_xc_options *o = moexc_xc_get_options(xc);
+        double skip = (double)a.init_pairs + (double)moexc_xc_step(xc) * o->batch;
         CHECK(moexc_xc_set_reduce(xc, &dp->reduce, &err));
-        printf("resumed %s at step %d of %d (the checkpoint's options apply)\n", a.resume, moexc_xc_step(xc),
-               moexc_xc_get_options(xc)->steps);
+        printf("resumed %s at step %d of %d (the checkpoint's options apply); replaying %.0f pairs of the data stream\n",
+               a.resume, moexc_xc_step(xc), o->steps, skip);
+        xa = (float *)malloc((size_t)o->batch * src.d[0] * sizeof(float));
+        xb = (float *)malloc((size_t)o->batch * src.d[1] * sizeof(float));
+        if (!xa || !xb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }
+        while (skip > 0) {
+            int take = skip < o->batch ? (int)skip : o->batch;
+            CHECK(source_next(&src, xa, xb, take, &err));
+            skip -= take;
+        }
+        free(xa); free(xb); xa = xb = NULL;
     } else {
         int n_init = a.init_pairs;
         a.xo.reduce = dp->reduce;   /* zero with one process */

@@ -154,7 +154,6 @@ int main(int argc, char **argv)
     moexc_tokens data;
     moexc_lens lens;
     char path[4096];
-    FILE *probe;
     double t0 = now_seconds();
     int status = 1, n_png = 0;
     const moexc_model_config *c;
@@ -169,13 +168,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "moexc_lens: cannot create %s: %s\n", a.out, strerror(errno));
         return 1;
     }
-    snprintf(path, sizeof(path), "%s/%slens.json.tmp", a.out, a.prefix);
-    if (!(probe = fopen(path, "wb"))) {
-        fprintf(stderr, "moexc_lens: cannot write in %s (%s: %s)\n", a.out, path, strerror(errno));
-        return 1;
-    }
-    fclose(probe);
-    remove(path);
+    snprintf(path, sizeof(path), "%s/%slens.json", a.out, a.prefix);
+    if (moexc_check_writable(path, &err) != MOEXC_OK) { fprintf(stderr, "moexc_lens: --out: %s\n", err.message); return 1; }
 
     if (moexc_model_load(&m, a.model, &err)) { fprintf(stderr, "moexc_lens: %s\n", err.message); return 1; }
     c = moexc_model_get_config(m);

@@ -179,6 +179,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "moexc_mkdata: give either --domain NAME=PATH (one or more) or --builtin BYTES\n");
         return 2;
     }
+    if (moexc_check_writable(out, &err) != MOEXC_OK) { fprintf(stderr, "moexc_mkdata: --out: %s\n", err.message); return 1; }
     if (have_builtin) {
         clock_t c0 = clock();
         if (moexc_corpus_builtin(&t, (size_t)builtin, (uint64_t)seed, &err) != MOEXC_OK) {

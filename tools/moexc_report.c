@@ -135,7 +135,6 @@ int main(int argc, char **argv)
     char probe[4200], title[256], msg[600], v[6][128];
     const char *keys[6], *vals[6];
     float *dec_a = NULL, *dec_b = NULL;
-    FILE *f;
     int status = 1, F, d_a, d_b, i;
 
     memset(&data, 0, sizeof(data)); memset(&st, 0, sizeof(st)); memset(&an, 0, sizeof(an));
@@ -145,9 +144,8 @@ int main(int argc, char **argv)
 #endif
     /* the output folder must be writable before the long work */
     if (make_dir(a.out) != 0 && errno != EEXIST) { fprintf(stderr, "moexc_report: cannot create %s: %s\n", a.out, strerror(errno)); return 1; }
-    snprintf(probe, sizeof(probe), "%s/index.html.tmp", a.out);
-    if (!(f = fopen(probe, "wb"))) { fprintf(stderr, "moexc_report: %s is not writable: %s\n", a.out, strerror(errno)); return 1; }
-    fclose(f); remove(probe);
+    snprintf(probe, sizeof(probe), "%s/index.html", a.out);
+    if (moexc_check_writable(probe, &err) != MOEXC_OK) { fprintf(stderr, "moexc_report: --out: %s\n", err.message); return 1; }
 
     if (moexc_tokens_load(&data, a.tokens, &err)) { fprintf(stderr, "moexc_report: %s\n", err.message); goto done; }
     if (moexc_model_load(&moe, a.moe, &err) || moexc_model_load(&dense, a.dense, &err)) { fprintf(stderr, "moexc_report: %s\n", err.message); goto done; }

@@ -13,10 +13,12 @@
 #define TOOL_MAYBE_UNUSED
 #endif
 
-/* Seconds on a monotonic wall clock (CPU time where there is none). */
+/* Seconds on a monotonic wall clock (CPU time where there is none). On
+   Windows clock() is the wall time since the process started (mingw-w64's
+   clock_gettime would need libwinpthread). */
 static TOOL_MAYBE_UNUSED double now_seconds(void)
 {
-#if defined(CLOCK_MONOTONIC)
+#if defined(CLOCK_MONOTONIC) && !defined(_WIN32)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
