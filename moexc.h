@@ -11498,7 +11498,14 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
         goto fail;
     }
     st = moexc_xc_create(&xc, (int)da_i, (int)db_i, &o, err);
-    if (st != MOEXC_OK) goto fail;
+    if (st != MOEXC_OK) {   /* the options are the file's: name it */
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        goto fail;
+    }
     xc->opt.dead_tokens = o.dead_tokens;   /* the resolved values exactly as saved */
     F = (size_t)xc->F; da = (size_t)xc->d[0]; db = (size_t)xc->d[1];
     xc->scale[0] = (float)sa; xc->scale[1] = (float)sb;
