@@ -7011,12 +7011,10 @@ static void moexc__config_to_meta(const moexc_model_config *c, char vals[MOEXC__
 /* The config's integer and float fields, by name. */
 static moexc_status moexc__meta_int(const moexc_st_file *f, const char *path, const char *key, int *v, moexc_error *err)
 {
-    double x;
-    moexc_status st = moexc__st_meta_number(f, path, key, INT_MIN, INT_MAX, &x, err);
-    if (st != MOEXC_OK) return st;
-    if (x != floor(x)) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an integer", path, key, x);
-    *v = (int)x;
-    return MOEXC_OK;
+    int64_t x;
+    moexc_status st = moexc__st_meta_i64(f, path, key, INT_MIN, INT_MAX, &x, err);   /* decimal digits, exact */
+    if (st == MOEXC_OK) *v = (int)x;
+    return st;
 }
 static moexc_status moexc__meta_float(const moexc_st_file *f, const char *path, const char *key, float *v, moexc_error *err)
 {
@@ -7110,13 +7108,15 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
     if (c.vocab_size < 1 || c.d_model < 1 || c.n_heads < 1 || c.n_layers < 1 || c.context < 1 || c.d_ff < 1 ||
         c.n_experts < 1 || c.top_k < 1 || c.d_expert < 1 || c.lb_alpha == 0.0f || c.init_std <= 0.0f)
         return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata holds an unresolved or invalid model config", path);
-    {   /* Before allocating: the tensors the config implies must be in the
-           file (so a header naming huge sizes costs no memory), and the RoPE
+    {   /* Before allocating: the tensors the config implies must roughly fit
+           the file (at most twice its data section plus 64 MiB, so a header
+           naming huge sizes costs little memory, while a file one tensor off
+           still gets the message naming that tensor below), and the RoPE
            tables (context x head width / 2 floats, twice) stay below 256 MiB each. */
         double d = c.d_model, V = c.vocab_size, L = c.n_layers, E = c.n_experts, need;
         double ffn = c.ffn == MOEXC_FFN_MOE ? E * d + 3.0 * E * c.d_expert * d : 3.0 * c.d_ff * d;
         need = 4.0 * (V * d * (c.tied_head ? 1.0 : 2.0) + d + L * (2.0 * d + 4.0 * d * d + ffn));
-        if (L > (double)moexc_st_count(f) || need > (double)(f->size - f->data_start))
+        if (L > (double)moexc_st_count(f) || need > 2.0 * (double)(f->size - f->data_start) + 67108864.0)
             return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: the config (%d layers, d_model %d, vocab %d) needs %.0f bytes of "
                                "tensors, the file holds %lu", path, c.n_layers, c.d_model, c.vocab_size, need,
                                (unsigned long)(f->size - f->data_start));
@@ -7871,16 +7871,13 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
     iopt[0] = &o.warmup_steps; iopt[1] = &o.total_steps; iopt[2] = &o.batch_size; iopt[3] = &o.seq_len;
     iopt[4] = &o.grad_accum; iopt[5] = &o.eval_interval; iopt[6] = &o.eval_batches; iopt[7] = &step;
     for (k = 0; k < 8; k++) {
-        sprintf(key, "moexc.train.%s", float_keys[k]);
-        if ((st = moexc__st_meta_number(f, path, key, -DBL_MAX, DBL_MAX, &val, err)) != MOEXC_OK) goto fail;
+        int64_t iv;
+        sprintf(key, "moexc.train.%s", float_keys[k]);   /* a float32 option: finite, in float range */
+        if ((st = moexc__st_meta_number(f, path, key, -FLT_MAX, FLT_MAX, &val, err)) != MOEXC_OK) goto fail;
         *fopt[k] = (float)val;
-        sprintf(key, "moexc.train.%s", int_keys[k]);
-        if ((st = moexc__st_meta_number(f, path, key, -DBL_MAX, DBL_MAX, &val, err)) != MOEXC_OK) goto fail;
-        if (val != floor(val) || val < -2147483647.0 || val > 2147483647.0) {
-            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an int", path, key, val);
-            goto fail;
-        }
-        *iopt[k] = (int)val;
+        sprintf(key, "moexc.train.%s", int_keys[k]);     /* decimal digits, exact */
+        if ((st = moexc__st_meta_i64(f, path, key, -INT_MAX, INT_MAX, &iv, err)) != MOEXC_OK) goto fail;
+        *iopt[k] = (int)iv;
     }
     if ((st = moexc__st_meta_number(f, path, "moexc.train.tokens", -DBL_MAX, DBL_MAX, &tokens, err)) != MOEXC_OK ||
         (st = moexc__st_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
@@ -7890,8 +7887,19 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
         (st = moexc__st_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
         goto fail;
     if (step < 0 || step > o.total_steps) { st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: step %d outside [0, total_steps %d]", path, step, o.total_steps); goto fail; }
+    if (data_crc > 0xFFFFFFFFu || state_crc > 0xFFFFFFFFu) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: a CRC-32 in the metadata is above 2^32 - 1", path);
+        goto fail;
+    }
     if ((st = moexc__model_load_from(f, path, &m, err)) != MOEXC_OK) goto fail;
-    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) goto fail;
+    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) {   /* the options are the file's: name it */
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        goto fail;
+    }
     if (data_tokens != (uint64_t)data->n || data_crc != (uint64_t)t->data_crc) {
         st = moexc__fail(err, MOEXC_ERR_ARG, "%s: trained on other data (%llu tokens, CRC %08lx; given %llu tokens, CRC %08lx)",
                          path, (unsigned long long)data_tokens, (unsigned long)data_crc,
@@ -11488,10 +11496,12 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
 #undef MOEXC__XC_INT
     if ((st = moexc__st_meta_u64(f, path, "seed", &o.seed, err)) != MOEXC_OK) goto fail;
     o.n_latents = (int)F_i;
-    /* the weights must be in the file before the crosscoder is allocated:
-       a header naming huge widths costs no memory (2 (d_A + d_B) F floats
-       of encoder and decoder at least) */
-    if ((double)(da_i + db_i) * (double)F_i * 8.0 > (double)(f->size - f->data_start)) {
+    /* the weights (2 (d_A + d_B) F floats of encoder and decoder) must
+       roughly fit the file before the crosscoder is allocated: at most twice
+       its data section plus 64 MiB, so a header naming huge widths costs
+       little memory, while a file one tensor off gets the message naming
+       that tensor below */
+    if ((double)(da_i + db_i) * (double)F_i * 8.0 > 2.0 * (double)(f->size - f->data_start) + 67108864.0) {
         st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: n_latents %lld, d_a %lld, d_b %lld need %.0f bytes of weights, "
                          "the file's data section holds %lu", path, (long long)F_i, (long long)da_i, (long long)db_i,
                          (double)(da_i + db_i) * (double)F_i * 8.0, (unsigned long)(f->size - f->data_start));

@@ -24,12 +24,13 @@ static int st_rewrite(const char *src, const char *dst, const char *key, const c
 {
     moexc_st_file *f = NULL;
     moexc_error err;
-    moexc_st_entry ent[32];
-    moexc_st_kv kv[64];
-    unsigned char is_i64[32];
-    void *bufs[32];
+    moexc_st_entry ent[256];
+    moexc_st_kv kv[128];
+    unsigned char is_i64[256];
+    void *bufs[256];
     int i, n_kv = 0, found = key == NULL, d;
-    if (moexc_st_open(&f, src, &err) != MOEXC_OK || f->n_tensors > 32 || f->n_meta > 63) {
+    if (moexc_st_open(&f, src, &err) != MOEXC_OK || f->n_tensors > 256 || f->n_meta > 127) {
+        printf("  st_rewrite: %s: cannot open or too many entries\n", src);
         moexc_st_close(f);
         return 1;
     }
@@ -67,6 +68,7 @@ static int st_rewrite(const char *src, const char *dst, const char *key, const c
         ent[i].data = (const float *)bufs[i];
     }
     d = moexc__st_save_typed(dst, ent, is_i64, f->n_tensors, kv, n_kv, &err) != MOEXC_OK;
+    if (d) printf("  st_rewrite: %s\n", err.message);
     for (i = 0; i < f->n_tensors; i++) free(bufs[i]);
     moexc_st_close(f);
     return d;
@@ -477,7 +479,10 @@ static void test_model_hostile(void)
 
 /* Issue 14: the optimiser moments of a training checkpoint were not checked
    for finiteness (a file with a matching CRC could carry NaN or a negative
-   second moment, whose square root is NaN). */
+   second moment, whose square root is NaN). And the audit: options the
+   trainer rejects were reported without the file's name, float options out
+   of float range were cast (undefined), a CRC above 2^32 - 1 compared after
+   truncation, and integers were read through strtod. */
 static void test_trainer_moments(void)
 {
     const char *path = tmp_path("readers_train.ckpt");
@@ -522,10 +527,36 @@ static void test_trainer_moments(void)
     TH_CHECK(moexc_trainer_save(t, path, &err) == MOEXC_OK && moexc_trainer_resume(&back, &mb, path, &tok, &err) == MOEXC_OK,
              "intact checkpoint: %s", err.message);
     moexc_trainer_free(back); moexc_model_free(mb);
+    {   /* hostile options and metadata: every message names the file */
+        static const struct { const char *key, *value, *needle; moexc_status st; } cases[] = {
+            { "moexc.train.batch_size", "2000000000", "trainer: out of memory", MOEXC_ERR_NOMEM },
+            { "moexc.train.seq_len", "9", "seq_len 9 outside [1, context 8]", MOEXC_ERR_ARG },
+            { "moexc.train.lr", "1e300", "is not a number in", MOEXC_ERR_FORMAT },   /* (float)1e300 was undefined */
+            { "moexc.train.total_steps", "4.0", "is not a 64-bit decimal integer", MOEXC_ERR_FORMAT },
+            { "moexc.train.state_crc32", "4294967296", "above 2^32 - 1", MOEXC_ERR_FORMAT },
+            { "moexc.train.rng", "18446744073709551616", "moexc.train.rng", MOEXC_ERR_FORMAT } };
+        char pb[2048], bb[2048];
+        const char *bad;
+        snprintf(pb, sizeof(pb), "%s", path);   /* path is tmp_path's buffer, reused next */
+        bad = tmp_path2("readers_train_bad.ckpt", bb, sizeof(bb));
+        for (k = 0; k < (int)(sizeof(cases) / sizeof(cases[0])); k++) {
+            long live = g_live_blocks;
+            moexc_status st;
+            TH_CHECK(st_rewrite(pb, bad, cases[k].key, cases[k].value, NULL, 0, 0.0, NULL) == 0, "rewrite");
+            st = moexc_trainer_resume(&back, &mb, bad, &tok, &err);
+            TH_CHECK(st == cases[k].st && !back && !mb, "%s = %s: %s: %s", cases[k].key, cases[k].value,
+                     moexc_status_name(st), err.message);
+            TH_CHECK(starts_with(err.message, bad) && strstr(err.message, cases[k].needle), "%s = %s: message %s",
+                     cases[k].key, cases[k].value, err.message);
+            TH_CHECK(g_live_blocks == live, "%s: %ld blocks leaked", cases[k].key, g_live_blocks - live);
+            moexc_trainer_free(back); moexc_model_free(mb); back = NULL; mb = NULL;
+        }
+        remove(bad);
+    }
     moexc_trainer_free(t);
     moexc_model_free(m);
     moexc_tokens_free(&tok);
-    remove(path);
+    remove(tmp_path("readers_train.ckpt"));
 }
 
 int main(int argc, char **argv)
