@@ -190,6 +190,17 @@ $(BUILD)/make_fuzz_seeds: tests/make_fuzz_seeds.c $(BUILD)/moexc.o | $(BUILD)
 fuzz: fuzz-build
 	sh tests/fuzz_run.sh $(BUILD) $(FUZZ_SECONDS) $(FUZZ_BINS)
 
+# `make valgrind-readers`: valgrind memcheck of the tools on hostile files
+# (truncated, bit-flipped, oversized shapes; tests/valgrind_readers.sh, about
+# 7 minutes on this machine, not part of `make test`). valgrind cannot run AVX-512, so the
+# tools are built again without -march=native (and without OpenMP) in VG_BUILD.
+VG_BUILD ?= build-vg
+.PHONY: valgrind-readers
+valgrind-readers:
+	$(MAKE) --no-print-directory BUILD=$(VG_BUILD) NATIVE=0 OPENMP=0 $(VG_BUILD)/moexc_crosscoder \
+	    $(VG_BUILD)/moexc_train $(VG_BUILD)/moexc_lens $(VG_BUILD)/moexc_report $(VG_BUILD)/make_fuzz_seeds
+	sh tests/valgrind_readers.sh $(VG_BUILD)
+
 # ---- area: crosscoder -----------------------------------------------------
 # bench-crosscoder: crosscoder training pairs/s, moexc vs an identical PyTorch
 # crosscoder (tools/bench_crosscoder_torch.py runs both, same threads), at

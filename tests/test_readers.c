@@ -529,7 +529,7 @@ static void test_trainer_moments(void)
     moexc_trainer_free(back); moexc_model_free(mb);
     {   /* hostile options and metadata: every message names the file */
         static const struct { const char *key, *value, *needle; moexc_status st; } cases[] = {
-            { "moexc.train.batch_size", "2000000000", "trainer: out of memory", MOEXC_ERR_NOMEM },
+            { "moexc.train.batch_size", "-3", "batch_size -3", MOEXC_ERR_ARG },
             { "moexc.train.seq_len", "9", "seq_len 9 outside [1, context 8]", MOEXC_ERR_ARG },
             { "moexc.train.lr", "1e300", "is not a number in", MOEXC_ERR_FORMAT },   /* (float)1e300 was undefined */
             { "moexc.train.total_steps", "4.0", "is not a 64-bit decimal integer", MOEXC_ERR_FORMAT },
