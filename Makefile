@@ -182,23 +182,36 @@ bench: bench-data
 bench-data: $(BUILD)/moexc_mkdata
 	@for i in 1 2 3; do $(BUILD)/moexc_mkdata --builtin 2000000 --out $(BUILD)/bench_data.tok | head -1; done
 	@rm -f $(BUILD)/bench_data.tok
-# `make fuzz` builds the libFuzzer harnesses tests/fuzz_*.c with clang and runs
-# each for FUZZ_SECONDS, seeded from the fixtures (not part of `make test`).
+# `make fuzz` builds the libFuzzer harnesses tests/fuzz_*.c (one per reader
+# of untrusted bytes: safetensors/JSON, metadata, model files, training
+# checkpoints, crosscoders, token files, activation caches, .npy) with clang,
+# ASan and UBSan (UBSan aborts), and runs each for FUZZ_SECONDS seconds,
+# seeded from tests/fixtures and small files build/make_fuzz_seeds writes
+# (tests/fuzz_run.sh; not part of `make test`). It prints the executions of
+# each harness and fails on any crash, leak or sanitizer report.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_SRCS    := $(wildcard tests/fuzz_*.c)
 FUZZ_BINS    := $(FUZZ_SRCS:tests/%.c=$(BUILD)/%)
 .PHONY: fuzz fuzz-build
-fuzz-build: $(FUZZ_BINS)
-$(BUILD)/fuzz_%: tests/fuzz_%.c moexc.h | $(BUILD)
-	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -I. $< -o $@ -lm
-fuzz: $(FUZZ_BINS)
-	@set -e; for b in $(FUZZ_BINS); do \
-	    name=$$(basename $$b); mkdir -p $(BUILD)/corpus_$$name; \
-	    cp tests/fixtures/data_* $(BUILD)/corpus_$$name/ 2>/dev/null || true; \
-	    echo "== $$name ($(FUZZ_SECONDS) s)"; \
-	    $$b -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 $(BUILD)/corpus_$$name; \
-	done
+fuzz-build: $(FUZZ_BINS) $(BUILD)/make_fuzz_seeds
+$(BUILD)/fuzz_%: tests/fuzz_%.c tests/fuzz_common.h moexc.h | $(BUILD)
+	$(FUZZ_CC) -std=c99 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. $< -o $@ -lm
+$(BUILD)/make_fuzz_seeds: tests/make_fuzz_seeds.c $(BUILD)/moexc.o | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $< $(BUILD)/moexc.o -o $@ $(LDLIBS)
+fuzz: fuzz-build
+	sh tests/fuzz_run.sh $(BUILD) $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+# `make valgrind-readers`: valgrind memcheck of the tools on hostile files
+# (truncated, bit-flipped, oversized shapes; tests/valgrind_readers.sh, about
+# 7 minutes on this machine, not part of `make test`). valgrind cannot run AVX-512, so the
+# tools are built again without -march=native (and without OpenMP) in VG_BUILD.
+VG_BUILD ?= build-vg
+.PHONY: valgrind-readers
+valgrind-readers:
+	$(MAKE) --no-print-directory BUILD=$(VG_BUILD) NATIVE=0 OPENMP=0 $(VG_BUILD)/moexc_crosscoder \
+	    $(VG_BUILD)/moexc_train $(VG_BUILD)/moexc_lens $(VG_BUILD)/moexc_report $(VG_BUILD)/make_fuzz_seeds
+	sh tests/valgrind_readers.sh $(VG_BUILD)
 
 # ---- area: crosscoder -----------------------------------------------------
 # bench-crosscoder: crosscoder training pairs/s, moexc vs an identical PyTorch

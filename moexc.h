@@ -3550,6 +3550,43 @@ static MOEXC__UNUSED_FN moexc_status moexc__read_file(const char *path, unsigned
     return MOEXC_OK;
 }
 
+/* 64-bit file offsets on every platform: _fseeki64/_ftelli64 on Windows,
+   fseeko/ftello where POSIX declares them (off_t is 64 bits on 64-bit hosts
+   and with -D_FILE_OFFSET_BITS=64 on 32-bit ones), else fseek/ftell (long;
+   64 bits on LP64 hosts). An offset the host type cannot hold fails (-1),
+   so a reader reports an error instead of seeking to a wrapped position. */
+static MOEXC__UNUSED_FN int moexc__fseek64(FILE *f, int64_t offset, int whence)
+{
+#if defined(_WIN32)
+    return _fseeki64(f, (__int64)offset, whence);
+#elif (defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 200112L) || (defined(_XOPEN_SOURCE) && _XOPEN_SOURCE >= 500) || \
+      defined(__APPLE__)
+    if ((int64_t)(off_t)offset != offset) return -1;
+    return fseeko(f, (off_t)offset, whence);
+#else
+    if (offset > (int64_t)LONG_MAX || offset < (int64_t)LONG_MIN) return -1;
+    return fseek(f, (long)offset, whence);
+#endif
+}
+static MOEXC__UNUSED_FN int64_t moexc__ftell64(FILE *f)
+{
+#if defined(_WIN32)
+    return (int64_t)_ftelli64(f);
+#elif (defined(_POSIX_C_SOURCE) && _POSIX_C_SOURCE >= 200112L) || (defined(_XOPEN_SOURCE) && _XOPEN_SOURCE >= 500) || \
+      defined(__APPLE__)
+    return (int64_t)ftello(f);
+#else
+    return (int64_t)ftell(f);
+#endif
+}
+/* Size of an open file in bytes (the position is left at the end), -1 if
+   it cannot be told. */
+static MOEXC__UNUSED_FN int64_t moexc__file_size64(FILE *f)
+{
+    if (moexc__fseek64(f, 0, SEEK_END) != 0) return -1;
+    return moexc__ftell64(f);
+}
+
 typedef struct moexc__sb { char *buf; size_t len, cap; int oom; } moexc__sb;   /* string builder */
 
 static MOEXC__UNUSED_FN void moexc__sb_putn(moexc__sb *sb, const char *s, size_t n)
@@ -5600,17 +5637,50 @@ static MOEXC__UNUSED_FN moexc_status moexc__st_meta_number(const moexc_st_file *
     *out = x;
     return MOEXC_OK;
 }
+/* Exact decimal integers: digits only (an optional '-' for the signed one),
+   no spaces, no exponent, no overflow; strtoull would wrap or saturate
+   silently and accept "-1", "+5" and " 7". */
+static MOEXC__UNUSED_FN int moexc__parse_u64(const char *s, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (!s || !*s) return 0;
+    for (; *s; s++) {
+        unsigned dgt = (unsigned)(unsigned char)*s - '0';
+        if (dgt > 9) return 0;
+        if (v > (UINT64_MAX - dgt) / 10) return 0;
+        v = v * 10 + dgt;
+    }
+    *out = v;
+    return 1;
+}
 static MOEXC__UNUSED_FN moexc_status moexc__st_meta_u64(const moexc_st_file *f, const char *path, const char *key,
                                                         uint64_t *out, moexc_error *err)
 {
     const char *s = moexc_st_meta(f, key);
-    char *end;
     if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' is missing", path, key);
-    if (*s < '0' || *s > '9')
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an unsigned integer", path, key, s);
-    *out = (uint64_t)strtoull(s, &end, 10);
-    if (*end != '\0')
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%s\" is not an unsigned integer", path, key, s);
+    if (!moexc__parse_u64(s, out))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%.60s\" is not an unsigned 64-bit decimal integer",
+                           path, key, s);
+    return MOEXC_OK;
+}
+/* A decimal integer in [lo, hi]. */
+static MOEXC__UNUSED_FN moexc_status moexc__st_meta_i64(const moexc_st_file *f, const char *path, const char *key,
+                                                        int64_t lo, int64_t hi, int64_t *out, moexc_error *err)
+{
+    const char *s = moexc_st_meta(f, key);
+    uint64_t u = 0;
+    int neg;
+    int64_t v;
+    if (!s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata '%s' is missing", path, key);
+    neg = *s == '-';
+    if (!moexc__parse_u64(s + neg, &u) || u > (neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = \"%.60s\" is not a 64-bit decimal integer",
+                           path, key, s);
+    v = neg ? (u == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)u) : (int64_t)u;
+    if (v < lo || v > hi)
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %lld is outside [%lld, %lld]",
+                           path, key, (long long)v, (long long)lo, (long long)hi);
+    *out = v;
     return MOEXC_OK;
 }
 
@@ -5674,9 +5744,53 @@ MOEXC_DEF moexc_status moexc_st_read_f32(const moexc_st_file *f, const char *nam
     return MOEXC_OK;
 }
 
+/* Copy an I64 tensor of exactly the given shape into dst (internal: the
+   exact counters of a crosscoder training checkpoint). */
+static MOEXC__UNUSED_FN moexc_status moexc__st_read_i64(const moexc_st_file *f, const char *name, int64_t *dst,
+                                                        int ndim, const int64_t *expected_shape, moexc_error *err)
+{
+    const moexc__st_tensor *t = moexc__st_find(f, name);
+    const unsigned char *src;
+    size_t i, count;
+    int same;
+    if (!t) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: no tensor '%s'", f->path, name);
+    if (strcmp(moexc__st_dtypes[t->dtype].name, "I64") != 0)
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s' has dtype %s, expected I64",
+                           f->path, name, moexc__st_dtypes[t->dtype].name);
+    same = ndim == t->ndim;
+    for (i = 0; same && i < (size_t)ndim; i++) same = expected_shape[i] == t->shape[i];
+    if (!same) {
+        char got[200], want[200];
+        moexc__shape_str(got, sizeof(got), t->ndim, t->shape);
+        moexc__shape_str(want, sizeof(want), ndim, expected_shape);
+        return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: tensor '%s': shape %s, expected %s", f->path, name, got, want);
+    }
+    count = (size_t)(t->end - t->begin) / 8;
+    src = f->buf + f->data_start + t->begin;
+    for (i = 0; i < count; i++) dst[i] = (int64_t)moexc__get_u64le(src + 8 * i);
+    return MOEXC_OK;
+}
+
 /* ---- writer --------------------------------------------------------------- */
-MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *tensors, int n_tensors,
-                                     const moexc_st_kv *metadata, int n_metadata, moexc_error *err)
+/* Little-endian int64 values to a file; 1 on success. */
+static int moexc__fwrite_i64le(FILE *f, const int64_t *x, size_t n)
+{
+    unsigned char buf[4096];
+    size_t done = 0;
+    while (done < n) {
+        size_t chunk = MOEXC__MIN(n - done, sizeof(buf) / 8), i;
+        for (i = 0; i < chunk; i++) moexc__put_u64le(buf + 8 * i, (uint64_t)x[done + i]);
+        if (fwrite(buf, 8, chunk, f) != chunk) return 0;
+        done += chunk;
+    }
+    return 1;
+}
+
+/* The writer. i64 (may be NULL) marks the entries whose data pointer holds
+   int64_t values, written as dtype I64 (counters that must stay exact);
+   the others are F32. */
+static moexc_status moexc__st_save_typed(const char *path, const moexc_st_entry *tensors, const unsigned char *i64,
+                                         int n_tensors, const moexc_st_kv *metadata, int n_metadata, moexc_error *err)
 {
     moexc__sb sb;
     moexc__atomic_file af;
@@ -5717,14 +5831,14 @@ MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *ten
         if (t->ndim < 0 || t->ndim > 8) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': ndim %d outside 0..8", path, t->name, t->ndim); goto done; }
         for (j = 0; j < t->ndim; j++) {
             if (t->shape[j] < 0) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': negative dimension %lld", path, t->name, (long long)t->shape[j]); goto done; }
-            if (t->shape[j] && count > (((uint64_t)1 << 61) - offset / 4) / (uint64_t)t->shape[j]) {
+            if (t->shape[j] && count > (((uint64_t)1 << 60) - offset / 8) / (uint64_t)t->shape[j]) {
                 st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': too large", path, t->name);
                 goto done;
             }
             count *= (uint64_t)t->shape[j];
         }
         if (count && !t->data) { st = moexc__fail(err, MOEXC_ERR_ARG, "%s: tensor '%s': data is NULL", path, t->name); goto done; }
-        offset += 4 * count;
+        offset += (i64 && i64[i] ? 8 : 4) * count;
         names[i] = t->name;
     }
     qsort((void *)names, (size_t)n_tensors, sizeof(*names), moexc__cmp_cstr_ptr);
@@ -5745,11 +5859,11 @@ MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *ten
     }
     for (offset = 0, i = 0; i < n_tensors; i++) {
         const moexc_st_entry *t = &tensors[i];
-        uint64_t count = 1;
+        uint64_t count = 1, size = i64 && i64[i] ? 8 : 4;
         for (j = 0; j < t->ndim; j++) count *= (uint64_t)t->shape[j];
         if (n_metadata || i) moexc__sb_puts(&sb, ",");
         moexc__sb_json_string(&sb, t->name);
-        moexc__sb_puts(&sb, ":{\"dtype\":\"F32\",\"shape\":[");
+        moexc__sb_puts(&sb, size == 8 ? ":{\"dtype\":\"I64\",\"shape\":[" : ":{\"dtype\":\"F32\",\"shape\":[");
         for (j = 0; j < t->ndim; j++) {
             if (j) moexc__sb_puts(&sb, ",");
             moexc__sb_putu64(&sb, (uint64_t)t->shape[j]);
@@ -5757,9 +5871,9 @@ MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *ten
         moexc__sb_puts(&sb, "],\"data_offsets\":[");
         moexc__sb_putu64(&sb, offset);
         moexc__sb_puts(&sb, ",");
-        moexc__sb_putu64(&sb, offset + 4 * count);
+        moexc__sb_putu64(&sb, offset + size * count);
         moexc__sb_puts(&sb, "]}");
-        offset += 4 * count;
+        offset += size * count;
     }
     moexc__sb_puts(&sb, "}");
     while (!sb.oom && sb.len % 8) moexc__sb_puts(&sb, " ");   /* pad: the data section starts 8-aligned */
@@ -5772,7 +5886,8 @@ MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *ten
         const moexc_st_entry *t = &tensors[i];
         size_t count = 1;
         for (j = 0; j < t->ndim; j++) count *= (size_t)t->shape[j];
-        if (count && !moexc__fwrite_f32le(af.f, t->data, count)) goto write_error;
+        if (count && (i64 && i64[i] ? !moexc__fwrite_i64le(af.f, (const int64_t *)(const void *)t->data, count)
+                                    : !moexc__fwrite_f32le(af.f, t->data, count))) goto write_error;
     }
     st = moexc__atomic_commit(&af, err);
     goto done;
@@ -5783,6 +5898,12 @@ done:
     moexc__free((void *)names);
     moexc__free(sb.buf);
     return st;
+}
+
+MOEXC_DEF moexc_status moexc_st_save(const char *path, const moexc_st_entry *tensors, int n_tensors,
+                                     const moexc_st_kv *metadata, int n_metadata, moexc_error *err)
+{
+    return moexc__st_save_typed(path, tensors, NULL, n_tensors, metadata, n_metadata, err);
 }
 /* ======================================================================== */
 /* >>layers: embedding, RMSNorm, attention + RoPE, SwiGLU, MoE, losses       */
@@ -7211,12 +7332,10 @@ static void moexc__config_to_meta(const moexc_model_config *c, char vals[MOEXC__
 /* The config's integer and float fields, by name. */
 static moexc_status moexc__meta_int(const moexc_st_file *f, const char *path, const char *key, int *v, moexc_error *err)
 {
-    double x;
-    moexc_status st = moexc__st_meta_number(f, path, key, INT_MIN, INT_MAX, &x, err);
-    if (st != MOEXC_OK) return st;
-    if (x != floor(x)) return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an integer", path, key, x);
-    *v = (int)x;
-    return MOEXC_OK;
+    int64_t x;
+    moexc_status st = moexc__st_meta_i64(f, path, key, INT_MIN, INT_MAX, &x, err);   /* decimal digits, exact */
+    if (st == MOEXC_OK) *v = (int)x;
+    return st;
 }
 static moexc_status moexc__meta_float(const moexc_st_file *f, const char *path, const char *key, float *v, moexc_error *err)
 {
@@ -7280,6 +7399,7 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
     moexc_status st;
     const char *s;
     int64_t head_shape[8];
+    size_t q;
     int i, j;
     if (!out) return moexc__fail(err, MOEXC_ERR_ARG, "%s: out is NULL", path);
     *out = NULL;
@@ -7294,8 +7414,6 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
                            path, s ? s : "(absent)");
     memset(&c, 0, sizeof(c));
     {
-        const char *seed_s;
-        char *end;
 #define MOEXC__MI(field) if ((st = moexc__meta_int(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
 #define MOEXC__MF(field) if ((st = moexc__meta_float(f, path, "moexc.config." #field, &c.field, err)) != MOEXC_OK) return st
         MOEXC__MI(vocab_size); MOEXC__MI(d_model); MOEXC__MI(n_heads); MOEXC__MI(n_layers); MOEXC__MI(context);
@@ -7303,17 +7421,30 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
         MOEXC__MI(gate); MOEXC__MF(lb_alpha); MOEXC__MF(z_loss); MOEXC__MI(tied_head); MOEXC__MF(init_std);
 #undef MOEXC__MI
 #undef MOEXC__MF
-        seed_s = moexc_st_meta(f, "moexc.config.seed");
-        if (!seed_s) return moexc__fail(err, MOEXC_ERR_MISSING, "%s: metadata key 'moexc.config.seed' is missing", path);
-        c.seed = (uint64_t)strtoull(seed_s, &end, 10);
-        if (end == seed_s || *end)
-            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata 'moexc.config.seed' = \"%s\" is not an integer", path, seed_s);
+        /* exact: digits only, overflow rejected */
+        if ((st = moexc__st_meta_u64(f, path, "moexc.config.seed", &c.seed, err)) != MOEXC_OK) return st;
     }
     /* the stored config is a resolved one: a zero that resolution would
        replace means the file was not written by this library */
     if (c.vocab_size < 1 || c.d_model < 1 || c.n_heads < 1 || c.n_layers < 1 || c.context < 1 || c.d_ff < 1 ||
         c.n_experts < 1 || c.top_k < 1 || c.d_expert < 1 || c.lb_alpha == 0.0f || c.init_std <= 0.0f)
         return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata holds an unresolved or invalid model config", path);
+    {   /* Before allocating: the tensors the config implies must roughly fit
+           the file (at most twice its data section plus 64 MiB, so a header
+           naming huge sizes costs little memory, while a file one tensor off
+           still gets the message naming that tensor below), and the RoPE
+           tables (context x head width / 2 floats, twice) stay below 256 MiB each. */
+        double d = c.d_model, V = c.vocab_size, L = c.n_layers, E = c.n_experts, need;
+        double ffn = c.ffn == MOEXC_FFN_MOE ? E * d + 3.0 * E * c.d_expert * d : 3.0 * c.d_ff * d;
+        need = 4.0 * (V * d * (c.tied_head ? 1.0 : 2.0) + d + L * (2.0 * d + 4.0 * d * d + ffn));
+        if (L > (double)moexc_st_count(f) || need > 2.0 * (double)(f->size - f->data_start) + 67108864.0)
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: the config (%d layers, d_model %d, vocab %d) needs %.0f bytes of "
+                               "tensors, the file holds %lu", path, c.n_layers, c.d_model, c.vocab_size, need,
+                               (unsigned long)(f->size - f->data_start));
+        if (c.d_model % c.n_heads == 0 && (double)c.context * (c.d_model / c.n_heads / 2) > (double)(1 << 26))
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: context %d x head width %d: RoPE tables above the loader's "
+                               "limit of 2^26 floats", path, c.context, c.d_model / c.n_heads);
+    }
     if ((st = moexc_model_create(&m, &c, err)) != MOEXC_OK) {
         if (err) {
             char msg[sizeof(err->message)];
@@ -7347,6 +7478,13 @@ static moexc_status moexc__model_load_from(const moexc_st_file *f, const char *p
             moexc_model_free(m);
             return st;
         }
+        for (q = 0; q < pi->size; q++)   /* a NaN or infinite weight poisons every output */
+            if (!isfinite(m->params[pi->offset + q])) {
+                st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: tensor '%s': value %lu is not finite", path, pi->name,
+                                 (unsigned long)q);
+                moexc_model_free(m);
+                return st;
+            }
     }
     if (c.tied_head && moexc_st_shape(f, "lm_head.weight", &j, head_shape, NULL) == MOEXC_OK) {
         moexc_model_free(m);
@@ -8342,16 +8480,13 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
     iopt[0] = &o.warmup_steps; iopt[1] = &o.total_steps; iopt[2] = &o.batch_size; iopt[3] = &o.seq_len;
     iopt[4] = &o.grad_accum; iopt[5] = &o.eval_interval; iopt[6] = &o.eval_batches; iopt[7] = &step;
     for (k = 0; k < 8; k++) {
-        sprintf(key, "moexc.train.%s", float_keys[k]);
-        if ((st = moexc__st_meta_number(f, path, key, -DBL_MAX, DBL_MAX, &val, err)) != MOEXC_OK) goto fail;
+        int64_t iv;
+        sprintf(key, "moexc.train.%s", float_keys[k]);   /* a float32 option: finite, in float range */
+        if ((st = moexc__st_meta_number(f, path, key, -FLT_MAX, FLT_MAX, &val, err)) != MOEXC_OK) goto fail;
         *fopt[k] = (float)val;
-        sprintf(key, "moexc.train.%s", int_keys[k]);
-        if ((st = moexc__st_meta_number(f, path, key, -DBL_MAX, DBL_MAX, &val, err)) != MOEXC_OK) goto fail;
-        if (val != floor(val) || val < -2147483647.0 || val > 2147483647.0) {
-            st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: metadata '%s' = %g is not an int", path, key, val);
-            goto fail;
-        }
-        *iopt[k] = (int)val;
+        sprintf(key, "moexc.train.%s", int_keys[k]);     /* decimal digits, exact */
+        if ((st = moexc__st_meta_i64(f, path, key, -INT_MAX, INT_MAX, &iv, err)) != MOEXC_OK) goto fail;
+        *iopt[k] = (int)iv;
     }
     if ((st = moexc__st_meta_number(f, path, "moexc.train.tokens", -DBL_MAX, DBL_MAX, &tokens, err)) != MOEXC_OK ||
         (st = moexc__st_meta_u64(f, path, "moexc.train.rng", &rng_state, err)) != MOEXC_OK ||
@@ -8361,8 +8496,19 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
         (st = moexc__st_meta_u64(f, path, "moexc.train.state_crc32", &state_crc, err)) != MOEXC_OK)
         goto fail;
     if (step < 0 || step > o.total_steps) { st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: step %d outside [0, total_steps %d]", path, step, o.total_steps); goto fail; }
+    if (data_crc > 0xFFFFFFFFu || state_crc > 0xFFFFFFFFu) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: a CRC-32 in the metadata is above 2^32 - 1", path);
+        goto fail;
+    }
     if ((st = moexc__model_load_from(f, path, &m, err)) != MOEXC_OK) goto fail;
-    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) goto fail;
+    if ((st = moexc__trainer_new(&t, m, data, &o, err)) != MOEXC_OK) {   /* the options are the file's: name it */
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        goto fail;
+    }
     if (data_tokens != (uint64_t)data->n || data_crc != (uint64_t)t->data_crc) {
         st = moexc__fail(err, MOEXC_ERR_ARG, "%s: trained on other data (%llu tokens, CRC %08lx; given %llu tokens, CRC %08lx)",
                          path, (unsigned long long)data_tokens, (unsigned long)data_crc,
@@ -8381,6 +8527,16 @@ MOEXC_DEF moexc_status moexc_trainer_resume(moexc_trainer **trainer, moexc_model
     if (moexc__trainer_state_crc(t) != (uint32_t)state_crc) {
         st = moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: parameters and optimiser moments do not match their CRC-32 (corrupted file)", path);
         goto fail;
+    }
+    {   /* Adam's moments: finite, the second one >= 0 (its square root divides the step) */
+        size_t q;
+        for (q = 0; q < 2 * t->n_params; q++)
+            if (!isfinite(t->moments[q]) || (q >= t->n_params && t->moments[q] < 0.0f)) {
+                st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: optimiser moment %s[%lu] = %g is not %s", path,
+                                 q < t->n_params ? "m" : "v", (unsigned long)(q % t->n_params), (double)t->moments[q],
+                                 q < t->n_params ? "finite" : "finite and >= 0");
+                goto fail;
+            }
     }
     t->step = step;
     t->tokens = tokens;
@@ -10216,9 +10372,9 @@ MOEXC_DEF moexc_status moexc_act_cache_open(moexc_act_cache *c, const char *path
 {
     unsigned char h[MOEXC__ACT_HEADER];
     FILE *f;
-    uint32_t version, da, db;
-    uint64_t count, row_bytes, expect;
-    long size = -1;
+    uint32_t version, da, db, reserved;
+    uint64_t count, row_bytes, expect, chunk;
+    int64_t size;
     memset(c, 0, sizeof(*c));
     if (strlen(path) >= sizeof(c->path)) return moexc__fail(err, MOEXC_ERR_ARG, "%s: path too long", path);
     f = fopen(path, "rb");
@@ -10234,25 +10390,48 @@ MOEXC_DEF moexc_status moexc_act_cache_open(moexc_act_cache *c, const char *path
     version = moexc__get_u32le(h + 8);
     da = moexc__get_u32le(h + 12);
     db = moexc__get_u32le(h + 16);
+    reserved = moexc__get_u32le(h + 20);
     count = moexc__get_u64le(h + 24);
     if (version != 1u) { fclose(f); return moexc__fail(err, MOEXC_ERR_VERSION, "%s: version %u, expected 1", path, version); }
     if (da == 0 || db == 0 || da > (1u << 20) || db > (1u << 20)) {
         fclose(f);
         return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: widths d_A %u, d_B %u out of range", path, da, db);
     }
+    if (reserved != 0) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: reserved header field is 0x%x, expected 0", path, reserved);
+    }
     row_bytes = ((uint64_t)da + db) * 4u;
     if (count > (UINT64_C(1) << 62) / row_bytes) {
         fclose(f);
         return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: count %llu too large", path, (unsigned long long)count);
     }
+    /* 64-bit offsets: a cache over 2 GiB opens on Windows and 32-bit hosts too */
     expect = MOEXC__ACT_HEADER + count * row_bytes + 4u;
-    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || (uint64_t)size != expect) {
+    if ((size = moexc__file_size64(f)) < 0) {
         fclose(f);
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: size %ld bytes, header says %llu pairs (%llu bytes)",
-                           path, size, (unsigned long long)count, (unsigned long long)expect);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot seek to the end to measure the file", path);
     }
-    fseek(f, MOEXC__ACT_HEADER, SEEK_SET);
-    c->scratch = moexc__alloc_floats((size_t)MOEXC__ACT_CHUNK * ((size_t)da + db));
+    if ((uint64_t)size != expect) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: size %lld bytes, header says %llu pairs (%llu bytes)",
+                           path, (long long)size, (unsigned long long)count, (unsigned long long)expect);
+    }
+    if (moexc__fseek64(f, MOEXC__ACT_HEADER, SEEK_SET) != 0) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot seek back to the data after the header", path);
+    }
+    if (count == 0) {   /* nothing for the reader to check later: the CRC of no bytes is 0 */
+        unsigned char tail[4];
+        if (fread(tail, 1, 4, f) != 4 || moexc__get_u32le(tail) != 0u) {
+            fclose(f);
+            return moexc__fail(err, MOEXC_ERR_CHECKSUM, "%s: empty cache with a CRC-32 other than 0", path);
+        }
+    }
+    /* the scratch block holds at most as many pairs as the file: a header
+       claiming wide rows costs no memory until the data is there */
+    chunk = MOEXC__MIN((uint64_t)MOEXC__ACT_CHUNK, MOEXC__MAX(count, (uint64_t)1));
+    c->scratch = moexc__alloc_floats((size_t)chunk * ((size_t)da + db));
     if (!c->scratch) { fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); }
     c->file = f;
     c->d[0] = (int)da; c->d[1] = (int)db;
@@ -10264,7 +10443,7 @@ MOEXC_DEF moexc_status moexc_act_cache_open(moexc_act_cache *c, const char *path
 MOEXC_DEF moexc_status moexc_act_cache_read(moexc_act_cache *c, float *x_a, float *x_b, int max, int *n,
                                             moexc_error *err)
 {
-    size_t da = (size_t)c->d[0], db = (size_t)c->d[1], w = da + db;
+    size_t da = (size_t)c->d[0], db = (size_t)c->d[1], w = da + db, j;
     int done = 0;
     *n = 0;
     if (c->writing || !c->file) return moexc__fail(err, MOEXC_ERR_ARG, "%s: cache not open for reading", c->path);
@@ -10274,6 +10453,12 @@ MOEXC_DEF moexc_status moexc_act_cache_read(moexc_act_cache *c, float *x_a, floa
             return moexc__fail(err, MOEXC_ERR_IO, "%s: read failed at pair %llu", c->path, (unsigned long long)c->position);
         c->crc = moexc__crc32(c->crc, c->scratch, (size_t)chunk * w * 4);
         moexc__le32_swap_inplace(c->scratch, (size_t)chunk * w);
+        /* a NaN or infinite activation would poison every crosscoder step it enters */
+        for (j = 0; j < (size_t)chunk * w; j++)
+            if (!isfinite(c->scratch[j]))
+                return moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: pair %llu: value %lu of model %c is not finite",
+                                   c->path, (unsigned long long)(c->position + j / w), (unsigned long)(j % w < da ? j % w : j % w - da),
+                                   j % w < da ? 'A' : 'B');
         for (i = 0; i < chunk; i++) {
             memcpy(x_a + (size_t)(done + i) * da, c->scratch + (size_t)i * w, da * sizeof(float));
             memcpy(x_b + (size_t)(done + i) * db, c->scratch + (size_t)i * w + da, db * sizeof(float));
@@ -12215,10 +12400,11 @@ static int moexc__xc_meta_list(const moexc_xc *xc, moexc__xc_meta *meta, int fol
 static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int training, moexc_error *err)
 {
     moexc_st_entry t[16];
+    unsigned char is_i64[16] = { 0 };
     moexc_st_kv kv[40];
     moexc__xc_meta meta[40];
     size_t F = (size_t)xc->F, da = (size_t)xc->d[0], db = (size_t)xc->d[1];
-    float *enc = NULL, *dec = NULL, *bdec = NULL, *since = NULL, *ebias = NULL, thr = xc->threshold;
+    float *enc = NULL, *dec = NULL, *bdec = NULL, *ebias = NULL, thr = xc->threshold;
     int nt = 0, nm, i, m, folded = !training;
     size_t j;
     moexc_status st;
@@ -12228,9 +12414,8 @@ static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int tra
     enc = moexc__alloc_floats((da + db) * F);
     dec = moexc__alloc_floats((da + db) * F);
     bdec = moexc__alloc_floats(da + db);
-    since = moexc__alloc_floats(F);
     ebias = moexc__alloc_floats(F);
-    if (!enc || !dec || !bdec || !since || !ebias) {
+    if (!enc || !dec || !bdec || !ebias) {
         st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path);
         goto done;
     }
@@ -12269,16 +12454,18 @@ static moexc_status moexc__xc_save(const moexc_xc *xc, const char *path, int tra
     t[nt].name = "encoder.bias"; t[nt].data = ebias; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; nt++;
     t[nt].name = "threshold"; t[nt].data = &thr; t[nt].ndim = 1; t[nt].shape[0] = 1; nt++;
     if (training) {
-        for (j = 0; j < F; j++) since[j] = (float)xc->since_fired[j];
         t[nt].name = "train.adam_m"; t[nt].data = xc->adam_m; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)xc->n_params; nt++;
         t[nt].name = "train.adam_v"; t[nt].data = xc->adam_v; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)xc->n_params; nt++;
-        t[nt].name = "train.since_fired"; t[nt].data = since; t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; nt++;
+        /* the dead-latent counters are token counts: I64, exact (float32
+           would round them past 2^24 tokens) */
+        t[nt].name = "train.since_fired"; t[nt].data = (const float *)(const void *)xc->since_fired;
+        t[nt].ndim = 1; t[nt].shape[0] = (int64_t)F; is_i64[nt] = 1; nt++;
     }
     nm = moexc__xc_meta_list(xc, meta, folded);
     for (i = 0; i < nm; i++) { kv[i].key = meta[i].key; kv[i].value = meta[i].value; }
-    st = moexc_st_save(path, t, nt, kv, nm, err);
+    st = moexc__st_save_typed(path, t, is_i64, nt, kv, nm, err);
 done:
-    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec);
     moexc__free_aligned(ebias);
     return st;
 }
@@ -12299,12 +12486,13 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     moexc_xc_options o;
     moexc_xc *xc = NULL;
     moexc_status st;
-    double v, da_d, db_d, F_d, ns_d, folded_d, sa, sb, step_d, tc_d, seed_d;
+    double v, sa, sb;
+    int64_t iv, F_i = 0, da_i = 0, db_i = 0, threshold_count = 0;
     const char *s;
-    float *enc = NULL, *dec = NULL, *bdec = NULL, *since = NULL, thr;
+    float *enc = NULL, *dec = NULL, *bdec = NULL, thr;
     size_t F, da, db, j;
     int64_t shape[8];
-    int m, i;
+    int m, i, folded = 0, step = 0;
     *out = NULL;
     st = moexc_st_open(&f, path, err);
     if (st != MOEXC_OK) return st;
@@ -12326,56 +12514,74 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
 #define MOEXC__XC_GET(key, lo, hi, dst) do { st = moexc__st_meta_number(f, path, key, lo, hi, &v, err); \
         if (st != MOEXC_OK) goto fail; \
         dst; } while (0)
-    MOEXC__XC_GET("n_latents", 1, 1 << 28, F_d = v);
-    MOEXC__XC_GET("d_a", 1, 1 << 20, da_d = v);
-    MOEXC__XC_GET("d_b", 1, 1 << 20, db_d = v);
-    MOEXC__XC_GET("n_shared", 0, F_d, ns_d = v);
-    MOEXC__XC_GET("k", 1, F_d, o.k = (int)v);
+    /* integers are read exactly (decimal digits, range-checked before any cast) */
+#define MOEXC__XC_INT(key, lo, hi, dst) do { st = moexc__st_meta_i64(f, path, key, lo, hi, &iv, err); \
+        if (st != MOEXC_OK) goto fail; \
+        dst; } while (0)
+    MOEXC__XC_INT("n_latents", 1, 1 << 28, F_i = iv);
+    MOEXC__XC_INT("d_a", 1, 1 << 20, da_i = iv);
+    MOEXC__XC_INT("d_b", 1, 1 << 20, db_i = iv);
+    MOEXC__XC_INT("n_shared", 0, F_i, o.n_shared = (int)iv);
+    MOEXC__XC_INT("k", 1, F_i, o.k = (int)iv);
     MOEXC__XC_GET("scale_a", 1e-30, 1e30, sa = v);
     MOEXC__XC_GET("scale_b", 1e-30, 1e30, sb = v);
-    MOEXC__XC_GET("folded", 0, 1, folded_d = v);
+    MOEXC__XC_INT("folded", 0, 1, folded = (int)iv);
     MOEXC__XC_GET("lambda_f", -1e30, 1e30, o.lambda_f = (float)v);
     MOEXC__XC_GET("lambda_ratio", -1e30, 1e30, o.lambda_ratio = (float)v);
-    MOEXC__XC_GET("aux_k", -1e9, 1e9, o.aux_k = (int)v);
+    MOEXC__XC_INT("aux_k", -1000000000, 1000000000, o.aux_k = (int)iv);
     MOEXC__XC_GET("aux_alpha", -1e30, 1e30, o.aux_alpha = (float)v);
     /* files from before the option lack the key: they used the exact ReLU */
-    if (moexc_st_meta(f, "aux_exact_relu")) MOEXC__XC_GET("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)v);
+    if (moexc_st_meta(f, "aux_exact_relu")) MOEXC__XC_INT("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)iv);
     else o.aux_exact_relu = 1;
-    MOEXC__XC_GET("dead_tokens", -1e18, 1e18, o.dead_tokens = (int64_t)v);
-    MOEXC__XC_GET("steps", 1, 2e9, o.steps = (int)v);
-    MOEXC__XC_GET("batch", 1, 2e9, o.batch = (int)v);
+    MOEXC__XC_INT("dead_tokens", -INT64_C(1000000000000000000), INT64_C(1000000000000000000), o.dead_tokens = iv);
+    MOEXC__XC_INT("steps", 1, INT_MAX, o.steps = (int)iv);
+    MOEXC__XC_INT("batch", 1, INT_MAX, o.batch = (int)iv);
     MOEXC__XC_GET("lr", 0, 1e30, o.lr = (float)v);
-    MOEXC__XC_GET("warmup_steps", -2e9, 2e9, o.warmup_steps = (int)v);
+    MOEXC__XC_INT("warmup_steps", -INT_MAX, INT_MAX, o.warmup_steps = (int)iv);
     MOEXC__XC_GET("decay_frac", -1e30, 1e30, o.decay_frac = (float)v);
     MOEXC__XC_GET("lambda_warmup", -1e30, 1e30, o.lambda_warmup = (float)v);
     MOEXC__XC_GET("clip", -1e30, 1e30, o.clip = (float)v);
     MOEXC__XC_GET("init_norm", 0, 1e30, o.init_norm = (float)v);
     /* files from before the centred encoder lack the key: they are uncentred */
-    if (moexc_st_meta(f, "uncentred_encoder")) MOEXC__XC_GET("uncentred_encoder", 0, 1, o.uncentred_encoder = (int)v);
+    if (moexc_st_meta(f, "uncentred_encoder")) MOEXC__XC_INT("uncentred_encoder", 0, 1, o.uncentred_encoder = (int)iv);
     else o.uncentred_encoder = 1;
     MOEXC__XC_GET("threshold_beta", 0, 1, o.threshold_beta = (float)v);
-    MOEXC__XC_GET("threshold_start", -2e9, 2e9, o.threshold_start = (int)v);
-    MOEXC__XC_GET("threshold_count", 0, 9e18, tc_d = v);
-    MOEXC__XC_GET("step", 0, 2e9, step_d = v);
-    MOEXC__XC_GET("seed", 0, 1.9e19, seed_d = v);
+    MOEXC__XC_INT("threshold_start", -INT_MAX, INT_MAX, o.threshold_start = (int)iv);
+    MOEXC__XC_INT("threshold_count", 0, INT64_MAX, threshold_count = iv);
+    MOEXC__XC_INT("step", 0, INT_MAX, step = (int)iv);
 #undef MOEXC__XC_GET
-    (void)seed_d;
-    s = moexc_st_meta(f, "seed");
-    o.seed = (uint64_t)strtoull(s, NULL, 10);   /* exact, validated above */
-    o.n_latents = (int)F_d;
-    o.n_shared = (int)ns_d;
-    st = moexc_xc_create(&xc, (int)da_d, (int)db_d, &o, err);
-    if (st != MOEXC_OK) goto fail;
+#undef MOEXC__XC_INT
+    if ((st = moexc__st_meta_u64(f, path, "seed", &o.seed, err)) != MOEXC_OK) goto fail;
+    o.n_latents = (int)F_i;
+    /* the weights (2 (d_A + d_B) F floats of encoder and decoder) must
+       roughly fit the file before the crosscoder is allocated: at most twice
+       its data section plus 64 MiB, so a header naming huge widths costs
+       little memory, while a file one tensor off gets the message naming
+       that tensor below */
+    if ((double)(da_i + db_i) * (double)F_i * 8.0 > 2.0 * (double)(f->size - f->data_start) + 67108864.0) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: n_latents %lld, d_a %lld, d_b %lld need %.0f bytes of weights, "
+                         "the file's data section holds %lu", path, (long long)F_i, (long long)da_i, (long long)db_i,
+                         (double)(da_i + db_i) * (double)F_i * 8.0, (unsigned long)(f->size - f->data_start));
+        goto fail;
+    }
+    st = moexc_xc_create(&xc, (int)da_i, (int)db_i, &o, err);
+    if (st != MOEXC_OK) {   /* the options are the file's: name it */
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        goto fail;
+    }
     xc->opt.dead_tokens = o.dead_tokens;   /* the resolved values exactly as saved */
     F = (size_t)xc->F; da = (size_t)xc->d[0]; db = (size_t)xc->d[1];
     xc->scale[0] = (float)sa; xc->scale[1] = (float)sb;
-    xc->step = (int)step_d;
-    xc->threshold_count = (int64_t)tc_d;
+    xc->step = step;
+    xc->threshold_count = threshold_count;
     enc = moexc__alloc_floats((da + db) * F);
     dec = moexc__alloc_floats((da + db) * F);
     bdec = moexc__alloc_floats(da + db);
-    since = moexc__alloc_floats(F);
-    if (!enc || !dec || !bdec || !since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
+    if (!enc || !dec || !bdec) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
     if (da == db) {
         shape[0] = 2; shape[1] = (int64_t)da; shape[2] = (int64_t)F;
         if ((st = moexc_st_read_f32(f, "encoder.weight", enc, 3, shape, err)) != MOEXC_OK) goto fail;
@@ -12401,11 +12607,15 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     if ((st = moexc_st_read_f32(f, "encoder.bias", xc->params + xc->off_benc, 1, shape, err)) != MOEXC_OK) goto fail;
     shape[0] = 1;
     if ((st = moexc_st_read_f32(f, "threshold", &thr, 1, shape, err)) != MOEXC_OK) goto fail;
+    if (!isfinite(thr)) {   /* theta gates every latent at inference */
+        st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: threshold (theta) = %g is not finite", path, (double)thr);
+        goto fail;
+    }
     xc->threshold = thr;
     /* unfold (a training checkpoint is stored unfolded) and re-tie the shared rows */
     for (m = 0; m < 2; m++) {
         size_t d = (size_t)xc->d[m], base = m ? da : 0;
-        float s_m = folded_d != 0.0 ? xc->scale[m] : 1.0f;
+        float s_m = folded ? xc->scale[m] : 1.0f;
         for (j = 0; j < d * F; j++) xc->params[xc->off_enc[m] + j] = enc[base * F + j] / s_m;
         for (j = 0; j < d; j++) xc->params[xc->off_bdec[m] + j] = bdec[base + j] * s_m;
         for (i = 0; i < xc->F; i++) {
@@ -12429,28 +12639,61 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
         }
     }
     /* an inference file holds SPEC's bias b_enc - sum_m b_dec^m W_enc^m: back to b_enc */
-    if (folded_d != 0.0 && !xc->opt.uncentred_encoder) moexc__xc_add_centring(xc, xc->params + xc->off_benc, 1.0f);
+    if (folded && !xc->opt.uncentred_encoder) moexc__xc_add_centring(xc, xc->params + xc->off_benc, 1.0f);
     for (j = 0; j < xc->n_params; j++)
         if (!isfinite(xc->params[j])) {
             st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the crosscoder is not finite", path, (unsigned long)j);
             goto fail;
         }
-    if (moexc_st_meta(f, "step") && moexc_st_shape(f, "train.adam_m", &i, shape, NULL) == MOEXC_OK) {
+    if (moexc_st_shape(f, "train.adam_m", &i, shape, NULL) == MOEXC_OK) {
+        const char *dt;
         shape[0] = (int64_t)xc->n_params;
         if ((st = moexc_st_read_f32(f, "train.adam_m", xc->adam_m, 1, shape, err)) != MOEXC_OK) goto fail;
         if ((st = moexc_st_read_f32(f, "train.adam_v", xc->adam_v, 1, shape, err)) != MOEXC_OK) goto fail;
+        /* Adam's moments: finite, the second one >= 0 (its square root divides the step) */
+        for (j = 0; j < xc->n_params; j++)
+            if (!isfinite(xc->adam_m[j]) || !isfinite(xc->adam_v[j]) || xc->adam_v[j] < 0.0f) {
+                st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: train.adam_%c[%lu] = %g is not %s", path,
+                                 isfinite(xc->adam_m[j]) ? 'v' : 'm', (unsigned long)j,
+                                 (double)(isfinite(xc->adam_m[j]) ? xc->adam_v[j] : xc->adam_m[j]),
+                                 isfinite(xc->adam_m[j]) ? "finite and >= 0" : "finite");
+                goto fail;
+            }
         shape[0] = (int64_t)F;
-        if ((st = moexc_st_read_f32(f, "train.since_fired", since, 1, shape, err)) != MOEXC_OK) goto fail;
-        for (j = 0; j < F; j++) xc->since_fired[j] = (int64_t)since[j];
+        dt = moexc_st_dtype(f, "train.since_fired");
+        if (dt && strcmp(dt, "F32") == 0) {
+            /* files from before the I64 counters: whole token counts in
+               float32 (exact up to 2^24) */
+            float *since = moexc__alloc_floats(F);
+            if (!since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
+            st = moexc_st_read_f32(f, "train.since_fired", since, 1, shape, err);
+            for (j = 0; st == MOEXC_OK && j < F; j++) {
+                if (!(since[j] >= 0.0f && since[j] <= 9.0e18f) || since[j] != floor(since[j]))
+                    st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: train.since_fired[%lu] = %g is not a token count "
+                                     "(a whole number in [0, 9e18])", path, (unsigned long)j, (double)since[j]);
+                else
+                    xc->since_fired[j] = (int64_t)since[j];
+            }
+            moexc__free_aligned(since);
+            if (st != MOEXC_OK) goto fail;
+        } else {
+            if ((st = moexc__st_read_i64(f, "train.since_fired", xc->since_fired, 1, shape, err)) != MOEXC_OK) goto fail;
+            for (j = 0; j < F; j++)
+                if (xc->since_fired[j] < 0) {
+                    st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: train.since_fired[%lu] = %lld is negative",
+                                     path, (unsigned long)j, (long long)xc->since_fired[j]);
+                    goto fail;
+                }
+        }
     }
     moexc_st_close(f);
-    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec);
     *out = xc;
     return MOEXC_OK;
 fail:
     moexc_st_close(f);
     moexc_xc_free(xc);
-    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec); moexc__free_aligned(since);
+    moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec);
     return st;
 }
 /* ======================================================================== */
@@ -14987,8 +15230,9 @@ MOEXC_DEF moexc_status moexc_npy_read_f32(const char *path, float **out, size_t 
     unsigned char pre[12];
     char *dict = NULL;
     const char *p;
-    size_t hlen, pre_len, count = 0;
-    long file_size;
+    size_t hlen, pre_len;
+    uint64_t count = 0;
+    int64_t file_size;
     float *data = NULL;
     FILE *f;
     *out = NULL; *n = 0;
@@ -15029,9 +15273,14 @@ MOEXC_DEF moexc_status moexc_npy_read_f32(const char *path, float **out, size_t 
         moexc__free(dict); fclose(f);
         return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: shape is not 1-D", path);
     }
+    /* the element count, exact: it and its byte size must fit in 62 bits
+       (a larger shape is an invalid file, not a request for memory) */
     for (p++; *p >= '0' && *p <= '9'; p++) {
-        if (count > ((size_t)-1 - 9) / 10) { count = (size_t)-1; break; }
-        count = count * 10 + (size_t)(*p - '0');
+        if (count > ((UINT64_C(1) << 62) / 4 - (uint64_t)(*p - '0')) / 10) {
+            moexc__free(dict); fclose(f);
+            return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: invalid shape: the element count overflows (more than 2^60 floats)", path);
+        }
+        count = count * 10 + (uint64_t)(*p - '0');
     }
     while (*p == ' ') p++;
     if (*p == ',') { p++; while (*p == ' ') p++; }
@@ -15040,20 +15289,31 @@ MOEXC_DEF moexc_status moexc_npy_read_f32(const char *path, float **out, size_t 
         return moexc__fail(err, MOEXC_ERR_SHAPE, "%s: shape is not 1-D", path);
     }
     moexc__free(dict);
-    if (fseek(f, 0, SEEK_END) != 0 || (file_size = ftell(f)) < 0 ||
-        (size_t)file_size - pre_len - hlen != moexc__mul_size(count, 4) || (size_t)file_size < pre_len + hlen ||
-        fseek(f, (long)(pre_len + hlen), SEEK_SET) != 0) {
+    /* 64-bit offsets: files over 2 GiB on Windows and 32-bit hosts too */
+    file_size = moexc__file_size64(f);
+    if (file_size < 0 || moexc__fseek64(f, (int64_t)(pre_len + hlen), SEEK_SET) != 0) {
         fclose(f);
-        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: data size does not match shape (%lu,)", path, (unsigned long)count);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot seek in the file", path);
     }
-    data = (float *)moexc__calloc(count, sizeof(float));
-    if (!data) { fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: %lu floats", path, (unsigned long)count); }
-    if (!moexc__fread_f32le(f, data, count)) {
+    if ((uint64_t)file_size < pre_len + hlen || (uint64_t)file_size - pre_len - hlen != 4 * count) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: invalid shape: (%llu,) needs %llu data bytes, the file holds %lld",
+                           path, (unsigned long long)count, (unsigned long long)(4 * count),
+                           (long long)file_size - (long long)(pre_len + hlen));
+    }
+    if (count > (uint64_t)((size_t)-1 / sizeof(float))) {
+        fclose(f);
+        return moexc__fail(err, MOEXC_ERR_FORMAT, "%s: invalid shape: (%llu,) floats exceed this host's address space",
+                           path, (unsigned long long)count);
+    }
+    data = (float *)moexc__calloc((size_t)count, sizeof(float));
+    if (!data) { fclose(f); return moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory for %llu floats", path, (unsigned long long)count); }
+    if (!moexc__fread_f32le(f, data, (size_t)count)) {
         moexc__free(data); fclose(f);
         return moexc__fail(err, MOEXC_ERR_IO, "%s: read failed", path);
     }
     fclose(f);
-    *out = data; *n = count;
+    *out = data; *n = (size_t)count;
     return MOEXC_OK;
 }
 

@@ -292,7 +292,8 @@ def write_safetensors(path, tensors, metadata=None):
 
 
 def read_safetensors(path):
-    """Returns (dict name -> numpy float32 array, metadata dict)."""
+    """Returns (dict name -> numpy array, metadata dict): float32 arrays, and
+    int64 ones for I64 tensors (a crosscoder checkpoint's train.since_fired)."""
     with open(path, "rb") as f:
         raw = f.read()
     n = struct.unpack("<Q", raw[:8])[0]
@@ -300,10 +301,11 @@ def read_safetensors(path):
     meta = header.pop("__metadata__", {})
     base, out = 8 + n, {}
     for name, e in header.items():
-        if e["dtype"] != "F32":
-            raise ValueError("%s: tensor %s has dtype %s, only F32 is supported" % (path, name, e["dtype"]))
+        dt = {"F32": "<f4", "I64": "<i8"}.get(e["dtype"])
+        if dt is None:
+            raise ValueError("%s: tensor %s has dtype %s, only F32 and I64 are supported" % (path, name, e["dtype"]))
         b, t = e["data_offsets"]
-        out[name] = np.frombuffer(raw[base + b:base + t], dtype="<f4").reshape(e["shape"]).copy()
+        out[name] = np.frombuffer(raw[base + b:base + t], dtype=dt).reshape(e["shape"]).copy()
     return out, meta
 
 
