@@ -286,6 +286,13 @@ MOEXC_DEF void moexc_free(void *ptr);
    one, the reason. Leaves an existing file at path untouched. */
 MOEXC_DEF moexc_status moexc_check_writable(const char *path, moexc_error *err);
 
+/* Move tmp_path over path in one step (rename on POSIX; MoveFileEx with
+   replace-existing on Windows, where rename() will not replace), so a crash
+   leaves either the old file or the new one. On failure tmp_path is removed
+   and the message names both. Every writer of moexc ends with it; programs
+   writing their own files (PNGs, pages) can too. */
+MOEXC_DEF moexc_status moexc_replace_file(const char *tmp_path, const char *path, moexc_error *err);
+
 /* ---- >>tensor: vector kernels -------------------------------------------- */
 /* All take float32 arrays of length n; pointers need no particular alignment.
    Outputs may alias inputs element for element (y == x is fine). */
@@ -2390,15 +2397,19 @@ static MOEXC__UNUSED_FN moexc_status moexc__atomic_commit(moexc__atomic_file *af
         remove(af->tmp_path);
         return moexc__fail(err, MOEXC_ERR_IO, "%s: write failed (disk full?)", af->tmp_path);
     }
+    return moexc_replace_file(af->tmp_path, af->path, err);
+}
+
+MOEXC_DEF moexc_status moexc_replace_file(const char *tmp_path, const char *path, moexc_error *err)
+{
 #ifdef _WIN32
-    /* rename() does not replace on Windows; MoveFileEx does, in one step, so
-       a crash leaves either the old file or the new one */
-    if (!MoveFileExA(af->tmp_path, af->path, 0x1 | 0x8)) {   /* MOVEFILE_REPLACE_EXISTING | _WRITE_THROUGH */
+    /* rename() does not replace on Windows; MoveFileEx does, in one step */
+    if (!MoveFileExA(tmp_path, path, 0x1 | 0x8)) {   /* MOVEFILE_REPLACE_EXISTING | _WRITE_THROUGH */
 #else
-    if (rename(af->tmp_path, af->path) != 0) {
+    if (rename(tmp_path, path) != 0) {
 #endif
-        remove(af->tmp_path);
-        return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot rename %s into place", af->path, af->tmp_path);
+        remove(tmp_path);
+        return moexc__fail(err, MOEXC_ERR_IO, "%s: cannot rename %s into place", path, tmp_path);
     }
     return MOEXC_OK;
 }

@@ -117,10 +117,7 @@ static int write_png(const char *path, const moexc_canvas *c, void *user)
     (void)user;
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3)) { remove(tmp); return 1; }
-#ifdef _WIN32
-    remove(path);
-#endif
-    if (rename(tmp, path) != 0) { remove(tmp); return 1; }
+    if (moexc_replace_file(tmp, path, NULL) != MOEXC_OK) return 1;
     printf("  wrote %s\n", path);
     return 0;
 }
@@ -452,7 +449,7 @@ int main(int argc, char **argv)
         fputs(", \"khot_block_coherence\": ", f); json_num(f, coherence);
         fprintf(f, ", \"experts_with_mono\": {\"xavier\": %d, \"khot\": %d}", spec_experts[0], spec_experts[1]);
         fputs("}}\n", f);
-        if (fclose(f) != 0 || rename(tmp, path) != 0) { fprintf(stderr, "toy_superposition: cannot write %s\n", path); return 1; }
+        if (fclose(f) != 0 || moexc_replace_file(tmp, path, NULL) != MOEXC_OK) { remove(tmp); fprintf(stderr, "toy_superposition: cannot write %s\n", path); return 1; }
         printf("  wrote %s\n", path);
     }
     printf("done in %.1f s\n", now_seconds() - t0);

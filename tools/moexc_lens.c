@@ -125,6 +125,7 @@ static int parse_args(int argc, char **argv, args *a)
 static int write_png(const char *path, const struct moexc_canvas *c, void *user)
 {
     char tmp[4200];
+    moexc_error err;
     (void)user;
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3)) {
@@ -132,10 +133,7 @@ static int write_png(const char *path, const struct moexc_canvas *c, void *user)
         fprintf(stderr, "moexc_lens: cannot write %s\n", tmp);
         return 1;
     }
-#ifdef _WIN32
-    remove(path);
-#endif
-    if (rename(tmp, path) != 0) { remove(tmp); fprintf(stderr, "moexc_lens: cannot rename %s\n", tmp); return 1; }
+    if (moexc_replace_file(tmp, path, &err) != MOEXC_OK) { fprintf(stderr, "moexc_lens: %s\n", err.message); return 1; }
     printf("  wrote %s\n", path);
     return 0;
 }

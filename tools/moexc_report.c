@@ -68,7 +68,8 @@ static int write_png(const char *name, const struct moexc_canvas *c, void *user)
     char path[4200], tmp[4300];
     snprintf(path, sizeof(path), "%s/%s", (const char *)user, name);
     snprintf(tmp, sizeof(tmp), "%s.tmp.png", path);
-    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3) || rename(tmp, path) != 0) {
+    moexc_error err;
+    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3) || moexc_replace_file(tmp, path, &err) != MOEXC_OK) {
         remove(tmp);
         fprintf(stderr, "moexc_report: cannot write %s\n", path);
         return 1;

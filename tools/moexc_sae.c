@@ -304,6 +304,7 @@ static void print_result(const char *tag, const moexc_sae *sae, const result *r)
 static int write_png(const char *dir, const char *name, const moexc_canvas *c)
 {
     char path[4200], tmp[4300];
+    moexc_error err;
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3)) {
@@ -311,10 +312,7 @@ static int write_png(const char *dir, const char *name, const moexc_canvas *c)
         fprintf(stderr, "moexc_sae: cannot write %s\n", tmp);
         return 1;
     }
-#ifdef _WIN32
-    remove(path);
-#endif
-    if (rename(tmp, path) != 0) { remove(tmp); fprintf(stderr, "moexc_sae: cannot rename %s\n", tmp); return 1; }
+    if (moexc_replace_file(tmp, path, &err) != MOEXC_OK) { fprintf(stderr, "moexc_sae: %s\n", err.message); return 1; }
     printf("  wrote %s\n", path);
     return 0;
 }
@@ -328,12 +326,11 @@ static FILE *open_tmp(const char *dir, const char *name, char *path, char *tmp)
 
 static int close_tmp(FILE *f, const char *path, const char *tmp)
 {
+    moexc_error err;
     int bad = ferror(f) != 0;
     bad |= fclose(f) != 0;
-#ifdef _WIN32
-    if (!bad) remove(path);
-#endif
-    if (bad || rename(tmp, path) != 0) { remove(tmp); fprintf(stderr, "moexc_sae: cannot write %s\n", path); return 1; }
+    if (bad) { remove(tmp); fprintf(stderr, "moexc_sae: cannot write %s\n", tmp); return 1; }
+    if (moexc_replace_file(tmp, path, &err) != MOEXC_OK) { fprintf(stderr, "moexc_sae: %s\n", err.message); return 1; }
     printf("  wrote %s\n", path);
     return 0;
 }

@@ -441,7 +441,11 @@ PAGE_FN int report_page_write(const report_page *p, moexc_png_writer write, void
           " q.addEventListener('input',upd);fc.addEventListener('change',upd);so.addEventListener('change',upd);})();\n"
           "</script>\n</body></html>\n", f);
     if (ferror(f)) { fclose(f); remove(tmp); snprintf(msg, msg_size, "write error on %.400s", tmp); goto out; }
-    if (fclose(f) != 0 || rename(tmp, path) != 0) { remove(tmp); snprintf(msg, msg_size, "cannot finish %.400s", path); goto out; }
+    if (fclose(f) != 0 || moexc_replace_file(tmp, path, NULL) != MOEXC_OK) {
+        remove(tmp);
+        snprintf(msg, msg_size, "cannot finish %.400s", path);
+        goto out;
+    }
     ok = 1;
 out:
     for (i = 0; i < n_png; i++) free(pngs[i]);
