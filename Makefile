@@ -184,7 +184,7 @@ bench-data: $(BUILD)/moexc_mkdata
 	@rm -f $(BUILD)/bench_data.tok
 # `make fuzz` builds the libFuzzer harnesses tests/fuzz_*.c (one per reader
 # of untrusted bytes: safetensors/JSON, metadata, model files, training
-# checkpoints, crosscoders, token files, activation caches, .npy) with clang,
+# checkpoints, crosscoders, SAEs, token files, activation caches, .npy) with clang,
 # ASan and UBSan (UBSan aborts), and runs each for FUZZ_SECONDS seconds,
 # seeded from tests/fixtures and small files build/make_fuzz_seeds writes
 # (tests/fuzz_run.sh; not part of `make test`). It prints the executions of
@@ -210,7 +210,7 @@ VG_BUILD ?= build-vg
 .PHONY: valgrind-readers
 valgrind-readers:
 	$(MAKE) --no-print-directory BUILD=$(VG_BUILD) NATIVE=0 OPENMP=0 $(VG_BUILD)/moexc_crosscoder \
-	    $(VG_BUILD)/moexc_train $(VG_BUILD)/moexc_lens $(VG_BUILD)/moexc_report $(VG_BUILD)/make_fuzz_seeds
+	    $(VG_BUILD)/moexc_train $(VG_BUILD)/moexc_lens $(VG_BUILD)/moexc_report $(VG_BUILD)/moexc_sae $(VG_BUILD)/make_fuzz_seeds
 	sh tests/valgrind_readers.sh $(VG_BUILD)
 
 # ---- area: crosscoder -----------------------------------------------------

@@ -1382,8 +1382,11 @@ MOEXC_DEF moexc_status moexc_xc_set_reduce(moexc_xc *xc, const moexc_reduce *r, 
        warmup_steps, decay_frac, clip, init_norm, seed, step.
    A training checkpoint (moexc_sae_save_training) holds the same tensors
    unfolded (folded "0") plus "train.adam_m", "train.adam_v" (P) and
-   "train.since_fired" (F). Loading checks every shape, metadata value and
-   parameter (finite), then unfolds. */
+   "train.since_fired" (F, I64: exact token counts). Loading reads the
+   integer metadata exactly (decimal digits, no exponent or fraction), checks
+   every range and shape, that the sizes fit the file before allocating, that
+   every parameter and Adam moment is finite (the second moment >= 0) and the
+   counters >= 0, then unfolds. */
 
 typedef enum moexc_sae_variant { MOEXC_SAE_TOPK = 0, MOEXC_SAE_SWITCH = 1, MOEXC_SAE_SCALE = 2 } moexc_sae_variant;
 
@@ -10931,14 +10934,16 @@ static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
 }
 
 /* Given t, the k-th largest of v: keep[i] = 1 for every v[i] > t and for the
-   lowest-index v[i] == t until exactly k are kept. */
+   lowest-index v[i] == t until exactly k are kept. Never more than k: a NaN
+   in v (pre-activations overflowed by huge finite weights) leaves the
+   quickselect's t meaningless, and the callers' buffers hold k entries. */
 static void moexc__keep_from_threshold(const float *v, ptrdiff_t n, ptrdiff_t k, float t, unsigned char *keep)
 {
-    ptrdiff_t i, greater = 0, need;
+    ptrdiff_t i, greater = 0, need, kept = 0;
     for (i = 0; i < n; i++) greater += v[i] > t;
     need = k - greater;
     for (i = 0; i < n; i++) {
-        if (v[i] > t) keep[i] = 1;
+        if (v[i] > t && kept < k) { keep[i] = 1; kept++; }
         else if (v[i] == t && need > 0) { keep[i] = 1; need--; }
         else keep[i] = 0;
     }
@@ -13614,17 +13619,18 @@ done:
 static moexc_status moexc__sae_save(const moexc_sae *s, const char *path, int training, moexc_error *err)
 {
     moexc_st_entry t[12];
+    unsigned char is_i64[12] = { 0 };
     moexc_st_kv kv[32];
     moexc__xc_meta meta[32];
     const moexc_sae_options *o = &s->opt;
     size_t F = (size_t)s->F, d = (size_t)s->d, E = (size_t)s->E, j;
-    float *enc = NULL, *dec = NULL, *bdec = NULL, *wr = NULL, *since = NULL;
+    float *enc = NULL, *dec = NULL, *bdec = NULL, *wr = NULL;
     float fs = training ? 1.0f : s->scale;
     int nt = 0, nm = 0, i;
     moexc_status st;
     enc = moexc__alloc_floats(F * d); dec = moexc__alloc_floats(F * d); bdec = moexc__alloc_floats(d);
-    wr = moexc__alloc_floats(E * d + 1); since = moexc__alloc_floats(F);
-    if (!enc || !dec || !bdec || !wr || !since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto done; }
+    wr = moexc__alloc_floats(E * d + 1);
+    if (!enc || !dec || !bdec || !wr) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto done; }
     /* folding: W_enc s, W_dec / s, b_dec / s, W_r s (Λ, w, b_enc, b_r unchanged) */
     for (j = 0; j < F * d; j++) { enc[j] = s->params[s->off_enc + j] * fs; dec[j] = s->params[s->off_dec + j] / fs; }
     for (j = 0; j < d; j++) bdec[j] = s->params[s->off_bdec + j] / fs;
@@ -13644,10 +13650,12 @@ static moexc_status moexc__sae_save(const moexc_sae *s, const char *path, int tr
         MOEXC__SAE_T("scale.omega", s->params + s->off_om, 1, E, 0);
     }
     if (training) {
-        for (j = 0; j < F; j++) since[j] = (float)s->since_fired[j];
         MOEXC__SAE_T("train.adam_m", s->adam_m, 1, s->n_params, 0);
         MOEXC__SAE_T("train.adam_v", s->adam_v, 1, s->n_params, 0);
-        MOEXC__SAE_T("train.since_fired", since, 1, F, 0);
+        /* the dead-latent counters are token counts: I64, exact (as the
+           crosscoder's; float32 would round them past 2^24 tokens) */
+        is_i64[nt] = 1;
+        MOEXC__SAE_T("train.since_fired", (const float *)(const void *)s->since_fired, 1, F, 0);
     }
 #undef MOEXC__SAE_T
 #define MOEXC__SAE_META(k, ...) do { snprintf(meta[nm].key, sizeof(meta[nm].key), "%s", k); \
@@ -13678,10 +13686,10 @@ static moexc_status moexc__sae_save(const moexc_sae *s, const char *path, int tr
     MOEXC__SAE_META("step", "%d", s->step);
 #undef MOEXC__SAE_META
     for (i = 0; i < nm; i++) { kv[i].key = meta[i].key; kv[i].value = meta[i].value; }
-    st = moexc_st_save(path, t, nt, kv, nm, err);
+    st = moexc__st_save_typed(path, t, is_i64, nt, kv, nm, err);
 done:
     moexc__free_aligned(enc); moexc__free_aligned(dec); moexc__free_aligned(bdec);
-    moexc__free_aligned(wr); moexc__free_aligned(since);
+    moexc__free_aligned(wr);
     return st;
 }
 
@@ -13695,15 +13703,28 @@ MOEXC_DEF moexc_status moexc_sae_save_training(const moexc_sae *s, const char *p
     return moexc__sae_save(s, path, 1, err);
 }
 
+/* The tensor of the flat parameter index j (for messages). */
+static const char *moexc__sae_param_name(const moexc_sae *s, size_t j)
+{
+    if (j < s->off_benc) return "encoder.weight";
+    if (j < s->off_dec) return "encoder.bias";
+    if (j < s->off_bdec) return "decoder.weight";
+    if (j < s->off_wr) return "decoder.bias";
+    if (j < s->off_br) return "router.weight";
+    if (j < s->off_lam) return "router.bias";
+    if (j < s->off_om) return "scale.lambda";
+    return "scale.omega";
+}
+
 MOEXC_DEF moexc_status moexc_sae_load(moexc_sae **out, const char *path, moexc_error *err)
 {
     moexc_st_file *f = NULL;
     moexc_sae_options o;
     moexc_sae *s = NULL;
     moexc_status st;
-    double v, d_d = 0, sc = 1, folded = 1, step_d = 0;
+    double v, sc = 1, need;
+    int64_t iv, d_i = 0, folded = 1, step = 0;
     const char *str;
-    float *since = NULL;
     int64_t shape[8];
     size_t F, d, E, j;
     int vi, nd;
@@ -13728,32 +13749,57 @@ MOEXC_DEF moexc_status moexc_sae_load(moexc_sae **out, const char *path, moexc_e
 #define MOEXC__SAE_GET(key, lo, hi, dst) do { st = moexc__st_meta_number(f, path, key, lo, hi, &v, err); \
         if (st != MOEXC_OK) goto fail; \
         dst; } while (0)
-    MOEXC__SAE_GET("n_latents", 1, 1 << 28, o.n_latents = (int)v);
-    MOEXC__SAE_GET("k", 1, 1 << 28, o.k = (int)v);
-    MOEXC__SAE_GET("n_experts", 1, 64, o.n_experts = (int)v);
-    MOEXC__SAE_GET("active_experts", 1, 64, o.active_experts = (int)v);
-    MOEXC__SAE_GET("d", 1, 1 << 20, d_d = v);
+    /* integers are read exactly (decimal digits, range-checked before any
+       cast), with the crosscoder loader's readers */
+#define MOEXC__SAE_INT(key, lo, hi, dst) do { st = moexc__st_meta_i64(f, path, key, lo, hi, &iv, err); \
+        if (st != MOEXC_OK) goto fail; \
+        dst; } while (0)
+    MOEXC__SAE_INT("n_latents", 1, 1 << 28, o.n_latents = (int)iv);
+    MOEXC__SAE_INT("k", 1, o.n_latents, o.k = (int)iv);
+    MOEXC__SAE_INT("n_experts", 1, 64, o.n_experts = (int)iv);
+    MOEXC__SAE_INT("active_experts", 1, 64, o.active_experts = (int)iv);
+    MOEXC__SAE_INT("d", 1, 1 << 20, d_i = iv);
     MOEXC__SAE_GET("scale", 1e-30, 1e30, sc = v);
-    MOEXC__SAE_GET("folded", 0, 1, folded = v);
+    MOEXC__SAE_INT("folded", 0, 1, folded = iv);
     MOEXC__SAE_GET("lb_alpha", -1e30, 1e30, o.lb_alpha = (float)v);
-    MOEXC__SAE_GET("aux_k", -1e9, 1e9, o.aux_k = (int)v);
+    MOEXC__SAE_INT("aux_k", -1000000000, 1000000000, o.aux_k = (int)iv);
     MOEXC__SAE_GET("aux_alpha", -1e30, 1e30, o.aux_alpha = (float)v);
-    MOEXC__SAE_GET("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)v);
-    MOEXC__SAE_GET("dead_tokens", 1, 1e18, o.dead_tokens = (int64_t)v);
-    MOEXC__SAE_GET("steps", 1, 2e9, o.steps = (int)v);
-    MOEXC__SAE_GET("batch", 1, 2e9, o.batch = (int)v);
+    MOEXC__SAE_INT("aux_exact_relu", 0, 1, o.aux_exact_relu = (int)iv);
+    MOEXC__SAE_INT("dead_tokens", 1, INT64_C(1000000000000000000), o.dead_tokens = iv);
+    MOEXC__SAE_INT("steps", 1, INT_MAX, o.steps = (int)iv);
+    MOEXC__SAE_INT("batch", 1, INT_MAX, o.batch = (int)iv);
     MOEXC__SAE_GET("lr", 1e-30, 1e30, o.lr = (float)v);
-    MOEXC__SAE_GET("warmup_steps", -2e9, 2e9, o.warmup_steps = (int)v);
+    MOEXC__SAE_INT("warmup_steps", -INT_MAX, INT_MAX, o.warmup_steps = (int)iv);
     MOEXC__SAE_GET("decay_frac", 0, 1, o.decay_frac = (float)v);
     MOEXC__SAE_GET("clip", -1e30, 1e30, o.clip = (float)v);
     MOEXC__SAE_GET("init_norm", 1e-30, 1e30, o.init_norm = (float)v);
-    MOEXC__SAE_GET("step", 0, 2e9, step_d = v);
-    MOEXC__SAE_GET("seed", 0, 1.9e19, (void)v);
+    /* one below INT_MAX: a resumed training step adds one */
+    MOEXC__SAE_INT("step", 0, INT_MAX - 1, step = iv);
 #undef MOEXC__SAE_GET
-    o.seed = (uint64_t)strtoull(moexc_st_meta(f, "seed"), NULL, 10);   /* exact, validated above */
-    if ((st = moexc_sae_create(&s, (int)d_d, &o, err)) != MOEXC_OK) goto fail;
+#undef MOEXC__SAE_INT
+    if ((st = moexc__st_meta_u64(f, path, "seed", &o.seed, err)) != MOEXC_OK) goto fail;
+    /* the weights (2 F d floats of encoder and decoder, plus Λ's d^2 in a
+       Scale SAE) must roughly fit the file before the SAE is allocated, as
+       in moexc_xc_load: at most twice its data section plus 64 MiB, so a
+       header naming huge sizes costs little memory, while a file one tensor
+       off gets the message naming that tensor below */
+    need = 4.0 * (2.0 * (double)o.n_latents * (double)d_i + (o.variant == MOEXC_SAE_SCALE ? (double)d_i * (double)d_i : 0.0));
+    if (need > 2.0 * (double)(f->size - f->data_start) + 67108864.0) {
+        st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: n_latents %d, d %lld (%s) need %.0f bytes of weights, "
+                         "the file's data section holds %lu", path, o.n_latents, (long long)d_i,
+                         moexc_sae_variant_name(o.variant), need, (unsigned long)(f->size - f->data_start));
+        goto fail;
+    }
+    if ((st = moexc_sae_create(&s, (int)d_i, &o, err)) != MOEXC_OK) {   /* the options are the file's: name it */
+        if (err) {
+            char msg[sizeof(err->message)];
+            memcpy(msg, err->message, sizeof(msg));
+            moexc__fail(err, st, "%s: %s", path, msg);
+        }
+        goto fail;
+    }
     s->scale = (float)sc;
-    s->step = (int)step_d;
+    s->step = (int)step;
     F = (size_t)s->F; d = (size_t)s->d; E = (size_t)s->E;
 #define MOEXC__SAE_READ(name, off, ndim, s0, s1) do { shape[0] = (int64_t)(s0); shape[1] = (int64_t)(s1); \
         if ((st = moexc_st_read_f32(f, name, s->params + (off), ndim, shape, err)) != MOEXC_OK) goto fail; } while (0)
@@ -13770,41 +13816,55 @@ MOEXC_DEF moexc_status moexc_sae_load(moexc_sae **out, const char *path, moexc_e
         MOEXC__SAE_READ("scale.omega", s->off_om, 1, E, 0);
     }
 #undef MOEXC__SAE_READ
+    /* finite as stored (the message names the tensor and the file's value),
+       and again after unfolding (a large value times s may overflow) */
+    for (j = 0; j < s->n_params; j++)
+        if (!isfinite(s->params[j])) {
+            st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the SAE (%s) is %g, not finite", path,
+                             (unsigned long)j, moexc__sae_param_name(s, j), (double)s->params[j]);
+            goto fail;
+        }
     /* unfold: W_enc / s, W_dec s, b_dec s, W_r / s */
-    if (folded != 0.0) {
+    if (folded) {
         for (j = 0; j < F * d; j++) { s->params[s->off_enc + j] /= s->scale; s->params[s->off_dec + j] *= s->scale; }
         for (j = 0; j < d; j++) s->params[s->off_bdec + j] *= s->scale;
         if (E > 1) for (j = 0; j < E * d; j++) s->params[s->off_wr + j] /= s->scale;
+        for (j = 0; j < s->n_params; j++)
+            if (!isfinite(s->params[j])) {
+                st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the SAE (%s) overflows when the scale %g "
+                                 "is unfolded", path, (unsigned long)j, moexc__sae_param_name(s, j), sc);
+                goto fail;
+            }
     }
-    for (j = 0; j < s->n_params; j++)
-        if (!isfinite(s->params[j])) {
-            st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: parameter %lu of the SAE is not finite", path, (unsigned long)j);
-            goto fail;
-        }
     if (moexc_st_shape(f, "train.adam_m", &nd, shape, NULL) == MOEXC_OK) {
-        since = moexc__alloc_floats(F);
-        if (!since) { st = moexc__fail(err, MOEXC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
         shape[0] = (int64_t)s->n_params;
         if ((st = moexc_st_read_f32(f, "train.adam_m", s->adam_m, 1, shape, err)) != MOEXC_OK) goto fail;
         if ((st = moexc_st_read_f32(f, "train.adam_v", s->adam_v, 1, shape, err)) != MOEXC_OK) goto fail;
-        shape[0] = (int64_t)F;
-        if ((st = moexc_st_read_f32(f, "train.since_fired", since, 1, shape, err)) != MOEXC_OK) goto fail;
-        for (j = 0; j < F; j++) {
-            if (!(since[j] >= 0.0f) || !isfinite(since[j])) {
-                st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: train.since_fired[%lu] is %g", path, (unsigned long)j, since[j]);
+        /* Adam's moments: finite, the second one >= 0 (its square root divides the step) */
+        for (j = 0; j < s->n_params; j++)
+            if (!isfinite(s->adam_m[j]) || !isfinite(s->adam_v[j]) || s->adam_v[j] < 0.0f) {
+                st = moexc__fail(err, MOEXC_ERR_NUMERIC, "%s: train.adam_%c[%lu] = %g is not %s", path,
+                                 isfinite(s->adam_m[j]) ? 'v' : 'm', (unsigned long)j,
+                                 (double)(isfinite(s->adam_m[j]) ? s->adam_v[j] : s->adam_m[j]),
+                                 isfinite(s->adam_m[j]) ? "finite and >= 0" : "finite");
                 goto fail;
             }
-            s->since_fired[j] = (int64_t)since[j];
-        }
+        /* the dead-latent counters: exact I64 token counts, >= 0 */
+        shape[0] = (int64_t)F;
+        if ((st = moexc__st_read_i64(f, "train.since_fired", s->since_fired, 1, shape, err)) != MOEXC_OK) goto fail;
+        for (j = 0; j < F; j++)
+            if (s->since_fired[j] < 0) {
+                st = moexc__fail(err, MOEXC_ERR_FORMAT, "%s: train.since_fired[%lu] = %lld is negative",
+                                 path, (unsigned long)j, (long long)s->since_fired[j]);
+                goto fail;
+            }
     }
     moexc_st_close(f);
-    moexc__free_aligned(since);
     *out = s;
     return MOEXC_OK;
 fail:
     moexc_st_close(f);
     moexc_sae_free(s);
-    moexc__free_aligned(since);
     return st;
 }
 /* ======================================================================== */

@@ -33,6 +33,7 @@ for bin in "$@"; do
         fuzz_model)       cp $seeds/model_*.safetensors "$corpus"/; maxlen=16384 ;;
         fuzz_train)       cp $seeds/train_*.ckpt "$corpus"/; maxlen=32768 ;;
         fuzz_xc)          cp $fx/xc_ref_*.safetensors $seeds/xc_*.safetensors "$corpus"/; maxlen=16384 ;;
+        fuzz_sae)         cp $seeds/sae_*.safetensors "$corpus"/; maxlen=16384 ;;
         fuzz_act_cache)   cp $seeds/acts.cache "$corpus"/ ;;
         fuzz_npy)         cp $seeds/array.npy "$corpus"/ ;;
         *)                cp $fx/* "$corpus"/ 2>/dev/null ;;

@@ -12,6 +12,9 @@
    xc_{infer,train}.safetensors   a BatchTopK crosscoder (d 8 + 8, F 16,
                                   4 shared) as inference file and checkpoint
    xc_l1_{infer,train}.safetensors  an L1 crosscoder (d 6 + 10, F 12)
+   sae_{topk,switch,scale}_{infer,train}.safetensors  SAEs (d 8, F 16; Switch
+                                  and Scale with 4 experts, Scale 2 active)
+                                  as inference file and training checkpoint
    acts.cache                     an activation cache (d 3 + 5, 10 pairs)
    array.npy                      a 1-D float32 array
    json_*.json, meta_*.txt        JSON texts and metadata values
@@ -22,8 +25,9 @@
    them to the tools): each file truncated to half, with single bits flipped
    (in the header, the middle and the last byte), and with oversized shapes
    (a model config of d_model 2^20, 2e9 layers or context 2^30; a crosscoder
-   of 2^28 latents or d_a 2^20; a token file, a cache and an .npy whose counts
-   claim petabytes). */
+   of 2^28 latents or d_a 2^20; SAEs of 2^28 latents or d 2^20, a
+   non-integer k; a token file, a cache and an .npy whose counts claim
+   petabytes). */
 #include "../moexc.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,7 +136,12 @@ static int hostile(const char *dir)
 {
     static const char *const files[] = { "model_dense.safetensors", "model_moe.safetensors", "train_dense.ckpt",
         "train_moe.ckpt", "tokens.tok", "xc_infer.safetensors", "xc_train.safetensors", "xc_l1_infer.safetensors",
-        "acts.cache", "array.npy" };
+        "acts.cache", "array.npy", "sae_topk_infer.safetensors", "sae_topk_train.safetensors",
+        "sae_switch_infer.safetensors", "sae_switch_train.safetensors", "sae_scale_infer.safetensors",
+        "sae_scale_train.safetensors" };
+    static const char *const sae_meta[4][3] = { { "n_latents", "268435456", "sae_scale_infer.huge_latents" },
+        { "d", "1048576", "sae_scale_infer.huge_width" }, { "k", "2.5", "sae_switch_infer.k_fraction" },
+        { "seed", "1e5", "sae_topk_infer.seed_exponent" } };
     static const char *const model_meta[3][3] = { { "moexc.config.d_model", "1048576", "model_dense.huge_dmodel" },
         { "moexc.config.n_layers", "2000000000", "model_dense.huge_layers" },
         { "moexc.config.context", "1073741824", "model_dense.huge_context" } };
@@ -156,6 +165,11 @@ static int hostile(const char *dir)
     if (rewrite_meta(src, dst, "n_latents", "268435456")) return 1;
     snprintf(dst, sizeof(dst), "%s/hostile/xc_infer.huge_width", dir);
     if (rewrite_meta(src, dst, "d_a", "1048576")) return 1;
+    for (i = 0; i < 4; i++) {   /* SAE headers: oversized sizes, integers that are not */
+        snprintf(src, sizeof(src), "%s/%.*s.safetensors", dir, (int)(strchr(sae_meta[i][2], '.') - sae_meta[i][2]), sae_meta[i][2]);
+        snprintf(dst, sizeof(dst), "%s/hostile/%s", dir, sae_meta[i][2]);
+        if (rewrite_meta(src, dst, sae_meta[i][0], sae_meta[i][1])) return 1;
+    }
     /* binary counts: the token file's n_tokens (offset 24), the cache's pair
        count (24) and widths (12, 16), the npy shape */
     if (patch_u64(dir, "tokens.tok", 24, UINT64_C(1) << 50, "tokens.huge_count")) return 1;
@@ -259,6 +273,29 @@ int main(int argc, char **argv)
         }
         free(xa);
         free(xb);
+    }
+    {   /* the three SAE variants on 64 random rows of width 8 (the models' d_model) */
+        int d = 8, n = 64, v;
+        float *x = (float *)malloc((size_t)n * (size_t)d * sizeof(float));
+        moexc_rng rng;
+        moexc_rng_seed(&rng, 9);
+        for (j = 0; j < n * d; j++) x[j] = moexc_rng_normal(&rng);
+        for (v = 0; v < 3; v++) {
+            moexc_sae_options so;
+            moexc_sae *sae;
+            memset(&so, 0, sizeof(so));
+            so.variant = v; so.n_latents = 16; so.k = 3; so.steps = 10; so.batch = 16; so.seed = 5;
+            if (v) so.n_experts = 4;
+            CHECK(moexc_sae_create(&sae, d, &so, &err));
+            CHECK(moexc_sae_init_from_data(sae, x, n, &err));
+            for (i = 0; i < 3; i++) CHECK(moexc_sae_train_step(sae, x + 16 * i * d, 16, NULL, &err));
+            snprintf(path, sizeof(path), "%s/sae_%s_infer.safetensors", dir, moexc_sae_variant_name(v));
+            CHECK(moexc_sae_save(sae, path, &err));
+            snprintf(path, sizeof(path), "%s/sae_%s_train.safetensors", dir, moexc_sae_variant_name(v));
+            CHECK(moexc_sae_save_training(sae, path, &err));
+            moexc_sae_free(sae);
+        }
+        free(x);
     }
     for (i = 0; i < (int)(sizeof(json) / sizeof(json[0])); i++) {
         snprintf(path, sizeof(path), "json_%d.json", i);

@@ -1,7 +1,8 @@
 /* tests/test_readers.c - the readers of untrusted files against hostile
    inputs: the regression tests of issue 14 (each bug found by reading the
    code or by the libFuzzer harnesses tests/fuzz_*.c, rebuilt from its input)
-   and the 64-bit offsets. Files are made with the library, then edited
+   and the 64-bit offsets; the SAE files of issue 13 held to the same
+   standard. Files are made with the library, then edited
    here: a metadata value replaced, one value of a tensor changed, a
    counter tensor stored in the old float32 layout.
 
@@ -559,6 +560,212 @@ static void test_trainer_moments(void)
     remove(tmp_path("readers_train.ckpt"));
 }
 
+/* ---- SAE files ------------------------------------------------------------------ */
+
+/* A small SAE (d 8, F 16; Switch and Scale with 4 experts) after 3 steps,
+   saved as a training checkpoint (training = 1) or an inference file. */
+static moexc_sae *small_sae(const char *path, int variant, int training)
+{
+    moexc_sae_options so;
+    moexc_sae *s = NULL;
+    moexc_error err;
+    moexc_rng rng;
+    float x[64 * 8];
+    int j;
+    moexc_rng_seed(&rng, 4);
+    for (j = 0; j < 64 * 8; j++) x[j] = moexc_rng_normal(&rng);
+    memset(&so, 0, sizeof(so));
+    so.variant = variant; so.n_latents = 16; so.k = 3; so.steps = 10; so.batch = 16; so.seed = 6;
+    if (variant != MOEXC_SAE_TOPK) so.n_experts = 4;
+    if (moexc_sae_create(&s, 8, &so, &err) != MOEXC_OK || moexc_sae_init_from_data(s, x, 64, &err) != MOEXC_OK) {
+        moexc_sae_free(s);
+        return NULL;
+    }
+    for (j = 0; j < 3; j++) moexc_sae_train_step(s, x + 128 * j, 16, NULL, &err);
+    if ((training ? moexc_sae_save_training(s, path, &err) : moexc_sae_save(s, path, &err)) != MOEXC_OK) {
+        moexc_sae_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Load path as an SAE expecting failure with status want and a message that
+   starts with the path and contains `needle`; nothing leaks. */
+static void expect_sae_fail(const char *path, moexc_status want, const char *needle, const char *what)
+{
+    moexc_sae *s = NULL;
+    moexc_error err;
+    long live = g_live_blocks;
+    moexc_status st = moexc_sae_load(&s, path, &err);
+    TH_CHECK(st == want && s == NULL, "%s: status %s, expected %s (%s)", what, moexc_status_name(st),
+             moexc_status_name(want), st ? err.message : "loaded");
+    if (st != MOEXC_OK) {
+        TH_CHECK(starts_with(err.message, path), "%s: message does not name the file: %s", what, err.message);
+        TH_CHECK(strstr(err.message, needle) != NULL, "%s: message lacks '%s': %s", what, needle, err.message);
+    }
+    moexc_sae_free(s);
+    TH_CHECK(g_live_blocks == live, "%s: %ld blocks leaked", what, g_live_blocks - live);
+}
+
+/* The SAE's dead-latent counters were saved as float32 (inexact past 2^24
+   tokens) and cast back to int64; they are I64 now, exact, >= 0. */
+static void test_sae_counters_exact(void)
+{
+    const char *path = tmp_path("readers_sae.safetensors");
+    moexc_sae *s = small_sae(path, MOEXC_SAE_SWITCH, 1), *back = NULL;
+    moexc_st_file *f = NULL;
+    moexc_error err;
+    int j, same = 1;
+    TH_CHECK(s != NULL, "small SAE");
+    if (!s) return;
+    s->since_fired[0] = (INT64_C(1) << 24) + 1;
+    s->since_fired[1] = (INT64_C(1) << 53) + 1;
+    s->since_fired[15] = INT64_C(9000000000000000001);
+    TH_CHECK(moexc_sae_save_training(s, path, &err) == MOEXC_OK, "save: %s", err.message);
+    TH_CHECK(moexc_st_open(&f, path, &err) == MOEXC_OK && strcmp(moexc_st_dtype(f, "train.since_fired"), "I64") == 0,
+             "train.since_fired is stored as %s", f ? moexc_st_dtype(f, "train.since_fired") : "?");
+    moexc_st_close(f);
+    TH_CHECK(moexc_sae_load(&back, path, &err) == MOEXC_OK, "load: %s", err.message);
+    if (back) {
+        for (j = 0; j < 16; j++) same &= back->since_fired[j] == s->since_fired[j];
+        TH_CHECK(same, "counters differ: %lld %lld %lld", (long long)back->since_fired[0], (long long)back->since_fired[1],
+                 (long long)back->since_fired[15]);
+    }
+    moexc_sae_free(back);
+    TH_CHECK(st_rewrite(path, path, NULL, NULL, "train.since_fired", 2, -5.0, NULL) == 0, "rewrite");
+    expect_sae_fail(path, MOEXC_ERR_FORMAT, "train.since_fired[2] = -5", "negative counter");
+    /* the format is new: float32 counters (NaN or not) are not accepted */
+    moexc_sae_save_training(s, path, &err);
+    TH_CHECK(st_rewrite(path, path, NULL, NULL, "train.since_fired", 3, NAN, "train.since_fired") == 0, "rewrite to F32");
+    expect_sae_fail(path, MOEXC_ERR_SHAPE, "expected I64", "float32 counters");
+    moexc_sae_free(s);
+    remove(path);
+}
+
+/* Adam's moments and every parameter are checked finite (the second moment
+   >= 0), in every variant, with the tensor named. */
+static void test_sae_nonfinite(void)
+{
+    char pb[2048], bb[2048];
+    const char *path = tmp_path2("readers_sae_nf.safetensors", pb, sizeof(pb));
+    const char *bad = tmp_path2("readers_sae_nf_bad.safetensors", bb, sizeof(bb));
+    int v;
+    for (v = 0; v < 3; v++) {
+        moexc_sae *s = small_sae(path, v, 1);
+        TH_CHECK(s != NULL, "small SAE %d", v);
+        if (!s) continue;
+        TH_CHECK(st_rewrite(path, bad, NULL, NULL, "train.adam_m", 7, INFINITY, NULL) == 0, "rewrite");
+        expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "train.adam_m[7]", "infinite first moment");
+        TH_CHECK(st_rewrite(path, bad, NULL, NULL, "train.adam_v", 9, NAN, NULL) == 0, "rewrite");
+        expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "train.adam_v[9]", "NaN second moment");
+        TH_CHECK(st_rewrite(path, bad, NULL, NULL, "train.adam_v", 9, -1.0, NULL) == 0, "rewrite");
+        expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "train.adam_v[9]", "negative second moment");
+        TH_CHECK(st_rewrite(path, bad, NULL, NULL, "decoder.bias", 1, NAN, NULL) == 0, "rewrite");
+        expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "(decoder.bias)", "NaN decoder bias");
+        if (v == MOEXC_SAE_SCALE) {
+            TH_CHECK(st_rewrite(path, bad, NULL, NULL, "scale.lambda", 3, -INFINITY, NULL) == 0, "rewrite");
+            expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "(scale.lambda)", "infinite feature scaling");
+        }
+        if (v != MOEXC_SAE_TOPK) {
+            TH_CHECK(st_rewrite(path, bad, NULL, NULL, "router.bias", 2, INFINITY, NULL) == 0, "rewrite");
+            expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "(router.bias)", "infinite router bias");
+        }
+        /* an inference file: a finite weight that overflows when unfolded */
+        moexc_sae_save(s, path, NULL);
+        TH_CHECK(st_rewrite(path, bad, "scale", "1e-3", "encoder.weight", 5, 3e38, NULL) == 0, "rewrite");
+        expect_sae_fail(bad, MOEXC_ERR_NUMERIC, "overflows when the scale", "overflow on unfolding");
+        moexc_sae_free(s);
+    }
+    remove(path);
+    remove(bad);
+}
+
+/* Integers in SAE metadata are exact (the crosscoder's readers): "2.5"
+   latents per token (read as 2 before), a seed "1e5" (read as 1), an
+   overflowing seed, a negative or fractional counter; huge sizes in a small
+   file are rejected before allocating; an option the SAE rejects is reported
+   with the file's name. */
+static void test_sae_metadata(void)
+{
+    static const struct { int variant; const char *key, *value, *needle; moexc_status st; } cases[] = {
+        { 1, "k", "2.5", "'k' = \"2.5\" is not a 64-bit decimal integer", MOEXC_ERR_FORMAT },
+        { 0, "seed", "1e5", "'seed' = \"1e5\" is not an unsigned 64-bit decimal integer", MOEXC_ERR_FORMAT },
+        { 0, "seed", "18446744073709551616", "'seed' = \"18446744073709551616\" is not an unsigned", MOEXC_ERR_FORMAT },
+        { 0, "seed", "-1", "'seed' = \"-1\" is not an unsigned", MOEXC_ERR_FORMAT },
+        { 2, "step", "-1", "'step' = -1 is outside", MOEXC_ERR_FORMAT },
+        { 2, "step", "nan", "'step' = \"nan\" is not a 64-bit decimal integer", MOEXC_ERR_FORMAT },
+        { 2, "step", "2147483647", "'step' = 2147483647 is outside", MOEXC_ERR_FORMAT },
+        { 1, "dead_tokens", "1e9", "'dead_tokens' = \"1e9\" is not a 64-bit", MOEXC_ERR_FORMAT },
+        { 1, "steps", " 10", "'steps' = \" 10\" is not a 64-bit", MOEXC_ERR_FORMAT },
+        { 0, "folded", "0.5", "'folded' = \"0.5\"", MOEXC_ERR_FORMAT },
+        { 1, "k", "17", "'k' = 17 is outside [1, 16]", MOEXC_ERR_FORMAT },
+        { 2, "n_latents", "268435456", "bytes of weights", MOEXC_ERR_FORMAT },
+        { 2, "d", "1048576", "bytes of weights", MOEXC_ERR_FORMAT },
+        { 0, "n_latents", "268435456", "bytes of weights", MOEXC_ERR_FORMAT },
+        { 1, "n_experts", "3", "not a multiple of n_experts 3", MOEXC_ERR_ARG },
+        { 1, "active_experts", "2", "routes to one expert", MOEXC_ERR_ARG } };
+    char pb[3][2048], bb[2048];
+    const char *bad = tmp_path2("readers_sae_meta_bad.safetensors", bb, sizeof(bb));
+    moexc_sae *s[3];
+    size_t k;
+    int v;
+    for (v = 0; v < 3; v++) {
+        char name[64];
+        snprintf(name, sizeof(name), "readers_sae_meta_%d.safetensors", v);
+        s[v] = small_sae(tmp_path2(name, pb[v], sizeof(pb[v])), v, 0);
+        TH_CHECK(s[v] != NULL, "small SAE %d", v);
+        if (!s[v]) return;
+    }
+    for (k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        char what[128];
+        snprintf(what, sizeof(what), "%s: %s = %s", moexc_sae_variant_name(cases[k].variant), cases[k].key, cases[k].value);
+        TH_CHECK(st_rewrite(pb[cases[k].variant], bad, cases[k].key, cases[k].value, NULL, 0, 0.0, NULL) == 0, "rewrite");
+        expect_sae_fail(bad, cases[k].st, cases[k].needle, what);
+    }
+    for (v = 0; v < 3; v++) { moexc_sae_free(s[v]); remove(pb[v]); }
+    remove(bad);
+}
+
+/* Found by fuzz_sae: a Scale SAE checkpoint with huge finite weights whose
+   pre-activations overflow to NaN made AuxK's selection (any sign) keep more
+   than k_aux latents, a heap overflow in the training step. The selection
+   keeps at most k with NaNs present, and the step fails cleanly. */
+static void test_sae_nan_selection(void)
+{
+    static const float nan_rows[3][8] = { { NAN, 5, 4, 3, 2, 1, 0, -1 }, { 1, NAN, 2, NAN, 3, NAN, 4, NAN },
+                                          { 9, 8, 7, 6, 5, 4, 3, NAN } };
+    const char *path = tmp_path("readers_sae_nan.safetensors");
+    unsigned char keep[8];
+    float tmp[8], x[2 * 8];
+    moexc_sae *s = small_sae(path, MOEXC_SAE_SCALE, 1), *back = NULL;
+    moexc_error err;
+    moexc_status st;
+    int r, k, i, most = 0;
+    for (r = 0; r < 3; r++)
+        for (k = 1; k <= 8; k++) {
+            int kept = 0;
+            moexc__select_top_any(nan_rows[r], 8, k, keep, tmp);
+            for (i = 0; i < 8; i++) kept += keep[i];
+            if (kept > k && kept - k > most) most = kept - k;
+        }
+    TH_CHECK(most == 0, "select_top_any kept %d more than k with NaNs present", most);
+    TH_CHECK(s != NULL, "small SAE");
+    if (!s) return;
+    for (i = 0; i < 8 * 16; i++) s->params[s->off_enc + i] = (i % 2 ? 3e38f : -3e38f);
+    for (i = 0; i < 16; i++) s->since_fired[i] = INT64_C(1) << 40;   /* every latent dead: AuxK selects */
+    TH_CHECK(moexc_sae_save_training(s, path, &err) == MOEXC_OK, "save: %s", err.message);
+    TH_CHECK(moexc_sae_load(&back, path, &err) == MOEXC_OK, "load: %s", err.message);
+    if (back) {
+        for (i = 0; i < 2 * 8; i++) x[i] = (float)(i % 5) - 2.0f;
+        st = moexc_sae_train_step(back, x, 2, NULL, &err);
+        TH_CHECK(st == MOEXC_ERR_NUMERIC, "a step on overflowing pre-activations: %s (%s)", moexc_status_name(st),
+                 st ? err.message : "ok");
+    }
+    moexc_sae_free(back);
+    moexc_sae_free(s);
+    remove(path);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -573,5 +780,9 @@ int main(int argc, char **argv)
     TH_RUN(test_xc_metadata);
     TH_RUN(test_model_hostile);
     TH_RUN(test_trainer_moments);
+    TH_RUN(test_sae_counters_exact);
+    TH_RUN(test_sae_nonfinite);
+    TH_RUN(test_sae_metadata);
+    TH_RUN(test_sae_nan_selection);
     return th_summary();
 }

@@ -3,14 +3,15 @@
 # hostile files (`make valgrind-readers`; not part of `make test`: about 7
 # minutes). BUILD (default build-vg) must hold a build without AVX-512,
 # which valgrind cannot run (make BUILD=build-vg NATIVE=0 OPENMP=0 ...):
-# moexc_crosscoder, moexc_train, moexc_lens, moexc_report, make_fuzz_seeds.
+# moexc_crosscoder, moexc_train, moexc_lens, moexc_report, moexc_sae, make_fuzz_seeds.
 #
 # make_fuzz_seeds --hostile writes small valid files of every format and
 # their damaged versions (truncated, single bits flipped, oversized shapes);
 # each is fed to the tools that read it: model files to moexc_lens and
 # moexc_report, training checkpoints to moexc_train --resume, token files to
 # moexc_lens and moexc_train, crosscoders to moexc_crosscoder --eval and
-# --resume and moexc_report, activation caches to moexc_crosscoder --cache.
+# --resume and moexc_report, SAEs (inference files and training checkpoints)
+# to moexc_sae --eval, activation caches to moexc_crosscoder --cache.
 # A run passes when valgrind reports no error (invalid access, uninitialised
 # value, definite or indirect leak), the tool is not killed by a signal, and
 # a failing tool says why on stderr. (.npy files have no tool reader; the
@@ -21,7 +22,7 @@ trap 'rm -rf "$TMP"' EXIT
 VG="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect"
 passed=0
 failed=0
-for t in moexc_crosscoder moexc_train moexc_lens moexc_report make_fuzz_seeds; do
+for t in moexc_crosscoder moexc_train moexc_lens moexc_report moexc_sae make_fuzz_seeds; do
     [ -x "$BUILD/$t" ] || { echo "valgrind_readers: $BUILD/$t is missing"; exit 1; }
 done
 command -v valgrind >/dev/null || { echo "valgrind_readers: valgrind is not installed"; exit 1; }
@@ -56,6 +57,7 @@ report() { run "moexc_report $1" moexc_report --tokens "$T" --moe "$2" --dense "
 train()  { run "moexc_train --resume $1" moexc_train --resume "$2" --data "$3"; }
 xceval() { run "moexc_crosscoder --eval $1" moexc_crosscoder --eval "$2" --model-a "$M" --model-b "$D" --tokens "$T" $XC; }
 xcres()  { run "moexc_crosscoder --resume $1" moexc_crosscoder --resume "$2" --model-a "$M" --model-b "$D" --tokens "$T" $XC; }
+saeeval() { run "moexc_sae --eval $1" moexc_sae --eval "$2" --model "$M" --tokens "$T" --layer 0 --seq-len 8 --eval-rows 64 --train-rows 64; }
 xccache() { run "moexc_crosscoder --cache $1" moexc_crosscoder --cache "$2" --latents 16 --k 2 --steps 2 --batch 4 --init-pairs 8 --eval-pairs 4; }
 
 # the intact files first: the commands work and are clean
@@ -65,6 +67,7 @@ train intact "$S/train_dense.ckpt" "$T"
 xceval intact "$S/xc_infer.safetensors"
 xcres intact "$S/xc_train.safetensors"
 xccache intact "$S/acts.cache"
+for f in "$S"/sae_*.safetensors; do saeeval "intact ${f##*/}" "$f"; done
 
 for f in "$S"/hostile/*; do
     n=${f##*/}
@@ -76,6 +79,7 @@ for f in "$S"/hostile/*; do
         tokens.*)      lens "$n" "$M" "$f"; train "$n (as --data)" "$S/train_dense.ckpt" "$f" ;;
         xc_train.*)    xcres "$n" "$f" ;;
         xc_*)          xceval "$n" "$f"; report "$n" "$M" "$f" ;;
+        sae_*)         saeeval "$n" "$f" ;;
         acts.*)        xccache "$n" "$f" ;;
         array.*)       ;;   # no tool reads .npy (see above)
         *)             echo "valgrind_readers: no reader for $n"; failed=$((failed + 1)) ;;
