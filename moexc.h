@@ -12564,7 +12564,7 @@ MOEXC_DEF moexc_status moexc_xc_load(moexc_xc **out, const char *path, moexc_err
     MOEXC__XC_GET("threshold_beta", 0, 1, o.threshold_beta = (float)v);
     MOEXC__XC_INT("threshold_start", -INT_MAX, INT_MAX, o.threshold_start = (int)iv);
     MOEXC__XC_INT("threshold_count", 0, INT64_MAX, threshold_count = iv);
-    MOEXC__XC_INT("step", 0, INT_MAX, step = (int)iv);
+    MOEXC__XC_INT("step", 0, INT_MAX - 1, step = (int)iv);   /* one more step must fit an int */
 #undef MOEXC__XC_GET
 #undef MOEXC__XC_INT
     if ((st = moexc__st_meta_u64(f, path, "seed", &o.seed, err)) != MOEXC_OK) goto fail;
