@@ -263,6 +263,8 @@ win_leg() {
         else
             cmd="$cc $STRICT -O2 -I. $src $dir/moexc.o -o $dir/$name.exe -lm"
         fi
+        # test_dp's workers are POSIX threads: mingw-w64's winpthreads, linked in
+        [ $name = test_dp ] && cmd="$cmd -static -lpthread"
         if sh -c "$cmd" >> "$log" 2>&1; then bins="$bins $dir/$name"
         else fail "windows: $name does not build" "$log"; fi
     done
