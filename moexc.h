@@ -5687,99 +5687,258 @@ static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_t
 }
 
 /* ---- causal multi-head self-attention ------------------------------------ */
-/* Causal blocks: the T query rows of a (batch, head) are cut into blocks of at
-   most MOEXC__ATT_BLOCK rows; the block of rows r0 .. r1-1 sees keys 0 .. r1-1
-   only, so the GEMMs skip the all-zero part above the diagonal (for T = 256
-   and blocks of 56 rows they do 0.60 of the full T x T work). A block is the
-   whole GEMM register tiles of rows closest to 64 (56 rows on AVX-512), so
-   that no tile is a partial one. Every element is still summed over the same
-   keys in the same order (the terms left out are exact zeros), so the blocks
-   change no bit while T <= MOEXC_GEMM_KC. */
+/* Two ways to run one (batch, head); both sum every element over the same
+   keys in the same order (terms they leave out are exact zeros), so they give
+   the same bits.
+
+   Packed (T <= MOEXC_GEMM_KC and dh <= MOEXC_GEMM_KC, with a workspace): the
+   head's q, k, v (and dy in backward) are packed into GEMM panels once per
+   (batch, head), and the GEMM micro-kernel runs on them tile by tile. A row
+   tile of MR queries t0 .. t0+MR-1 meets only the key panels that start
+   before t0+MR, and P v, dS k run over keys 0 .. t0+MR-1 only; a key tile
+   c0 .. c0+MR-1 gets dv, dk from queries c0 .. T-1 only. So the products
+   follow the causal triangle at tile granularity (about 0.53 of the full
+   T x T work for T = 256 on AVX-512), with one K block each (kc <= KC).
+
+   Blocked (the fallback: longer sequences, or no memory for the panels):
+   the T query rows are cut into blocks of at most MOEXC__ATT_BLOCK rows; the
+   block of rows r0 .. r1-1 sees keys 0 .. r1-1 only, and moexc_sgemm runs on
+   the strided q, k, v (0.60 of the full T x T work for T = 256 and blocks of
+   56 rows). A block is the whole GEMM register tiles of rows closest to 64
+   (56 rows on AVX-512). */
 #define MOEXC__ATT_BLOCK (64 / MOEXC__GEMM_MR * MOEXC__GEMM_MR)
+
+/* C tile (mr x nr, row stride ldc) = alpha * (packed A panel) (packed B panel) over kc */
+static void moexc__att_tile(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, float alpha)
+{
+    if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR) moexc__gemm_kernel(kc, a, b, c, ldc, alpha, 0.0f, 1);
+    else moexc__gemm_kernel_edge(kc, a, b, c, ldc, mr, nr, alpha, 0.0f, 1);
+}
+
+/* Workspace of the packed path, in floats (0: the packed path does not apply):
+   panels_mr (T x dh in MR-row panels), panels_nr (T x dh in NR-column panels)
+   twice, and one MR x T tile of P or dS. */
+#define MOEXC__ATT_UP(x, m) (((size_t)(x) + (size_t)(m) - 1) / (size_t)(m) * (size_t)(m))
+static size_t moexc__att_ws_floats(int T, int dh)
+{
+    size_t mr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_MR) * (size_t)dh;      /* op(A) = X,  X (T x dh)      */
+    size_t nr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_NR) * (size_t)dh;      /* op(B) = Xᵀ, X (T x dh)      */
+    size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;           /* op(B) = X   (T x dh)        */
+    size_t tile = (size_t)MOEXC__GEMM_MR * (size_t)T;
+    if (T > MOEXC_GEMM_KC || dh > MOEXC_GEMM_KC) return 0;
+    return mr_panels + MOEXC__MAX(nr_panels, cols) + cols + cols + tile + 128;   /* + alignment */
+}
+/* the workspace carved into its panels, each aligned to a cache line */
+typedef struct moexc__att_ws { float *pa, *pb, *pc, *pd, *tile; } moexc__att_ws;
+static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
+{
+    size_t mr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_MR) * (size_t)dh;
+    size_t nr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_NR) * (size_t)dh;
+    size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;
+    float *p = (float *)((uintptr_t)((char *)base + 63) / 64 * 64);
+    w->pa = p; p += MOEXC__ATT_UP(mr_panels, 16);
+    w->pb = p; p += MOEXC__ATT_UP(MOEXC__MAX(nr_panels, cols), 16);
+    w->pc = p; p += MOEXC__ATT_UP(cols, 16);
+    w->pd = p; p += MOEXC__ATT_UP(cols, 16);
+    w->tile = p;
+}
+
+/* One (batch, head) of the forward below, blocked. */
+static void moexc__attention_forward_blocked(float *y, float *P, const float *q, const float *k, const float *v,
+                                             int T, int d, int dh, float scale)
+{
+    int r0, t;
+    for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+        int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+        float *Pb = P + (size_t)r0 * T;
+        /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
+        moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + (size_t)r0 * d, d, k, d, 0.0f, Pb, T);
+        /* causal softmax, max subtracted: row t sees keys 0..t */
+        for (t = r0; t < r1; t++) {
+            float *row = P + (size_t)t * T;
+            moexc_softmax_rows(row, row, 1, t + 1);
+            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        /* y = P v  (rows r0..r1-1) */
+        moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v, d, 0.0f, y + (size_t)r0 * d, d);
+    }
+}
+/* One (batch, head) of the forward below, on packed panels. */
+static void moexc__attention_forward_packed(float *y, float *P, const float *q, const float *k, const float *v,
+                                            int T, int d, int dh, float scale, const moexc__att_ws *w)
+{
+    int t0, t, j0;
+    moexc__gemm_pack_a(w->pa, 0, q, (size_t)d, 0, T, 0, dh);     /* q  in MR-row panels    */
+    moexc__gemm_pack_b(w->pb, 1, k, (size_t)d, 0, T, 0, dh);     /* kᵀ in NR-column panels */
+    moexc__gemm_pack_b(w->pc, 0, v, (size_t)d, 0, dh, 0, T);     /* v  in NR-column panels */
+    for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), keys = t0 + mr;
+        /* S = q kᵀ / sqrt(dh): rows t0..t0+mr-1, the key panels that start before t0+mr */
+        for (j0 = 0; j0 < keys; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(dh, w->pa + (size_t)t0 * dh, w->pb + (size_t)j0 * dh, P + (size_t)t0 * T + j0, (size_t)T,
+                            mr, MOEXC__MIN(MOEXC__GEMM_NR, T - j0), scale);
+        /* causal softmax, max subtracted: row t sees keys 0..t */
+        for (t = t0; t < keys; t++) {
+            float *row = P + (size_t)t * T;
+            moexc_softmax_rows(row, row, 1, t + 1);
+            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        /* y = P v: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
+        moexc__gemm_pack_a(w->tile, 0, P, (size_t)T, t0, mr, 0, keys);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(keys, w->tile, w->pc + (size_t)j0 * T, y + (size_t)t0 * d + j0, (size_t)d,
+                            mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+    }
+}
 
 /* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
    P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
-   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head) and
-   causal block of rows: S = q kᵀ / sqrt(dh) over the block's key prefix, the
-   causal softmax, y = P v. */
+   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head):
+   S = q kᵀ / sqrt(dh), the causal softmax, y = P v, by row tiles (packed)
+   or row blocks (blocked). */
 static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
                                      int B, int T, int H, int dh)
 {
-    int bh, d = H * dh;
+    int d = H * dh;
     float scale = 1.0f / sqrtf((float)dh);
+    size_t ws_floats = moexc__att_ws_floats(T, dh);
 #ifdef _OPENMP
     /* one (batch, head) per iteration: disjoint outputs, so any thread count
        gives the same bits; small problems stay serial (a parallel region
-       costs more than it saves) */
-#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+       costs more than it saves). Each thread packs into its own workspace. */
+#pragma omp parallel if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
-    for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, r0, t;
-        size_t off = (size_t)b * T * d + (size_t)h * dh;
-        float *P = att + (size_t)bh * T * T;
-        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
-            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
-            float *Pb = P + (size_t)r0 * T;
-            /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
-            moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + off + (size_t)r0 * d, d, k + off, d, 0.0f, Pb, T);
-            /* causal softmax, max subtracted: row t sees keys 0..t */
-            for (t = r0; t < r1; t++) {
-                float *row = P + (size_t)t * T;
-                moexc_softmax_rows(row, row, 1, t + 1);
-                if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-            }
-            /* y = P v  (rows r0..r1-1) */
-            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v + off, d, 0.0f, y + off + (size_t)r0 * d, d);
+    {
+        float *raw = ws_floats ? (float *)moexc__malloc(moexc__mul_size(ws_floats, sizeof(float))) : NULL;
+        moexc__att_ws w;
+        int bh;
+        if (raw) moexc__att_ws_carve(&w, raw, T, dh);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            size_t off = (size_t)b * T * d + (size_t)h * dh;
+            float *P = att + (size_t)bh * T * T;
+            if (raw) moexc__attention_forward_packed(y + off, P, q + off, k + off, v + off, T, d, dh, scale, &w);
+            else moexc__attention_forward_blocked(y + off, P, q + off, k + off, v + off, T, d, dh, scale);
         }
+        moexc__free(raw);
     }
 }
+
+/* One (batch, head) of the backward below, blocked. */
+static void moexc__attention_backward_blocked(float *dq, float *dk, float *dv, float *dS, const float *dy,
+                                              const float *P, const float *q, const float *k, const float *v,
+                                              int T, int d, int dh, float scale)
+{
+    int r0, t;
+    for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+        int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+        /* dP (rows r0..r1-1, keys 0..r1-1) */
+        moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + (size_t)r0 * d, d, v, d, 0.0f, dS + (size_t)r0 * T, T);
+        /* zeros above the diagonal inside the block, the only ones the
+           GEMMs below read */
+        for (t = r0; t < r1; t++) {
+            float *ds = dS + (size_t)t * T;
+            moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
+            if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
+        }
+        /* dq = dS k  (rows r0..r1-1) */
+        moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k, d, 0.0f, dq + (size_t)r0 * d, d);
+    }
+    for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+        int c1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+        const float *Pc = P + (size_t)r0 * T + r0;
+        const float *dSc = dS + (size_t)r0 * T + r0;
+        /* dv = Pᵀ dy and dk = dSᵀ q (keys r0..c1-1, rows r0..T-1) */
+        moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, Pc, T, dy + (size_t)r0 * d, d, 0.0f, dv + (size_t)r0 * d, d);
+        moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, dSc, T, q + (size_t)r0 * d, d, 0.0f, dk + (size_t)r0 * d, d);
+    }
+}
+/* One (batch, head) of the backward below, on packed panels. */
+static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, float *dS, const float *dy,
+                                             const float *P, const float *q, const float *k, const float *v,
+                                             int T, int d, int dh, float scale, const moexc__att_ws *w)
+{
+    int t0, t, j0;
+    moexc__gemm_pack_a(w->pa, 0, dy, (size_t)d, 0, T, 0, dh);    /* dy in MR-row panels    */
+    moexc__gemm_pack_b(w->pb, 1, v, (size_t)d, 0, T, 0, dh);     /* vᵀ in NR-column panels */
+    moexc__gemm_pack_b(w->pc, 0, k, (size_t)d, 0, dh, 0, T);     /* k  in NR-column panels */
+    for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), keys = t0 + mr;
+        /* dP = dy vᵀ: rows t0..t0+mr-1, the key panels that start before t0+mr */
+        for (j0 = 0; j0 < keys; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(dh, w->pa + (size_t)t0 * dh, w->pb + (size_t)j0 * dh, dS + (size_t)t0 * T + j0,
+                            (size_t)T, mr, MOEXC__MIN(MOEXC__GEMM_NR, T - j0), 1.0f);
+        /* dS, with zeros above the diagonal inside the tile: the only ones
+           the products below read */
+        for (t = t0; t < keys; t++) {
+            float *ds = dS + (size_t)t * T;
+            moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
+            if (t + 1 < keys) memset(ds + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
+        }
+        /* dq = dS k: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
+        moexc__gemm_pack_a(w->tile, 0, dS, (size_t)T, t0, mr, 0, keys);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(keys, w->tile, w->pc + (size_t)j0 * T, dq + (size_t)t0 * d + j0, (size_t)d,
+                            mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+    }
+    /* dv = Pᵀ dy and dk = dSᵀ q: keys c0..c0+mr-1 over queries c0..T-1 */
+    moexc__gemm_pack_b(w->pc, 0, dy, (size_t)d, 0, dh, 0, T);    /* dy in NR-column panels */
+    moexc__gemm_pack_b(w->pd, 0, q, (size_t)d, 0, dh, 0, T);     /* q  in NR-column panels */
+    for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), rows = T - t0;
+        moexc__gemm_pack_a(w->tile, 1, P, (size_t)T, t0, mr, t0, rows);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(rows, w->tile, w->pc + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
+                            dv + (size_t)t0 * d + j0, (size_t)d, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+        moexc__gemm_pack_a(w->tile, 1, dS, (size_t)T, t0, mr, t0, rows);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(rows, w->tile, w->pd + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
+                            dk + (size_t)t0 * d + j0, (size_t)d, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+    }
+}
+
 /* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
-   datt (B,H,T,T) is scratch (above the diagonal blocks it is not written).
+   datt (B,H,T,T) is scratch (above the diagonal tiles or blocks it is not
+   written).
      dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
      dq = dS k,   dk = dSᵀ q.
-   dP, dS and dq go by causal blocks of rows (rows r0..r1-1 need keys
-   0..r1-1); dv and dk by blocks of keys (keys c0..c1-1 get gradient from
-   rows c0..T-1 only). */
+   dP, dS and dq go by causal tiles or blocks of rows (rows r0..r1-1 need
+   keys 0..r1-1); dv and dk by tiles or blocks of keys (keys c0..c1-1 get
+   gradient from rows c0..T-1 only). */
 static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
                                       const float *att, const float *q, const float *k, const float *v,
                                       int B, int T, int H, int dh)
 {
-    int bh, d = H * dh;
+    int d = H * dh;
     float scale = 1.0f / sqrtf((float)dh);
+    size_t ws_floats = moexc__att_ws_floats(T, dh);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+#pragma omp parallel if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
-    for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, r0, t;
-        size_t off = (size_t)b * T * d + (size_t)h * dh;
-        const float *P = att + (size_t)bh * T * T;
-        float *dS = datt + (size_t)bh * T * T;
-        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
-            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
-            /* dP (rows r0..r1-1, keys 0..r1-1) */
-            moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + off + (size_t)r0 * d, d, v + off, d, 0.0f,
-                        dS + (size_t)r0 * T, T);
-            /* zeros above the diagonal inside the block, the only ones the
-               GEMMs below read */
-            for (t = r0; t < r1; t++) {
-                float *ds = dS + (size_t)t * T;
-                moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
-                if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
-            }
-            /* dq = dS k  (rows r0..r1-1) */
-            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k + off, d, 0.0f,
-                        dq + off + (size_t)r0 * d, d);
+    {
+        float *raw = ws_floats ? (float *)moexc__malloc(moexc__mul_size(ws_floats, sizeof(float))) : NULL;
+        moexc__att_ws w;
+        int bh;
+        if (raw) moexc__att_ws_carve(&w, raw, T, dh);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            size_t off = (size_t)b * T * d + (size_t)h * dh;
+            const float *P = att + (size_t)bh * T * T;
+            float *dS = datt + (size_t)bh * T * T;
+            if (raw)
+                moexc__attention_backward_packed(dq + off, dk + off, dv + off, dS, dy + off, P, q + off, k + off,
+                                                 v + off, T, d, dh, scale, &w);
+            else
+                moexc__attention_backward_blocked(dq + off, dk + off, dv + off, dS, dy + off, P, q + off, k + off,
+                                                  v + off, T, d, dh, scale);
         }
-        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
-            int c1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
-            const float *Pc = P + (size_t)r0 * T + r0;
-            const float *dSc = dS + (size_t)r0 * T + r0;
-            /* dv = Pᵀ dy and dk = dSᵀ q (keys r0..c1-1, rows r0..T-1) */
-            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, Pc, T, dy + off + (size_t)r0 * d, d, 0.0f,
-                        dv + off + (size_t)r0 * d, d);
-            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, dSc, T, q + off + (size_t)r0 * d, d, 0.0f,
-                        dk + off + (size_t)r0 * d, d);
-        }
+        moexc__free(raw);
     }
 }
 
