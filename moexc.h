@@ -5660,10 +5660,10 @@ static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int 
 static void moexc__rope_apply_ld(float *x, size_t ld, const float *cos_tab, const float *sin_tab,
                                  int B, int T, int H, int dh, int inverse)
 {
-    int bt, half = dh / 2, d = H * dh;
+    int bt, half = dh / 2;
     float sign = inverse ? -1.0f : 1.0f;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)B * T * d >= MOEXC__PAR_MIN)
+#pragma omp parallel for schedule(static) if ((double)B * T * H * dh >= MOEXC__PAR_MIN)
 #endif
     for (bt = 0; bt < B * T; bt++) {
         int t = bt % T, h, i;

@@ -1593,6 +1593,7 @@ static int load_corpus(moexc_tokens *data, const demo_config *c)
    and 8 take, so when they run side by side their figures are copied here
    and encoded side by side afterwards (png_queue_flush). */
 typedef struct png_queue { int n, cap, failed; char **path; moexc_canvas *canvas; } png_queue;
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
 static void png_queue_free(png_queue *q)
 {
     int i;
@@ -1600,6 +1601,7 @@ static void png_queue_free(png_queue *q)
     free(q->path); free(q->canvas);
     memset(q, 0, sizeof(*q));
 }
+#endif
 /* Copy the figure into the queue (0), or fail for want of memory (1). */
 static int png_queue_add(png_queue *q, const char *path, const moexc_canvas *c)
 {
@@ -1636,13 +1638,12 @@ static int png_queue_add(png_queue *q, const char *path, const moexc_canvas *c)
     }
     return bad;
 }
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
 /* Encode every queued figure, side by side on the threads there are; 1 if one failed. */
 static int png_queue_flush(png_queue *q)
 {
     int i, bad = 0;
-#ifdef _OPENMP
 #   pragma omp parallel for schedule(dynamic, 1) reduction(|: bad)
-#endif
     for (i = 0; i < q->n; i++) {
         const moexc_canvas *c = &q->canvas[i];
         if (!stbi_write_png(q->path[i], c->width, c->height, 3, c->rgb, c->width * 3)) {
@@ -1652,6 +1653,7 @@ static int png_queue_flush(png_queue *q)
     }
     return bad;
 }
+#endif
 
 /* Where steps 7 and 8 write: the report folder, the text stream their lines
    go to (stdout, or a buffer while the two steps run side by side), and the
@@ -1695,9 +1697,9 @@ static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *
         if (lens.cosine[l * DD + D] > best_cos) { best_cos = lens.cosine[l * DD + D]; best_l = l; }
     }
     fprintf(out, "\nMoE Lens against the paper (DeepSeekMoE, 64 experts, top-6) at this scale (E = %d, k = %d):\n",
-           lens.n_experts, lens.top_k);
+                 lens.n_experts, lens.top_k);
     fprintf(out, "  few experts take >= 50%% of routing slots? mean m50 %.2f of %d experts (uniform %d)\n",
-           mean_m50, lens.n_experts, (lens.n_experts + 1) / 2);
+                 mean_m50, lens.n_experts, (lens.n_experts + 1) / 2);
     fprintf(out, "  single-expert hidden-state cosine:         up to %.3f (layer %d; paper: up to 0.95)\n", best_cos, best_l);
     fprintf(out, "  perplexity with one expert (k' = 1):       ");
     for (d = 0; d < DD; d++)
@@ -1723,22 +1725,18 @@ static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *
 
 #include "../tools/report_page.h"
 
-static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
-                             const moexc_tokens *data, const moexc_latent_analysis *an, const float *eval_a,
-                             const float *eval_b, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
-                             const float *beta_b, const float *nu, FILE *out, png_queue *queue)
+/* The study (st, freed by the caller with moexc_latent_study_free when this
+   returns 0) and its lines on `out`. */
+static int run_latent_study(const demo_config *c, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
+                            const moexc_tokens *data, const moexc_latent_analysis *an, const float *eval_a,
+                            const float *eval_b, int n_eval, moexc_latent_study *st_out, FILE *out)
 {
     moexc_latent_study st;
     moexc_latent_study_options so;
     moexc_error err;
-    report_page pg;
-    char title[160], v[8][96], msg[600];
-    const char *keys[8], *vals[8];
     double t0 = now_seconds(), *sum = NULL;
     float *mean = NULL;
-    int d = moexc_xc_dim(xc, 0), m, i, j, bad = 0, D = data->n_domains;
-    png_sink sink;
-    sink.dir = c->out; sink.out = out; sink.queue = queue;
+    int d = moexc_xc_dim(xc, 0), m, i, j, D = data->n_domains;
     /* the site's mean over the held-out pairs (mean ablation) */
     sum = (double *)calloc((size_t)2 * d, sizeof(double));
     mean = (float *)calloc((size_t)2 * d, sizeof(float));
@@ -1758,15 +1756,15 @@ static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model
     if (moexc_latent_study_run(&st, moe, dense, xc, data, &so, &err)) { free(mean); return failed("latent study", &err); }
     free(mean);
     fprintf(out, "\n8. what a latent is (SPEC §5.2): %ld held-out tokens in %ld windows (%.1f s)\n",
-           (long)st.n_tokens, (long)st.n_seqs, now_seconds() - t0);
+                 (long)st.n_tokens, (long)st.n_seqs, now_seconds() - t0);
     fprintf(out, "  spliced loss, fraction of loss recovered vs zero / mean ablation (CE clean -> spliced, nats):\n");
     for (m = 0; m < 2; m++)
         for (i = 0; i <= D; i++)
             fprintf(out, "    %-5s %-8s %.3f / %.3f   (%.4f -> %.4f; zero %.4f, mean %.4f)\n", m ? "dense" : "MoE",
-                   i < D ? data->domain_names[i] : "all", moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_ZERO, i),
-                   moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_MEAN, i),
-                   moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_CLEAN, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_XC, i),
-                   moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_ZERO, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_MEAN, i));
+                         i < D ? data->domain_names[i] : "all", moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_ZERO, i),
+                         moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_MEAN, i),
+                         moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_CLEAN, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_XC, i),
+                         moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_ZERO, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_MEAN, i));
     {
         moexc_label_class_stats dc[MOEXC_CLASS_COUNT], ec[MOEXC_CLASS_COUNT];
         int cl;
@@ -1779,6 +1777,22 @@ static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model
             fprintf(out, "\n");
         }
     }
+    *st_out = st;
+    return 0;
+}
+
+/* The page (index.html and expert_purity.png): it lists the PNGs in the
+   folder, so it comes after every other figure is written. */
+static int write_latent_page(const demo_config *c, const moexc_latent_study *st, const moexc_tokens *data,
+                             const moexc_latent_analysis *an, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
+                             const float *beta_b, const float *nu)
+{
+    report_page pg;
+    char title[160], v[8][96], msg[600];
+    const char *keys[8], *vals[8];
+    int i, bad = 0;
+    png_sink sink;
+    sink.dir = c->out; sink.out = stdout; sink.queue = NULL;
     snprintf(title, sizeof(title), "moexc study: MoE vs dense through a crosscoder (preset %s)", c->preset);
     keys[0] = "preset, seed";                snprintf(v[0], sizeof(v[0]), "%s, %lu", c->preset, (unsigned long)c->seed);
     keys[1] = "models";                      snprintf(v[1], sizeof(v[1]), "d %d, %d layers, MoE E %d k %d", c->d_model, c->n_layers, c->n_experts, c->top_k);
@@ -1793,13 +1807,13 @@ static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model
     for (i = 0; i < 7; i++) vals[i] = v[i];
     memset(&pg, 0, sizeof(pg));
     pg.dir = c->out; pg.title = title; pg.summary_keys = keys; pg.summary_values = vals; pg.n_summary = 7;
-    pg.an = an; pg.st = &st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
+    pg.an = an; pg.st = st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
     if (report_page_write(&pg, lens_png, &sink, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
-    else fprintf(out, "  wrote %s/index.html and expert_purity.png\n", c->out);
-    moexc_latent_study_free(&st);
+    else printf("  wrote %s/index.html and expert_purity.png\n", c->out);
     return bad;
 }
 
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
 /* Copy a buffer of report lines to stdout. */
 static void flush_lines(FILE *buf)
 {
@@ -1808,23 +1822,27 @@ static void flush_lines(FILE *buf)
     rewind(buf);
     while ((n = fread(chunk, 1, sizeof(chunk), buf)) > 0) fwrite(chunk, 1, n, stdout);
 }
+#endif
 
 /* The end of step 6 (tables and figures) and steps 7 and 8. With 2 or more
-   threads they run side by side, one thread each (at the demo's widths each
-   is mostly serial work: small forward passes and PNG compression):
+   threads the first part runs side by side, one thread each (at the demo's
+   widths each is mostly serial work: small forward passes and PNG
+   compression):
      - the MoE Lens, on a copy of the MoE (the lens runs the model and sets
        its active experts, the latent study runs it too);
      - step 6's files and figures, then the latent study on the originals;
    the lines of steps 7 and 8 go to two buffers, printed in step order, and
-   their figures to a queue encoded side by side at the end. Each step
-   computes exactly what it computes alone on one thread. With 1 thread, or
-   when a copy or a buffer cannot be made, all runs one step after another. */
+   the lens figures to a queue encoded side by side afterwards. Then the
+   study's page, which lists the figures in the folder. Each step computes
+   exactly what it computes alone on one thread. With 1 thread, or when a
+   copy or a buffer cannot be made, all runs one step after another. */
 static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
                     const float *eval_a, const float *eval_b, const float *beta_a, const float *beta_b,
                     const float *nu, int threads)
 {
     const demo_config *c = in->c;
     const moexc_tokens *data = in->data;
+    moexc_latent_study st;
     int bad[3] = {0, 0, 0};
 #ifdef _OPENMP
     moexc_model *lens_moe = NULL;
@@ -1848,18 +1866,21 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
                 omp_set_num_threads(1);
                 bad[1] = write_csvs(in) || write_summary(in) || write_plots(in);
                 if (!bad[1])
-                    bad[1] = write_latent_page(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, in->eval,
-                                               beta_a, beta_b, nu, buf[1], &queue);
+                    bad[1] = run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, buf[1]);
             }
         }
         fflush(stdout);
-        if (!bad[1]) flush_lines(buf[0]);
-        if (!bad[1]) flush_lines(buf[1]);
+        if (!bad[1]) { flush_lines(buf[0]); flush_lines(buf[1]); }
         bad[2] = png_queue_flush(&queue);
         png_queue_free(&queue);
         fclose(buf[0]);
         fclose(buf[1]);
         moexc_model_free(lens_moe);
+        if (!bad[1]) {
+            if (!bad[0] && !bad[2])
+                bad[2] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
+            moexc_latent_study_free(&st);
+        }
         return bad[0] || bad[1] || bad[2];
     }
     if (buf[0]) fclose(buf[0]);
@@ -1867,11 +1888,11 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
 #endif
     (void)threads;
     if (write_csvs(in) || write_summary(in) || write_plots(in)) return 1;
-    bad[0] = run_lens(c, moe, data, stdout, NULL);
-    if (!bad[0])
-        bad[1] = write_latent_page(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, in->eval, beta_a, beta_b,
-                                   nu, stdout, NULL);
-    return bad[0] || bad[1];
+    if (run_lens(c, moe, data, stdout, NULL)) return 1;
+    if (run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, stdout)) return 1;
+    bad[0] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
+    moexc_latent_study_free(&st);
+    return bad[0];
 }
 
 /* ------------------------------------------------------------------------- */
