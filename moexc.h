@@ -5704,8 +5704,10 @@ static MOEXC__UNUSED_FN void moexc__rope_apply(float *x, const float *cos_tab, c
    tile of MR queries t0 .. t0+MR-1 meets only the key panels that start
    before t0+MR, and P v, dS k run over keys 0 .. t0+MR-1 only; a key tile
    c0 .. c0+MR-1 gets dv, dk from queries c0 .. T-1 only. So the products
-   follow the causal triangle at tile granularity (about 0.53 of the full
-   T x T work for T = 256 on AVX-512), with one K block each (kc <= KC).
+   follow the causal triangle at tile granularity, with one K block each
+   (kc <= KC). For T = 256 on AVX-512 (MR 14, NR 32) they do 0.62 of the
+   full T x T work for q kᵀ and dy vᵀ (whole key panels), 0.57 for P v and
+   dS k, 0.53 for Pᵀ dy and dSᵀ q; and no packing is repeated.
 
    Blocked (the fallback: longer sequences, or no memory for the panels):
    the T query rows are cut into blocks of at most MOEXC__ATT_BLOCK rows; the
@@ -5723,8 +5725,9 @@ static void moexc__att_tile(int kc, const float *a, const float *b, float *c, si
 }
 
 /* Workspace of the packed path, in floats (0: the packed path does not apply):
-   panels_mr (T x dh in MR-row panels), panels_nr (T x dh in NR-column panels)
-   twice, and one MR x T tile of P or dS. */
+   pa, a (T x dh) operand in MR-row panels (q; dy); pb, a transposed one in
+   NR-column panels (kᵀ; vᵀ); pc and pd, (T x dh) operands in NR-column
+   panels (v; k, then dy and q); tile, one MR-row panel of P or dS. */
 #define MOEXC__ATT_UP(x, m) (((size_t)(x) + (size_t)(m) - 1) / (size_t)(m) * (size_t)(m))
 static size_t moexc__att_ws_floats(int T, int dh)
 {
@@ -5733,7 +5736,7 @@ static size_t moexc__att_ws_floats(int T, int dh)
     size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;           /* op(B) = X   (T x dh)        */
     size_t tile = (size_t)MOEXC__GEMM_MR * (size_t)T;
     if (T > MOEXC_GEMM_KC || dh > MOEXC_GEMM_KC) return 0;
-    return mr_panels + MOEXC__MAX(nr_panels, cols) + cols + cols + tile + 128;   /* + alignment */
+    return mr_panels + nr_panels + cols + cols + tile + 128;   /* + alignment */
 }
 /* the workspace carved into its panels, each aligned to a cache line */
 typedef struct moexc__att_ws { float *pa, *pb, *pc, *pd, *tile; } moexc__att_ws;
@@ -5744,7 +5747,7 @@ static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
     size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;
     float *p = (float *)((uintptr_t)((char *)base + 63) / 64 * 64);
     w->pa = p; p += MOEXC__ATT_UP(mr_panels, 16);
-    w->pb = p; p += MOEXC__ATT_UP(MOEXC__MAX(nr_panels, cols), 16);
+    w->pb = p; p += MOEXC__ATT_UP(nr_panels, 16);
     w->pc = p; p += MOEXC__ATT_UP(cols, 16);
     w->pd = p; p += MOEXC__ATT_UP(cols, 16);
     w->tile = p;
