@@ -6020,50 +6020,6 @@ static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, fl
     moexc_linear_backward_input(du, dup, w_up, M, h, d, 1);
 }
 
-/* The same FFN with W_gate and W_up adjacent, as the dense model stores them:
-   w_gu (2h,d) = [W_gate; W_up], gu (M,2h) rows [gate | up] (kept), so both
-   projections, their weight gradient and their input gradient are one GEMM
-   each; act (M,h) as above. Forward: gu = u w_guᵀ, act = silu(gate) ⊙ up,
-   out = act W_downᵀ (overwritten). */
-static void moexc__swiglu_forward_gu(float *out, float *gu, float *act, const float *u, const float *w_gu,
-                                     const float *w_down, int M, int d, int h)
-{
-    int t;
-    if (M <= 0) return;
-    moexc_sgemm(0, 1, M, 2 * h, d, 1.0f, u, d, w_gu, d, 0.0f, gu, 2 * h);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)M * h >= MOEXC__PAR_MIN)
-#endif
-    for (t = 0; t < M; t++)
-        moexc__swiglu_act(act + (size_t)t * h, gu + (size_t)t * 2 * h, gu + (size_t)t * 2 * h + h, (size_t)h);
-    moexc_linear_forward(out, act, w_down, NULL, M, d, h);
-}
-/* Backward of the above: dout (M,d) -> du (M,d) (overwritten, or added when
-   accumulate); dw_gu (2h,d), dw_down (d,h) accumulate; dact (M,h), dgu (M,2h)
-   scratch ([dgate | dup] rows).
-     dW_down += doutᵀ act,  dact = dout W_down,
-     dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ dact ⊙ up,
-     dw_gu += dguᵀ u,  du = dgu w_gu. */
-static void moexc__swiglu_backward_gu(float *du, int accumulate, float *dw_gu, float *dw_down, float *dact,
-                                      float *dgu, const float *dout, const float *u, const float *gu,
-                                      const float *act, const float *w_gu, const float *w_down, int M, int d, int h)
-{
-    int t;
-    if (M <= 0) return;
-    moexc_linear_backward_weight(dw_down, dout, act, M, d, h);
-    moexc_linear_backward_input(dact, dout, w_down, M, d, h, 0);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)M * h >= MOEXC__PAR_MIN)
-#endif
-    for (t = 0; t < M; t++) {
-        const float *g = gu + (size_t)t * 2 * h;
-        float *dg = dgu + (size_t)t * 2 * h;
-        moexc__swiglu_act_backward(dg, dg + h, dact + (size_t)t * h, g, g + h, (size_t)h);
-    }
-    moexc_sgemm(1, 0, 2 * h, d, M, 1.0f, dgu, 2 * h, u, d, 1.0f, dw_gu, d);
-    moexc_sgemm(0, 0, M, d, 2 * h, 1.0f, dgu, 2 * h, w_gu, d, accumulate ? 1.0f : 0.0f, du, d);
-}
-
 /* ---- Mixture-of-Experts feed-forward (dropless top-k routing) ------------ */
 typedef struct moexc__moe_acts {
     float *logits, *probs;      /* (N,E)  z = u W_rᵀ, p = softmax(z)                 */
@@ -6360,8 +6316,7 @@ typedef struct moexc__layer_acts {
     float *h;                        /* (N,d) x + Attn(RMSNorm(x))                */
     float *ffn_in, *ffn_rms;         /* (N,d) RMSNorm(h), (N)                     */
     float *ffn_out;                  /* (N,d) FFN or MoE output                   */
-    float *gate, *up, *act;          /* dense (N,h_ff); gate, up rows 2 h_ff apart (one
-                                        (N,2h_ff) block: gate | up)                */
+    float *gate, *up, *act;          /* dense (N,h_ff)                            */
     moexc__moe_acts moe;             /* MoE                                       */
 } moexc__layer_acts;
 
@@ -6387,7 +6342,7 @@ struct moexc_model {
     float *logits, *lse;             /* (N,V), (N)                                 */
     /* backward scratch */
     float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;   /* dq, dk, dv: rows 3d apart, as q, k, v */
-    float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff); dgate, dup as gate, up */
+    float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff)                      */
     moexc__moe_scratch moe_sc;
     /* state of the last forward */
     int B, T, layers_done, has_targets, backward_ready;
@@ -6558,8 +6513,8 @@ static size_t moexc__layout(moexc_model *m)
             MOEXC__T(w_up, "moe.experts.w_up", 3, E, he, d, 1);
             MOEXC__T(w_down, "moe.experts.w_down", 3, E, d, he, 1);
         } else {
-            MOEXC__T(w_gate, "ffn.w_gate.weight", 2, hf, d, 0, 1);   /* w_gate, w_up adjacent: */
-            MOEXC__T(w_up, "ffn.w_up.weight", 2, hf, d, 0, 1);       /* one (2h_ff, d) matrix   */
+            MOEXC__T(w_gate, "ffn.w_gate.weight", 2, hf, d, 0, 1);
+            MOEXC__T(w_up, "ffn.w_up.weight", 2, hf, d, 0, 1);
             MOEXC__T(w_down, "ffn.w_down.weight", 2, d, hf, 0, 1);
         }
 #undef MOEXC__T
@@ -6657,8 +6612,8 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
             ma->assign_token = moexc__carve_int(ib, &ic, N * k);
             ma->token_assign = moexc__carve_int(ib, &ic, N * k);
         } else {
-            a->gate = moexc__carve(fb, &fc, N * 2 * hf);  /* gate, up side by side in rows of 2 h_ff */
-            a->up = a->gate ? a->gate + hf : NULL;
+            a->gate = moexc__carve(fb, &fc, N * hf);
+            a->up = moexc__carve(fb, &fc, N * hf);
             a->act = moexc__carve(fb, &fc, N * hf);
         }
     }
@@ -6693,8 +6648,8 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
             t->moe_sc.dw = moexc__carve(fb, &fc, N * k);
         } else {
             t->dff_act = moexc__carve(fb, &fc, N * hf);
-            t->dff_gate = moexc__carve(fb, &fc, N * 2 * hf);   /* dgate, dup in rows of 2 h_ff */
-            t->dff_up = t->dff_gate ? t->dff_gate + hf : NULL;
+            t->dff_gate = moexc__carve(fb, &fc, N * hf);
+            t->dff_up = moexc__carve(fb, &fc, N * hf);
         }
     }
     *nf = fc;
@@ -6904,7 +6859,8 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
         if (c->ffn == MOEXC_FFN_MOE)
             moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
         else
-            moexc__swiglu_forward_gu(a->ffn_out, a->gate, a->act, a->ffn_in, w->w_gate, w->w_down, N, d, c->d_ff);
+            moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
+                                  N, d, c->d_ff);
         if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_FFN_OUT)
             memcpy(a->ffn_out, m->replace, (size_t)N * d * sizeof(float));
         if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_RESID) {
@@ -7011,8 +6967,9 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
             moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
                                 m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
         } else
-            moexc__swiglu_backward_gu(m->dnorm, 0, g->w_gate, g->w_down, m->dff_act, m->dff_gate, m->dx, a->ffn_in,
-                                      a->gate, a->act, w->w_gate, w->w_down, N, d, c->d_ff);
+            moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
+                                   m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
+                                   N, d, c->d_ff);
         moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
         /* h = x + Attn(RMSNorm(x)): dx is dh here and becomes dx */
         moexc_linear_backward_weight(g->wo, m->dx, a->att_y, N, d, d);
