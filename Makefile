@@ -155,6 +155,9 @@ bench-gemm: bench-deps
 # functions), so it is built from moexc.h alone, not linked with moexc.o.
 $(BUILD)/test_model: tests/test_model.c moexc.h tests/harness.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
+# test_attention likewise (packed attention against the blocked path).
+$(BUILD)/test_attention: tests/test_attention.c moexc.h tests/harness.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
 # Regenerate the PyTorch fixtures (needs /usr/bin/python3 with torch).
 .PHONY: model-fixtures
 model-fixtures:

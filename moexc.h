@@ -6109,24 +6109,24 @@ static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int 
             sin_tab[(size_t)t * half + i] = (float)sin(angle);
         }
 }
-/* x (B,T,H·dh) in place. Dim i pairs with i + dh/2 at position t:
+/* x (B,T,H·dh) in place, rows ld floats apart. Dim i pairs with i + dh/2 at position t:
      forward:  (x1, x2) <- (x1 cos θ − x2 sin θ,  x1 sin θ + x2 cos θ)
      backward (inverse = 1) applies the transpose, i.e. the rotation by −θ,
      which maps the gradient w.r.t. the rotated vector to the one w.r.t. x. */
-static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_tab,
-                              int B, int T, int H, int dh, int inverse)
+static void moexc__rope_apply_ld(float *x, size_t ld, const float *cos_tab, const float *sin_tab,
+                                 int B, int T, int H, int dh, int inverse)
 {
-    int bt, half = dh / 2, d = H * dh;
+    int bt, half = dh / 2;
     float sign = inverse ? -1.0f : 1.0f;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)B * T * d >= MOEXC__PAR_MIN)
+#pragma omp parallel for schedule(static) if ((double)B * T * H * dh >= MOEXC__PAR_MIN)
 #endif
     for (bt = 0; bt < B * T; bt++) {
         int t = bt % T, h, i;
         const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
         moexc__vf vsign = moexc__vset1(sign);
         for (h = 0; h < H; h++) {
-            float *v = x + (size_t)bt * d + (size_t)h * dh;
+            float *v = x + (size_t)bt * ld + (size_t)h * dh;
             for (i = 0; i + MOEXC__VW <= half; i += MOEXC__VW) {
                 moexc__vf x1 = moexc__vload(v + i), x2 = moexc__vload(v + i + half);
                 moexc__vf vc = moexc__vload(c + i), sn = moexc__vmul(vsign, moexc__vload(s + i));
@@ -6142,101 +6142,286 @@ static void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_t
     }
 }
 
+/* the same on rows of d = H·dh floats */
+static MOEXC__UNUSED_FN void moexc__rope_apply(float *x, const float *cos_tab, const float *sin_tab,
+                                               int B, int T, int H, int dh, int inverse)
+{
+    moexc__rope_apply_ld(x, (size_t)H * dh, cos_tab, sin_tab, B, T, H, dh, inverse);
+}
+
 /* ---- causal multi-head self-attention ------------------------------------ */
-/* Causal blocks: the T query rows of a (batch, head) are cut into blocks of at
-   most MOEXC__ATT_BLOCK rows; the block of rows r0 .. r1-1 sees keys 0 .. r1-1
-   only, so the GEMMs skip the all-zero part above the diagonal (for T = 256
-   and blocks of 56 rows they do 0.60 of the full T x T work). A block is the
-   whole GEMM register tiles of rows closest to 64 (56 rows on AVX-512), so
-   that no tile is a partial one. Every element is still summed over the same
-   keys in the same order (the terms left out are exact zeros), so the blocks
-   change no bit while T <= MOEXC_GEMM_KC. */
+/* Two ways to run one (batch, head); both sum every element over the same
+   keys in the same order (terms they leave out are exact zeros), so they give
+   the same bits.
+
+   Packed (T <= MOEXC_GEMM_KC and dh <= MOEXC_GEMM_KC, with a workspace): the
+   head's q, k, v (and dy in backward) are packed into GEMM panels once per
+   (batch, head), and the GEMM micro-kernel runs on them tile by tile. A row
+   tile of MR queries t0 .. t0+MR-1 meets only the key panels that start
+   before t0+MR, and P v, dS k run over keys 0 .. t0+MR-1 only; a key tile
+   c0 .. c0+MR-1 gets dv, dk from queries c0 .. T-1 only. So the products
+   follow the causal triangle at tile granularity, with one K block each
+   (kc <= KC). For T = 256 on AVX-512 (MR 14, NR 32) they do 0.62 of the
+   full T x T work for q kᵀ and dy vᵀ (whole key panels), 0.57 for P v and
+   dS k, 0.53 for Pᵀ dy and dSᵀ q; and no packing is repeated.
+
+   Blocked (the fallback: longer sequences, or no memory for the panels):
+   the T query rows are cut into blocks of at most MOEXC__ATT_BLOCK rows; the
+   block of rows r0 .. r1-1 sees keys 0 .. r1-1 only, and moexc_sgemm runs on
+   the strided q, k, v (0.60 of the full T x T work for T = 256 and blocks of
+   56 rows). A block is the whole GEMM register tiles of rows closest to 64
+   (56 rows on AVX-512). */
 #define MOEXC__ATT_BLOCK (64 / MOEXC__GEMM_MR * MOEXC__GEMM_MR)
 
-/* q, k, v (B,T,d), q and k already rotated; att (B,H,T,T) receives the rows
-   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
-   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head) and
-   causal block of rows: S = q kᵀ / sqrt(dh) over the block's key prefix, the
-   causal softmax, y = P v. */
-static void moexc__attention_forward(float *y, float *att, const float *q, const float *k, const float *v,
-                                     int B, int T, int H, int dh)
+/* C tile (mr x nr, row stride ldc) = alpha * (packed A panel) (packed B panel) over kc */
+static void moexc__att_tile(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, float alpha)
 {
-    int bh, d = H * dh;
+    if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR) moexc__gemm_kernel(kc, a, b, c, ldc, alpha, 0.0f, 1);
+    else moexc__gemm_kernel_edge(kc, a, b, c, ldc, mr, nr, alpha, 0.0f, 1);
+}
+
+/* Workspace of the packed path, in floats (0: the packed path does not apply):
+   pa, a (T x dh) operand in MR-row panels (q; dy); pb, a transposed one in
+   NR-column panels (kᵀ; vᵀ); pc and pd, (T x dh) operands in NR-column
+   panels (v; k, then dy and q); tile, one MR-row panel of P or dS. */
+#define MOEXC__ATT_UP(x, m) (((size_t)(x) + (size_t)(m) - 1) / (size_t)(m) * (size_t)(m))
+static size_t moexc__att_ws_floats(int T, int dh)
+{
+    size_t mr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_MR) * (size_t)dh;      /* op(A) = X,  X (T x dh)      */
+    size_t nr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_NR) * (size_t)dh;      /* op(B) = Xᵀ, X (T x dh)      */
+    size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;           /* op(B) = X   (T x dh)        */
+    size_t tile = (size_t)MOEXC__GEMM_MR * (size_t)T;
+    if (T > MOEXC_GEMM_KC || dh > MOEXC_GEMM_KC) return 0;
+    return mr_panels + nr_panels + cols + cols + tile + 128;   /* + alignment */
+}
+/* the workspace carved into its panels, each aligned to a cache line */
+typedef struct moexc__att_ws { float *pa, *pb, *pc, *pd, *tile; } moexc__att_ws;
+static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
+{
+    size_t mr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_MR) * (size_t)dh;
+    size_t nr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_NR) * (size_t)dh;
+    size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;
+    float *p = (float *)((uintptr_t)((char *)base + 63) / 64 * 64);
+    w->pa = p; p += MOEXC__ATT_UP(mr_panels, 16);
+    w->pb = p; p += MOEXC__ATT_UP(nr_panels, 16);
+    w->pc = p; p += MOEXC__ATT_UP(cols, 16);
+    w->pd = p; p += MOEXC__ATT_UP(cols, 16);
+    w->tile = p;
+}
+
+/* One (batch, head) of the forward below, blocked. */
+static void moexc__attention_forward_blocked(float *y, float *P, const float *q, const float *k, const float *v,
+                                             int ld, int T, int d, int dh, float scale)
+{
+    int r0, t;
+    for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+        int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+        float *Pb = P + (size_t)r0 * T;
+        /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
+        moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + (size_t)r0 * ld, ld, k, ld, 0.0f, Pb, T);
+        /* causal softmax, max subtracted: row t sees keys 0..t */
+        for (t = r0; t < r1; t++) {
+            float *row = P + (size_t)t * T;
+            moexc_softmax_rows(row, row, 1, t + 1);
+            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        /* y = P v  (rows r0..r1-1) */
+        moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v, ld, 0.0f, y + (size_t)r0 * d, d);
+    }
+}
+/* One (batch, head) of the forward below, on packed panels. */
+static void moexc__attention_forward_packed(float *y, float *P, const float *q, const float *k, const float *v,
+                                            int ld, int T, int d, int dh, float scale, const moexc__att_ws *w)
+{
+    int t0, t, j0;
+    moexc__gemm_pack_a(w->pa, 0, q, (size_t)ld, 0, T, 0, dh);    /* q  in MR-row panels    */
+    moexc__gemm_pack_b(w->pb, 1, k, (size_t)ld, 0, T, 0, dh);    /* kᵀ in NR-column panels */
+    moexc__gemm_pack_b(w->pc, 0, v, (size_t)ld, 0, dh, 0, T);    /* v  in NR-column panels */
+    for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), keys = t0 + mr;
+        /* S = q kᵀ / sqrt(dh): rows t0..t0+mr-1, the key panels that start before t0+mr */
+        for (j0 = 0; j0 < keys; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(dh, w->pa + (size_t)t0 * dh, w->pb + (size_t)j0 * dh, P + (size_t)t0 * T + j0, (size_t)T,
+                            mr, MOEXC__MIN(MOEXC__GEMM_NR, T - j0), scale);
+        /* causal softmax, max subtracted: row t sees keys 0..t */
+        for (t = t0; t < keys; t++) {
+            float *row = P + (size_t)t * T;
+            moexc_softmax_rows(row, row, 1, t + 1);
+            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+        }
+        /* y = P v: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
+        moexc__gemm_pack_a(w->tile, 0, P, (size_t)T, t0, mr, 0, keys);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(keys, w->tile, w->pc + (size_t)j0 * T, y + (size_t)t0 * d + j0, (size_t)d,
+                            mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+    }
+}
+
+/* q, k, v (B,T,d) with rows ld floats apart, q and k already rotated;
+   att (B,H,T,T) receives the rows
+   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
+   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head):
+   S = q kᵀ / sqrt(dh), the causal softmax, y = P v, by row tiles (packed)
+   or row blocks (blocked). */
+static void moexc__attention_forward_ld(float *y, float *att, const float *q, const float *k, const float *v,
+                                        int ld, int B, int T, int H, int dh)
+{
+    int d = H * dh;
     float scale = 1.0f / sqrtf((float)dh);
+    size_t ws_floats = moexc__att_ws_floats(T, dh);
 #ifdef _OPENMP
     /* one (batch, head) per iteration: disjoint outputs, so any thread count
        gives the same bits; small problems stay serial (a parallel region
-       costs more than it saves) */
-#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+       costs more than it saves). Each thread packs into its own workspace. */
+#pragma omp parallel if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
-    for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, r0, t;
-        size_t off = (size_t)b * T * d + (size_t)h * dh;
-        float *P = att + (size_t)bh * T * T;
-        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
-            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
-            float *Pb = P + (size_t)r0 * T;
-            /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
-            moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + off + (size_t)r0 * d, d, k + off, d, 0.0f, Pb, T);
-            /* causal softmax, max subtracted: row t sees keys 0..t */
-            for (t = r0; t < r1; t++) {
-                float *row = P + (size_t)t * T;
-                moexc_softmax_rows(row, row, 1, t + 1);
-                if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-            }
-            /* y = P v  (rows r0..r1-1) */
-            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v + off, d, 0.0f, y + off + (size_t)r0 * d, d);
+    {
+        float *raw = ws_floats ? (float *)moexc__malloc(moexc__mul_size(ws_floats, sizeof(float))) : NULL;
+        moexc__att_ws w;
+        int bh;
+        if (raw) moexc__att_ws_carve(&w, raw, T, dh);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            size_t off = (size_t)b * T * d + (size_t)h * dh, o = (size_t)b * T * ld + (size_t)h * dh;
+            float *P = att + (size_t)bh * T * T;
+            if (raw) moexc__attention_forward_packed(y + off, P, q + o, k + o, v + o, ld, T, d, dh, scale, &w);
+            else moexc__attention_forward_blocked(y + off, P, q + o, k + o, v + o, ld, T, d, dh, scale);
         }
+        moexc__free(raw);
     }
 }
-/* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k);
-   datt (B,H,T,T) is scratch (above the diagonal blocks it is not written).
+
+/* One (batch, head) of the backward below, blocked. */
+static void moexc__attention_backward_blocked(float *dq, float *dk, float *dv, float *dS, const float *dy,
+                                              const float *P, const float *q, const float *k, const float *v,
+                                              int ld, int T, int d, int dh, float scale)
+{
+    int r0, t;
+    for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+        int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+        /* dP (rows r0..r1-1, keys 0..r1-1) */
+        moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + (size_t)r0 * d, d, v, ld, 0.0f, dS + (size_t)r0 * T, T);
+        /* zeros above the diagonal inside the block, the only ones the
+           GEMMs below read */
+        for (t = r0; t < r1; t++) {
+            float *ds = dS + (size_t)t * T;
+            moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
+            if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
+        }
+        /* dq = dS k  (rows r0..r1-1) */
+        moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k, ld, 0.0f, dq + (size_t)r0 * ld, ld);
+    }
+    for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
+        int c1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
+        const float *Pc = P + (size_t)r0 * T + r0;
+        const float *dSc = dS + (size_t)r0 * T + r0;
+        /* dv = Pᵀ dy and dk = dSᵀ q (keys r0..c1-1, rows r0..T-1) */
+        moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, Pc, T, dy + (size_t)r0 * d, d, 0.0f, dv + (size_t)r0 * ld, ld);
+        moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, dSc, T, q + (size_t)r0 * ld, ld, 0.0f, dk + (size_t)r0 * ld, ld);
+    }
+}
+/* One (batch, head) of the backward below, on packed panels. */
+static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, float *dS, const float *dy,
+                                             const float *P, const float *q, const float *k, const float *v,
+                                             int ld, int T, int d, int dh, float scale, const moexc__att_ws *w)
+{
+    int t0, t, j0;
+    moexc__gemm_pack_a(w->pa, 0, dy, (size_t)d, 0, T, 0, dh);    /* dy in MR-row panels    */
+    moexc__gemm_pack_b(w->pb, 1, v, (size_t)ld, 0, T, 0, dh);    /* vᵀ in NR-column panels */
+    moexc__gemm_pack_b(w->pc, 0, k, (size_t)ld, 0, dh, 0, T);    /* k  in NR-column panels */
+    for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), keys = t0 + mr;
+        /* dP = dy vᵀ: rows t0..t0+mr-1, the key panels that start before t0+mr */
+        for (j0 = 0; j0 < keys; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(dh, w->pa + (size_t)t0 * dh, w->pb + (size_t)j0 * dh, dS + (size_t)t0 * T + j0,
+                            (size_t)T, mr, MOEXC__MIN(MOEXC__GEMM_NR, T - j0), 1.0f);
+        /* dS, with zeros above the diagonal inside the tile: the only ones
+           the products below read */
+        for (t = t0; t < keys; t++) {
+            float *ds = dS + (size_t)t * T;
+            moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
+            if (t + 1 < keys) memset(ds + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
+        }
+        /* dq = dS k: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
+        moexc__gemm_pack_a(w->tile, 0, dS, (size_t)T, t0, mr, 0, keys);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(keys, w->tile, w->pc + (size_t)j0 * T, dq + (size_t)t0 * ld + j0, (size_t)ld,
+                            mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+    }
+    /* dv = Pᵀ dy and dk = dSᵀ q: keys c0..c0+mr-1 over queries c0..T-1 */
+    moexc__gemm_pack_b(w->pc, 0, dy, (size_t)d, 0, dh, 0, T);    /* dy in NR-column panels */
+    moexc__gemm_pack_b(w->pd, 0, q, (size_t)ld, 0, dh, 0, T);    /* q  in NR-column panels */
+    for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
+        const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), rows = T - t0;
+        moexc__gemm_pack_a(w->tile, 1, P, (size_t)T, t0, mr, t0, rows);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(rows, w->tile, w->pc + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
+                            dv + (size_t)t0 * ld + j0, (size_t)ld, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+        moexc__gemm_pack_a(w->tile, 1, dS, (size_t)T, t0, mr, t0, rows);
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+            moexc__att_tile(rows, w->tile, w->pd + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
+                            dk + (size_t)t0 * ld + j0, (size_t)ld, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+    }
+}
+
+/* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k),
+   rows ld floats apart like q, k, v;
+   datt (B,H,T,T) is scratch (above the diagonal tiles or blocks it is not
+   written).
      dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
      dq = dS k,   dk = dSᵀ q.
-   dP, dS and dq go by causal blocks of rows (rows r0..r1-1 need keys
-   0..r1-1); dv and dk by blocks of keys (keys c0..c1-1 get gradient from
-   rows c0..T-1 only). */
-static void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dy,
-                                      const float *att, const float *q, const float *k, const float *v,
-                                      int B, int T, int H, int dh)
+   dP, dS and dq go by causal tiles or blocks of rows (rows r0..r1-1 need
+   keys 0..r1-1); dv and dk by tiles or blocks of keys (keys c0..c1-1 get
+   gradient from rows c0..T-1 only). */
+static void moexc__attention_backward_ld(float *dq, float *dk, float *dv, float *datt, const float *dy,
+                                         const float *att, const float *q, const float *k, const float *v,
+                                         int ld, int B, int T, int H, int dh)
 {
-    int bh, d = H * dh;
+    int d = H * dh;
     float scale = 1.0f / sqrtf((float)dh);
+    size_t ws_floats = moexc__att_ws_floats(T, dh);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
+#pragma omp parallel if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
-    for (bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H, r0, t;
-        size_t off = (size_t)b * T * d + (size_t)h * dh;
-        const float *P = att + (size_t)bh * T * T;
-        float *dS = datt + (size_t)bh * T * T;
-        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
-            int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
-            /* dP (rows r0..r1-1, keys 0..r1-1) */
-            moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + off + (size_t)r0 * d, d, v + off, d, 0.0f,
-                        dS + (size_t)r0 * T, T);
-            /* zeros above the diagonal inside the block, the only ones the
-               GEMMs below read */
-            for (t = r0; t < r1; t++) {
-                float *ds = dS + (size_t)t * T;
-                moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
-                if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
-            }
-            /* dq = dS k  (rows r0..r1-1) */
-            moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k + off, d, 0.0f,
-                        dq + off + (size_t)r0 * d, d);
+    {
+        float *raw = ws_floats ? (float *)moexc__malloc(moexc__mul_size(ws_floats, sizeof(float))) : NULL;
+        moexc__att_ws w;
+        int bh;
+        if (raw) moexc__att_ws_carve(&w, raw, T, dh);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (bh = 0; bh < B * H; bh++) {
+            int b = bh / H, h = bh % H;
+            size_t off = (size_t)b * T * d + (size_t)h * dh, o = (size_t)b * T * ld + (size_t)h * dh;
+            const float *P = att + (size_t)bh * T * T;
+            float *dS = datt + (size_t)bh * T * T;
+            if (raw)
+                moexc__attention_backward_packed(dq + o, dk + o, dv + o, dS, dy + off, P, q + o, k + o, v + o,
+                                                 ld, T, d, dh, scale, &w);
+            else
+                moexc__attention_backward_blocked(dq + o, dk + o, dv + o, dS, dy + off, P, q + o, k + o, v + o,
+                                                  ld, T, d, dh, scale);
         }
-        for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
-            int c1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
-            const float *Pc = P + (size_t)r0 * T + r0;
-            const float *dSc = dS + (size_t)r0 * T + r0;
-            /* dv = Pᵀ dy and dk = dSᵀ q (keys r0..c1-1, rows r0..T-1) */
-            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, Pc, T, dy + off + (size_t)r0 * d, d, 0.0f,
-                        dv + off + (size_t)r0 * d, d);
-            moexc_sgemm(1, 0, c1 - r0, dh, T - r0, 1.0f, dSc, T, q + off + (size_t)r0 * d, d, 0.0f,
-                        dk + off + (size_t)r0 * d, d);
-        }
+        moexc__free(raw);
     }
+}
+
+/* The two above on q, k, v, dq, dk, dv with rows of d = H·dh floats (the
+   model keeps them in rows of 3d; tests/test_model.c calls these). */
+static MOEXC__UNUSED_FN void moexc__attention_forward(float *y, float *att, const float *q, const float *k,
+                                                      const float *v, int B, int T, int H, int dh)
+{
+    moexc__attention_forward_ld(y, att, q, k, v, H * dh, B, T, H, dh);
+}
+static MOEXC__UNUSED_FN void moexc__attention_backward(float *dq, float *dk, float *dv, float *datt,
+                                                       const float *dy, const float *att, const float *q,
+                                                       const float *k, const float *v, int B, int T, int H, int dh)
+{
+    moexc__attention_backward_ld(dq, dk, dv, datt, dy, att, q, k, v, H * dh, B, T, H, dh);
 }
 
 /* ---- SwiGLU feed-forward (the dense FFN and every expert) ---------------- */
@@ -6298,7 +6483,8 @@ typedef struct moexc__moe_acts {
     int   *choice;              /* (N,k)  S(t), descending p, lowest index on ties   */
     float *weight;              /* (N,k)  gate w_ti                                  */
     int   *expert_offset;       /* (E+1)  assignments grouped by expert              */
-    int   *expert_cursor;       /* (E)    scratch                                    */
+    int   *expert_cursor;       /* (E)    scratch while grouping, then the experts   */
+                                /*        by descending load (the schedule)          */
     int   *assign_token;        /* (N*k)  token of each grouped assignment           */
     int   *token_assign;        /* (N*k)  grouped assignment of (t, slot)            */
     float *xg;                  /* (N*k,d)   gathered inputs                         */
@@ -6384,18 +6570,29 @@ static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, c
             a->assign_token[slot] = t;
             a->token_assign[(size_t)t * k + s] = slot;
         }
+    /* the schedule: experts by descending load (lowest index first on
+       ties), so that the dynamic schedule below hands out the big ones first */
+    for (i = 0; i < E; i++) {
+        int load = a->expert_offset[i + 1] - a->expert_offset[i], j = i;
+        for (; j > 0; j--) {
+            int prev = a->expert_cursor[j - 1];
+            if (a->expert_offset[prev + 1] - a->expert_offset[prev] >= load) break;
+            a->expert_cursor[j] = prev;
+        }
+        a->expert_cursor[j] = i;
+    }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (par)
 #endif
     for (s = 0; s < N * k; s++)
         memcpy(a->xg + (size_t)s * d, u + (size_t)a->assign_token[s] * d, (size_t)d * sizeof(float));
     /* the experts side by side, one thread each (their GEMMs then run on one
-       thread, and a GEMM's bits do not depend on that) */
+       thread, and a GEMM's bits do not depend on that), biggest first */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (par && E > 1)
 #endif
-    for (e = 0; e < E; e++) {
-        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
+    for (i = 0; i < E; i++) {
+        int e = a->expert_cursor[i], o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
                               a->act + (size_t)o * h, a->xg + (size_t)o * d,
                               w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
@@ -6441,7 +6638,7 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
                                 int N, const moexc__moe_dims *md)
 {
     int d = md->d, E = md->E, k = md->k, h = md->h;
-    int t, e, par = (double)N * (E + d) >= MOEXC__PAR_MIN;
+    int t, i, par = (double)N * (E + d) >= MOEXC__PAR_MIN;
     (void)par;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (par)
@@ -6460,8 +6657,8 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
 #ifdef _OPENMP
 #pragma omp parallel for schedule(dynamic, 1) if (par && E > 1)
 #endif
-    for (e = 0; e < E; e++) {
-        int o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
+    for (i = 0; i < E; i++) {   /* the forward's schedule, biggest expert first */
+        int e = a->expert_cursor[i], o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
                                dw_gate + (size_t)e * h * d, dw_up + (size_t)e * h * d, dw_down + (size_t)e * d * h,
                                sc->d_act + (size_t)o * h, sc->d_gate + (size_t)o * h, sc->d_up + (size_t)o * h,
@@ -6568,7 +6765,8 @@ typedef struct moexc__weights {
 typedef struct moexc__layer_acts {
     float *x;                        /* (N,d) residual entering the block         */
     float *attn_in, *attn_rms;       /* (N,d) RMSNorm(x), (N) its 1/rms          */
-    float *q, *k, *v;                /* (N,d) q, k rotated                        */
+    float *q, *k, *v;                /* (N,d) each, rows 3d apart (one (N,3d) block:
+                                        q | k | v); q, k rotated                  */
     float *att;                      /* (B,H,T,T) attention probabilities         */
     float *att_y;                    /* (N,d) heads before W_o                    */
     float *h;                        /* (N,d) x + Attn(RMSNorm(x))                */
@@ -6599,7 +6797,7 @@ struct moexc_model {
     float *xf, *xf_rms;              /* (N,d) final RMSNorm, (N)                   */
     float *logits, *lse;             /* (N,V), (N)                                 */
     /* backward scratch */
-    float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;
+    float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;   /* dq, dk, dv: rows 3d apart, as q, k, v */
     float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff)                      */
     moexc__moe_scratch moe_sc;
     /* state of the last forward */
@@ -6760,9 +6958,9 @@ static size_t moexc__layout(moexc_model *m)
             moexc__add_tensor(m, &n, &off, &w->field, &g->field, name, ndim, s0, s1, s2, decay); \
         } while (0)
         MOEXC__T(attn_norm, "attn_norm.weight", 1, d, 0, 0, 0);
-        MOEXC__T(wq, "attn.wq.weight", 2, d, d, 0, 1);
-        MOEXC__T(wk, "attn.wk.weight", 2, d, d, 0, 1);
-        MOEXC__T(wv, "attn.wv.weight", 2, d, d, 0, 1);
+        MOEXC__T(wq, "attn.wq.weight", 2, d, d, 0, 1);    /* wq, wk, wv adjacent: the forward */
+        MOEXC__T(wk, "attn.wk.weight", 2, d, d, 0, 1);    /* and backward use them as one    */
+        MOEXC__T(wv, "attn.wv.weight", 2, d, d, 0, 1);    /* (3d, d) matrix                   */
         MOEXC__T(wo, "attn.wo.weight", 2, d, d, 0, 1);
         MOEXC__T(ffn_norm, "ffn_norm.weight", 1, d, 0, 0, 0);
         if (c->ffn == MOEXC_FFN_MOE) {
@@ -6842,9 +7040,9 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
         a->x = moexc__carve(fb, &fc, N * d);
         a->attn_in = moexc__carve(fb, &fc, N * d);
         a->attn_rms = moexc__carve(fb, &fc, N);
-        a->q = moexc__carve(fb, &fc, N * d);
-        a->k = moexc__carve(fb, &fc, N * d);
-        a->v = moexc__carve(fb, &fc, N * d);
+        a->q = moexc__carve(fb, &fc, N * 3 * d);      /* q, k, v side by side in rows of 3d */
+        a->k = a->q ? a->q + d : NULL;
+        a->v = a->q ? a->q + 2 * d : NULL;
         a->att = moexc__carve(fb, &fc, att);
         a->att_y = moexc__carve(fb, &fc, N * d);
         a->h = moexc__carve(fb, &fc, N * d);
@@ -6889,9 +7087,9 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
         /* backward scratch, shared by all layers */
         t->dx = moexc__carve(fb, &fc, N * d);
         t->dnorm = moexc__carve(fb, &fc, N * d);
-        t->dq = moexc__carve(fb, &fc, N * d);
-        t->dk = moexc__carve(fb, &fc, N * d);
-        t->dv = moexc__carve(fb, &fc, N * d);
+        t->dq = moexc__carve(fb, &fc, N * 3 * d);      /* dq, dk, dv in rows of 3d */
+        t->dk = t->dq ? t->dq + d : NULL;
+        t->dv = t->dq ? t->dq + 2 * d : NULL;
         t->datt_y = moexc__carve(fb, &fc, N * d);
         t->datt = moexc__carve(fb, &fc, att);
         t->dlogits = moexc__carve(fb, &fc, N * V);
@@ -7105,12 +7303,12 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
         const moexc__layer_weights *w = &m->w.layer[l];
         float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
         /* h = x + Attn(RMSNorm(x)), RMSNorm(x) made by the step before */
-        moexc_linear_forward(a->q, a->attn_in, w->wq, NULL, N, d, d);
-        moexc_linear_forward(a->k, a->attn_in, w->wk, NULL, N, d, d);
-        moexc_linear_forward(a->v, a->attn_in, w->wv, NULL, N, d, d);
-        moexc__rope_apply(a->q, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
-        moexc__rope_apply(a->k, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
-        moexc__attention_forward(a->att_y, a->att, a->q, a->k, a->v, B, T, H, dh);
+        /* [q | k | v] (N,3d) = RMSNorm(x) [W_q; W_k; W_v]ᵀ, one product: the
+           three weights are adjacent in the layout (>>model) */
+        moexc_sgemm(0, 1, N, 3 * d, d, 1.0f, a->attn_in, d, w->wq, d, 0.0f, a->q, 3 * d);
+        moexc__rope_apply_ld(a->q, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+        moexc__rope_apply_ld(a->k, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+        moexc__attention_forward_ld(a->att_y, a->att, a->q, a->k, a->v, 3 * d, B, T, H, dh);
         moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
         /* y = h + FFN(RMSNorm(h)) */
         moexc__residual_rmsnorm_forward(a->h, a->h, a->x, a->ffn_in, a->ffn_rms, w->ffn_norm, N, d);
@@ -7232,15 +7430,14 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
         /* h = x + Attn(RMSNorm(x)): dx is dh here and becomes dx */
         moexc_linear_backward_weight(g->wo, m->dx, a->att_y, N, d, d);
         moexc_linear_backward_input(m->datt_y, m->dx, w->wo, N, d, d, 0);
-        moexc__attention_backward(m->dq, m->dk, m->dv, m->datt, m->datt_y, a->att, a->q, a->k, a->v, B, T, H, dh);
-        moexc__rope_apply(m->dq, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
-        moexc__rope_apply(m->dk, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
-        moexc_linear_backward_weight(g->wq, m->dq, a->attn_in, N, d, d);
-        moexc_linear_backward_weight(g->wk, m->dk, a->attn_in, N, d, d);
-        moexc_linear_backward_weight(g->wv, m->dv, a->attn_in, N, d, d);
-        moexc_linear_backward_input(m->dnorm, m->dq, w->wq, N, d, d, 0);
-        moexc_linear_backward_input(m->dnorm, m->dk, w->wk, N, d, d, 1);
-        moexc_linear_backward_input(m->dnorm, m->dv, w->wv, N, d, d, 1);
+        moexc__attention_backward_ld(m->dq, m->dk, m->dv, m->datt, m->datt_y, a->att, a->q, a->k, a->v, 3 * d,
+                                     B, T, H, dh);
+        moexc__rope_apply_ld(m->dq, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        moexc__rope_apply_ld(m->dk, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        /* with W = [W_q; W_k; W_v] (3d,d) and dY = [dq | dk | dv] (N,3d):
+           dW += dYᵀ RMSNorm(x),  dRMSNorm(x) = dY W, one product each */
+        moexc_sgemm(1, 0, 3 * d, d, N, 1.0f, m->dq, 3 * d, a->attn_in, d, 1.0f, g->wq, d);
+        moexc_sgemm(0, 0, N, d, 3 * d, 1.0f, m->dq, 3 * d, w->wq, d, 0.0f, m->dnorm, d);
         moexc__rmsnorm_backward(m->dx, g->attn_norm, m->dnorm, a->x, w->attn_norm, a->attn_rms, N, d);
     }
     moexc__embedding_backward(m->g.tok_emb, m->dx, m->tokens, N, d);

@@ -235,7 +235,8 @@ static int commit_tmp(FILE *f, const char *path)
     return 0;
 }
 
-static int save_png(const char *dir, const char *name, const moexc_canvas *c)
+/* Write a PNG and say so on `out`. */
+static int save_png_to(FILE *out, const char *dir, const char *name, const moexc_canvas *c)
 {
     char path[4096];
     join(path, sizeof(path), dir, name);
@@ -243,8 +244,12 @@ static int save_png(const char *dir, const char *name, const moexc_canvas *c)
         fprintf(stderr, "moexc_demo: cannot write %s\n", path);
         return 1;
     }
-    printf("  wrote %s\n", path);
+    fprintf(out, "  wrote %s\n", path);
     return 0;
+}
+static int save_png(const char *dir, const char *name, const moexc_canvas *c)
+{
+    return save_png_to(stdout, dir, name, c);
 }
 
 /* A JSON number, or null for NaN / infinity. */
@@ -1587,12 +1592,90 @@ static int load_corpus(moexc_tokens *data, const demo_config *c)
 /* any checkpoint): routing, concentration, single-expert early decoding and  */
 /* perplexity with k' = 1..k experts, on each domain's held-out tail.         */
 
+/* PNGs queued for encoding: zlib compression is much of the time steps 7
+   and 8 take, so when they run side by side their figures are copied here
+   and encoded side by side afterwards (png_queue_flush). */
+typedef struct png_queue { int n, cap, failed; char **path; moexc_canvas *canvas; } png_queue;
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
+static void png_queue_free(png_queue *q)
+{
+    int i;
+    for (i = 0; i < q->n; i++) { free(q->path[i]); free(q->canvas[i].rgb); }
+    free(q->path); free(q->canvas);
+    memset(q, 0, sizeof(*q));
+}
+#endif
+/* Copy the figure into the queue (0), or fail for want of memory (1). */
+static int png_queue_add(png_queue *q, const char *path, const moexc_canvas *c)
+{
+    size_t bytes = (size_t)c->width * (size_t)c->height * 3;
+    int bad = 0;
+#ifdef _OPENMP
+#   pragma omp critical (demo_png_queue)
+#endif
+    {
+        if (q->n == q->cap) {
+            int cap = q->cap ? 2 * q->cap : 16;
+            char **np = (char **)realloc(q->path, (size_t)cap * sizeof(*np));
+            moexc_canvas *nc = np ? (moexc_canvas *)realloc(q->canvas, (size_t)cap * sizeof(*nc)) : NULL;
+            if (np) q->path = np;
+            if (nc) { q->canvas = nc; q->cap = cap; }
+        }
+        if (q->n < q->cap) {
+            char *pcopy = (char *)malloc(strlen(path) + 1);
+            unsigned char *rgb = (unsigned char *)malloc(bytes ? bytes : 1);
+            if (pcopy && rgb) {
+                strcpy(pcopy, path);
+                memcpy(rgb, c->rgb, bytes);
+                q->path[q->n] = pcopy;
+                q->canvas[q->n] = *c;
+                q->canvas[q->n].rgb = rgb;
+                q->canvas[q->n].owned = 0;
+                q->n++;
+            } else {
+                free(pcopy); free(rgb); bad = 1;
+            }
+        } else {
+            bad = 1;
+        }
+    }
+    return bad;
+}
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
+/* Encode every queued figure, side by side on the threads there are; 1 if one failed. */
+static int png_queue_flush(png_queue *q)
+{
+    int i, bad = 0;
+#   pragma omp parallel for schedule(dynamic, 1) reduction(|: bad)
+    for (i = 0; i < q->n; i++) {
+        const moexc_canvas *c = &q->canvas[i];
+        if (!stbi_write_png(q->path[i], c->width, c->height, 3, c->rgb, c->width * 3)) {
+            fprintf(stderr, "moexc_demo: cannot write %s\n", q->path[i]);
+            bad = 1;
+        }
+    }
+    return bad;
+}
+#endif
+
+/* Where steps 7 and 8 write: the report folder, the text stream their lines
+   go to (stdout, or a buffer while the two steps run side by side), and the
+   queue their figures go to (NULL: written at once). A queued figure's
+   "wrote" line comes when it is queued; if it cannot be written later, the
+   demo says so and fails. */
+typedef struct png_sink { const char *dir; FILE *out; png_queue *queue; } png_sink;
 static int lens_png(const char *path, const struct moexc_canvas *c, void *user)
 {
-    return save_png((const char *)user, path, c);   /* path is "lens_<plot>.png" */
+    const png_sink *sink = (const png_sink *)user;
+    char full[4096];
+    if (!sink->queue) return save_png_to(sink->out, sink->dir, path, c);   /* path is "lens_<plot>.png" */
+    join(full, sizeof(full), sink->dir, path);
+    if (png_queue_add(sink->queue, full, c)) { fprintf(stderr, "moexc_demo: out of memory for %s\n", full); return 1; }
+    fprintf(sink->out, "  wrote %s\n", full);
+    return 0;
 }
 
-static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *data)
+static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *data, FILE *out, png_queue *queue)
 {
     moexc_lens lens;
     moexc_lens_options lo;
@@ -1600,36 +1683,38 @@ static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *
     char path[4096];
     double t0 = now_seconds(), mean_m50 = 0, best_cos = -1;
     int l, d, best_l = 0, bad = 0, L, D, DD;
+    png_sink sink;
+    sink.dir = c->out; sink.out = out; sink.queue = queue;
     memset(&lo, 0, sizeof(lo));
     lo.seq_len = c->lm_seq;
     lo.batch_size = c->lm_batch;
     lo.max_seqs = 64;
     lo.eval_fraction = DEMO_EVAL_FRACTION;       /* the tail the LMs never trained on */
-    printf("\n7. MoE Lens (SPEC §6) on the MoE, %d held-out sequences of %d tokens per domain\n\n", lo.max_seqs, lo.seq_len);
+    fprintf(out, "\n7. MoE Lens (SPEC §6) on the MoE, %d held-out sequences of %d tokens per domain\n\n", lo.max_seqs, lo.seq_len);
     if (moexc_lens_init(&lens, moe, data->n_domains, &lo, &err)) return failed("lens", &err);
     if (moexc_lens_run(&lens, moe, data, &err)) { moexc_lens_free(&lens); return failed("lens", &err); }
-    moexc_lens_print(stdout, &lens);
+    moexc_lens_print(out, &lens);
     L = lens.n_layers; D = lens.n_domains; DD = D + 1;
     for (l = 0; l < L; l++) {
         for (d = 0; d < D; d++) mean_m50 += lens.concentration[l * DD + d] / (double)(L * D);
         if (lens.cosine[l * DD + D] > best_cos) { best_cos = lens.cosine[l * DD + D]; best_l = l; }
     }
-    printf("\nMoE Lens against the paper (DeepSeekMoE, 64 experts, top-6) at this scale (E = %d, k = %d):\n",
-           lens.n_experts, lens.top_k);
-    printf("  few experts take >= 50%% of routing slots? mean m50 %.2f of %d experts (uniform %d)\n",
-           mean_m50, lens.n_experts, (lens.n_experts + 1) / 2);
-    printf("  single-expert hidden-state cosine:         up to %.3f (layer %d; paper: up to 0.95)\n", best_cos, best_l);
-    printf("  perplexity with one expert (k' = 1):       ");
+    fprintf(out, "\nMoE Lens against the paper (DeepSeekMoE, 64 experts, top-6) at this scale (E = %d, k = %d):\n",
+                 lens.n_experts, lens.top_k);
+    fprintf(out, "  few experts take >= 50%% of routing slots? mean m50 %.2f of %d experts (uniform %d)\n",
+                 mean_m50, lens.n_experts, (lens.n_experts + 1) / 2);
+    fprintf(out, "  single-expert hidden-state cosine:         up to %.3f (layer %d; paper: up to 0.95)\n", best_cos, best_l);
+    fprintf(out, "  perplexity with one expert (k' = 1):       ");
     for (d = 0; d < DD; d++)
-        printf("%s%s %+.2f%%", d ? ", " : "", lens.domain_names[d], 100.0 * (lens.ppl[DD + d] / lens.ppl[d] - 1.0));
-    printf(" (paper: about +5%%)\n");
+        fprintf(out, "%s%s %+.2f%%", d ? ", " : "", lens.domain_names[d], 100.0 * (lens.ppl[DD + d] / lens.ppl[d] - 1.0));
+    fprintf(out, " (paper: about +5%%)\n");
     join(path, sizeof(path), c->out, "lens.csv");
     if (moexc_lens_write_csv(&lens, path, &err)) bad = failed("lens.csv", &err);
     join(path, sizeof(path), c->out, "lens.json");
     if (!bad && moexc_lens_write_json(&lens, "moexc_demo MoE", path, &err)) bad = failed("lens.json", &err);
-    if (!bad && moexc_lens_write_plots(&lens, NULL, "lens_", lens_png, (void *)c->out, NULL, &err))
+    if (!bad && moexc_lens_write_plots(&lens, NULL, "lens_", lens_png, &sink, NULL, &err))
         bad = failed("lens plots", &err);
-    if (!bad) printf("  MoE Lens in %.1f s\n", now_seconds() - t0);
+    if (!bad) fprintf(out, "  MoE Lens in %.1f s\n", now_seconds() - t0);
     moexc_lens_free(&lens);
     return bad;
 }
@@ -1643,20 +1728,18 @@ static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *
 
 #include "../tools/report_page.h"
 
-static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
-                             const moexc_tokens *data, const moexc_latent_analysis *an, const float *eval_a,
-                             const float *eval_b, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
-                             const float *beta_b, const float *nu)
+/* The study (st, freed by the caller with moexc_latent_study_free when this
+   returns 0) and its lines on `out`. */
+static int run_latent_study(const demo_config *c, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
+                            const moexc_tokens *data, const moexc_latent_analysis *an, const float *eval_a,
+                            const float *eval_b, int n_eval, moexc_latent_study *st_out, FILE *out)
 {
     moexc_latent_study st;
     moexc_latent_study_options so;
     moexc_error err;
-    report_page pg;
-    char title[160], v[8][96], msg[600];
-    const char *keys[8], *vals[8];
     double t0 = now_seconds(), *sum = NULL;
     float *mean = NULL;
-    int d = moexc_xc_dim(xc, 0), m, i, j, bad = 0, D = data->n_domains;
+    int d = moexc_xc_dim(xc, 0), m, i, j, D = data->n_domains;
     /* the site's mean over the held-out pairs (mean ablation) */
     sum = (double *)calloc((size_t)2 * d, sizeof(double));
     mean = (float *)calloc((size_t)2 * d, sizeof(float));
@@ -1675,28 +1758,44 @@ static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model
     so.seed = c->seed + 11;
     if (moexc_latent_study_run(&st, moe, dense, xc, data, &so, &err)) { free(mean); return failed("latent study", &err); }
     free(mean);
-    printf("\n8. what a latent is (SPEC §5.2): %ld held-out tokens in %ld windows (%.1f s)\n",
-           (long)st.n_tokens, (long)st.n_seqs, now_seconds() - t0);
-    printf("  spliced loss, fraction of loss recovered vs zero / mean ablation (CE clean -> spliced, nats):\n");
+    fprintf(out, "\n8. what a latent is (SPEC §5.2): %ld held-out tokens in %ld windows (%.1f s)\n",
+                 (long)st.n_tokens, (long)st.n_seqs, now_seconds() - t0);
+    fprintf(out, "  spliced loss, fraction of loss recovered vs zero / mean ablation (CE clean -> spliced, nats):\n");
     for (m = 0; m < 2; m++)
         for (i = 0; i <= D; i++)
-            printf("    %-5s %-8s %.3f / %.3f   (%.4f -> %.4f; zero %.4f, mean %.4f)\n", m ? "dense" : "MoE",
-                   i < D ? data->domain_names[i] : "all", moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_ZERO, i),
-                   moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_MEAN, i),
-                   moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_CLEAN, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_XC, i),
-                   moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_ZERO, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_MEAN, i));
+            fprintf(out, "    %-5s %-8s %.3f / %.3f   (%.4f -> %.4f; zero %.4f, mean %.4f)\n", m ? "dense" : "MoE",
+                         i < D ? data->domain_names[i] : "all", moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_ZERO, i),
+                         moexc_splice_acc_recovered(&st.splice, m, MOEXC_SPLICE_MEAN, i),
+                         moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_CLEAN, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_XC, i),
+                         moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_ZERO, i), moexc_splice_acc_ce(&st.splice, m, MOEXC_SPLICE_MEAN, i));
     {
         moexc_label_class_stats dc[MOEXC_CLASS_COUNT], ec[MOEXC_CLASS_COUNT];
         int cl;
         moexc_label_acc_by_class(&st.domain, an->cls, 1, dc);
         if (st.n_experts) moexc_label_acc_by_class(&st.expert_top1, an->cls, 1, ec);
-        printf("  mean purity per class (shuffled baseline): domain%s\n", st.n_experts ? "; top-1 expert; top-1 expert entropy, bits" : "");
+        fprintf(out, "  mean purity per class (shuffled baseline): domain%s\n", st.n_experts ? "; top-1 expert; top-1 expert entropy, bits" : "");
         for (cl = 0; cl < MOEXC_CLASS_DEAD; cl++) {
-            printf("    %-10s n %4ld  %.3f (%.3f)", moexc_latent_class_name(cl), (long)dc[cl].n, dc[cl].purity, dc[cl].purity_shuffled);
-            if (st.n_experts) printf("; %.3f (%.3f); %.2f (%.2f)", ec[cl].purity, ec[cl].purity_shuffled, ec[cl].entropy, ec[cl].entropy_shuffled);
-            printf("\n");
+            fprintf(out, "    %-10s n %4ld  %.3f (%.3f)", moexc_latent_class_name(cl), (long)dc[cl].n, dc[cl].purity, dc[cl].purity_shuffled);
+            if (st.n_experts) fprintf(out, "; %.3f (%.3f); %.2f (%.2f)", ec[cl].purity, ec[cl].purity_shuffled, ec[cl].entropy, ec[cl].entropy_shuffled);
+            fprintf(out, "\n");
         }
     }
+    *st_out = st;
+    return 0;
+}
+
+/* The page (index.html and expert_purity.png): it lists the PNGs in the
+   folder, so it comes after every other figure is written. */
+static int write_latent_page(const demo_config *c, const moexc_latent_study *st, const moexc_tokens *data,
+                             const moexc_latent_analysis *an, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
+                             const float *beta_b, const float *nu)
+{
+    report_page pg;
+    char title[160], v[8][96], msg[600];
+    const char *keys[8], *vals[8];
+    int i, bad = 0;
+    png_sink sink;
+    sink.dir = c->out; sink.out = stdout; sink.queue = NULL;
     snprintf(title, sizeof(title), "moexc study: MoE vs dense through a crosscoder (preset %s)", c->preset);
     keys[0] = "preset, seed";                snprintf(v[0], sizeof(v[0]), "%s, %lu", c->preset, (unsigned long)c->seed);
     keys[1] = "models";                      snprintf(v[1], sizeof(v[1]), "d %d, %d layers, MoE E %d k %d", c->d_model, c->n_layers, c->n_experts, c->top_k);
@@ -1711,11 +1810,92 @@ static int write_latent_page(const demo_config *c, moexc_model *moe, moexc_model
     for (i = 0; i < 7; i++) vals[i] = v[i];
     memset(&pg, 0, sizeof(pg));
     pg.dir = c->out; pg.title = title; pg.summary_keys = keys; pg.summary_values = vals; pg.n_summary = 7;
-    pg.an = an; pg.st = &st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
-    if (report_page_write(&pg, lens_png, (void *)c->out, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
+    pg.an = an; pg.st = st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
+    if (report_page_write(&pg, lens_png, &sink, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
     else printf("  wrote %s/index.html and expert_purity.png\n", c->out);
-    moexc_latent_study_free(&st);
     return bad;
+}
+
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
+/* Copy a buffer of report lines to stdout. */
+static void flush_lines(FILE *buf)
+{
+    char chunk[4096];
+    size_t n;
+    rewind(buf);
+    while ((n = fread(chunk, 1, sizeof(chunk), buf)) > 0) fwrite(chunk, 1, n, stdout);
+}
+#endif
+
+/* The end of step 6 (tables and figures) and steps 7 and 8. With 2 or more
+   threads the first part runs side by side, one thread each (at the demo's
+   widths each is mostly serial work: small forward passes and PNG
+   compression):
+     - the MoE Lens, on a copy of the MoE (the lens runs the model and sets
+       its active experts, the latent study runs it too);
+     - step 6's files and figures, then the latent study on the originals;
+   the lines of steps 7 and 8 go to two buffers, printed in step order, and
+   the lens figures to a queue encoded side by side afterwards. Then the
+   study's page, which lists the figures in the folder. Each step computes
+   exactly what it computes alone on one thread. With 1 thread, or when a
+   copy or a buffer cannot be made, all runs one step after another. */
+static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
+                    const float *eval_a, const float *eval_b, const float *beta_a, const float *beta_b,
+                    const float *nu, int threads)
+{
+    const demo_config *c = in->c;
+    const moexc_tokens *data = in->data;
+    moexc_latent_study st;
+    int bad[3] = {0, 0, 0};
+#ifdef _OPENMP
+    moexc_model *lens_moe = NULL;
+    moexc_error err;
+    FILE *buf[2] = {NULL, NULL};
+    png_queue queue;
+    memset(&queue, 0, sizeof(queue));
+    if (threads >= 2 && moexc_model_create(&lens_moe, moexc_model_get_config(moe), &err) == MOEXC_OK
+        && (buf[0] = tmpfile()) != NULL && (buf[1] = tmpfile()) != NULL) {
+        memcpy(moexc_model_params(lens_moe), moexc_model_params(moe), moexc_model_num_params(moe) * sizeof(float));
+        fflush(stdout);
+#       pragma omp parallel sections num_threads(2)
+        {
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                bad[0] = run_lens(c, lens_moe, data, buf[0], &queue);
+            }
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                bad[1] = write_csvs(in) || write_summary(in) || write_plots(in);
+                if (!bad[1])
+                    bad[1] = run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, buf[1]);
+            }
+        }
+        fflush(stdout);
+        if (!bad[1]) { flush_lines(buf[0]); flush_lines(buf[1]); }
+        bad[2] = png_queue_flush(&queue);
+        png_queue_free(&queue);
+        fclose(buf[0]);
+        fclose(buf[1]);
+        moexc_model_free(lens_moe);
+        if (!bad[1]) {
+            if (!bad[0] && !bad[2])
+                bad[2] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
+            moexc_latent_study_free(&st);
+        }
+        return bad[0] || bad[1] || bad[2];
+    }
+    if (buf[0]) fclose(buf[0]);
+    moexc_model_free(lens_moe);
+#endif
+    (void)threads;
+    if (write_csvs(in) || write_summary(in) || write_plots(in)) return 1;
+    if (run_lens(c, moe, data, stdout, NULL)) return 1;
+    if (run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, stdout)) return 1;
+    bad[0] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
+    moexc_latent_study_free(&st);
+    return bad[0];
 }
 
 /* ------------------------------------------------------------------------- */
@@ -2205,11 +2385,8 @@ int main(int argc, char **argv)
         in.xc_curve = xc_curve; in.xc_eval_curve = xc_eval_curve; in.n_xc_evals = n_xc_evals; in.n_eval = n_eval;
         in.seconds = now_seconds() - t_start;
         in.ctl = c.controls ? &ctl : NULL;
-        if (write_csvs(&in) || write_summary(&in) || write_plots(&in)) goto done;
+        if (run_tail(&in, moe, dense, xc, eval_a, eval_b, beta[0][0], beta[1][0], nu[0], threads)) goto done;
     }
-    if (run_lens(&c, moe, &data)) goto done;
-    if (write_latent_page(&c, moe, dense, xc, &data, &an, eval_a, eval_b, n_eval, &final_eval, beta[0][0], beta[1][0], nu[0]))
-        goto done;
     printf("\ndone in %.1f s; report in %s/\n", now_seconds() - t_start, c.out);
     status = 0;
 done:
