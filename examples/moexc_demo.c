@@ -227,7 +227,7 @@ static int commit_tmp(FILE *f, const char *path)
     int bad = ferror(f);
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
+    if (bad || moexc_replace_file(tmp, path, NULL) != MOEXC_OK) {
         fprintf(stderr, "moexc_demo: cannot write %s\n", path);
         remove(tmp);
         return 1;
@@ -238,9 +238,12 @@ static int commit_tmp(FILE *f, const char *path)
 /* Write a PNG and say so on `out`. */
 static int save_png_to(FILE *out, const char *dir, const char *name, const moexc_canvas *c)
 {
-    char path[4096];
+    char path[4096], tmp[4200];
     join(path, sizeof(path), dir, name);
-    if (!stbi_write_png(path, c->width, c->height, 3, c->rgb, c->width * 3)) {
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3) ||
+        moexc_replace_file(tmp, path, NULL) != MOEXC_OK) {
+        remove(tmp);
         fprintf(stderr, "moexc_demo: cannot write %s\n", path);
         return 1;
     }
