@@ -148,6 +148,13 @@
                         0.05f, 0, &splice, 0, &err);    // spliced loss (SPEC §5.2)
        moexc_sae_save(sae, "sae.safetensors", &err);  moexc_sae_free(sae);
 
+   Data-parallel training on many processes or machines (SPEC §9): give
+   moexc_train_options.reduce or moexc_xc_options.reduce a moexc_reduce whose
+   sum adds a buffer across the workers (tools/mpi_reduce.h does it with
+   MPI_Allreduce: make MPI=1, mpirun -np W build/mpi/moexc_train ...). Each
+   worker then trains on its share of every global batch and all end with
+   the same bits; without it nothing changes.
+
    FILE FORMATS (all little-endian, all written to a temporary file and
    renamed): token streams (>>data), model and training checkpoints in
    safetensors (>>model, >>train), crosscoders in safetensors with the public
