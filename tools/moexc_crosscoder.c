@@ -280,8 +280,9 @@ static int xc_main(int argc, char **argv, tool_dp *dp)
     if ((rc = parse_args(argc, argv, &a)) <= 0) return rc < 0 ? 0 : 2;   /* --help, or an error */
     rc = 1;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    /* before any work: can every output be written? */
-    if (!a.eval_only) {
+    /* before any work: can every output be written? (by rank 0, the only
+       writer: ranks probing one "<path>.tmp" at once would race) */
+    if (!a.eval_only && dp->rank == 0) {
         const char *opt[3] = { "--save", "--checkpoint", "--cache-write" }, *path[3];
         path[0] = a.save; path[1] = a.checkpoint; path[2] = a.cache_read ? NULL : a.cache_write;
         for (m = 0; m < 3; m++)

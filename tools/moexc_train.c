@@ -286,8 +286,9 @@ static int train_main(int argc, char **argv, tool_dp *dp)
     if (sample_path) return sample(sample_path, prompt, temperature, top_k, length < 0 ? 0 : length, sample_seed);
     if (!data_path == !(builtin > 0)) { fprintf(stderr, "error: give exactly one of --data FILE or --builtin BYTES (see --help)\n"); return 2; }
     if (r.log_every < 1) r.log_every = 1;
-    /* before any work: can every output be written? */
-    {
+    /* before any work: can every output be written? (by rank 0, the only
+       writer: ranks probing one "<path>.tmp" at once would race) */
+    if (dp->rank == 0) {
         const char *opt[2] = { "--save", "--export" }, *path[2];
         path[0] = r.save_path; path[1] = export_path;
         for (i = 0; i < 2; i++)
