@@ -1405,9 +1405,9 @@ typedef struct moexc_sae_options {
     int      n_experts;      /* E; 0 -> 1 (TopK), 8 (Switch, Scale); TopK needs 1   */
     int      active_experts; /* experts per token; 0 -> 1 (Switch, TopK), 2 (Scale) */
     float    lb_alpha;       /* load-balancing weight; 0 -> 1, < 0 off. L_lb is 1 when
-                                balanced, the reconstruction loss about d (1 - FVE);
-                                the LMs' 0.01 let a Switch SAE on the demo's MoE
-                                send 87% of its tokens to one expert              */
+                                balanced, the reconstruction loss about d (1 - FVE),
+                                so a weight of 1 keeps the two comparable (a weight
+                                as small as the LMs' 0.01 lets routing collapse)    */
     int      aux_k;          /* AuxK latents per token; 0 -> d / 2, < 0 off          */
     float    aux_alpha;      /* 0 -> 1/32                                           */
     int      aux_exact_relu; /* as the crosscoder's: 0 (default) AuxK's gradient passes
@@ -10699,6 +10699,11 @@ MOEXC_DEF moexc_status moexc_act_cache_read(moexc_act_cache *c, float *x_a, floa
 /* ======================================================================== */
 /* >>crosscoder (implementation)                                             */
 /* ======================================================================== */
+
+/* Chunk of the optimiser's fixed-order gradient-norm sum (one double of
+   `partial` per chunk; moexc__grad_norm); shared with >>sae. */
+#define MOEXC__OPT_CHUNK 16384
+
 /* Letters: n pairs in a batch, F latents, d_m width of model m, n_s shared
    latents, D dead latents taking part in AuxK. All activations inside are in
    normalised units (x^m already multiplied by s_m). */
@@ -10836,7 +10841,7 @@ static void moexc__xc_free_thread_scratch(moexc_xc *xc)
 static moexc_status moexc__xc_workspace(moexc_xc *xc, int n, moexc_error *err)
 {
     size_t nF = (size_t)n * (size_t)xc->F, F = (size_t)xc->F;
-    size_t chunks = (xc->n_params + 16383) / 16384;
+    size_t chunks = (xc->n_params + MOEXC__OPT_CHUNK - 1) / MOEXC__OPT_CHUNK;
     int m, ok = 1, threads = moexc__xc_threads();
     int ka = xc->opt.variant == MOEXC_XC_BATCHTOPK && xc->opt.aux_k > 0 ? MOEXC__MIN(xc->opt.aux_k, xc->F) : 0;
     if (threads > xc->n_threads) {
@@ -12299,8 +12304,8 @@ static double moexc__xc_lr(const moexc_xc *xc)
    products summed in order (partial holds one double per chunk of
    MOEXC__OPT_CHUNK). moexc__adam_step: Adam with bias correction (beta 0.9,
    0.999, eps 1e-8) on the gradient clipped to global norm clip (clip <= 0:
-   no clipping), with moexc_adam_update; step counts from 0, gn is ||g||. */
-#define MOEXC__OPT_CHUNK 16384
+   no clipping), with moexc_adam_update; step counts from 0, gn is ||g||.
+   MOEXC__OPT_CHUNK is defined at the top of >>crosscoder. */
 static double moexc__grad_norm(const float *grads, size_t n_params, double *partial)
 {
     double gn = 0.0;
@@ -13123,7 +13128,7 @@ MOEXC_DEF moexc_status moexc_sae_create(moexc_sae **out, int d, const moexc_sae_
     s->mu = moexc__alloc_floats(E * (size_t)d); s->amat = moexc__alloc_floats(E * (size_t)d);
     s->dmat = moexc__alloc_floats(E * (size_t)d);
     s->lb_f = (float *)moexc__calloc(E, sizeof(float));
-    s->partial = (double *)moexc__calloc(MOEXC__MAX((off + 16383) / 16384 + 1, (size_t)d), sizeof(double));
+    s->partial = (double *)moexc__calloc(MOEXC__MAX((off + MOEXC__OPT_CHUNK - 1) / MOEXC__OPT_CHUNK + 1, (size_t)d), sizeof(double));
     ok = s->params && s->grads && s->adam_m && s->adam_v && s->since_fired && s->dead_override && s->fired &&
          s->aux_idx && s->mu && s->amat && s->dmat && s->lb_f && s->partial;
     if (!ok) {
