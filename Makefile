@@ -65,6 +65,9 @@ $(BUILD)/%: tools/%.c $(BUILD)/moexc.o | $(BUILD)
 $(BUILD)/%: examples/%.c $(BUILD)/moexc.o | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(EXTRA_CFLAGS_$*) $< $(BUILD)/moexc.o -o $@ $(LDLIBS) $(EXTRA_LIBS_$*)
 
+# the benchmarks' shared fp32 peak probe
+$(BUILD)/bench_gemm $(BUILD)/bench_train: tools/fma_peak.h tools/tool_clock.h
+
 # Areas add shell-script tests with `TEST_SCRIPTS += tests/x.sh` (each prints
 # "N passed, N failed" last) and benchmarks with `bench: bench-x`.
 TEST_SCRIPTS :=
