@@ -3,7 +3,7 @@
    batch of B x T tokens. Prints the median of --steps timed steps after two
    warm-up steps. tools/bench_train_torch.py runs this and the PyTorch twin.
 
-     bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--serve]
+     bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--model dense|moe] [--serve]
 
    Output lines (parsed by bench_train_torch.py):
      c <dense|moe> params <total> active <active> median_s <s> tokens_per_s <x> flops_per_token <f>
@@ -166,14 +166,15 @@ static int serve(const moexc_tokens *data, int B, int T, int limit, int threads)
 
 int main(int argc, char **argv)
 {
-    int threads = 0, steps = 7, B = 8, T = 256, i, rc = 0, serving = 0;
+    int threads = 0, steps = 7, B = 8, T = 256, i, rc = 0, serving = 0, which = 3;
     moexc_tokens data;
     moexc_rng rng;
     size_t n = 200000, k;
     for (i = 1; i < argc && (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")); i++) {
-        printf("usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--serve]\n"
+        printf("usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--model dense|moe] [--serve]\n"
                "tokens/s of one training step (forward, backward, clipping, AdamW) of the default dense\n"
                "and MoE models (d 128, 5 layers), median of --steps [7] steps; see the top of tools/bench_train.c\n"
+               "--model: only that one (both by default)\n"
                "--serve: step a model per \"dense\" or \"moe\" line on standard input (at most --steps each),\n"
                "         measure the FMA peak per \"peak\" line\n");
         return 0;
@@ -185,9 +186,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--batch")) B = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
-        else { fprintf(stderr, "usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--serve]\n"); return 2; }
+        else if (!strcmp(argv[i], "--model")) which = !strcmp(argv[i + 1], "dense") ? 1 : !strcmp(argv[i + 1], "moe") ? 2 : 0;
+        else { fprintf(stderr, "usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--model dense|moe] [--serve]\n"); return 2; }
     }
-    if (i < argc || steps < 1 || B < 1 || T < 1) { fprintf(stderr, "usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--serve]\n"); return 2; }
+    if (i < argc || steps < 1 || B < 1 || T < 1 || !which) { fprintf(stderr, "usage: bench_train [--threads N] [--steps N] [--batch B] [--seq T] [--model dense|moe] [--serve]\n"); return 2; }
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
     threads = omp_get_max_threads();
@@ -207,8 +209,8 @@ int main(int argc, char **argv)
     if (serving) {
         rc = serve(&data, B, T, steps, threads);
     } else {
-        rc |= bench(0, &data, B, T, steps);
-        rc |= bench(1, &data, B, T, steps);
+        if (which & 1) rc |= bench(0, &data, B, T, steps);
+        if (which & 2) rc |= bench(1, &data, B, T, steps);
     }
     free(data.tokens); free(data.domains);
     return rc;
