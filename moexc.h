@@ -6001,6 +6001,31 @@ static double moexc__sumsq_par(const float *x, size_t n)
     return total;
 }
 
+/* Whether x[0..n) holds a NaN or an Inf: x * 0 is NaN exactly for those, so
+   a chunk holds one when its sum of x * 0 is NaN. The sums run in vectors
+   (a single scalar sum would wait on every add), chunks over threads. The
+   answer is a yes or no, the same whatever the split; callers that need the
+   place scan for it then (it is rare: the run is about to stop). */
+static int moexc__any_nonfinite(const float *x, size_t n)
+{
+    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+    int bad = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n >= MOEXC__PAR_MIN)
+#endif
+    for (c = 0; c < n_chunks; c++) {
+        size_t i = (size_t)c * MOEXC__CHUNK, end = MOEXC__MIN(n, i + MOEXC__CHUNK);
+        const moexc__vf zero = moexc__vzero();
+        moexc__vf acc = moexc__vzero();
+        float z;
+        for (; i + MOEXC__VW <= end; i += MOEXC__VW) acc = moexc__vfmadd(moexc__vload(x + i), zero, acc);
+        z = moexc__vhsum(acc);
+        for (; i < end; i++) z += x[i] * 0.0f;
+        bad |= z != z;
+    }
+    return bad;
+}
+
 /* ---- embedding ----------------------------------------------------------- */
 /* x (N,d) = tok_emb[tokens]; tokens (N), tok_emb (V,d) */
 static void moexc__embedding_forward(float *x, const uint16_t *tokens, const float *tok_emb, int N, int d)
@@ -8372,6 +8397,7 @@ static void moexc__adamw(moexc_trainer *t, double lr)
 static int moexc__train_nonfinite(const moexc_model *m, const float *x, size_t *elem)
 {
     int k, n = moexc_model_num_tensors(m);
+    if (!moexc__any_nonfinite(x, m->n_params)) return -1;    /* the common case, at vector speed */
     for (k = 0; k < n; k++) {
         const moexc_param_info *pi = moexc_model_tensor(m, k);
         const float *v = x + pi->offset;
@@ -12361,6 +12387,7 @@ static int moexc__xc_nonfinite(const moexc_xc *xc, const float *x, size_t *elem)
     size_t start[8], i;
     int b;
     moexc__xc_block_starts(xc, start);
+    if (!moexc__any_nonfinite(x + start[0], start[7] - start[0])) return -1;
     for (b = 0; b < 7; b++) {
         float z = 0.0f;
         for (i = start[b]; i < start[b + 1]; i++) z += x[i] * 0.0f;
