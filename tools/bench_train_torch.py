@@ -104,6 +104,12 @@ class CServer:
         return self.p.wait()
 
 
+# After a moexc step its idle OpenMP workers spin for a few milliseconds
+# before they sleep (libgomp's default): wait that out before the next step
+# is timed, so they take nothing from it.
+SETTLE_S = 0.02
+
+
 def paired_rounds(servers, twin, kind, steps):
     """Per round: one step of each C server and one PyTorch step back to back
     (PyTorch goes last and first in turn), then the FMA peak. Returns a list of
@@ -119,6 +125,7 @@ def paired_rounds(servers, twin, kind, steps):
             t_times.append(twin.step())
         for i, c in enumerate(servers):
             c_times[i].append(c.step(kind))
+            time.sleep(SETTLE_S)
         if twin and not r % 2:
             t_times.append(twin.step())
         peaks.append(servers[0].step("peak"))
