@@ -6217,17 +6217,21 @@ static void moexc__att_tile(int kc, const float *a, const float *b, float *c, si
    NR-column panels (kᵀ; vᵀ); pc and pd, (T x dh) operands in NR-column
    panels (v; k, then dy and q); tile, one MR-row panel of P or dS. */
 #define MOEXC__ATT_UP(x, m) (((size_t)(x) + (size_t)(m) - 1) / (size_t)(m) * (size_t)(m))
-static size_t moexc__att_ws_floats(int T, int dh)
+static size_t moexc__att_ws_floats(int T, int dh, int with_scores)
 {
     size_t mr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_MR) * (size_t)dh;      /* op(A) = X,  X (T x dh)      */
     size_t nr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_NR) * (size_t)dh;      /* op(B) = Xᵀ, X (T x dh)      */
     size_t cols = MOEXC__ATT_UP(dh, MOEXC__GEMM_NR) * (size_t)T;           /* op(B) = X   (T x dh)        */
     size_t tile = (size_t)MOEXC__GEMM_MR * (size_t)T;
+    size_t scores = with_scores ? (size_t)T * (size_t)T : 0;              /* dS of one (batch, head)     */
     if (T > MOEXC_GEMM_KC || dh > MOEXC_GEMM_KC) return 0;
-    return mr_panels + nr_panels + cols + cols + tile + 128;   /* + alignment */
+    return mr_panels + nr_panels + cols + cols + tile + scores + 128;   /* + alignment */
 }
-/* the workspace carved into its panels, each aligned to a cache line */
-typedef struct moexc__att_ws { float *pa, *pb, *pc, *pd, *tile; } moexc__att_ws;
+/* the workspace carved into its panels, each aligned to a cache line;
+   scores: the backward's dS (T x T), in the workspace so that it stays in
+   this core's cache from the product that writes it to the ones that read it
+   (a (B, H, T, T) array would go out to memory and back) */
+typedef struct moexc__att_ws { float *pa, *pb, *pc, *pd, *tile, *scores; } moexc__att_ws;
 static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
 {
     size_t mr_panels = MOEXC__ATT_UP(T, MOEXC__GEMM_MR) * (size_t)dh;
@@ -6238,7 +6242,8 @@ static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
     w->pb = p; p += MOEXC__ATT_UP(nr_panels, 16);
     w->pc = p; p += MOEXC__ATT_UP(cols, 16);
     w->pd = p; p += MOEXC__ATT_UP(cols, 16);
-    w->tile = p;
+    w->tile = p; p += MOEXC__ATT_UP((size_t)MOEXC__GEMM_MR * (size_t)T, 16);
+    w->scores = p;      /* T x T when the workspace was sized with_scores */
 }
 
 /* One (batch, head) of the forward below, blocked. */
@@ -6300,7 +6305,7 @@ static void moexc__attention_forward_ld(float *y, float *att, const float *q, co
 {
     int d = H * dh;
     float scale = 1.0f / sqrtf((float)dh);
-    size_t ws_floats = moexc__att_ws_floats(T, dh);
+    size_t ws_floats = moexc__att_ws_floats(T, dh, 0);
 #ifdef _OPENMP
     /* one (batch, head) per iteration: disjoint outputs, so any thread count
        gives the same bits; small problems stay serial (a parallel region
@@ -6401,8 +6406,8 @@ static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, fl
 
 /* dy (B,T,d) -> dq, dk, dv (B,T,d) overwritten (w.r.t. the rotated q, k),
    rows ld floats apart like q, k, v;
-   datt (B,H,T,T) is scratch (above the diagonal tiles or blocks it is not
-   written).
+   datt (B,H,T,T) is scratch for the blocked path (above the diagonal blocks
+   it is not written); the packed path keeps dS in its own workspace.
      dP = dy vᵀ,  dv = Pᵀ dy,  dS = P ⊙ (dP − rowsum(P ⊙ dP)) / sqrt(dh),
      dq = dS k,   dk = dSᵀ q.
    dP, dS and dq go by causal tiles or blocks of rows (rows r0..r1-1 need
@@ -6414,7 +6419,7 @@ static void moexc__attention_backward_ld(float *dq, float *dk, float *dv, float 
 {
     int d = H * dh;
     float scale = 1.0f / sqrtf((float)dh);
-    size_t ws_floats = moexc__att_ws_floats(T, dh);
+    size_t ws_floats = moexc__att_ws_floats(T, dh, 1);
 #ifdef _OPENMP
 #pragma omp parallel if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
@@ -6432,7 +6437,7 @@ static void moexc__attention_backward_ld(float *dq, float *dk, float *dv, float 
             const float *P = att + (size_t)bh * T * T;
             float *dS = datt + (size_t)bh * T * T;
             if (raw)
-                moexc__attention_backward_packed(dq + o, dk + o, dv + o, dS, dy + off, P, q + o, k + o, v + o,
+                moexc__attention_backward_packed(dq + o, dk + o, dv + o, w.scores, dy + off, P, q + o, k + o, v + o,
                                                  ld, T, d, dh, scale, &w);
             else
                 moexc__attention_backward_blocked(dq + o, dk + o, dv + o, dS, dy + off, P, q + o, k + o, v + o,
