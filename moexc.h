@@ -6284,7 +6284,7 @@ static void moexc__attention_forward_packed(float *y, float *P, const float *q, 
         for (t = t0; t < keys; t++) {
             float *row = P + (size_t)t * T;
             moexc_softmax_rows(row, row, 1, t + 1);
-            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            if (t + 1 < keys) memset(row + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
         }
         /* y = P v: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
         moexc__gemm_pack_a(w->tile, 0, P, (size_t)T, t0, mr, 0, keys);
@@ -6296,8 +6296,10 @@ static void moexc__attention_forward_packed(float *y, float *P, const float *q, 
 
 /* q, k, v (B,T,d) with rows ld floats apart, q and k already rotated;
    att (B,H,T,T) receives the rows
-   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix (zero above the
-   diagonal); y (B,T,d) = P v per head (overwritten). Per (batch, head):
+   P = softmax(q kᵀ / sqrt(dh)) over the causal prefix; above the diagonal
+   it is zero as far as the backward's products read (to the end of the
+   diagonal tile or block), and not defined beyond (not writing those zeros
+   halves this array's memory traffic); y (B,T,d) = P v per head (overwritten). Per (batch, head):
    S = q kᵀ / sqrt(dh), the causal softmax, y = P v, by row tiles (packed)
    or row blocks (blocked). */
 static void moexc__attention_forward_ld(float *y, float *att, const float *q, const float *k, const float *v,

@@ -47,7 +47,16 @@ static int attention_case(int B, int T, int H, int dh)
                                               q + off, k + off, v + off, d, T, d, dh, scale);
         }
         TH_CHECK(memcmp(y1, y2, n * 4) == 0, "B %d T %d H %d dh %d: y, packed vs blocked", B, T, H, dh);
-        TH_CHECK(memcmp(a1, a2, na * 4) == 0, "B %d T %d H %d dh %d: P, packed vs blocked", B, T, H, dh);
+        {   /* P over the causal prefix (above the diagonal only what the products read is defined) */
+            int same_p = 1, row, key;
+            for (bh = 0; bh < B * H; bh++)
+                for (row = 0; row < T; row++)
+                    for (key = 0; key <= row; key++) {
+                        size_t at = ((size_t)bh * T + (size_t)row) * T + (size_t)key;
+                        same_p &= a1[at] == a2[at];
+                    }
+            TH_CHECK(same_p, "B %d T %d H %d dh %d: P, packed vs blocked", B, T, H, dh);
+        }
         TH_CHECK(memcmp(g1, g2, 3 * n * 4) == 0, "B %d T %d H %d dh %d: dq, dk, dv, packed vs blocked", B, T, H, dh);
         /* q | k | v in rows of 3d, as the model keeps them */
         for (t = 0; t < (size_t)B * T; t++)
