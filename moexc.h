@@ -6373,6 +6373,14 @@ static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, fl
     moexc__gemm_pack_b(w->pc, 0, k, (size_t)ld, 0, dh, 0, T);    /* k  in NR-column panels */
     for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
         const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), keys = t0 + mr;
+#if defined(__GNUC__) || defined(__clang__)
+        {   /* P's rows of this tile come from memory (the forward wrote them
+               long ago): ask for them now, the product below hides the wait */
+            int pf, line;
+            for (pf = t0; pf < keys; pf++)
+                for (line = 0; line <= pf; line += 16) __builtin_prefetch(P + (size_t)pf * T + line, 0, 3);
+        }
+#endif
         /* dP = dy vᵀ: rows t0..t0+mr-1, the key panels that start before t0+mr */
         for (j0 = 0; j0 < keys; j0 += MOEXC__GEMM_NR)
             moexc__att_tile(dh, w->pa + (size_t)t0 * dh, w->pb + (size_t)j0 * dh, dS + (size_t)t0 * T + j0,
