@@ -14,7 +14,9 @@ from medians measured in that run; null with a reason in "reasons" when a
 fragment or a peer is missing):
 
   gemm_vs_openblas_min             worst moexc / OpenBLAS over bench_gemm's shapes and thread counts
-  train_dense_vs_torch             training tokens/s, moexc / PyTorch, dense model
+  train_dense_vs_torch             training tokens/s, moexc / PyTorch, dense model (the median of
+                                   paired rounds; details: the step's fraction of the FMA peak and
+                                   the ratio at the peak, see tools/bench_train_torch.py)
   train_moe_vs_torch               the same, MoE model
   train_flops_vs_gemm              model FLOP/s of dense training (6 N + 6 L T d flop per token,
                                    see tools/bench_train.c) / the GEMM rate
@@ -120,6 +122,9 @@ def main():
         key = "train_%s_vs_torch" % kind
         if same_threads(key, "train"):
             res[key] = need(key, "train", "models", kind, "ratio")
+            m = (frag["train"]["models"] or {}).get(kind) or {}
+            for field in ("ratio_at_peak", "moexc_fraction_of_peak", "ratio_same_env"):
+                details["train_%s_%s" % (kind, field)] = m.get(field)
         elif frag["train"] is None:
             reasons[key] = details["train"]["missing"]
     key = "train_flops_vs_gemm"
@@ -171,10 +176,16 @@ def main():
     if gemm_rate:
         print("GEMM rate (moexc %s, 1024^3, %d threads): %.1f GFLOP/s" % (GEMM_LAYOUT, a.threads, gemm_rate))
     print("%-34s %8s  %s" % ("key", "value", "what"))
+
+    def at_peak(kind):
+        """what the training ratio is measured against: the step's fraction of
+        the FMA peak, and the ratio a step at the peak would have"""
+        f, c = details.get("train_%s_moexc_fraction_of_peak" % kind), details.get("train_%s_ratio_at_peak" % kind)
+        return " (%.0f%% of the FMA peak; %.2f at the peak)" % (100 * f, c) if f and c else ""
     what = {"gemm_vs_openblas_min": "worst moexc / OpenBLAS GEMM" +
             (" (%s)" % frag["gemm"]["min_ratio_case"] if frag["gemm"] and frag["gemm"].get("min_ratio_case") else ""),
-            "train_dense_vs_torch": "dense LM training tokens/s, moexc / PyTorch",
-            "train_moe_vs_torch": "MoE LM training tokens/s, moexc / PyTorch",
+            "train_dense_vs_torch": "dense LM training tokens/s, moexc / PyTorch" + at_peak("dense"),
+            "train_moe_vs_torch": "MoE LM training tokens/s, moexc / PyTorch" + at_peak("moe"),
             "train_flops_vs_gemm": "dense training model FLOP/s / GEMM rate",
             "crosscoder_vs_torch": "crosscoder pairs/s / PyTorch, d 128 F 2048 k 32 batch 1024",
             "crosscoder_paper_shape_vs_torch": "the same, d 256 F 16384 k 64 batch 2048",
