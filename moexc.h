@@ -6309,9 +6309,10 @@ static void moexc__attention_forward_ld(float *y, float *att, const float *q, co
     float scale = 1.0f / sqrtf((float)dh);
     size_t ws_floats = moexc__att_ws_floats(T, dh, 0);
 #ifdef _OPENMP
-    /* one (batch, head) per iteration: disjoint outputs, so any thread count
-       gives the same bits; small problems stay serial (a parallel region
-       costs more than it saves). Each thread packs into its own workspace. */
+    /* one (batch, head) per iteration, taken in turn (a slower core takes
+       fewer): disjoint outputs, so any thread count or order gives the same
+       bits; small problems stay serial (a parallel region costs more than it
+       saves). Each thread packs into its own workspace. */
 #pragma omp parallel if ((double)B * H * T * T * dh >= MOEXC__ATT_PAR_MIN)
 #endif
     {
@@ -6320,7 +6321,7 @@ static void moexc__attention_forward_ld(float *y, float *att, const float *q, co
         int bh;
         if (raw) moexc__att_ws_carve(&w, raw, T, dh);
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
         for (bh = 0; bh < B * H; bh++) {
             int b = bh / H, h = bh % H;
@@ -6439,7 +6440,7 @@ static void moexc__attention_backward_ld(float *dq, float *dk, float *dv, float 
         int bh;
         if (raw) moexc__att_ws_carve(&w, raw, T, dh);
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
 #endif
         for (bh = 0; bh < B * H; bh++) {
             int b = bh / H, h = bh % H;
