@@ -299,6 +299,9 @@ test: $(BUILD)/moexc_lens $(BUILD)/moexc_mkdata $(BUILD)/moexc_train
 EXTRA_CFLAGS_moexc_report := -isystem $(STB_DIR)
 $(BUILD)/moexc_report: tools/report_page.h | demo-stb
 $(BUILD)/moexc_demo: tools/report_page.h
+# every program that writes PNGs does it through tools/tool_png.h
+$(BUILD)/moexc_demo $(BUILD)/moexc_report $(BUILD)/moexc_lens $(BUILD)/moexc_sae $(BUILD)/toy_superposition \
+    $(BUILD)/plot_decoder_norms: tools/tool_png.h
 TEST_SCRIPTS += tests/test_report_browser.sh
 test: $(BUILD)/moexc_report $(BUILD)/moexc_demo $(BUILD)/moexc_mkdata
 

@@ -59,6 +59,7 @@
 #endif
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>   /* the Makefile adds -isystem $(STB_DIR) */
+#include "../tools/tool_png.h"
 
 /* ------------------------------------------------------------------------- */
 /* Settings. A preset fills all of them; command-line options override.      */
@@ -238,15 +239,9 @@ static int commit_tmp(FILE *f, const char *path)
 /* Write a PNG and say so on `out`. */
 static int save_png_to(FILE *out, const char *dir, const char *name, const moexc_canvas *c)
 {
-    char path[4096], tmp[4200];
+    char path[4096];
     join(path, sizeof(path), dir, name);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3) ||
-        moexc_replace_file(tmp, path, NULL) != MOEXC_OK) {
-        remove(tmp);
-        fprintf(stderr, "moexc_demo: cannot write %s\n", path);
-        return 1;
-    }
+    if (tool_write_png("moexc_demo", path, c)) return 1;
     fprintf(out, "  wrote %s\n", path);
     return 0;
 }
@@ -1651,11 +1646,7 @@ static int png_queue_flush(png_queue *q)
     int i, bad = 0;
 #   pragma omp parallel for schedule(dynamic, 1) reduction(|: bad)
     for (i = 0; i < q->n; i++) {
-        const moexc_canvas *c = &q->canvas[i];
-        if (!stbi_write_png(q->path[i], c->width, c->height, 3, c->rgb, c->width * 3)) {
-            fprintf(stderr, "moexc_demo: cannot write %s\n", q->path[i]);
-            bad = 1;
-        }
+        if (tool_write_png("moexc_demo", q->path[i], &q->canvas[i])) bad = 1;
     }
     return bad;
 }

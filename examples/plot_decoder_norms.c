@@ -16,6 +16,7 @@
 #include <math.h>
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>   /* Debian: libstb-dev; the Makefile adds -isystem $(STB_DIR) */
+#include "../tools/tool_png.h"
 
 /* Decoders where every latent gets a target r and a cosine between its two rows. */
 static void make_synthetic(float *dec_a, float *dec_b, int64_t *counts, int F, int d, int n_shared, uint64_t seed)
@@ -49,10 +50,7 @@ static int save_png(const char *prefix, const char *name, const moexc_canvas *c)
 {
     char path[1024];
     snprintf(path, sizeof(path), "%s%s", prefix, name);
-    if (!stbi_write_png(path, c->width, c->height, 3, c->rgb, c->width * 3)) {
-        fprintf(stderr, "cannot write %s\n", path);
-        return 1;
-    }
+    if (tool_write_png("plot_decoder_norms", path, c)) return 1;
     printf("wrote %s\n", path);
     return 0;
 }

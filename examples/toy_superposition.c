@@ -39,6 +39,7 @@
 #endif
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>   /* the Makefile adds -isystem $(STB_DIR) */
+#include "../tools/tool_png.h"
 
 /* ------------------------------------------------------------------------- */
 /* Settings                                                                   */
@@ -113,11 +114,8 @@ static int check_writable(const char *dir)
 /* The PNG writer the library's plot functions call: temp name, then rename. */
 static int write_png(const char *path, const moexc_canvas *c, void *user)
 {
-    char tmp[4200];
     (void)user;
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3)) { remove(tmp); return 1; }
-    if (moexc_replace_file(tmp, path, NULL) != MOEXC_OK) return 1;
+    if (tool_write_png("toy_superposition", path, c)) return 1;
     printf("  wrote %s\n", path);
     return 0;
 }
@@ -126,11 +124,7 @@ static int save_png(const char *dir, const char *name, const moexc_canvas *c)
 {
     char path[4096];
     join(path, sizeof(path), dir, name);
-    if (write_png(path, c, NULL) != 0) {
-        fprintf(stderr, "toy_superposition: cannot write %s\n", path);
-        return 1;
-    }
-    return 0;
+    return write_png(path, c, NULL);
 }
 
 static double now_seconds(void)

@@ -191,6 +191,11 @@ done
 for f in dense.ckpt moe.ckpt crosscoder.safetensors latent_r.npy; do
     check "2 threads, twice: the same $f" cmp "$TMP/t2_1/$f" "$TMP/t2_2/$f"
 done
+# on 2 threads the lens figures are queued and encoded at the end (to .tmp, then renamed)
+for p in lens_concentration lens_perplexity expert_purity; do
+    check "2 threads: $p.png as the 1-thread run's" cmp "$OUT/$p.png" "$TMP/t2_1/$p.png"
+done
+check "2 threads: no temporary files left" sh -c "! ls '$TMP/t2_1' | grep -q '\.tmp'"
 check "2 threads: progress lines whole, each with its model's prefix" sh -c "
     grep -q '^  \[dense\] step' '$TMP/err2' && grep -q '^  \[moe  \] step' '$TMP/err2' &&
     ! grep -v '^  \[\(dense\|moe  \|xc\)\] ' '$TMP/err2'"

@@ -29,6 +29,7 @@
 #endif
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
+#include "tool_png.h"
 
 static void usage(FILE *out)
 {
@@ -124,16 +125,8 @@ static int parse_args(int argc, char **argv, args *a)
 /* PNGs go to "<path>.tmp" and are renamed into place when complete. */
 static int write_png(const char *path, const struct moexc_canvas *c, void *user)
 {
-    char tmp[4200];
-    moexc_error err;
     (void)user;
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3)) {
-        remove(tmp);
-        fprintf(stderr, "moexc_lens: cannot write %s\n", tmp);
-        return 1;
-    }
-    if (moexc_replace_file(tmp, path, &err) != MOEXC_OK) { fprintf(stderr, "moexc_lens: %s\n", err.message); return 1; }
+    if (tool_write_png("moexc_lens", path, c)) return 1;
     printf("  wrote %s\n", path);
     return 0;
 }

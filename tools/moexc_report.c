@@ -30,6 +30,7 @@
 #endif
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
+#include "tool_png.h"
 #include "report_page.h"
 
 static void usage(FILE *out)
@@ -65,16 +66,9 @@ typedef struct args {
 
 static int write_png(const char *name, const struct moexc_canvas *c, void *user)
 {
-    char path[4200], tmp[4300];
+    char path[4096];
     snprintf(path, sizeof(path), "%s/%s", (const char *)user, name);
-    snprintf(tmp, sizeof(tmp), "%s.tmp.png", path);
-    moexc_error err;
-    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3) || moexc_replace_file(tmp, path, &err) != MOEXC_OK) {
-        remove(tmp);
-        fprintf(stderr, "moexc_report: cannot write %s\n", path);
-        return 1;
-    }
-    return 0;
+    return tool_write_png("moexc_report", path, c);
 }
 
 static int parse(args *a, int argc, char **argv)

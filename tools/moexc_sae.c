@@ -27,6 +27,7 @@
 #endif
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>   /* the Makefile adds -isystem $(STB_DIR) */
+#include "tool_png.h"
 
 #define IMIN(a, b) ((a) < (b) ? (a) : (b))
 
@@ -303,16 +304,9 @@ static void print_result(const char *tag, const moexc_sae *sae, const result *r)
 
 static int write_png(const char *dir, const char *name, const moexc_canvas *c)
 {
-    char path[4200], tmp[4300];
-    moexc_error err;
+    char path[4096];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (!stbi_write_png(tmp, c->width, c->height, 3, c->rgb, c->width * 3)) {
-        remove(tmp);
-        fprintf(stderr, "moexc_sae: cannot write %s\n", tmp);
-        return 1;
-    }
-    if (moexc_replace_file(tmp, path, &err) != MOEXC_OK) { fprintf(stderr, "moexc_sae: %s\n", err.message); return 1; }
+    if (tool_write_png("moexc_sae", path, c)) return 1;
     printf("  wrote %s\n", path);
     return 0;
 }
