@@ -106,6 +106,9 @@ int main(int argc, char **argv)
         else { fprintf(stderr, "usage: %s (crosscoder.safetensors | --synthetic) [-o prefix]\n", argv[0]); return 2; }
     }
     if (!synthetic && !input) { fprintf(stderr, "usage: %s (crosscoder.safetensors | --synthetic) [-o prefix]\n", argv[0]); return 2; }
+    /* find out now, not after the work, whether the outputs can be written */
+    snprintf(path, sizeof(path), "%stable.csv", prefix);
+    if (moexc_check_writable(path, &err) != MOEXC_OK) { fprintf(stderr, "plot_decoder_norms: -o: %s\n", err.message); return 1; }
 
     if (synthetic) {
         F = 8192; d_a = d_b = 64; n_shared = 256;
