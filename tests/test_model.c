@@ -1004,6 +1004,34 @@ static void test_backward_accumulates_and_determinism(void)
     moexc_model_free(m);
 }
 
+/* The divergence checks' scan: any NaN or +-Inf at the start, middle or end
+   of arrays of many lengths (inside a vector, in the scalar tail, across
+   thread chunks), and none in arrays of huge finite values. */
+static void test_any_nonfinite(void)
+{
+    static const size_t lengths[] = {1, 15, 16, 17, 4095, 4096, 4097, 100003};
+    const float bad[3] = {NAN, INFINITY, -INFINITY};
+    size_t li;
+    for (li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
+        size_t n = lengths[li], i, at[3];
+        int b, w;
+        float *x = (float *)malloc(n * sizeof(float));
+        if (!x) { TH_CHECK(0, "out of memory"); return; }
+        for (i = 0; i < n; i++) x[i] = (i % 2 ? -FLT_MAX : FLT_MAX) / 6.0f * (float)(i % 7);   /* up to +-FLT_MAX */
+        TH_CHECK(moexc__any_nonfinite(x, n) == 0, "n %lu: huge finite values read as non-finite", (unsigned long)n);
+        at[0] = 0; at[1] = n / 2; at[2] = n - 1;
+        for (b = 0; b < 3; b++)
+            for (w = 0; w < 3; w++) {
+                float keep = x[at[w]];
+                x[at[w]] = bad[b];
+                TH_CHECK(moexc__any_nonfinite(x, n) == 1, "n %lu: %g at %lu not found", (unsigned long)n, (double)bad[b],
+                         (unsigned long)at[w]);
+                x[at[w]] = keep;
+            }
+        free(x);
+    }
+}
+
 int main(void)
 {
     TH_RUN(test_rmsnorm_grad);
@@ -1028,6 +1056,7 @@ int main(void)
     TH_RUN(test_active_experts_override);
     TH_RUN(test_out_of_memory);
     TH_RUN(test_backward_accumulates_and_determinism);
+    TH_RUN(test_any_nonfinite);
     printf("     max finite-difference error %.2e (tolerance %g); max PyTorch parity error %.2e (tolerance %g)\n",
            g_max_fd_err, FD_TOL, g_max_parity_err, PARITY_TOL);
     return th_summary();
