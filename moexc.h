@@ -6297,11 +6297,11 @@ static void moexc__attention_forward_packed(float *y, float *P, const float *q, 
 /* q, k, v (B,T,d) with rows ld floats apart, q and k already rotated;
    att (B,H,T,T) receives the rows
    P = softmax(q kᵀ / sqrt(dh)) over the causal prefix; above the diagonal
-   it is zero as far as the backward's products read (to the end of the
-   diagonal tile or block), and not defined beyond (not writing those zeros
-   halves this array's memory traffic); y (B,T,d) = P v per head (overwritten). Per (batch, head):
-   S = q kᵀ / sqrt(dh), the causal softmax, y = P v, by row tiles (packed)
-   or row blocks (blocked). */
+   it is zero as far as the products read (to the end of the diagonal tile
+   or block) and not defined beyond (not writing those zeros halves the
+   forward's writes to this array); y (B,T,d) = P v per head (overwritten).
+   Per (batch, head): S = q kᵀ / sqrt(dh), the causal softmax, y = P v, by
+   row tiles (packed) or row blocks (blocked). */
 static void moexc__attention_forward_ld(float *y, float *att, const float *q, const float *k, const float *v,
                                         int ld, int B, int T, int H, int dh)
 {
