@@ -6026,6 +6026,17 @@ static int moexc__any_nonfinite(const float *x, size_t n)
     return bad;
 }
 
+/* The index of the first NaN or Inf in x[0..n), or n when there is none. */
+static size_t moexc__first_nonfinite(const float *x, size_t n)
+{
+    size_t i = 0;
+    if (moexc__any_nonfinite(x, n))
+        while (i < n && x[i] * 0.0f == 0.0f) i++;
+    else
+        i = n;
+    return i;
+}
+
 /* ---- embedding ----------------------------------------------------------- */
 /* x (N,d) = tok_emb[tokens]; tokens (N), tok_emb (V,d) */
 static void moexc__embedding_forward(float *x, const uint16_t *tokens, const float *tok_emb, int N, int d)
@@ -8408,23 +8419,15 @@ static void moexc__adamw(moexc_trainer *t, double lr)
 
 /* Divergence: the first tensor (model order) whose values in x (parameters
    or gradients, the model's flat layout) hold a NaN or an Inf, or -1;
-   *elem receives the element's index inside it. x * 0 is NaN exactly for
-   NaN and +-Inf, so one sum per tensor finds it. */
+   *elem receives the element's index inside it. */
 static int moexc__train_nonfinite(const moexc_model *m, const float *x, size_t *elem)
 {
     int k, n = moexc_model_num_tensors(m);
-    if (!moexc__any_nonfinite(x, m->n_params)) return -1;    /* the common case, at vector speed */
+    if (!moexc__any_nonfinite(x, m->n_params)) return -1;    /* the common case, one pass */
     for (k = 0; k < n; k++) {
         const moexc_param_info *pi = moexc_model_tensor(m, k);
-        const float *v = x + pi->offset;
-        float z = 0.0f;
-        size_t i;
-        for (i = 0; i < pi->size; i++) z += v[i] * 0.0f;
-        if (z != z) {
-            for (i = 0; i < pi->size && v[i] * 0.0f == 0.0f; i++) {}
-            *elem = i;
-            return k;
-        }
+        size_t i = moexc__first_nonfinite(x + pi->offset, pi->size);
+        if (i < pi->size) { *elem = i; return k; }
     }
     return -1;
 }
@@ -12396,22 +12399,16 @@ static void moexc__xc_block_starts(const moexc_xc *xc, size_t start[8])
     start[4] = xc->off_dec[1]; start[5] = xc->off_bdec[0]; start[6] = xc->off_bdec[1]; start[7] = xc->n_params;
 }
 /* The first block whose values in x (parameters or gradients) hold a NaN or
-   an Inf, or -1; *elem receives the element's index inside it (x * 0 is NaN
-   exactly for NaN and +-Inf). */
+   an Inf, or -1; *elem receives the element's index inside it. */
 static int moexc__xc_nonfinite(const moexc_xc *xc, const float *x, size_t *elem)
 {
     size_t start[8], i;
     int b;
     moexc__xc_block_starts(xc, start);
-    if (!moexc__any_nonfinite(x + start[0], start[7] - start[0])) return -1;
+    if (!moexc__any_nonfinite(x + start[0], start[7] - start[0])) return -1;   /* the common case, one pass */
     for (b = 0; b < 7; b++) {
-        float z = 0.0f;
-        for (i = start[b]; i < start[b + 1]; i++) z += x[i] * 0.0f;
-        if (z != z) {
-            for (i = start[b]; i < start[b + 1] && x[i] * 0.0f == 0.0f; i++) {}
-            *elem = i - start[b];
-            return b;
-        }
+        i = moexc__first_nonfinite(x + start[b], start[b + 1] - start[b]);
+        if (i < start[b + 1] - start[b]) { *elem = i; return b; }
     }
     return -1;
 }

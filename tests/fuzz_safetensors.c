@@ -6,16 +6,7 @@
 
    Every input must either be rejected with a message or open into a handle
    whose every F32 tensor reads back; ASan and UBSan catch the rest. */
-#if defined(__GNUC__) || defined(__clang__)
-#pragma GCC diagnostic ignored "-Wunused-function"
-#endif
-#define MOEXC_STATIC
-#define MOEXC_IMPLEMENTATION
-#include "../moexc.h"
-#include <stdlib.h>
-#include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -2,16 +2,7 @@
    (not part of `make test`; run with `make fuzz`). Every input is either
    rejected with a message naming the input, leaving the struct empty, or
    loads into a stream whose ids and labels are in range. */
-#if defined(__GNUC__) || defined(__clang__)
-#pragma GCC diagnostic ignored "-Wunused-function"
-#endif
-#define MOEXC_STATIC
-#define MOEXC_IMPLEMENTATION
-#include "../moexc.h"
-#include <stdlib.h>
-#include <string.h>
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
