@@ -3052,18 +3052,23 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #if defined(MOEXC__SIMD_AVX512)
 #  define MOEXC__GEMM_MR 14                 /* 28 zmm accumulators of 32 */
 #  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+#  define MOEXC__GEMM_HALF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6)
 #elif defined(MOEXC__SIMD_AVX2)
 #  define MOEXC__GEMM_MR 6                  /* 12 ymm accumulators of 16 */
 #  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#  define MOEXC__GEMM_HALF_ROWS(X) X(0) X(1) X(2)
 #elif defined(MOEXC__SIMD_NEON)
 #  define MOEXC__GEMM_MR 8                  /* 16 q accumulators of 32 */
 #  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#  define MOEXC__GEMM_HALF_ROWS(X) X(0) X(1) X(2) X(3)
 #elif defined(MOEXC__SIMD_SSE2)
 #  define MOEXC__GEMM_MR 4                  /* 8 xmm accumulators of 16 (no FMA: mul+add temps) */
 #  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3)
+#  define MOEXC__GEMM_HALF_ROWS(X) X(0) X(1)
 #else
 #  define MOEXC__GEMM_MR 4                  /* scalar twin: 4 x 2 */
 #  define MOEXC__GEMM_ROWS(X) X(0) X(1) X(2) X(3)
+#  define MOEXC__GEMM_HALF_ROWS(X) X(0) X(1)
 #endif
 #define MOEXC__GEMM_NR (2 * MOEXC__VW)
 
@@ -3110,10 +3115,12 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
         moexc__vstore(c_r + MOEXC__VW, moexc__vfmadd(v_alpha, acc##r##_1,        \
                           moexc__vmul(v_beta, moexc__vload(c_r + MOEXC__VW)))); }
 
-/* one step p of the micro-kernel: MR x NR rank-1 update */
-#define MOEXC__GEMM_STEP {                                                       \
+/* one step p of the micro-kernel: the rank-1 update of the rows ROWS names
+   (all MR, or the first half for short edge tiles) by NR columns; the A
+   panel is MR floats per step either way */
+#define MOEXC__GEMM_STEP(ROWS) {                                                 \
         const moexc__vf b_0 = moexc__vload(b), b_1 = moexc__vload(b + MOEXC__VW); \
-        MOEXC__GEMM_ROWS(MOEXC__GEMM_FMA)                                        \
+        ROWS(MOEXC__GEMM_FMA)                                                    \
         a += MOEXC__GEMM_MR;                                                     \
         b += MOEXC__GEMM_NR; }
 /* The C tile is read and written only at the end. Its rows are ldc floats
@@ -3135,31 +3142,42 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #  define MOEXC__GEMM_PREFETCH_C_L1(r)
 #endif
 
+/* The kernel body over the rows ROWS names. */
+#define MOEXC__GEMM_KERNEL_BODY(ROWS) {                                          \
+        int p;                                                                   \
+        ROWS(MOEXC__GEMM_DECL)                                                   \
+        ROWS(MOEXC__GEMM_PREFETCH_C_L2)                                          \
+        /* unrolled by two: less loop overhead per FMA */                        \
+        for (p = 0; p + 2 <= kc - MOEXC__GEMM_C_AHEAD; p += 2) {                 \
+            MOEXC__GEMM_STEP(ROWS)                                               \
+            MOEXC__GEMM_STEP(ROWS)                                               \
+        }                                                                        \
+        ROWS(MOEXC__GEMM_PREFETCH_C_L1)                                          \
+        for (; p + 2 <= kc; p += 2) {          /* the last steps, same order */  \
+            MOEXC__GEMM_STEP(ROWS)                                               \
+            MOEXC__GEMM_STEP(ROWS)                                               \
+        }                                                                        \
+        if (p < kc) { MOEXC__GEMM_STEP(ROWS) }                                   \
+        {   /* alpha and beta enter only now: inside the loop every register     \
+               holds an accumulator */                                           \
+            const moexc__vf v_alpha = moexc__vset1(alpha), v_beta = moexc__vset1(beta); \
+            if (beta_zero) { ROWS(MOEXC__GEMM_STORE_OVER) }                      \
+            else           { ROWS(MOEXC__GEMM_STORE_ADD) }                       \
+        } }
+
 static void moexc__gemm_kernel(int kc, const float *a, const float *b, float *c, size_t ldc,
                                float alpha, float beta, int beta_zero)
-{
-    int p;
-    MOEXC__GEMM_ROWS(MOEXC__GEMM_DECL)
-    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C_L2)
-    for (p = 0; p + 2 <= kc - MOEXC__GEMM_C_AHEAD; p += 2) {   /* unrolled by two: less loop overhead per FMA */
-        MOEXC__GEMM_STEP
-        MOEXC__GEMM_STEP
-    }
-    MOEXC__GEMM_ROWS(MOEXC__GEMM_PREFETCH_C_L1)
-    for (; p + 2 <= kc; p += 2) {          /* the last steps, same order */
-        MOEXC__GEMM_STEP
-        MOEXC__GEMM_STEP
-    }
-    if (p < kc) { MOEXC__GEMM_STEP }
-    {   /* alpha and beta enter only now: inside the loop every register holds an accumulator */
-        const moexc__vf v_alpha = moexc__vset1(alpha), v_beta = moexc__vset1(beta);
-        if (beta_zero) { MOEXC__GEMM_ROWS(MOEXC__GEMM_STORE_OVER) }
-        else           { MOEXC__GEMM_ROWS(MOEXC__GEMM_STORE_ADD) }
-    }
-}
+MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_ROWS)
+
+/* The first MR/2 rows only, for edge tiles that short: the same arithmetic
+   per element, so the same bits as the full kernel's rows. */
+static void moexc__gemm_kernel_half(int kc, const float *a, const float *b, float *c, size_t ldc,
+                                    float alpha, float beta, int beta_zero)
+MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_HALF_ROWS)
 
 /* A tile cut by the matrix edge (mr < MR or nr < NR): run the same kernel on
-   a full tile in a local buffer, so edge elements get the same arithmetic. */
+   a full tile in a local buffer, so edge elements get the same arithmetic;
+   up to MR/2 rows the half kernel computes half the tile. */
 static void moexc__gemm_kernel_edge(int kc, const float *a, const float *b, float *c, size_t ldc,
                                     int mr, int nr, float alpha, float beta, int beta_zero)
 {
@@ -3169,7 +3187,8 @@ static void moexc__gemm_kernel_edge(int kc, const float *a, const float *b, floa
     if (!beta_zero)
         for (r = 0; r < mr; r++)
             for (j = 0; j < nr; j++) tile[r * MOEXC__GEMM_NR + j] = c[(size_t)r * ldc + (size_t)j];
-    moexc__gemm_kernel(kc, a, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
+    if (2 * mr <= MOEXC__GEMM_MR) moexc__gemm_kernel_half(kc, a, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
+    else moexc__gemm_kernel(kc, a, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
     for (r = 0; r < mr; r++)
         for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
 }
