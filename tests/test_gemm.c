@@ -161,24 +161,28 @@ static void test_beta_alpha_k_edge_cases(void)
     TH_CHECK(C[0] == 3.0f, "M 0 must not touch C");
 }
 
-/* 1 and 2 threads must give the same bits (with OpenMP), and repeated calls
-   always do. Shapes split over M, over N (M tiny) and with several K blocks. */
+/* 1, 2 and 3 threads must give the same bits (with OpenMP), and repeated
+   calls always do. Shapes split over M, over N (M tiny), with several K
+   blocks, and C rows not a whole number of vectors. */
 static void test_thread_count_bit_identical(void)
 {
     /* split over rows (M >= N) and over columns, with K blocks and edge tiles */
     static const int shapes[][3] = { { 600, 301, 250 }, { 5, 3000, 200 }, { 2048, 64, 300 },
-                                     { 64, 256, 2048 }, { 33, 33, 1025 } };
+                                     { 64, 256, 2048 }, { 33, 33, 1025 }, { 37, 45, 1024 },
+                                     { 20, 70, 3072 } };
     moexc_rng rng;
     int s, layout;
     moexc_rng_seed(&rng, 4);
-    for (s = 0; s < 5; s++)
+    for (s = 0; s < 7; s++)
         for (layout = 0; layout < 4; layout++) {
             int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
             int ta = layout >> 1, tb = layout & 1;
             float *A = alloc_random(&rng, (size_t)M * K), *B = alloc_random(&rng, (size_t)K * N);
             float *C1 = alloc_random(&rng, (size_t)M * N);
             float *C2 = (float *)malloc((size_t)M * N * sizeof(float));
+            float *C3 = (float *)malloc((size_t)M * N * sizeof(float));
             memcpy(C2, C1, (size_t)M * N * sizeof(float));
+            memcpy(C3, C1, (size_t)M * N * sizeof(float));
 #ifdef _OPENMP
             omp_set_num_threads(1);
 #endif
@@ -189,7 +193,13 @@ static void test_thread_count_bit_identical(void)
             moexc_sgemm(ta, tb, M, N, K, 0.75f, A, ta ? M : K, B, tb ? K : N, 0.5f, C2, N);
             TH_CHECK(memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0,
                      "1 vs 2 threads differ: ta=%d tb=%d M=%d N=%d K=%d", ta, tb, M, N, K);
-            free(A); free(B); free(C1); free(C2);
+#ifdef _OPENMP
+            omp_set_num_threads(3);
+#endif
+            moexc_sgemm(ta, tb, M, N, K, 0.75f, A, ta ? M : K, B, tb ? K : N, 0.5f, C3, N);
+            TH_CHECK(memcmp(C1, C3, (size_t)M * N * sizeof(float)) == 0,
+                     "1 vs 3 threads differ: ta=%d tb=%d M=%d N=%d K=%d", ta, tb, M, N, K);
+            free(A); free(B); free(C1); free(C2); free(C3);
         }
 }
 
