@@ -178,28 +178,22 @@ static void test_thread_count_bit_identical(void)
             int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
             int ta = layout >> 1, tb = layout & 1;
             float *A = alloc_random(&rng, (size_t)M * K), *B = alloc_random(&rng, (size_t)K * N);
-            float *C1 = alloc_random(&rng, (size_t)M * N);
-            float *C2 = (float *)malloc((size_t)M * N * sizeof(float));
-            float *C3 = (float *)malloc((size_t)M * N * sizeof(float));
-            memcpy(C2, C1, (size_t)M * N * sizeof(float));
-            memcpy(C3, C1, (size_t)M * N * sizeof(float));
+            float *C0 = alloc_random(&rng, (size_t)M * N);
+            float *C1 = (float *)malloc((size_t)M * N * sizeof(float));
+            float *Ct = (float *)malloc((size_t)M * N * sizeof(float));
+            int threads;
+            for (threads = 1; threads <= 3; threads++) {
+                float *C = threads == 1 ? C1 : Ct;
+                memcpy(C, C0, (size_t)M * N * sizeof(float));
 #ifdef _OPENMP
-            omp_set_num_threads(1);
+                omp_set_num_threads(threads);
 #endif
-            moexc_sgemm(ta, tb, M, N, K, 0.75f, A, ta ? M : K, B, tb ? K : N, 0.5f, C1, N);
-#ifdef _OPENMP
-            omp_set_num_threads(2);
-#endif
-            moexc_sgemm(ta, tb, M, N, K, 0.75f, A, ta ? M : K, B, tb ? K : N, 0.5f, C2, N);
-            TH_CHECK(memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0,
-                     "1 vs 2 threads differ: ta=%d tb=%d M=%d N=%d K=%d", ta, tb, M, N, K);
-#ifdef _OPENMP
-            omp_set_num_threads(3);
-#endif
-            moexc_sgemm(ta, tb, M, N, K, 0.75f, A, ta ? M : K, B, tb ? K : N, 0.5f, C3, N);
-            TH_CHECK(memcmp(C1, C3, (size_t)M * N * sizeof(float)) == 0,
-                     "1 vs 3 threads differ: ta=%d tb=%d M=%d N=%d K=%d", ta, tb, M, N, K);
-            free(A); free(B); free(C1); free(C2); free(C3);
+                moexc_sgemm(ta, tb, M, N, K, 0.75f, A, ta ? M : K, B, tb ? K : N, 0.5f, C, N);
+                if (threads > 1)
+                    TH_CHECK(memcmp(C1, Ct, (size_t)M * N * sizeof(float)) == 0,
+                             "1 vs %d threads differ: ta=%d tb=%d M=%d N=%d K=%d", threads, ta, tb, M, N, K);
+            }
+            free(A); free(B); free(C0); free(C1); free(Ct);
         }
 }
 
