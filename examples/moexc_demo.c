@@ -270,28 +270,35 @@ typedef struct lm_record {
     const moexc_tokens *data;
     int    n_steps, n_evals, log_every;
     int   *stop;                      /* shared by both models: raised when one fails */
+    int   *done;                      /* raised when this model is trained and saved  */
+    const int *sibling_done;          /* the other model's done flag while both train */
+                                      /* at once (NULL otherwise)                     */
+    int    yielded;                   /* stopped early to give up its thread: the     */
+                                      /* other model is done                          */
     double t0;
     float *step, *loss, *ce, *lb, *lr;                /* per optimiser step         */
     float *eval_step, *eval_bpb;                      /* [eval][domain + 1 (all)]   */
 } lm_record;
 
-/* The two models may train at the same time on two threads: a failing one
-   raises a flag that the other reads after each step, and stops. */
-static int stop_requested(const int *stop)
+/* The two models may train at the same time on two threads, each reading
+   flags the other raises: after each step a model stops when the other
+   failed, and yields its thread when the other is done (to go on with all
+   threads; see train_pair). */
+static int flag_is_set(const int *flag)
 {
     int v;
 #ifdef _OPENMP
 #   pragma omp atomic read
 #endif
-    v = *stop;
+    v = *flag;
     return v;
 }
-static void request_stop(int *stop)
+static void flag_raise(int *flag)
 {
 #ifdef _OPENMP
 #   pragma omp atomic write
 #endif
-    *stop = 1;
+    *flag = 1;
 }
 
 /* Progress lines are built whole and written with one call, so the lines of
@@ -337,7 +344,9 @@ static int on_lm_progress(const moexc_train_progress *p, void *user)
         }
         fputs(line, stderr);
     }
-    return stop_requested(r->stop);
+    if (flag_is_set(r->stop)) return 1;
+    if (r->sibling_done && flag_is_set(r->sibling_done)) r->yielded = 1;
+    return r->yielded;
 }
 
 /* Results kept from the final held-out evaluation of one LM. */
@@ -350,18 +359,24 @@ typedef struct lm_result {
     double *f, *entropy;              /* [L][E], [L]                                */
 } lm_result;
 
-/* Train one model, save its training checkpoint, keep its final evaluation.
-   On failure, raise rec->stop so that a model training alongside stops too;
-   a model stopped that way saves nothing. */
-static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_config *c, lm_record *rec,
-                    lm_result *res, const char *ckpt_path)
+/* Train one model (*trainer_io NULL: from the start; otherwise on from
+   where it yielded), save its training checkpoint, keep its final
+   evaluation, raise rec->done. On failure, raise rec->stop so that a model
+   training alongside stops too; a model stopped that way saves nothing.
+   Returns 0 also when the model yielded its thread (rec->yielded; see
+   train_pair): *trainer_io then holds the run, for a second call to go on. */
+static int train_lm(moexc_trainer **trainer_io, moexc_model *model, const moexc_tokens *data, const demo_config *c,
+                    lm_record *rec, lm_result *res, const char *ckpt_path)
 {
     moexc_train_options to;
-    moexc_trainer *trainer = NULL;
+    moexc_trainer *trainer = *trainer_io;
     const moexc_eval_result *ev;
     moexc_error err;
     int d, D = data->n_domains, bad = 1;
 
+    *trainer_io = NULL;
+    rec->yielded = 0;
+    if (trainer) goto run;
     memset(&to, 0, sizeof(to));                   /* zero = defaults: AdamW, warm-up + cosine, clip 1 */
     to.lr = c->lm_lr;
     to.total_steps = c->lm_steps;
@@ -370,13 +385,18 @@ static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_con
     to.eval_interval = c->lm_steps / c->lm_evals > 0 ? c->lm_steps / c->lm_evals : 1;
     to.seed = c->seed;                            /* same data order for both models */
     to.eval_fraction = DEMO_EVAL_FRACTION;
-    if (moexc_trainer_create(&trainer, model, data, &to, &err)) { request_stop(rec->stop); return failed("trainer", &err); }
+    if (moexc_trainer_create(&trainer, model, data, &to, &err)) { flag_raise(rec->stop); return failed("trainer", &err); }
 
     rec->data = data;
     rec->n_steps = c->lm_steps;
     rec->log_every = c->lm_steps / 20 > 0 ? c->lm_steps / 20 : 1;
     rec->t0 = now_seconds();
+run:
     if (moexc_trainer_run(trainer, on_lm_progress, rec, &err)) { bad = failed("training", &err); goto done; }
+    if (moexc_trainer_step_count(trainer) < c->lm_steps && rec->yielded && !flag_is_set(rec->stop)) {
+        *trainer_io = trainer;                                      /* to go on later */
+        return 0;
+    }
     if (moexc_trainer_step_count(trainer) < c->lm_steps) {          /* the other model failed */
         fprintf(stderr, "moexc_demo: %s model stopped at step %d: the other model failed\n", rec->name,
                 moexc_trainer_step_count(trainer));
@@ -406,9 +426,53 @@ static int train_lm(moexc_model *model, const moexc_tokens *data, const demo_con
     }
     bad = 0;
 done:
-    if (bad) request_stop(rec->stop);
+    if (bad) flag_raise(rec->stop);
+    else if (rec->done) flag_raise(rec->done);
     moexc_trainer_free(trainer);
     return bad;
+}
+
+/* Trains a dense and a MoE model (model[0], model[1]). Concurrent: both at
+   once, one thread each; the one that is done first raises its flag, the
+   other yields its thread after its current step and goes on with all
+   threads (a step's bits do not depend on the thread count, so the models
+   are the ones one thread trains). Otherwise one after the other on all
+   threads. Returns non-zero when either failed. */
+static int train_pair(moexc_model *model[2], const moexc_tokens *data, const demo_config *c, lm_record rec[2],
+                      lm_result res[2], char ckpt[2][4096], int concurrent)
+{
+    moexc_trainer *trainer[2] = {NULL, NULL};
+    int done[2] = {0, 0}, bad[2] = {0, 0}, m;
+    for (m = 0; m < 2; m++) rec[m].done = &done[m];
+    if (concurrent) {
+#ifdef _OPENMP
+        rec[0].sibling_done = &done[1];
+        rec[1].sibling_done = &done[0];
+#       pragma omp parallel sections num_threads(2)
+        {
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                bad[0] = train_lm(&trainer[0], model[0], data, c, &rec[0], &res[0], ckpt[0]);
+            }
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                bad[1] = train_lm(&trainer[1], model[1], data, c, &rec[1], &res[1], ckpt[1]);
+            }
+        }
+        for (m = 0; m < 2; m++) rec[m].sibling_done = NULL;
+        for (m = 0; m < 2; m++)
+            if (trainer[m] && !bad[0] && !bad[1]) {
+                fprintf(stderr, "  [%-5s] the other model is done: on with %d threads\n", rec[m].name, omp_get_max_threads());
+                bad[m] = train_lm(&trainer[m], model[m], data, c, &rec[m], &res[m], ckpt[m]);
+            }
+#endif
+    } else {
+        for (m = 0; m < 2 && !bad[0]; m++) bad[m] = train_lm(&trainer[m], model[m], data, c, &rec[m], &res[m], ckpt[m]);
+    }
+    for (m = 0; m < 2; m++) { moexc_trainer_free(trainer[m]); rec[m].done = NULL; }
+    return bad[0] || bad[1];
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1143,7 +1207,7 @@ static int train_twins(moexc_model *twin[2], const moexc_tokens *data, const dem
     lm_result res[2];
     moexc_error err;
     char ckpt[2][4096];
-    int m, stop = 0, bad[2] = {1, 1};
+    int m, stop = 0, bad = 1;
     size_t n = (size_t)c->lm_steps;
     memset(rec, 0, sizeof(rec)); memset(res, 0, sizeof(res));
     memset(&base, 0, sizeof(base));
@@ -1162,28 +1226,15 @@ static int train_twins(moexc_model *twin[2], const moexc_tokens *data, const dem
         rec[m].stop = &stop;
         snprintf(ckpt[m], sizeof(ckpt[m]), "%s/%s_twin.ckpt", c->out, m == 0 ? "dense" : "moe");
     }
-    if (concurrent) {
-#ifdef _OPENMP
-#       pragma omp parallel sections num_threads(2)
-        {
-#           pragma omp section
-            { omp_set_num_threads(1); bad[0] = train_lm(twin[0], data, c, &rec[0], &res[0], ckpt[0]); }
-#           pragma omp section
-            { omp_set_num_threads(1); bad[1] = train_lm(twin[1], data, c, &rec[1], &res[1], ckpt[1]); }
-        }
-#endif
-    } else {
-        bad[1] = 0;
-        for (m = 0; m < 2 && !bad[0]; m++) bad[m] = train_lm(twin[m], data, c, &rec[m], &res[m], ckpt[m]);
-    }
-    if (!bad[0] && !bad[1])
+    bad = train_pair(twin, data, c, rec, res, ckpt, concurrent);
+    if (!bad)
         printf("  twins' held-out bits per byte: dense' %.3f, MoE' %.3f\n", res[0].bpb[data->n_domains], res[1].bpb[data->n_domains]);
 done:
     for (m = 0; m < 2; m++) {
         free(rec[m].step); free(rec[m].eval_step); free(rec[m].eval_bpb);
         free(res[m].domain_share); free(res[m].f); free(res[m].entropy);
     }
-    return bad[0] || bad[1];
+    return bad;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -2030,7 +2081,7 @@ int main(int argc, char **argv)
     char path[4096], ckpt[2][4096];
     double t_start = now_seconds(), t_phase;
     int m, i, D, d_model, rows, n_xc_evals = 0, status = 1, batch_fill = 0, n_eval;
-    int threads = 1, lm_concurrent, lm_stop = 0, lm_bad[2] = {0, 0};
+    int threads = 1, lm_concurrent, lm_stop = 0;
     const int EVAL_SUBSET = 8192;     /* held-out pairs for the FVE-over-training curve */
 
     memset(&data, 0, sizeof(data)); memset(&xc_train_tokens, 0, sizeof(xc_train_tokens));
@@ -2104,28 +2155,15 @@ int main(int argc, char **argv)
        thread (same bits). Inside a section the library sees one thread: its
        GEMM runs single-threaded inside a parallel region, and
        omp_set_num_threads(1) holds its other loops to one thread even where
-       nested parallelism is enabled. With 1 or with 4+ threads the models
-       train one after the other on all threads. */
-    if (lm_concurrent) {
-#ifdef _OPENMP
-#       pragma omp parallel sections num_threads(2)
-        {
-#           pragma omp section
-            {
-                omp_set_num_threads(1);
-                lm_bad[0] = train_lm(dense, &data, &c, &rec[0], &res[0], ckpt[0]);
-            }
-#           pragma omp section
-            {
-                omp_set_num_threads(1);
-                lm_bad[1] = train_lm(moe, &data, &c, &rec[1], &res[1], ckpt[1]);
-            }
-        }
-#endif
-    } else {
-        for (m = 0; m < 2 && !lm_bad[0]; m++) lm_bad[m] = train_lm(m == 0 ? dense : moe, &data, &c, &rec[m], &res[m], ckpt[m]);
+       nested parallelism is enabled. The model done last finishes on all
+       threads (train_pair). With 1 or with 4+ threads the models train one
+       after the other on all threads. */
+    {
+        moexc_model *pair[2];
+        pair[0] = dense; pair[1] = moe;
+        if (train_pair(pair, &data, &c, rec, res, ckpt, lm_concurrent)) goto done;
     }
-    if (lm_bad[0] || lm_bad[1]) goto done;
+
     if (c.controls) {
         printf("\n2b. the controls' twin models (initialisation seed %lu, same data and data order)\n", (unsigned long)(c.seed + 1));
         if (train_twins(twin, &data, &c, lm_concurrent)) goto done;
