@@ -2347,19 +2347,58 @@ static MOEXC__UNUSED_FN int moexc__fread_f32le(FILE *f, float *x, size_t n)
 }
 
 /* CRC-32 (IEEE 802.3, reflected, as zlib's crc32): the checksum of every
-   moexc file format. Bitwise with a nibble table: small and fast enough. */
+   moexc file format. Short inputs go byte by byte with a nibble table (two
+   lookups a byte, about 220 MB/s). Long ones (at least
+   MOEXC__CRC_SLICE_MIN bytes: checkpoints, token files, activation caches)
+   go eight bytes a step ("slicing by 8"), through eight 256-entry tables
+   built here on the stack from the nibble table (2,048 entries, a few
+   microseconds); the result is the same. Table k maps a byte to its CRC
+   after k more zero bytes: t[0][b] is the usual byte table, and
+   t[k][b] = (t[k-1][b] >> 8) ^ t[0][t[k-1][b] & 0xFF]. */
+#define MOEXC__CRC_SLICE_MIN 16384
+static const uint32_t moexc__crc_nibble[16] = {
+    0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u,
+    0x4DB26158u, 0x5005713Cu, 0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
+    0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu };
+typedef struct moexc__crc_tables { uint32_t t[8][256]; } moexc__crc_tables;
+static MOEXC__UNUSED_FN void moexc__crc_tables_build(moexc__crc_tables *c)
+{
+    int b, k;
+    for (b = 0; b < 256; b++) {
+        uint32_t v = (uint32_t)b;
+        v = (v >> 4) ^ moexc__crc_nibble[v & 15];
+        c->t[0][b] = (v >> 4) ^ moexc__crc_nibble[v & 15];
+    }
+    for (k = 1; k < 8; k++)
+        for (b = 0; b < 256; b++) c->t[k][b] = (c->t[k - 1][b] >> 8) ^ c->t[0][c->t[k - 1][b] & 0xFF];
+}
+/* The CRC through built tables (any length). */
+static MOEXC__UNUSED_FN uint32_t moexc__crc32_sliced(const moexc__crc_tables *c, uint32_t crc, const void *data,
+                                                     size_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    crc = ~crc;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        crc = c->t[7][lo & 0xFF] ^ c->t[6][(lo >> 8) & 0xFF] ^ c->t[5][(lo >> 16) & 0xFF] ^ c->t[4][lo >> 24]
+            ^ c->t[3][p[4]] ^ c->t[2][p[5]] ^ c->t[1][p[6]] ^ c->t[0][p[7]];
+    }
+    while (n--) crc = (crc >> 8) ^ c->t[0][(crc ^ *p++) & 0xFF];
+    return ~crc;
+}
 static MOEXC__UNUSED_FN uint32_t moexc__crc32(uint32_t crc, const void *data, size_t n)
 {
-    static const uint32_t nibble[16] = {
-        0x00000000u, 0x1DB71064u, 0x3B6E20C8u, 0x26D930ACu, 0x76DC4190u, 0x6B6B51F4u,
-        0x4DB26158u, 0x5005713Cu, 0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu,
-        0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu };
     const unsigned char *p = (const unsigned char *)data;
+    if (n >= MOEXC__CRC_SLICE_MIN) {
+        moexc__crc_tables c;
+        moexc__crc_tables_build(&c);
+        return moexc__crc32_sliced(&c, crc, data, n);
+    }
     crc = ~crc;
     while (n--) {
         crc ^= *p++;
-        crc = (crc >> 4) ^ nibble[crc & 15];
-        crc = (crc >> 4) ^ nibble[crc & 15];
+        crc = (crc >> 4) ^ moexc__crc_nibble[crc & 15];
+        crc = (crc >> 4) ^ moexc__crc_nibble[crc & 15];
     }
     return ~crc;
 }
@@ -3854,6 +3893,7 @@ MOEXC_DEF size_t moexc_tokens_domain_count(const moexc_tokens *t, int domain)
 MOEXC_DEF moexc_status moexc_tokens_save(const moexc_tokens *t, const char *path, moexc_error *err)
 {
     unsigned char head[MOEXC__TOK_HEADER + MOEXC_MAX_DOMAINS * MOEXC_DOMAIN_NAME_MAX], buf[4096];
+    moexc__crc_tables tables;
     size_t head_len, i, done;
     uint32_t crc;
     int vocab, d;
@@ -3888,13 +3928,14 @@ MOEXC_DEF moexc_status moexc_tokens_save(const moexc_tokens *t, const char *path
     if ((st = moexc__atomic_open(&af, path, err)) != MOEXC_OK) return st;
     crc = moexc__crc32(0, head, head_len);
     if (fwrite(head, 1, head_len, af.f) != head_len) goto write_error;
+    moexc__crc_tables_build(&tables);
     for (done = 0; done < t->n;) {   /* tokens as u16le, in chunks */
         size_t chunk = MOEXC__MIN(t->n - done, sizeof(buf) / 2);
         for (i = 0; i < chunk; i++) {
             buf[2 * i] = (unsigned char)t->tokens[done + i];
             buf[2 * i + 1] = (unsigned char)(t->tokens[done + i] >> 8);
         }
-        crc = moexc__crc32(crc, buf, 2 * chunk);
+        crc = moexc__crc32_sliced(&tables, crc, buf, 2 * chunk);
         if (fwrite(buf, 1, 2 * chunk, af.f) != 2 * chunk) goto write_error;
         done += chunk;
     }
@@ -8047,16 +8088,18 @@ MOEXC_DEF void moexc_trainer_free(moexc_trainer *t)
 static uint32_t moexc__tokens_fingerprint(const moexc_tokens *d)
 {
     unsigned char buf[4096];
+    moexc__crc_tables tables;
     uint32_t crc = 0;
     size_t i = 0, j;
+    moexc__crc_tables_build(&tables);
     while (i < d->n) {
         size_t chunk = MOEXC__MIN(d->n - i, sizeof(buf) / 2);
         for (j = 0; j < chunk; j++) {
             buf[2 * j] = (unsigned char)(d->tokens[i + j] & 0xFF);
             buf[2 * j + 1] = (unsigned char)(d->tokens[i + j] >> 8);
         }
-        crc = moexc__crc32(crc, buf, 2 * chunk);
-        crc = moexc__crc32(crc, d->domains + i, chunk);
+        crc = moexc__crc32_sliced(&tables, crc, buf, 2 * chunk);
+        crc = moexc__crc32_sliced(&tables, crc, d->domains + i, chunk);
         i += chunk;
     }
     return crc;
@@ -8653,6 +8696,7 @@ static uint32_t moexc__floats_crc(uint32_t crc, const float *x, size_t n)
 {
     unsigned char buf[4096];
     size_t i = 0, j;
+    if (moexc__host_is_little_endian()) return moexc__crc32(crc, x, n * sizeof(float));   /* the same bytes */
     while (i < n) {
         size_t chunk = MOEXC__MIN(n - i, sizeof(buf) / 4);
         for (j = 0; j < chunk; j++) {
