@@ -3939,7 +3939,7 @@ MOEXC_DEF moexc_status moexc_tokens_save(const moexc_tokens *t, const char *path
         if (fwrite(buf, 1, 2 * chunk, af.f) != 2 * chunk) goto write_error;
         done += chunk;
     }
-    crc = moexc__crc32(crc, t->domains, t->n);
+    crc = moexc__crc32_sliced(&tables, crc, t->domains, t->n);
     if (t->n && fwrite(t->domains, 1, t->n, af.f) != t->n) goto write_error;
     moexc__put_u32le(buf, crc);
     if (fwrite(buf, 1, 4, af.f) != 4) goto write_error;
