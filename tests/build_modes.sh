@@ -279,8 +279,12 @@ win_leg() {
     tb=$(date +%s)
     if ! wineboot -i > "$dir/wineboot.log" 2>&1; then fail "windows: wineboot" "$dir/wineboot.log"; return; fi
     echo "     windows: wine prefix ready in $(( $(date +%s) - tb )) s ($("$WINE" --version 2>/dev/null))"
+    # wine itself now and then loses its server mid-run ("wine client error:
+    # ... Connection reset by peer", the test's own output cut short): the
+    # runner tries such a test once more
     for b in $bins; do
-        printf '#!/bin/sh\n%s %s.exe "$@" > %s.out 2>&1\nrc=$?\ntr -d "\\r" < %s.out\nexit $rc\n' "$WINE" "$b" "$b" "$b" > "$b.wine"
+        printf '#!/bin/sh\nfor try in 1 2; do\n    %s %s.exe "$@" > %s.out 2>&1\n    rc=$?\n    grep -q "^wine client error" %s.out || break\ndone\ntr -d "\\r" < %s.out\nexit $rc\n' \
+            "$WINE" "$b" "$b" "$b" "$b" > "$b.wine"
         chmod +x "$b.wine"
     done
     runners=""
