@@ -2348,7 +2348,7 @@ static MOEXC__UNUSED_FN int moexc__fread_f32le(FILE *f, float *x, size_t n)
 
 /* CRC-32 (IEEE 802.3, reflected, as zlib's crc32): the checksum of every
    moexc file format. Short inputs go byte by byte with a nibble table (two
-   lookups a byte, about 220 MB/s). Long ones (at least
+   dependent lookups a byte). Long ones (at least
    MOEXC__CRC_SLICE_MIN bytes: checkpoints, token files, activation caches)
    go eight bytes a step ("slicing by 8"), through eight 256-entry tables
    built here on the stack from the nibble table (2,048 entries, a few
