@@ -161,6 +161,9 @@ $(BUILD)/test_model: tests/test_model.c moexc.h tests/harness.h | $(BUILD)
 # test_attention likewise (packed attention against the blocked path).
 $(BUILD)/test_attention: tests/test_attention.c moexc.h tests/harness.h | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
+# test_select likewise (the internal top-k selection helpers).
+$(BUILD)/test_select: tests/test_select.c moexc.h tests/harness.h | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
 # Regenerate the PyTorch fixtures (needs /usr/bin/python3 with torch).
 .PHONY: model-fixtures
 model-fixtures:

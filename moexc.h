@@ -11250,6 +11250,87 @@ static float moexc__kth_largest(float *a, ptrdiff_t n, ptrdiff_t k)
     return a[target];
 }
 
+/* Index of the lowest set bit of a non-zero mask. */
+static int moexc__lowest_bit(unsigned mask)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctz(mask);
+#else
+    int q = 0;
+    while (!(mask & 1u)) { mask >>= 1; q++; }
+    return q;
+#endif
+}
+
+/* Number of set bits of a lane mask. */
+static int moexc__popcount(unsigned mask)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_popcount(mask);
+#else
+    int c = 0;
+    for (; mask; mask &= mask - 1u) c++;
+    return c;
+#endif
+}
+
+/* The float of a 32-bit key, where keys order like the floats they stand
+   for: key = bits | 2^31 for a float with the sign bit clear, ~bits for one
+   with it set (so -0 sits just below +0, and NaNs beyond +-inf). */
+static float moexc__key_float(uint32_t key)
+{
+    uint32_t bits = (key & 0x80000000u) ? key & 0x7fffffffu : ~key;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* #{i : v[i] >= t} and, when min_out is given, the smallest such v[i]
+   (+inf when none). */
+static ptrdiff_t moexc__count_ge(const float *v, ptrdiff_t n, float t, float *min_out)
+{
+    moexc__vf vt = moexc__vset1(t);
+    ptrdiff_t i = 0, c = 0;
+    float mn = (float)HUGE_VAL, lanes[MOEXC__VW];
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) {
+        moexc__vf x = moexc__vload(v + i);
+        unsigned mask = moexc__vmask_ge(x, vt);
+        c += moexc__popcount(mask);
+        if (min_out && mask) {
+            moexc__vstore(lanes, x);
+            for (; mask; mask &= mask - 1u) mn = MOEXC__MIN(mn, lanes[moexc__lowest_bit(mask)]);
+        }
+    }
+    for (; i < n; i++)
+        if (v[i] >= t) { c++; mn = MOEXC__MIN(mn, v[i]); }
+    if (min_out) *min_out = mn;
+    return c;
+}
+
+/* The k-th largest of v[0..n-1] (1 <= k <= n) without reordering it, by
+   bisection on the keys: the largest key K with #{v >= float(K)} >= k,
+   built from the top bit down, one vector count of v per bit; a count of
+   exactly k ends it early (the answer is then the smallest v >= float(K)).
+   NaN in v, or an answer of -inf, leaves no key that counts k: returns NaN
+   (callers then fall back to moexc__kth_largest). Faster than quickselect
+   on rows of up to a few thousand: each of its <= 32 passes is a
+   branch-free vector compare, where quickselect's passes branch per value. */
+static float moexc__kth_largest_bisect(const float *v, ptrdiff_t n, ptrdiff_t k)
+{
+    uint32_t key = 0, bit;
+    for (bit = 0x80000000u; bit; bit >>= 1) {
+        float t = moexc__key_float(key | bit);
+        ptrdiff_t c = moexc__count_ge(v, n, t, NULL);
+        if (c == k) {
+            float mn;
+            moexc__count_ge(v, n, t, &mn);
+            return mn;
+        }
+        if (c > k) key |= bit;
+    }
+    return moexc__key_float(key);
+}
+
 /* Given t, the k-th largest of v: keep[i] = 1 for every v[i] > t and for the
    lowest-index v[i] == t until exactly k are kept. Never more than k: a NaN
    in v (pre-activations overflowed by huge finite weights) leaves the
@@ -11270,8 +11351,12 @@ static void moexc__keep_from_threshold(const float *v, ptrdiff_t n, ptrdiff_t k,
    boundary to the lowest index, so exactly k are kept. tmp holds n floats. */
 static void moexc__select_top_any(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
 {
-    memcpy(tmp, v, (size_t)n * sizeof(float));
-    moexc__keep_from_threshold(v, n, k, moexc__kth_largest(tmp, n, k), keep);
+    float t = moexc__kth_largest_bisect(v, n, k);
+    if (t != t) {                                  /* NaN in v, or the answer is -inf */
+        memcpy(tmp, v, (size_t)n * sizeof(float));
+        t = moexc__kth_largest(tmp, n, k);
+    }
+    moexc__keep_from_threshold(v, n, k, t, keep);
 }
 
 static uint32_t moexc__score_bucket(float s)
@@ -11287,8 +11372,9 @@ static uint32_t moexc__score_bucket(float s)
    Radix pre-selection: a histogram of the buckets finds the one holding the
    k-th largest; only that bucket goes through quickselect. Short rows
    (n < 8192, e.g. one token's latents in an SAE) skip the histogram, whose
-   4096 buckets cost more than they save there, and quickselect the positive
-   values; the k-th largest, and so the result, is the same either way. */
+   4096 buckets cost more than they save there, and bisect for the k-th
+   largest (moexc__kth_largest_bisect); the k-th largest, and so the result,
+   is the same either way. */
 static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigned char *keep, float *tmp)
 {
     ptrdiff_t hist[MOEXC__SCORE_BUCKETS];
@@ -11297,7 +11383,7 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
     float t;
     int j, short_row = n < 8192;
     if (short_row) {
-        for (i = 0; i < n; i++) if (v[i] > 0.0f) tmp[c++] = v[i];
+        c = moexc__count_ge(v, n, nextafterf(0.0f, 1.0f), NULL);    /* v >= the smallest positive float */
     } else {
         memset(hist, 0, sizeof(hist));
         for (i = 0; i < n; i++)
@@ -11310,7 +11396,11 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
         return mn;
     }
     if (short_row) {
-        t = moexc__kth_largest(tmp, c, k);
+        t = moexc__kth_largest_bisect(v, n, k);              /* c > k: the k-th largest is positive */
+        if (t != t) {                                        /* NaN in v: quickselect the positive values */
+            for (i = 0, c = 0; i < n; i++) if (v[i] > 0.0f) tmp[c++] = v[i];
+            t = moexc__kth_largest(tmp, c, k);
+        }
         moexc__keep_from_threshold(v, n, k, t, keep);
         return t;
     }
@@ -11324,18 +11414,6 @@ static float moexc__select_top(const float *v, ptrdiff_t n, ptrdiff_t k, unsigne
     t = moexc__kth_largest(tmp, c, k - above);
     moexc__keep_from_threshold(v, n, k, t, keep);
     return t;
-}
-
-/* Index of the lowest set bit of a non-zero mask. */
-static int moexc__lowest_bit(unsigned mask)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    return __builtin_ctz(mask);
-#else
-    int q = 0;
-    while (!(mask & 1u)) { mask >>= 1; q++; }
-    return q;
-#endif
 }
 
 /* One scan over the BatchTopK scores s_bi = ReLU(pre_bi) w_i of rows

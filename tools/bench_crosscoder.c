@@ -5,7 +5,11 @@
    an identical PyTorch crosscoder and prints the ratio.
 
      bench_crosscoder [--threads N] [--steps N] [--batch N] [--d D] [--latents F]
-                      [--k K] [--shared S]
+                      [--k K] [--shared S] [--dead FRACTION]
+
+   --dead marks that fraction of the latents dead (moexc_xc_set_dead), so
+   that each step also runs AuxK over them, as training does once latents
+   stop firing (about 10% at the end of the default demo).
 
    Output line (parsed by bench_crosscoder_torch.py):
      c crosscoder params <P> median_s <s> pairs_per_s <x> */
@@ -24,6 +28,7 @@
 
 int main(int argc, char **argv)
 {
+    double dead = 0.0;
     int threads = 0, steps = 20, batch = 1024, d = 128, F = 2048, k = 32, ns = 64, i, s, pools = 4;
     moexc_xc_options o;
     moexc_xc *xc = NULL;
@@ -33,8 +38,10 @@ int main(int argc, char **argv)
     double *times, median;
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: bench_crosscoder [--threads N] [--steps N] [--batch N] [--d D] [--latents F] [--k K] [--shared S]\n"
+               "                        [--dead FRACTION]\n"
                "pairs/s of one BatchTopK crosscoder training step on random pairs, median of --steps [20]\n"
-               "steps (defaults: d 128, F 2048, k 32, 64 shared, batch 1024); see tools/bench_crosscoder.c\n");
+               "steps (defaults: d 128, F 2048, k 32, 64 shared, batch 1024, no dead latents: --dead 0.1\n"
+               "marks the last 10%% of the latents dead, so AuxK runs); see tools/bench_crosscoder.c\n");
         return 0;
     }
     for (i = 1; i + 1 < argc; i += 2) {
@@ -46,10 +53,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--latents")) F = v;
         else if (!strcmp(argv[i], "--k")) k = v;
         else if (!strcmp(argv[i], "--shared")) ns = v;
+        else if (!strcmp(argv[i], "--dead")) dead = atof(argv[i + 1]);
         else { fprintf(stderr, "bench_crosscoder: unknown option %s\n", argv[i]); return 2; }
     }
     if (i < argc) { fprintf(stderr, "bench_crosscoder: %s needs a value\n", argv[i]); return 2; }
     if (steps < 1 || batch < 1 || d < 1 || F < 1) { fprintf(stderr, "bench_crosscoder: sizes must be >= 1\n"); return 2; }
+    if (!(dead >= 0.0 && dead <= 1.0)) { fprintf(stderr, "bench_crosscoder: --dead %g not in [0, 1]\n", dead); return 2; }
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
     threads = omp_get_max_threads();
@@ -66,6 +75,7 @@ int main(int argc, char **argv)
     moexc_rng_seed(&rng, 7);
     for (i = 0; i < pools * batch * d; i++) { xa[i] = moexc_rng_normal(&rng); xb[i] = 0.5f * xa[i] + moexc_rng_normal(&rng); }
     moexc_xc_init_from_data(xc, xa, xb, batch, NULL);
+    for (i = 0; i < (int)(dead * F); i++) moexc_xc_set_dead(xc, F - 1 - i, 1);
     for (s = 0; s < steps + 3; s++) {
         size_t off = (size_t)(s % pools) * batch * d;
         double t0 = now_seconds();
@@ -76,8 +86,8 @@ int main(int argc, char **argv)
         if (s >= 3) times[s - 3] = now_seconds() - t0;
     }
     median = median_in_place(times, steps);
-    printf("crosscoder BatchTopK d_A = d_B = %d, F %d, k %d, shared %d, batch %d, %d threads (%s)\n",
-           d, F, k, ns, batch, threads, moexc_simd_backend());
+    printf("crosscoder BatchTopK d_A = d_B = %d, F %d, k %d, shared %d, batch %d, %d dead, %d threads (%s)\n",
+           d, F, k, ns, batch, (int)(dead * F), threads, moexc_simd_backend());
     printf("c crosscoder params %lu median_s %.6f pairs_per_s %.1f\n", (unsigned long)moexc_xc_num_params(xc),
            median, batch / median);
     moexc_xc_free(xc);
