@@ -49,7 +49,7 @@ kill_loop() {
         if [ -f "$ckpt" ]; then cmd=$resume; else cmd=$fresh; fi
         mode=random
         [ $((i % 2)) = 0 ] && mode=save && rm -f "$ckpt.tmp"
-        d=$(delay 0.1 0.9)
+        d=$(delay 0.1 0.6)   # KILLS x 0.6 s stays below each run's length with --save-every 1
         sh -c "exec $cmd" > "$W/$label.run$i.log" 2>&1 &
         pid=$!
         sleep "$d"
@@ -80,7 +80,9 @@ kill_loop() {
 }
 
 # ---- 1. moexc_train ----------------------------------------------------------
-LM="--builtin 30000 --d-model 32 --heads 2 --layers 2 --context 32 --batch 4 --steps 1000 --eval-interval 250 --eval-batches 2 --log-every 100000"
+# 3000 steps with a save after each take ~8 s here: the kills (at most 8 x
+# 0.6 s of progress) cannot finish the run, else later runs end unkilled.
+LM="--builtin 30000 --d-model 32 --heads 2 --layers 2 --context 32 --batch 4 --steps 3000 --eval-interval 750 --eval-batches 2 --log-every 100000"
 LMDATA="--builtin 30000"
 t0=$(date +%s)
 if $B/moexc_train $LM --save "$W/lm_ref.ckpt" > "$W/lm_ref.log" 2>&1; then
