@@ -236,18 +236,97 @@ static int commit_tmp(FILE *f, const char *path)
     return 0;
 }
 
-/* Write a PNG and say so on `out`. */
-static int save_png_to(FILE *out, const char *dir, const char *name, const moexc_canvas *c)
+/* Where figures go: the report folder, the text stream their "wrote" lines
+   go to (stdout, or a buffer while steps run side by side), and the queue
+   their encoding waits in (NULL: encoded at once). zlib compression is much
+   of the time the report's last steps take, so while the MoE Lens and the
+   rest of the report run side by side their figures are copied into a queue
+   and encoded by whichever side is free (png_queue_drain). A queued
+   figure's "wrote" line comes when it is queued; if it cannot be written
+   later, the demo says so and fails. */
+typedef struct png_queue { int n, cap, next; char **path; moexc_canvas *canvas; } png_queue;
+typedef struct png_sink { const char *dir; FILE *out; png_queue *queue; } png_sink;
+
+#ifdef _OPENMP   /* queues are used only when steps run side by side */
+static void png_queue_free(png_queue *q)
+{
+    int i;
+    for (i = 0; i < q->n; i++) { free(q->path[i]); free(q->canvas[i].rgb); }
+    free(q->path); free(q->canvas);
+    memset(q, 0, sizeof(*q));
+}
+
+/* Encode queued figures until none is left to take; 1 if one failed. Any
+   number of threads may drain a queue at once, and figures may be added
+   meanwhile. */
+static int png_queue_drain(png_queue *q)
+{
+    int bad = 0;
+    for (;;) {
+        int i;
+#       pragma omp critical (demo_png_queue)
+        i = q->next < q->n ? q->next++ : -1;
+        if (i < 0) return bad;
+        if (tool_write_png("moexc_demo", q->path[i], &q->canvas[i])) bad = 1;
+    }
+}
+#endif
+
+/* Copy the figure into the queue (0), or fail for want of memory (1). */
+static int png_queue_add(png_queue *q, const char *path, const moexc_canvas *c)
+{
+    size_t bytes = (size_t)c->width * (size_t)c->height * 3;
+    int bad = 0;
+#ifdef _OPENMP
+#   pragma omp critical (demo_png_queue)
+#endif
+    {
+        if (q->n == q->cap) {
+            int cap = q->cap ? 2 * q->cap : 16;
+            char **np = (char **)realloc(q->path, (size_t)cap * sizeof(*np));
+            moexc_canvas *nc = np ? (moexc_canvas *)realloc(q->canvas, (size_t)cap * sizeof(*nc)) : NULL;
+            if (np) q->path = np;
+            if (nc) { q->canvas = nc; q->cap = cap; }
+        }
+        if (q->n < q->cap) {
+            char *pcopy = (char *)malloc(strlen(path) + 1);
+            unsigned char *rgb = (unsigned char *)malloc(bytes ? bytes : 1);
+            if (pcopy && rgb) {
+                strcpy(pcopy, path);
+                memcpy(rgb, c->rgb, bytes);
+                q->path[q->n] = pcopy;
+                q->canvas[q->n] = *c;
+                q->canvas[q->n].rgb = rgb;
+                q->canvas[q->n].owned = 0;
+                q->n++;
+            } else {
+                free(pcopy); free(rgb); bad = 1;
+            }
+        } else {
+            bad = 1;
+        }
+    }
+    return bad;
+}
+
+/* Write (or queue) figure `name` in the sink's folder and say so. */
+static int save_png(const png_sink *sink, const char *name, const moexc_canvas *c)
 {
     char path[4096];
-    join(path, sizeof(path), dir, name);
-    if (tool_write_png("moexc_demo", path, c)) return 1;
-    fprintf(out, "  wrote %s\n", path);
+    join(path, sizeof(path), sink->dir, name);
+    if (!sink->queue) {
+        if (tool_write_png("moexc_demo", path, c)) return 1;
+    } else if (png_queue_add(sink->queue, path, c)) {
+        fprintf(stderr, "moexc_demo: out of memory for %s\n", path);
+        return 1;
+    }
+    fprintf(sink->out, "  wrote %s\n", path);
     return 0;
 }
-static int save_png(const char *dir, const char *name, const moexc_canvas *c)
+/* save_png as the library's figure callback (user: the png_sink). */
+static int sink_png(const char *name, const struct moexc_canvas *c, void *user)
 {
-    return save_png_to(stdout, dir, name, c);
+    return save_png((const png_sink *)user, name, c);
 }
 
 /* A JSON number, or null for NaN / infinity. */
@@ -529,7 +608,7 @@ static moexc_band class_band(int cls, double lo, double hi, const char *label)
 }
 
 /* r histogram with the three bands; designated and dead latents are counted in the table. */
-static int plot_r_histogram(const char *dir, const moexc_latent_analysis *an, moexc_canvas *cv)
+static int plot_r_histogram(const png_sink *sink, const moexc_latent_analysis *an, moexc_canvas *cv)
 {
     moexc_histogram h;
     moexc_band bands[3];
@@ -554,11 +633,11 @@ static int plot_r_histogram(const char *dir, const moexc_latent_analysis *an, mo
     moexc_canvas_clear(cv, 0xFFFFFFu);
     bad = moexc_plot_histograms(cv, &h, 1, &label, &color, bands, 3, &po, NULL) != MOEXC_OK;
     moexc_histogram_free(&h);
-    return bad | save_png(dir, "r_hist.png", cv);
+    return bad | save_png(sink, "r_hist.png", cv);
 }
 
 /* Histograms of x per live class, as overlaid outlines (fractions of each class). */
-static int plot_per_class(const char *dir, const char *file, const moexc_latent_analysis *an, const float *x,
+static int plot_per_class(const png_sink *sink, const char *file, const moexc_latent_analysis *an, const float *x,
                           int n_bins, double lo, double hi, int log_axis, const float *extra, int n_extra,
                           const char *extra_label, int skip_class, const moexc_plot_options *base, moexc_canvas *cv)
 {
@@ -585,12 +664,12 @@ static int plot_per_class(const char *dir, const char *file, const moexc_latent_
     moexc_canvas_clear(cv, 0xFFFFFFu);
     bad = moexc_plot_histograms(cv, h, n, labels, colors, NULL, 0, base, NULL) != MOEXC_OK;
     for (i = 0; i < n; i++) moexc_histogram_free(&h[i]);
-    return bad | save_png(dir, file, cv);
+    return bad | save_png(sink, file, cv);
 }
 
 /* Heatmap: rows "layer l, domain", columns experts, cells = % of the domain's
    tokens whose top-k includes the expert (uniform: 100 k / E). */
-static int plot_routing(const char *dir, const lm_result *moe, const moexc_tokens *data, moexc_error *err)
+static int plot_routing(const png_sink *sink, const lm_result *moe, const moexc_tokens *data, moexc_error *err)
 {
     int L = moe->router_layers, E = moe->router_experts, D = data->n_domains, l, d, e, bad;
     int rows = L * D;
@@ -622,7 +701,7 @@ static int plot_routing(const char *dir, const lm_result *moe, const moexc_token
         po.annotate = 1;
         po.value_format = "%.0f";
         bad = moexc_plot_heatmap(&cv, v, rows, E, rl, cl, &po, err) != MOEXC_OK;
-        if (!bad) bad = save_png(dir, "routing_heatmap.png", &cv);
+        if (!bad) bad = save_png(sink, "routing_heatmap.png", &cv);
         moexc_canvas_free(&cv);
     }
     free(v); free(row_names); free(rl);
@@ -1130,7 +1209,7 @@ static int errorbar_panel(moexc_canvas *cv, const controls *ct, ctrl_getter get,
     return bad;
 }
 
-static int plot_controls(const char *dir, const controls *ct, moexc_canvas *cv)
+static int plot_controls(const png_sink *sink, const controls *ct, moexc_canvas *cv)
 {
     moexc_plot_options po;
     char title[200];
@@ -1160,7 +1239,7 @@ static int plot_controls(const char *dir, const controls *ct, moexc_canvas *cv)
         moexc_canvas_clear(cv, 0xFFFFFFu);
         bad = moexc_plot_histograms(cv, h, CTRL_PAIRS, labels, NULL, bands, 3, &po, NULL) != MOEXC_OK;
         for (p = 0; p < CTRL_PAIRS; p++) moexc_histogram_free(&h[p]);
-        if (bad || save_png(dir, "r_hist_controls.png", cv)) return 1;
+        if (bad || save_png(sink, "r_hist_controls.png", cv)) return 1;
     }
     /* class counts and median densities, mean +- sd over crosscoder seeds */
     moexc_canvas_clear(cv, 0xFFFFFFu);
@@ -1178,7 +1257,7 @@ static int plot_controls(const char *dir, const controls *ct, moexc_canvas *cv)
     po.y_label = "median fraction of tokens (log10)";
     po.x_min = -0.5; po.x_max = 2.5; po.log_y = 1;
     if (errorbar_panel(cv, ct, get_density, 3, &po)) return 1;
-    if (save_png(dir, "class_counts_controls.png", cv)) return 1;
+    if (save_png(sink, "class_counts_controls.png", cv)) return 1;
     /* raw and aligned decoder cosines per class, against random pairs */
     moexc_canvas_clear(cv, 0xFFFFFFu);
     memset(&po, 0, sizeof(po));
@@ -1192,7 +1271,7 @@ static int plot_controls(const char *dir, const controls *ct, moexc_canvas *cv)
     po.title = "Aligned cos(Q d_A, d_B)";
     po.y_label = "mean aligned cosine per class (Procrustes Q)";
     if (errorbar_panel(cv, ct, get_cos_aligned, 4, &po)) return 1;
-    return save_png(dir, "cosine_aligned.png", cv);
+    return save_png(sink, "cosine_aligned.png", cv);
 }
 
 /* The controls' twin models: a dense and a MoE model like the study's, whose
@@ -1447,7 +1526,7 @@ static int write_summary(const report_inputs *in)
 }
 
 /* the PNGs, on one reusable canvas */
-static int draw_plots(const report_inputs *in, moexc_canvas *cv)
+static int draw_plots(const report_inputs *in, const png_sink *sink, moexc_canvas *cv)
 {
     const demo_config *c = in->c;
     const moexc_tokens *data = in->data;
@@ -1458,7 +1537,7 @@ static int draw_plots(const report_inputs *in, moexc_canvas *cv)
     const float *xc_curve = in->xc_curve, *xc_eval_curve = in->xc_eval_curve;
     int n_xc_evals = in->n_xc_evals, n_eval = in->n_eval;
     moexc_error err;
-    if (plot_r_histogram(c->out, an, cv)) return 1;
+    if (plot_r_histogram(sink, an, cv)) return 1;
     {
         moexc_plot_options po;
         memset(&po, 0, sizeof(po));
@@ -1466,14 +1545,14 @@ static int draw_plots(const report_inputs *in, moexc_canvas *cv)
         po.x_label = "cosine of the latent's two decoder rows (designated shared: 1, not shown)";
         po.y_label = "fraction of class";
         po.normalize = 1;
-        if (plot_per_class(c->out, "cosine_hist.png", an, an->cosine, 40, -1.0, 1.0, 0, an->random_cosine,
+        if (plot_per_class(sink, "cosine_hist.png", an, an->cosine, 40, -1.0, 1.0, 0, an->random_cosine,
                            an->n_random_pairs, "random pairs", MOEXC_CLASS_DESIGNATED, &po, cv)) return 1;
         memset(&po, 0, sizeof(po));
         po.title = "Activation density per class (held-out tokens)";
         po.x_label = "fraction of held-out tokens on which the latent fires (log10)";
         po.y_label = "fraction of class";
         po.normalize = 1;
-        if (plot_per_class(c->out, "density_hist.png", an, an->density, 40, 1.0 / n_eval, 1.0, 1, NULL, 0, NULL,
+        if (plot_per_class(sink, "density_hist.png", an, an->density, 40, 1.0 / n_eval, 1.0, 1, NULL, 0, NULL,
                            -1, &po, cv)) return 1;
     }
     {   /* LM training curves (left) and held-out bits per byte (right) */
@@ -1518,7 +1597,7 @@ static int draw_plots(const report_inputs *in, moexc_canvas *cv)
         for (m = 0; m < 2; m++) for (d = 0; d <= D; d++) free(ev_y[m][d]);
         free(sm);
         if (k) { return failed("plot", &err); }
-        if (save_png(c->out, "lm_curves.png", cv)) return 1;
+        if (save_png(sink, "lm_curves.png", cv)) return 1;
     }
     {   /* crosscoder training: loss, L0 and dead fraction; FVE over training */
         moexc_series s[4];
@@ -1547,7 +1626,7 @@ static int draw_plots(const report_inputs *in, moexc_canvas *cv)
         s[0].x = x; s[0].y = y2; s[0].n = n; s[0].label = "L0 / k (batch)";
         s[1].x = x; s[1].y = y3; s[1].n = n; s[1].label = "dead fraction";
         if (moexc_plot_lines(cv, s, 2, &po, &err)) { free(buf); return failed("plot", &err); }
-        if (save_png(c->out, "xc_curves.png", cv)) { free(buf); return 1; }
+        if (save_png(sink, "xc_curves.png", cv)) { free(buf); return 1; }
         /* FVE: per-batch training FVE (smoothed) and held-out FVE at intervals */
         for (m = 0; m < 2; m++) {
             for (k = 0; k < n; k++) y3[k] = xc_curve[(size_t)k * 6 + 1 + m];
@@ -1568,21 +1647,21 @@ static int draw_plots(const report_inputs *in, moexc_canvas *cv)
         s[3].x = x; s[3].y = y2; s[3].n = n; s[3].label = "dense, training batches";
         if (moexc_plot_lines(cv, s, 4, &po, &err)) { free(buf); return failed("plot", &err); }
         free(buf);
-        if (save_png(c->out, "fve_curve.png", cv)) return 1;
+        if (save_png(sink, "fve_curve.png", cv)) return 1;
     }
-    if (res[1].router_layers > 0 && plot_routing(c->out, &res[1], data, &err)) return 1;
-    if (in->ctl && plot_controls(c->out, in->ctl, cv)) return 1;
+    if (res[1].router_layers > 0 && plot_routing(sink, &res[1], data, &err)) return 1;
+    if (in->ctl && plot_controls(sink, in->ctl, cv)) return 1;
 
     return 0;
 }
 
-static int write_plots(const report_inputs *in)
+static int write_plots(const report_inputs *in, const png_sink *sink)
 {
     moexc_canvas cv;
     moexc_error err;
     int bad;
     if (moexc_canvas_init(&cv, 1000, 640, &err)) return failed("canvas", &err);
-    bad = draw_plots(in, &cv);
+    bad = draw_plots(in, sink, &cv);
     moexc_canvas_free(&cv);
     return bad;
 }
@@ -1641,85 +1720,6 @@ static int load_corpus(moexc_tokens *data, const demo_config *c)
 /* any checkpoint): routing, concentration, single-expert early decoding and  */
 /* perplexity with k' = 1..k experts, on each domain's held-out tail.         */
 
-/* PNGs queued for encoding: zlib compression is much of the time steps 7
-   and 8 take, so when they run side by side their figures are copied here
-   and encoded side by side afterwards (png_queue_flush). */
-typedef struct png_queue { int n, cap, failed; char **path; moexc_canvas *canvas; } png_queue;
-#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
-static void png_queue_free(png_queue *q)
-{
-    int i;
-    for (i = 0; i < q->n; i++) { free(q->path[i]); free(q->canvas[i].rgb); }
-    free(q->path); free(q->canvas);
-    memset(q, 0, sizeof(*q));
-}
-#endif
-/* Copy the figure into the queue (0), or fail for want of memory (1). */
-static int png_queue_add(png_queue *q, const char *path, const moexc_canvas *c)
-{
-    size_t bytes = (size_t)c->width * (size_t)c->height * 3;
-    int bad = 0;
-#ifdef _OPENMP
-#   pragma omp critical (demo_png_queue)
-#endif
-    {
-        if (q->n == q->cap) {
-            int cap = q->cap ? 2 * q->cap : 16;
-            char **np = (char **)realloc(q->path, (size_t)cap * sizeof(*np));
-            moexc_canvas *nc = np ? (moexc_canvas *)realloc(q->canvas, (size_t)cap * sizeof(*nc)) : NULL;
-            if (np) q->path = np;
-            if (nc) { q->canvas = nc; q->cap = cap; }
-        }
-        if (q->n < q->cap) {
-            char *pcopy = (char *)malloc(strlen(path) + 1);
-            unsigned char *rgb = (unsigned char *)malloc(bytes ? bytes : 1);
-            if (pcopy && rgb) {
-                strcpy(pcopy, path);
-                memcpy(rgb, c->rgb, bytes);
-                q->path[q->n] = pcopy;
-                q->canvas[q->n] = *c;
-                q->canvas[q->n].rgb = rgb;
-                q->canvas[q->n].owned = 0;
-                q->n++;
-            } else {
-                free(pcopy); free(rgb); bad = 1;
-            }
-        } else {
-            bad = 1;
-        }
-    }
-    return bad;
-}
-#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
-/* Encode every queued figure, side by side on the threads there are; 1 if one failed. */
-static int png_queue_flush(png_queue *q)
-{
-    int i, bad = 0;
-#   pragma omp parallel for schedule(dynamic, 1) reduction(|: bad)
-    for (i = 0; i < q->n; i++) {
-        if (tool_write_png("moexc_demo", q->path[i], &q->canvas[i])) bad = 1;
-    }
-    return bad;
-}
-#endif
-
-/* Where steps 7 and 8 write: the report folder, the text stream their lines
-   go to (stdout, or a buffer while the two steps run side by side), and the
-   queue their figures go to (NULL: written at once). A queued figure's
-   "wrote" line comes when it is queued; if it cannot be written later, the
-   demo says so and fails. */
-typedef struct png_sink { const char *dir; FILE *out; png_queue *queue; } png_sink;
-static int lens_png(const char *path, const struct moexc_canvas *c, void *user)
-{
-    const png_sink *sink = (const png_sink *)user;
-    char full[4096];
-    if (!sink->queue) return save_png_to(sink->out, sink->dir, path, c);   /* path is "lens_<plot>.png" */
-    join(full, sizeof(full), sink->dir, path);
-    if (png_queue_add(sink->queue, full, c)) { fprintf(stderr, "moexc_demo: out of memory for %s\n", full); return 1; }
-    fprintf(sink->out, "  wrote %s\n", full);
-    return 0;
-}
-
 static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *data, FILE *out, png_queue *queue)
 {
     moexc_lens lens;
@@ -1757,7 +1757,7 @@ static int run_lens(const demo_config *c, moexc_model *moe, const moexc_tokens *
     if (moexc_lens_write_csv(&lens, path, &err)) bad = failed("lens.csv", &err);
     join(path, sizeof(path), c->out, "lens.json");
     if (!bad && moexc_lens_write_json(&lens, "moexc_demo MoE", path, &err)) bad = failed("lens.json", &err);
-    if (!bad && moexc_lens_write_plots(&lens, NULL, "lens_", lens_png, &sink, NULL, &err))
+    if (!bad && moexc_lens_write_plots(&lens, NULL, "lens_", sink_png, &sink, NULL, &err))
         bad = failed("lens plots", &err);
     if (!bad) fprintf(out, "  MoE Lens in %.1f s\n", now_seconds() - t0);
     moexc_lens_free(&lens);
@@ -1829,11 +1829,27 @@ static int run_latent_study(const demo_config *c, moexc_model *moe, moexc_model 
     return 0;
 }
 
-/* The page (index.html and expert_purity.png): it lists the PNGs in the
-   folder, so it comes after every other figure is written. */
+/* The page's figure, expert_purity.png, into the sink. */
+static int save_purity_figure(const moexc_latent_study *st, const moexc_latent_analysis *an, const png_sink *sink)
+{
+    report_page pg;
+    moexc_canvas cv;
+    moexc_error err;
+    int bad;
+    memset(&pg, 0, sizeof(pg));
+    memset(&cv, 0, sizeof(cv));
+    pg.an = an; pg.st = st;
+    if (page_purity_plot(&pg, &cv, &err)) return failed("expert purity plot", &err);
+    bad = save_png(sink, "expert_purity.png", &cv);
+    moexc_canvas_free(&cv);
+    return bad;
+}
+
+/* The page, index.html (with_figure: and expert_purity.png first): it lists
+   the PNGs in the folder, so it comes after every other figure is written. */
 static int write_latent_page(const demo_config *c, const moexc_latent_study *st, const moexc_tokens *data,
                              const moexc_latent_analysis *an, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
-                             const float *beta_b, const float *nu)
+                             const float *beta_b, const float *nu, int with_figure)
 {
     report_page pg;
     char title[160], v[8][96], msg[600];
@@ -1856,8 +1872,8 @@ static int write_latent_page(const demo_config *c, const moexc_latent_study *st,
     memset(&pg, 0, sizeof(pg));
     pg.dir = c->out; pg.title = title; pg.summary_keys = keys; pg.summary_values = vals; pg.n_summary = 7;
     pg.an = an; pg.st = st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
-    if (report_page_write(&pg, lens_png, &sink, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
-    else printf("  wrote %s/index.html and expert_purity.png\n", c->out);
+    if (report_page_write(&pg, with_figure ? sink_png : NULL, &sink, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
+    else printf("  wrote %s/index.html\n", c->out);
     return bad;
 }
 
@@ -1880,10 +1896,11 @@ static void flush_lines(FILE *buf)
        its active experts, the latent study runs it too);
      - step 6's files and figures, then the latent study on the originals;
    the lines of steps 7 and 8 go to two buffers, printed in step order, and
-   the lens figures to a queue encoded side by side afterwards. Then the
-   study's page, which lists the figures in the folder. Each step computes
-   exactly what it computes alone on one thread. With 1 thread, or when a
-   copy or a buffer cannot be made, all runs one step after another. */
+   every figure (the study's page figure too) to a queue; each side, once
+   done, encodes queued figures until none is left. Then the study's page,
+   which lists the figures in the folder. Each step computes exactly
+   what it computes alone on one thread. With 1 thread, or when a copy or a
+   buffer cannot be made, all runs one step after another. */
 static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dense, moexc_xc *xc,
                     const float *eval_a, const float *eval_b, const float *beta_a, const float *beta_b,
                     const float *nu, int threads)
@@ -1891,13 +1908,16 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
     const demo_config *c = in->c;
     const moexc_tokens *data = in->data;
     moexc_latent_study st;
+    png_sink report_sink;
     int bad[3] = {0, 0, 0};
 #ifdef _OPENMP
     moexc_model *lens_moe = NULL;
     moexc_error err;
     FILE *buf[2] = {NULL, NULL};
     png_queue queue;
+    int drain_bad[2] = {0, 0};
     memset(&queue, 0, sizeof(queue));
+    report_sink.dir = c->out; report_sink.out = stdout; report_sink.queue = &queue;
     if (threads >= 2 && moexc_model_create(&lens_moe, moexc_model_get_config(moe), &err) == MOEXC_OK
         && (buf[0] = tmpfile()) != NULL && (buf[1] = tmpfile()) != NULL) {
         memcpy(moexc_model_params(lens_moe), moexc_model_params(moe), moexc_model_num_params(moe) * sizeof(float));
@@ -1908,25 +1928,31 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
             {
                 omp_set_num_threads(1);
                 bad[0] = run_lens(c, lens_moe, data, buf[0], &queue);
+                drain_bad[0] = png_queue_drain(&queue);
             }
 #           pragma omp section
             {
                 omp_set_num_threads(1);
-                bad[1] = write_csvs(in) || write_summary(in) || write_plots(in);
+                bad[1] = write_csvs(in) || write_summary(in) || write_plots(in, &report_sink);
                 if (!bad[1])
                     bad[1] = run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, buf[1]);
+                if (!bad[1]) {
+                    report_sink.out = buf[1];                 /* its line goes with step 8's */
+                    if (save_purity_figure(&st, in->an, &report_sink)) { bad[1] = 1; moexc_latent_study_free(&st); }
+                }
+                drain_bad[1] = png_queue_drain(&queue);
             }
         }
         fflush(stdout);
         if (!bad[1]) { flush_lines(buf[0]); flush_lines(buf[1]); }
-        bad[2] = png_queue_flush(&queue);
+        bad[2] = drain_bad[0] || drain_bad[1];
         png_queue_free(&queue);
         fclose(buf[0]);
         fclose(buf[1]);
         moexc_model_free(lens_moe);
         if (!bad[1]) {
             if (!bad[0] && !bad[2])
-                bad[2] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
+                bad[2] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu, 0);
             moexc_latent_study_free(&st);
         }
         return bad[0] || bad[1] || bad[2];
@@ -1935,10 +1961,11 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
     moexc_model_free(lens_moe);
 #endif
     (void)threads;
-    if (write_csvs(in) || write_summary(in) || write_plots(in)) return 1;
+    report_sink.dir = c->out; report_sink.out = stdout; report_sink.queue = NULL;
+    if (write_csvs(in) || write_summary(in) || write_plots(in, &report_sink)) return 1;
     if (run_lens(c, moe, data, stdout, NULL)) return 1;
     if (run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, stdout)) return 1;
-    bad[0] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
+    bad[0] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu, 1);
     moexc_latent_study_free(&st);
     return bad[0];
 }

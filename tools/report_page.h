@@ -248,8 +248,10 @@ PAGE_FN void page_card(FILE *f, const report_page *p, int i, char kind, int orde
 PAGE_FN int page_png_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Writes expert_purity.png through write("expert_purity.png", canvas, user)
-   (the name is relative to p->dir; the writer saves it there), then
-   <dir>/index.html (temporary file, then rename). Returns 0 on success, else a message in msg. */
+   (the name is relative to p->dir; the writer saves it there; write NULL:
+   the caller has written it, from page_purity_plot), then <dir>/index.html
+   (temporary file, then rename), which lists the PNGs in <dir>. Returns 0
+   on success, else a message in msg. */
 PAGE_FN int report_page_write(const report_page *p, moexc_png_writer write, void *user, char *msg, size_t msg_size)
 {
     const moexc_latent_analysis *an = p->an;
@@ -270,10 +272,12 @@ PAGE_FN int report_page_write(const report_page *p, moexc_png_writer write, void
     acc[0] = &st->domain; acc[1] = &st->expert_top1; acc[2] = &st->expert_topk;
     for (d = 0; d < st->n_domains; d++) dom_names[d] = st->domain_names[d];
     memset(&cv, 0, sizeof(cv));
-    if (page_purity_plot(p, &cv, &err)) { snprintf(msg, msg_size, "expert purity plot: %.400s", err.message); return 1; }
-    snprintf(path, sizeof(path), "expert_purity.png");
-    if (write(path, &cv, user)) { moexc_canvas_free(&cv); snprintf(msg, msg_size, "cannot write %.400s", path); return 1; }
-    moexc_canvas_free(&cv);
+    if (write) {
+        if (page_purity_plot(p, &cv, &err)) { snprintf(msg, msg_size, "expert purity plot: %.400s", err.message); return 1; }
+        snprintf(path, sizeof(path), "expert_purity.png");
+        if (write(path, &cv, user)) { moexc_canvas_free(&cv); snprintf(msg, msg_size, "cannot write %.400s", path); return 1; }
+        moexc_canvas_free(&cv);
+    }
 #if !defined(_WIN32)
     {
         DIR *dir = opendir(p->dir);
