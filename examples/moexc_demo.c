@@ -1829,6 +1829,7 @@ static int run_latent_study(const demo_config *c, moexc_model *moe, moexc_model 
     return 0;
 }
 
+#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
 /* The page's figure, expert_purity.png, into the sink. */
 static int save_purity_figure(const moexc_latent_study *st, const moexc_latent_analysis *an, const png_sink *sink)
 {
@@ -1844,6 +1845,7 @@ static int save_purity_figure(const moexc_latent_study *st, const moexc_latent_a
     moexc_canvas_free(&cv);
     return bad;
 }
+#endif
 
 /* The page, index.html (with_figure: and expert_purity.png first): it lists
    the PNGs in the folder, so it comes after every other figure is written. */
