@@ -2557,6 +2557,16 @@ typedef __m512 moexc__vf;
 #  define moexc__vround(v)       _mm512_roundscale_ps((v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #  define moexc__vpow2i(n)       _mm512_castsi512_ps(_mm512_slli_epi32( \
                                      _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23))
+/* half-width (8-lane) vectors, for rows narrower than 16 floats (RoPE on
+   heads of 16: 8 pairs) */
+#  define MOEXC__VHW 8
+typedef __m256 moexc__vhf;
+#  define moexc__vhload(p)       _mm256_loadu_ps(p)
+#  define moexc__vhstore(p, v)   _mm256_storeu_ps((p), (v))
+#  define moexc__vhset1(x)       _mm256_set1_ps(x)
+#  define moexc__vhadd(a, b)     _mm256_add_ps((a), (b))
+#  define moexc__vhsub(a, b)     _mm256_sub_ps((a), (b))
+#  define moexc__vhmul(a, b)     _mm256_mul_ps((a), (b))
 #elif defined(MOEXC__SIMD_AVX2)
 #  include <immintrin.h>
 #  define MOEXC__BACKEND_NAME "avx2"
@@ -6236,6 +6246,14 @@ static void moexc__rope_apply_ld(float *x, size_t ld, const float *cos_tab, cons
                 moexc__vstore(v + i, moexc__vsub(moexc__vmul(x1, vc), moexc__vmul(x2, sn)));
                 moexc__vstore(v + i + half, moexc__vadd(moexc__vmul(x1, sn), moexc__vmul(x2, vc)));
             }
+#ifdef MOEXC__VHW
+            for (; i + MOEXC__VHW <= half; i += MOEXC__VHW) {   /* heads of 16 floats (d 64, 4 heads) */
+                moexc__vhf x1 = moexc__vhload(v + i), x2 = moexc__vhload(v + i + half);
+                moexc__vhf vc = moexc__vhload(c + i), sn = moexc__vhmul(moexc__vhset1(sign), moexc__vhload(s + i));
+                moexc__vhstore(v + i, moexc__vhsub(moexc__vhmul(x1, vc), moexc__vhmul(x2, sn)));
+                moexc__vhstore(v + i + half, moexc__vhadd(moexc__vhmul(x1, sn), moexc__vhmul(x2, vc)));
+            }
+#endif
             for (; i < half; i++) {
                 float x1 = v[i], x2 = v[i + half], sn = sign * s[i];
                 v[i]        = x1 * c[i] - x2 * sn;
