@@ -1829,7 +1829,6 @@ static int run_latent_study(const demo_config *c, moexc_model *moe, moexc_model 
     return 0;
 }
 
-#ifdef _OPENMP   /* used only when steps 7 and 8 run side by side */
 /* The page's figure, expert_purity.png, into the sink. */
 static int save_purity_figure(const moexc_latent_study *st, const moexc_latent_analysis *an, const png_sink *sink)
 {
@@ -1845,20 +1844,18 @@ static int save_purity_figure(const moexc_latent_study *st, const moexc_latent_a
     moexc_canvas_free(&cv);
     return bad;
 }
-#endif
 
-/* The page, index.html (with_figure: and expert_purity.png first): it lists
-   the PNGs in the folder, so it comes after every other figure is written. */
+/* The page, index.html (its figure is saved before, save_purity_figure): it
+   lists the PNGs in the folder, so it comes after every other figure is
+   written. */
 static int write_latent_page(const demo_config *c, const moexc_latent_study *st, const moexc_tokens *data,
                              const moexc_latent_analysis *an, int n_eval, const moexc_xc_eval *ev, const float *beta_a,
-                             const float *beta_b, const float *nu, int with_figure)
+                             const float *beta_b, const float *nu)
 {
     report_page pg;
     char title[160], v[8][96], msg[600];
     const char *keys[8], *vals[8];
     int i, bad = 0;
-    png_sink sink;
-    sink.dir = c->out; sink.out = stdout; sink.queue = NULL;
     snprintf(title, sizeof(title), "moexc study: MoE vs dense through a crosscoder (preset %s)", c->preset);
     keys[0] = "preset, seed";                snprintf(v[0], sizeof(v[0]), "%s, %lu", c->preset, (unsigned long)c->seed);
     keys[1] = "models";                      snprintf(v[1], sizeof(v[1]), "d %d, %d layers, MoE E %d k %d", c->d_model, c->n_layers, c->n_experts, c->top_k);
@@ -1874,7 +1871,7 @@ static int write_latent_page(const demo_config *c, const moexc_latent_study *st,
     memset(&pg, 0, sizeof(pg));
     pg.dir = c->out; pg.title = title; pg.summary_keys = keys; pg.summary_values = vals; pg.n_summary = 7;
     pg.an = an; pg.st = st; pg.data = data; pg.beta_a = beta_a; pg.beta_b = beta_b; pg.nu = nu;
-    if (report_page_write(&pg, with_figure ? sink_png : NULL, &sink, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
+    if (report_page_write(&pg, NULL, NULL, msg, sizeof(msg))) { fprintf(stderr, "moexc_demo: %s\n", msg); bad = 1; }
     else printf("  wrote %s/index.html\n", c->out);
     return bad;
 }
@@ -1954,7 +1951,7 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
         moexc_model_free(lens_moe);
         if (!bad[1]) {
             if (!bad[0] && !bad[2])
-                bad[2] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu, 0);
+                bad[2] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
             moexc_latent_study_free(&st);
         }
         return bad[0] || bad[1] || bad[2];
@@ -1967,7 +1964,8 @@ static int run_tail(const report_inputs *in, moexc_model *moe, moexc_model *dens
     if (write_csvs(in) || write_summary(in) || write_plots(in, &report_sink)) return 1;
     if (run_lens(c, moe, data, stdout, NULL)) return 1;
     if (run_latent_study(c, moe, dense, xc, data, in->an, eval_a, eval_b, in->n_eval, &st, stdout)) return 1;
-    bad[0] = write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu, 1);
+    bad[0] = save_purity_figure(&st, in->an, &report_sink) ||
+             write_latent_page(c, &st, data, in->an, in->n_eval, in->eval, beta_a, beta_b, nu);
     moexc_latent_study_free(&st);
     return bad[0];
 }
