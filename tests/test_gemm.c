@@ -197,6 +197,45 @@ static void test_thread_count_bit_identical(void)
         }
 }
 
+/* op(A) = A^T is read in place unless lda is a multiple of 512 floats, where
+   it is packed first; both must give the same bits. The same A (K x M) with
+   lda = M and with lda = 1024, over edge tiles (M = 45, 61), K blocks and a
+   K of one, with 1 and 2 threads. */
+static void test_in_place_a_matches_packed(void)
+{
+    static const int shapes[][3] = { { 45, 70, 1100 }, { 61, 33, 300 }, { 14, 32, 1 }, { 300, 40, 2048 } };
+    moexc_rng rng;
+    int s, threads;
+#ifdef _OPENMP
+    const int max_threads = omp_get_max_threads();
+#endif
+    moexc_rng_seed(&rng, 6);
+    for (s = 0; s < 4; s++)
+        for (threads = 1; threads <= 2; threads++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], p;
+            float *A = alloc_random(&rng, (size_t)K * M), *B = alloc_random(&rng, (size_t)K * N);
+            float *A_wide = (float *)calloc((size_t)K * 1024, sizeof(float));
+            float *C0 = alloc_random(&rng, (size_t)M * N);
+            float *C1 = (float *)malloc((size_t)M * N * sizeof(float));
+            float *C2 = (float *)malloc((size_t)M * N * sizeof(float));
+            for (p = 0; p < K; p++) memcpy(A_wide + (size_t)p * 1024, A + (size_t)p * M, (size_t)M * sizeof(float));
+            memcpy(C1, C0, (size_t)M * N * sizeof(float));
+            memcpy(C2, C0, (size_t)M * N * sizeof(float));
+#ifdef _OPENMP
+            omp_set_num_threads(threads);
+#endif
+            moexc_sgemm(1, 0, M, N, K, 0.75f, A, M, B, N, 0.5f, C1, N);
+            moexc_sgemm(1, 0, M, N, K, 0.75f, A_wide, 1024, B, N, 0.5f, C2, N);
+            TH_CHECK(memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0,
+                     "A^T in place (lda %d) vs packed (lda 1024) differ: M=%d N=%d K=%d, %d threads",
+                     M, M, N, K, threads);
+            free(A); free(B); free(A_wide); free(C0); free(C1); free(C2);
+        }
+#ifdef _OPENMP
+    omp_set_num_threads(max_threads);
+#endif
+}
+
 /* The wrappers: bias broadcast, accumulate flag, weight grad accumulates. */
 static void test_linear_wrappers(void)
 {
@@ -260,6 +299,7 @@ int main(void)
     TH_RUN(test_model_shapes);
     TH_RUN(test_beta_alpha_k_edge_cases);
     TH_RUN(test_thread_count_bit_identical);
+    TH_RUN(test_in_place_a_matches_packed);
     TH_RUN(test_linear_wrappers);
     return th_summary();
 }
