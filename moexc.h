@@ -3157,7 +3157,7 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
    a_step is MR for a packed A panel, lda for one read in place. */
 #define MOEXC__GEMM_DECL(r) moexc__vf acc##r##_0 = moexc__vzero(), acc##r##_1 = moexc__vzero();
 #define MOEXC__GEMM_FMA(r) {                                                     \
-        moexc__vf a_r = moexc__vset1(a[r]);                                      \
+        moexc__vf a_r = moexc__vset1(a[(size_t)(r) * a_rs]);                    \
         acc##r##_0 = moexc__vfmadd(a_r, b_0, acc##r##_0);                        \
         acc##r##_1 = moexc__vfmadd(a_r, b_1, acc##r##_1); }
 #define MOEXC__GEMM_STORE_OVER(r) {                                              \
@@ -3223,13 +3223,28 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 
 static void moexc__gemm_kernel(int kc, const float *a, size_t a_step, const float *b, float *c, size_t ldc,
                                float alpha, float beta, int beta_zero)
-MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_ROWS)
+{
+    const size_t a_rs = 1;
+    MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_ROWS)
+}
+
+/* The same with A read in place from MR rows of a row-major matrix, a_rs
+   floats apart: a[r*a_rs + p]. */
+static void moexc__gemm_kernel_rows(int kc, const float *a, size_t a_rs, const float *b, float *c, size_t ldc,
+                                    float alpha, float beta, int beta_zero)
+{
+    const size_t a_step = 1;
+    MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_ROWS)
+}
 
 /* The first MR/2 rows only, for edge tiles that short: the same arithmetic
    per element, so the same bits as the full kernel's rows. */
 static void moexc__gemm_kernel_half(int kc, const float *a, size_t a_step, const float *b, float *c, size_t ldc,
                                     float alpha, float beta, int beta_zero)
-MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_HALF_ROWS)
+{
+    const size_t a_rs = 1;
+    MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_HALF_ROWS)
+}
 
 /* A tile cut by the matrix edge (mr < MR or nr < NR): run the same kernel on
    a full tile in a local buffer, so edge elements get the same arithmetic;
@@ -3246,6 +3261,18 @@ static void moexc__gemm_kernel_edge(int kc, const float *a, size_t a_step, const
     if (2 * mr <= MOEXC__GEMM_MR) moexc__gemm_kernel_half(kc, a, a_step, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
     else moexc__gemm_kernel(kc, a, a_step, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
     for (r = 0; r < mr; r++)
+        for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
+}
+
+/* kernel_rows on a tile cut by the right edge (nr < NR), through a local
+   tile: C = alpha * A B, C not read. */
+static void moexc__gemm_kernel_rows_edge(int kc, const float *a, size_t a_rs, const float *b, float *c, size_t ldc,
+                                         int nr)
+{
+    float tile[MOEXC__GEMM_MR * MOEXC__GEMM_NR];
+    int r, j;
+    moexc__gemm_kernel_rows(kc, a, a_rs, b, tile, MOEXC__GEMM_NR, 1.0f, 0.0f, 1);
+    for (r = 0; r < MOEXC__GEMM_MR; r++)
         for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
 }
 
@@ -6299,7 +6326,10 @@ static MOEXC__UNUSED_FN void moexc__rope_apply(float *x, const float *cos_tab, c
 
    Packed (T <= MOEXC_GEMM_KC and dh <= MOEXC_GEMM_KC, with a workspace): the
    head's q, k, v (and dy in backward) are packed into GEMM panels once per
-   (batch, head), and the GEMM micro-kernel runs on them tile by tile. A row
+   (batch, head), and the GEMM micro-kernel runs on them tile by tile; it
+   reads P and dS where they lie (MR of their rows for P v and dS k, MR
+   contiguous floats per row for Pᵀ dy and dSᵀ q), and only a short last
+   tile of them is packed. A row
    tile of MR queries t0 .. t0+MR-1 meets only the key panels that start
    before t0+MR, and P v, dS k run over keys 0 .. t0+MR-1 only; a key tile
    c0 .. c0+MR-1 gets dv, dk from queries c0 .. T-1 only. So the products
@@ -6316,17 +6346,25 @@ static MOEXC__UNUSED_FN void moexc__rope_apply(float *x, const float *cos_tab, c
    (56 rows on AVX-512). */
 #define MOEXC__ATT_BLOCK (64 / MOEXC__GEMM_MR * MOEXC__GEMM_MR)
 
-/* C tile (mr x nr, row stride ldc) = alpha * (packed A panel) (packed B panel) over kc */
+/* C tile (mr x nr, row stride ldc) = alpha * (A panel, a_step floats per
+   step) (packed B panel) over kc */
+static void moexc__att_tile_step(int kc, const float *a, size_t a_step, const float *b, float *c, size_t ldc,
+                                 int mr, int nr, float alpha)
+{
+    if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR) moexc__gemm_kernel(kc, a, a_step, b, c, ldc, alpha, 0.0f, 1);
+    else moexc__gemm_kernel_edge(kc, a, a_step, b, c, ldc, mr, nr, alpha, 0.0f, 1);
+}
+/* the same with a packed A panel */
 static void moexc__att_tile(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, float alpha)
 {
-    if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR) moexc__gemm_kernel(kc, a, MOEXC__GEMM_MR, b, c, ldc, alpha, 0.0f, 1);
-    else moexc__gemm_kernel_edge(kc, a, MOEXC__GEMM_MR, b, c, ldc, mr, nr, alpha, 0.0f, 1);
+    moexc__att_tile_step(kc, a, MOEXC__GEMM_MR, b, c, ldc, mr, nr, alpha);
 }
 
 /* Workspace of the packed path, in floats (0: the packed path does not apply):
    pa, a (T x dh) operand in MR-row panels (q; dy); pb, a transposed one in
    NR-column panels (kᵀ; vᵀ); pc and pd, (T x dh) operands in NR-column
-   panels (v; k, then dy and q); tile, one MR-row panel of P or dS. */
+   panels (v; k, then dy and q); tile, the short last MR-row panel of P or
+   dS. */
 #define MOEXC__ATT_UP(x, m) (((size_t)(x) + (size_t)(m) - 1) / (size_t)(m) * (size_t)(m))
 static size_t moexc__att_ws_floats(int T, int dh, int with_scores)
 {
@@ -6355,6 +6393,28 @@ static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
     w->pd = p; p += MOEXC__ATT_UP(cols, 16);
     w->tile = p; p += MOEXC__ATT_UP((size_t)MOEXC__GEMM_MR * (size_t)T, 16);
     w->scores = p;      /* T x T when the workspace was sized with_scores */
+}
+
+/* C rows (mr x dh, row stride ldc) = (mr rows of A, lda apart, over kc) (B
+   in NR-column panels of T rows): A read in place for a full tile, packed
+   into w->tile for a short one */
+static void moexc__att_rows_tile(int kc, const float *A, size_t lda, const moexc__att_ws *w,
+                                 const float *b_panels, int T, float *c, size_t ldc, int mr, int dh)
+{
+    int j0;
+    if (mr == MOEXC__GEMM_MR) {
+        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR) {
+            const int nr = MOEXC__MIN(MOEXC__GEMM_NR, dh - j0);
+            if (nr == MOEXC__GEMM_NR)
+                moexc__gemm_kernel_rows(kc, A, lda, b_panels + (size_t)j0 * T, c + j0, ldc, 1.0f, 0.0f, 1);
+            else
+                moexc__gemm_kernel_rows_edge(kc, A, lda, b_panels + (size_t)j0 * T, c + j0, ldc, nr);
+        }
+        return;
+    }
+    moexc__gemm_pack_a(w->tile, 0, A, lda, 0, mr, 0, kc);
+    for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
+        moexc__att_tile(kc, w->tile, b_panels + (size_t)j0 * T, c + j0, ldc, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
 }
 
 /* One (batch, head) of the forward below, blocked. */
@@ -6398,10 +6458,7 @@ static void moexc__attention_forward_packed(float *y, float *P, const float *q, 
             if (t + 1 < keys) memset(row + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
         }
         /* y = P v: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
-        moexc__gemm_pack_a(w->tile, 0, P, (size_t)T, t0, mr, 0, keys);
-        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
-            moexc__att_tile(keys, w->tile, w->pc + (size_t)j0 * T, y + (size_t)t0 * d + j0, (size_t)d,
-                            mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+        moexc__att_rows_tile(keys, P + (size_t)t0 * T, (size_t)T, w, w->pc, T, y + (size_t)t0 * d, (size_t)d, mr, dh);
     }
 }
 
@@ -6505,24 +6562,33 @@ static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, fl
             if (t + 1 < keys) memset(ds + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
         }
         /* dq = dS k: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
-        moexc__gemm_pack_a(w->tile, 0, dS, (size_t)T, t0, mr, 0, keys);
-        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
-            moexc__att_tile(keys, w->tile, w->pc + (size_t)j0 * T, dq + (size_t)t0 * ld + j0, (size_t)ld,
-                            mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+        moexc__att_rows_tile(keys, dS + (size_t)t0 * T, (size_t)T, w, w->pc, T, dq + (size_t)t0 * ld, (size_t)ld, mr, dh);
     }
     /* dv = Pᵀ dy and dk = dSᵀ q: keys c0..c0+mr-1 over queries c0..T-1 */
     moexc__gemm_pack_b(w->pc, 0, dy, (size_t)d, 0, dh, 0, T);    /* dy in NR-column panels */
     moexc__gemm_pack_b(w->pd, 0, q, (size_t)ld, 0, dh, 0, T);    /* q  in NR-column panels */
     for (t0 = 0; t0 < T; t0 += MOEXC__GEMM_MR) {
         const int mr = MOEXC__MIN(MOEXC__GEMM_MR, T - t0), rows = T - t0;
-        moexc__gemm_pack_a(w->tile, 1, P, (size_t)T, t0, mr, t0, rows);
+        /* the A panels Pᵀ and dSᵀ (keys t0.., queries t0..T-1) are MR
+           contiguous floats of one row of P or dS per query: read in place
+           (step T), but for a short last tile */
+        const float *a_p = P + (size_t)t0 * T + t0, *a_ds = dS + (size_t)t0 * T + t0;
+        size_t a_step = (size_t)T;
+        if (mr < MOEXC__GEMM_MR) {
+            moexc__gemm_pack_a(w->tile, 1, P, (size_t)T, t0, mr, t0, rows);
+            a_p = w->tile;
+            a_step = MOEXC__GEMM_MR;
+        }
         for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
-            moexc__att_tile(rows, w->tile, w->pc + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
-                            dv + (size_t)t0 * ld + j0, (size_t)ld, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
-        moexc__gemm_pack_a(w->tile, 1, dS, (size_t)T, t0, mr, t0, rows);
+            moexc__att_tile_step(rows, a_p, a_step, w->pc + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
+                                 dv + (size_t)t0 * ld + j0, (size_t)ld, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+        if (mr < MOEXC__GEMM_MR) {
+            moexc__gemm_pack_a(w->tile, 1, dS, (size_t)T, t0, mr, t0, rows);
+            a_ds = w->tile;
+        }
         for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
-            moexc__att_tile(rows, w->tile, w->pd + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
-                            dk + (size_t)t0 * ld + j0, (size_t)ld, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
+            moexc__att_tile_step(rows, a_ds, a_step, w->pd + (size_t)j0 * T + (size_t)t0 * MOEXC__GEMM_NR,
+                                 dk + (size_t)t0 * ld + j0, (size_t)ld, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
     }
 }
 
