@@ -3149,12 +3149,16 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #  define MOEXC_GEMM_NC 4096
 #endif
 
+/* op(A) = A^T is read in place unless lda is a multiple of this many floats
+   (2 KiB); see moexc__gemm_blocked. */
 #define MOEXC__GEMM_ALIAS 512
 
 /* The micro-kernel, written once over the SIMD macro layer:
-     c (MR x NR, row stride ldc) = alpha * sum_p a[p*a_step + r] * b[p*NR + j]
+     c (MR x NR, row stride ldc) = alpha * sum_p a[p*a_step + r*a_rs] * b[p*NR + j]
                                     + beta * c     (c not read when beta_zero)
-   a_step is MR for a packed A panel, lda for one read in place. */
+   A packed A panel has a_step MR and a_rs 1; op(A) = A^T read in place has
+   a_step lda and a_rs 1 (moexc__gemm_kernel); MR rows of a row-major A read
+   in place have a_step 1 and a_rs lda (moexc__gemm_kernel_rows). */
 #define MOEXC__GEMM_DECL(r) moexc__vf acc##r##_0 = moexc__vzero(), acc##r##_1 = moexc__vzero();
 #define MOEXC__GEMM_FMA(r) {                                                     \
         moexc__vf a_r = moexc__vset1(a[(size_t)(r) * a_rs]);                    \
@@ -3265,7 +3269,7 @@ static void moexc__gemm_kernel_edge(int kc, const float *a, size_t a_step, const
 }
 
 /* kernel_rows on a tile cut by the right edge (nr < NR), through a local
-   tile: C = alpha * A B, C not read. */
+   tile: C = A B, C not read. */
 static void moexc__gemm_kernel_rows_edge(int kc, const float *a, size_t a_rs, const float *b, float *c, size_t ldc,
                                          int nr)
 {
