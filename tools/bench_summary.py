@@ -28,6 +28,14 @@ fragment or a peer is missing):
 "The GEMM rate" is the same run's moexc 1024^3 rate of Y = X W^T (the
 encoder's layout) on the bench thread count.
 
+It also reports how steady the host was: the FMA-peak probes that the
+training benchmark takes after each paired round ("host_fma_peak_gflops":
+min, median, max, probes, and "slowed", how many fell under 80% of the
+highest). On a shared host a slow phase lowers a round's probe along with
+its steps; a run with slowed probes had such phases, which move single
+ratios (the paired training ratios least: both sides of a round slow
+together).
+
     /usr/bin/python3 tools/bench_summary.py [--build build] [--threads N] [--out build/bench.json]
 """
 import argparse
@@ -43,6 +51,7 @@ FRAGMENTS = {"gemm": ("bench_gemm.json", "make bench-gemm"), "train": ("bench_tr
              "xc_paper": ("bench_crosscoder_paper.json", "make bench-crosscoder-paper"),
              "demo": ("bench_demo.json", "make bench-demo")}
 GEMM_LAYOUT = "Y=XW^T"
+SLOWED_BELOW = 0.8  # a probe under this fraction of the highest: a slowed round
 
 
 def cpu_model():
@@ -158,11 +167,22 @@ def main():
     elif frag["demo"] is None:
         reasons[key] = details["demo"]["missing"]
     reasons.pop("gemm_rate", None)
+    # the host's steadiness: the training rounds' FMA-peak probes
+    probes = []
+    if frag["train"] is not None:
+        for m in (frag["train"].get("models") or {}).values():
+            probes += [p for p in ((m or {}).get("peak_gflops") or []) if p]
+    host = None
+    if probes:
+        probes.sort()
+        host = {"min": probes[0], "median": probes[len(probes) // 2], "max": probes[-1], "probes": len(probes),
+                "slowed": sum(1 for p in probes if p < SLOWED_BELOW * probes[-1])}
 
     summary = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.system(),
                            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
                "threads": a.threads, "gemm_rate_gflops": gemm_rate,
-               "gemm_rate_is": "moexc %s at 1024^3 on %d threads, this run" % (GEMM_LAYOUT, a.threads)}
+               "gemm_rate_is": "moexc %s at 1024^3 on %d threads, this run" % (GEMM_LAYOUT, a.threads),
+               "host_fma_peak_gflops": host}
     summary.update(res)
     summary["reasons"] = {k: reasons[k] for k in KEYS if res[k] is None and k in reasons}
     summary["details"] = details
@@ -175,6 +195,9 @@ def main():
           % (m["cpu"], m["cores"], a.threads, out))
     if gemm_rate:
         print("GEMM rate (moexc %s, 1024^3, %d threads): %.1f GFLOP/s" % (GEMM_LAYOUT, a.threads, gemm_rate))
+    if host:
+        print("host: FMA peak %.1f / %.1f / %.1f GFLOP/s (min / median / max of %d probes between training rounds; "
+              "%d under 80%% of the highest)" % (host["min"], host["median"], host["max"], host["probes"], host["slowed"]))
     print("%-34s %8s  %s" % ("key", "value", "what"))
 
     def at_peak(kind):
