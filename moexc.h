@@ -9702,7 +9702,7 @@ MOEXC_DEF moexc_status moexc_lens_write_plots(const moexc_lens *s, const char *d
             ser[n].x = x; ser[n].y = uni; ser[n].n = E; ser[n].label = "uniform"; n++;
             memset(&po, 0, sizeof(po));
             moexc__lens_panel(&po, &cv, d, DD, cols);
-            snprintf(title, sizeof(title), "%s: top-m experts' share", s->domain_names[d]);
+            snprintf(title, sizeof(title), "%s: top-m share", s->domain_names[d]);
             po.title = title;
             po.x_label = "m (experts, most used first)";
             po.y_label = "% of routing slots";
@@ -16267,6 +16267,7 @@ MOEXC_DEF int moexc_nice_ticks(double lo, double hi, int target_count, double *t
 typedef struct moexc__axis {
     double lo, hi;
     int    log10_axis;
+    int    whole;                      /* the data are whole numbers: no tick step under 1 */
     int    n_ticks;
     double ticks[MOEXC__MAX_TICKS];
     double step;                       /* linear tick step (decimals of the labels) */
@@ -16296,6 +16297,13 @@ static void moexc__axis_ticks(moexc__axis *a, int target)
     } else {
         a->n_ticks = moexc_nice_ticks(a->lo, a->hi, target, a->ticks, MOEXC__MAX_TICKS);
         a->step = moexc__nice_step(a->hi - a->lo, target);
+        if (a->whole && a->step < 1.0) {   /* layers, k', counts: 0 1 2 3, not 0 0.5 1 */
+            double v;
+            a->n_ticks = 0;
+            a->step = 1.0;
+            for (v = ceil(a->lo - 1e-9); v <= a->hi + 1e-9 && a->n_ticks < MOEXC__MAX_TICKS; v += 1.0)
+                a->ticks[a->n_ticks++] = v;
+        }
     }
 }
 
@@ -16692,7 +16700,7 @@ MOEXC_DEF moexc_status moexc_plot_lines(moexc_canvas *c, const moexc_series *ser
     moexc__frame f;
     moexc__legend_item items[32];
     moexc__legend_snap snap;
-    int n_items = 0, sidx, i;
+    int n_items = 0, sidx, i, whole_x = 1;
     double xmin = HUGE_VAL, xmax = -HUGE_VAL, ymin = HUGE_VAL, ymax = -HUGE_VAL;
     moexc_status st;
     if (!c || !c->rgb || !series || n_series <= 0)
@@ -16706,9 +16714,11 @@ MOEXC_DEF moexc_status moexc_plot_lines(moexc_canvas *c, const moexc_series *ser
             if (x != x || y != y || (o.log_x && !(x > 0.0)) || (o.log_y && !(y > 0.0))) continue;
             xmin = MOEXC__MIN(xmin, x); xmax = MOEXC__MAX(xmax, x);
             ymin = MOEXC__MIN(ymin, y); ymax = MOEXC__MAX(ymax, y);
+            whole_x &= x == floor(x);
         }
     if (xmin > xmax) return moexc__fail(err, MOEXC_ERR_ARG, "plot_lines: no finite points to plot");
     f.x.log10_axis = o.log_x; f.y.log10_axis = o.log_y;
+    f.x.whole = whole_x;
     if (o.log_x) moexc__auto_range(xmin, xmax, 1, 0, &f.x.lo, &f.x.hi);
     else { f.x.lo = xmin; f.x.hi = xmax > xmin ? xmax : xmin + 1.0; }
     if (o.log_y) moexc__auto_range(ymin, ymax, 1, 0, &f.y.lo, &f.y.hi);

@@ -252,6 +252,46 @@ static void test_line_chart(void)
     moexc_canvas_free(&c);
 }
 
+/* Tick marks under the x axis: runs of ink in a row just below the frame. */
+static int count_x_ticks(const moexc_canvas *c, int x0, int x1, int row)
+{
+    int x, runs = 0, in = 0;
+    for (x = x0 - 3; x <= x1 + 3; x++) {
+        int ink = moexc_canvas_get(c, x, row) == INK;
+        runs += ink && !in;
+        in = ink;
+    }
+    return runs;
+}
+
+/* x data that are all whole numbers (layers, k') get ticks 1 apart, not
+   0.5; fractional data over the same range keep the finer step. */
+static void test_whole_number_ticks(void)
+{
+    static const float whole_x[5] = { 0, 1, 2, 3, 4 }, half_x[9] = { 0, 0.5f, 1, 1.5f, 2, 2.5f, 3, 3.5f, 4 };
+    static const float y[9] = { 1, 3, 2, 5, 4, 2, 3, 1, 2 };
+    moexc_canvas c;
+    moexc_series sr;
+    moexc_plot_options o;
+    moexc_error err;
+    int x0, y0, x1, y1, n_whole = -1, n_half = -1;
+    TH_CHECK(moexc_canvas_init(&c, 500, 300, NULL) == MOEXC_OK, "init");
+    memset(&o, 0, sizeof(o));
+    o.no_legend = 1;
+    memset(&sr, 0, sizeof(sr));
+    sr.x = whole_x; sr.y = y; sr.n = 5;
+    moexc_canvas_clear(&c, 0xFFFFFFu);
+    TH_CHECK(moexc_plot_lines(&c, &sr, 1, &o, &err) == MOEXC_OK, "whole x: %s", err.message);
+    if (find_frame(&c, &x0, &y0, &x1, &y1)) n_whole = count_x_ticks(&c, x0, x1, y1 + 2);
+    sr.x = half_x; sr.n = 9;
+    moexc_canvas_clear(&c, 0xFFFFFFu);
+    TH_CHECK(moexc_plot_lines(&c, &sr, 1, &o, &err) == MOEXC_OK, "half x: %s", err.message);
+    if (find_frame(&c, &x0, &y0, &x1, &y1)) n_half = count_x_ticks(&c, x0, x1, y1 + 2);
+    TH_CHECK(n_whole == 5, "x 0..4 in whole numbers: %d ticks, want 5 (0 1 2 3 4)", n_whole);
+    TH_CHECK(n_half == 9, "x 0..4 in halves: %d ticks, want 9 (step 0.5)", n_half);
+    moexc_canvas_free(&c);
+}
+
 static void test_heatmap(void)
 {
     moexc_canvas c;
@@ -290,6 +330,7 @@ int main(void)
     TH_RUN(test_ticks_and_colors);
     TH_RUN(test_histogram_chart);
     TH_RUN(test_line_chart);
+    TH_RUN(test_whole_number_ticks);
     TH_RUN(test_heatmap);
     return th_summary();
 }
