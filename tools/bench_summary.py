@@ -15,8 +15,9 @@ fragment or a peer is missing):
 
   gemm_vs_openblas_min             worst moexc / OpenBLAS over bench_gemm's shapes and thread counts
   train_dense_vs_torch             training tokens/s, moexc / PyTorch, dense model (the median of
-                                   paired rounds; details: the step's fraction of the FMA peak and
-                                   the ratio at the peak, see tools/bench_train_torch.py)
+                                   paired rounds; details: the step's fraction of the FMA peak, the
+                                   ratio at the peak, see tools/bench_train_torch.py, and the
+                                   quartiles of the rounds' ratios, printed as "rounds q1-q3")
   train_moe_vs_torch               the same, MoE model
   train_flops_vs_gemm              model FLOP/s of dense training (6 N + 6 L T d flop per token,
                                    see tools/bench_train.c) / the GEMM rate
@@ -63,6 +64,18 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine() or None
+
+
+def round_quartiles(c_steps, t_steps):
+    """[q1, median, q3] of the per-round ratios PyTorch step / moexc step,
+    or None: how far the rounds of one run spread around its ratio."""
+    if not c_steps or not t_steps or len(c_steps) != len(t_steps):
+        return None
+    r = sorted(t / c for c, t in zip(c_steps, t_steps) if c and c > 0 and t)
+    if len(r) < 4:
+        return None
+    q = lambda f: r[min(len(r) - 1, int(f * (len(r) - 1) + 0.5))]
+    return [q(0.25), q(0.5), q(0.75)]
 
 
 def load(build, name):
@@ -134,6 +147,7 @@ def main():
             m = (frag["train"]["models"] or {}).get(kind) or {}
             for field in ("ratio_at_peak", "moexc_fraction_of_peak", "ratio_same_env"):
                 details["train_%s_%s" % (kind, field)] = m.get(field)
+            details["train_%s_ratio_quartiles" % kind] = round_quartiles(m.get("moexc_step_s"), m.get("torch_step_s"))
         elif frag["train"] is None:
             reasons[key] = details["train"]["missing"]
     key = "train_flops_vs_gemm"
@@ -204,7 +218,9 @@ def main():
         """what the training ratio is measured against: the step's fraction of
         the FMA peak, and the ratio a step at the peak would have"""
         f, c = details.get("train_%s_moexc_fraction_of_peak" % kind), details.get("train_%s_ratio_at_peak" % kind)
-        return " (%.0f%% of the FMA peak; %.2f at the peak)" % (100 * f, c) if f and c else ""
+        q = details.get("train_%s_ratio_quartiles" % kind)
+        rounds = "; rounds %.2f-%.2f" % (q[0], q[2]) if q else ""
+        return " (%.0f%% of the FMA peak; %.2f at the peak%s)" % (100 * f, c, rounds) if f and c else ""
     what = {"gemm_vs_openblas_min": "worst moexc / OpenBLAS GEMM" +
             (" (%s)" % frag["gemm"]["min_ratio_case"] if frag["gemm"] and frag["gemm"].get("min_ratio_case") else ""),
             "train_dense_vs_torch": "dense LM training tokens/s, moexc / PyTorch" + at_peak("dense"),
