@@ -3268,18 +3268,6 @@ static void moexc__gemm_kernel_edge(int kc, const float *a, size_t a_step, const
         for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
 }
 
-/* kernel_rows on a tile cut by the right edge (nr < NR), through a local
-   tile: C = A B, C not read. */
-static void moexc__gemm_kernel_rows_edge(int kc, const float *a, size_t a_rs, const float *b, float *c, size_t ldc,
-                                         int nr)
-{
-    float tile[MOEXC__GEMM_MR * MOEXC__GEMM_NR];
-    int r, j;
-    moexc__gemm_kernel_rows(kc, a, a_rs, b, tile, MOEXC__GEMM_NR, 1.0f, 0.0f, 1);
-    for (r = 0; r < MOEXC__GEMM_MR; r++)
-        for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
-}
-
 /* Packing is pure data movement, so its SIMD paths and the scalar twin below
    produce identical panels. The layouts where K is the contiguous dimension
    (op(A) = A, op(B) = B^T) need a transpose; on AVX-512 it runs 16 x 16
@@ -6400,25 +6388,23 @@ static void moexc__att_ws_carve(moexc__att_ws *w, float *base, int T, int dh)
 }
 
 /* C rows (mr x dh, row stride ldc) = (mr rows of A, lda apart, over kc) (B
-   in NR-column panels of T rows): A read in place for a full tile, packed
-   into w->tile for a short one */
+   in NR-column panels of T rows): a whole MR x NR tile reads A in place;
+   a tile cut by an edge (short last rows, or dh not a multiple of NR) runs
+   on A packed once into w->tile */
 static void moexc__att_rows_tile(int kc, const float *A, size_t lda, const moexc__att_ws *w,
                                  const float *b_panels, int T, float *c, size_t ldc, int mr, int dh)
 {
-    int j0;
-    if (mr == MOEXC__GEMM_MR) {
-        for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR) {
-            const int nr = MOEXC__MIN(MOEXC__GEMM_NR, dh - j0);
-            if (nr == MOEXC__GEMM_NR)
-                moexc__gemm_kernel_rows(kc, A, lda, b_panels + (size_t)j0 * T, c + j0, ldc, 1.0f, 0.0f, 1);
-            else
-                moexc__gemm_kernel_rows_edge(kc, A, lda, b_panels + (size_t)j0 * T, c + j0, ldc, nr);
+    int j0, packed = 0;
+    for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR) {
+        const int nr = MOEXC__MIN(MOEXC__GEMM_NR, dh - j0);
+        const float *b = b_panels + (size_t)j0 * T;
+        if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR) {
+            moexc__gemm_kernel_rows(kc, A, lda, b, c + j0, ldc, 1.0f, 0.0f, 1);
+            continue;
         }
-        return;
+        if (!packed) { moexc__gemm_pack_a(w->tile, 0, A, lda, 0, mr, 0, kc); packed = 1; }
+        moexc__att_tile(kc, w->tile, b, c + j0, ldc, mr, nr, 1.0f);
     }
-    moexc__gemm_pack_a(w->tile, 0, A, lda, 0, mr, 0, kc);
-    for (j0 = 0; j0 < dh; j0 += MOEXC__GEMM_NR)
-        moexc__att_tile(kc, w->tile, b_panels + (size_t)j0 * T, c + j0, ldc, mr, MOEXC__MIN(MOEXC__GEMM_NR, dh - j0), 1.0f);
 }
 
 /* One (batch, head) of the forward below, blocked. */
