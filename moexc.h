@@ -3484,10 +3484,38 @@ static void moexc__gemm_unpacked(int trans_a, int trans_b, int M, int N, int K,
     }
 }
 
-/* One thread's GEMM: the blocked loop nest above over its own packing buffers. */
+/* Rows of C claimed in turn by a team sharing one product (see
+   moexc__gemm_blocked): each claim takes 1/(2 threads) of the rows still
+   unclaimed, in whole MR tiles and at least one, so the claims start large
+   and end one tile long, and a thread the host slows down takes fewer.
+   Returns the first row of the claim (M when no row is left); *end receives
+   its end. Every claim starts on a multiple of MR. */
+static int moexc__gemm_claim(int *next_row, int M, int threads, int *end)
+{
+    int first;
+#ifdef _OPENMP
+#pragma omp critical (moexc__gemm_claim)
+#endif
+    {
+        int tiles = (M - *next_row) / MOEXC__GEMM_MR / (2 * threads);
+        first = *next_row;
+        *end = MOEXC__MIN(M, first + MOEXC__MAX(tiles, 1) * MOEXC__GEMM_MR);
+        *next_row = *end;
+    }
+    return first;
+}
+
+/* One thread's GEMM: the blocked loop nest above over its own packing
+   buffers. next_row == NULL: all M rows of C. Otherwise the thread is one of
+   `threads` that share the product: it computes the rows it claims from the
+   shared counter *next_row (moexc__gemm_claim), which needs one K block and
+   one N block (K <= MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC). The register tiles
+   start on multiples of MR either way and see the same operands, so each
+   element of C gets the same arithmetic whichever thread computes it. */
 static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                 float alpha, const float *A, size_t lda,
-                                const float *B, size_t ldb, float beta, float *C, size_t ldc)
+                                const float *B, size_t ldb, float beta, float *C, size_t ldc,
+                                int *next_row, int threads)
 {
     int k_blocks, kc_max, nc_max, m_blocks, mc, jc, pc, kb, ic;
     /* op(A) = A^T, A (K x M): the kernel can read its A panel in place (MR
@@ -3519,8 +3547,15 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
     raw = moexc__malloc(moexc__mul_size((size_t)kc_max * ((size_t)nc_max + (size_t)mc) + 16, sizeof(float)));
     buffer = raw ? (float *)((uintptr_t)((char *)raw + 63) / 64 * 64) : NULL;
     if (!buffer) {              /* no memory for panels: slower, but still right */
-        moexc__gemm_scale_c(M, N, beta, C, ldc);
-        moexc__gemm_unpacked(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, C, ldc);
+        int first = 0, end = M;
+        if (next_row) first = moexc__gemm_claim(next_row, M, threads, &end);
+        while (first < M) {
+            float *c = C + (size_t)first * ldc;
+            const float *a = trans_a ? A + first : A + (size_t)first * lda;
+            moexc__gemm_scale_c(end - first, N, beta, c, ldc);
+            moexc__gemm_unpacked(trans_a, trans_b, end - first, N, K, alpha, a, lda, B, ldb, c, ldc);
+            first = next_row ? moexc__gemm_claim(next_row, M, threads, &end) : M;
+        }
         return;
     }
     bp = buffer;
@@ -3534,10 +3569,11 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                later ones accumulate */
             const float beta_k = kb == 0 ? beta : 1.0f;
             const int beta_zero = kb == 0 && beta == 0.0f;
-            int jr, ir;
+            int jr, ir, rows_end = M;     /* this thread's rows: [ic, rows_end) */
             moexc__gemm_pack_b(bp, trans_b, B, ldb, jc, nc, pc, kc);
-            for (ic = 0; ic < M; ic += mc) {
-                const int mcb = MOEXC__MIN(mc, M - ic);
+            ic = next_row ? moexc__gemm_claim(next_row, M, threads, &rows_end) : 0;
+            while (ic < M) {
+                const int mcb = MOEXC__MIN(mc, rows_end - ic);
                 if (!direct_a) moexc__gemm_pack_a(ap, trans_a, A, lda, ic, mcb, pc, kc);
                 else if (mcb % MOEXC__GEMM_MR)   /* only the short last panel, zero-padded */
                     moexc__gemm_pack_a(ap, trans_a, A, lda, ic + mcb / MOEXC__GEMM_MR * MOEXC__GEMM_MR,
@@ -3560,6 +3596,8 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                                     alpha, beta_k, beta_zero);
                     }
                 }
+                ic += mcb;
+                if (next_row && ic >= rows_end) ic = moexc__gemm_claim(next_row, M, threads, &rows_end);
             }
         }
     }
@@ -3583,21 +3621,32 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
         threads = omp_get_max_threads();
 #endif
     if (threads <= 1) {
-        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc);
+        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, NULL, 1);
         return;
     }
 #ifdef _OPENMP
     {
-        /* Each thread computes its own slab of C, in whole tiles, with its own
-           packing buffers: no shared state, no barrier but the last. Rows are
-           split when M >= N (each thread then packs all of op(B), the smaller
-           operand), otherwise columns. */
+        /* Each thread computes its own rows or columns of C, in whole tiles,
+           with its own packing buffers. Rows are split when M >= N (each
+           thread then packs all of op(B), the smaller operand), otherwise
+           columns. With one K block and one N block (every forward and
+           input-gradient product of the models), the threads claim rows in
+           turn (moexc__gemm_claim): on a shared host one thread often runs
+           slower, and a fixed half would leave the other waiting at the end.
+           Otherwise (a weight gradient summed over the tokens: several K
+           blocks, summed in order) each thread takes a fixed slab. */
         const int split_rows = M >= N;
         const int unit = split_rows ? MOEXC__GEMM_MR : MOEXC__GEMM_NR;
         const int extent = split_rows ? M : N;
         const int units = (extent + unit - 1) / unit;
         int t;
         if (threads > units) threads = units;
+        if (split_rows && K <= MOEXC_GEMM_KC && N <= MOEXC_GEMM_NC) {
+            int next_row = 0;
+#           pragma omp parallel num_threads(threads)
+            moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, &next_row, threads);
+            return;
+        }
 #       pragma omp parallel for schedule(static, 1) num_threads(threads)
         for (t = 0; t < threads; t++) {
             const int first = (int)((long long)units * t / threads) * unit;
@@ -3606,11 +3655,11 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
             if (split_rows)
                 moexc__gemm_blocked(trans_a, trans_b, last - first, N, K, alpha,
                                     trans_a ? A + first : A + (size_t)first * slda, slda,
-                                    B, sldb, beta, C + (size_t)first * sldc, sldc);
+                                    B, sldb, beta, C + (size_t)first * sldc, sldc, NULL, 1);
             else
                 moexc__gemm_blocked(trans_a, trans_b, M, last - first, K, alpha, A, slda,
                                     trans_b ? B + (size_t)first * sldb : B + first, sldb,
-                                    beta, C + first, sldc);
+                                    beta, C + first, sldc, NULL, 1);
         }
     }
 #endif
