@@ -3492,38 +3492,54 @@ static void moexc__gemm_unpacked(int trans_a, int trans_b, int M, int N, int K,
     }
 }
 
-/* Rows of C claimed in turn by a team sharing one product (see
-   moexc__gemm_blocked): each claim takes 1/(2 threads) of the rows still
-   unclaimed, in whole MR tiles and at least one, so the claims start large
-   and end one tile long, and a thread the host slows down takes fewer.
-   Returns the first row of the claim (M when no row is left); *end receives
-   its end. Every claim starts on a multiple of MR. */
-static int moexc__gemm_claim(int *next_row, int M, int threads, int *end)
+/* A team of threads sharing one product by rows (see moexc__gemm_blocked).
+   The rows' MR tiles are cut into one slab per thread, as a fixed split
+   would cut them; each slab's unclaimed tiles are [front, back). A thread
+   claims from the front of its own slab, a quarter of what is left there
+   (at least one tile): it computes the rows that the steps before and after
+   the product, split the same way, touch on its own core. With its own slab
+   done it claims a quarter of the back of the slab with the most tiles
+   left: a thread the host slows down leaves its last tiles to the others. */
+typedef struct moexc__gemm_team {
+    int M, threads;
+    int *front, *back;      /* per slab, in MR tiles */
+} moexc__gemm_team;
+
+/* Thread t's next claim: returns its first row (M when no row is left) and
+   sets *end to its end. Every claim starts on a multiple of MR. */
+static int moexc__gemm_claim(moexc__gemm_team *team, int t, int *end)
 {
-    int first;
+    int first = team->M;
 #ifdef _OPENMP
 #pragma omp critical (moexc__gemm_claim)
 #endif
     {
-        int tiles = (M - *next_row) / MOEXC__GEMM_MR / (2 * threads);
-        first = *next_row;
-        *end = MOEXC__MIN(M, first + MOEXC__MAX(tiles, 1) * MOEXC__GEMM_MR);
-        *next_row = *end;
+        int s = t, left = team->back[t] - team->front[t], i, take;
+        if (left <= 0)      /* own slab done: the back of the fullest one */
+            for (i = 0; i < team->threads; i++)
+                if (team->back[i] - team->front[i] > left) { left = team->back[i] - team->front[i]; s = i; }
+        if (left > 0) {
+            take = MOEXC__MAX(left / 4, 1);
+            if (s == t) { first = team->front[s] * MOEXC__GEMM_MR; team->front[s] += take; }
+            else        { team->back[s] -= take; first = team->back[s] * MOEXC__GEMM_MR; }
+            *end = MOEXC__MIN(team->M, first + take * MOEXC__GEMM_MR);
+        }
     }
+    if (first >= team->M) *end = team->M;
     return first;
 }
 
 /* One thread's GEMM: the blocked loop nest above over its own packing
-   buffers. next_row == NULL: all M rows of C. Otherwise the thread is one of
-   `threads` that share the product: it computes the rows it claims from the
-   shared counter *next_row (moexc__gemm_claim), which needs one K block and
-   one N block (K <= MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC). The register tiles
+   buffers. team == NULL: all M rows of C. Otherwise the thread is thread t
+   of a team that shares the product: it computes the rows it claims
+   (moexc__gemm_claim), which needs one K block and one N block (K <=
+   MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC). The register tiles
    start on multiples of MR either way and see the same operands, so each
    element of C gets the same arithmetic whichever thread computes it. */
 static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                 float alpha, const float *A, size_t lda,
                                 const float *B, size_t ldb, float beta, float *C, size_t ldc,
-                                int *next_row, int threads)
+                                moexc__gemm_team *team, int t)
 {
     int k_blocks, kc_max, nc_max, m_blocks, mc, jc, pc, kb, ic;
     /* op(A) = A^T, A (K x M): the kernel can read its A panel in place (MR
@@ -3556,13 +3572,13 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
     buffer = raw ? (float *)((uintptr_t)((char *)raw + 63) / 64 * 64) : NULL;
     if (!buffer) {              /* no memory for panels: slower, but still right */
         int first = 0, end = M;
-        if (next_row) first = moexc__gemm_claim(next_row, M, threads, &end);
+        if (team) first = moexc__gemm_claim(team, t, &end);
         while (first < M) {
             float *c = C + (size_t)first * ldc;
             const float *a = trans_a ? A + first : A + (size_t)first * lda;
             moexc__gemm_scale_c(end - first, N, beta, c, ldc);
             moexc__gemm_unpacked(trans_a, trans_b, end - first, N, K, alpha, a, lda, B, ldb, c, ldc);
-            first = next_row ? moexc__gemm_claim(next_row, M, threads, &end) : M;
+            first = team ? moexc__gemm_claim(team, t, &end) : M;
         }
         return;
     }
@@ -3579,7 +3595,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
             const int beta_zero = kb == 0 && beta == 0.0f;
             int jr, ir, rows_end = M;     /* this thread's rows: [ic, rows_end) */
             moexc__gemm_pack_b(bp, trans_b, B, ldb, jc, nc, pc, kc);
-            ic = next_row ? moexc__gemm_claim(next_row, M, threads, &rows_end) : 0;
+            ic = team ? moexc__gemm_claim(team, t, &rows_end) : 0;
             while (ic < M) {
                 const int mcb = MOEXC__MIN(mc, rows_end - ic);
                 if (!direct_a) moexc__gemm_pack_a(ap, trans_a, A, lda, ic, mcb, pc, kc);
@@ -3605,7 +3621,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                     }
                 }
                 ic += mcb;
-                if (next_row && ic >= rows_end) ic = moexc__gemm_claim(next_row, M, threads, &rows_end);
+                if (team && ic >= rows_end) ic = moexc__gemm_claim(team, t, &rows_end);
             }
         }
     }
@@ -3629,7 +3645,7 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
         threads = omp_get_max_threads();
 #endif
     if (threads <= 1) {
-        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, NULL, 1);
+        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, NULL, 0);
         return;
     }
 #ifdef _OPENMP
@@ -3638,21 +3654,32 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
            with its own packing buffers. Rows are split when M >= N (each
            thread then packs all of op(B), the smaller operand), otherwise
            columns. With one K block and one N block (every forward and
-           input-gradient product of the models), the threads claim rows in
-           turn (moexc__gemm_claim): on a shared host one thread often runs
-           slower, and a fixed half would leave the other waiting at the end.
-           Otherwise (a weight gradient summed over the tokens: several K
-           blocks, summed in order) each thread takes a fixed slab. */
+           input-gradient product of the models), the threads claim rows
+           (moexc__gemm_team): each its own slab first, then the tail of the
+           slab with the most left, because on a shared host one thread often
+           runs slower and a fixed slab would leave the other waiting at the
+           end. Otherwise (a weight gradient summed over the tokens: several
+           K blocks, summed in order) each thread takes a fixed slab. */
         const int split_rows = M >= N;
         const int unit = split_rows ? MOEXC__GEMM_MR : MOEXC__GEMM_NR;
         const int extent = split_rows ? M : N;
         const int units = (extent + unit - 1) / unit;
         int t;
+        int *slabs = NULL;
         if (threads > units) threads = units;
-        if (split_rows && K <= MOEXC_GEMM_KC && N <= MOEXC_GEMM_NC) {
-            int next_row = 0;
+        if (split_rows && K <= MOEXC_GEMM_KC && N <= MOEXC_GEMM_NC)
+            slabs = (int *)moexc__malloc(2 * (size_t)threads * sizeof(int));
+        if (slabs) {    /* no memory for the slabs: the fixed split below */
+            moexc__gemm_team team;
+            team.M = M; team.threads = threads; team.front = slabs; team.back = slabs + threads;
+            for (t = 0; t < threads; t++) {
+                team.front[t] = (int)((long long)units * t / threads);
+                team.back[t] = (int)((long long)units * (t + 1) / threads);
+            }
 #           pragma omp parallel num_threads(threads)
-            moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, &next_row, threads);
+            moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, &team,
+                                omp_get_thread_num());
+            moexc__free(slabs);
             return;
         }
 #       pragma omp parallel for schedule(static, 1) num_threads(threads)
@@ -3663,11 +3690,11 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
             if (split_rows)
                 moexc__gemm_blocked(trans_a, trans_b, last - first, N, K, alpha,
                                     trans_a ? A + first : A + (size_t)first * slda, slda,
-                                    B, sldb, beta, C + (size_t)first * sldc, sldc, NULL, 1);
+                                    B, sldb, beta, C + (size_t)first * sldc, sldc, NULL, 0);
             else
                 moexc__gemm_blocked(trans_a, trans_b, M, last - first, K, alpha, A, slda,
                                     trans_b ? B + (size_t)first * sldb : B + first, sldb,
-                                    beta, C + first, sldc, NULL, 1);
+                                    beta, C + first, sldc, NULL, 0);
         }
     }
 #endif

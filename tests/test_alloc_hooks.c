@@ -20,14 +20,14 @@ typedef struct hook_state {
     long calls;      /* allocation requests (malloc and realloc) this run */
     long fail_at;    /* the request that fails (-1: none)                 */
     long live;       /* blocks currently allocated                        */
-    int refuse_all;  /* every request fails, counted or not (threads)     */
+    size_t refuse_above; /* requests of more bytes fail, uncounted (0: off)  */
 } hook_state;
 static hook_state hooks = { 0, -1, 0, 0 };
 
 static void *hook_malloc(size_t n)
 {
     void *p;
-    if (hooks.refuse_all) return NULL;
+    if (hooks.refuse_above && n > hooks.refuse_above) return NULL;
     if (hooks.calls++ == hooks.fail_at) return NULL;
     p = malloc(n);
     if (p) hooks.live++;
@@ -36,7 +36,7 @@ static void *hook_malloc(size_t n)
 static void *hook_realloc(void *old, size_t n)
 {
     void *p;
-    if (hooks.refuse_all) return NULL;
+    if (hooks.refuse_above && n > hooks.refuse_above) return NULL;
     if (hooks.calls++ == hooks.fail_at) return NULL;
     p = realloc(old, n);
     if (p && !old) hooks.live++;
@@ -191,15 +191,18 @@ static void test_aligned_floats(void)
    must run that loop on its own claims only: the result is the same bits on
    1, 2 and 3 threads, and close to the packed product. Shapes on the
    claiming path (M >= N, K <= MOEXC_GEMM_KC), with beta != 0 so that rows
-   done twice would show. */
+   done twice would show; refusing requests over 256 bytes leaves the
+   team's slab counters and takes the buffers, refusing every request takes
+   both (the fixed split then). */
 static void test_sgemm_without_buffers(void)
 {
     static const int shapes[][3] = { { 600, 301, 250 }, { 2048, 64, 300 }, { 301, 45, 100 } };
     moexc_rng rng;
     int s, threads;
     moexc_rng_seed(&rng, 11);
-    for (s = 0; s < 3; s++) {
-        const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+    for (s = 0; s < 6; s++) {
+        const int M = shapes[s % 3][0], N = shapes[s % 3][1], K = shapes[s % 3][2];
+        const size_t refuse_above = s < 3 ? 256 : 1;
         float *A = (float *)malloc((size_t)M * K * sizeof(float)), *B = (float *)malloc((size_t)K * N * sizeof(float));
         float *C0 = (float *)malloc((size_t)M * N * sizeof(float)), *packed = (float *)malloc((size_t)M * N * sizeof(float));
         float *one = (float *)malloc((size_t)M * N * sizeof(float)), *C = (float *)malloc((size_t)M * N * sizeof(float));
@@ -216,17 +219,19 @@ static void test_sgemm_without_buffers(void)
             omp_set_num_threads(threads);
 #endif
             memcpy(out, C0, (size_t)M * N * sizeof(float));
-            hooks.refuse_all = 1;
+            hooks.refuse_above = refuse_above;
             moexc_sgemm(0, 1, M, N, K, 0.75f, A, K, B, K, 0.5f, out, N);
-            hooks.refuse_all = 0;
+            hooks.refuse_above = 0;
             if (threads > 1)
                 TH_CHECK(memcmp(one, C, (size_t)M * N * sizeof(float)) == 0,
-                         "no packing memory: 1 vs %d threads differ (M %d N %d K %d)", threads, M, N, K);
+                         "no packing memory (over %lu bytes): 1 vs %d threads differ (M %d N %d K %d)",
+                         (unsigned long)refuse_above, threads, M, N, K);
         }
         /* |a b| <= 1 per term: K + 4 roundings of at most 0.75 K + 0.5 */
         for (i = 0; i < (size_t)M * N; i++) worst = fmax(worst, fabs((double)one[i] - (double)packed[i]));
         TH_CHECK(worst <= (K + 4) * FLT_EPSILON * (0.75 * K + 0.5) * 2.0,
-                 "no packing memory: %g from the packed product (M %d N %d K %d)", worst, M, N, K);
+                 "no packing memory (over %lu bytes): %g from the packed product (M %d N %d K %d)",
+                 (unsigned long)refuse_above, worst, M, N, K);
         free(A); free(B); free(C0); free(packed); free(one); free(C);
     }
 #ifdef _OPENMP
