@@ -3533,9 +3533,9 @@ static int moexc__gemm_claim(moexc__gemm_team *team, int t, int *end)
    buffers. team == NULL: all M rows of C. Otherwise the thread is thread t
    of a team that shares the product: it computes the rows it claims
    (moexc__gemm_claim), which needs one K block and one N block (K <=
-   MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC). The register tiles
-   start on multiples of MR either way and see the same operands, so each
-   element of C gets the same arithmetic whichever thread computes it. */
+   MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC). The register tiles start on
+   multiples of MR either way and see the same operands, so each element of
+   C gets the same arithmetic whichever thread computes it. */
 static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                 float alpha, const float *A, size_t lda,
                                 const float *B, size_t ldb, float beta, float *C, size_t ldc,

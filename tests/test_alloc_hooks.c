@@ -199,6 +199,9 @@ static void test_sgemm_without_buffers(void)
     static const int shapes[][3] = { { 600, 301, 250 }, { 2048, 64, 300 }, { 301, 45, 100 } };
     moexc_rng rng;
     int s, threads;
+#ifdef _OPENMP
+    const int max_threads = omp_get_max_threads();
+#endif
     moexc_rng_seed(&rng, 11);
     for (s = 0; s < 6; s++) {
         const int M = shapes[s % 3][0], N = shapes[s % 3][1], K = shapes[s % 3][2];
@@ -235,7 +238,7 @@ static void test_sgemm_without_buffers(void)
         free(A); free(B); free(C0); free(packed); free(one); free(C);
     }
 #ifdef _OPENMP
-    omp_set_num_threads(omp_get_num_procs());
+    omp_set_num_threads(max_threads);
 #endif
 }
 
