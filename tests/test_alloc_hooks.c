@@ -196,7 +196,7 @@ static void test_aligned_floats(void)
    both (the fixed split then). */
 static void test_sgemm_without_buffers(void)
 {
-    static const int shapes[][3] = { { 600, 301, 250 }, { 2048, 64, 300 }, { 301, 45, 100 } };
+    static const int shapes[][3] = { { 300, 70, 50 }, { 2048, 16, 40 }, { 301, 45, 80 } };   /* >= 2^20 multiply-adds: threaded */
     moexc_rng rng;
     int s, threads;
 #ifdef _OPENMP
