@@ -169,7 +169,8 @@ QEMU_EXCLUDE="test_gemm test_dp"
 #   aarch64 adds nothing there that test_kernels/test_simd_twin do not cover.
 QEMU_S390X_ONLY="test_crosscoder test_model test_train test_harvest"
 # - run beside the rest of its leg, two binaries at a time: test_crosscoder
-#   takes about 10 minutes under qemu-s390x, as long as the rest together.
+#   takes 10-12 minutes under qemu-s390x, about as long as the rest together
+#   (the environment may name other binaries).
 QEMU_BESIDE=${QEMU_BESIDE-test_crosscoder}
 
 run_suite() {   # label, test binaries...
