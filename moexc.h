@@ -3492,6 +3492,19 @@ static void moexc__gemm_unpacked(int trans_a, int trans_b, int M, int N, int K,
     }
 }
 
+/* What a product runs on rows of C as soon as they are final (see
+   moexc__sgemm_then): rows(ctx, first, end) for C's rows [first, end), each
+   row exactly once, possibly from several threads at a time on disjoint rows.
+   With one K block and one N block (K <= MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC)
+   a thread calls it on each block of at most MOEXC_GEMM_MC rows it has just
+   finished, while they are still in its cache; otherwise once the product is
+   done. It must not depend on which rows come together: an element-wise
+   step gives the same bits as a pass over the whole of C afterwards. */
+typedef struct moexc__gemm_then {
+    void (*rows)(const void *ctx, int first, int end);
+    const void *ctx;
+} moexc__gemm_then;
+
 /* A team of threads sharing one product by rows (see moexc__gemm_blocked).
    The rows' MR tiles are cut into one slab per thread, as a fixed split
    would cut them; each slab's unclaimed tiles are [front, back). A thread
@@ -3535,13 +3548,15 @@ static int moexc__gemm_claim(moexc__gemm_team *team, int t, int *end)
    (moexc__gemm_claim), which needs one K block and one N block (K <=
    MOEXC_GEMM_KC, N <= MOEXC_GEMM_NC). The register tiles start on
    multiples of MR either way and see the same operands, so each element of
-   C gets the same arithmetic whichever thread computes it. */
+   C gets the same arithmetic whichever thread computes it. then (may be
+   NULL) runs on the rows computed here, numbered from row_base (C is row
+   row_base of the caller's product). */
 static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                 float alpha, const float *A, size_t lda,
                                 const float *B, size_t ldb, float beta, float *C, size_t ldc,
-                                moexc__gemm_team *team, int t)
+                                moexc__gemm_team *team, int t, const moexc__gemm_then *then, int row_base)
 {
-    int k_blocks, kc_max, nc_max, m_blocks, mc, jc, pc, kb, ic;
+    int k_blocks, kc_max, nc_max, m_blocks, mc, jc, pc, kb, ic, rows_final;
     /* op(A) = A^T, A (K x M): the kernel can read its A panel in place (MR
        contiguous floats of one row of A per step, the next step lda floats
        on) instead of a packed copy. That skips a pass over A, worth 8-20% on
@@ -3559,6 +3574,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
     kc_max = (K + k_blocks - 1) / k_blocks;
     kc_max = (kc_max + 15) / 16 * 16;
     k_blocks = (K + kc_max - 1) / kc_max;
+    rows_final = k_blocks == 1 && N <= MOEXC_GEMM_NC;   /* a row block is final when computed */
     nc_max = MOEXC__MIN(N, MOEXC_GEMM_NC);
     nc_max = (nc_max + MOEXC__GEMM_NR - 1) / MOEXC__GEMM_NR * MOEXC__GEMM_NR;
     m_blocks = (M + MOEXC_GEMM_MC - 1) / MOEXC_GEMM_MC;        /* near-equal M blocks */
@@ -3578,6 +3594,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
             const float *a = trans_a ? A + first : A + (size_t)first * lda;
             moexc__gemm_scale_c(end - first, N, beta, c, ldc);
             moexc__gemm_unpacked(trans_a, trans_b, end - first, N, K, alpha, a, lda, B, ldb, c, ldc);
+            if (then) then->rows(then->ctx, row_base + first, row_base + end);
             first = team ? moexc__gemm_claim(team, t, &end) : M;
         }
         return;
@@ -3620,24 +3637,34 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                                     alpha, beta_k, beta_zero);
                     }
                 }
+                if (then && rows_final) then->rows(then->ctx, row_base + ic, row_base + ic + mcb);
                 ic += mcb;
                 if (team && ic >= rows_end) ic = moexc__gemm_claim(team, t, &rows_end);
             }
         }
     }
+    if (then && !rows_final) then->rows(then->ctx, row_base, row_base + M);
     moexc__free(raw);
 }
 
-MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
-                           float alpha, const float *A, int lda,
-                           const float *B, int ldb,
-                           float beta, float *C, int ldc)
+/* moexc_sgemm, then `then` (may be NULL) on every row of C: on blocks of
+   rows as they are finished where the product allows it (see
+   moexc__gemm_then), so that a step that reads C row by row right after the
+   product finds it in cache instead of making a pass of its own. */
+static void moexc__sgemm_then(int trans_a, int trans_b, int M, int N, int K,
+                              float alpha, const float *A, int lda,
+                              const float *B, int ldb,
+                              float beta, float *C, int ldc, const moexc__gemm_then *then)
 {
     const size_t slda = (size_t)lda, sldb = (size_t)ldb, sldc = (size_t)ldc;
     int threads = 1;
 
     if (M <= 0 || N <= 0) return;
-    if (K <= 0 || alpha == 0.0f) { moexc__gemm_scale_c(M, N, beta, C, sldc); return; }
+    if (K <= 0 || alpha == 0.0f) {
+        moexc__gemm_scale_c(M, N, beta, C, sldc);
+        if (then) then->rows(then->ctx, 0, M);
+        return;
+    }
 
 #ifdef _OPENMP
     /* small products are not worth waking a team; the bits do not change */
@@ -3645,7 +3672,7 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
         threads = omp_get_max_threads();
 #endif
     if (threads <= 1) {
-        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, NULL, 0);
+        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, NULL, 0, then, 0);
         return;
     }
 #ifdef _OPENMP
@@ -3678,7 +3705,7 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
             }
 #           pragma omp parallel num_threads(threads)
             moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, &team,
-                                omp_get_thread_num());
+                                omp_get_thread_num(), then, 0);
             moexc__free(slabs);
             return;
         }
@@ -3690,14 +3717,24 @@ MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
             if (split_rows)
                 moexc__gemm_blocked(trans_a, trans_b, last - first, N, K, alpha,
                                     trans_a ? A + first : A + (size_t)first * slda, slda,
-                                    B, sldb, beta, C + (size_t)first * sldc, sldc, NULL, 0);
+                                    B, sldb, beta, C + (size_t)first * sldc, sldc, NULL, 0, then, first);
             else
                 moexc__gemm_blocked(trans_a, trans_b, M, last - first, K, alpha, A, slda,
                                     trans_b ? B + (size_t)first * sldb : B + first, sldb,
-                                    beta, C + first, sldc, NULL, 0);
+                                    beta, C + first, sldc, NULL, 0, NULL, 0);
         }
+        /* split by columns, no row is final before the end */
+        if (then && !split_rows) then->rows(then->ctx, 0, M);
     }
 #endif
+}
+
+MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
+                           float alpha, const float *A, int lda,
+                           const float *B, int ldb,
+                           float beta, float *C, int ldc)
+{
+    moexc__sgemm_then(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL);
 }
 
 /* Y (M x N) = X (M x K) * W^T, W (N x K); bias (N) broadcast over rows. */
@@ -6271,18 +6308,38 @@ static void moexc__rmsnorm_forward(float *y, float *inv_rms, const float *x, con
 }
 /* The residual add and the RMSNorm after it in one pass over the rows:
    h (N,d) = a + b (h may alias a or b), y = RMSNorm(h) as above. */
-static void moexc__residual_rmsnorm_forward(float *h, const float *a, const float *b, float *y, float *inv_rms,
-                                            const float *g, int N, int d)
+typedef struct moexc__residual_norm {
+    float *h, *y, *inv_rms;
+    const float *a, *b, *g;
+    int d;
+} moexc__residual_norm;
+/* rows [first, end) of it; also what a product producing a or b runs on
+   the rows it has just finished (moexc__gemm_then) */
+static void moexc__residual_rmsnorm_rows(const void *ctx, int first, int end)
+{
+    const moexc__residual_norm *r = (const moexc__residual_norm *)ctx;
+    int t;
+    for (t = first; t < end; t++) {
+        size_t o = (size_t)t * r->d;
+        moexc_add(r->h + o, r->a + o, r->b + o, (size_t)r->d);
+        moexc_rmsnorm_rows(r->y + o, r->inv_rms + t, r->h + o, r->g, 1, r->d, MOEXC__RMS_EPS);
+    }
+}
+static moexc__residual_norm moexc__residual_norm_of(float *h, const float *a, const float *b, float *y,
+                                                    float *inv_rms, const float *g, int d)
+{
+    moexc__residual_norm r;
+    r.h = h; r.a = a; r.b = b; r.y = y; r.inv_rms = inv_rms; r.g = g; r.d = d;
+    return r;
+}
+/* all N rows, in a pass of their own */
+static void moexc__residual_rmsnorm_rows_par(const moexc__residual_norm *r, int N)
 {
     int t;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)N * d >= MOEXC__PAR_MIN)
+#pragma omp parallel for schedule(static) if ((double)N * r->d >= MOEXC__PAR_MIN)
 #endif
-    for (t = 0; t < N; t++) {
-        size_t o = (size_t)t * d;
-        moexc_add(h + o, a + o, b + o, (size_t)d);
-        moexc_rmsnorm_rows(y + o, inv_rms + t, h + o, g, 1, d, MOEXC__RMS_EPS);
-    }
+    for (t = 0; t < N; t++) moexc__residual_rmsnorm_rows(r, t, t + 1);
 }
 /* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
                          dg_j += Σ_t dy_j x_j r.
@@ -6351,17 +6408,26 @@ static void moexc__rope_tables(float *cos_tab, float *sin_tab, int context, int 
      forward:  (x1, x2) <- (x1 cos θ − x2 sin θ,  x1 sin θ + x2 cos θ)
      backward (inverse = 1) applies the transpose, i.e. the rotation by −θ,
      which maps the gradient w.r.t. the rotated vector to the one w.r.t. x. */
-static void moexc__rope_apply_ld(float *x, size_t ld, const float *cos_tab, const float *sin_tab,
-                                 int B, int T, int H, int dh, int inverse)
+typedef struct moexc__rope {
+    float *x;                   /* row bt of it at x + bt ld                   */
+    size_t ld;
+    const float *cos_tab, *sin_tab;
+    int T, H, dh;
+    float sign;                 /* -1: the inverse rotation                    */
+} moexc__rope;
+/* rows (tokens) [first, end) of x; also what the product making x runs on
+   the rows it has just finished (moexc__gemm_then) */
+static void moexc__rope_rows(const void *ctx, int first, int end)
 {
-    int bt, half = dh / 2;
-    float sign = inverse ? -1.0f : 1.0f;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((double)B * T * H * dh >= MOEXC__PAR_MIN)
-#endif
-    for (bt = 0; bt < B * T; bt++) {
+    const moexc__rope *r = (const moexc__rope *)ctx;
+    const int T = r->T, H = r->H, dh = r->dh, half = dh / 2;
+    const float sign = r->sign;
+    float *x = r->x;
+    const size_t ld = r->ld;
+    int bt;
+    for (bt = first; bt < end; bt++) {
         int t = bt % T, h, i;
-        const float *c = cos_tab + (size_t)t * half, *s = sin_tab + (size_t)t * half;
+        const float *c = r->cos_tab + (size_t)t * half, *s = r->sin_tab + (size_t)t * half;
         moexc__vf vsign = moexc__vset1(sign);
         for (h = 0; h < H; h++) {
             float *v = x + (size_t)bt * ld + (size_t)h * dh;
@@ -6386,6 +6452,24 @@ static void moexc__rope_apply_ld(float *x, size_t ld, const float *cos_tab, cons
             }
         }
     }
+}
+static moexc__rope moexc__rope_of(float *x, size_t ld, const float *cos_tab, const float *sin_tab, int T, int H,
+                                  int dh, int inverse)
+{
+    moexc__rope r;
+    r.x = x; r.ld = ld; r.cos_tab = cos_tab; r.sin_tab = sin_tab; r.T = T; r.H = H; r.dh = dh;
+    r.sign = inverse ? -1.0f : 1.0f;
+    return r;
+}
+static void moexc__rope_apply_ld(float *x, size_t ld, const float *cos_tab, const float *sin_tab,
+                                 int B, int T, int H, int dh, int inverse)
+{
+    moexc__rope r = moexc__rope_of(x, ld, cos_tab, sin_tab, T, H, dh, inverse);
+    int bt;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((double)B * T * H * dh >= MOEXC__PAR_MIN)
+#endif
+    for (bt = 0; bt < B * T; bt++) moexc__rope_rows(&r, bt, bt + 1);
 }
 
 /* the same on rows of d = H·dh floats */
@@ -6724,51 +6808,64 @@ static MOEXC__UNUSED_FN void moexc__attention_backward(float *dq, float *dk, flo
 }
 
 /* ---- SwiGLU feed-forward (the dense FFN and every expert) ---------------- */
+/* The element-wise steps of the SwiGLU, on rows [first, end) of (M,h)
+   arrays, run by the product before them on the rows it has just finished
+   (moexc__gemm_then): forward act = silu(gate) ⊙ up after up = u W_upᵀ;
+   backward dgate, dup from dact = dout W_down, dgate in dact's place. */
+typedef struct moexc__swiglu_rows {
+    float *act, *dgate, *dup;
+    const float *gate, *up;
+    size_t h;
+} moexc__swiglu_rows;
+static void moexc__swiglu_act_rows(const void *ctx, int first, int end)
+{
+    const moexc__swiglu_rows *r = (const moexc__swiglu_rows *)ctx;
+    size_t o = (size_t)first * r->h;
+    moexc__swiglu_act(r->act + o, r->gate + o, r->up + o, (size_t)(end - first) * r->h);
+}
+static void moexc__swiglu_act_backward_rows(const void *ctx, int first, int end)
+{
+    const moexc__swiglu_rows *r = (const moexc__swiglu_rows *)ctx;
+    size_t o = (size_t)first * r->h;
+    moexc__swiglu_act_backward(r->dgate + o, r->dup + o, r->dgate + o, r->gate + o, r->up + o,
+                               (size_t)(end - first) * r->h);
+}
+
 /* u (M,d); w_gate, w_up (h,d); w_down (d,h).
    gate = u W_gateᵀ, up = u W_upᵀ, act = silu(gate) ⊙ up (all (M,h), kept);
-   out (M,d) = act W_downᵀ (overwritten).  FFN(u) = W_down(silu(W_gate u) ⊙ W_up u). */
+   out (M,d) = act W_downᵀ (overwritten), then then_out (may be NULL) on its
+   rows.  FFN(u) = W_down(silu(W_gate u) ⊙ W_up u). */
 static void moexc__swiglu_forward(float *out, float *gate, float *up, float *act, const float *u,
                                   const float *w_gate, const float *w_up, const float *w_down,
-                                  int M, int d, int h)
+                                  int M, int d, int h, const moexc__gemm_then *then_out)
 {
-    size_t n = (size_t)M * h;
-    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+    moexc__swiglu_rows rows;
+    moexc__gemm_then then;
     if (M <= 0) return;
+    rows.act = act; rows.dgate = rows.dup = NULL; rows.gate = gate; rows.up = up; rows.h = (size_t)h;
+    then.rows = moexc__swiglu_act_rows; then.ctx = &rows;
     moexc_linear_forward(gate, u, w_gate, NULL, M, h, d);
-    moexc_linear_forward(up, u, w_up, NULL, M, h, d);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
-#endif
-    for (c = 0; c < n_chunks; c++) {
-        size_t i = (size_t)c * MOEXC__CHUNK;
-        moexc__swiglu_act(act + i, gate + i, up + i, MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
-    }
-    moexc_linear_forward(out, act, w_down, NULL, M, d, h);
+    moexc__sgemm_then(0, 1, M, h, d, 1.0f, u, d, w_up, d, 0.0f, up, h, &then);     /* up, then act */
+    moexc__sgemm_then(0, 1, M, d, h, 1.0f, act, h, w_down, h, 0.0f, out, d, then_out);
 }
 /* dout (M,d) -> du (M,d) (overwritten, or added when accumulate);
-   dw_gate, dw_up (h,d), dw_down (d,h) accumulate; dact, dgate, dup (M,h) scratch.
-     dW_down += doutᵀ act,  dact = dout W_down,
+   dw_gate, dw_up (h,d), dw_down (d,h) accumulate; dgate, dup (M,h) scratch.
+     dW_down += doutᵀ act,  dact = dout W_down (into dgate's place),
      dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ dact ⊙ up,
      dW_gate += dgateᵀ u,  dW_up += dupᵀ u,  du = dgate W_gate + dup W_up. */
 static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, float *dw_up, float *dw_down,
-                                   float *dact, float *dgate, float *dup, const float *dout, const float *u,
+                                   float *dgate, float *dup, const float *dout, const float *u,
                                    const float *gate, const float *up, const float *act,
                                    const float *w_gate, const float *w_up, const float *w_down,
                                    int M, int d, int h)
 {
-    size_t n = (size_t)M * h;
-    long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
+    moexc__swiglu_rows rows;
+    moexc__gemm_then then;
     if (M <= 0) return;
+    rows.act = NULL; rows.dgate = dgate; rows.dup = dup; rows.gate = gate; rows.up = up; rows.h = (size_t)h;
+    then.rows = moexc__swiglu_act_backward_rows; then.ctx = &rows;
     moexc_linear_backward_weight(dw_down, dout, act, M, d, h);
-    moexc_linear_backward_input(dact, dout, w_down, M, d, h, 0);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (n >= MOEXC__PAR_MIN)
-#endif
-    for (c = 0; c < n_chunks; c++) {
-        size_t i = (size_t)c * MOEXC__CHUNK;
-        moexc__swiglu_act_backward(dgate + i, dup + i, dact + i, gate + i, up + i,
-                                   MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
-    }
+    moexc__sgemm_then(0, 0, M, h, d, 1.0f, dout, d, w_down, h, 0.0f, dgate, h, &then);   /* dact, then dgate, dup */
     moexc_linear_backward_weight(dw_gate, dgate, u, M, h, d);
     moexc_linear_backward_weight(dw_up, dup, u, M, h, d);
     moexc_linear_backward_input(du, dgate, w_gate, M, h, d, accumulate);
@@ -6796,7 +6893,7 @@ typedef struct moexc__moe_acts {
 
 typedef struct moexc__moe_scratch {
     float *d_eo, *d_xg;                 /* (N*k,d)   */
-    float *d_act, *d_gate, *d_up;       /* (N*k,h_e) */
+    float *d_gate, *d_up;               /* (N*k,h_e) */
     float *dp, *dz;                     /* (N,E)     */
     float *dw;                          /* (N,k)     */
 } moexc__moe_scratch;
@@ -6895,7 +6992,7 @@ static void moexc__moe_forward(float *out, moexc__moe_acts *a, const float *u, c
         moexc__swiglu_forward(a->eo + (size_t)o * d, a->gate + (size_t)o * h, a->up + (size_t)o * h,
                               a->act + (size_t)o * h, a->xg + (size_t)o * d,
                               w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
-                              n_e, d, h);
+                              n_e, d, h, NULL);
     }
     /* scatter-add: out_t = Σ_s w_ts eo[(t, s)] */
 #ifdef _OPENMP
@@ -6960,7 +7057,7 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
         int e = a->expert_cursor[i], o = a->expert_offset[e], n_e = a->expert_offset[e + 1] - o;
         moexc__swiglu_backward(sc->d_xg + (size_t)o * d, 0,
                                dw_gate + (size_t)e * h * d, dw_up + (size_t)e * h * d, dw_down + (size_t)e * d * h,
-                               sc->d_act + (size_t)o * h, sc->d_gate + (size_t)o * h, sc->d_up + (size_t)o * h,
+                               sc->d_gate + (size_t)o * h, sc->d_up + (size_t)o * h,
                                sc->d_eo + (size_t)o * d, a->xg + (size_t)o * d,
                                a->gate + (size_t)o * h, a->up + (size_t)o * h, a->act + (size_t)o * h,
                                w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
@@ -7097,7 +7194,7 @@ struct moexc_model {
     float *logits, *lse;             /* (N,V), (N)                                 */
     /* backward scratch */
     float *dx, *dnorm, *dq, *dk, *dv, *datt_y, *datt, *dlogits;   /* dq, dk, dv: rows 3d apart, as q, k, v */
-    float *dff_act, *dff_gate, *dff_up;   /* dense (N,h_ff)                      */
+    float *dff_gate, *dff_up;             /* dense (N,h_ff)                      */
     moexc__moe_scratch moe_sc;
     /* state of the last forward */
     int B, T, layers_done, has_targets, backward_ready;
@@ -7395,14 +7492,12 @@ static void moexc__carve_acts(const moexc_model_config *c, int B, int T, float *
         if (moe) {
             t->moe_sc.d_eo = moexc__carve(fb, &fc, N * k * d);
             t->moe_sc.d_xg = moexc__carve(fb, &fc, N * k * d);
-            t->moe_sc.d_act = moexc__carve(fb, &fc, N * k * he);
             t->moe_sc.d_gate = moexc__carve(fb, &fc, N * k * he);
             t->moe_sc.d_up = moexc__carve(fb, &fc, N * k * he);
             t->moe_sc.dp = moexc__carve(fb, &fc, N * E);
             t->moe_sc.dz = moexc__carve(fb, &fc, N * E);
             t->moe_sc.dw = moexc__carve(fb, &fc, N * k);
         } else {
-            t->dff_act = moexc__carve(fb, &fc, N * hf);
             t->dff_gate = moexc__carve(fb, &fc, N * hf);
             t->dff_up = moexc__carve(fb, &fc, N * hf);
         }
@@ -7601,24 +7696,45 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
         moexc__layer_acts *a = &m->acts[l];
         const moexc__layer_weights *w = &m->w.layer[l];
         float *x_out = l + 1 < c->n_layers ? m->acts[l + 1].x : m->x_final;
+        /* The element-wise steps that follow a product on its rows run inside
+           it, on each block of rows as soon as it is final (moexc__gemm_then):
+           RoPE after [q | k | v], the residual add and the next RMSNorm after
+           the attention output and after the dense FFN's down projection. */
+        moexc__rope qk_rope = moexc__rope_of(a->q, (size_t)3 * d, m->rope_cos, m->rope_sin, T, 2 * H, dh, 0);
+        moexc__residual_norm h_norm = moexc__residual_norm_of(a->h, a->h, a->x, a->ffn_in, a->ffn_rms, w->ffn_norm, d);
+        moexc__residual_norm y_norm;
+        moexc__gemm_then qk_then, h_then, y_then;
+        /* y's RMSNorm in the dense FFN's product, unless this layer's output
+           is replaced or ends a partial forward */
+        const int y_in_product = c->ffn != MOEXC_FFN_MOE && !(m->replace && l == m->replace_layer)
+                                 && (l < last_layer || l == c->n_layers - 1);
+        if (l < last_layer)
+            y_norm = moexc__residual_norm_of(x_out, a->h, a->ffn_out, m->acts[l + 1].attn_in, m->acts[l + 1].attn_rms,
+                                             m->w.layer[l + 1].attn_norm, d);
+        else
+            y_norm = moexc__residual_norm_of(x_out, a->h, a->ffn_out, m->xf, m->xf_rms, m->w.norm, d);
+        qk_then.rows = moexc__rope_rows; qk_then.ctx = &qk_rope;
+        h_then.rows = moexc__residual_rmsnorm_rows; h_then.ctx = &h_norm;
+        y_then.rows = moexc__residual_rmsnorm_rows; y_then.ctx = &y_norm;
         /* h = x + Attn(RMSNorm(x)), RMSNorm(x) made by the step before */
         /* [q | k | v] (N,3d) = RMSNorm(x) [W_q; W_k; W_v]ᵀ, one product: the
-           three weights are adjacent in the layout (>>model) */
-        moexc_sgemm(0, 1, N, 3 * d, d, 1.0f, a->attn_in, d, w->wq, d, 0.0f, a->q, 3 * d);
-        moexc__rope_apply_ld(a->q, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
-        moexc__rope_apply_ld(a->k, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 0);
+           three weights are adjacent in the layout (>>model); then RoPE on q
+           and k, adjacent in each row: 2H heads of dh */
+        moexc__sgemm_then(0, 1, N, 3 * d, d, 1.0f, a->attn_in, d, w->wq, d, 0.0f, a->q, 3 * d, &qk_then);
         moexc__attention_forward_ld(a->att_y, a->att, a->q, a->k, a->v, 3 * d, B, T, H, dh);
-        moexc_linear_forward(a->h, a->att_y, w->wo, NULL, N, d, d);
+        /* h = att_y W_oᵀ, then h += x and RMSNorm(h) */
+        moexc__sgemm_then(0, 1, N, d, d, 1.0f, a->att_y, d, w->wo, d, 0.0f, a->h, d, &h_then);
         /* y = h + FFN(RMSNorm(h)) */
-        moexc__residual_rmsnorm_forward(a->h, a->h, a->x, a->ffn_in, a->ffn_rms, w->ffn_norm, N, d);
         if (c->ffn == MOEXC_FFN_MOE)
             moexc__moe_forward(a->ffn_out, &a->moe, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
         else
             moexc__swiglu_forward(a->ffn_out, a->gate, a->up, a->act, a->ffn_in, w->w_gate, w->w_up, w->w_down,
-                                  N, d, c->d_ff);
+                                  N, d, c->d_ff, y_in_product ? &y_then : NULL);
         if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_FFN_OUT)
             memcpy(a->ffn_out, m->replace, (size_t)N * d * sizeof(float));
-        if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_RESID) {
+        if (y_in_product)
+            ;   /* y and its RMSNorm made by the down projection */
+        else if (m->replace && l == m->replace_layer && m->replace_site == MOEXC_SITE_RESID) {
             /* the block's output itself replaced: the RMSNorm after it reads the replacement */
             memcpy(x_out, m->replace, (size_t)N * d * sizeof(float));
             if (l < last_layer)
@@ -7627,11 +7743,8 @@ static moexc_status moexc__forward(moexc_model *m, const uint16_t *inputs, const
                 moexc__rmsnorm_forward(m->xf, m->xf_rms, x_out, m->w.norm, N, d);
         }
         /* with the RMSNorm that reads y: the next block's, or the final one */
-        else if (l < last_layer)
-            moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->acts[l + 1].attn_in, m->acts[l + 1].attn_rms,
-                                            m->w.layer[l + 1].attn_norm, N, d);
-        else if (l == c->n_layers - 1)
-            moexc__residual_rmsnorm_forward(x_out, a->h, a->ffn_out, m->xf, m->xf_rms, m->w.norm, N, d);
+        else if (l < last_layer || l == c->n_layers - 1)
+            moexc__residual_rmsnorm_rows_par(&y_norm, N);
         else
             moexc__add_par(x_out, a->h, a->ffn_out, (size_t)N * d);
         m->layers_done = l + 1;
@@ -7722,7 +7835,7 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
             moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
                                 m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
         } else
-            moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_act, m->dff_gate, m->dff_up,
+            moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_gate, m->dff_up,
                                    m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
                                    N, d, c->d_ff);
         moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
@@ -7731,8 +7844,8 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
         moexc_linear_backward_input(m->datt_y, m->dx, w->wo, N, d, d, 0);
         moexc__attention_backward_ld(m->dq, m->dk, m->dv, m->datt, m->datt_y, a->att, a->q, a->k, a->v, 3 * d,
                                      B, T, H, dh);
-        moexc__rope_apply_ld(m->dq, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
-        moexc__rope_apply_ld(m->dk, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, H, dh, 1);
+        /* RoPE's inverse on dq and dk, adjacent in each row: 2H heads of dh */
+        moexc__rope_apply_ld(m->dq, (size_t)3 * d, m->rope_cos, m->rope_sin, B, T, 2 * H, dh, 1);
         /* with W = [W_q; W_k; W_v] (3d,d) and dY = [dq | dk | dv] (N,3d):
            dW += dYᵀ RMSNorm(x),  dRMSNorm(x) = dY W, one product each */
         moexc_sgemm(1, 0, 3 * d, d, N, 1.0f, m->dq, 3 * d, a->attn_in, d, 1.0f, g->wq, d);

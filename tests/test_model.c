@@ -269,14 +269,14 @@ static double swiglu_loss(void *p, int *disc)
 {
     swiglu_ctx *c = (swiglu_ctx *)p;
     (void)disc;
-    moexc__swiglu_forward(c->out, c->gate, c->up, c->act, c->u, c->wg, c->wu, c->wd, c->M, c->d, c->h);
+    moexc__swiglu_forward(c->out, c->gate, c->up, c->act, c->u, c->wg, c->wu, c->wd, c->M, c->d, c->h, NULL);
     return dot_d(c->out, c->r, (size_t)c->M * c->d);
 }
 static void test_swiglu_grad(void)
 {
     swiglu_ctx c;
     moexc_rng rng;
-    float *du, *dwg, *dwu, *dwd, *s1, *s2, *s3;
+    float *du, *dwg, *dwu, *dwd, *s1, *s2;
     size_t nu, nw, nh;
     c.M = 9; c.d = 8; c.h = 12;
     nu = (size_t)c.M * c.d; nw = (size_t)c.h * c.d; nh = (size_t)c.M * c.h;
@@ -284,7 +284,7 @@ static void test_swiglu_grad(void)
     c.wg = falloc(nw); c.wu = falloc(nw); c.wd = falloc(nw);
     c.gate = falloc(nh); c.up = falloc(nh); c.act = falloc(nh);
     du = falloc(nu); dwg = falloc(nw); dwu = falloc(nw); dwd = falloc(nw);
-    s1 = falloc(nh); s2 = falloc(nh); s3 = falloc(nh);
+    s1 = falloc(nh); s2 = falloc(nh);
     moexc_rng_seed(&rng, 3);
     fill_normal(c.u, nu, 1.0f, &rng);
     fill_normal(c.r, nu, 1.0f, &rng);
@@ -292,14 +292,14 @@ static void test_swiglu_grad(void)
     fill_normal(c.wu, nw, 0.4f, &rng);
     fill_normal(c.wd, nw, 0.4f, &rng);
     swiglu_loss(&c, NULL);
-    moexc__swiglu_backward(du, 0, dwg, dwu, dwd, s1, s2, s3, c.r, c.u, c.gate, c.up, c.act, c.wg, c.wu, c.wd,
+    moexc__swiglu_backward(du, 0, dwg, dwu, dwd, s1, s2, c.r, c.u, c.gate, c.up, c.act, c.wg, c.wu, c.wd,
                            c.M, c.d, c.h);
     check_fd(fd_check(swiglu_loss, &c, c.u, du, nu, 100, 1e-2f, NULL), "swiglu du");
     check_fd(fd_check(swiglu_loss, &c, c.wg, dwg, nw, 100, 1e-2f, NULL), "swiglu dW_gate");
     check_fd(fd_check(swiglu_loss, &c, c.wu, dwu, nw, 100, 1e-2f, NULL), "swiglu dW_up");
     check_fd(fd_check(swiglu_loss, &c, c.wd, dwd, nw, 100, 1e-2f, NULL), "swiglu dW_down");
     free(c.u); free(c.out); free(c.r); free(c.wg); free(c.wu); free(c.wd); free(c.gate); free(c.up); free(c.act);
-    free(du); free(dwg); free(dwu); free(dwd); free(s1); free(s2); free(s3);
+    free(du); free(dwg); free(dwu); free(dwd); free(s1); free(s2);
 }
 
 /* ---- MoE --------------------------------------------------------------------- */
@@ -330,7 +330,7 @@ static void moe_setup(moe_ctx *c, int N, int d, int E, int k, int h, int renorm,
     c->a.logits = F_((size_t)N * E); c->a.probs = F_((size_t)N * E); c->a.lse = F_((size_t)N);
     c->a.weight = F_(nk); c->a.xg = F_(nk * d); c->a.gate = F_(nk * h); c->a.up = F_(nk * h); c->a.act = F_(nk * h);
     c->a.eo = F_(nk * d); c->a.frac = F_((size_t)E); c->a.pmean = F_((size_t)E);
-    c->sc.d_eo = F_(nk * d); c->sc.d_xg = F_(nk * d); c->sc.d_act = F_(nk * h); c->sc.d_gate = F_(nk * h);
+    c->sc.d_eo = F_(nk * d); c->sc.d_xg = F_(nk * d); c->sc.d_gate = F_(nk * h);
     c->sc.d_up = F_(nk * h); c->sc.dp = F_((size_t)N * E); c->sc.dz = F_((size_t)N * E); c->sc.dw = F_(nk);
     c->a.choice = I_(nk); c->a.expert_offset = I_((size_t)E + 1); c->a.expert_cursor = I_((size_t)E);
     c->a.assign_token = I_(nk); c->a.token_assign = I_(nk); c->base_choice = I_(nk);
