@@ -6343,36 +6343,63 @@ static void moexc__residual_rmsnorm_rows_par(const moexc__residual_norm *r, int 
 }
 /* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
                          dg_j += Σ_t dy_j x_j r.
-   dx by rows; dg by blocks of MOEXC__VW columns, each summed over t in order. */
-static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
-                                    const float *inv_rms, int N, int d)
+   dx by rows (moexc__rmsnorm_backward_rows: also what the product making dy
+   runs on the rows it has just finished, moexc__gemm_then); dg by blocks of
+   MOEXC__VW columns, each summed over t in order
+   (moexc__rmsnorm_backward_gain). */
+typedef struct moexc__rmsnorm_grad {
+    float *dx;
+    const float *dy, *x, *g, *inv_rms;
+    int d;
+} moexc__rmsnorm_grad;
+static moexc__rmsnorm_grad moexc__rmsnorm_grad_of(float *dx, const float *dy, const float *x, const float *g,
+                                                  const float *inv_rms, int d)
 {
+    moexc__rmsnorm_grad r;
+    r.dx = dx; r.dy = dy; r.x = x; r.g = g; r.inv_rms = inv_rms; r.d = d;
+    return r;
+}
+static void moexc__rmsnorm_backward_rows(const void *ctx, int first, int end)
+{
+    const moexc__rmsnorm_grad *r = (const moexc__rmsnorm_grad *)ctx;
+    const int d = r->d;
+    const float *g = r->g;
+    int t;
+    for (t = first; t < end; t++) {
+        const float *xt = r->x + (size_t)t * d, *dyt = r->dy + (size_t)t * d;
+        float *dxt = r->dx + (size_t)t * d;
+        float rt = r->inv_rms[t], c, dot;
+        moexc__vf acc = moexc__vzero(), vr, vc;
+        int j = 0;
+        for (; j + MOEXC__VW <= d; j += MOEXC__VW)
+            acc = moexc__vfmadd(moexc__vmul(moexc__vload(g + j), moexc__vload(dyt + j)), moexc__vload(xt + j), acc);
+        dot = moexc__vhsum(acc);
+        for (; j < d; j++) dot += g[j] * dyt[j] * xt[j];
+        c = (float)((double)rt * rt * rt * dot / d);
+        vr = moexc__vset1(rt);
+        vc = moexc__vset1(c);
+        for (j = 0; j + MOEXC__VW <= d; j += MOEXC__VW)
+            moexc__vstore(dxt + j, moexc__vadd(moexc__vload(dxt + j),
+                moexc__vsub(moexc__vmul(moexc__vmul(vr, moexc__vload(g + j)), moexc__vload(dyt + j)),
+                            moexc__vmul(vc, moexc__vload(xt + j)))));
+        for (; j < d; j++) dxt[j] += rt * g[j] * dyt[j] - c * xt[j];
+    }
+}
+/* the dg part alone (parallel); with_dx: the dx rows too, in the same region */
+static void moexc__rmsnorm_backward_par(float *dg, const moexc__rmsnorm_grad *r, int N, int with_dx)
+{
+    const int d = r->d;
+    const float *dy = r->dy, *x = r->x, *inv_rms = r->inv_rms;
     int t, jb, n_blocks = (d + MOEXC__VW - 1) / MOEXC__VW;
 #ifdef _OPENMP
 #pragma omp parallel if ((double)N * d >= MOEXC__PAR_MIN)
 #endif
     {
+        if (with_dx) {
 #ifdef _OPENMP
 #pragma omp for schedule(static) nowait
 #endif
-        for (t = 0; t < N; t++) {
-            const float *xt = x + (size_t)t * d, *dyt = dy + (size_t)t * d;
-            float *dxt = dx + (size_t)t * d;
-            float r = inv_rms[t], c, dot;
-            moexc__vf acc = moexc__vzero(), vr, vc;
-            int j = 0;
-            for (; j + MOEXC__VW <= d; j += MOEXC__VW)
-                acc = moexc__vfmadd(moexc__vmul(moexc__vload(g + j), moexc__vload(dyt + j)), moexc__vload(xt + j), acc);
-            dot = moexc__vhsum(acc);
-            for (; j < d; j++) dot += g[j] * dyt[j] * xt[j];
-            c = (float)((double)r * r * r * dot / d);
-            vr = moexc__vset1(r);
-            vc = moexc__vset1(c);
-            for (j = 0; j + MOEXC__VW <= d; j += MOEXC__VW)
-                moexc__vstore(dxt + j, moexc__vadd(moexc__vload(dxt + j),
-                    moexc__vsub(moexc__vmul(moexc__vmul(vr, moexc__vload(g + j)), moexc__vload(dyt + j)),
-                                moexc__vmul(vc, moexc__vload(xt + j)))));
-            for (; j < d; j++) dxt[j] += r * g[j] * dyt[j] - c * xt[j];
+            for (t = 0; t < N; t++) moexc__rmsnorm_backward_rows(r, t, t + 1);
         }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -6381,15 +6408,26 @@ static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const
             int j0 = jb * MOEXC__VW, w = MOEXC__MIN(MOEXC__VW, d - j0), j, row;
             for (row = 0; row < N; row++) {
                 const float *xt = x + (size_t)row * d + j0, *dyt = dy + (size_t)row * d + j0;
-                float r = inv_rms[row];
+                float rt = inv_rms[row];
                 if (w == MOEXC__VW)
                     moexc__vstore(dg + j0, moexc__vadd(moexc__vload(dg + j0), moexc__vmul(moexc__vmul(
-                                      moexc__vload(dyt), moexc__vload(xt)), moexc__vset1(r))));
+                                      moexc__vload(dyt), moexc__vload(xt)), moexc__vset1(rt))));
                 else
-                    for (j = 0; j < w; j++) dg[j0 + j] += dyt[j] * xt[j] * r;
+                    for (j = 0; j < w; j++) dg[j0 + j] += dyt[j] * xt[j] * rt;
             }
         }
     }
+}
+static void moexc__rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
+                                    const float *inv_rms, int N, int d)
+{
+    moexc__rmsnorm_grad r = moexc__rmsnorm_grad_of(dx, dy, x, g, inv_rms, d);
+    moexc__rmsnorm_backward_par(dg, &r, N, 1);
+}
+/* dg alone: dx made by moexc__rmsnorm_backward_rows inside a product */
+static void moexc__rmsnorm_backward_gain(float *dg, const moexc__rmsnorm_grad *r, int N)
+{
+    moexc__rmsnorm_backward_par(dg, r, N, 0);
 }
 
 /* ---- rotary position embedding (RoPE, rotate-half pairing) --------------- */
@@ -6852,12 +6890,13 @@ static void moexc__swiglu_forward(float *out, float *gate, float *up, float *act
    dw_gate, dw_up (h,d), dw_down (d,h) accumulate; dgate, dup (M,h) scratch.
      dW_down += doutᵀ act,  dact = dout W_down (into dgate's place),
      dup = dact ⊙ silu(gate),  dgate = silu'(gate) ⊙ dact ⊙ up,
-     dW_gate += dgateᵀ u,  dW_up += dupᵀ u,  du = dgate W_gate + dup W_up. */
+     dW_gate += dgateᵀ u,  dW_up += dupᵀ u,  du = dgate W_gate + dup W_up,
+   then then_du (may be NULL) on du's rows; dout is not read by then. */
 static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, float *dw_up, float *dw_down,
                                    float *dgate, float *dup, const float *dout, const float *u,
                                    const float *gate, const float *up, const float *act,
                                    const float *w_gate, const float *w_up, const float *w_down,
-                                   int M, int d, int h)
+                                   int M, int d, int h, const moexc__gemm_then *then_du)
 {
     moexc__swiglu_rows rows;
     moexc__gemm_then then;
@@ -6869,7 +6908,7 @@ static void moexc__swiglu_backward(float *du, int accumulate, float *dw_gate, fl
     moexc_linear_backward_weight(dw_gate, dgate, u, M, h, d);
     moexc_linear_backward_weight(dw_up, dup, u, M, h, d);
     moexc_linear_backward_input(du, dgate, w_gate, M, h, d, accumulate);
-    moexc_linear_backward_input(du, dup, w_up, M, h, d, 1);
+    moexc__sgemm_then(0, 0, M, d, h, 1.0f, dup, h, w_up, d, 1.0f, du, d, then_du);     /* du += dup W_up */
 }
 
 /* ---- Mixture-of-Experts feed-forward (dropless top-k routing) ------------ */
@@ -7061,7 +7100,7 @@ static void moexc__moe_backward(float *du, float *dw_router, float *dw_gate, flo
                                sc->d_eo + (size_t)o * d, a->xg + (size_t)o * d,
                                a->gate + (size_t)o * h, a->up + (size_t)o * h, a->act + (size_t)o * h,
                                w_gate + (size_t)e * h * d, w_up + (size_t)e * h * d, w_down + (size_t)e * d * h,
-                               n_e, d, h);
+                               n_e, d, h, NULL);
     }
     /* gather of the experts' input gradients, then the router:
        gate gradient -> dp -> softmax -> dz; per token */
@@ -7820,25 +7859,40 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
     /* loss -> logits -> final norm -> residual stream */
     moexc__crossentropy_backward(m->dlogits, m->logits, m->lse, m->targets, N, V);
     moexc_linear_backward_weight(m->g.lm_head, m->dlogits, m->xf, N, V, d);
-    moexc_linear_backward_input(m->dnorm, m->dlogits, m->w.lm_head, N, V, d, 0);
-    memset(m->dx, 0, (size_t)N * d * sizeof(float));
-    moexc__rmsnorm_backward(m->dx, m->g.norm, m->dnorm, m->x_final, m->w.norm, m->xf_rms, N, d);
+    {   /* dnorm = dlogits W_head, then dx = 0 + the final RMSNorm's backward on its rows */
+        moexc__rmsnorm_grad final_grad = moexc__rmsnorm_grad_of(m->dx, m->dnorm, m->x_final, m->w.norm, m->xf_rms, d);
+        moexc__gemm_then final_then;
+        final_then.rows = moexc__rmsnorm_backward_rows; final_then.ctx = &final_grad;
+        memset(m->dx, 0, (size_t)N * d * sizeof(float));
+        moexc__sgemm_then(0, 0, N, d, V, 1.0f, m->dlogits, V, m->w.lm_head, d, 0.0f, m->dnorm, d, &final_then);
+        moexc__rmsnorm_backward_gain(m->g.norm, &final_grad, N);
+    }
 
     for (l = c->n_layers - 1; l >= 0; l--) {
         moexc__layer_acts *a = &m->acts[l];
         const moexc__layer_weights *w = &m->w.layer[l];
         moexc__layer_weights *g = &m->g.layer[l];
+        /* the RMSNorms' backward on dx's rows runs inside the products that
+           make their dnorm (moexc__gemm_then); their gains' gradients after */
+        moexc__rmsnorm_grad ffn_grad = moexc__rmsnorm_grad_of(m->dx, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, d);
+        moexc__rmsnorm_grad attn_grad = moexc__rmsnorm_grad_of(m->dx, m->dnorm, a->x, w->attn_norm, a->attn_rms, d);
+        moexc__gemm_then ffn_then, attn_then;
+        ffn_then.rows = attn_then.rows = moexc__rmsnorm_backward_rows;
+        ffn_then.ctx = &ffn_grad;
+        attn_then.ctx = &attn_grad;
         /* y = h + FFN(RMSNorm(h)): dx is dy here and becomes dh; the MoE adds
            into dnorm, the dense FFN overwrites it */
         if (c->ffn == MOEXC_FFN_MOE) {
             memset(m->dnorm, 0, (size_t)N * d * sizeof(float));
             moexc__moe_backward(m->dnorm, g->router, g->w_gate, g->w_up, g->w_down, &m->moe_sc, &a->moe,
                                 m->dx, a->ffn_in, w->router, w->w_gate, w->w_up, w->w_down, N, &md);
-        } else
+            moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
+        } else {
             moexc__swiglu_backward(m->dnorm, 0, g->w_gate, g->w_up, g->w_down, m->dff_gate, m->dff_up,
                                    m->dx, a->ffn_in, a->gate, a->up, a->act, w->w_gate, w->w_up, w->w_down,
-                                   N, d, c->d_ff);
-        moexc__rmsnorm_backward(m->dx, g->ffn_norm, m->dnorm, a->h, w->ffn_norm, a->ffn_rms, N, d);
+                                   N, d, c->d_ff, &ffn_then);
+            moexc__rmsnorm_backward_gain(g->ffn_norm, &ffn_grad, N);
+        }
         /* h = x + Attn(RMSNorm(x)): dx is dh here and becomes dx */
         moexc_linear_backward_weight(g->wo, m->dx, a->att_y, N, d, d);
         moexc_linear_backward_input(m->datt_y, m->dx, w->wo, N, d, d, 0);
@@ -7849,8 +7903,8 @@ MOEXC_DEF moexc_status moexc_model_backward(moexc_model *m, moexc_error *err)
         /* with W = [W_q; W_k; W_v] (3d,d) and dY = [dq | dk | dv] (N,3d):
            dW += dYᵀ RMSNorm(x),  dRMSNorm(x) = dY W, one product each */
         moexc_sgemm(1, 0, 3 * d, d, N, 1.0f, m->dq, 3 * d, a->attn_in, d, 1.0f, g->wq, d);
-        moexc_sgemm(0, 0, N, d, 3 * d, 1.0f, m->dq, 3 * d, w->wq, d, 0.0f, m->dnorm, d);
-        moexc__rmsnorm_backward(m->dx, g->attn_norm, m->dnorm, a->x, w->attn_norm, a->attn_rms, N, d);
+        moexc__sgemm_then(0, 0, N, d, 3 * d, 1.0f, m->dq, 3 * d, w->wq, d, 0.0f, m->dnorm, d, &attn_then);
+        moexc__rmsnorm_backward_gain(g->attn_norm, &attn_grad, N);
     }
     moexc__embedding_backward(m->g.tok_emb, m->dx, m->tokens, N, d);
     return MOEXC_OK;

@@ -293,7 +293,7 @@ static void test_swiglu_grad(void)
     fill_normal(c.wd, nw, 0.4f, &rng);
     swiglu_loss(&c, NULL);
     moexc__swiglu_backward(du, 0, dwg, dwu, dwd, s1, s2, c.r, c.u, c.gate, c.up, c.act, c.wg, c.wu, c.wd,
-                           c.M, c.d, c.h);
+                           c.M, c.d, c.h, NULL);
     check_fd(fd_check(swiglu_loss, &c, c.u, du, nu, 100, 1e-2f, NULL), "swiglu du");
     check_fd(fd_check(swiglu_loss, &c, c.wg, dwg, nw, 100, 1e-2f, NULL), "swiglu dW_gate");
     check_fd(fd_check(swiglu_loss, &c, c.wu, dwu, nw, 100, 1e-2f, NULL), "swiglu dW_up");
