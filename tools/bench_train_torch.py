@@ -29,7 +29,7 @@ OpenBLAS's own threads spin against each other and its 2-thread steps are
 set (what a program using the header gets). A second moexc process under the
 given environment is timed in the same rounds and reported beside it
 ("moexc, same env"): OMP_WAIT_POLICY=passive puts OpenMP's idle threads to
-sleep, and waking them for each of the ~150 parallel regions of a step costs
+sleep, and waking them for each of the ~110 parallel regions of a step costs
 moexc about 10%.
 
 Without PyTorch the C side still runs and the PyTorch columns are null (with
