@@ -5,11 +5,17 @@
    an identical PyTorch crosscoder and prints the ratio.
 
      bench_crosscoder [--threads N] [--steps N] [--batch N] [--d D] [--latents F]
-                      [--k K] [--shared S] [--dead FRACTION]
+                      [--k K] [--shared S] [--dead FRACTION] [--serve]
 
    --dead marks that fraction of the latents dead (moexc_xc_set_dead), so
    that each step also runs AuxK over them, as training does once latents
    stop firing (about 10% at the end of the default demo).
+
+   --serve: after the three warm-up steps print "ready", then run one timed
+   step per "step" line on standard input and print its seconds (at most
+   --steps of them, the data pools taken in turn as above; "quit" or the end
+   of input stops). bench_crosscoder_torch.py pairs these steps with the
+   PyTorch ones, so that the host's slow and fast phases hit both sides.
 
    Output line (parsed by bench_crosscoder_torch.py):
      c crosscoder params <P> median_s <s> pairs_per_s <x> */
@@ -29,7 +35,8 @@
 int main(int argc, char **argv)
 {
     double dead = 0.0;
-    int threads = 0, steps = 20, batch = 1024, d = 128, F = 2048, k = 32, ns = 64, i, s, pools = 4;
+    int threads = 0, steps = 20, batch = 1024, d = 128, F = 2048, k = 32, ns = 64, i, s, pools = 4, serve = 0;
+    char line[64];
     moexc_xc_options o;
     moexc_xc *xc = NULL;
     moexc_error err;
@@ -38,25 +45,31 @@ int main(int argc, char **argv)
     double *times, median;
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: bench_crosscoder [--threads N] [--steps N] [--batch N] [--d D] [--latents F] [--k K] [--shared S]\n"
-               "                        [--dead FRACTION]\n"
+               "                        [--dead FRACTION] [--serve]\n"
                "pairs/s of one BatchTopK crosscoder training step on random pairs, median of --steps [20]\n"
                "steps (defaults: d 128, F 2048, k 32, 64 shared, batch 1024, no dead latents: --dead 0.1\n"
-               "marks the last 10%% of the latents dead, so AuxK runs); see tools/bench_crosscoder.c\n");
+               "marks the last 10%% of the latents dead, so AuxK runs)\n"
+               "--serve: after the warm-up, one timed step per \"step\" line on standard input, its seconds\n"
+               "         printed (at most --steps); see tools/bench_crosscoder.c\n");
         return 0;
     }
-    for (i = 1; i + 1 < argc; i += 2) {
-        int v = atoi(argv[i + 1]);
-        if (!strcmp(argv[i], "--threads")) threads = v;
-        else if (!strcmp(argv[i], "--steps")) steps = v;
-        else if (!strcmp(argv[i], "--batch")) batch = v;
-        else if (!strcmp(argv[i], "--d")) d = v;
-        else if (!strcmp(argv[i], "--latents")) F = v;
-        else if (!strcmp(argv[i], "--k")) k = v;
-        else if (!strcmp(argv[i], "--shared")) ns = v;
-        else if (!strcmp(argv[i], "--dead")) dead = atof(argv[i + 1]);
-        else { fprintf(stderr, "bench_crosscoder: unknown option %s\n", argv[i]); return 2; }
+    for (i = 1; i < argc; i++) {
+        const char *opt = argv[i], *val;
+        int v;
+        if (!strcmp(opt, "--serve")) { serve = 1; continue; }
+        if (i + 1 >= argc) { fprintf(stderr, "bench_crosscoder: %s needs a value\n", opt); return 2; }
+        val = argv[++i];
+        v = atoi(val);
+        if (!strcmp(opt, "--threads")) threads = v;
+        else if (!strcmp(opt, "--steps")) steps = v;
+        else if (!strcmp(opt, "--batch")) batch = v;
+        else if (!strcmp(opt, "--d")) d = v;
+        else if (!strcmp(opt, "--latents")) F = v;
+        else if (!strcmp(opt, "--k")) k = v;
+        else if (!strcmp(opt, "--shared")) ns = v;
+        else if (!strcmp(opt, "--dead")) dead = atof(val);
+        else { fprintf(stderr, "bench_crosscoder: unknown option %s\n", opt); return 2; }
     }
-    if (i < argc) { fprintf(stderr, "bench_crosscoder: %s needs a value\n", argv[i]); return 2; }
     if (steps < 1 || batch < 1 || d < 1 || F < 1) { fprintf(stderr, "bench_crosscoder: sizes must be >= 1\n"); return 2; }
     if (!(dead >= 0.0 && dead <= 1.0)) { fprintf(stderr, "bench_crosscoder: --dead %g not in [0, 1]\n", dead); return 2; }
 #ifdef _OPENMP
@@ -78,12 +91,29 @@ int main(int argc, char **argv)
     for (i = 0; i < (int)(dead * F); i++) moexc_xc_set_dead(xc, F - 1 - i, 1);
     for (s = 0; s < steps + 3; s++) {
         size_t off = (size_t)(s % pools) * batch * d;
-        double t0 = now_seconds();
+        double t0;
+        if (serve && s == 3) {
+            printf("ready\n");
+            fflush(stdout);
+        }
+        if (serve && s >= 3) {
+            if (!fgets(line, sizeof line, stdin) || strncmp(line, "step", 4) != 0) break;
+        }
+        t0 = now_seconds();
         if (moexc_xc_train_step(xc, xa + off, xb + off, batch, NULL, &err) != MOEXC_OK) {
             fprintf(stderr, "bench_crosscoder: %s\n", err.message);
             return 1;
         }
         if (s >= 3) times[s - 3] = now_seconds() - t0;
+        if (serve && s >= 3) {
+            printf("%.9f\n", times[s - 3]);
+            fflush(stdout);
+        }
+    }
+    if (serve) {            /* the steps were reported one by one */
+        moexc_xc_free(xc);
+        free(xa); free(xb); free(times);
+        return 0;
     }
     median = median_in_place(times, steps);
     printf("crosscoder BatchTopK d_A = d_B = %d, F %d, k %d, shared %d, batch %d, %d dead, %d threads (%s)\n",

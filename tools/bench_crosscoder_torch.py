@@ -5,8 +5,18 @@ Same widths, latents, k, designated shared latents (one tied decoder row),
 batch and thread count (torch.set_num_threads). One step = encoder, BatchTopK
 over the batch on scores f * sum_m ||d^m||, decoder, reconstruction loss,
 AuxK when latents are dead, backward, clip_grad_norm_(1.0), Adam, dead
-counters and the threshold EMA: what moexc_xc_train_step does. Prints pairs/s
-of both and the ratio moexc / PyTorch (medians after three warm-up steps).
+counters and the threshold EMA: what moexc_xc_train_step does.
+
+The steps are paired: `bench_crosscoder --serve` keeps the C crosscoder alive
+and runs one step per request, so each round times a moexc step and a PyTorch
+step back to back (which one goes first alternates), after three warm-up
+steps each. The host this runs on is shared and its speed drifts within
+seconds; timing all of one side and then all of the other let a slow phase
+fall on one side only. In a round each side runs a burst of --per-round
+steps (default 2) and only the last is timed, so that neither side is timed
+on caches and threads the other side's step has just let go cold. Printed:
+the median pairs/s of each side, the ratio moexc / PyTorch as the median of
+the per-round ratios, and the range of those.
 
 The PyTorch crosscoder is what a PyTorch user would write: dense einsums for
 the encoder and for the decoder (the decoder multiplies the full (n x F)
@@ -17,8 +27,8 @@ Without PyTorch the C side still runs and the PyTorch figures are null (with
 the reason) in --json.
 
     /usr/bin/python3 tools/bench_crosscoder_torch.py [--c-bench build/bench_crosscoder]
-        [--threads N] [--steps N] [--batch N] [--d D] [--latents F] [--k K] [--shared S]
-        [--json PATH]
+        [--threads N] [--steps ROUNDS] [--per-round N] [--batch N] [--d D] [--latents F] [--k K]
+        [--shared S] [--json PATH]
 """
 import argparse
 import json
@@ -91,31 +101,101 @@ class CrossCoder(torch.nn.Module if torch else object):
         return loss
 
 
-def torch_pairs_per_s(d, F, k, ns, batch, steps):
-    torch.manual_seed(1)
-    model = CrossCoder(d, F, k, ns, d // 2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
-    g = torch.Generator().manual_seed(7)
-    pools = [torch.randn(2, batch, d, generator=g) for _ in range(4)]
-    times = []
-    for s in range(steps + 3):
-        x = pools[s % 4]
+class TorchTwin:
+    """The PyTorch crosscoder and its optimiser; step() times one training step."""
+
+    def __init__(self, d, F, k, ns, batch):
+        torch.manual_seed(1)
+        self.model = CrossCoder(d, F, k, ns, d // 2)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
+        g = torch.Generator().manual_seed(7)
+        self.pools = [torch.randn(2, batch, d, generator=g) for _ in range(4)]
+        self.steps = 0
+
+    def step(self):
+        x = self.pools[self.steps % 4]
+        self.steps += 1
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=False)
-        loss = model.loss(x, 10_000_000)
+        self.opt.zero_grad(set_to_none=False)
+        loss = self.model.loss(x, 10_000_000)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if s >= 3:
-            times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+class CServer:
+    """tools/bench_crosscoder.c --serve: one moexc step per request (it has
+    run its three warm-up steps when it says "ready")."""
+
+    def __init__(self, cmd):
+        self.cmd = cmd
+        self.p = subprocess.Popen(cmd + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  universal_newlines=True)
+        self.header = []
+        while True:
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError("%s stopped before it was ready (exit %s)" % (" ".join(cmd), self.p.wait()))
+            if line.strip() == "ready":
+                break
+            self.header.append(line)
+
+    def step(self):
+        self.p.stdin.write("step\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError("%s --serve stopped (exit %s)" % (" ".join(self.cmd), self.p.wait()))
+        return float(line)
+
+    def close(self):
+        try:
+            self.p.stdin.write("quit\n")
+            self.p.stdin.close()
+        except OSError:
+            pass
+        return self.p.wait()
+
+
+# After a moexc step its idle OpenMP workers spin for a few milliseconds
+# before they sleep (libgomp's default): wait that out before the next step
+# is timed, so they take nothing from it.
+SETTLE_S = 0.02
+
+
+def burst(step, n):
+    """n steps back to back; the seconds of the last one (the ones before
+    warm the caches and wake the threads the other side let go cold)."""
+    for _ in range(n - 1):
+        step()
+    return step()
+
+
+def paired_rounds(server, twin, steps, per_round):
+    """Per round a burst of per_round moexc steps and one of PyTorch steps
+    back to back (PyTorch first in odd rounds), each timed by its last step;
+    twin None: moexc only. Returns both lists of step seconds."""
+    c_times, t_times = [], []
+    if twin:
+        for _ in range(3):
+            twin.step()                                 # warm-up (C warmed up before "ready")
+    for r in range(steps):
+        if twin and r % 2:
+            t_times.append(burst(twin.step, per_round))
+        c_times.append(burst(server.step, per_round))
+        time.sleep(SETTLE_S)
+        if twin and not r % 2:
+            t_times.append(burst(twin.step, per_round))
+    return c_times, t_times
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--c-bench", default=os.path.join(os.path.dirname(__file__), "..", "build", "bench_crosscoder"))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=15, help="paired rounds")
+    ap.add_argument("--per-round", type=int, default=2, help="steps per side and round, the last one timed")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--latents", type=int, default=2048)
@@ -123,39 +203,46 @@ def main():
     ap.add_argument("--shared", type=int, default=64)
     ap.add_argument("--json", help="also write the results here as JSON (for tools/bench_summary.py)")
     a = ap.parse_args()
-    cmd = [a.c_bench, "--threads", str(a.threads), "--steps", str(a.steps), "--batch", str(a.batch), "--d", str(a.d),
-           "--latents", str(a.latents), "--k", str(a.k), "--shared", str(a.shared)]
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, universal_newlines=True).stdout
-    c = None
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) >= 8 and f[0] == "c" and f[1] == "crosscoder":
-            c = float(f[7])
-    tps = None
+    if a.steps < 1 or a.per_round < 1:
+        sys.exit("bench_crosscoder_torch.py: --steps and --per-round must be >= 1")
+    # the C server serves at most --steps requests
+    cmd = [a.c_bench, "--threads", str(a.threads), "--steps", str(a.steps * a.per_round), "--batch", str(a.batch),
+           "--d", str(a.d), "--latents", str(a.latents), "--k", str(a.k), "--shared", str(a.shared)]
+    twin = None
     if torch:
         torch.set_num_threads(a.threads)
-        tps = torch_pairs_per_s(a.d, a.latents, a.k, a.shared, a.batch, a.steps)
+        twin = TorchTwin(a.d, a.latents, a.k, a.shared, a.batch)
+    try:
+        server = CServer(cmd)
+        try:
+            c_times, t_times = paired_rounds(server, twin, a.steps, a.per_round)
+        finally:
+            server.close()
+    except (RuntimeError, OSError, ValueError) as e:
+        sys.exit("bench_crosscoder_torch.py: %s" % e)
+    c = a.batch / statistics.median(c_times)
+    tps = a.batch / statistics.median(t_times) if twin else None
+    ratio = statistics.median([tt / ct for ct, tt in zip(c_times, t_times)]) if twin else None
     print("crosscoder training throughput: BatchTopK, d_A = d_B = %d, F %d, k %d, %d shared, batch %d, %d threads,"
-          " median of %d steps" % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps))
+          " %d paired rounds (a moexc step and a PyTorch step back to back)"
+          % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps))
     if TORCH_REASON:
         print("(%s: no PyTorch figure)" % TORCH_REASON)
-    if c is None:
-        print("the C benchmark printed no result")
-    else:
-        print("%16s %16s %8s" % ("moexc pairs/s", "torch pairs/s", "ratio"))
-        print("%16.0f %16s %8s" % (c, "%.0f" % tps if tps else "-", "%.2fx" % (c / tps) if tps else "-"))
+    print("%16s %16s %8s %16s" % ("moexc pairs/s", "torch pairs/s", "ratio", "rounds' ratios"))
+    print("%16.0f %16s %8s %16s" % (c, "%.0f" % tps if tps else "-", "%.2fx" % ratio if ratio else "-",
+                                    "%.2f-%.2f" % (min(tt / ct for ct, tt in zip(c_times, t_times)),
+                                                   max(tt / ct for ct, tt in zip(c_times, t_times))) if twin else "-"))
     if a.json:
         result = {"bench": "crosscoder", "threads": a.threads, "steps": a.steps, "d_a": a.d, "d_b": a.d,
                   "latents": a.latents, "k": a.k, "shared": a.shared, "batch": a.batch,
                   "torch": torch.__version__ if torch else None,
-                  "reason": TORCH_REASON if TORCH_REASON else None if c is not None else "the C benchmark printed no result",
+                  "reason": TORCH_REASON,
                   "moexc_pairs_per_s": c, "torch_pairs_per_s": tps,
-                  "ratio": c / tps if c is not None and tps else None}
+                  "ratio": ratio, "ratio_is": "median over paired rounds of torch step s / moexc step s",
+                  "moexc_step_s": c_times, "torch_step_s": t_times}
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
             f.write("\n")
-    if c is None:
-        sys.exit(1)
 
 
 if __name__ == "__main__":

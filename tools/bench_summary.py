@@ -21,7 +21,9 @@ fragment or a peer is missing):
   train_moe_vs_torch               the same, MoE model
   train_flops_vs_gemm              model FLOP/s of dense training (6 N + 6 L T d flop per token,
                                    see tools/bench_train.c) / the GEMM rate
-  crosscoder_vs_torch              crosscoder pairs/s, moexc / PyTorch, d 128, F 2048, k 32
+  crosscoder_vs_torch              crosscoder pairs/s, moexc / PyTorch, d 128, F 2048, k 32 (the
+                                   median of paired rounds, see tools/bench_crosscoder_torch.py;
+                                   details: the quartiles of the rounds' ratios)
   crosscoder_paper_shape_vs_torch  the same at d 256, F 16384, k 64, batch 2048
   crosscoder_encoder_bound         moexc pairs/s at the paper-like shape / (GEMM rate / (2 (d_A + d_B) F))
   demo_cores_used                  user CPU time / wall time of the tiny demo
@@ -162,6 +164,8 @@ def main():
     for key, name in (("crosscoder_vs_torch", "xc"), ("crosscoder_paper_shape_vs_torch", "xc_paper")):
         if same_threads(key, name):
             res[key] = need(key, name, "ratio")
+            details["%s_ratio_quartiles" % key] = round_quartiles(frag[name].get("moexc_step_s"),
+                                                                  frag[name].get("torch_step_s"))
         elif frag[name] is None:
             reasons[key] = details[name]["missing"]
     key = "crosscoder_encoder_bound"
@@ -214,6 +218,11 @@ def main():
               "%d under 80%% of the highest)" % (host["min"], host["median"], host["max"], host["probes"], host["slowed"]))
     print("%-34s %8s  %s" % ("key", "value", "what"))
 
+    def rounds(key):
+        """the quartiles of a paired benchmark's per-round ratios"""
+        q = details.get("%s_ratio_quartiles" % key)
+        return " (rounds %.2f-%.2f)" % (q[0], q[2]) if q else ""
+
     def at_peak(kind):
         """what the training ratio is measured against: the step's fraction of
         the FMA peak, and the ratio a step at the peak would have"""
@@ -226,8 +235,10 @@ def main():
             "train_dense_vs_torch": "dense LM training tokens/s, moexc / PyTorch" + at_peak("dense"),
             "train_moe_vs_torch": "MoE LM training tokens/s, moexc / PyTorch" + at_peak("moe"),
             "train_flops_vs_gemm": "dense training model FLOP/s / GEMM rate",
-            "crosscoder_vs_torch": "crosscoder pairs/s / PyTorch, d 128 F 2048 k 32 batch 1024",
-            "crosscoder_paper_shape_vs_torch": "the same, d 256 F 16384 k 64 batch 2048",
+            "crosscoder_vs_torch": "crosscoder pairs/s / PyTorch, d 128 F 2048 k 32 batch 1024" +
+                                   rounds("crosscoder_vs_torch"),
+            "crosscoder_paper_shape_vs_torch": "the same, d 256 F 16384 k 64 batch 2048" +
+                                               rounds("crosscoder_paper_shape_vs_torch"),
             "crosscoder_encoder_bound": "pairs/s at the paper shape / encoder-GEMM bound",
             "demo_cores_used": "tiny demo user CPU time / wall time"}
     for k in KEYS:
