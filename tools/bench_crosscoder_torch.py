@@ -224,8 +224,8 @@ def main():
     tps = a.batch / statistics.median(t_times) if twin else None
     ratio = statistics.median([tt / ct for ct, tt in zip(c_times, t_times)]) if twin else None
     print("crosscoder training throughput: BatchTopK, d_A = d_B = %d, F %d, k %d, %d shared, batch %d, %d threads,"
-          " %d paired rounds (a moexc step and a PyTorch step back to back)"
-          % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps))
+          " %d paired rounds (%d moexc steps and %d PyTorch steps back to back, the last of each timed)"
+          % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps, a.per_round, a.per_round))
     if TORCH_REASON:
         print("(%s: no PyTorch figure)" % TORCH_REASON)
     print("%16s %16s %8s %16s" % ("moexc pairs/s", "torch pairs/s", "ratio", "rounds' ratios"))
