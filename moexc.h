@@ -2699,6 +2699,35 @@ static MOEXC__UNUSED_FN float moexc__scalar_pow2i(float n)
 #  define moexc__vpow2i(n)       moexc__scalar_pow2i(n)
 #endif
 
+/* The first n (< MOEXC__VW) floats at p as a vector whose other lanes hold
+   fill, and the store of a vector's first n lanes: the tails of row kernels
+   (AVX-512 masks them; elsewhere they go through a padded copy). Nothing
+   past p + n is read or written. */
+#if defined(MOEXC__SIMD_AVX512)
+static MOEXC__UNUSED_FN moexc__vf moexc__vload_part(const float *p, size_t n, float fill)
+{
+    return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), (__mmask16)((1u << n) - 1u), p);
+}
+static MOEXC__UNUSED_FN void moexc__vstore_part(float *p, moexc__vf v, size_t n)
+{
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+}
+#else
+static MOEXC__UNUSED_FN moexc__vf moexc__vload_part(const float *p, size_t n, float fill)
+{
+    float buf[MOEXC__VW];
+    size_t i;
+    for (i = 0; i < (size_t)MOEXC__VW; i++) buf[i] = i < n ? p[i] : fill;
+    return moexc__vload(buf);
+}
+static MOEXC__UNUSED_FN void moexc__vstore_part(float *p, moexc__vf v, size_t n)
+{
+    float buf[MOEXC__VW];
+    moexc__vstore(buf, v);
+    memcpy(p, buf, n * sizeof(float));
+}
+#endif
+
 MOEXC_DEF const char *moexc_simd_backend(void) { return MOEXC__BACKEND_NAME; }
 MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
 
@@ -3017,44 +3046,84 @@ static void moexc__swiglu_act_backward(float *dgate, float *dup, const float *da
 }
 
 /* Softmax backward of one row p = softmax(x) (dx may alias dy):
-     dx = scale · p ⊙ (dy − p·dy). */
+     dx = scale · p ⊙ (dy − p·dy).
+   p·dy is summed as moexc_dot sums it (the last n % MOEXC__VW products
+   added one by one); the tails' products and dx go through part vectors,
+   with the same operations per element as whole ones. */
 static void moexc__softmax_backward(float *dx, const float *p, const float *dy, size_t n, float scale)
 {
-    float pd = moexc_dot(p, dy, n);
-    moexc__vf vpd = moexc__vset1(pd), vs = moexc__vset1(scale);
-    size_t i = 0;
-    for (; i + MOEXC__VW <= n; i += MOEXC__VW)
+    const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
+    float pd = moexc_dot(p, dy, whole);
+    moexc__vf vpd, vs = moexc__vset1(scale);
+    size_t i;
+    if (rest) {
+        float prod[MOEXC__VW];
+        moexc__vstore(prod, moexc__vmul(moexc__vload_part(p + whole, rest, 0.0f),
+                                        moexc__vload_part(dy + whole, rest, 0.0f)));
+        for (i = 0; i < rest; i++) pd += prod[i];
+    }
+    vpd = moexc__vset1(pd);
+    for (i = 0; i < whole; i += MOEXC__VW)
         moexc__vstore(dx + i, moexc__vmul(moexc__vmul(moexc__vload(p + i),
                                                       moexc__vsub(moexc__vload(dy + i), vpd)), vs));
-    for (; i < n; i++) dx[i] = p[i] * (dy[i] - pd) * scale;
+    if (rest)
+        moexc__vstore_part(dx + whole, moexc__vmul(moexc__vmul(moexc__vload_part(p + whole, rest, 0.0f),
+                                                               moexc__vsub(moexc__vload_part(dy + whole, rest, 0.0f),
+                                                                           vpd)), vs), rest);
 }
 
 /* ---- row-wise: softmax, RMSNorm ------------------------------------------- */
 /* y_ij = exp(x_ij - m_i) / sum_j exp(x_ij - m_i),  m_i = max_j x_ij.
-   The exponentials are stored first and then summed with moexc_sum (four
-   accumulators: a single running sum loses ~sqrt(cols) ulps on long rows).
-   Entries of -inf get weight 0; a row that is all -inf (or holds +inf or NaN)
-   becomes NaN, as in PyTorch. */
+   The exponentials are summed as they are stored, in moexc_sum's order
+   (four accumulators: a single running sum loses ~sqrt(cols) ulps on long
+   rows; the last cols % MOEXC__VW added one by one after them). Entries of
+   -inf get weight 0; a row that is all -inf (or holds +inf or NaN) becomes
+   NaN, as in PyTorch. One row (y may alias x); moexc_softmax_rows below runs
+   it on each row, and causal attention on each query's prefix of keys. */
+static void moexc__softmax_row(float *y, const float *x, size_t n)
+{
+    const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
+    moexc__vf acc0 = moexc__vzero(), acc1 = moexc__vzero(), acc2 = moexc__vzero(), acc3 = moexc__vzero();
+    moexc__vf vm, vinv, e0, e1, e2, e3;
+    float m = moexc_max(x, whole ? whole : n), sum;
+    size_t i = 0;
+    if (whole && rest)          /* max is exact: the tail's lanes, x_0 elsewhere */
+        m = moexc__vhmax(moexc__vmax(moexc__vset1(m), moexc__vload_part(x + whole, rest, x[0])));
+    vm = moexc__vset1(m);
+    for (; i + 4 * MOEXC__VW <= whole; i += 4 * MOEXC__VW) {
+        e0 = moexc__vexp(moexc__vsub(moexc__vload(x + i), vm));
+        e1 = moexc__vexp(moexc__vsub(moexc__vload(x + i + MOEXC__VW), vm));
+        e2 = moexc__vexp(moexc__vsub(moexc__vload(x + i + 2 * MOEXC__VW), vm));
+        e3 = moexc__vexp(moexc__vsub(moexc__vload(x + i + 3 * MOEXC__VW), vm));
+        moexc__vstore(y + i, e0);
+        moexc__vstore(y + i + MOEXC__VW, e1);
+        moexc__vstore(y + i + 2 * MOEXC__VW, e2);
+        moexc__vstore(y + i + 3 * MOEXC__VW, e3);
+        acc0 = moexc__vadd(acc0, e0);
+        acc1 = moexc__vadd(acc1, e1);
+        acc2 = moexc__vadd(acc2, e2);
+        acc3 = moexc__vadd(acc3, e3);
+    }
+    for (; i < whole; i += MOEXC__VW) {
+        e0 = moexc__vexp(moexc__vsub(moexc__vload(x + i), vm));
+        moexc__vstore(y + i, e0);
+        acc0 = moexc__vadd(acc0, e0);
+    }
+    sum = moexc__vhsum(moexc__vadd(moexc__vadd(acc0, acc1), moexc__vadd(acc2, acc3)));
+    if (rest) {
+        moexc__vstore_part(y + whole, moexc__vexp(moexc__vsub(moexc__vload_part(x + whole, rest, 0.0f), vm)), rest);
+        for (i = whole; i < n; i++) sum += y[i];
+    }
+    vinv = moexc__vset1(1.0f / sum);
+    for (i = 0; i < whole; i += MOEXC__VW) moexc__vstore(y + i, moexc__vmul(moexc__vload(y + i), vinv));
+    if (rest) moexc__vstore_part(y + whole, moexc__vmul(moexc__vload_part(y + whole, rest, 0.0f), vinv), rest);
+}
 MOEXC_DEF void moexc_softmax_rows(float *y, const float *x, int rows, int cols)
 {
     int r;
     size_t n = cols > 0 ? (size_t)cols : 0;
     if (rows <= 0 || cols <= 0) return;
-    for (r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * n;
-        float *yr = y + (size_t)r * n;
-        moexc__vf vm = moexc__vset1(moexc_max(xr, n));
-        size_t i = 0;
-        for (; i + MOEXC__VW <= n; i += MOEXC__VW)
-            moexc__vstore(yr + i, moexc__vexp(moexc__vsub(moexc__vload(xr + i), vm)));
-        if (i < n) {
-            float buf[MOEXC__VW] = {0};
-            memcpy(buf, xr + i, (n - i) * sizeof(float));
-            moexc__vstore(buf, moexc__vexp(moexc__vsub(moexc__vload(buf), vm)));
-            memcpy(yr + i, buf, (n - i) * sizeof(float));
-        }
-        moexc_scale(yr, 1.0f / moexc_sum(yr, n), n);
-    }
+    for (r = 0; r < rows; r++) moexc__softmax_row(y + (size_t)r * n, x + (size_t)r * n, n);
 }
 
 /* y_ij = g_j x_ij / sqrt(mean_j(x_ij^2) + eps); inv_rms_i = 1 / sqrt(...) */
@@ -6626,7 +6695,7 @@ static void moexc__attention_forward_blocked(float *y, float *P, const float *q,
         /* causal softmax, max subtracted: row t sees keys 0..t */
         for (t = r0; t < r1; t++) {
             float *row = P + (size_t)t * T;
-            moexc_softmax_rows(row, row, 1, t + 1);
+            moexc__softmax_row(row, row, (size_t)t + 1);
             if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
         }
         /* y = P v  (rows r0..r1-1) */
@@ -6650,7 +6719,7 @@ static void moexc__attention_forward_packed(float *y, float *P, const float *q, 
         /* causal softmax, max subtracted: row t sees keys 0..t */
         for (t = t0; t < keys; t++) {
             float *row = P + (size_t)t * T;
-            moexc_softmax_rows(row, row, 1, t + 1);
+            moexc__softmax_row(row, row, (size_t)t + 1);
             if (t + 1 < keys) memset(row + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
         }
         /* y = P v: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
