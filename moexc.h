@@ -3045,24 +3045,34 @@ static void moexc__swiglu_act_backward(float *dgate, float *dup, const float *da
     }
 }
 
+/* rows per batch of the causal-tile softmaxes below (their per-row
+   maxima, sums and dot products wait in arrays of this size) */
+#define MOEXC__SOFTMAX_ROWS 16
+
 /* Softmax backward of one row p = softmax(x) (dx may alias dy):
      dx = scale · p ⊙ (dy − p·dy).
    p·dy is summed as moexc_dot sums it (the last n % MOEXC__VW products
    added one by one); the tails' products and dx go through part vectors,
    with the same operations per element as whole ones. */
-static void moexc__softmax_backward(float *dx, const float *p, const float *dy, size_t n, float scale)
+static float moexc__softmax_backward_dot(const float *p, const float *dy, size_t n)
 {
     const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
     float pd = moexc_dot(p, dy, whole);
-    moexc__vf vpd, vs = moexc__vset1(scale);
-    size_t i;
     if (rest) {
         float prod[MOEXC__VW];
+        size_t i;
         moexc__vstore(prod, moexc__vmul(moexc__vload_part(p + whole, rest, 0.0f),
                                         moexc__vload_part(dy + whole, rest, 0.0f)));
         for (i = 0; i < rest; i++) pd += prod[i];
     }
-    vpd = moexc__vset1(pd);
+    return pd;
+}
+/* dx = scale · p ⊙ (dy − pd) */
+static void moexc__softmax_backward_apply(float *dx, const float *p, const float *dy, size_t n, float pd, float scale)
+{
+    const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
+    moexc__vf vpd = moexc__vset1(pd), vs = moexc__vset1(scale);
+    size_t i;
     for (i = 0; i < whole; i += MOEXC__VW)
         moexc__vstore(dx + i, moexc__vmul(moexc__vmul(moexc__vload(p + i),
                                                       moexc__vsub(moexc__vload(dy + i), vpd)), vs));
@@ -3070,6 +3080,32 @@ static void moexc__softmax_backward(float *dx, const float *p, const float *dy, 
         moexc__vstore_part(dx + whole, moexc__vmul(moexc__vmul(moexc__vload_part(p + whole, rest, 0.0f),
                                                                moexc__vsub(moexc__vload_part(dy + whole, rest, 0.0f),
                                                                            vpd)), vs), rest);
+}
+static void moexc__softmax_backward(float *dx, const float *p, const float *dy, size_t n, float scale)
+{
+    moexc__softmax_backward_apply(dx, p, dy, n, moexc__softmax_backward_dot(p, dy, n), scale);
+}
+/* The same in place on rows r = 0 .. rows-1 of dS (dP in, dS out) and P
+   (both ld floats apart), row r over its first n0 + r entries, then zeros
+   to entry keys - 1: causal attention's tile of queries, like
+   moexc__softmax_causal_tile below (all the rows' dot products first). */
+static void moexc__softmax_backward_causal_tile(float *dS, const float *P, size_t ld, size_t n0, int rows,
+                                                size_t keys, float scale)
+{
+    float pd[MOEXC__SOFTMAX_ROWS];
+    int r0, r, count;
+    for (r0 = 0; r0 < rows; r0 += MOEXC__SOFTMAX_ROWS) {
+        count = MOEXC__MIN(MOEXC__SOFTMAX_ROWS, rows - r0);
+        for (r = 0; r < count; r++)
+            pd[r] = moexc__softmax_backward_dot(P + (size_t)(r0 + r) * ld, dS + (size_t)(r0 + r) * ld,
+                                                n0 + (size_t)(r0 + r));
+        for (r = 0; r < count; r++) {
+            const size_t n = n0 + (size_t)(r0 + r);
+            float *ds = dS + (size_t)(r0 + r) * ld;
+            moexc__softmax_backward_apply(ds, P + (size_t)(r0 + r) * ld, ds, n, pd[r], scale);
+            if (n < keys) memset(ds + n, 0, (keys - n) * sizeof(float));
+        }
+    }
 }
 
 /* ---- row-wise: softmax, RMSNorm ------------------------------------------- */
@@ -3080,16 +3116,22 @@ static void moexc__softmax_backward(float *dx, const float *p, const float *dy, 
    -inf get weight 0; a row that is all -inf (or holds +inf or NaN) becomes
    NaN, as in PyTorch. One row (y may alias x); moexc_softmax_rows below runs
    it on each row, and causal attention on each query's prefix of keys. */
-static void moexc__softmax_row(float *y, const float *x, size_t n)
+static float moexc__softmax_row_max(const float *x, size_t n)
+{
+    const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
+    float m = moexc_max(x, whole ? whole : n);
+    if (whole && rest)          /* max is exact: the tail's lanes, x_0 elsewhere */
+        m = moexc__vhmax(moexc__vmax(moexc__vset1(m), moexc__vload_part(x + whole, rest, x[0])));
+    return m;
+}
+/* y = exp(x - m), returns the sum of y */
+static float moexc__softmax_row_exp(float *y, const float *x, size_t n, float m)
 {
     const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
     moexc__vf acc0 = moexc__vzero(), acc1 = moexc__vzero(), acc2 = moexc__vzero(), acc3 = moexc__vzero();
-    moexc__vf vm, vinv, e0, e1, e2, e3;
-    float m = moexc_max(x, whole ? whole : n), sum;
+    moexc__vf vm = moexc__vset1(m), e0, e1, e2, e3;
+    float sum;
     size_t i = 0;
-    if (whole && rest)          /* max is exact: the tail's lanes, x_0 elsewhere */
-        m = moexc__vhmax(moexc__vmax(moexc__vset1(m), moexc__vload_part(x + whole, rest, x[0])));
-    vm = moexc__vset1(m);
     for (; i + 4 * MOEXC__VW <= whole; i += 4 * MOEXC__VW) {
         e0 = moexc__vexp(moexc__vsub(moexc__vload(x + i), vm));
         e1 = moexc__vexp(moexc__vsub(moexc__vload(x + i + MOEXC__VW), vm));
@@ -3114,9 +3156,44 @@ static void moexc__softmax_row(float *y, const float *x, size_t n)
         moexc__vstore_part(y + whole, moexc__vexp(moexc__vsub(moexc__vload_part(x + whole, rest, 0.0f), vm)), rest);
         for (i = whole; i < n; i++) sum += y[i];
     }
-    vinv = moexc__vset1(1.0f / sum);
+    return sum;
+}
+/* y *= 1 / sum */
+static void moexc__softmax_row_scale(float *y, size_t n, float sum)
+{
+    const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
+    moexc__vf vinv = moexc__vset1(1.0f / sum);
+    size_t i;
     for (i = 0; i < whole; i += MOEXC__VW) moexc__vstore(y + i, moexc__vmul(moexc__vload(y + i), vinv));
     if (rest) moexc__vstore_part(y + whole, moexc__vmul(moexc__vload_part(y + whole, rest, 0.0f), vinv), rest);
+}
+static void moexc__softmax_row(float *y, const float *x, size_t n)
+{
+    moexc__softmax_row_scale(y, n, moexc__softmax_row_exp(y, x, n, moexc__softmax_row_max(x, n)));
+}
+/* The same in place on rows r = 0 .. rows-1 of P (ld floats apart), row r
+   over its first n0 + r entries (a tile of consecutive queries of causal
+   attention, each seeing one more key), then zeros to entry keys - 1. Each
+   step runs on every row before the next step: the rows' short dependency
+   chains (the max's and the sum's reductions, 1 / sum) then overlap. */
+static void moexc__softmax_causal_tile(float *P, size_t ld, size_t n0, int rows, size_t keys)
+{
+    float m[MOEXC__SOFTMAX_ROWS], sum[MOEXC__SOFTMAX_ROWS];
+    int r0, r, count;
+    for (r0 = 0; r0 < rows; r0 += MOEXC__SOFTMAX_ROWS) {
+        count = MOEXC__MIN(MOEXC__SOFTMAX_ROWS, rows - r0);
+        for (r = 0; r < count; r++) m[r] = moexc__softmax_row_max(P + (size_t)(r0 + r) * ld, n0 + (size_t)(r0 + r));
+        for (r = 0; r < count; r++) {
+            float *row = P + (size_t)(r0 + r) * ld;
+            sum[r] = moexc__softmax_row_exp(row, row, n0 + (size_t)(r0 + r), m[r]);
+        }
+        for (r = 0; r < count; r++) {
+            const size_t n = n0 + (size_t)(r0 + r);
+            float *row = P + (size_t)(r0 + r) * ld;
+            moexc__softmax_row_scale(row, n, sum[r]);
+            if (n < keys) memset(row + n, 0, (keys - n) * sizeof(float));
+        }
+    }
 }
 MOEXC_DEF void moexc_softmax_rows(float *y, const float *x, int rows, int cols)
 {
@@ -6686,18 +6763,14 @@ static void moexc__att_rows_tile(int kc, const float *A, size_t lda, const moexc
 static void moexc__attention_forward_blocked(float *y, float *P, const float *q, const float *k, const float *v,
                                              int ld, int T, int d, int dh, float scale)
 {
-    int r0, t;
+    int r0;
     for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
         int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
         float *Pb = P + (size_t)r0 * T;
         /* S = q kᵀ / sqrt(dh)  (rows r0..r1-1, keys 0..r1-1) */
         moexc_sgemm(0, 1, r1 - r0, r1, dh, scale, q + (size_t)r0 * ld, ld, k, ld, 0.0f, Pb, T);
         /* causal softmax, max subtracted: row t sees keys 0..t */
-        for (t = r0; t < r1; t++) {
-            float *row = P + (size_t)t * T;
-            moexc__softmax_row(row, row, (size_t)t + 1);
-            if (t + 1 < T) memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
-        }
+        moexc__softmax_causal_tile(Pb, (size_t)T, (size_t)r0 + 1, r1 - r0, (size_t)T);
         /* y = P v  (rows r0..r1-1) */
         moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, Pb, T, v, ld, 0.0f, y + (size_t)r0 * d, d);
     }
@@ -6706,7 +6779,7 @@ static void moexc__attention_forward_blocked(float *y, float *P, const float *q,
 static void moexc__attention_forward_packed(float *y, float *P, const float *q, const float *k, const float *v,
                                             int ld, int T, int d, int dh, float scale, const moexc__att_ws *w)
 {
-    int t0, t, j0;
+    int t0, j0;
     moexc__gemm_pack_a(w->pa, 0, q, (size_t)ld, 0, T, 0, dh);    /* q  in MR-row panels    */
     moexc__gemm_pack_b(w->pb, 1, k, (size_t)ld, 0, T, 0, dh);    /* kᵀ in NR-column panels */
     moexc__gemm_pack_b(w->pc, 0, v, (size_t)ld, 0, dh, 0, T);    /* v  in NR-column panels */
@@ -6717,11 +6790,7 @@ static void moexc__attention_forward_packed(float *y, float *P, const float *q, 
             moexc__att_tile(dh, w->pa + (size_t)t0 * dh, w->pb + (size_t)j0 * dh, P + (size_t)t0 * T + j0, (size_t)T,
                             mr, MOEXC__MIN(MOEXC__GEMM_NR, T - j0), scale);
         /* causal softmax, max subtracted: row t sees keys 0..t */
-        for (t = t0; t < keys; t++) {
-            float *row = P + (size_t)t * T;
-            moexc__softmax_row(row, row, (size_t)t + 1);
-            if (t + 1 < keys) memset(row + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
-        }
+        moexc__softmax_causal_tile(P + (size_t)t0 * T, (size_t)T, (size_t)t0 + 1, mr, (size_t)keys);
         /* y = P v: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
         moexc__att_rows_tile(keys, P + (size_t)t0 * T, (size_t)T, w, w->pc, T, y + (size_t)t0 * d, (size_t)d, mr, dh);
     }
@@ -6772,18 +6841,15 @@ static void moexc__attention_backward_blocked(float *dq, float *dk, float *dv, f
                                               const float *P, const float *q, const float *k, const float *v,
                                               int ld, int T, int d, int dh, float scale)
 {
-    int r0, t;
+    int r0;
     for (r0 = 0; r0 < T; r0 += MOEXC__ATT_BLOCK) {
         int r1 = MOEXC__MIN(T, r0 + MOEXC__ATT_BLOCK);
         /* dP (rows r0..r1-1, keys 0..r1-1) */
         moexc_sgemm(0, 1, r1 - r0, r1, dh, 1.0f, dy + (size_t)r0 * d, d, v, ld, 0.0f, dS + (size_t)r0 * T, T);
         /* zeros above the diagonal inside the block, the only ones the
            GEMMs below read */
-        for (t = r0; t < r1; t++) {
-            float *ds = dS + (size_t)t * T;
-            moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
-            if (t + 1 < r1) memset(ds + t + 1, 0, (size_t)(r1 - t - 1) * sizeof(float));
-        }
+        moexc__softmax_backward_causal_tile(dS + (size_t)r0 * T, P + (size_t)r0 * T, (size_t)T, (size_t)r0 + 1,
+                                            r1 - r0, (size_t)r1, scale);
         /* dq = dS k  (rows r0..r1-1) */
         moexc_sgemm(0, 0, r1 - r0, dh, r1, 1.0f, dS + (size_t)r0 * T, T, k, ld, 0.0f, dq + (size_t)r0 * ld, ld);
     }
@@ -6801,7 +6867,7 @@ static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, fl
                                              const float *P, const float *q, const float *k, const float *v,
                                              int ld, int T, int d, int dh, float scale, const moexc__att_ws *w)
 {
-    int t0, t, j0;
+    int t0, j0;
     moexc__gemm_pack_a(w->pa, 0, dy, (size_t)d, 0, T, 0, dh);    /* dy in MR-row panels    */
     moexc__gemm_pack_b(w->pb, 1, v, (size_t)ld, 0, T, 0, dh);    /* vᵀ in NR-column panels */
     moexc__gemm_pack_b(w->pc, 0, k, (size_t)ld, 0, dh, 0, T);    /* k  in NR-column panels */
@@ -6821,11 +6887,8 @@ static void moexc__attention_backward_packed(float *dq, float *dk, float *dv, fl
                             (size_t)T, mr, MOEXC__MIN(MOEXC__GEMM_NR, T - j0), 1.0f);
         /* dS, with zeros above the diagonal inside the tile: the only ones
            the products below read */
-        for (t = t0; t < keys; t++) {
-            float *ds = dS + (size_t)t * T;
-            moexc__softmax_backward(ds, P + (size_t)t * T, ds, (size_t)t + 1, scale);
-            if (t + 1 < keys) memset(ds + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
-        }
+        moexc__softmax_backward_causal_tile(dS + (size_t)t0 * T, P + (size_t)t0 * T, (size_t)T, (size_t)t0 + 1, mr,
+                                            (size_t)keys, scale);
         /* dq = dS k: rows t0..t0+mr-1 over keys 0..t0+mr-1 */
         moexc__att_rows_tile(keys, dS + (size_t)t0 * T, (size_t)T, w, w->pc, T, dq + (size_t)t0 * ld, (size_t)ld, mr, dh);
     }
