@@ -34,9 +34,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import CServer, SETTLE_S  # noqa: E402
 
 try:
     import torch
@@ -124,46 +126,6 @@ class TorchTwin:
         return time.perf_counter() - t0
 
 
-class CServer:
-    """tools/bench_crosscoder.c --serve: one moexc step per request (it has
-    run its three warm-up steps when it says "ready")."""
-
-    def __init__(self, cmd):
-        self.cmd = cmd
-        self.p = subprocess.Popen(cmd + ["--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  universal_newlines=True)
-        self.header = []
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                raise RuntimeError("%s stopped before it was ready (exit %s)" % (" ".join(cmd), self.p.wait()))
-            if line.strip() == "ready":
-                break
-            self.header.append(line)
-
-    def step(self):
-        self.p.stdin.write("step\n")
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError("%s --serve stopped (exit %s)" % (" ".join(self.cmd), self.p.wait()))
-        return float(line)
-
-    def close(self):
-        try:
-            self.p.stdin.write("quit\n")
-            self.p.stdin.close()
-        except OSError:
-            pass
-        return self.p.wait()
-
-
-# After a moexc step its idle OpenMP workers spin for a few milliseconds
-# before they sleep (libgomp's default): wait that out before the next step
-# is timed, so they take nothing from it.
-SETTLE_S = 0.02
-
-
 def burst(step, n):
     """n steps back to back; the seconds of the last one (the ones before
     warm the caches and wake the threads the other side let go cold)."""
@@ -213,7 +175,7 @@ def main():
         torch.set_num_threads(a.threads)
         twin = TorchTwin(a.d, a.latents, a.k, a.shared, a.batch)
     try:
-        server = CServer(cmd)
+        server = CServer(cmd + ["--serve"])
         try:
             c_times, t_times = paired_rounds(server, twin, a.steps, a.per_round)
         finally:

@@ -42,11 +42,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import CServer, SETTLE_S  # noqa: E402
 
 
 class TorchTwin:
@@ -70,44 +70,6 @@ class TorchTwin:
         self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         return time.perf_counter() - t0
-
-
-class CServer:
-    """tools/bench_train.c --serve: one moexc step of a model per request."""
-
-    def __init__(self, cmd, env=None):
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True, env=env)
-        self.header = []
-        while True:
-            line = self.p.stdout.readline()
-            if not line:
-                raise RuntimeError("%s stopped before it was ready (exit %s)" % (" ".join(cmd), self.p.wait()))
-            if line.strip() == "ready":
-                break
-            self.header.append(line)
-
-    def step(self, kind):
-        """Seconds of one step of `kind` ("dense" or "moe"); "peak": GFLOP/s."""
-        self.p.stdin.write(kind + "\n")
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError("bench_train --serve stopped (exit %s)" % self.p.wait())
-        return float(line)
-
-    def close(self):
-        try:
-            self.p.stdin.write("quit\n")
-            self.p.stdin.close()
-        except OSError:
-            pass
-        return self.p.wait()
-
-
-# After a moexc step its idle OpenMP workers spin for a few milliseconds
-# before they sleep (libgomp's default): wait that out before the next step
-# is timed, so they take nothing from it.
-SETTLE_S = 0.02
 
 
 def paired_rounds(servers, twin, kind, steps):
