@@ -2753,8 +2753,9 @@ MOEXC_DEF int moexc_simd_width(void) { return MOEXC__VW; }
      result depends on the backend's width but never on pointer alignment.
    - exp and everything built on it: the same polynomial everywhere; FMA
      contraction changes the last bit or two.
-   Tails of the exp-based kernels go through the same vector code on a padded
-   copy, so an element's value never depends on its position in the array.
+   Tails of the exp-based kernels go through the same vector code on a part
+   vector (moexc__vload_part: masked on AVX-512, a padded copy elsewhere), so
+   an element's value never depends on its position in the array.
    tests/test_simd_twin.c holds a build to these promises against its scalar
    twin (tolerance / measured on AVX-512): dot 16 / 1.2 eps sum|a_i b_i|,
    sum 16 / 0.7 eps sum|x_i|, axpy 1 / 1 eps (|y| + |alpha x|), exp 2 / 1 ulp,
@@ -3114,13 +3115,15 @@ static void moexc__softmax_backward_causal_tile(float *dS, const float *P, size_
    (four accumulators: a single running sum loses ~sqrt(cols) ulps on long
    rows; the last cols % MOEXC__VW added one by one after them). Entries of
    -inf get weight 0; a row that is all -inf (or holds +inf or NaN) becomes
-   NaN, as in PyTorch. One row (y may alias x); moexc_softmax_rows below runs
-   it on each row, and causal attention on each query's prefix of keys. */
+   NaN, as in PyTorch. A row goes in three steps (the max, the exponentials
+   and their sum, the scaling): moexc__softmax_row runs them on one row,
+   moexc__softmax_causal_tile on a tile of attention's rows. */
+/* m = max_j x_j (exact, so the tail may join it in any order) */
 static float moexc__softmax_row_max(const float *x, size_t n)
 {
     const size_t whole = n / MOEXC__VW * MOEXC__VW, rest = n - whole;
     float m = moexc_max(x, whole ? whole : n);
-    if (whole && rest)          /* max is exact: the tail's lanes, x_0 elsewhere */
+    if (whole && rest)          /* the tail's lanes, x_0 in the others */
         m = moexc__vhmax(moexc__vmax(moexc__vset1(m), moexc__vload_part(x + whole, rest, x[0])));
     return m;
 }
@@ -3167,6 +3170,7 @@ static void moexc__softmax_row_scale(float *y, size_t n, float sum)
     for (i = 0; i < whole; i += MOEXC__VW) moexc__vstore(y + i, moexc__vmul(moexc__vload(y + i), vinv));
     if (rest) moexc__vstore_part(y + whole, moexc__vmul(moexc__vload_part(y + whole, rest, 0.0f), vinv), rest);
 }
+/* one row, y may alias x (moexc_softmax_rows runs it on each row) */
 static void moexc__softmax_row(float *y, const float *x, size_t n)
 {
     moexc__softmax_row_scale(y, n, moexc__softmax_row_exp(y, x, n, moexc__softmax_row_max(x, n)));
