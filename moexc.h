@@ -6494,9 +6494,10 @@ static void moexc__residual_rmsnorm_rows_par(const moexc__residual_norm *r, int 
 /* With r = inv_rms[t]:  dx_j += r g_j dy_j − x_j r³/d Σ_i g_i dy_i x_i,
                          dg_j += Σ_t dy_j x_j r.
    dx by rows (moexc__rmsnorm_backward_rows: also what the product making dy
-   runs on the rows it has just finished, moexc__gemm_then); dg by blocks of
-   MOEXC__VW columns, each summed over t in order
-   (moexc__rmsnorm_backward_gain). */
+   runs on the rows it has just finished, moexc__gemm_then); dg by groups of
+   up to MOEXC__GAIN_BLOCKS blocks of MOEXC__VW columns, each column summed
+   over t in order, a group in one pass over the rows with its sums in
+   registers (moexc__rmsnorm_backward_gain). */
 typedef struct moexc__rmsnorm_grad {
     float *dx;
     const float *dy, *x, *g, *inv_rms;
@@ -6536,11 +6537,18 @@ static void moexc__rmsnorm_backward_rows(const void *ctx, int first, int end)
     }
 }
 /* the dg part alone (parallel); with_dx: the dx rows too, in the same region */
+/* blocks of a group: their sums stay in registers, and d = 128 on AVX-512
+   makes two groups, one per thread of two */
+#define MOEXC__GAIN_BLOCKS 4
 static void moexc__rmsnorm_backward_par(float *dg, const moexc__rmsnorm_grad *r, int N, int with_dx)
 {
     const int d = r->d;
     const float *dy = r->dy, *x = r->x, *inv_rms = r->inv_rms;
-    int t, jb, n_blocks = (d + MOEXC__VW - 1) / MOEXC__VW;
+    /* groups of whole blocks, then one group for a partial last block */
+    const int full_blocks = d / MOEXC__VW;
+    const int full_groups = (full_blocks + MOEXC__GAIN_BLOCKS - 1) / MOEXC__GAIN_BLOCKS;
+    const int n_groups = full_groups + (d % MOEXC__VW != 0);
+    int t, group;
 #ifdef _OPENMP
 #pragma omp parallel if ((double)N * d >= MOEXC__PAR_MIN)
 #endif
@@ -6554,16 +6562,25 @@ static void moexc__rmsnorm_backward_par(float *dg, const moexc__rmsnorm_grad *r,
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (jb = 0; jb < n_blocks; jb++) {
-            int j0 = jb * MOEXC__VW, w = MOEXC__MIN(MOEXC__VW, d - j0), j, row;
-            for (row = 0; row < N; row++) {
-                const float *xt = x + (size_t)row * d + j0, *dyt = dy + (size_t)row * d + j0;
-                float rt = inv_rms[row];
-                if (w == MOEXC__VW)
-                    moexc__vstore(dg + j0, moexc__vadd(moexc__vload(dg + j0), moexc__vmul(moexc__vmul(
-                                      moexc__vload(dyt), moexc__vload(xt)), moexc__vset1(rt))));
-                else
-                    for (j = 0; j < w; j++) dg[j0 + j] += dyt[j] * xt[j] * rt;
+        for (group = 0; group < n_groups; group++) {
+            const int j0 = group < full_groups ? group * MOEXC__GAIN_BLOCKS * MOEXC__VW : full_blocks * MOEXC__VW;
+            const int blocks = MOEXC__MIN(MOEXC__GAIN_BLOCKS, full_blocks - group * MOEXC__GAIN_BLOCKS);
+            int row, b;
+            if (group < full_groups) {  /* whole blocks: dg_j + Σ_t in order, in registers */
+                moexc__vf acc[MOEXC__GAIN_BLOCKS];
+                for (b = 0; b < blocks; b++) acc[b] = moexc__vload(dg + j0 + b * MOEXC__VW);
+                for (row = 0; row < N; row++) {
+                    const float *xt = x + (size_t)row * d + j0, *dyt = dy + (size_t)row * d + j0;
+                    const moexc__vf rt = moexc__vset1(inv_rms[row]);
+                    for (b = 0; b < blocks; b++)
+                        acc[b] = moexc__vadd(acc[b], moexc__vmul(moexc__vmul(moexc__vload(dyt + b * MOEXC__VW),
+                                                                             moexc__vload(xt + b * MOEXC__VW)), rt));
+                }
+                for (b = 0; b < blocks; b++) moexc__vstore(dg + j0 + b * MOEXC__VW, acc[b]);
+            } else {                /* the last d % MOEXC__VW columns */
+                int j;
+                for (row = 0; row < N; row++)
+                    for (j = j0; j < d; j++) dg[j] += dy[(size_t)row * d + j] * x[(size_t)row * d + j] * inv_rms[row];
             }
         }
     }
