@@ -6564,10 +6564,11 @@ static void moexc__rmsnorm_backward_par(float *dg, const moexc__rmsnorm_grad *r,
 #endif
         for (group = 0; group < n_groups; group++) {
             const int j0 = group < full_groups ? group * MOEXC__GAIN_BLOCKS * MOEXC__VW : full_blocks * MOEXC__VW;
-            const int blocks = MOEXC__MIN(MOEXC__GAIN_BLOCKS, full_blocks - group * MOEXC__GAIN_BLOCKS);
-            int row, b;
+            int row;
             if (group < full_groups) {  /* whole blocks: dg_j + Σ_t in order, in registers */
+                const int blocks = MOEXC__MIN(MOEXC__GAIN_BLOCKS, full_blocks - group * MOEXC__GAIN_BLOCKS);
                 moexc__vf acc[MOEXC__GAIN_BLOCKS];
+                int b;
                 for (b = 0; b < blocks; b++) acc[b] = moexc__vload(dg + j0 + b * MOEXC__VW);
                 for (row = 0; row < N; row++) {
                     const float *xt = x + (size_t)row * d + j0, *dyt = dy + (size_t)row * d + j0;

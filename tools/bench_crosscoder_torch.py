@@ -184,7 +184,8 @@ def main():
         sys.exit("bench_crosscoder_torch.py: %s" % e)
     c = a.batch / statistics.median(c_times)
     tps = a.batch / statistics.median(t_times) if twin else None
-    ratio = statistics.median([tt / ct for ct, tt in zip(c_times, t_times)]) if twin else None
+    ratios = [tt / ct for ct, tt in zip(c_times, t_times)]       # empty without PyTorch
+    ratio = statistics.median(ratios) if ratios else None
     print("crosscoder training throughput: BatchTopK, d_A = d_B = %d, F %d, k %d, %d shared, batch %d, %d threads,"
           " %d paired rounds (%d moexc steps and %d PyTorch steps back to back, the last of each timed)"
           % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps, a.per_round, a.per_round))
@@ -192,8 +193,7 @@ def main():
         print("(%s: no PyTorch figure)" % TORCH_REASON)
     print("%16s %16s %8s %16s" % ("moexc pairs/s", "torch pairs/s", "ratio", "rounds' ratios"))
     print("%16.0f %16s %8s %16s" % (c, "%.0f" % tps if tps else "-", "%.2fx" % ratio if ratio else "-",
-                                    "%.2f-%.2f" % (min(tt / ct for ct, tt in zip(c_times, t_times)),
-                                                   max(tt / ct for ct, tt in zip(c_times, t_times))) if twin else "-"))
+                                    "%.2f-%.2f" % (min(ratios), max(ratios)) if ratios else "-"))
     if a.json:
         result = {"bench": "crosscoder", "threads": a.threads, "steps": a.steps, "d_a": a.d, "d_b": a.d,
                   "latents": a.latents, "k": a.k, "shared": a.shared, "batch": a.batch,
