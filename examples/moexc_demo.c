@@ -598,6 +598,152 @@ static moexc_status interleave_split(moexc_tokens *out, const moexc_tokens *data
 }
 
 /* ------------------------------------------------------------------------- */
+/* Step 4 helper: crosscoder batches, the next one harvested during a step.   */
+/* Pairs flow harvester -> shuffle buffer -> batches of `batch` pairs, in     */
+/* stream order: a push can emit more pairs than the batch still needs, and   */
+/* that surplus opens the next batch. Two batch buffers: while the crosscoder */
+/* trains on one, the next can be filled. With 2 or 3 OpenMP threads the two  */
+/* then run at the same time, one thread each; otherwise one after the other */
+/* on all threads. A crosscoder step and a harvest give the same bits on one */
+/* thread as on two, so both schedules train on the same pairs to the same   */
+/* bits; which is faster depends on the widths and on the host, so the first */
+/* steps time both and the faster one runs the rest.                          */
+/* What a step trains: crosscoders xc[first..end-1], in order, on one batch
+   (the study's controls train several seeds on the same stream). */
+typedef struct xc_trainer {
+    moexc_xc **xc;
+    int first, end;
+    moexc_xc_step_stats ss;             /* the last one's step statistics */
+} xc_trainer;
+
+static moexc_status train_xcs(xc_trainer *t, const float *x_a, const float *x_b, int n, moexc_error *err)
+{
+    moexc_status st = MOEXC_OK;
+    int s;
+    for (s = t->first; s < t->end && st == MOEXC_OK; s++) st = moexc_xc_train_step(t->xc[s], x_a, x_b, n, &t->ss, err);
+    return st;
+}
+
+#define FEED_PROBE_STEPS 8             /* steps that time the schedules */
+
+typedef struct batch_feed {
+    moexc_harvester *harvest;
+    moexc_shuffle_buffer *shuffle;
+    int d, batch, cur, fill[2];
+    float *harvest_a, *harvest_b;       /* one harvester call (rows x d)  */
+    float *a[2], *b[2];                 /* batch buffers ((batch + rows) x d) */
+    int steps;                          /* steps taken                    */
+    double probe_s[2];                  /* seconds: one after the other, at once */
+} batch_feed;
+
+static void feed_free(batch_feed *f)
+{
+    free(f->harvest_a); free(f->harvest_b);
+    free(f->a[0]); free(f->a[1]); free(f->b[0]); free(f->b[1]);
+    memset(f, 0, sizeof(*f));
+}
+
+static int feed_init(batch_feed *f, moexc_harvester *h, moexc_shuffle_buffer *shuffle, int batch)
+{
+    int rows = moexc_harvester_rows_per_call(h), i;
+    size_t d = (size_t)moexc_harvester_dim(h, 0);
+    memset(f, 0, sizeof(*f));
+    f->harvest = h; f->shuffle = shuffle; f->d = (int)d; f->batch = batch;
+    f->harvest_a = (float *)malloc((size_t)rows * d * sizeof(float));
+    f->harvest_b = (float *)malloc((size_t)rows * d * sizeof(float));
+    for (i = 0; i < 2; i++) {
+        f->a[i] = (float *)malloc((size_t)(batch + rows) * d * sizeof(float));
+        f->b[i] = (float *)malloc((size_t)(batch + rows) * d * sizeof(float));
+    }
+    if (!f->harvest_a || !f->harvest_b || !f->a[0] || !f->a[1] || !f->b[0] || !f->b[1]) {
+        feed_free(f);
+        fprintf(stderr, "moexc_demo: out of memory\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* One harvester call pushed through the shuffle buffer into batch buffer i. */
+static moexc_status feed_push(batch_feed *f, int i, moexc_error *err)
+{
+    int got, emitted;
+    size_t at = (size_t)f->fill[i] * (size_t)f->d;
+    moexc_status st = moexc_harvester_next(f->harvest, f->harvest_a, f->harvest_b, &got, err);
+    if (st != MOEXC_OK) return st;
+    moexc_shuffle_push(f->shuffle, f->harvest_a, f->harvest_b, got, f->a[i] + at, f->b[i] + at, &emitted);
+    f->fill[i] += emitted;
+    return MOEXC_OK;
+}
+
+/* Fill the shuffle buffer; pairs it already emits open the first batch. */
+static moexc_status feed_prime(batch_feed *f, moexc_error *err)
+{
+    moexc_status st = MOEXC_OK;
+    while (st == MOEXC_OK && f->shuffle->count < f->shuffle->capacity) st = feed_push(f, f->cur, err);
+    return st;
+}
+
+static moexc_status feed_fill(batch_feed *f, int i, moexc_error *err)
+{
+    moexc_status st = MOEXC_OK;
+    while (st == MOEXC_OK && f->fill[i] < f->batch) st = feed_push(f, i, err);
+    return st;
+}
+
+/* One step: the trainer's crosscoders on the current batch while the next one is filled
+   (not when last is set). On failure *what names the part that failed. */
+static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const char **what, moexc_error *err)
+{
+    int cur = f->cur, next = 1 - cur, together = 0, surplus;
+    size_t d = (size_t)f->d;
+    moexc_status st_train = MOEXC_OK, st_fill;
+    moexc_error err_fill;
+    double t0 = now_seconds();
+    *what = "harvest";
+    if ((st_fill = feed_fill(f, cur, err)) != MOEXC_OK) return st_fill;     /* the first batch */
+    surplus = f->fill[cur] - f->batch;
+    memcpy(f->a[next], f->a[cur] + (size_t)f->batch * d, (size_t)surplus * d * sizeof(float));
+    memcpy(f->b[next], f->b[cur] + (size_t)f->batch * d, (size_t)surplus * d * sizeof(float));
+    f->fill[next] = surplus;
+#ifdef _OPENMP
+    /* steps 2-9 time the two schedules in turn; from step 10 on, the faster */
+    if (!last && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3))
+        together = f->steps >= 1 && f->steps <= FEED_PROBE_STEPS ? f->steps % 2 == 0
+                                                                   : f->probe_s[1] < f->probe_s[0];
+    if (together) {
+#       pragma omp parallel sections num_threads(2)
+        {
+#           pragma omp section
+            {
+                omp_set_num_threads(1);    /* this thread's nested regions: one thread */
+                st_train = train_xcs(train, f->a[cur], f->b[cur], f->batch, err);
+            }
+#           pragma omp section
+            {
+                omp_set_num_threads(1);
+                st_fill = feed_fill(f, next, &err_fill);
+            }
+        }
+    }
+#endif
+    if (!together) {
+        st_train = train_xcs(train, f->a[cur], f->b[cur], f->batch, err);
+        if (st_train == MOEXC_OK && !last) st_fill = feed_fill(f, next, &err_fill);
+    }
+    if (f->steps >= 1 && f->steps <= FEED_PROBE_STEPS) f->probe_s[together] += now_seconds() - t0;
+    f->steps++;
+    if (f->steps == FEED_PROBE_STEPS + 1 && f->probe_s[1] > 0.0)
+        fprintf(stderr, "  [xc] a step with the next batch's harvest: %.1f ms one after the other, %.1f ms at once; %s\n",
+                2e3 * f->probe_s[0] / FEED_PROBE_STEPS, 2e3 * f->probe_s[1] / FEED_PROBE_STEPS,
+                f->probe_s[1] < f->probe_s[0] ? "at once from here on" : "one after the other from here on");
+    f->fill[cur] = 0;
+    f->cur = next;
+    if (st_train != MOEXC_OK) { *what = "crosscoder step"; return st_train; }
+    if (st_fill != MOEXC_OK) { *err = err_fill; return st_fill; }
+    return MOEXC_OK;
+}
+
+/* ------------------------------------------------------------------------- */
 /* Plots. Every figure is composed from the library's chart functions.        */
 
 static moexc_band class_band(int cls, double lo, double hi, const char *label)
@@ -872,11 +1018,13 @@ static int run_pair(pair_stats *p, moexc_model *model_a, moexc_model *model_b, c
     moexc_procrustes_acc pacc;
     moexc_xc *xc[CTRL_MAX_SEEDS];
     moexc_error err;
-    float *eval_a = NULL, *eval_b = NULL, *harvest_a = NULL, *harvest_b = NULL, *batch_a = NULL, *batch_b = NULL, *q = NULL;
-    int d, rows, i, s, n_eval = c->eval_pairs, first = have ? 1 : 0, n_seeds = ct->n_seeds, batch_fill = 0, bad = 1;
+    batch_feed feed;
+    float *eval_a = NULL, *eval_b = NULL, *q = NULL;
+    int d, rows, i, s, n_eval = c->eval_pairs, first = have ? 1 : 0, n_seeds = ct->n_seeds, bad = 1;
     double t0 = now_seconds();
     memset(xc, 0, sizeof(xc));
     memset(&shuffle, 0, sizeof(shuffle));
+    memset(&feed, 0, sizeof(feed));
     memset(&pacc, 0, sizeof(pacc));
     p->n_seeds = n_seeds;
     study_harvest_options(c, &ho);
@@ -886,12 +1034,8 @@ static int run_pair(pair_stats *p, moexc_model *model_a, moexc_model *model_b, c
     rows = moexc_harvester_rows_per_call(harvest);
     eval_a = (float *)malloc((size_t)(n_eval + rows) * d * sizeof(float));
     eval_b = (float *)malloc((size_t)(n_eval + rows) * d * sizeof(float));
-    harvest_a = (float *)malloc((size_t)rows * d * sizeof(float));
-    harvest_b = (float *)malloc((size_t)rows * d * sizeof(float));
-    batch_a = (float *)malloc((size_t)(c->xc_batch + rows) * d * sizeof(float));
-    batch_b = (float *)malloc((size_t)(c->xc_batch + rows) * d * sizeof(float));
     q = (float *)malloc((size_t)d * d * sizeof(float));
-    if (!eval_a || !eval_b || !harvest_a || !harvest_b || !batch_a || !batch_b || !q) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    if (!eval_a || !eval_b || !q) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
     for (i = 0; i < n_eval; i += rows) {
         int got;
         if (moexc_harvester_next(harvest_eval, eval_a + (size_t)i * d, eval_b + (size_t)i * d, &got, &err)) { failed("controls: harvest", &err); goto done; }
@@ -902,14 +1046,11 @@ static int run_pair(pair_stats *p, moexc_model *model_a, moexc_model *model_b, c
     if (first < n_seeds) {
         moexc_xc_options xo;
         int n_init, step, log_every = c->xc_steps / 10 > 0 ? c->xc_steps / 10 : 1;
+        xc_trainer tr;
         float *ia, *ib;
         if (moexc_shuffle_init(&shuffle, d, d, c->xc_buffer, c->seed + 7, &err)) { failed("controls: shuffle buffer", &err); goto done; }
-        while (shuffle.count < shuffle.capacity) {
-            int got, emitted;
-            if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { failed("controls: harvest", &err); goto done; }
-            moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a, batch_b, &emitted);
-            batch_fill += emitted;
-        }
+        if (feed_init(&feed, harvest, &shuffle, c->xc_batch)) goto done;
+        if (feed_prime(&feed, &err)) { failed("controls: harvest", &err); goto done; }
         n_init = shuffle.count < 16384 ? shuffle.count : 16384;
         ia = (float *)malloc((size_t)n_init * d * sizeof(float));
         ib = (float *)malloc((size_t)n_init * d * sizeof(float));
@@ -929,26 +1070,21 @@ static int run_pair(pair_stats *p, moexc_model *model_a, moexc_model *model_b, c
             }
         }
         free(ia); free(ib);
+        tr.xc = xc; tr.first = first; tr.end = n_seeds;
         for (step = 1; step <= c->xc_steps; step++) {
-            moexc_xc_step_stats ss;
-            while (batch_fill < c->xc_batch) {
-                int got, emitted;
-                if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { failed("controls: harvest", &err); goto done; }
-                moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a + (size_t)batch_fill * d,
-                                   batch_b + (size_t)batch_fill * d, &emitted);
-                batch_fill += emitted;
+            const char *what;
+            char msg[64];
+            if (feed_step(&feed, step == c->xc_steps, &tr, &what, &err)) {
+                snprintf(msg, sizeof(msg), "controls: %s", what);
+                failed(msg, &err);
+                goto done;
             }
-            for (s = first; s < n_seeds; s++)
-                if (moexc_xc_train_step(xc[s], batch_a, batch_b, c->xc_batch, &ss, &err)) { failed("controls: crosscoder step", &err); goto done; }
-            batch_fill -= c->xc_batch;
-            memmove(batch_a, batch_a + (size_t)c->xc_batch * d, (size_t)batch_fill * d * sizeof(float));
-            memmove(batch_b, batch_b + (size_t)c->xc_batch * d, (size_t)batch_fill * d * sizeof(float));
             if (step % log_every == 0 || step == c->xc_steps) {
                 double el = now_seconds() - t0;
                 char eta[32];
                 format_eta(eta, sizeof(eta), el / step * (c->xc_steps - step));
                 fprintf(stderr, "  [%s] step %5d/%d, %d crosscoder%s  last: loss %.4f FVE A %.3f B %.3f  ETA %s\n", p->name,
-                        step, c->xc_steps, n_seeds - first, n_seeds - first > 1 ? "s" : "", ss.loss, ss.fve[0], ss.fve[1], eta);
+                        step, c->xc_steps, n_seeds - first, n_seeds - first > 1 ? "s" : "", tr.ss.loss, tr.ss.fve[0], tr.ss.fve[1], eta);
             }
         }
     }
@@ -990,7 +1126,7 @@ done:
     moexc_shuffle_free(&shuffle);
     moexc_harvester_free(harvest);
     moexc_harvester_free(harvest_eval);
-    free(eval_a); free(eval_b); free(harvest_a); free(harvest_b); free(batch_a); free(batch_b); free(q);
+    free(eval_a); free(eval_b); feed_free(&feed); free(q);
     return bad;
 }
 
@@ -2099,7 +2235,7 @@ int main(int argc, char **argv)
     moexc_xc_eval final_eval;
     moexc_latent_analysis an, an_alt;
     moexc_eval_summary summary;
-    float *harvest_a = NULL, *harvest_b = NULL, *batch_a = NULL, *batch_b = NULL;
+    batch_feed feed;
     float *eval_a = NULL, *eval_b = NULL, *dec_a = NULL, *dec_b = NULL, *dec_norm_a = NULL, *dec_norm_b = NULL;
     float *beta[2][2] = {{NULL, NULL}, {NULL, NULL}}, *nu[2] = {NULL, NULL};
     float *xc_curve = NULL;           /* per step: loss, fve_a, fve_b, l0, dead, lr           */
@@ -2107,13 +2243,13 @@ int main(int argc, char **argv)
     int64_t *counts = NULL;
     char path[4096], ckpt[2][4096];
     double t_start = now_seconds(), t_phase;
-    int m, i, D, d_model, rows, n_xc_evals = 0, status = 1, batch_fill = 0, n_eval;
+    int m, i, D, d_model, rows, n_xc_evals = 0, status = 1, n_eval;
     int threads = 1, lm_concurrent, lm_stop = 0;
     const int EVAL_SUBSET = 8192;     /* held-out pairs for the FVE-over-training curve */
 
     memset(&data, 0, sizeof(data)); memset(&xc_train_tokens, 0, sizeof(xc_train_tokens));
     memset(&xc_eval_tokens, 0, sizeof(xc_eval_tokens)); memset(rec, 0, sizeof(rec)); memset(res, 0, sizeof(res));
-    memset(&shuffle, 0, sizeof(shuffle)); memset(&an, 0, sizeof(an)); memset(&an_alt, 0, sizeof(an_alt));
+    memset(&shuffle, 0, sizeof(shuffle)); memset(&feed, 0, sizeof(feed)); memset(&an, 0, sizeof(an)); memset(&an_alt, 0, sizeof(an_alt));
     memset(&ctl, 0, sizeof(ctl));
     if (parse_args(&c, argc, argv)) return 2;
 #ifdef _OPENMP
@@ -2216,11 +2352,7 @@ int main(int argc, char **argv)
     n_eval = c.eval_pairs;
     eval_a = (float *)malloc((size_t)(n_eval + rows) * d_model * sizeof(float));
     eval_b = (float *)malloc((size_t)(n_eval + rows) * d_model * sizeof(float));
-    harvest_a = (float *)malloc((size_t)rows * d_model * sizeof(float));
-    harvest_b = (float *)malloc((size_t)rows * d_model * sizeof(float));
-    batch_a = (float *)malloc((size_t)(c.xc_batch + rows) * d_model * sizeof(float));
-    batch_b = (float *)malloc((size_t)(c.xc_batch + rows) * d_model * sizeof(float));
-    if (!eval_a || !eval_b || !harvest_a || !harvest_b || !batch_a || !batch_b) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
+    if (!eval_a || !eval_b) { fprintf(stderr, "moexc_demo: out of memory\n"); goto done; }
     for (i = 0; i < n_eval; i += rows) {
         int got;
         if (moexc_harvester_next(harvest_eval, eval_a + (size_t)i * d_model, eval_b + (size_t)i * d_model, &got, &err)) { status = failed("harvest", &err); goto done; }
@@ -2228,12 +2360,8 @@ int main(int argc, char **argv)
     if ((size_t)n_eval > xc_eval_tokens.n) printf("  note: %d held-out pairs requested, %lu held-out tokens: some repeat\n", n_eval, (unsigned long)xc_eval_tokens.n);
     /* fill the shuffle buffer; pairs come out in random order once it is full */
     if (moexc_shuffle_init(&shuffle, d_model, d_model, c.xc_buffer, c.seed + 7, &err)) { status = failed("shuffle buffer", &err); goto done; }
-    while (shuffle.count < shuffle.capacity) {
-        int got, emitted;
-        if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { status = failed("harvest", &err); goto done; }
-        moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a, batch_b, &emitted);
-        batch_fill += emitted;                  /* the last push may already emit pairs */
-    }
+    if (feed_init(&feed, harvest, &shuffle, c.xc_batch)) goto done;
+    if (feed_prime(&feed, &err)) { status = failed("harvest", &err); goto done; }
     printf("  %d held-out pairs and a shuffle buffer of %d pairs in %.1f s\n", n_eval, shuffle.capacity, now_seconds() - t_phase);
 
     /* ---- 4. The BatchTopK crosscoder with designated shared latents ---------- */
@@ -2269,24 +2397,17 @@ int main(int argc, char **argv)
         int eval_every = c.xc_steps / c.xc_evals > 0 ? c.xc_steps / c.xc_evals : 1;
         int log_every = c.xc_steps / 20 > 0 ? c.xc_steps / 20 : 1;
         int subset = n_eval < EVAL_SUBSET ? n_eval : EVAL_SUBSET, step;
-        moexc_xc_step_stats ss;
+        xc_trainer tr;
+        const moexc_xc_step_stats *ss = &tr.ss;
         moexc_xc_eval ev;
+        tr.xc = &xc; tr.first = 0; tr.end = 1;
         for (step = 1; step <= c.xc_steps; step++) {
             float *row = xc_curve + (size_t)(step - 1) * 6;
-            /* stream harvested pairs through the shuffle buffer until a batch is ready */
-            while (batch_fill < c.xc_batch) {
-                int got, emitted;
-                if (moexc_harvester_next(harvest, harvest_a, harvest_b, &got, &err)) { status = failed("harvest", &err); goto done; }
-                moexc_shuffle_push(&shuffle, harvest_a, harvest_b, got, batch_a + (size_t)batch_fill * d_model,
-                                   batch_b + (size_t)batch_fill * d_model, &emitted);
-                batch_fill += emitted;
-            }
-            if (moexc_xc_train_step(xc, batch_a, batch_b, c.xc_batch, &ss, &err)) { status = failed("crosscoder step", &err); goto done; }
-            batch_fill -= c.xc_batch;              /* keep the surplus for the next step */
-            memmove(batch_a, batch_a + (size_t)c.xc_batch * d_model, (size_t)batch_fill * d_model * sizeof(float));
-            memmove(batch_b, batch_b + (size_t)c.xc_batch * d_model, (size_t)batch_fill * d_model * sizeof(float));
-            row[0] = (float)ss.loss; row[1] = (float)ss.fve[0]; row[2] = (float)ss.fve[1];
-            row[3] = (float)ss.l0; row[4] = (float)ss.dead_fraction; row[5] = (float)ss.lr;
+            const char *what;
+            /* this step's batch; the next one streams in meanwhile */
+            if (feed_step(&feed, step == c.xc_steps, &tr, &what, &err)) { status = failed(what, &err); goto done; }
+            row[0] = (float)ss->loss; row[1] = (float)ss->fve[0]; row[2] = (float)ss->fve[1];
+            row[3] = (float)ss->l0; row[4] = (float)ss->dead_fraction; row[5] = (float)ss->lr;
             if (step % eval_every == 0 || step == c.xc_steps || step == 1) {
                 float *er = xc_eval_curve + (size_t)n_xc_evals * 6;
                 if (moexc_xc_evaluate(xc, eval_a, eval_b, subset, &ev, NULL, &err)) { status = failed("crosscoder eval", &err); goto done; }
@@ -2299,7 +2420,7 @@ int main(int argc, char **argv)
                 char eta[32];
                 format_eta(eta, sizeof(eta), el / step * (c.xc_steps - step));
                 fprintf(stderr, "  [xc] step %5d/%d  loss %.4f  FVE MoE %.3f dense %.3f  L0 %.1f  dead %.3f  aux %.3f  ETA %s\n",
-                        step, c.xc_steps, ss.loss, ss.fve[0], ss.fve[1], ss.l0, ss.dead_fraction, ss.aux, eta);
+                        step, c.xc_steps, ss->loss, ss->fve[0], ss->fve[1], ss->l0, ss->dead_fraction, ss->aux, eta);
             }
         }
     }
@@ -2457,7 +2578,7 @@ done:
         free(res[m].domain_share); free(res[m].f); free(res[m].entropy);
     }
     free(counts); free(dec_a); free(xc_curve); free(xc_eval_curve);
-    free(eval_a); free(eval_b); free(harvest_a); free(harvest_b); free(batch_a); free(batch_b);
+    free(eval_a); free(eval_b); feed_free(&feed);
     moexc_xc_free(xc);
     moexc_shuffle_free(&shuffle);
     moexc_harvester_free(harvest);
