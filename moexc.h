@@ -3625,6 +3625,16 @@ static void moexc__gemm_scale_c(int M, int N, float beta, float *C, size_t ldc)
     }
 }
 
+/* C's starting value: beta * C, or with c_row (N floats) that row in every
+   row of C (the products' "C = c_row + alpha op(A) op(B)", see
+   moexc__sgemm_ex). */
+static void moexc__gemm_init_c(int M, int N, float beta, const float *c_row, float *C, size_t ldc)
+{
+    int i;
+    if (!c_row) { moexc__gemm_scale_c(M, N, beta, C, ldc); return; }
+    for (i = 0; i < M; i++) memcpy(C + (size_t)i * ldc, c_row, (size_t)N * sizeof(float));
+}
+
 /* Fallback when the packing buffers cannot be allocated: no extra memory,
    slower, same semantics (different rounding order from the packed path). */
 static void moexc__gemm_unpacked(int trans_a, int trans_b, int M, int N, int K,
@@ -3692,6 +3702,22 @@ static int moexc__gemm_claim(moexc__gemm_team *team, int t, int *end)
     return first;
 }
 
+/* A tile of C (mr x nr) set to nr floats of c_row in every row. */
+static void moexc__gemm_tile_from_row(int mr, int nr, const float *c_row, float *c, size_t ldc)
+{
+    int r, j;
+    if (nr == MOEXC__GEMM_NR) {
+        const moexc__vf lo = moexc__vload(c_row), hi = moexc__vload(c_row + MOEXC__VW);
+        for (r = 0; r < mr; r++) {
+            moexc__vstore(c + (size_t)r * ldc, lo);
+            moexc__vstore(c + (size_t)r * ldc + MOEXC__VW, hi);
+        }
+    } else {
+        for (r = 0; r < mr; r++)
+            for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = c_row[j];
+    }
+}
+
 /* One thread's GEMM: the blocked loop nest above over its own packing
    buffers. team == NULL: all M rows of C. Otherwise the thread is thread t
    of a team that shares the product: it computes the rows it claims
@@ -3703,7 +3729,7 @@ static int moexc__gemm_claim(moexc__gemm_team *team, int t, int *end)
    row_base of the caller's product). */
 static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                 float alpha, const float *A, size_t lda,
-                                const float *B, size_t ldb, float beta, float *C, size_t ldc,
+                                const float *B, size_t ldb, float beta, const float *c_row, float *C, size_t ldc,
                                 moexc__gemm_team *team, int t, const moexc__gemm_then *then, int row_base)
 {
     int k_blocks, kc_max, nc_max, m_blocks, mc, jc, pc, kb, ic, rows_final;
@@ -3742,7 +3768,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
         while (first < M) {
             float *c = C + (size_t)first * ldc;
             const float *a = trans_a ? A + first : A + (size_t)first * lda;
-            moexc__gemm_scale_c(end - first, N, beta, c, ldc);
+            moexc__gemm_init_c(end - first, N, beta, c_row, c, ldc);
             moexc__gemm_unpacked(trans_a, trans_b, end - first, N, K, alpha, a, lda, B, ldb, c, ldc);
             if (then) then->rows(then->ctx, row_base + first, row_base + end);
             first = team ? moexc__gemm_claim(team, t, &end) : M;
@@ -3756,10 +3782,13 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
         const int nc = MOEXC__MIN(MOEXC_GEMM_NC, N - jc);
         for (kb = 0, pc = 0; kb < k_blocks; kb++, pc += kc_max) {
             const int kc = MOEXC__MIN(kc_max, K - pc);
-            /* the first K block applies beta (not reading C when beta == 0),
-               later ones accumulate */
-            const float beta_k = kb == 0 ? beta : 1.0f;
-            const int beta_zero = kb == 0 && beta == 0.0f;
+            /* the first K block applies beta (not reading C when beta == 0)
+               or, with c_row, starts each tile from that row (copied into
+               the tile just before the kernel reads it); later blocks
+               accumulate */
+            const int row_init = kb == 0 && c_row != NULL;
+            const float beta_k = kb == 0 && !c_row ? beta : 1.0f;
+            const int beta_zero = kb == 0 && !c_row && beta == 0.0f;
             int jr, ir, rows_end = M;     /* this thread's rows: [ic, rows_end) */
             moexc__gemm_pack_b(bp, trans_b, B, ldb, jc, nc, pc, kc);
             ic = team ? moexc__gemm_claim(team, t, &rows_end) : 0;
@@ -3780,6 +3809,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                              : direct_a ? ap : ap + (size_t)ir * (size_t)kc;
                         const size_t a_step = in_place ? lda : (size_t)MOEXC__GEMM_MR;
                         float *c = C + (size_t)(ic + ir) * ldc + (size_t)(jc + jr);
+                        if (row_init) moexc__gemm_tile_from_row(mr, nr, c_row + jc + jr, c, ldc);
                         if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR)
                             moexc__gemm_kernel(kc, a_panel, a_step, b_panel, c, ldc, alpha, beta_k, beta_zero);
                         else
@@ -3800,18 +3830,22 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
 /* moexc_sgemm, then `then` (may be NULL) on every row of C: on blocks of
    rows as they are finished where the product allows it (see
    moexc__gemm_then), so that a step that reads C row by row right after the
-   product finds it in cache instead of making a pass of its own. */
-static void moexc__sgemm_then(int trans_a, int trans_b, int M, int N, int K,
-                              float alpha, const float *A, int lda,
-                              const float *B, int ldb,
-                              float beta, float *C, int ldc, const moexc__gemm_then *then)
+   product finds it in cache instead of making a pass of its own. With c_row
+   (N floats, may be NULL) C starts from that row in every row instead of
+   beta * C: C = c_row + alpha op(A) op(B), a broadcast bias without a pass
+   that writes it into C first, and the same bits as that pass followed by
+   the product with beta = 1. */
+static void moexc__sgemm_ex(int trans_a, int trans_b, int M, int N, int K,
+                            float alpha, const float *A, int lda,
+                            const float *B, int ldb,
+                            float beta, const float *c_row, float *C, int ldc, const moexc__gemm_then *then)
 {
     const size_t slda = (size_t)lda, sldb = (size_t)ldb, sldc = (size_t)ldc;
     int threads = 1;
 
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || alpha == 0.0f) {
-        moexc__gemm_scale_c(M, N, beta, C, sldc);
+        moexc__gemm_init_c(M, N, beta, c_row, C, sldc);
         if (then) then->rows(then->ctx, 0, M);
         return;
     }
@@ -3822,7 +3856,7 @@ static void moexc__sgemm_then(int trans_a, int trans_b, int M, int N, int K,
         threads = omp_get_max_threads();
 #endif
     if (threads <= 1) {
-        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, NULL, 0, then, 0);
+        moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, c_row, C, sldc, NULL, 0, then, 0);
         return;
     }
 #ifdef _OPENMP
@@ -3854,7 +3888,7 @@ static void moexc__sgemm_then(int trans_a, int trans_b, int M, int N, int K,
                 team.back[t] = (int)((long long)units * (t + 1) / threads);
             }
 #           pragma omp parallel num_threads(threads)
-            moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, C, sldc, &team,
+            moexc__gemm_blocked(trans_a, trans_b, M, N, K, alpha, A, slda, B, sldb, beta, c_row, C, sldc, &team,
                                 omp_get_thread_num(), then, 0);
             moexc__free(slabs);
             return;
@@ -3867,16 +3901,24 @@ static void moexc__sgemm_then(int trans_a, int trans_b, int M, int N, int K,
             if (split_rows)
                 moexc__gemm_blocked(trans_a, trans_b, last - first, N, K, alpha,
                                     trans_a ? A + first : A + (size_t)first * slda, slda,
-                                    B, sldb, beta, C + (size_t)first * sldc, sldc, NULL, 0, then, first);
+                                    B, sldb, beta, c_row, C + (size_t)first * sldc, sldc, NULL, 0, then, first);
             else
                 moexc__gemm_blocked(trans_a, trans_b, M, last - first, K, alpha, A, slda,
                                     trans_b ? B + (size_t)first * sldb : B + first, sldb,
-                                    beta, C + first, sldc, NULL, 0, NULL, 0);
+                                    beta, c_row ? c_row + first : NULL, C + first, sldc, NULL, 0, NULL, 0);
         }
         /* split by columns, no row is final before the end */
         if (then && !split_rows) then->rows(then->ctx, 0, M);
     }
 #endif
+}
+
+static void moexc__sgemm_then(int trans_a, int trans_b, int M, int N, int K,
+                              float alpha, const float *A, int lda,
+                              const float *B, int ldb,
+                              float beta, float *C, int ldc, const moexc__gemm_then *then)
+{
+    moexc__sgemm_ex(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc, then);
 }
 
 MOEXC_DEF void moexc_sgemm(int trans_a, int trans_b, int M, int N, int K,
@@ -12415,13 +12457,11 @@ static void moexc__xc_spec_enc_bias(const moexc_xc *xc, float *out)
    The only dense product of a BatchTopK training step. */
 static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, int n)
 {
-    int b, F = xc->F;
+    int F = xc->F;
     moexc__xc_spec_enc_bias(xc, xc->enc_bias);
-#ifdef _OPENMP
-#   pragma omp parallel for schedule(static) if ((double)n * F >= 262144.0)
-#endif
-    for (b = 0; b < n; b++) memcpy(pre + (size_t)b * (size_t)F, xc->enc_bias, (size_t)F * sizeof(float));
-    moexc_sgemm(0, 0, n, F, xc->d_cat, 1.0f, xc->xcat, xc->d_cat, MOEXC__XC_P(xc, off_enc[0]), F, 1.0f, pre, F);
+    /* pre starts from enc_bias in every row, tile by tile inside the product */
+    moexc__sgemm_ex(0, 0, n, F, xc->d_cat, 1.0f, xc->xcat, xc->d_cat, MOEXC__XC_P(xc, off_enc[0]), F, 1.0f,
+                    xc->enc_bias, pre, F, NULL);
 }
 
 /* The centring term of the encoder backward, after db_enc = g = sum_b dpre
