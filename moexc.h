@@ -3832,9 +3832,9 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
    moexc__gemm_then), so that a step that reads C row by row right after the
    product finds it in cache instead of making a pass of its own. With c_row
    (N floats, may be NULL) C starts from that row in every row instead of
-   beta * C: C = c_row + alpha op(A) op(B), a broadcast bias without a pass
-   that writes it into C first, and the same bits as that pass followed by
-   the product with beta = 1. */
+   beta * C (beta is then not used): C = c_row + alpha op(A) op(B), a
+   broadcast bias without a pass that writes it into C first, and the same
+   bits as that pass followed by the product with beta = 1. */
 static void moexc__sgemm_ex(int trans_a, int trans_b, int M, int N, int K,
                             float alpha, const float *A, int lda,
                             const float *B, int ldb,
@@ -12460,7 +12460,7 @@ static void moexc__xc_encoder_forward(moexc_xc *xc, float *pre, int n)
     int F = xc->F;
     moexc__xc_spec_enc_bias(xc, xc->enc_bias);
     /* pre starts from enc_bias in every row, tile by tile inside the product */
-    moexc__sgemm_ex(0, 0, n, F, xc->d_cat, 1.0f, xc->xcat, xc->d_cat, MOEXC__XC_P(xc, off_enc[0]), F, 1.0f,
+    moexc__sgemm_ex(0, 0, n, F, xc->d_cat, 1.0f, xc->xcat, xc->d_cat, MOEXC__XC_P(xc, off_enc[0]), F, 0.0f,
                     xc->enc_bias, pre, F, NULL);
 }
 

@@ -608,6 +608,7 @@ static moexc_status interleave_split(moexc_tokens *out, const moexc_tokens *data
 /* thread as on two, so both schedules train on the same pairs to the same   */
 /* bits; which is faster depends on the widths and on the host, so the first */
 /* steps time both and the faster one runs the rest.                          */
+
 /* What a step trains: crosscoders xc[first..end-1], in order, on one batch
    (the study's controls train several seeds on the same stream). */
 typedef struct xc_trainer {
@@ -690,8 +691,9 @@ static moexc_status feed_fill(batch_feed *f, int i, moexc_error *err)
     return st;
 }
 
-/* One step: the trainer's crosscoders on the current batch while the next one is filled
-   (not when last is set). On failure *what names the part that failed. */
+/* One step: the trainer's crosscoders on the current batch while the next
+   one is filled (not when last is set). On failure *what names the part
+   that failed. */
 static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const char **what, moexc_error *err)
 {
     int cur = f->cur, next = 1 - cur, together = 0, surplus;
