@@ -2,7 +2,10 @@
 `moexc_demo --preset tiny` runs (the child's own rusage, from os.wait4).
 
 Runs the demo --runs times into a temporary folder with --threads N and
-prints, per run, wall, user and system seconds and user / wall; the summary
+prints, per run, wall, user and system seconds, user / wall and, where
+/proc/stat has it (Linux), the CPU time the hypervisor gave to other guests
+during the run ("steal", all CPUs together, as a share of wall x CPUs): on a
+shared VM a stolen core caps user / wall whatever the demo does. The summary
 value is the median user / wall. Idle OpenMP threads should sleep while this
 runs (make bench-demo sets OMP_WAIT_POLICY=passive): a busy-waiting thread
 adds user time without doing work, and would inflate the figure.
@@ -21,19 +24,31 @@ import tempfile
 import time
 
 
+def steal_seconds():
+    """CPU seconds stolen by the hypervisor so far, all CPUs (None without /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_once(demo, preset, threads, out):
-    """(wall, user, sys) seconds of one demo run; raises on failure."""
+    """(wall, user, sys, steal) seconds of one demo run (steal None where unknown); raises on failure."""
+    s0 = steal_seconds()
     t0 = time.perf_counter()
     p = subprocess.Popen([demo, "--preset", preset, "--threads", str(threads), "--out", out],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
+    s1 = steal_seconds()
     p.returncode = 0                                   # reaped by wait4; keeps Popen from waiting again
     code = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
     if code != 0:
         raise RuntimeError("%s exited with %d: %s" % (demo, code, err.decode(errors="replace").strip()[-500:]))
-    return wall, ru.ru_utime, ru.ru_stime
+    return wall, ru.ru_utime, ru.ru_stime, (s1 - s0 if s0 is not None and s1 is not None else None)
 
 
 def main():
@@ -55,10 +70,14 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     print("demo cores used: moexc_demo --preset %s --threads %d, %d runs, OMP_WAIT_POLICY=%s"
           % (a.preset, a.threads, a.runs, os.environ.get("OMP_WAIT_POLICY", "(unset)")))
-    print("%4s %8s %8s %8s %10s" % ("run", "wall s", "user s", "sys s", "user/wall"))
-    for i, (w, u, s) in enumerate(runs):
-        print("%4d %8.2f %8.2f %8.2f %10.2f" % (i + 1, w, u, s, u / w))
-    ratio = statistics.median(u / w for w, u, _ in runs) if runs and not reason else None
+    cpus = os.cpu_count() or 1
+    print("%4s %8s %8s %8s %10s %8s" % ("run", "wall s", "user s", "sys s", "user/wall", "steal"))
+    for i, (w, u, s, st) in enumerate(runs):
+        print("%4d %8.2f %8.2f %8.2f %10.2f %8s" % (i + 1, w, u, s, u / w,
+                                                  "%.0f%%" % (100 * st / (w * cpus)) if st is not None else "-"))
+    ratio = statistics.median(u / w for w, u, _, _ in runs) if runs and not reason else None
+    steals = [st / (w * cpus) for w, _, _, st in runs if st is not None]
+    steal = statistics.median(steals) if steals and not reason else None
     if reason:
         print("failed: %s" % reason)
     else:
@@ -68,8 +87,9 @@ def main():
             json.dump({"bench": "demo", "preset": a.preset, "threads": a.threads,
                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                        "load_average_after": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                       "runs": [{"wall_s": w, "user_s": u, "sys_s": s} for w, u, s in runs],
-                       "user_over_wall": ratio, "reason": reason}, f, indent=1)
+                       "cpus": cpus,
+                       "runs": [{"wall_s": w, "user_s": u, "sys_s": s, "steal_s": st} for w, u, s, st in runs],
+                       "user_over_wall": ratio, "steal_share_median": steal, "reason": reason}, f, indent=1)
             f.write("\n")
     if reason:
         sys.exit(1)

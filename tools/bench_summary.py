@@ -240,7 +240,9 @@ def main():
             "crosscoder_paper_shape_vs_torch": "the same, d 256 F 16384 k 64 batch 2048" +
                                                rounds("crosscoder_paper_shape_vs_torch"),
             "crosscoder_encoder_bound": "pairs/s at the paper shape / encoder-GEMM bound",
-            "demo_cores_used": "tiny demo user CPU time / wall time"}
+            "demo_cores_used": "tiny demo user CPU time / wall time" +
+                               (" (host steal %.0f%% of the CPUs)" % (100 * frag["demo"]["steal_share_median"])
+                                if frag["demo"] and frag["demo"].get("steal_share_median") is not None else "")}
     for k in KEYS:
         v = res[k]
         print("%-34s %8s  %s" % (k, "%.3f" % v if v is not None else "null",
