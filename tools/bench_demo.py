@@ -71,13 +71,13 @@ def main():
     print("demo cores used: moexc_demo --preset %s --threads %d, %d runs, OMP_WAIT_POLICY=%s"
           % (a.preset, a.threads, a.runs, os.environ.get("OMP_WAIT_POLICY", "(unset)")))
     cpus = os.cpu_count() or 1
+    shares = [st / (w * cpus) if st is not None else None for w, _, _, st in runs]   # steal per run
     print("%4s %8s %8s %8s %10s %8s" % ("run", "wall s", "user s", "sys s", "user/wall", "steal"))
-    for i, (w, u, s, st) in enumerate(runs):
-        print("%4d %8.2f %8.2f %8.2f %10.2f %8s" % (i + 1, w, u, s, u / w,
-                                                  "%.0f%%" % (100 * st / (w * cpus)) if st is not None else "-"))
+    for i, ((w, u, s, _), sh) in enumerate(zip(runs, shares)):
+        print("%4d %8.2f %8.2f %8.2f %10.2f %8s" % (i + 1, w, u, s, u / w, "%.0f%%" % (100 * sh) if sh is not None else "-"))
     ratio = statistics.median(u / w for w, u, _, _ in runs) if runs and not reason else None
-    steals = [st / (w * cpus) for w, _, _, st in runs if st is not None]
-    steal = statistics.median(steals) if steals and not reason else None
+    known = [sh for sh in shares if sh is not None]
+    steal = statistics.median(known) if known and not reason else None
     if reason:
         print("failed: %s" % reason)
     else:
