@@ -608,6 +608,11 @@ static moexc_status interleave_split(moexc_tokens *out, const moexc_tokens *data
 /* thread as on two, so both schedules train on the same pairs to the same   */
 /* bits; which is faster depends on the widths and on the host, so the first */
 /* steps time both and the faster one runs the rest.                          */
+/* A harvester call can yield more pairs than a batch, and then only every   */
+/* second (third, ...) step harvests: the probe takes the two schedules in   */
+/* turn separately among steps that harvest and steps that do not, and      */
+/* weighs the two kinds by how often they came. Plain alternation would put  */
+/* every harvest on one schedule when they come every second step.           */
 
 /* What a step trains: crosscoders xc[first..end-1], in order, on one batch
    (the study's controls train several seeds on the same stream). */
@@ -626,6 +631,7 @@ static moexc_status train_xcs(xc_trainer *t, const float *x_a, const float *x_b,
 }
 
 #define FEED_PROBE_STEPS 8             /* steps that time the schedules */
+#define FEED_PROBE_MAX 16              /* ... at most, until each kind of step ran both */
 
 typedef struct batch_feed {
     moexc_harvester *harvest;
@@ -634,7 +640,11 @@ typedef struct batch_feed {
     float *harvest_a, *harvest_b;       /* one harvester call (rows x d)  */
     float *a[2], *b[2];                 /* batch buffers ((batch + rows) x d) */
     int steps;                          /* steps taken                    */
-    double probe_s[2];                  /* seconds: one after the other, at once */
+    int probing;                        /* still timing the schedules     */
+    int together;                       /* the schedule chosen: at once   */
+    /* probe, [schedule: one after the other, at once][step harvests: no, yes] */
+    double probe_s[2][2];               /* seconds                        */
+    int probe_n[2][2];                  /* steps                          */
 } batch_feed;
 
 static void feed_free(batch_feed *f)
@@ -650,6 +660,7 @@ static int feed_init(batch_feed *f, moexc_harvester *h, moexc_shuffle_buffer *sh
     size_t d = (size_t)moexc_harvester_dim(h, 0);
     memset(f, 0, sizeof(*f));
     f->harvest = h; f->shuffle = shuffle; f->d = (int)d; f->batch = batch;
+    f->probing = 1;
     f->harvest_a = (float *)malloc((size_t)rows * d * sizeof(float));
     f->harvest_b = (float *)malloc((size_t)rows * d * sizeof(float));
     for (i = 0; i < 2; i++) {
@@ -691,12 +702,45 @@ static moexc_status feed_fill(batch_feed *f, int i, moexc_error *err)
     return st;
 }
 
+/* Schedule x's mean seconds a step, the kinds of step weighed by how often
+   the probe met them. */
+static double feed_probe_cost(const batch_feed *f, int x)
+{
+    double cost = 0.0;
+    int h, steps = 0;
+    for (h = 0; h < 2; h++) steps += f->probe_n[0][h] + f->probe_n[1][h];
+    for (h = 0; h < 2; h++)
+        if (f->probe_n[x][h] > 0)
+            cost += f->probe_s[x][h] / f->probe_n[x][h] * (f->probe_n[0][h] + f->probe_n[1][h]) / steps;
+    return cost;
+}
+
+/* After a probe step: whether the probe is done (every kind of step met has
+   run on both schedules, FEED_PROBE_STEPS at least, FEED_PROBE_MAX at most);
+   then the faster schedule is chosen and reported. */
+static void feed_probe_end(batch_feed *f)
+{
+    int h, probed = 0, both = 1;
+    double sequential, together;
+    for (h = 0; h < 2; h++) {
+        probed += f->probe_n[0][h] + f->probe_n[1][h];
+        if ((f->probe_n[0][h] > 0) != (f->probe_n[1][h] > 0)) both = 0;
+    }
+    if (probed < FEED_PROBE_STEPS || (!both && probed < FEED_PROBE_MAX)) return;
+    f->probing = 0;
+    sequential = feed_probe_cost(f, 0);
+    together = feed_probe_cost(f, 1);
+    f->together = together < sequential;
+    fprintf(stderr, "  [xc] a step and its share of harvesting: %.1f ms one after the other, %.1f ms at once; %s\n",
+            1e3 * sequential, 1e3 * together, f->together ? "at once from here on" : "one after the other from here on");
+}
+
 /* One step: the trainer's crosscoders on the current batch while the next
    one is filled (not when last is set). On failure *what names the part
    that failed. */
 static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const char **what, moexc_error *err)
 {
-    int cur = f->cur, next = 1 - cur, together = 0, surplus;
+    int cur = f->cur, next = 1 - cur, together = 0, surplus, harvests, probe = 0;
     size_t d = (size_t)f->d;
     moexc_status st_train = MOEXC_OK, st_fill;
     moexc_error err_fill;
@@ -707,11 +751,14 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
     memcpy(f->a[next], f->a[cur] + (size_t)f->batch * d, (size_t)surplus * d * sizeof(float));
     memcpy(f->b[next], f->b[cur] + (size_t)f->batch * d, (size_t)surplus * d * sizeof(float));
     f->fill[next] = surplus;
+    harvests = surplus < f->batch;
 #ifdef _OPENMP
-    /* steps 2-9 time the two schedules in turn; from step 10 on, the faster */
-    if (!last && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3))
-        together = f->steps >= 1 && f->steps <= FEED_PROBE_STEPS ? f->steps % 2 == 0
-                                                                   : f->probe_s[1] < f->probe_s[0];
+    /* from step 2 on the probe times the two schedules (each kind of step
+       takes them in turn); after it, the faster one */
+    if (!last && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3)) {
+        probe = f->steps >= 1 && f->probing;
+        together = probe ? (f->probe_n[0][harvests] + f->probe_n[1][harvests]) % 2 : f->together;
+    }
     if (together) {
 #       pragma omp parallel sections num_threads(2)
         {
@@ -732,12 +779,12 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
         st_train = train_xcs(train, f->a[cur], f->b[cur], f->batch, err);
         if (st_train == MOEXC_OK && !last) st_fill = feed_fill(f, next, &err_fill);
     }
-    if (f->steps >= 1 && f->steps <= FEED_PROBE_STEPS) f->probe_s[together] += now_seconds() - t0;
+    if (probe) {
+        f->probe_s[together][harvests] += now_seconds() - t0;
+        f->probe_n[together][harvests]++;
+        feed_probe_end(f);
+    }
     f->steps++;
-    if (f->steps == FEED_PROBE_STEPS + 1 && f->probe_s[1] > 0.0)
-        fprintf(stderr, "  [xc] a step with the next batch's harvest: %.1f ms one after the other, %.1f ms at once; %s\n",
-                2e3 * f->probe_s[0] / FEED_PROBE_STEPS, 2e3 * f->probe_s[1] / FEED_PROBE_STEPS,
-                f->probe_s[1] < f->probe_s[0] ? "at once from here on" : "one after the other from here on");
     f->fill[cur] = 0;
     f->cur = next;
     if (st_train != MOEXC_OK) { *what = "crosscoder step"; return st_train; }
