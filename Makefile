@@ -301,7 +301,7 @@ test: $(BUILD)/moexc_lens $(BUILD)/moexc_mkdata $(BUILD)/moexc_train
 # Chromium cannot run it prints SKIPPED with the reason.
 EXTRA_CFLAGS_moexc_report := -isystem $(STB_DIR)
 $(BUILD)/moexc_report: tools/report_page.h | demo-stb
-$(BUILD)/moexc_demo: tools/report_page.h
+$(BUILD)/moexc_demo: tools/report_page.h tools/schedule_probe.h
 # every program that writes PNGs does it through tools/tool_png.h
 $(BUILD)/moexc_demo $(BUILD)/moexc_report $(BUILD)/moexc_lens $(BUILD)/moexc_sae $(BUILD)/toy_superposition \
     $(BUILD)/plot_decoder_norms: tools/tool_png.h
@@ -338,6 +338,7 @@ EXTRA_CFLAGS_moexc_train      += -DMOEXC_MPI
 EXTRA_CFLAGS_moexc_crosscoder += -DMOEXC_MPI
 endif
 $(BUILD)/moexc_train $(BUILD)/moexc_crosscoder: tools/mpi_reduce.h
+$(BUILD)/moexc_crosscoder: tools/schedule_probe.h
 
 # `make mpitest`: tests/test_mpi.sh trains the dense and the MoE LM and the
 # crosscoder on 2 ranks (mpirun --oversubscribe, one thread each) and on 1,

@@ -60,6 +60,7 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>   /* the Makefile adds -isystem $(STB_DIR) */
 #include "../tools/tool_png.h"
+#include "../tools/schedule_probe.h"
 
 /* ------------------------------------------------------------------------- */
 /* Settings. A preset fills all of them; command-line options override.      */
@@ -607,12 +608,7 @@ static moexc_status interleave_split(moexc_tokens *out, const moexc_tokens *data
 /* on all threads. A crosscoder step and a harvest give the same bits on one */
 /* thread as on two, so both schedules train on the same pairs to the same   */
 /* bits; which is faster depends on the widths and on the host, so the first */
-/* steps time both and the faster one runs the rest.                          */
-/* A harvester call can yield more pairs than a batch, and then only every   */
-/* second (third, ...) step harvests: the probe takes the two schedules in   */
-/* turn separately among steps that harvest and steps that do not, and      */
-/* weighs the two kinds by how often they came. Plain alternation would put  */
-/* every harvest on one schedule when they come every second step.           */
+/* steps time both and the faster one runs the rest (tools/schedule_probe.h). */
 
 /* What a step trains: crosscoders xc[first..end-1], in order, on one batch
    (the study's controls train several seeds on the same stream). */
@@ -630,8 +626,6 @@ static moexc_status train_xcs(xc_trainer *t, const float *x_a, const float *x_b,
     return st;
 }
 
-#define FEED_PROBE_STEPS 8             /* steps that time the schedules */
-#define FEED_PROBE_MAX 16              /* ... at most, until each kind of step ran both */
 
 typedef struct batch_feed {
     moexc_harvester *harvest;
@@ -640,11 +634,7 @@ typedef struct batch_feed {
     float *harvest_a, *harvest_b;       /* one harvester call (rows x d)  */
     float *a[2], *b[2];                 /* batch buffers ((batch + rows) x d) */
     int steps;                          /* steps taken                    */
-    int probing;                        /* still timing the schedules     */
-    int together;                       /* the schedule chosen: at once   */
-    /* probe, [schedule: one after the other, at once][step harvests: no, yes] */
-    double probe_s[2][2];               /* seconds                        */
-    int probe_n[2][2];                  /* steps                          */
+    schedule_probe probe;               /* which schedule is faster       */
 } batch_feed;
 
 static void feed_free(batch_feed *f)
@@ -660,7 +650,7 @@ static int feed_init(batch_feed *f, moexc_harvester *h, moexc_shuffle_buffer *sh
     size_t d = (size_t)moexc_harvester_dim(h, 0);
     memset(f, 0, sizeof(*f));
     f->harvest = h; f->shuffle = shuffle; f->d = (int)d; f->batch = batch;
-    f->probing = 1;
+    schedule_probe_init(&f->probe);
     f->harvest_a = (float *)malloc((size_t)rows * d * sizeof(float));
     f->harvest_b = (float *)malloc((size_t)rows * d * sizeof(float));
     for (i = 0; i < 2; i++) {
@@ -702,39 +692,6 @@ static moexc_status feed_fill(batch_feed *f, int i, moexc_error *err)
     return st;
 }
 
-/* Schedule x's mean seconds a step, the kinds of step weighed by how often
-   the probe met them. */
-static double feed_probe_cost(const batch_feed *f, int x)
-{
-    double cost = 0.0;
-    int h, steps = 0;
-    for (h = 0; h < 2; h++) steps += f->probe_n[0][h] + f->probe_n[1][h];
-    for (h = 0; h < 2; h++)
-        if (f->probe_n[x][h] > 0)
-            cost += f->probe_s[x][h] / f->probe_n[x][h] * (f->probe_n[0][h] + f->probe_n[1][h]) / steps;
-    return cost;
-}
-
-/* After a probe step: whether the probe is done (every kind of step met has
-   run on both schedules, FEED_PROBE_STEPS at least, FEED_PROBE_MAX at most);
-   then the faster schedule is chosen and reported. */
-static void feed_probe_end(batch_feed *f)
-{
-    int h, probed = 0, both = 1;
-    double sequential, together;
-    for (h = 0; h < 2; h++) {
-        probed += f->probe_n[0][h] + f->probe_n[1][h];
-        if ((f->probe_n[0][h] > 0) != (f->probe_n[1][h] > 0)) both = 0;
-    }
-    if (probed < FEED_PROBE_STEPS || (!both && probed < FEED_PROBE_MAX)) return;
-    f->probing = 0;
-    sequential = feed_probe_cost(f, 0);
-    together = feed_probe_cost(f, 1);
-    f->together = together < sequential;
-    fprintf(stderr, "  [xc] a step and its share of harvesting: %.1f ms one after the other, %.1f ms at once; %s\n",
-            1e3 * sequential, 1e3 * together, f->together ? "at once from here on" : "one after the other from here on");
-}
-
 /* One step: the trainer's crosscoders on the current batch while the next
    one is filled (not when last is set). On failure *what names the part
    that failed. */
@@ -756,8 +713,8 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
     /* from step 2 on the probe times the two schedules (each kind of step
        takes them in turn); after it, the faster one */
     if (!last && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3)) {
-        probe = f->steps >= 1 && f->probing;
-        together = probe ? (f->probe_n[0][harvests] + f->probe_n[1][harvests]) % 2 : f->together;
+        probe = f->steps >= 1 && f->probe.probing;
+        together = schedule_probe_pick(&f->probe, harvests);
     }
     if (together) {
 #       pragma omp parallel sections num_threads(2)
@@ -779,11 +736,10 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
         st_train = train_xcs(train, f->a[cur], f->b[cur], f->batch, err);
         if (st_train == MOEXC_OK && !last) st_fill = feed_fill(f, next, &err_fill);
     }
-    if (probe) {
-        f->probe_s[together][harvests] += now_seconds() - t0;
-        f->probe_n[together][harvests]++;
-        feed_probe_end(f);
-    }
+    if (probe && schedule_probe_record(&f->probe, together, harvests, now_seconds() - t0))
+        fprintf(stderr, "  [xc] a step and its share of harvesting: %.1f ms one after the other, %.1f ms at once; %s\n",
+                1e3 * f->probe.seconds[0], 1e3 * f->probe.seconds[1],
+                f->probe.together ? "at once from here on" : "one after the other from here on");
     f->steps++;
     f->fill[cur] = 0;
     f->cur = next;

@@ -12,6 +12,10 @@
 #      one of an uninterrupted run (same seed, same thread count).
 #   2. The same for moexc_crosscoder --checkpoint --save-every 1 --resume,
 #      comparing both the final training checkpoint and the inference file.
+#      And its two schedules (the next batch drawn after the step, or during
+#      it on the other thread; the probe runs both on the first steps): a
+#      2-thread run that reports its choice saves the same bytes as a
+#      1-thread run.
 #   3. A diverging run (a huge learning rate) of either trainer stops with an
 #      error naming the step and the tensor, and its last checkpoint (from
 #      before the divergence) loads and diverges again at the same step.
@@ -108,6 +112,12 @@ for f in dense moe; do
 done
 XD="--model-a $W/moe.st --model-b $W/dense.st --corpus 30000 --layer 1 --seq-len 32 --shuffle 4096 --eval-pairs 512 --init-pairs 1024 --log-every 100000"
 XC="$XD --latents 256 --k 8 --batch 128 --steps 2500"
+OMP_NUM_THREADS=1 $B/moexc_crosscoder $XD --latents 256 --k 8 --batch 128 --steps 40 --save "$W/xc_1t.xc" > "$W/xc_1t.log" 2>&1
+OMP_NUM_THREADS=2 $B/moexc_crosscoder $XD --latents 256 --k 8 --batch 128 --steps 40 --save "$W/xc_2t.xc" > "$W/xc_2t.log" 2>&1
+choice=$(sed -n 's/^schedule: .*; \(.*\) from here on$/\1/p' "$W/xc_2t.log")
+if [ -n "$choice" ] && [ -s "$W/xc_1t.xc" ] && cmp -s "$W/xc_1t.xc" "$W/xc_2t.xc"; then
+    ok "moexc_crosscoder: both schedules probed on 2 threads (then: $choice); the same bytes as on 1 thread"
+else bad "moexc_crosscoder: a 2-thread run (schedule line: '$choice') against a 1-thread run" "$W/xc_2t.log"; fi
 if $B/moexc_crosscoder $XC --checkpoint "$W/xc_ref.xck" --save "$W/xc_ref.xc" > "$W/xc_ref.log" 2>&1; then
     kill_loop xc "$W/xc.xck" "$KILLS" \
         "$B/moexc_crosscoder $XC --checkpoint $W/xc.xck --save-every 1 --save $W/xc.xc" \

@@ -18,6 +18,7 @@
 #include <time.h>
 #include "tool_clock.h"
 #include "mpi_reduce.h"
+#include "schedule_probe.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -65,14 +66,17 @@ static void usage(FILE *out)
         "  --dead-tokens N       tokens without firing before a latent is dead (default min(10M, steps*batch/20))\n"
         "  --init-norm X         decoder row norm at init (default 0.08 L1, 1 BatchTopK)\n"
         "  --uncentred-encoder   encode x^m as SPEC writes it, f = ReLU(sum W_enc x + b_enc); default:\n"
-        "                        encode x^m - b_dec^m (SAE practice; saved in SPEC's form)\n"
+        "                        encode x^m - b_dec^m (SAE practice; saved in SPEC's form)\n");
+    fprintf(out,
         "training:\n"
         "  --steps S             optimiser steps (default 5000)\n"
         "  --batch N             pairs per step (default 1024)\n"
         "  --lr X                Adam learning rate (default min(1e-3, 2e-4/sqrt(F/2^14)))\n"
         "  --warmup W            warm-up steps (default min(1000, steps/20))\n"
         "  --seed S              seed (default 1)\n"
-        "  --threads N           OpenMP threads (default: the runtime's)\n"
+        "  --threads N           OpenMP threads (default: the runtime's); with 2 or 3 (and one process)\n"
+        "                        the next batch is drawn during the step if the first steps time that\n"
+        "                        as faster (a \"schedule:\" line says which); the same bits either way\n"
         "  --init-pairs N        pairs used for the normalisation and b_dec init (default 16384)\n"
         "output:\n"
         "  --save PATH           write the inference crosscoder (safetensors, folded) at the end\n"
@@ -454,15 +458,66 @@ static int xc_main(int argc, char **argv, tool_dp *dp)
                o->variant == MOEXC_XC_L1 ? "L1" : "BatchTopK", o->n_latents, o->k, o->n_shared, o->lambda_f,
                o->lambda_ratio, o->aux_k, (long long)o->dead_tokens, o->steps, o->batch, o->lr,
                moexc_xc_scale(xc, 0), moexc_xc_scale(xc, 1), (unsigned long)moexc_xc_num_params(xc));
-        xa = (float *)malloc((size_t)o->batch * src.d[0] * sizeof(float));
-        xb = (float *)malloc((size_t)o->batch * src.d[1] * sizeof(float));
+        /* two batches: the step trains on one while the next is drawn into
+           the other, one after the other or at once (tools/schedule_probe.h);
+           at once needs 2 or 3 threads and one process (MPI is called from
+           the step, on the main thread only) */
+        const size_t half_a = (size_t)o->batch * src.d[0], half_b = (size_t)o->batch * src.d[1];
+        const int first = moexc_xc_step(xc);
+        int overlap = 0;
+        schedule_probe probe;
+        schedule_probe_init(&probe);
+#ifdef _OPENMP
+        overlap = dp->world == 1 && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3);
+#endif
+        xa = (float *)malloc(2 * half_a * sizeof(float));
+        xb = (float *)malloc(2 * half_b * sizeof(float));
         if (!xa || !xb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }
         t0 = now_seconds();
-        for (step = moexc_xc_step(xc); step < o->steps; step++) {
+        if (first < o->steps) CHECK(source_next(&src, xa, xb, o->batch, &err));     /* the first batch */
+        for (step = first; step < o->steps; step++) {
+            const int cur = (step - first) % 2, last = step + 1 == o->steps;
+            const float *cur_a = xa + cur * half_a + (size_t)dp->rank * share * src.d[0];
+            const float *cur_b = xb + cur * half_b + (size_t)dp->rank * share * src.d[1];
+            float *next_a = xa + (1 - cur) * half_a, *next_b = xb + (1 - cur) * half_b;
+            /* whether drawing the next batch calls the harvester (or the cache) */
+            const int calls_source = src.out_n - src.out_pos < o->batch;
+            int together = 0, probed = 0;
+            moexc_status st_step = MOEXC_OK, st_next = MOEXC_OK;
+            moexc_error err_next;
             moexc_xc_step_stats s;
-            CHECK(source_next(&src, xa, xb, o->batch, &err));
-            CHECK(moexc_xc_train_step(xc, xa + (size_t)dp->rank * share * src.d[0], xb + (size_t)dp->rank * share * src.d[1],
-                                      share, &s, &err));
+            double step_t0 = now_seconds();
+            if (overlap && !last) {     /* from the second step on, the probe times both */
+                probed = step > first && probe.probing;
+                together = schedule_probe_pick(&probe, calls_source);
+            }
+#ifdef _OPENMP
+            if (together) {
+#               pragma omp parallel sections num_threads(2)
+                {
+#                   pragma omp section
+                    {
+                        omp_set_num_threads(1);    /* this thread's nested regions: one thread */
+                        st_step = moexc_xc_train_step(xc, cur_a, cur_b, share, &s, &err);
+                    }
+#                   pragma omp section
+                    {
+                        omp_set_num_threads(1);
+                        st_next = source_next(&src, next_a, next_b, o->batch, &err_next);
+                    }
+                }
+            }
+#endif
+            if (!together) {
+                st_step = moexc_xc_train_step(xc, cur_a, cur_b, share, &s, &err);
+                if (st_step == MOEXC_OK && !last) st_next = source_next(&src, next_a, next_b, o->batch, &err_next);
+            }
+            CHECK(st_step);
+            if (st_next != MOEXC_OK) { err = err_next; CHECK(st_next); }
+            if (probed && schedule_probe_record(&probe, together, calls_source, now_seconds() - step_t0))
+                printf("schedule: a step and its share of drawing pairs took %.1f ms one after the other, %.1f ms at once "
+                       "(the step on one thread, the next batch on the other); %s from here on\n",
+                       1e3 * probe.seconds[0], 1e3 * probe.seconds[1], probe.together ? "at once" : "one after the other");
             if ((step + 1) % a.log_every == 0 || step + 1 == o->steps) {
                 double el = now_seconds() - t0, done_steps = step + 1 - (a.resume ? 0 : 0);
                 double rate = (double)o->batch * (step + 1 - 0) / (el > 0 ? el : 1e-9);
