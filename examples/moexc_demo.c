@@ -626,7 +626,6 @@ static moexc_status train_xcs(xc_trainer *t, const float *x_a, const float *x_b,
     return st;
 }
 
-
 typedef struct batch_feed {
     moexc_harvester *harvest;
     moexc_shuffle_buffer *shuffle;
