@@ -696,7 +696,7 @@ static moexc_status feed_fill(batch_feed *f, int i, moexc_error *err)
    that failed. */
 static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const char **what, moexc_error *err)
 {
-    int cur = f->cur, next = 1 - cur, together = 0, surplus, harvests, probe = 0;
+    int cur = f->cur, next = 1 - cur, together = 0, surplus, harvests, probed = 0;
     size_t d = (size_t)f->d;
     moexc_status st_train = MOEXC_OK, st_fill;
     moexc_error err_fill;
@@ -712,7 +712,7 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
     /* from step 2 on the probe times the two schedules (each kind of step
        takes them in turn); after it, the faster one */
     if (!last && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3)) {
-        probe = f->steps >= 1 && f->probe.probing;
+        probed = f->steps >= 1 && f->probe.probing;
         together = schedule_probe_pick(&f->probe, harvests);
     }
     if (together) {
@@ -735,7 +735,7 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
         st_train = train_xcs(train, f->a[cur], f->b[cur], f->batch, err);
         if (st_train == MOEXC_OK && !last) st_fill = feed_fill(f, next, &err_fill);
     }
-    if (probe && schedule_probe_record(&f->probe, together, harvests, now_seconds() - t0))
+    if (probed && schedule_probe_record(&f->probe, together, harvests, now_seconds() - t0))
         fprintf(stderr, "  [xc] a step and its share of harvesting: %.1f ms one after the other, %.1f ms at once; %s\n",
                 1e3 * f->probe.seconds[0], 1e3 * f->probe.seconds[1],
                 f->probe.together ? "at once from here on" : "one after the other from here on");
