@@ -51,22 +51,24 @@ static int schedule_probe_pick(const schedule_probe *p, int calls_source)
 
 /* Record a probed step. Returns 1 when that ends the probe: then
    p->seconds[] holds each schedule's mean seconds a step (the kinds of step
-   weighed by how often they came) and p->together the faster one. */
+   weighed by how often they came; a kind met only once, so on one schedule,
+   is left out of both) and p->together the faster one. */
 static int schedule_probe_record(schedule_probe *p, int together, int calls_source, double seconds)
 {
-    int x, k, probed = 0, both = 1;
+    int x, k, probed = 0, weighed = 0, both = 1;
     p->sum_s[together][calls_source] += seconds;
     p->steps[together][calls_source]++;
     for (k = 0; k < 2; k++) {
         probed += p->steps[0][k] + p->steps[1][k];
-        if ((p->steps[0][k] > 0) != (p->steps[1][k] > 0)) both = 0;
+        if (p->steps[0][k] > 0 && p->steps[1][k] > 0) weighed += p->steps[0][k] + p->steps[1][k];
+        else if (p->steps[0][k] + p->steps[1][k] > 0) both = 0;
     }
     if (probed < SCHEDULE_PROBE_MIN || (!both && probed < SCHEDULE_PROBE_MAX)) return 0;
     for (x = 0; x < 2; x++) {
         p->seconds[x] = 0.0;
         for (k = 0; k < 2; k++)
-            if (p->steps[x][k] > 0)
-                p->seconds[x] += p->sum_s[x][k] / p->steps[x][k] * (p->steps[0][k] + p->steps[1][k]) / probed;
+            if (p->steps[0][k] > 0 && p->steps[1][k] > 0)
+                p->seconds[x] += p->sum_s[x][k] / p->steps[x][k] * (p->steps[0][k] + p->steps[1][k]) / weighed;
     }
     p->probing = 0;
     p->together = p->seconds[1] < p->seconds[0];
