@@ -696,7 +696,7 @@ static moexc_status feed_fill(batch_feed *f, int i, moexc_error *err)
    that failed. */
 static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const char **what, moexc_error *err)
 {
-    int cur = f->cur, next = 1 - cur, together = 0, surplus, harvests, probed = 0, overlap = 0;
+    int cur = f->cur, next = 1 - cur, together = 0, surplus, harvests, probed = 0;
     size_t d = (size_t)f->d;
     moexc_status st_train = MOEXC_OK, st_fill;
     moexc_error err_fill;
@@ -708,12 +708,9 @@ static moexc_status feed_step(batch_feed *f, int last, xc_trainer *train, const 
     memcpy(f->b[next], f->b[cur] + (size_t)f->batch * d, (size_t)surplus * d * sizeof(float));
     f->fill[next] = surplus;
     harvests = surplus < f->batch;
-#ifdef _OPENMP
-    overlap = !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3);
-#endif
     /* from step 2 on the probe times the two schedules (each kind of step
        takes them in turn); after it, the faster one */
-    if (overlap && !last) {
+    if (SCHEDULE_PROBE_APPLIES() && !last) {
         probed = f->steps >= 1 && f->probe.probing;
         together = schedule_probe_pick(&f->probe, harvests);
     }

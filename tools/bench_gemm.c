@@ -7,7 +7,8 @@
           (default 7 repetitions per entry)
 
    Ours and OpenBLAS run interleaved, repetition by repetition, so background
-   load hits both alike; which one runs first alternates. Each entry reports the median and the best GFLOP/s.
+   load hits both alike; which one runs first alternates. Each entry reports
+   the median and the best GFLOP/s.
    --cpu-time times the 1-thread entries (and the 1-thread peak) by the
    thread's CPU clock instead of the wall clock, which leaves out the time the
    thread sat descheduled on a busy machine (both libraries then run on the
@@ -147,8 +148,7 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
        so a slow phase of the (shared) host hits all three alike: the ratio
        and /peak columns are medians of per-repetition ratios. Odd
        repetitions time OpenBLAS first, so that neither library always has
-       the same place (moexc timed against itself, the copy timed first read
-       medians of 0.99-1.00 of the other over the 54 entries). */
+       the same place in that sequence. */
     for (r = 0; r < reps; r++) {
         double peak_now;
 #ifdef MOEXC_BENCH_OPENBLAS

@@ -464,12 +464,9 @@ static int xc_main(int argc, char **argv, tool_dp *dp)
            the step, on the main thread only) */
         const size_t half_a = (size_t)o->batch * src.d[0], half_b = (size_t)o->batch * src.d[1];
         const int first = moexc_xc_step(xc);
-        int overlap = 0;
+        const int overlap = dp->world == 1 && SCHEDULE_PROBE_APPLIES();
         schedule_probe probe;
         schedule_probe_init(&probe);
-#ifdef _OPENMP
-        overlap = dp->world == 1 && !omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3);
-#endif
         xa = (float *)malloc(2 * half_a * sizeof(float));
         xb = (float *)malloc(2 * half_b * sizeof(float));
         if (!xa || !xb) { fprintf(stderr, "moexc_crosscoder: out of memory\n"); goto done; }

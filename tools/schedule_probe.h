@@ -15,7 +15,7 @@
 
      schedule_probe p;
      schedule_probe_init(&p);
-     each step (after a first, untimed one):
+     each step (after a first, untimed one), where SCHEDULE_PROBE_APPLIES():
        together = schedule_probe_pick(&p, calls_source);
        ... the step, timed ...
        if (p.probing && schedule_probe_record(&p, together, calls_source, seconds))
@@ -23,9 +23,21 @@
 #ifndef MOEXC_SCHEDULE_PROBE_H
 #define MOEXC_SCHEDULE_PROBE_H
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define SCHEDULE_PROBE_MIN 8            /* steps the probe times at least ... */
 #define SCHEDULE_PROBE_MAX 16           /* ... and at most: until each kind of step ran both */
+
+/* Whether the two schedules apply here: 2 or 3 OpenMP threads, outside any
+   parallel region ("at once" runs the step and the drawing on one thread
+   each). Without OpenMP, never. */
+#ifdef _OPENMP
+#define SCHEDULE_PROBE_APPLIES() (!omp_in_parallel() && (omp_get_max_threads() == 2 || omp_get_max_threads() == 3))
+#else
+#define SCHEDULE_PROBE_APPLIES() 0
+#endif
 
 typedef struct schedule_probe {
     int probing;                        /* still timing both schedules       */
