@@ -3409,13 +3409,14 @@ static void moexc__gemm_kernel(int kc, const float *a, size_t a_step, const floa
 /* The same, with A read in place from memory: op(A) = A^T, MR contiguous
    floats per step, a_step = lda floats apart (moexc__gemm_blocked's direct
    A). Each step asks for the floats MOEXC__GEMM_C_AHEAD steps on. With the
-   loop unrolled by two, each load instruction strides 2 lda floats; Intel's
-   per-instruction stride prefetcher follows strides of at most 2 KiB (its
-   optimization manual), so from lda = 256 on the first pass over a cold A
-   waited on memory. Measured on the Xeon VM (operands out of cache, dW +=
-   dYᵀ X over 2,048 tokens, 1 and 2 threads): 384 x 128 ([q|k|v] of d 128)
-   1.12-1.21x, 256 x 128 1.18-1.20x, 128 x 128 (lda 128) unchanged; a
-   dense training step 1.01x on 2 threads, 1.025x on 1. */
+   loop unrolled by two, each load instruction strides 2 lda floats, and
+   Intel's per-instruction stride prefetcher follows strides of up to 2 KiB
+   (its optimization manual): at lda = 256 and 384 (2 and 3 KiB) the first
+   pass over a cold A waited on memory, at lda = 128 it did not. Measured on
+   the Xeon VM (operands out of cache, dW += dYᵀ X over 2,048 tokens, 1 and
+   2 threads): 384 x 128 ([q|k|v] of d 128) 1.12-1.21x, 256 x 128
+   1.18-1.20x, 128 x 128 unchanged; a dense training step 1.01x on 2
+   threads, 1.025x on 1. */
 static void moexc__gemm_kernel_fetch_a(int kc, const float *a, size_t a_step, const float *b, float *c,
                                        size_t ldc, float alpha, float beta, int beta_zero)
 {
