@@ -3361,8 +3361,8 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #endif
 
 /* A step that first asks for the A panel's floats MOEXC__GEMM_C_AHEAD steps
-   on (the lines of its first and last of MR floats), for an A read in place
-   from memory (moexc__gemm_kernel_fetch_a). Used in the kernel's first loop
+   on (the cache lines holding the first and the last of those MR floats),
+   for an A read in place from memory (moexc__gemm_kernel_fetch_a). Used in the kernel's first loop
    only, which ends MOEXC__GEMM_C_AHEAD steps before kc: the address asked
    for is always inside the panel. */
 #if defined(__GNUC__) || defined(__clang__)
