@@ -140,7 +140,7 @@ endif
 # the core the other one is timed on.
 GEMM_BENCH_ENV := $(if $(shell grep -m1 -ow avx512f /proc/cpuinfo 2>/dev/null),OPENBLAS_CORETYPE=SkylakeX) \
                   OMP_WAIT_POLICY=passive OPENBLAS_THREAD_TIMEOUT=4
-GEMM_BENCH_REPS ?= 7
+GEMM_BENCH_REPS ?= 31
 BENCH_THREADS ?= 2
 .PHONY: bench-gemm
 bench: bench-gemm

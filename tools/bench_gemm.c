@@ -4,11 +4,17 @@
    throughput probe), on 1 thread and on --threads N (default 2).
 
    usage: bench_gemm [reps] [--cpu-time] [--threads N] [--json PATH] [--help]
-          (default 7 repetitions per entry)
+          (default 31 repetitions per entry)
 
-   Ours and OpenBLAS run interleaved, repetition by repetition, so background
-   load hits both alike; which one runs first alternates. Each entry reports
-   the median and the best GFLOP/s.
+   Ours and OpenBLAS run interleaved, repetition by repetition: a repetition
+   times one call of each (or as many calls as last 5 ms) right after each
+   other, so background load hits both alike; which one runs first
+   alternates. Each entry reports the median and the best GFLOP/s, and the
+   median of the per-repetition ratios. The worst entry of a run is the
+   minimum over 54 noisy medians: with moexc timed against itself (both
+   sides the same code) 31 repetitions put it at 0.94 in two runs on the
+   shared 2-vCPU host this was tuned on; 7 repetitions of 20 ms batches
+   read 0.91-0.95.
    --cpu-time times the 1-thread entries (and the 1-thread peak) by the
    thread's CPU clock instead of the wall clock, which leaves out the time the
    thread sat descheduled on a busy machine (both libraries then run on the
@@ -101,18 +107,17 @@ static void run_openblas(const bench_case *b)
 }
 #endif
 
-/* GFLOP/s of one timed batch of `calls` calls (sized to last >= 20 ms) */
+/* GFLOP/s of one timed batch of `calls` calls (sized to last >= 5 ms) */
 static double time_batch(void (*fn)(const bench_case *), const bench_case *b, int calls, int cpu_time)
 {
     double flops = 2.0 * b->M * b->N * b->K * calls, t0;
     int c;
-    settle();
     t0 = cpu_time ? thread_cpu_seconds() : now_seconds();
     for (c = 0; c < calls; c++) fn(b);
     return flops / ((cpu_time ? thread_cpu_seconds() : now_seconds()) - t0) * 1e-9;
 }
 
-#define MAX_REPS 31
+#define MAX_REPS 63
 
 /* Time one shape and layout; prints a table row, returns our median and best. */
 static void bench_one(int layout, int M, int N, int K, int threads, int reps, double peak, int cpu_time,
@@ -121,7 +126,7 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
     bench_case b;
     size_t big = (size_t)M * (size_t)(N > K ? N : K);
     double ours[MAX_REPS], theirs[MAX_REPS], ratio[MAX_REPS], of_peak[MAX_REPS], t0;
-    int calls = 1, r;
+    int calls, r;
     moexc_rng rng;
     size_t i;
     if ((size_t)N * (size_t)K > big) big = (size_t)N * (size_t)K;
@@ -140,17 +145,19 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
     run_ours(&b);                               /* warm-up, and size the batch */
     t0 = now_seconds();
     run_ours(&b);
-    calls = (int)(0.02 / (now_seconds() - t0 + 1e-9)) + 1;
+    calls = (int)(0.005 / (now_seconds() - t0 + 1e-9)) + 1;
 #ifdef MOEXC_BENCH_OPENBLAS
     run_openblas(&b);
 #endif
-    /* Each repetition times ours, OpenBLAS and a short FMA probe back to back,
-       so a slow phase of the (shared) host hits all three alike: the ratio
-       and /peak columns are medians of per-repetition ratios. Odd
-       repetitions time OpenBLAS first, so that neither library always has
-       the same place in that sequence. */
+    /* Each repetition times a batch of ours and one of OpenBLAS (one call,
+       or as many as last 5 ms) right after each other, then a short FMA probe, so that a slow phase of the
+       (shared) host hits both calls alike: the ratio and /peak columns are
+       medians of per-repetition ratios. Odd repetitions time OpenBLAS
+       first, so that neither library always has the same place in the
+       pair. */
     for (r = 0; r < reps; r++) {
         double peak_now;
+        settle();
 #ifdef MOEXC_BENCH_OPENBLAS
         if (r % 2) theirs[r] = time_batch(run_openblas, &b, calls, cpu_time);
         ours[r] = time_batch(run_ours, &b, calls, cpu_time);
@@ -194,7 +201,7 @@ static void json_str(FILE *f, const char *s)
 
 static const char *const usage =
     "usage: bench_gemm [reps] [--cpu-time] [--threads N] [--json PATH]\n"
-    "  reps         repetitions per entry (default 7, at most 31)\n"
+    "  reps         repetitions per entry (default 31, at most 63)\n"
     "  --cpu-time   time 1-thread entries by the thread's CPU clock\n"
     "  --threads N  the multi-threaded entries' thread count (default 2; 1: one thread only)\n"
     "  --json PATH  also write the results as JSON (for tools/bench_summary.py)\n";
@@ -206,7 +213,7 @@ int main(int argc, char **argv)
     /* model shapes: K, N of the d = 128..512 models' linear layers, M = 4096 tokens */
     static const int model_kn[N_MODEL_SHAPES][2] = { { 128, 128 }, { 128, 512 }, { 512, 128 }, { 256, 1024 },
                                                      { 1024, 256 }, { 512, 512 }, { 512, 2048 }, { 2048, 512 } };
-    int reps = 7, cpu_time = 0, layout, s, a, n_counts = 1, ti, bench_threads = 2, n_cases = 0;
+    int reps = 31, cpu_time = 0, layout, s, a, n_counts = 1, ti, bench_threads = 2, n_cases = 0;
     int thread_counts[2] = { 1, 2 };
     double peak[2], cube_median[2][3], cube_best[2][3], cube_theirs[2][3], cube_ratio[2][3];
     double unused_median, unused_best, their_median, ratio, min_ratio = 1e300;
