@@ -2138,7 +2138,7 @@ MOEXC_DEF moexc_status moexc_plot_heatmap(moexc_canvas *c, const float *values, 
 #  define MOEXC__UNUSED_FN
 #endif
 /* a function the compiler must not inline (the GEMM micro-kernels: inlined
-   into moexc__gemm_blocked, the kernel with c_next ran 10-18% slower) */
+   into moexc__gemm_blocked, the kernel with c_next ran up to 18% slower) */
 #if defined(__GNUC__) || defined(__clang__)
 #  define MOEXC__NOINLINE __attribute__((noinline))
 #elif defined(_MSC_VER)
@@ -3373,8 +3373,8 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
    computes. The tile's own L2 prefetch at the start stays: without it the
    products ran 14% slower. Measured on the Xeon VM, operands out of cache:
    C 4096 x 512 and 2048 x 512 with K = 128 1.20-1.31x on 1 thread,
-   1.07-1.21x on 2; K = 512 and 1024 1.04-1.08x; the dense and MoE
-   training steps 1.01-1.02x. */
+   1.07-1.21x on 2; C 4096 x 1024 at K = 256 and 4096 x 2048 at K = 512
+   1.04-1.08x; the dense and MoE training steps 1.00-1.02x. */
 #define MOEXC__GEMM_C_AHEAD 24
 #if defined(__GNUC__) || defined(__clang__)
 #  define MOEXC__GEMM_PREFETCH_C_L2(r) __builtin_prefetch(c + (size_t)(r) * ldc, 0, 2); \
@@ -3891,10 +3891,11 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                              : direct_a ? ap : ap + (size_t)ir * (size_t)kc;
                         const size_t a_step = in_place ? lda : (size_t)MOEXC__GEMM_MR;
                         float *c = C + (size_t)(ic + ir) * ldc + (size_t)(jc + jr);
-                        /* the next tile: below in this panel, or the next panel's first */
-                        const float *c_next = ir + 2 * MOEXC__GEMM_MR <= mcb ? c + (size_t)MOEXC__GEMM_MR * ldc
-                                            : jr + 2 * MOEXC__GEMM_NR <= nc ? C + (size_t)ic * ldc + (size_t)(jc + jr + MOEXC__GEMM_NR)
-                                            : NULL;
+                        /* the next whole tile: below in this panel, or the next panel's first */
+                        const float *c_next =
+                            ir + 2 * MOEXC__GEMM_MR <= mcb ? c + (size_t)MOEXC__GEMM_MR * ldc
+                            : jr + 2 * MOEXC__GEMM_NR <= nc ? C + (size_t)ic * ldc + (size_t)(jc + jr + MOEXC__GEMM_NR)
+                            : NULL;
                         if (row_init) moexc__gemm_tile_from_row(mr, nr, c_row + jc + jr, c, ldc);
                         /* the first B panel's tiles read this A block from memory */
                         if (in_place && jr == 0 && nr == MOEXC__GEMM_NR)

@@ -40,7 +40,8 @@
 #endif
 
 /* Let the other library's idle worker threads stop spinning (OpenMP and
-   OpenBLAS both busy-wait a little after a parallel call) before timing. */
+   OpenBLAS both busy-wait a little after a parallel call) before a
+   repetition's pair of batches. */
 static void settle(void)
 {
     struct timespec ts = { 0, 3000000 };   /* 3 ms */
@@ -150,11 +151,11 @@ static void bench_one(int layout, int M, int N, int K, int threads, int reps, do
     run_openblas(&b);
 #endif
     /* Each repetition times a batch of ours and one of OpenBLAS (one call,
-       or as many as last 5 ms) right after each other, then a short FMA probe, so that a slow phase of the
-       (shared) host hits both calls alike: the ratio and /peak columns are
-       medians of per-repetition ratios. Odd repetitions time OpenBLAS
-       first, so that neither library always has the same place in the
-       pair. */
+       or as many as last 5 ms) right after each other, then a short FMA
+       probe, so that a slow phase of the (shared) host hits both alike: the
+       ratio and /peak columns are medians of per-repetition ratios. Odd
+       repetitions time OpenBLAS first, so that neither library always has
+       the same place in the pair. */
     for (r = 0; r < reps; r++) {
         double peak_now;
         settle();
