@@ -16,7 +16,9 @@ fall on one side only. In a round each side runs a burst of --per-round
 steps (default 2) and only the last is timed, so that neither side is timed
 on caches and threads the other side's step has just let go cold. Printed:
 the median pairs/s of each side, the ratio moexc / PyTorch as the median of
-the per-round ratios, and the range of those.
+the per-round ratios, the range of those, and the host's median steal in a
+round (the share of the CPUs the hypervisor gave to other guests; see
+tools/bench_serve.py).
 
 The PyTorch crosscoder is what a PyTorch user would write: dense einsums for
 the encoder and for the decoder (the decoder multiplies the full (n x F)
@@ -38,7 +40,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import CServer, SETTLE_S  # noqa: E402
+from bench_serve import CServer, SETTLE_S, StealClock, median_share  # noqa: E402
 
 try:
     import torch
@@ -137,19 +139,23 @@ def burst(step, n):
 def paired_rounds(server, twin, steps, per_round):
     """Per round a burst of per_round moexc steps and one of PyTorch steps
     back to back (PyTorch first in odd rounds), each timed by its last step;
-    twin None: moexc only. Returns both lists of step seconds."""
-    c_times, t_times = [], []
+    twin None: moexc only. Returns both lists of step seconds and each
+    round's host steal (a share of wall x CPUs, None where unknown)."""
+    c_times, t_times, steal = [], [], []
+    clock = StealClock()
     if twin:
         for _ in range(3):
             twin.step()                                 # warm-up (C warmed up before "ready")
     for r in range(steps):
+        clock.restart()
         if twin and r % 2:
             t_times.append(burst(twin.step, per_round))
         c_times.append(burst(server.step, per_round))
         time.sleep(SETTLE_S)
         if twin and not r % 2:
             t_times.append(burst(twin.step, per_round))
-    return c_times, t_times
+        steal.append(clock.share())
+    return c_times, t_times, steal
 
 
 def main():
@@ -177,7 +183,7 @@ def main():
     try:
         server = CServer(cmd + ["--serve"])
         try:
-            c_times, t_times = paired_rounds(server, twin, a.steps, a.per_round)
+            c_times, t_times, steal = paired_rounds(server, twin, a.steps, a.per_round)
         finally:
             server.close()
     except (RuntimeError, OSError, ValueError) as e:
@@ -191,9 +197,11 @@ def main():
           % (a.d, a.latents, a.k, a.shared, a.batch, a.threads, a.steps, a.per_round, a.per_round))
     if TORCH_REASON:
         print("(%s: no PyTorch figure)" % TORCH_REASON)
-    print("%16s %16s %8s %16s" % ("moexc pairs/s", "torch pairs/s", "ratio", "rounds' ratios"))
-    print("%16.0f %16s %8s %16s" % (c, "%.0f" % tps if tps else "-", "%.2fx" % ratio if ratio else "-",
-                                    "%.2f-%.2f" % (min(ratios), max(ratios)) if ratios else "-"))
+    steal_median = median_share(steal)
+    print("%16s %16s %8s %16s %6s" % ("moexc pairs/s", "torch pairs/s", "ratio", "rounds' ratios", "steal"))
+    print("%16.0f %16s %8s %16s %6s" % (c, "%.0f" % tps if tps else "-", "%.2fx" % ratio if ratio else "-",
+                                        "%.2f-%.2f" % (min(ratios), max(ratios)) if ratios else "-",
+                                        "%.0f%%" % (100 * steal_median) if steal_median is not None else "-"))
     if a.json:
         result = {"bench": "crosscoder", "threads": a.threads, "steps": a.steps, "d_a": a.d, "d_b": a.d,
                   "latents": a.latents, "k": a.k, "shared": a.shared, "batch": a.batch,
@@ -201,7 +209,8 @@ def main():
                   "reason": TORCH_REASON,
                   "moexc_pairs_per_s": c, "torch_pairs_per_s": tps,
                   "ratio": ratio, "ratio_is": "median over paired rounds of torch step s / moexc step s",
-                  "moexc_step_s": c_times, "torch_step_s": t_times}
+                  "moexc_step_s": c_times, "torch_step_s": t_times,
+                  "host_steal_share": steal, "host_steal_share_median": steal_median}
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
             f.write("\n")

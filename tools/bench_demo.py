@@ -23,15 +23,8 @@ import sys
 import tempfile
 import time
 
-
-def steal_seconds():
-    """CPU seconds stolen by the hypervisor so far, all CPUs (None without /proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else None
-    except (OSError, ValueError, IndexError):
-        return None
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import steal_seconds  # noqa: E402
 
 
 def run_once(demo, preset, threads, out):

@@ -5,13 +5,57 @@ tools/bench_crosscoder.c), shared by the paired benchmarks
 The C program sets itself up, prints any header lines and then "ready"; after
 that it answers each request line with one number (the seconds of one step,
 or what the request names) and stops on "quit" or at the end of its input.
+
+Also the host's steal clock (steal_seconds, StealClock), which the paired
+benchmarks and tools/bench_demo.py read: on a shared VM the hypervisor gives
+CPU time to other guests, and a round it steals from is slower on both sides,
+PyTorch's more than moexc's (seen: dense training ratios of 4.8-5.1 in runs
+with 12-16% steal against 2.6-3.0 in runs without).
 """
+import os
+import statistics
 import subprocess
+import time
 
 # After a moexc step its idle OpenMP workers spin for a few milliseconds
 # before they sleep (libgomp's default): the paired benchmarks wait this out
 # before the next step is timed, so they take nothing from it.
 SETTLE_S = 0.02
+
+
+def steal_seconds():
+    """CPU seconds stolen by the hypervisor so far, all CPUs (None without /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StealClock:
+    """The steal over a stretch of wall time: share() is the CPU time stolen
+    since the clock started (or last restart()) over wall time x CPUs, or None
+    where /proc/stat has no steal (not Linux)."""
+
+    def __init__(self):
+        self.cpus = os.cpu_count() or 1
+        self.restart()
+
+    def restart(self):
+        self.s0, self.t0 = steal_seconds(), time.perf_counter()
+
+    def share(self):
+        s1, t1 = steal_seconds(), time.perf_counter()
+        if self.s0 is None or s1 is None or t1 <= self.t0:
+            return None
+        return (s1 - self.s0) / ((t1 - self.t0) * self.cpus)
+
+
+def median_share(shares):
+    """The median of the known shares (None entries left out), or None."""
+    known = [x for x in shares if x is not None]
+    return statistics.median(known) if known else None
 
 
 class CServer:

@@ -37,7 +37,10 @@ min, median, max, probes, and "slowed", how many fell under 80% of the
 highest). On a shared host a slow phase lowers a round's probe along with
 its steps; a run with slowed probes had such phases, which move single
 ratios (the paired training ratios least: both sides of a round slow
-together).
+together). And the hypervisor's steal ("host_steal_share_median": per
+paired benchmark and the demo, the median share of the CPUs given to other
+guests in a round or run): over 5% the summary says that the PyTorch ratios
+read high, since PyTorch slows more than moexc under steal.
 
     /usr/bin/python3 tools/bench_summary.py [--build build] [--threads N] [--out build/bench.json]
 """
@@ -55,6 +58,7 @@ FRAGMENTS = {"gemm": ("bench_gemm.json", "make bench-gemm"), "train": ("bench_tr
              "demo": ("bench_demo.json", "make bench-demo")}
 GEMM_LAYOUT = "Y=XW^T"
 SLOWED_BELOW = 0.8  # a probe under this fraction of the highest: a slowed round
+STEAL_HIGH = 0.05   # a benchmark whose rounds lost more than this share of the CPUs to steal
 
 
 def cpu_model():
@@ -195,12 +199,22 @@ def main():
         probes.sort()
         host = {"min": probes[0], "median": probes[len(probes) // 2], "max": probes[-1], "probes": len(probes),
                 "slowed": sum(1 for p in probes if p < SLOWED_BELOW * probes[-1])}
+    # and the hypervisor's steal in each paired benchmark's rounds (median share of the CPUs)
+    steal = {}
+    for name, kinds in (("train", ("dense", "moe")), ("xc", (None,)), ("xc_paper", (None,)), ("demo", (None,))):
+        for kind in kinds:
+            f = frag[name]
+            if f is not None and kind:
+                f = (f.get("models") or {}).get(kind)
+            share = (f or {}).get("steal_share_median" if name == "demo" else "host_steal_share_median")
+            if share is not None:
+                steal[name + ("_" + kind if kind else "")] = share
 
     summary = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.system(),
                            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
                "threads": a.threads, "gemm_rate_gflops": gemm_rate,
                "gemm_rate_is": "moexc %s at 1024^3 on %d threads, this run" % (GEMM_LAYOUT, a.threads),
-               "host_fma_peak_gflops": host}
+               "host_fma_peak_gflops": host, "host_steal_share_median": steal or None}
     summary.update(res)
     summary["reasons"] = {k: reasons[k] for k in KEYS if res[k] is None and k in reasons}
     summary["details"] = details
@@ -216,6 +230,11 @@ def main():
     if host:
         print("host: FMA peak %.1f / %.1f / %.1f GFLOP/s (min / median / max of %d probes between training rounds; "
               "%d under 80%% of the highest)" % (host["min"], host["median"], host["max"], host["probes"], host["slowed"]))
+    if steal:
+        print("host steal (median share of the CPUs given to other guests in a round): %s%s"
+              % (", ".join("%s %.0f%%" % (k, 100 * v) for k, v in steal.items()),
+                 "; over %.0f%%: PyTorch slows more than moexc under steal, so the ratios read high"
+                 % (100 * STEAL_HIGH) if max(steal.values()) > STEAL_HIGH else ""))
     print("%-34s %8s  %s" % ("key", "value", "what"))
 
     def rounds(key):

@@ -32,6 +32,11 @@ given environment is timed in the same rounds and reported beside it
 sleep, and waking them for each of the ~110 parallel regions of a step costs
 moexc about 10%.
 
+Each round also reads the host's steal clock (tools/bench_serve.py): the
+"steal" column is the median share of the CPUs the hypervisor gave to other
+guests during a round. PyTorch slows more than moexc under steal, so a run
+with steal reads high ratios.
+
 Without PyTorch the C side still runs and the PyTorch columns are null (with
 the reason) in --json.
 
@@ -46,7 +51,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import CServer, SETTLE_S  # noqa: E402
+from bench_serve import CServer, SETTLE_S, StealClock, median_share  # noqa: E402
 
 
 class TorchTwin:
@@ -75,14 +80,17 @@ class TorchTwin:
 def paired_rounds(servers, twin, kind, steps):
     """Per round: one step of each C server and one PyTorch step back to back
     (PyTorch goes last and first in turn), then the FMA peak. Returns a list of
-    step times per server, the PyTorch step times (twin None: C only) and the
-    peaks."""
+    step times per server, the PyTorch step times (twin None: C only), the
+    peaks and each round's host steal (a share of wall x CPUs, None where
+    unknown)."""
     c_times = [[] for _ in servers]
-    t_times, peaks = [], []
+    t_times, peaks, steal = [], [], []
+    clock = StealClock()
     if twin:
         for _ in range(2):
             twin.step()                                 # warm-up (C warmed up in --serve)
     for r in range(steps):
+        clock.restart()
         if twin and r % 2:
             t_times.append(twin.step())
         for i, c in enumerate(servers):
@@ -90,8 +98,9 @@ def paired_rounds(servers, twin, kind, steps):
             time.sleep(SETTLE_S)
         if twin and not r % 2:
             t_times.append(twin.step())
+        steal.append(clock.share())
         peaks.append(servers[0].step("peak"))
-    return c_times, t_times, peaks
+    return c_times, t_times, peaks, steal
 
 
 def parse_c(out):
@@ -142,8 +151,8 @@ def main():
         "; \"same env\": moexc under PyTorch's env" if same_env else ""))
     if torch_reason:
         print("(%s: the PyTorch columns are empty)" % torch_reason)
-    print("%-6s %10s %12s %12s %8s %9s %8s %9s %11s" % ("model", "active", "moexc tok/s", "torch tok/s", "ratio",
-                                                      "same env", "GFLOP/s", "of peak", "ratio@peak"))
+    print("%-6s %10s %12s %12s %8s %9s %8s %9s %11s %6s" % ("model", "active", "moexc tok/s", "torch tok/s", "ratio",
+                                                           "same env", "GFLOP/s", "of peak", "ratio@peak", "steal"))
     tokens = a.batch * a.seq
     for kind in ("dense", "moe"):
         if kind not in c:
@@ -153,7 +162,7 @@ def main():
         r = c[kind]
         step_flops = r["flops_per_token"] * tokens
         twin = TorchTwin(torch, tm, kind, a.batch, a.seq) if torch else None
-        c_times, t_times, peaks = paired_rounds(servers, twin, kind, a.steps)
+        c_times, t_times, peaks, steal = paired_rounds(servers, twin, kind, a.steps)
         ctps = tokens / statistics.median(c_times[0])
         tps = tokens / statistics.median(t_times) if twin else None
         ratio = statistics.median([tt / ct for ct, tt in zip(c_times[0], t_times)]) if twin else None
@@ -163,10 +172,11 @@ def main():
         at_peak = (statistics.median([tt * pk * 1e9 / step_flops for tt, pk in zip(t_times, peaks)])
                    if twin else None)
         gflops = ctps * r["flops_per_token"] * 1e-9
-        print("%-6s %10d %12.0f %12s %8s %9s %8.1f %8.0f%% %11s" % (
+        steal_median = median_share(steal)
+        print("%-6s %10d %12.0f %12s %8s %9s %8.1f %8.0f%% %11s %6s" % (
             kind, r["active"], ctps, "%.0f" % tps if tps else "-", "%.2fx" % ratio if ratio else "-",
             "%.2fx" % ratio_same if ratio_same else "-", gflops, 100 * of_peak,
-            "%.2fx" % at_peak if at_peak else "-"))
+            "%.2fx" % at_peak if at_peak else "-", "%.0f%%" % (100 * steal_median) if steal_median is not None else "-"))
         result["models"][kind] = {"params": int(r["params"]), "active": int(r["active"]),
                                   "moexc_tokens_per_s": ctps, "torch_tokens_per_s": tps,
                                   "ratio": ratio, "ratio_is": "median over rounds of torch step s / moexc step s",
@@ -174,6 +184,7 @@ def main():
                                   "moexc_fraction_of_peak": of_peak, "ratio_at_peak": at_peak,
                                   "moexc_step_s": c_times[0], "moexc_same_env_step_s": c_times[1] if same_env else None,
                                   "torch_step_s": t_times, "peak_gflops": peaks,
+                                  "host_steal_share": steal, "host_steal_share_median": steal_median,
                                   "flops_per_token": r["flops_per_token"], "moexc_gflops": gflops}
         del twin
     for server in servers:
