@@ -6540,10 +6540,25 @@ static double moexc__sumsq_par(const float *x, size_t n)
 }
 
 /* Whether x[0..n) holds a NaN or an Inf: x * 0 is NaN exactly for those, so
-   a chunk holds one when its sum of x * 0 is NaN. The sums run in vectors
-   (a single scalar sum would wait on every add), chunks over threads. The
-   answer is a yes or no, the same whatever the split; callers that need the
-   place scan for it then (it is rare: the run is about to stop). */
+   x holds one when its sum of x * 0 is NaN. The sum runs in vectors (a
+   single scalar sum would wait on every add). One thread, for a piece that
+   is already in cache (the optimisers check each chunk they have just
+   updated). */
+static int moexc__chunk_nonfinite(const float *x, size_t n)
+{
+    size_t i = 0;
+    const moexc__vf zero = moexc__vzero();
+    moexc__vf acc = moexc__vzero();
+    float z;
+    for (; i + MOEXC__VW <= n; i += MOEXC__VW) acc = moexc__vfmadd(moexc__vload(x + i), zero, acc);
+    z = moexc__vhsum(acc);
+    for (; i < n; i++) z += x[i] * 0.0f;
+    return z != z;
+}
+
+/* The same over x[0..n) in chunks over threads. The answer is a yes or no,
+   the same whatever the split; callers that need the place scan for it then
+   (it is rare: the run is about to stop). */
 static int moexc__any_nonfinite(const float *x, size_t n)
 {
     long c, n_chunks = (long)((n + MOEXC__CHUNK - 1) / MOEXC__CHUNK);
@@ -6552,14 +6567,8 @@ static int moexc__any_nonfinite(const float *x, size_t n)
 #pragma omp parallel for schedule(static) reduction(| : bad) if (n >= MOEXC__PAR_MIN)
 #endif
     for (c = 0; c < n_chunks; c++) {
-        size_t i = (size_t)c * MOEXC__CHUNK, end = MOEXC__MIN(n, i + MOEXC__CHUNK);
-        const moexc__vf zero = moexc__vzero();
-        moexc__vf acc = moexc__vzero();
-        float z;
-        for (; i + MOEXC__VW <= end; i += MOEXC__VW) acc = moexc__vfmadd(moexc__vload(x + i), zero, acc);
-        z = moexc__vhsum(acc);
-        for (; i < end; i++) z += x[i] * 0.0f;
-        bad |= z != z;
+        size_t i = (size_t)c * MOEXC__CHUNK;
+        bad |= moexc__chunk_nonfinite(x + i, MOEXC__MIN((size_t)MOEXC__CHUNK, n - i));
     }
     return bad;
 }
@@ -9099,17 +9108,20 @@ MOEXC_DEF moexc_status moexc_trainer_set_reduce(moexc_trainer *t, const moexc_re
      m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
      theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
    with moexc_adam_update (>>tensor): element by element, so any chunking
-   gives the same bits. All tensors in one parallel region, each cut into
-   chunks. */
-static void moexc__adamw(moexc_trainer *t, double lr)
+   gives the same bits. g is the gradient times g_scale (the clipping
+   coefficient, or 1), which moexc_adam_update applies as it reads it. All
+   tensors in one parallel region, each cut into chunks. Returns whether an
+   updated parameter is a NaN or an Inf: each chunk is checked right after
+   its update, while it is still in cache. */
+static int moexc__adamw(moexc_trainer *t, double lr, float g_scale)
 {
     const moexc_train_options *o = &t->opt;
     float *theta = moexc_model_params(t->model), *grad = moexc_model_grads(t->model);
     float *mom = t->moments, *vel = t->moments + t->n_params;
     double step = (double)(t->step + 1);
     moexc_adam_coeffs base;
-    int n_tensors = moexc_model_num_tensors(t->model);
-    base.g_scale = 1.0f;
+    int n_tensors = moexc_model_num_tensors(t->model), bad = 0;
+    base.g_scale = g_scale;
     base.decay = 1.0f;
     base.beta1 = o->beta1;
     base.beta2 = o->beta2;
@@ -9117,7 +9129,7 @@ static void moexc__adamw(moexc_trainer *t, double lr)
     base.step_size = (float)(lr / (1.0 - pow((double)o->beta1, step)));
     base.bc2_sqrt = (float)sqrt(1.0 - pow((double)o->beta2, step));
 #ifdef _OPENMP
-#pragma omp parallel if (t->n_params >= MOEXC__PAR_MIN)
+#pragma omp parallel if (t->n_params >= MOEXC__PAR_MIN) reduction(| : bad)
 #endif
     {
         int k;
@@ -9133,9 +9145,11 @@ static void moexc__adamw(moexc_trainer *t, double lr)
                 size_t i = pi->offset + (size_t)ch * MOEXC__CHUNK;
                 size_t len = MOEXC__MIN((size_t)MOEXC__CHUNK, pi->size - (size_t)ch * MOEXC__CHUNK);
                 moexc_adam_update(theta + i, grad + i, mom + i, vel + i, len, &c);
+                bad |= moexc__chunk_nonfinite(theta + i, len);
             }
         }
     }
+    return bad;
 }
 
 /* Divergence: the first tensor (model order) whose values in x (parameters
@@ -9203,6 +9217,7 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     float *grad = moexc_model_grads(t->model);
     size_t n = t->n_params;
     double sum_loss = 0, sum_ce = 0, sum_lb = 0, sum_z = 0, norm2 = 0, norm, lr;
+    float g_scale = 1.0f;
     moexc_train_progress p;
     moexc_status st;
 
@@ -9228,18 +9243,16 @@ MOEXC_DEF moexc_status moexc_trainer_step(moexc_trainer *t, moexc_train_progress
     norm = sqrt(norm2);
     if (!(norm < HUGE_VAL) || !(sum_loss < HUGE_VAL))
         return moexc__train_diverged(t, "", sum_loss / A, norm, moexc_train_lr(o, t->step), err);
-    /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1 */
+    /* global norm clipping, as torch.nn.utils.clip_grad_norm_: g *= c / (|g| + 1e-6) when that is < 1,
+       applied by AdamW as it reads g (the gradients stay as they are) */
     if (o->grad_clip > 0) {
         double coef = (double)o->grad_clip / (norm + 1e-6);
-        if (coef < 1.0) moexc__scale_par(grad, (float)coef, n);
+        if (coef < 1.0) g_scale = (float)coef;
     }
     lr = moexc_train_lr(o, t->step);
-    moexc__adamw(t, lr);
-    {   /* a huge step can overflow the parameters themselves: stop before anyone saves them */
-        size_t at;
-        if (moexc__train_nonfinite(t->model, moexc_model_params(t->model), &at) >= 0)
-            return moexc__train_diverged(t, " after the AdamW update", sum_loss / A, norm, lr, err);
-    }
+    /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+    if (moexc__adamw(t, lr, g_scale))
+        return moexc__train_diverged(t, " after the AdamW update", sum_loss / A, norm, lr, err);
     t->step++;
     t->tokens += (double)A * o->batch_size * T;
 
@@ -13147,8 +13160,10 @@ static double moexc__xc_lr(const moexc_xc *xc)
    products summed in order (partial holds one double per chunk of
    MOEXC__OPT_CHUNK). moexc__adam_step: Adam with bias correction (beta 0.9,
    0.999, eps 1e-8) on the gradient clipped to global norm clip (clip <= 0:
-   no clipping), with moexc_adam_update; step counts from 0, gn is ||g||.
-   MOEXC__OPT_CHUNK is defined at the top of >>crosscoder. */
+   no clipping), with moexc_adam_update; step counts from 0, gn is ||g||;
+   returns whether an updated parameter is a NaN or an Inf (each chunk
+   checked right after its update). MOEXC__OPT_CHUNK is defined at the top
+   of >>crosscoder. */
 static double moexc__grad_norm(const float *grads, size_t n_params, double *partial)
 {
     double gn = 0.0;
@@ -13164,12 +13179,13 @@ static double moexc__grad_norm(const float *grads, size_t n_params, double *part
     return sqrt(gn);
 }
 
-static void moexc__adam_step(float *params, const float *grads, float *adam_m, float *adam_v, size_t n_params,
-                             double lr, int step, float clip, double gn)
+static int moexc__adam_step(float *params, const float *grads, float *adam_m, float *adam_v, size_t n_params,
+                            double lr, int step, float clip, double gn)
 {
     moexc_adam_coeffs ac;
     const double b1 = 0.9, b2 = 0.999;
     long c, n_chunks = (long)((n_params + MOEXC__OPT_CHUNK - 1) / MOEXC__OPT_CHUNK);
+    int bad = 0;
     memset(&ac, 0, sizeof(ac));
     ac.g_scale = clip > 0.0f && gn > clip ? (float)(clip / gn) : 1.0f;
     ac.decay = 1.0f;
@@ -13177,12 +13193,14 @@ static void moexc__adam_step(float *params, const float *grads, float *adam_m, f
     ac.step_size = (float)(lr / (1.0 - pow(b1, step + 1.0)));
     ac.bc2_sqrt = (float)sqrt(1.0 - pow(b2, step + 1.0));
 #ifdef _OPENMP
-#   pragma omp parallel for schedule(static) if (n_chunks > 8)
+#   pragma omp parallel for schedule(static) reduction(| : bad) if (n_chunks > 8)
 #endif
     for (c = 0; c < n_chunks; c++) {
         size_t lo = (size_t)c * MOEXC__OPT_CHUNK, len = MOEXC__MIN((size_t)MOEXC__OPT_CHUNK, n_params - lo);
         moexc_adam_update(params + lo, grads + lo, adam_m + lo, adam_v + lo, len, &ac);
+        bad |= moexc__chunk_nonfinite(params + lo, len);
     }
+    return bad;
 }
 
 /* Divergence diagnostics over the blocks of the flat layout, in order:
@@ -13278,13 +13296,10 @@ MOEXC_DEF moexc_status moexc_xc_train_step(moexc_xc *xc, const float *x_a, const
     s.grad_norm = moexc__grad_norm(xc->grads, xc->n_params, xc->partial);
     if (!(s.grad_norm < HUGE_VAL) || !(s.loss < HUGE_VAL))
         return moexc__xc_diverged(xc, "", s.loss, s.grad_norm, s.lr, err);
-    moexc__adam_step(xc->params, xc->grads, xc->adam_m, xc->adam_v, xc->n_params, s.lr, xc->step, xc->opt.clip,
-                     s.grad_norm);
-    {   /* a huge step can overflow the parameters themselves: stop before anyone saves them */
-        size_t at;
-        if (moexc__xc_nonfinite(xc, xc->params, &at) >= 0)
-            return moexc__xc_diverged(xc, " after the Adam update", s.loss, s.grad_norm, s.lr, err);
-    }
+    /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+    if (moexc__adam_step(xc->params, xc->grads, xc->adam_m, xc->adam_v, xc->n_params, s.lr, xc->step, xc->opt.clip,
+                         s.grad_norm))
+        return moexc__xc_diverged(xc, " after the Adam update", s.loss, s.grad_norm, s.lr, err);
     /* dead-latent counters: tokens since each latent last fired */
     memset(xc->fired, 0, F);
     if (xc->opt.variant == MOEXC_XC_BATCHTOPK && !xc->opt.dense_only) {
@@ -14434,7 +14449,11 @@ MOEXC_DEF moexc_status moexc_sae_train_step(moexc_sae *s, const float *x, int n,
     if (!(st.grad_norm < HUGE_VAL) || !(st.loss < HUGE_VAL))
         return moexc__fail(err, MOEXC_ERR_NUMERIC, "sae: step %d diverged: loss %g, gradient norm %g (lr %g); "
                            "the parameters are those of step %d", s->step + 1, st.loss, st.grad_norm, st.lr, s->step);
-    moexc__adam_step(s->params, s->grads, s->adam_m, s->adam_v, s->n_params, st.lr, s->step, s->opt.clip, st.grad_norm);
+    /* a huge step can overflow the parameters themselves: stop before anyone saves them */
+    if (moexc__adam_step(s->params, s->grads, s->adam_m, s->adam_v, s->n_params, st.lr, s->step, s->opt.clip,
+                         st.grad_norm))
+        return moexc__fail(err, MOEXC_ERR_NUMERIC, "sae: step %d diverged: a parameter is not finite after the Adam "
+                           "update (loss %g, gradient norm %g, lr %g)", s->step + 1, st.loss, st.grad_norm, st.lr);
     /* dead-latent counters: tokens since each latent last fired */
     memset(s->fired, 0, (size_t)s->F);
     for (j = 0; j < n; j++)

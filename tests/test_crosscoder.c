@@ -295,6 +295,32 @@ static void test_tying_invariant(void)
     moexc_xc_free(xc); free(xa); free(xb);
 }
 
+/* A step whose update overflows the parameters stops with an error that
+   names it: lr 1e38 moves the first step's parameters by about
+   lr / (1 - beta1), past FLT_MAX (the loss and gradients stay finite). */
+static void test_overflow_in_update(void)
+{
+    moexc_rng rng;
+    int n = 64, d = 8, F = 32;
+    float *xa, *xb;
+    moexc_xc_options o;
+    moexc_xc *xc;
+    moexc_error err;
+    moexc_status st;
+    moexc_rng_seed(&rng, 5);
+    xa = randn(n * d, &rng, 1.0f); xb = randn(n * d, &rng, 1.0f);
+    memset(&o, 0, sizeof(o));
+    o.n_latents = F; o.n_shared = 4; o.k = 4; o.steps = 10; o.lr = 1e38f; o.seed = 3;
+    xc = make_xc(d, d, &o, xa, xb, n, 0);
+    TH_CHECK(xc != NULL, "create");
+    if (!xc) { free(xa); free(xb); return; }
+    st = moexc_xc_train_step(xc, xa, xb, n, NULL, &err);
+    TH_CHECK(st == MOEXC_ERR_NUMERIC, "step with lr 1e38: status %d (%s)", (int)st, st ? err.message : "ok");
+    TH_CHECK(st && strstr(err.message, "step 1 diverged") && strstr(err.message, "after the Adam update"),
+             "the error names the step and the update: %s", st ? err.message : "(none)");
+    moexc_xc_free(xc); free(xa); free(xb);
+}
+
 /* BatchTopK keeps exactly k * batch latents, ties included (duplicated rows
    tie exactly), and the same selection every time. */
 static void test_batchtopk_exact_count(void)
@@ -869,6 +895,7 @@ int main(void)
     TIMED(test_auxk_reaches_encoder);
     TIMED(test_auxk_straight_through);
     TIMED(test_tying_invariant);
+    TIMED(test_overflow_in_update);
     TIMED(test_batchtopk_exact_count);
     TIMED(test_selection_floor_independent);
     TIMED(test_thread_count_bit_identical);

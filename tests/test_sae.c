@@ -454,6 +454,33 @@ static void test_save_load(void)
 
 /* Same seed, same bits; training lowers the loss; the load-balancing loss is
    about 1 for a balanced router and every expert is used. */
+/* A step whose update overflows the parameters stops with an error that
+   names it: lr 1e38 moves the first step's parameters by about
+   lr / (1 - beta1), past FLT_MAX (the loss and gradients stay finite). */
+static void test_overflow_in_update(void)
+{
+    moexc_rng rng;
+    int n = 64, d = 8;
+    float *x;
+    moexc_sae *s;
+    moexc_sae_options o;
+    moexc_error err;
+    moexc_status st;
+    moexc_rng_seed(&rng, 7);
+    x = randn(n * d, &rng, 1.0f);
+    memset(&o, 0, sizeof(o));
+    o.variant = MOEXC_SAE_TOPK; o.n_latents = 32; o.k = 4; o.steps = 10; o.lr = 1e38f; o.seed = 2;
+    s = make_sae(d, &o, x, n, 0);
+    TH_CHECK(s != NULL, "create");
+    if (!s) { free(x); return; }
+    st = moexc_sae_train_step(s, x, n, NULL, &err);
+    TH_CHECK(st == MOEXC_ERR_NUMERIC, "step with lr 1e38: status %d (%s)", (int)st, st ? err.message : "ok");
+    TH_CHECK(st && strstr(err.message, "step 1 diverged") && strstr(err.message, "after the Adam update"),
+             "the error names the step and the update: %s", st ? err.message : "(none)");
+    moexc_sae_free(s);
+    free(x);
+}
+
 static void test_train_determinism(void)
 {
     moexc_rng rng;
@@ -507,6 +534,7 @@ int main(void)
     TH_RUN(test_flops);
     TH_RUN(test_planted_dictionary);
     TH_RUN(test_save_load);
+    TH_RUN(test_overflow_in_update);
     TH_RUN(test_train_determinism);
     return th_summary();
 }

@@ -178,6 +178,37 @@ static void overfit(int moe)
 static void test_overfit_dense(void) { overfit(0); }
 static void test_overfit_moe(void) { overfit(1); }
 
+/* ---- a step whose update overflows the parameters stops with an error ------ */
+/* lr 1e38: AdamW's first step moves each parameter by about lr / (1 - beta1),
+   past FLT_MAX, so the parameters, not the loss or the gradients, turn
+   non-finite. The check that catches it runs inside the update. */
+static void test_overflow_in_update(void)
+{
+    moexc_model_config c = tiny_config(0);
+    moexc_model *m = NULL;
+    moexc_trainer *t = NULL;
+    moexc_tokens data;
+    moexc_train_options o;
+    moexc_train_progress p;
+    moexc_error err;
+    moexc_status st = MOEXC_OK;
+    size_t i;
+    tokens_init(&data, 64, 1);
+    for (i = 0; i < data.n; i++) data.tokens[i] = (unsigned char)ref_text[i];
+    memset(&o, 0, sizeof(o));
+    o.lr = 1e38f; o.total_steps = 10; o.warmup_steps = -1; o.batch_size = 2; o.seq_len = 16;
+    o.eval_fraction = -1.0f; o.eval_interval = -1;
+    TH_CHECK(moexc_model_create(&m, &c, &err) == MOEXC_OK, "%s", err.message);
+    TH_CHECK(m && moexc_trainer_create(&t, m, &data, &o, &err) == MOEXC_OK, "%s", err.message);
+    if (t) st = moexc_trainer_step(t, &p, &err);
+    TH_CHECK(st == MOEXC_ERR_NUMERIC, "step with lr 1e38: status %d (%s)", (int)st, st ? err.message : "ok");
+    TH_CHECK(st && strstr(err.message, "step 1 diverged") && strstr(err.message, "after the AdamW update"),
+             "the error names the step and the update: %s", st ? err.message : "(none)");
+    moexc_trainer_free(t);
+    moexc_model_free(m);
+    tokens_release(&data);
+}
+
 /* ---- gradient accumulation: 2 x (B=2) = 1 x (B=4) on the same windows ------ */
 static void test_grad_accum(void)
 {
@@ -481,6 +512,7 @@ int main(void)
     TH_RUN(test_torch_parity_moe);
     TH_RUN(test_overfit_dense);
     TH_RUN(test_overfit_moe);
+    TH_RUN(test_overflow_in_update);
     TH_RUN(test_grad_accum);
     TH_RUN(test_determinism);
     TH_RUN(test_resume_dense);
