@@ -3329,13 +3329,11 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
 #define MOEXC__GEMM_ALIAS 512
 
 /* The micro-kernel, written once over the SIMD macro layer:
-     c (MR x NR, row stride ldc) = alpha * sum_p a[p*a_step + r*a_rs] * b[p*b_step + j]
+     c (MR x NR, row stride ldc) = alpha * sum_p a[p*a_step + r*a_rs] * b[p*NR + j]
                                     + beta * c     (c not read when beta_zero)
    A packed A panel has a_step MR and a_rs 1; op(A) = A^T read in place has
    a_step lda and a_rs 1 (moexc__gemm_kernel); MR rows of a row-major A read
-   in place have a_step 1 and a_rs lda (moexc__gemm_kernel_rows). A packed B
-   panel has b_step NR; NR columns of op(B) = B read in place have b_step
-   ldb. */
+   in place have a_step 1 and a_rs lda (moexc__gemm_kernel_rows). */
 #define MOEXC__GEMM_DECL(r) moexc__vf acc##r##_0 = moexc__vzero(), acc##r##_1 = moexc__vzero();
 #define MOEXC__GEMM_FMA(r) {                                                     \
         moexc__vf a_r = moexc__vset1(a[(size_t)(r) * a_rs]);                    \
@@ -3359,7 +3357,7 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
         const moexc__vf b_0 = moexc__vload(b), b_1 = moexc__vload(b + MOEXC__VW); \
         ROWS(MOEXC__GEMM_FMA)                                                    \
         a += a_step;                                                             \
-        b += b_step; }
+        b += MOEXC__GEMM_NR; }
 /* The C tile is read and written only at the end. Its rows are ldc floats
    apart, and when ldc is a multiple of 1024 (4 KiB) all MR rows fall into the
    same two L1 sets (14 lines each on AVX-512, in 12 ways on the Xeon
@@ -3441,9 +3439,8 @@ MOEXC_DEF void moexc_rmsnorm_rows(float *y, float *inv_rms, const float *x, cons
             else           { ROWS(MOEXC__GEMM_STORE_ADD) }                       \
         } }
 
-static MOEXC__NOINLINE void moexc__gemm_kernel(int kc, const float *a, size_t a_step, const float *b, size_t b_step,
-                                               float *c, size_t ldc, float alpha, float beta, int beta_zero,
-                                               const float *c_next)
+static MOEXC__NOINLINE void moexc__gemm_kernel(int kc, const float *a, size_t a_step, const float *b, float *c,
+                                               size_t ldc, float alpha, float beta, int beta_zero, const float *c_next)
 {
     const size_t a_rs = 1;
     MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_ROWS)
@@ -3461,7 +3458,7 @@ static MOEXC__NOINLINE void moexc__gemm_kernel(int kc, const float *a, size_t a_
    1.18-1.20x, 128 x 128 unchanged; a dense training step 1.01x on 2
    threads, 1.025x on 1. */
 static MOEXC__NOINLINE void moexc__gemm_kernel_fetch_a(int kc, const float *a, size_t a_step, const float *b,
-                                                       size_t b_step, float *c, size_t ldc, float alpha, float beta, int beta_zero,
+                                                       float *c, size_t ldc, float alpha, float beta, int beta_zero,
                                                        const float *c_next)
 {
     const size_t a_rs = 1;
@@ -3473,15 +3470,15 @@ static MOEXC__NOINLINE void moexc__gemm_kernel_fetch_a(int kc, const float *a, s
 static void moexc__gemm_kernel_rows(int kc, const float *a, size_t a_rs, const float *b, float *c, size_t ldc,
                                     float alpha, float beta, int beta_zero)
 {
-    const size_t a_step = 1, b_step = MOEXC__GEMM_NR;
+    const size_t a_step = 1;
     const float *const c_next = NULL;
     MOEXC__GEMM_KERNEL_BODY(MOEXC__GEMM_ROWS)
 }
 
 /* The first MR/2 rows only, for edge tiles that short: the same arithmetic
    per element, so the same bits as the full kernel's rows. */
-static void moexc__gemm_kernel_half(int kc, const float *a, size_t a_step, const float *b, size_t b_step,
-                                    float *c, size_t ldc, float alpha, float beta, int beta_zero)
+static void moexc__gemm_kernel_half(int kc, const float *a, size_t a_step, const float *b, float *c, size_t ldc,
+                                    float alpha, float beta, int beta_zero)
 {
     const size_t a_rs = 1;
     const float *const c_next = NULL;
@@ -3491,8 +3488,8 @@ static void moexc__gemm_kernel_half(int kc, const float *a, size_t a_step, const
 /* A tile cut by the matrix edge (mr < MR or nr < NR): run the same kernel on
    a full tile in a local buffer, so edge elements get the same arithmetic;
    up to MR/2 rows the half kernel computes half the tile. */
-static void moexc__gemm_kernel_edge(int kc, const float *a, size_t a_step, const float *b, size_t b_step,
-                                    float *c, size_t ldc, int mr, int nr, float alpha, float beta, int beta_zero)
+static void moexc__gemm_kernel_edge(int kc, const float *a, size_t a_step, const float *b, float *c, size_t ldc,
+                                    int mr, int nr, float alpha, float beta, int beta_zero)
 {
     float tile[MOEXC__GEMM_MR * MOEXC__GEMM_NR];
     int r, j;
@@ -3500,10 +3497,8 @@ static void moexc__gemm_kernel_edge(int kc, const float *a, size_t a_step, const
     if (!beta_zero)
         for (r = 0; r < mr; r++)
             for (j = 0; j < nr; j++) tile[r * MOEXC__GEMM_NR + j] = c[(size_t)r * ldc + (size_t)j];
-    if (2 * mr <= MOEXC__GEMM_MR)
-        moexc__gemm_kernel_half(kc, a, a_step, b, b_step, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
-    else
-        moexc__gemm_kernel(kc, a, a_step, b, b_step, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero, NULL);
+    if (2 * mr <= MOEXC__GEMM_MR) moexc__gemm_kernel_half(kc, a, a_step, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero);
+    else moexc__gemm_kernel(kc, a, a_step, b, tile, MOEXC__GEMM_NR, alpha, beta, beta_zero, NULL);
     for (r = 0; r < mr; r++)
         for (j = 0; j < nr; j++) c[(size_t)r * ldc + (size_t)j] = tile[r * MOEXC__GEMM_NR + j];
 }
@@ -3823,16 +3818,6 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
        crowd into a fraction of L2's sets and in-place reads ran slower than
        packing (measured on the dW shapes of the default models). */
     const int direct_a = trans_a && lda % MOEXC__GEMM_ALIAS != 0;
-    /* op(B) = B there too: its full NR-column panels are read in place, NR
-       contiguous floats of one row of B per step, the next step ldb floats
-       on. M is then a weight's rows (one to four blocks of MC rows in the
-       models), so few row blocks share a packed B block, and two threads
-       splitting the rows each packed all of it. Same alias rule. Measured on
-       the AMD EPYC VM, in-process A/B of whole training steps, bits equal:
-       dense 1.012x and MoE 1.015x on 2 threads, dense 1.008x on 1; the
-       weight gradients of d = 128 (128 to 384 x 128 over 2,048 tokens)
-       1.02-1.08x. */
-    const int direct_b = direct_a && !trans_b && ldb % MOEXC__GEMM_ALIAS != 0;
     void *raw;
     float *buffer, *bp, *ap;
 
@@ -3887,11 +3872,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
             const float beta_k = kb == 0 && !c_row ? beta : 1.0f;
             const int beta_zero = kb == 0 && !c_row && beta == 0.0f;
             int jr, ir, rows_end = M;     /* this thread's rows: [ic, rows_end) */
-            const int nc_full = nc / MOEXC__GEMM_NR * MOEXC__GEMM_NR;
-            if (!direct_b)
-                moexc__gemm_pack_b(bp, trans_b, B, ldb, jc, nc, pc, kc);
-            else if (nc_full < nc)    /* only the short last panel, zero-padded */
-                moexc__gemm_pack_b(bp + (size_t)nc_full * (size_t)kc, trans_b, B, ldb, jc + nc_full, nc - nc_full, pc, kc);
+            moexc__gemm_pack_b(bp, trans_b, B, ldb, jc, nc, pc, kc);
             ic = team ? moexc__gemm_claim(team, t, &rows_end) : 0;
             while (ic < M) {
                 const int mcb = MOEXC__MIN(mc, rows_end - ic);
@@ -3901,10 +3882,7 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                                        mcb % MOEXC__GEMM_MR, pc, kc);
                 for (jr = 0; jr < nc; jr += MOEXC__GEMM_NR) {
                     const int nr = MOEXC__MIN(MOEXC__GEMM_NR, nc - jr);
-                    const int b_in_place = direct_b && nr == MOEXC__GEMM_NR;
-                    const float *b_panel = b_in_place ? B + (size_t)pc * ldb + (size_t)(jc + jr)
-                                                      : bp + (size_t)jr * (size_t)kc;
-                    const size_t b_step = b_in_place ? ldb : (size_t)MOEXC__GEMM_NR;
+                    const float *b_panel = bp + (size_t)jr * (size_t)kc;
                     for (ir = 0; ir < mcb; ir += MOEXC__GEMM_MR) {
                         const int mr = MOEXC__MIN(MOEXC__GEMM_MR, mcb - ir);
                         /* in place: MR floats of A's row pc + p at step p */
@@ -3921,13 +3899,12 @@ static void moexc__gemm_blocked(int trans_a, int trans_b, int M, int N, int K,
                         if (row_init) moexc__gemm_tile_from_row(mr, nr, c_row + jc + jr, c, ldc);
                         /* the first B panel's tiles read this A block from memory */
                         if (in_place && jr == 0 && nr == MOEXC__GEMM_NR)
-                            moexc__gemm_kernel_fetch_a(kc, a_panel, a_step, b_panel, b_step, c, ldc, alpha, beta_k,
+                            moexc__gemm_kernel_fetch_a(kc, a_panel, a_step, b_panel, c, ldc, alpha, beta_k,
                                                        beta_zero, c_next);
                         else if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR)
-                            moexc__gemm_kernel(kc, a_panel, a_step, b_panel, b_step, c, ldc, alpha, beta_k, beta_zero,
-                                               c_next);
+                            moexc__gemm_kernel(kc, a_panel, a_step, b_panel, c, ldc, alpha, beta_k, beta_zero, c_next);
                         else
-                            moexc__gemm_kernel_edge(kc, a_panel, a_step, b_panel, b_step, c, ldc, mr, nr,
+                            moexc__gemm_kernel_edge(kc, a_panel, a_step, b_panel, c, ldc, mr, nr,
                                                     alpha, beta_k, beta_zero);
                     }
                 }
@@ -6882,10 +6859,8 @@ static MOEXC__UNUSED_FN void moexc__rope_apply(float *x, const float *cos_tab, c
 static void moexc__att_tile_step(int kc, const float *a, size_t a_step, const float *b, float *c, size_t ldc,
                                  int mr, int nr, float alpha)
 {
-    if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR)
-        moexc__gemm_kernel(kc, a, a_step, b, MOEXC__GEMM_NR, c, ldc, alpha, 0.0f, 1, NULL);
-    else
-        moexc__gemm_kernel_edge(kc, a, a_step, b, MOEXC__GEMM_NR, c, ldc, mr, nr, alpha, 0.0f, 1);
+    if (mr == MOEXC__GEMM_MR && nr == MOEXC__GEMM_NR) moexc__gemm_kernel(kc, a, a_step, b, c, ldc, alpha, 0.0f, 1, NULL);
+    else moexc__gemm_kernel_edge(kc, a, a_step, b, c, ldc, mr, nr, alpha, 0.0f, 1);
 }
 /* the same with a packed A panel */
 static void moexc__att_tile(int kc, const float *a, const float *b, float *c, size_t ldc, int mr, int nr, float alpha)
