@@ -296,8 +296,9 @@ static void test_tying_invariant(void)
 }
 
 /* A step whose update overflows the parameters stops with an error that
-   names it: lr 1e38 moves the first step's parameters by about
-   lr / (1 - beta1), past FLT_MAX (the loss and gradients stay finite). */
+   names it: at lr 1e38 the first step's bias-corrected step size,
+   lr / (1 - beta1), is past FLT_MAX, so the update makes the parameters
+   non-finite (the loss and gradients stay finite). */
 static void test_overflow_in_update(void)
 {
     moexc_rng rng;

@@ -179,8 +179,8 @@ static void test_overfit_dense(void) { overfit(0); }
 static void test_overfit_moe(void) { overfit(1); }
 
 /* ---- a step whose update overflows the parameters stops with an error ------ */
-/* lr 1e38: AdamW's first step moves each parameter by about lr / (1 - beta1),
-   past FLT_MAX, so the parameters, not the loss or the gradients, turn
+/* lr 1e38: AdamW's first bias-corrected step size, lr / (1 - beta1), is past
+   FLT_MAX, so the parameters, not the loss or the gradients, turn
    non-finite. The check that catches it runs inside the update. */
 static void test_overflow_in_update(void)
 {

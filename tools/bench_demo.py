@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_serve import steal_seconds  # noqa: E402
+from bench_serve import median_share, steal_seconds  # noqa: E402
 
 
 def run_once(demo, preset, threads, out):
@@ -69,8 +69,7 @@ def main():
     for i, ((w, u, s, _), sh) in enumerate(zip(runs, shares)):
         print("%4d %8.2f %8.2f %8.2f %10.2f %8s" % (i + 1, w, u, s, u / w, "%.0f%%" % (100 * sh) if sh is not None else "-"))
     ratio = statistics.median(u / w for w, u, _, _ in runs) if runs and not reason else None
-    known = [sh for sh in shares if sh is not None]
-    steal = statistics.median(known) if known and not reason else None
+    steal = median_share(shares) if not reason else None
     if reason:
         print("failed: %s" % reason)
     else:

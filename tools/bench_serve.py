@@ -9,8 +9,7 @@ or what the request names) and stops on "quit" or at the end of its input.
 Also the host's steal clock (steal_seconds, StealClock), which the paired
 benchmarks and tools/bench_demo.py read: on a shared VM the hypervisor gives
 CPU time to other guests, and a round it steals from is slower on both sides,
-PyTorch's more than moexc's (seen: dense training ratios of 4.8-5.1 in runs
-with 12-16% steal against 2.6-3.0 in runs without).
+PyTorch's more than moexc's (figures in README.md, "The summary").
 """
 import os
 import statistics
